@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine with only Python 3.11+, gcc and make:
+#   make demo   - set up a virtualenv, build the C core, run the crash-surviving demo
+#   make test   - set up the same virtualenv and run the test suite
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-all bench compare clean
+
+venv: $(STAMP)
+
+# Reinstall whenever the build inputs change (the C core is compiled by pip).
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/python -m aurora_log.demo
+
+test: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m pytest bench/ -q --benchmark-only
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info aurora_log/_native*.so aurora_log/_native.c

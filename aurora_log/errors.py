@@ -1,0 +1,68 @@
+"""The exception tree. Every error aurora-log raises on purpose derives from AuroraLogError.
+
+Bad *input* is the exception: it raises the built-in TypeError / ValueError (before anything
+is written), because that is what Python users catch for bad arguments.
+"""
+
+from __future__ import annotations
+
+
+class AuroraLogError(Exception):
+    """Base class of every aurora-log error."""
+
+
+class CorruptionError(AuroraLogError):
+    """Stored bytes fail a check. Names the file, the byte offset, the LSN (if known) and why."""
+
+    def __init__(self, reason: str, *, file: str | None = None, offset: int | None = None,
+                 lsn: int | None = None):
+        self.reason = reason
+        self.file = file
+        self.offset = offset
+        self.lsn = lsn
+        where = []
+        if file is not None:
+            where.append(f"file {file}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        if lsn is not None:
+            where.append(f"LSN {lsn}")
+        super().__init__(f"{reason} ({', '.join(where)})" if where else reason)
+
+
+class LockedError(AuroraLogError):
+    """Another process (or another open Queue/Log in this process) holds the store's lock."""
+
+
+class DurabilityError(AuroraLogError):
+    """A write or fsync failed. Nothing in the failed batch was acknowledged, and the log
+    refuses every further write until it is closed and reopened (fsync is never retried)."""
+
+    def __init__(self, message: str, *, errno: int | None = None):
+        self.errno = errno
+        super().__init__(message)
+
+
+class ClosedError(AuroraLogError):
+    """The log or queue was used after close()."""
+
+
+class StaleLeaseError(AuroraLogError):
+    """heartbeat/complete/fail carried an attempt token that no longer holds the job's lease
+    (the lease expired and was reaped, the job was claimed again, or it already finished)."""
+
+
+class JobNotFoundError(AuroraLogError, KeyError):
+    """No job with that id is known to the queue."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the plain message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class InvalidStateError(AuroraLogError):
+    """The operation does not apply to the job in its current status
+    (for example cancel() of a completed job, or retry_dead() of a pending one)."""
+
+
+class ReadOnlyError(AuroraLogError):
+    """A write was attempted on a store opened read_only (or as_of a past moment)."""
