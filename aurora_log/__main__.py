@@ -1,0 +1,8 @@
+"""``python -m aurora_log`` is the ``aurora-log`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,594 @@
+"""``aurora-log``: run workers and inspect a store from a shell.
+
+    aurora-log worker myapp.jobs:q -w 4           # run the handlers registered on myapp.jobs.q
+    aurora-log enqueue ./jobs send_email --payload '{"to": "a@b.c"}' --priority high
+    aurora-log stats ./jobs
+    aurora-log jobs ./jobs --status dead_letter
+    aurora-log show ./jobs ID ; aurora-log history ./jobs ID
+    aurora-log retry ./jobs ID ; aurora-log cancel ./jobs ID
+    aurora-log dump ./jobs > records.jsonl
+
+Every flag has an environment default named AURORA_LOG_<FLAG> (for example
+AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug). One process owns a store at a time:
+the inspection commands open the directory themselves, so they answer "in use" while a
+worker runs on it. Errors are one line on stderr and a non-zero exit status:
+1 for an error, 2 for a usage error, 3 when the store is in use by another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import AuroraLogError, JobNotFoundError, LockedError
+
+PROG = "aurora-log"
+EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
+
+log = logging.getLogger("aurora_log.cli")
+
+
+class CliError(Exception):
+    """A failure to report as one line (and exit status ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        self.code = code
+        super().__init__(message)
+
+
+# ------------------------------------------------------------------------ env defaults
+
+def _env_name(dest: str) -> str:
+    return "AURORA_LOG_" + dest.upper()
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add(parser: argparse.ArgumentParser, *flags: str, **kw) -> None:
+    """add_argument whose default comes from AURORA_LOG_<DEST> when that is set."""
+    dest = kw.get("dest") or flags[-1].lstrip("-").replace("-", "_")
+    env = _env_name(dest)
+    help_text = kw.get("help", "")
+    kw["help"] = f"{help_text} [env {env}]".strip()
+    if env in os.environ:
+        raw = os.environ[env]
+        action = kw.get("action")
+        if action == "store_true":
+            kw["default"] = _truthy(raw)
+        elif action == "count":
+            kw["default"] = int(raw) if raw.strip().isdigit() else int(_truthy(raw))
+        else:
+            kw["default"] = raw         # argparse applies `type` to string defaults
+    parser.add_argument(*flags, **kw)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    """"30", "1.5", "500ms", "90s", "10m", "2h", "7d"."""
+    t = text.strip().lower()
+    units = (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400))
+    for suffix, factor in units:
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(t[: -len(suffix)]) * factor
+    try:
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 1.5s, 10m, 7d)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+# ------------------------------------------------------------------------ the parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="An embedded, durable background-job "
+                                "queue: run workers and inspect a store.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    _add(common, "-v", "--verbose", action="count", default=0,
+         help="more log output (-v info, -vv debug)")
+    _add(common, "--log-level", default=None,
+         choices=["debug", "info", "warning", "error", "critical"], type=str.lower,
+         help="log level (overrides -v)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name, help_text, fn, *, needs_dir=True):
+        sp = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        if needs_dir:
+            sp.add_argument("dir", metavar="DIR", help="the store directory")
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = cmd("worker", "run the handlers registered on a queue", cmd_worker, needs_dir=False)
+    sp.add_argument("target", metavar="MODULE:QUEUE",
+                    help="where the queue is, e.g. myapp.jobs:q (the module is imported; "
+                         "it opens the store and registers the handlers)")
+    _add(sp, "-w", "--workers", type=_positive_int, default=None,
+         help="worker threads (default: number of CPUs)")
+    _add(sp, "--queues", default=None, help="claim only from these queues (a,b)")
+    _add(sp, "--job-types", default=None, help="claim only these job types (a,b)")
+    _add(sp, "--isolation", choices=["thread", "process"], default="thread",
+         help="run handlers in the worker's threads or in a child process per job")
+    _add(sp, "--shutdown-timeout", type=_seconds, default=30.0,
+         help="seconds a graceful stop waits for running jobs (default 30)")
+    _add(sp, "--poll-interval", type=_seconds, default=0.5,
+         help="how long an idle claim waits (default 0.5 s)")
+
+    sp = cmd("enqueue", "add a job", cmd_enqueue)
+    sp.add_argument("job_type", metavar="JOB_TYPE")
+    _add(sp, "--payload", type=_json_value, default="{}", help="a JSON object (default {})")
+    _add(sp, "--priority", default=None, help="low, normal, high, critical (or 1-4)")
+    _add(sp, "--delay", type=_seconds, default=None, help="run not before now + this")
+    _add(sp, "--max-retries", type=int, default=None, help="retries after the first attempt")
+    _add(sp, "--timeout", type=_seconds, default=None, help="the job's timeout in seconds")
+    _add(sp, "--queue", default=None, help="the queue name (default: default)")
+    _add(sp, "--unique-key", default=None, help="at most one live job per key")
+
+    sp = cmd("stats", "counts by status, queue and job type", cmd_stats)
+    _add(sp, "--json", action="store_true", help="print JSON")
+
+    sp = cmd("jobs", "list jobs", cmd_jobs)
+    _add(sp, "--status", default=None, help="pending, running, completed, failed, "
+         "dead_letter or cancelled")
+    _add(sp, "--queue", default=None, help="only this queue")
+    _add(sp, "--job-type", default=None, help="only this job type")
+    _add(sp, "--limit", type=_positive_int, default=50, help="at most this many (default 50)")
+    _add(sp, "--json", action="store_true", help="print JSON lines")
+
+    for name, help_text, fn in (("show", "one job, every field", cmd_show),
+                                ("history", "every transition of one job", cmd_history)):
+        sp = cmd(name, help_text, fn)
+        sp.add_argument("job_id", metavar="ID")
+        _add(sp, "--json", action="store_true", help="print JSON")
+
+    sp = cmd("retry", "re-drive a dead-lettered job (back to pending, retries reset)", cmd_retry)
+    sp.add_argument("job_id", metavar="ID")
+    sp = cmd("cancel", "cancel a job (a running job is asked to stop)", cmd_cancel)
+    sp.add_argument("job_id", metavar="ID")
+
+    sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
+    _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
+
+    # Compaction-side commands exist only when the engine provides them.
+    if _compaction_api("purge"):
+        sp = cmd("purge", "drop finished jobs from the live state", cmd_purge)
+        _add(sp, "--status", required="AURORA_LOG_STATUS" not in os.environ,
+             help="completed, dead_letter or cancelled")
+        _add(sp, "--older-than", type=_seconds, required="AURORA_LOG_OLDER_THAN" not in os.environ,
+             help="finished more than this long ago (e.g. 7d)")
+    if _compaction_api("verify"):
+        sp = cmd("verify", "check every record and snapshot of a store", cmd_verify)
+    if _compaction_api("compact"):
+        sp = cmd("compact", "write a snapshot and retire old segments", cmd_compact)
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _compaction_api(name: str):
+    """The engine function behind a compaction command, or None while it does not exist."""
+    try:
+        import aurora_log
+        if name == "verify":
+            return getattr(aurora_log, "verify", None)
+        from . import queue as _queue
+        return getattr(_queue.Queue, "compact" if name == "compact" else "purge", None)
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------------ helpers
+
+def _configure_logging(args) -> None:
+    if args.log_level:
+        level = getattr(logging, args.log_level.upper())
+    else:
+        level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    root = logging.getLogger("aurora_log")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # the worker announces start/stop at info even with no -v
+    if level > logging.INFO and args.command == "worker":
+        logging.getLogger("aurora_log.worker").setLevel(logging.INFO)
+
+
+def _open_store(directory: str):
+    """Open an existing store for a one-shot command."""
+    import aurora_log
+    path = Path(directory)
+    if not path.exists():
+        raise CliError(f"no store at {directory}: no such directory")
+    if not path.is_dir():
+        raise CliError(f"no store at {directory}: not a directory")
+    if not (path / "wal").is_dir() and not (path / "LOCK").exists():
+        raise CliError(f"no store at {directory}: not an aurora-log directory (no wal/)")
+    try:
+        return aurora_log.open(path)
+    except LockedError:
+        raise CliError(f"store {directory} is in use by another process (a running worker?); "
+                       "stop it first", EXIT_LOCKED) from None
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "_asdict"):
+        return value._asdict()
+    if hasattr(value, "value"):
+        return value.value
+    if hasattr(value, "__dict__"):
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    if hasattr(value, "__slots__"):
+        return {k: getattr(value, k) for k in value.__slots__ if hasattr(value, k)}
+    return str(value)
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, default=_jsonable, ensure_ascii=False)
+
+
+def _fmt_time(value) -> str:
+    if isinstance(value, _dt.datetime):
+        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return "" if value is None else str(value)
+
+
+def _status(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _get_job(q, job_id: str):
+    job = q.get(job_id)
+    if job is None:
+        raise CliError(f"no job {job_id} in this store")
+    return job
+
+
+def _progress_bar(total: int | None, description: str):
+    """A rich progress bar on a terminal, else a plain line every ~10%. Returns update(n)
+    and done() callables."""
+    if sys.stderr.isatty():
+        try:
+            from rich.progress import Progress
+        except ImportError:
+            Progress = None
+        if Progress is not None:
+            prog = Progress(transient=True, console=None)
+            prog.start()
+            task = prog.add_task(description, total=total)
+            return (lambda n: prog.update(task, completed=n)), prog.stop
+    state = {"next": 0.1}
+
+    def update(n: int) -> None:
+        if total and n / total >= state["next"]:
+            sys.stderr.write(f"{description}: {n}/{total} ({100 * n // total}%)\n")
+            state["next"] += 0.1
+
+    return update, (lambda: None)
+
+
+# ------------------------------------------------------------------------ commands
+
+def cmd_worker(args) -> int:
+    from .worker import Worker
+    module_name, sep, attr = args.target.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"worker target must look like MODULE:QUEUE, not {args.target!r}",
+                       EXIT_USAGE)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except LockedError as exc:
+        raise CliError(f"importing {module_name}: its store is in use by another process "
+                       f"({exc})", EXIT_LOCKED) from None
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name} has no attribute {attr!r}") from None
+    queue = obj
+    if not hasattr(queue, "claim") and callable(queue):
+        queue = queue()             # a factory: MODULE:make_queue
+    if not hasattr(queue, "claim"):
+        raise CliError(f"{args.target} is not a queue (got {type(queue).__name__})")
+    worker = Worker(queue, concurrency=args.workers, queues=args.queues,
+                    job_types=args.job_types, isolation=args.isolation,
+                    shutdown_timeout=args.shutdown_timeout, poll_interval=args.poll_interval,
+                    import_path=module_name)
+    try:
+        code = worker.run()
+    finally:
+        try:
+            queue.close()
+        except Exception as exc:          # closing is best effort after a forced stop
+            log.warning("closing the queue: %s", exc)
+    return code
+
+
+def cmd_enqueue(args) -> int:
+    from .tasks import build_job
+    if not isinstance(args.payload, dict):
+        raise CliError("--payload must be a JSON object, e.g. '{\"to\": \"a@b.c\"}'")
+    try:
+        job = build_job(args.job_type, args.payload, priority=args.priority,
+                        max_retries=args.max_retries, timeout=args.timeout, queue=args.queue,
+                        delay=args.delay, unique_key=args.unique_key)
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    path = Path(args.dir)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{args.dir} is not a directory")
+    import aurora_log
+    try:
+        q = aurora_log.open(path)       # enqueue may create a new store
+    except LockedError:
+        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
+                       "stop it first", EXIT_LOCKED) from None
+    with q:
+        job_id = q.enqueue(job)
+    _out(job_id)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    with _open_store(args.dir) as q:
+        stats = q.stats()
+    if args.json:
+        _out(_dumps(stats))
+        return 0
+    _print_mapping(stats)
+    return 0
+
+
+def _print_mapping(data, indent: int = 0) -> None:
+    pad = "  " * indent
+    if not isinstance(data, dict):
+        _out(f"{pad}{data}")
+        return
+    width = max((len(str(k)) for k in data), default=0)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _out(f"{pad}{key}:")
+            _print_mapping(value, indent + 1)
+        else:
+            if isinstance(value, float):
+                value = f"{value:.3f}"
+            _out(f"{pad}{str(key) + ':':<{width + 1}} {_fmt_value(value)}")
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, _dt.datetime):
+        return _fmt_time(value)
+    if isinstance(value, (list, dict)):
+        return _dumps(value)
+    return _status(value) if value is not None else "-"
+
+
+def cmd_jobs(args) -> int:
+    status = None
+    if args.status:
+        from .job import JobStatus
+        try:
+            status = JobStatus(args.status.lower())
+        except ValueError:
+            raise CliError(f"unknown status {args.status!r} (pending, running, completed, "
+                           "failed, dead_letter, cancelled)") from None
+    with _open_store(args.dir) as q:
+        jobs = q.list(status=status, queue=args.queue, job_type=args.job_type, limit=args.limit)
+    if args.json:
+        for job in jobs:
+            _out(_dumps(job))
+        return 0
+    if not jobs:
+        _out("no jobs")
+        return 0
+    rows = [("ID", "TYPE", "STATUS", "PRI", "QUEUE", "TRY", "CREATED", "ERROR")]
+    for j in jobs:
+        err = (j.error or "").splitlines()[0][:40] if getattr(j, "error", None) else ""
+        rows.append((j.id, j.job_type, _status(j.status), getattr(j.priority, "name", str(j.priority)),
+                     j.queue, f"{j.retry_count}/{j.max_retries}", _fmt_time(j.created_at), err))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_show(args) -> int:
+    with _open_store(args.dir) as q:
+        job = _get_job(q, args.job_id)
+    data = job.to_dict() if hasattr(job, "to_dict") else _jsonable(job)
+    if args.json:
+        _out(_dumps(data))
+        return 0
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if key == "token":
+            continue
+        _out(f"{key + ':':<{width + 1}} {_fmt_value(value)}")
+    return 0
+
+
+def cmd_history(args) -> int:
+    with _open_store(args.dir) as q:
+        _get_job(q, args.job_id)
+        transitions = q.history(args.job_id)
+    if args.json:
+        for t in transitions:
+            _out(_dumps(t))
+        return 0
+    for t in transitions:
+        data = _jsonable(t) if not isinstance(t, dict) else t
+        if not isinstance(data, dict):
+            _out(str(t))
+            continue
+        when = data.pop("at", None) or data.pop("time", None) or data.pop("at_ms", None)
+        kind = data.pop("kind", None) or data.pop("event", None) or data.pop("type", None) or ""
+        lsn = data.pop("lsn", None)
+        data.pop("id", None)
+        data.pop("job_id", None)
+        rest = " ".join(f"{k}={_fmt_value(v)}" for k, v in data.items() if v not in (None, ""))
+        head = f"{_fmt_time(when) if isinstance(when, _dt.datetime) else when or ''}"
+        _out(f"{'#' + str(lsn) + ' ' if lsn is not None else ''}{head}  {kind:<14} {rest}".strip())
+    return 0
+
+
+def cmd_retry(args) -> int:
+    with _open_store(args.dir) as q:
+        _get_job(q, args.job_id)
+        q.retry_dead(args.job_id)
+    _out(f"{args.job_id}: back to pending")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    with _open_store(args.dir) as q:
+        _get_job(q, args.job_id)
+        status = q.cancel(args.job_id)
+    if _status(status) == "running":
+        _out(f"{args.job_id}: cancel requested (the job is running; its worker will stop it)")
+    else:
+        _out(f"{args.job_id}: {_status(status)}")
+    return 0
+
+
+def cmd_dump(args) -> int:
+    from . import records
+    from .log import Log
+    path = Path(args.dir)
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    try:
+        wal = Log.open(path, read_only=True)
+    except TypeError:
+        wal = Log.open(path)
+    except LockedError:
+        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
+                       "stop it first", EXIT_LOCKED) from None
+    try:
+        total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
+        update, done = _progress_bar(total if total > 10000 else None, "dump")
+        n = 0
+        for lsn, rtype, payload in wal.scan(args.from_lsn):
+            rec = records.decode(rtype, payload)
+            data = {"lsn": lsn, "type": records.RECORD_NAMES.get(rtype, rtype)}
+            for key, value in rec._asdict().items():
+                if key in ("payload", "result") and isinstance(value, bytes):
+                    value = json.loads(value)
+                data[key] = value
+            _out(_dumps(data))
+            n += 1
+            if n % 5000 == 0:
+                update(n)
+        done()
+    finally:
+        wal.close()
+    return 0
+
+
+def cmd_purge(args) -> int:
+    with _open_store(args.dir) as q:
+        n = q.purge(status=args.status, older_than=args.older_than)
+    _out(f"purged {n} job(s)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import aurora_log
+    report = aurora_log.verify(args.dir)
+    _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
+    return 0
+
+
+def cmd_compact(args) -> int:
+    with _open_store(args.dir) as q:
+        report = q.compact()
+    if report is not None:
+        _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
+    return 0
+
+
+# ------------------------------------------------------------------------ entry point
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        _error(str(exc))
+        return exc.code
+    except LockedError as exc:
+        _error(f"store is in use by another process: {exc}")
+        return EXIT_LOCKED
+    except JobNotFoundError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except AuroraLogError as exc:
+        _error(f"{type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+    except BrokenPipeError:             # `aurora-log dump DIR | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except (ValueError, TypeError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
