@@ -1,0 +1,548 @@
+"""The job model: ``Job``, ``JobPriority``, ``JobStatus`` (parity with ``aurora_db::workers``).
+
+Field names, defaults and builder names follow the Rust seed:
+
+==================  ==========================  =========================================
+field               default                     notes
+==================  ==========================  =========================================
+id                  a new UUID4 string          any non-empty str of <= 200 chars accepted
+job_type            (required)                  routes the job to its handler
+payload             ``{}``                      dict[str, JSON value]
+priority            ``JobPriority.NORMAL``      LOW=1 < NORMAL=2 < HIGH=3 < CRITICAL=4
+status              ``JobStatus.PENDING``
+max_retries         3                           retries *after* the first attempt (0 = never)
+retry_count         0                           retries used so far
+created_at          now (UTC, ms precision)
+scheduled_at        None                        "not before"; also the next retry time
+started_at          None                        start of the current/last attempt
+completed_at        None
+timeout_seconds     300                         None = no timeout
+last_heartbeat      None                        a datetime here (the seed used a u64)
+lease_duration      30                          seconds without a heartbeat before reaping
+==================  ==========================  =========================================
+
+Our additions: ``queue`` ("default"), ``unique_key``, and, on jobs the queue hands out,
+``token`` (the attempt token), ``lease_deadline``, ``worker_id``, ``error``, ``result``,
+``progress``, ``progress_message``, ``cancel_requested``.
+
+The seed's scheduling builder is ``scheduled_at(at)``; in Python a method cannot share the
+name of the ``scheduled_at`` field, so it is called :meth:`Job.schedule_at`.
+
+All times in the API are timezone-aware UTC ``datetime`` objects, kept at millisecond
+precision (the precision of the log records), so a job read back compares equal.
+
+Retry backoff (:meth:`Job.next_retry_delay`)::
+
+    delay = min(cap, base * 2 ** retry_count)          base = 5 s, cap = 1 h by default
+    delay = delay * (1 - jitter * U[0, 1))               only when jitter > 0 (0 <= jitter <= 1)
+
+so the first retry waits 5 s, the second 10 s, the third 20 s, ... never more than ``cap``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import random
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Mapping
+
+__all__ = [
+    "Job", "JobPriority", "JobStatus", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT_SECONDS",
+    "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP", "MAX_NAME_CHARS",
+    "encode_payload", "encode_json", "decode_json", "to_ms", "from_ms", "now_ms",
+    "check_name", "check_text", "new_id",
+]
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_TIMEOUT_SECONDS = 300
+DEFAULT_LEASE_SECONDS = 30
+DEFAULT_RETRY_BASE = 5.0
+DEFAULT_RETRY_CAP = 3600.0
+MAX_NAME_CHARS = 200           # job_type, queue, worker id, job id
+MAX_UNIQUE_KEY_CHARS = 1024
+MAX_RETRIES_LIMIT = 2**32 - 1  # the seed's u32
+MAX_SECONDS = 4_294_967  # ~49.7 days: leases/timeouts are kept as u32 milliseconds in memory
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class JobPriority(enum.IntEnum):
+    """Higher runs first."""
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+    CRITICAL = 4
+
+
+class JobStatus(str, enum.Enum):
+    """A job's lifecycle state. ``FAILED`` means "failed, a retry is pending" (the job carries
+    ``error`` and ``retry_count``); ``DEAD_LETTER`` means retries are spent (carries ``error``);
+    ``CANCELLED`` is our addition."""
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def code(self) -> int:
+        return _STATUS_CODE[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> "JobStatus":
+        return _CODE_STATUS[code]
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
+
+
+# Small integer codes used inside records and the state (stable: they are on disk).
+_STATUS_CODE = {JobStatus.PENDING: 1, JobStatus.RUNNING: 2, JobStatus.COMPLETED: 3,
+                JobStatus.FAILED: 4, JobStatus.DEAD_LETTER: 5, JobStatus.CANCELLED: 6}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
+
+
+# --------------------------------------------------------------------------- time helpers
+
+def to_ms(dt: datetime, what: str = "time") -> int:
+    """Milliseconds since the Unix epoch of a timezone-aware datetime (ValueError if naive)."""
+    if not isinstance(dt, datetime):
+        raise TypeError(f"{what} must be a timezone-aware datetime, not {type(dt).__name__}")
+    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
+        raise ValueError(f"{what} must be timezone-aware (use datetime.now(timezone.utc))")
+    return (dt - EPOCH) // _MS
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def now_ms() -> int:
+    return (datetime.now(UTC) - EPOCH) // _MS
+
+
+def _norm_dt(dt: datetime, what: str) -> datetime:
+    return from_ms(to_ms(dt, what))
+
+
+def _now(now: datetime | None) -> datetime:
+    return from_ms(now_ms()) if now is None else _norm_dt(now, "now")
+
+
+# --------------------------------------------------------------------------- validation
+
+_CONTROL = frozenset(chr(c) for c in list(range(32)) + list(range(127, 160)))
+
+
+def check_text(value: Any, what: str, max_chars: int) -> str:
+    """A non-empty str of at most max_chars without control characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > max_chars:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {max_chars}")
+    if not _CONTROL.isdisjoint(value):
+        raise ValueError(f"{what} {value!r} contains a control character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {value!r} is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def check_name(value: Any, what: str) -> str:
+    """job_type / queue names: also no path separators and no leading dot, so a name can
+    never be turned into a path outside the store by a tool that files things by name."""
+    check_text(value, what, MAX_NAME_CHARS)
+    if "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError(f"{what} {value!r} must not contain '/' or '\\' or start with '.'")
+    if value != value.strip():
+        raise ValueError(f"{what} {value!r} must not start or end with whitespace")
+    return value
+
+
+def _check_json(value: Any, path: str) -> None:
+    """Raise TypeError/ValueError unless value is plain JSON (str keys, finite floats)."""
+    stack = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            continue
+        if t is float:
+            if not math.isfinite(v):
+                raise ValueError(f"{p}: {v!r} is not a JSON number (NaN/Infinity)")
+            continue
+        if t is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise TypeError(f"{p}: key {k!r} is {type(k).__name__}; JSON keys must be str")
+                stack.append((item, f"{p}[{k!r}]"))
+            continue
+        if t is list:
+            for i, item in enumerate(v):
+                stack.append((item, f"{p}[{i}]"))
+            continue
+        raise TypeError(f"{p}: {type(v).__name__} value {v!r:.80} is not JSON "
+                        "(use dict, list, str, int, float, bool or None)")
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                            check_circular=True)
+_decode = json.JSONDecoder().decode
+
+
+def encode_json(value: Any, what: str = "value") -> bytes:
+    """Validate and encode any JSON value compactly (UTF-8, no NaN)."""
+    _check_json(value, what)
+    try:
+        return _encoder.encode(value).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError) as e:
+        raise ValueError(f"{what} cannot be encoded as JSON: {e}") from None
+
+
+def encode_payload(payload: Any) -> bytes:
+    if type(payload) is not dict:
+        raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
+    return encode_json(payload, "payload")
+
+
+def decode_json(data: bytes) -> Any:
+    return _decode(data.decode("utf-8"))
+
+
+def _check_seconds(value: Any, what: str, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{what} of {value!r} s is over the limit of {MAX_SECONDS} s (~49 days); "
+                         "use timeout None for no timeout")
+    if value * 1000 < 1:
+        raise ValueError(f"{what} must be at least 1 ms, got {value!r}")
+    return value
+
+
+def _check_retries(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= MAX_RETRIES_LIMIT:
+        raise ValueError(f"{what} must be between 0 and {MAX_RETRIES_LIMIT}, got {value}")
+    return value
+
+
+def _check_priority(value: Any) -> JobPriority:
+    if isinstance(value, JobPriority):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"priority must be a JobPriority, not {type(value).__name__}")
+    try:
+        return JobPriority[value.upper()] if isinstance(value, str) else JobPriority(value)
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown priority {value!r} (LOW=1, NORMAL=2, HIGH=3, CRITICAL=4)") from None
+
+
+def _check_status(value: Any) -> JobStatus:
+    if isinstance(value, JobStatus):
+        return value
+    try:
+        return JobStatus(value)
+    except ValueError:
+        raise ValueError(f"unknown status {value!r}") from None
+
+
+# --------------------------------------------------------------------------- ids
+
+_id_lock = threading.Lock()
+_id_buf = b""
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string; ~3x cheaper than str(uuid.uuid4()) because the
+    random bytes are drawn from the OS 4 KiB at a time."""
+    global _id_buf
+    with _id_lock:
+        if len(_id_buf) < 16:
+            _id_buf = os.urandom(4096)
+        b, _id_buf = _id_buf[:16], _id_buf[16:]
+    h = b.hex()
+    # version 4 and the RFC 4122 variant bits
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+# --------------------------------------------------------------------------- Job
+
+_FIELDS = ("id", "job_type", "payload", "priority", "status", "max_retries", "retry_count",
+           "created_at", "scheduled_at", "started_at", "completed_at", "timeout_seconds",
+           "last_heartbeat", "lease_duration",
+           # ours
+           "queue", "unique_key", "token", "lease_deadline", "worker_id", "error", "result",
+           "progress", "progress_message", "cancel_requested")
+
+
+class Job:
+    """A durable background job. Build one with ``Job.new("send_email").add_field(...)`` (the
+    seed's builders, each returning the job so calls chain) or with keywords:
+    ``Job("send_email", payload={...}, priority=JobPriority.HIGH)``.
+
+    Every builder validates at once and raises TypeError/ValueError with a clear message.
+    """
+
+    __slots__ = _FIELDS
+
+    def __init__(self, job_type: str, payload: Mapping[str, Any] | None = None, *,
+                 id: str | None = None,
+                 priority: JobPriority | int = JobPriority.NORMAL,
+                 status: JobStatus | str = JobStatus.PENDING,
+                 max_retries: int = DEFAULT_MAX_RETRIES,
+                 retry_count: int = 0,
+                 created_at: datetime | None = None,
+                 scheduled_at: datetime | None = None,
+                 started_at: datetime | None = None,
+                 completed_at: datetime | None = None,
+                 timeout_seconds: float | None = DEFAULT_TIMEOUT_SECONDS,
+                 last_heartbeat: datetime | None = None,
+                 lease_duration: float = DEFAULT_LEASE_SECONDS,
+                 queue: str = "default",
+                 unique_key: str | None = None,
+                 token: str | None = None,
+                 lease_deadline: datetime | None = None,
+                 worker_id: str | None = None,
+                 error: str | None = None,
+                 result: Any = None,
+                 progress: float | None = None,
+                 progress_message: str | None = None,
+                 cancel_requested: bool = False):
+        self.job_type = check_name(job_type, "job_type")
+        self.id = new_id() if id is None else check_text(id, "id", MAX_NAME_CHARS)
+        self.payload = {}
+        if payload is not None:
+            self.with_payload(payload)
+        self.priority = _check_priority(priority)
+        self.status = _check_status(status)
+        self.max_retries = _check_retries(max_retries, "max_retries")
+        self.retry_count = _check_retries(retry_count, "retry_count")
+        self.created_at = _now(None) if created_at is None else _norm_dt(created_at, "created_at")
+        self.scheduled_at = None if scheduled_at is None else _norm_dt(scheduled_at, "scheduled_at")
+        self.started_at = None if started_at is None else _norm_dt(started_at, "started_at")
+        self.completed_at = None if completed_at is None else _norm_dt(completed_at, "completed_at")
+        self.timeout_seconds = _check_seconds(timeout_seconds, "timeout_seconds", allow_none=True)
+        self.last_heartbeat = None if last_heartbeat is None else _norm_dt(last_heartbeat, "last_heartbeat")
+        self.lease_duration = _check_seconds(lease_duration, "lease_duration")
+        self.queue = check_name(queue, "queue")
+        self.unique_key = (None if unique_key is None
+                           else check_text(unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS))
+        self.token = token
+        self.lease_deadline = lease_deadline
+        self.worker_id = worker_id
+        self.error = error
+        self.result = result
+        self.progress = progress
+        self.progress_message = progress_message
+        self.cancel_requested = bool(cancel_requested)
+
+    @classmethod
+    def _raw(cls) -> "Job":
+        """An empty instance for the state layer to fill (no validation: the state holds
+        only values that were validated before they were written)."""
+        return cls.__new__(cls)
+
+    # ---- the seed's builders (each returns self) ------------------------------------
+
+    @classmethod
+    def new(cls, job_type: str) -> "Job":
+        """Priority NORMAL, max_retries 3, timeout 300 s, lease 30 s, status PENDING."""
+        return cls(job_type)
+
+    def with_payload(self, payload: Mapping[str, Any]) -> "Job":
+        """Replace the whole payload (a dict of str -> JSON value; it is copied)."""
+        if not isinstance(payload, Mapping):
+            raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
+        payload = dict(payload)
+        _check_json(payload, "payload")
+        self.payload = payload
+        return self
+
+    def add_field(self, key: str, value: Any) -> "Job":
+        if not isinstance(key, str):
+            raise TypeError(f"payload keys must be str, not {type(key).__name__}")
+        _check_json(value, f"payload[{key!r}]")
+        self.payload[key] = value
+        return self
+
+    def with_priority(self, priority: JobPriority | int) -> "Job":
+        self.priority = _check_priority(priority)
+        return self
+
+    def with_max_retries(self, max_retries: int) -> "Job":
+        """Retries after the first attempt: 0 means a failure goes straight to dead-letter."""
+        self.max_retries = _check_retries(max_retries, "max_retries")
+        return self
+
+    def with_timeout(self, seconds: float | None) -> "Job":
+        """A running job older than this is failed by the reaper with "timeout"; None = never."""
+        self.timeout_seconds = _check_seconds(seconds, "timeout_seconds", allow_none=True)
+        return self
+
+    def with_lease_duration(self, seconds: float) -> "Job":
+        self.lease_duration = _check_seconds(seconds, "lease_duration")
+        return self
+
+    def schedule_at(self, at: datetime) -> "Job":
+        """Run not before ``at`` (the seed's ``scheduled_at`` builder; renamed because the
+        field has that name)."""
+        self.scheduled_at = _norm_dt(at, "scheduled_at")
+        return self
+
+    def with_queue(self, queue: str) -> "Job":
+        self.queue = check_name(queue, "queue")
+        return self
+
+    def with_unique_key(self, key: str | None) -> "Job":
+        """While a live job (pending, scheduled, running, waiting for a retry) has this key,
+        enqueueing another job with it returns the live job's id instead."""
+        self.unique_key = None if key is None else check_text(key, "unique_key", MAX_UNIQUE_KEY_CHARS)
+        return self
+
+    # ---- the seed's state helpers (``now`` defaults to the wall clock) ------------------
+
+    def should_run(self, now: datetime | None = None) -> bool:
+        """True when the job is waiting to run (pending or failed-awaiting-retry) and its
+        scheduled time, if any, has come."""
+        if self.status not in (JobStatus.PENDING, JobStatus.FAILED):
+            return False
+        return self.scheduled_at is None or self.scheduled_at <= _now(now)
+
+    def mark_running(self, now: datetime | None = None) -> "Job":
+        now = _now(now)
+        self.status = JobStatus.RUNNING
+        self.started_at = now
+        self.last_heartbeat = now
+        self.lease_deadline = now + timedelta(seconds=self.lease_duration)
+        return self
+
+    def touch(self, now: datetime | None = None) -> "Job":
+        now = _now(now)
+        self.last_heartbeat = now
+        self.lease_deadline = now + timedelta(seconds=self.lease_duration)
+        return self
+
+    def is_heartbeat_expired(self, now: datetime | None = None) -> bool:
+        """A running job whose last heartbeat is more than lease_duration ago. The lease
+        holds *through* its deadline: expired means now > deadline."""
+        if self.status is not JobStatus.RUNNING:
+            return False
+        last = self.last_heartbeat or self.started_at
+        if last is None:
+            return False
+        return _now(now) > last + timedelta(seconds=self.lease_duration)
+
+    def mark_completed(self, now: datetime | None = None) -> "Job":
+        self.status = JobStatus.COMPLETED
+        self.completed_at = _now(now)
+        self.error = None
+        return self
+
+    def mark_failed(self, error: str, now: datetime | None = None, **delay_opts) -> "Job":
+        """Record a failed attempt: FAILED with scheduled_at = now + next_retry_delay() and
+        retry_count + 1 while retries remain, else DEAD_LETTER (retry_count unchanged)."""
+        if not isinstance(error, str):
+            raise TypeError(f"error must be a str, not {type(error).__name__}")
+        now = _now(now)
+        self.error = error
+        self.token = None
+        self.lease_deadline = None
+        if self.retry_count < self.max_retries:
+            self.scheduled_at = now + self.next_retry_delay(**delay_opts)
+            self.retry_count += 1
+            self.status = JobStatus.FAILED
+        else:
+            self.status = JobStatus.DEAD_LETTER
+            self.completed_at = now
+        return self
+
+    def next_retry_delay(self, *, base: float = DEFAULT_RETRY_BASE, cap: float = DEFAULT_RETRY_CAP,
+                         jitter: float = 0.0, rng: random.Random | None = None) -> timedelta:
+        """``min(cap, base * 2**retry_count)`` seconds, reduced by up to ``jitter`` (0..1) of
+        itself at random when jitter > 0. Whole milliseconds."""
+        return timedelta(milliseconds=retry_delay_ms(self.retry_count, base=base, cap=cap,
+                                                     jitter=jitter, rng=rng))
+
+    # ---- conveniences ----------------------------------------------------------------
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, ..."""
+        return self.retry_count + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (times as ISO 8601 strings)."""
+        out = {}
+        for name in _FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, datetime):
+                v = v.isoformat()
+            elif isinstance(v, enum.Enum):
+                v = v.name if isinstance(v, JobPriority) else v.value
+            out[name] = v
+        return out
+
+    def copy(self) -> "Job":
+        j = Job._raw()
+        for name in _FIELDS:
+            setattr(j, name, getattr(self, name))
+        j.payload = json.loads(json.dumps(self.payload)) if self.payload else {}
+        return j
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _FIELDS)
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        extra = f", queue={self.queue!r}" if self.queue != "default" else ""
+        return (f"Job(id={self.id!r}, job_type={self.job_type!r}, status={self.status.name}, "
+                f"priority={self.priority.name}, retry_count={self.retry_count}/"
+                f"{self.max_retries}{extra})")
+
+
+def retry_delay_ms(retry_count: int, *, base: float = DEFAULT_RETRY_BASE,
+                   cap: float = DEFAULT_RETRY_CAP, jitter: float = 0.0,
+                   rng: random.Random | None = None) -> int:
+    """The backoff formula in integer milliseconds (see the module docstring)."""
+    if not (isinstance(base, (int, float)) and base >= 0 and math.isfinite(base)):
+        raise ValueError(f"retry base must be a finite number >= 0, got {base!r}")
+    if not (isinstance(cap, (int, float)) and cap >= 0 and math.isfinite(cap)):
+        raise ValueError(f"retry cap must be a finite number >= 0, got {cap!r}")
+    if not (isinstance(jitter, (int, float)) and 0.0 <= jitter <= 1.0):
+        raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
+    exp = min(max(retry_count, 0), 62)
+    seconds = min(float(cap), float(base) * (1 << exp))
+    if jitter:
+        seconds *= 1.0 - jitter * (rng or random).random()
+    return int(round(seconds * 1000))
+
+
+def jobs_from(items: Iterable[Job]) -> list[Job]:
+    out = list(items)
+    for j in out:
+        if not isinstance(j, Job):
+            raise TypeError(f"expected Job objects, got {type(j).__name__}")
+    return out

@@ -1,0 +1,416 @@
+"""The queue's transition records: one record type per state transition, binary and versioned.
+
+The log stores ``(type byte, payload)``; this module gives the payloads their meaning.
+Every payload starts with a **layout version byte** (1 today); a decoder that meets a
+version it does not know raises :class:`RecordError` rather than guessing, so a layout can
+evolve by bumping its version and teaching the decoder both. Integers are little-endian.
+Times are int64 milliseconds since the Unix epoch (UTC). ``str16`` is a UTF-8 string whose
+u16 byte length is in the fixed header; ``bytes32`` likewise with a u32 length. The
+strings follow the fixed header in the order listed. Nothing here is pickle: JSON values
+(payload, result) are stored as compact UTF-8 JSON bytes.
+
+====  ==============  ===================================================================
+type  name            layout v1 (fixed header, then variable parts)
+====  ==============  ===================================================================
+1     ENQUEUE         u8 ver, u8 flags (1 = has scheduled_at, 2 = has timeout, 4 = has
+                      unique_key), u8 priority (1..4), pad, u32 max_retries,
+                      i64 created_ms, i64 at_ms (enqueue time), i64 scheduled_ms,
+                      i64 timeout_ms, i64 lease_ms, u16 len id, u16 len job_type,
+                      u16 len queue, u16 len unique_key, u32 len payload;
+                      then id, job_type, queue, unique_key, payload (JSON object)
+2     CLAIM           u8 ver, i64 at_ms, i64 lease_deadline_ms, 8s token, u16 len id,
+                      u16 len worker; then id, worker
+3     HEARTBEAT       u8 ver, i64 at_ms, i64 lease_deadline_ms, 8s token, u16 len id; id
+4     PROGRESS        u8 ver, u8 flags (1 = has message), i64 at_ms, 8s token, f64 fraction,
+                      u16 len id, u16 len message; then id, message
+5     COMPLETE        u8 ver, u8 flags (1 = has result), i64 at_ms, 8s token, u16 len id,
+                      u32 len result; then id, result (JSON value)
+6     FAIL            u8 ver, u8 outcome, i64 at_ms, 8s token, i64 next_due_ms, u16 len id,
+                      u32 len error; then id, error.  outcome: 1 = retry (status FAILED,
+                      due at next_due_ms, retry_count + 1), 2 = dead-letter, 3 = cancelled
+                      (a cancel had been requested)
+7     REAP            u8 ver, u8 reason (1 = lease expired, 2 = timeout, 3 = process died),
+                      u8 outcome (1 = retry: status PENDING, due at next_due_ms,
+                      retry_count + 1; 2 = dead-letter; 3 = cancelled), i64 at_ms,
+                      8s token (of the attempt reaped), i64 next_due_ms, u16 len id; id
+8     CANCEL          u8 ver, i64 at_ms, u16 len id; id     (pending/failed -> CANCELLED)
+9     CANCEL_REQUEST  u8 ver, i64 at_ms, u16 len id; id     (running: flag for the worker)
+10    RETRY_DEAD      u8 ver, i64 at_ms, u16 len id; id     (DEAD_LETTER -> PENDING, retries
+                                                              reset to 0, due at at_ms)
+11    PURGE           u8 ver, i64 at_ms, u32 count; count x (u16 len id, id)  (drop
+                      finished jobs from the state; compaction's retention)
+====  ==============  ===================================================================
+
+Every decision that depends on a clock or on chance is *in* the record (the lease
+deadline, the next due time of a retry, the reaper's verdict), so replaying the log gives
+the same state no matter when it is replayed. Type 0 is invalid; 12..255 are free.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import NamedTuple, Union
+
+from .errors import CorruptionError
+
+__all__ = [
+    "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",
+    "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RECORD_NAMES", "RecordError",
+    "Enqueue", "Claim", "Heartbeat", "Progress", "Complete", "Fail", "Reap", "Cancel",
+    "CancelRequest", "RetryDead", "Purge", "Record",
+    "OUTCOME_RETRY", "OUTCOME_DEAD", "OUTCOME_CANCELLED",
+    "REASON_LEASE_EXPIRED", "REASON_TIMEOUT", "REASON_PROCESS_DIED", "REASON_TEXT",
+    "encode", "decode",
+]
+
+ENQUEUE = 1
+CLAIM = 2
+HEARTBEAT = 3
+PROGRESS = 4
+COMPLETE = 5
+FAIL = 6
+REAP = 7
+CANCEL = 8
+CANCEL_REQUEST = 9
+RETRY_DEAD = 10
+PURGE = 11
+
+RECORD_NAMES = {ENQUEUE: "enqueue", CLAIM: "claim", HEARTBEAT: "heartbeat",
+                PROGRESS: "progress", COMPLETE: "complete", FAIL: "fail", REAP: "reap",
+                CANCEL: "cancel", CANCEL_REQUEST: "cancel_request",
+                RETRY_DEAD: "retry_dead", PURGE: "purge"}
+
+OUTCOME_RETRY = 1
+OUTCOME_DEAD = 2
+OUTCOME_CANCELLED = 3
+_OUTCOMES = (OUTCOME_RETRY, OUTCOME_DEAD, OUTCOME_CANCELLED)
+
+REASON_LEASE_EXPIRED = 1
+REASON_TIMEOUT = 2
+REASON_PROCESS_DIED = 3
+REASON_TEXT = {REASON_LEASE_EXPIRED: "lease expired", REASON_TIMEOUT: "timeout",
+               REASON_PROCESS_DIED: "process died"}
+
+VERSION = 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+class RecordError(CorruptionError):
+    """A record payload that does not decode (wrong length, unknown version or type,
+    invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
+
+
+# --------------------------------------------------------------------------- record types
+
+class Enqueue(NamedTuple):
+    id: str
+    job_type: str
+    queue: str
+    priority: int
+    max_retries: int
+    created_ms: int
+    at_ms: int
+    scheduled_ms: int | None
+    timeout_ms: int | None
+    lease_ms: int
+    unique_key: str | None
+    payload: bytes
+
+
+class Claim(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    lease_deadline_ms: int
+    worker: str
+
+
+class Heartbeat(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    lease_deadline_ms: int
+
+
+class Progress(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    fraction: float
+    message: str | None
+
+
+class Complete(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    result: bytes | None
+
+
+class Fail(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    outcome: int
+    next_due_ms: int
+    error: str
+
+
+class Reap(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    reason: int
+    outcome: int
+    next_due_ms: int
+
+
+class Cancel(NamedTuple):
+    id: str
+    at_ms: int
+
+
+class CancelRequest(NamedTuple):
+    id: str
+    at_ms: int
+
+
+class RetryDead(NamedTuple):
+    id: str
+    at_ms: int
+
+
+class Purge(NamedTuple):
+    at_ms: int
+    ids: tuple
+
+
+Record = Union[Enqueue, Claim, Heartbeat, Progress, Complete, Fail, Reap, Cancel,
+               CancelRequest, RetryDead, Purge]
+
+_TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROGRESS,
+            Complete: COMPLETE, Fail: FAIL, Reap: REAP, Cancel: CANCEL,
+            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE}
+
+# --------------------------------------------------------------------------- layouts
+
+_ENQ = struct.Struct("<BBBxIqqqqqHHHHI")
+_CLAIM = struct.Struct("<Bqq8sHH")
+_HB = struct.Struct("<Bqq8sH")
+_PROG = struct.Struct("<BBq8sdHH")
+_COMP = struct.Struct("<BBq8sHI")
+_FAIL = struct.Struct("<BBq8sqHI")
+_REAP = struct.Struct("<BBBq8sqH")
+_SIMPLE = struct.Struct("<BqH")
+_PURGE = struct.Struct("<BqI")
+_H = struct.Struct("<H")
+
+_F_SCHED, _F_TIMEOUT, _F_UKEY = 1, 2, 4
+
+
+def _s(text: str) -> bytes:
+    b = text.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise ValueError(f"string of {len(b)} bytes is too long for a record (limit 65535)")
+    return b
+
+
+def encode_enqueue(r: Enqueue) -> bytes:
+    flags = ((_F_SCHED if r.scheduled_ms is not None else 0)
+             | (_F_TIMEOUT if r.timeout_ms is not None else 0)
+             | (_F_UKEY if r.unique_key is not None else 0))
+    i, t, q = _s(r.id), _s(r.job_type), _s(r.queue)
+    u = _s(r.unique_key) if r.unique_key is not None else b""
+    return b"".join((_ENQ.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
+                               r.at_ms, r.scheduled_ms or 0, r.timeout_ms or 0, r.lease_ms,
+                               len(i), len(t), len(q), len(u), len(r.payload)),
+                     i, t, q, u, r.payload))
+
+
+def encode(rec: Record) -> tuple[int, bytes]:
+    """(rtype, payload) for a record. ValueError for values that do not fit the layout."""
+    rtype = _TYPE_OF.get(type(rec))
+    if rtype is None:
+        raise TypeError(f"not a record: {type(rec).__name__}")
+    try:
+        if rtype == ENQUEUE:
+            return rtype, encode_enqueue(rec)
+        if rtype == CLAIM:
+            i, w = _s(rec.id), _s(rec.worker)
+            return rtype, _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                                      len(i), len(w)) + i + w
+        if rtype == HEARTBEAT:
+            i = _s(rec.id)
+            return rtype, _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                                   len(i)) + i
+        if rtype == PROGRESS:
+            i = _s(rec.id)
+            m = _s(rec.message) if rec.message is not None else b""
+            return rtype, _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
+                                     rec.token, rec.fraction, len(i), len(m)) + i + m
+        if rtype == COMPLETE:
+            i = _s(rec.id)
+            res = rec.result if rec.result is not None else b""
+            return rtype, _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
+                                     rec.token, len(i), len(res)) + i + res
+        if rtype == FAIL:
+            i = _s(rec.id)
+            e = rec.error.encode("utf-8")
+            return rtype, _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
+                                     rec.next_due_ms, len(i), len(e)) + i + e
+        if rtype == REAP:
+            i = _s(rec.id)
+            return rtype, _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
+                                     rec.next_due_ms, len(i)) + i
+        if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
+            i = _s(rec.id)
+            return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
+        # PURGE
+        parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
+        for job_id in rec.ids:
+            i = _s(job_id)
+            parts.append(_H.pack(len(i)))
+            parts.append(i)
+        return rtype, b"".join(parts)
+    except struct.error as e:
+        raise ValueError(f"{RECORD_NAMES[rtype]} record field out of range: {e}") from None
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _bad(rtype: int, why: str) -> RecordError:
+    return RecordError(f"malformed {RECORD_NAMES.get(rtype, f'type-{rtype}')} record: {why}")
+
+
+def _strs(rtype: int, data: bytes, pos: int, lengths, optional=()) -> list:
+    if pos + sum(lengths) != len(data):
+        raise _bad(rtype, f"length {len(data)} does not match its fields "
+                          f"({pos} + {sum(lengths)})")
+    out = []
+    for n in lengths:
+        chunk = data[pos:pos + n]
+        pos += n
+        try:
+            out.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _bad(rtype, "string is not valid UTF-8") from None
+    return out
+
+
+def _head(rtype: int, st: struct.Struct, data: bytes) -> tuple:
+    if len(data) < st.size:
+        raise _bad(rtype, f"{len(data)} bytes, shorter than its {st.size}-byte header")
+    vals = st.unpack_from(data)
+    if vals[0] != VERSION:
+        raise _bad(rtype, f"unknown layout version {vals[0]}")
+    return vals
+
+
+def _check_id(rtype: int, job_id: str) -> str:
+    if not job_id:
+        raise _bad(rtype, "empty job id")
+    return job_id
+
+
+def decode(rtype: int, data: bytes) -> Record:
+    """Decode one record payload; RecordError (never another exception) if malformed."""
+    try:
+        return _decode(rtype, bytes(data))
+    except RecordError:
+        raise
+    except Exception as e:  # belt and braces: a decoder must never crash the opener
+        raise _bad(rtype, f"{type(e).__name__}: {e}") from None
+
+
+def _decode(rtype: int, data: bytes) -> Record:
+    if rtype == ENQUEUE:
+        (_, flags, prio, maxr, created, at, sched, tmo, lease,
+         li, lt, lq, lu, lp) = _head(rtype, _ENQ, data)
+        if flags & ~(_F_SCHED | _F_TIMEOUT | _F_UKEY):
+            raise _bad(rtype, f"unknown flags {flags:#x}")
+        if not 1 <= prio <= 4:
+            raise _bad(rtype, f"priority {prio} out of range")
+        if lease <= 0 or ((flags & _F_TIMEOUT) and tmo <= 0):
+            raise _bad(rtype, "non-positive lease or timeout")
+        pos = _ENQ.size
+        if pos + li + lt + lq + lu + lp != len(data):
+            raise _bad(rtype, "length does not match its fields")
+        job_id, jtype, queue, ukey = _strs(rtype, data[:pos + li + lt + lq + lu], pos,
+                                           (li, lt, lq, lu))
+        if not jtype or not queue or ((flags & _F_UKEY) and not ukey) or (lu and not flags & _F_UKEY):
+            raise _bad(rtype, "empty job_type/queue/unique_key")
+        payload = data[pos + li + lt + lq + lu:]
+        if not payload.startswith(b"{"):
+            raise _bad(rtype, "payload is not a JSON object")
+        return Enqueue(_check_id(rtype, job_id), jtype, queue, prio, maxr, created, at,
+                       sched if flags & _F_SCHED else None,
+                       tmo if flags & _F_TIMEOUT else None, lease,
+                       ukey if flags & _F_UKEY else None, payload)
+    if rtype == CLAIM:
+        _, at, deadline, token, li, lw = _head(rtype, _CLAIM, data)
+        job_id, worker = _strs(rtype, data, _CLAIM.size, (li, lw))
+        return Claim(_check_id(rtype, job_id), at, token, deadline, worker)
+    if rtype == HEARTBEAT:
+        _, at, deadline, token, li = _head(rtype, _HB, data)
+        (job_id,) = _strs(rtype, data, _HB.size, (li,))
+        return Heartbeat(_check_id(rtype, job_id), at, token, deadline)
+    if rtype == PROGRESS:
+        _, flags, at, token, frac, li, lm = _head(rtype, _PROG, data)
+        if flags & ~1 or (lm and not flags & 1):
+            raise _bad(rtype, f"bad flags {flags:#x}")
+        if not math.isfinite(frac):
+            raise _bad(rtype, "fraction is not finite")
+        job_id, msg = _strs(rtype, data, _PROG.size, (li, lm))
+        return Progress(_check_id(rtype, job_id), at, token, frac, msg if flags & 1 else None)
+    if rtype == COMPLETE:
+        _, flags, at, token, li, lr = _head(rtype, _COMP, data)
+        if flags & ~1 or (lr and not flags & 1):
+            raise _bad(rtype, f"bad flags {flags:#x}")
+        pos = _COMP.size
+        if pos + li + lr != len(data):
+            raise _bad(rtype, "length does not match its fields")
+        (job_id,) = _strs(rtype, data[:pos + li], pos, (li,))
+        return Complete(_check_id(rtype, job_id), at, token,
+                        data[pos + li:] if flags & 1 else None)
+    if rtype == FAIL:
+        _, outcome, at, token, due, li, le = _head(rtype, _FAIL, data)
+        if outcome not in _OUTCOMES:
+            raise _bad(rtype, f"unknown outcome {outcome}")
+        job_id, err = _strs(rtype, data, _FAIL.size, (li, le))
+        return Fail(_check_id(rtype, job_id), at, token, outcome, due, err)
+    if rtype == REAP:
+        _, reason, outcome, at, token, due, li = _head(rtype, _REAP, data)
+        if reason not in REASON_TEXT:
+            raise _bad(rtype, f"unknown reason {reason}")
+        if outcome not in _OUTCOMES:
+            raise _bad(rtype, f"unknown outcome {outcome}")
+        (job_id,) = _strs(rtype, data, _REAP.size, (li,))
+        return Reap(_check_id(rtype, job_id), at, token, reason, outcome, due)
+    if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
+        _, at, li = _head(rtype, _SIMPLE, data)
+        (job_id,) = _strs(rtype, data, _SIMPLE.size, (li,))
+        cls = {CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}[rtype]
+        return cls(_check_id(rtype, job_id), at)
+    if rtype == PURGE:
+        _, at, count = _head(rtype, _PURGE, data)
+        pos = _PURGE.size
+        if count > (len(data) - pos) // 2:
+            raise _bad(rtype, f"count {count} exceeds the record")
+        ids = []
+        for _ in range(count):
+            if pos + 2 > len(data):
+                raise _bad(rtype, "truncated id list")
+            (n,) = _H.unpack_from(data, pos)
+            pos += 2
+            if pos + n > len(data):
+                raise _bad(rtype, "truncated id")
+            try:
+                ids.append(_check_id(rtype, data[pos:pos + n].decode("utf-8")))
+            except UnicodeDecodeError:
+                raise _bad(rtype, "id is not valid UTF-8") from None
+            pos += n
+        if pos != len(data):
+            raise _bad(rtype, "trailing bytes")
+        return Purge(at, tuple(ids))
+    raise RecordError(f"unknown record type {rtype}")

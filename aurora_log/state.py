@@ -1,0 +1,788 @@
+"""The pure fold: transition records in, job table and heaps out. No I/O, no clock.
+
+``State.apply(lsn, rtype, record)`` folds one record (``record`` is the payload bytes or the
+decoded record from :mod:`aurora_log.records`). ``queue.py`` appends a record to the log and
+applies the same record here, so replay on open and live operation run the same code.
+
+The ``plan_*`` methods are the other half: given the state, the caller's arguments and a
+``now_ms`` they decide what record an operation must write (or raise StaleLeaseError,
+JobNotFoundError, InvalidStateError) without changing anything. Every clock-dependent
+decision (lease deadline, next due time, the reaper's verdict) is thereby in the record.
+
+Memory layout (the point: a pending job is not a Python object)
+---------------------------------------------------------------
+* ``jobs``: ``id -> bytes`` for a job that has only been enqueued (the common case: one
+  compact blob, see ``_BLOB``, holding the enqueue LSN, times, limits, priority, unique key
+  and the JSON payload), or ``id -> _Rec`` (a slotted object) once anything else happened to
+  it. Dict order is enqueue order (replacing a value keeps its place), which ``list()`` uses.
+* ready heaps, one per (queue, job_type) pair: ``(key, id)`` with
+  ``key = (4 - priority) << 112 | due_ms << 64 | seq`` -- one int orders by priority desc,
+  due time, then FIFO (``seq`` = LSN of the record that made the job pending).
+* timer heap: ``(due_ms << 64 | seq, id)`` for jobs due in the future (scheduled, retry
+  backoff), moved to a ready heap by ``promote(now_ms)``.
+* lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id, token)``.
+* All heaps use lazy deletion: an entry is live only if the job still is in the state that
+  pushed it (blob => the one enqueue episode; ``_Rec`` => status and ``seq``/token match).
+
+Lease rule: a lease holds through its deadline; it is expired when ``now > deadline``.
+Likewise a timeout fires when ``now > started + timeout``. A job is due when ``due <= now``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import struct
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+from . import records as R
+from .errors import InvalidStateError, JobNotFoundError, StaleLeaseError
+from .job import Job, JobPriority, JobStatus, from_ms, retry_delay_ms
+
+__all__ = ["State", "Transition", "EXPORT_VERSION"]
+
+PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
+_WAITING = (PENDING, FAILED)           # claimable once due
+_LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
+_FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
+_STATUS = {s.code: s for s in JobStatus}
+_M64 = (1 << 64) - 1
+MAX_DUE_MS = (1 << 47) - 1             # year ~6429; keeps heap keys inside their bit fields
+
+# lsn, at, created, scheduled, timeout_ms (0 = none), lease_ms, max_retries, pair, prio,
+# flags (1 = has scheduled), len(unique_key); then unique_key, payload
+_BLOB = struct.Struct("<qqqqIIIIBBH")
+_F_SCHED = 1
+
+EXPORT_VERSION = 1
+_EXPORT_MAGIC = b"AQS\x01"
+
+
+class Transition(NamedTuple):
+    """One entry of ``history(id)``."""
+    lsn: int
+    kind: str                  # "enqueue", "claim", "heartbeat", "fail", "reap", ...
+    at: datetime
+    status: JobStatus          # the job's status after this transition
+    worker: str | None         # the worker of the attempt, if any
+    attempt: int               # 1 = first run, 2 = first retry, ...
+    error: str | None          # the error, reap reason or note
+
+
+class _Rec:
+    """A job that has been touched after its enqueue."""
+    __slots__ = ("blob", "status", "retry", "seq", "due", "token", "worker", "lease_dl",
+                 "started", "hb", "completed", "error", "result", "progress", "pmsg",
+                 "cancel_req", "hist")
+
+    def __init__(self, blob: bytes):
+        h = _BLOB.unpack_from(blob)
+        self.blob = blob
+        self.status = PENDING
+        self.retry = 0
+        self.seq = h[0]
+        self.due = h[3] if h[9] & _F_SCHED else 0
+        self.token = None
+        self.worker = None
+        self.lease_dl = 0
+        self.started = 0
+        self.hb = 0
+        self.completed = 0
+        self.error = None
+        self.result = None
+        self.progress = None
+        self.pmsg = None
+        self.cancel_req = False
+        # (lsn, rtype, at_ms, status, worker, attempt, note)
+        self.hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
+
+
+class State:
+    """The queue's state; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, bytes | _Rec] = {}
+        self._pairs: list[tuple[str, str]] = []      # index -> (queue, job_type)
+        self._pair_ix: dict[tuple[str, str], int] = {}
+        self._ready: list[list] = []                 # index -> heap of (key, id)
+        self._timers: list = []
+        self._leases: list = []
+        self._timeouts: list = []
+        self._running: set[str] = set()
+        self._unique: dict[str, str] = {}
+        self._counts = [0] * 7                       # by status code
+        self._qcounts: dict[str, list[int]] = {}
+        self._pick_cache: dict = {}
+        self.last_lsn = 0
+        self.applied = 0
+        self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _pair(self, queue: str, job_type: str) -> int:
+        key = (queue, job_type)
+        ix = self._pair_ix.get(key)
+        if ix is None:
+            ix = len(self._pairs)
+            self._pairs.append(key)
+            self._pair_ix[key] = ix
+            self._ready.append([])
+            self._pick_cache.clear()
+        return ix
+
+    def _count(self, queue: str, old: int, new: int) -> None:
+        c = self._counts
+        q = self._qcounts.get(queue)
+        if q is None:
+            q = self._qcounts[queue] = [0] * 7
+        if old:
+            c[old] -= 1
+            q[old] -= 1
+        if new:
+            c[new] += 1
+            q[new] += 1
+
+    def _anomaly(self, lsn: int, why: str) -> None:
+        if len(self.anomalies) < 100:
+            self.anomalies.append((lsn, why))
+
+    def _rec(self, job_id: str) -> _Rec | None:
+        """The job as a _Rec, converting a blob (touching it) if needed."""
+        v = self.jobs.get(job_id)
+        if v is None or type(v) is _Rec:
+            return v
+        r = _Rec(v)
+        self.jobs[job_id] = r
+        return r
+
+    def _live_entry(self, key: int, job_id: str) -> bool:
+        v = self.jobs.get(job_id)
+        if v is None:
+            return False
+        if type(v) is bytes:
+            return True
+        return v.status in _WAITING and v.seq == key & _M64
+
+    def _schedule(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
+        """Put a waiting job into the timer heap, or straight into its ready heap when due
+        is not after the transition's own time (due <= at)."""
+        due = min(max(due, 0), MAX_DUE_MS)
+        tkey = due << 64 | seq
+        if due > at:
+            heapq.heappush(self._timers, (tkey, job_id))
+        else:
+            h = _BLOB.unpack_from(blob)
+            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
+
+    @staticmethod
+    def _queue_of(blob: bytes, pairs) -> str:
+        return pairs[_BLOB.unpack_from(blob)[7]][0]
+
+    def _set(self, job_id: str, r: _Rec, new: int) -> None:
+        old = r.status
+        if old == new:
+            return
+        h = _BLOB.unpack_from(r.blob)
+        self._count(self._pairs[h[7]][0], old, new)
+        r.status = new
+        if old == RUNNING:
+            self._running.discard(job_id)
+        if new == RUNNING:
+            self._running.add(job_id)
+        if new in _FINISHED and h[10]:
+            ukey = r.blob[_BLOB.size:_BLOB.size + h[10]].decode()
+            if self._unique.get(ukey) == job_id:
+                del self._unique[ukey]
+
+    # ------------------------------------------------------------------ the fold
+
+    def apply(self, lsn: int, rtype: int, rec: bytes | R.Record) -> None:
+        """Fold one record. Records that do not apply (which the queue never writes) are
+        skipped and noted in ``anomalies``; apply never raises for them."""
+        if isinstance(rec, (bytes, bytearray, memoryview)):
+            rec = R.decode(rtype, rec)
+        if lsn > self.last_lsn:
+            self.last_lsn = lsn
+        self.applied += 1
+        fn = _APPLY.get(rtype)
+        if fn is None:
+            self._anomaly(lsn, f"unknown record type {rtype}")
+            return
+        fn(self, lsn, rec)
+
+    def _apply_enqueue(self, lsn: int, e: R.Enqueue) -> None:
+        if e.id in self.jobs:
+            self._anomaly(lsn, f"enqueue of existing job {e.id}")
+            return
+        pair = self._pair(e.queue, e.job_type)
+        u = e.unique_key.encode() if e.unique_key is not None else b""
+        sched = e.scheduled_ms
+        blob = _BLOB.pack(lsn, e.at_ms, e.created_ms, sched or 0, e.timeout_ms or 0,
+                          e.lease_ms, e.max_retries, pair, e.priority,
+                          _F_SCHED if sched is not None else 0, len(u)) + u + e.payload
+        self.jobs[e.id] = blob
+        self._count(e.queue, 0, PENDING)
+        if e.unique_key is not None and e.unique_key not in self._unique:
+            self._unique[e.unique_key] = e.id
+        self._schedule(e.id, blob, sched if sched is not None else e.at_ms, lsn, e.at_ms)
+
+    def _running_rec(self, lsn: int, rec, what: str) -> _Rec | None:
+        r = self.jobs.get(rec.id)
+        if type(r) is not _Rec or r.status != RUNNING or r.token != rec.token:
+            self._anomaly(lsn, f"{what} of {rec.id}: not running under that token")
+            return None
+        return r
+
+    def _apply_claim(self, lsn: int, c: R.Claim) -> None:
+        r = self._rec(c.id)
+        if r is None or r.status not in _WAITING:
+            self._anomaly(lsn, f"claim of {c.id}: not waiting")
+            return
+        self._set(c.id, r, RUNNING)
+        r.token = c.token
+        r.worker = c.worker
+        r.started = r.hb = c.at_ms
+        r.lease_dl = c.lease_deadline_ms
+        r.progress = r.pmsg = None
+        r.cancel_req = False
+        r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
+        heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
+        timeout = _BLOB.unpack_from(r.blob)[4]
+        if timeout:
+            heapq.heappush(self._timeouts, (c.at_ms + timeout, c.id, c.token))
+
+    def _apply_heartbeat(self, lsn: int, h: R.Heartbeat) -> None:
+        r = self._running_rec(lsn, h, "heartbeat")
+        if r is None:
+            return
+        r.hb = h.at_ms
+        if h.lease_deadline_ms != r.lease_dl:
+            r.lease_dl = h.lease_deadline_ms
+            heapq.heappush(self._leases, (h.lease_deadline_ms, h.id, h.token))
+
+    def _apply_progress(self, lsn: int, p: R.Progress) -> None:
+        r = self._running_rec(lsn, p, "progress")
+        if r is None:
+            return
+        r.hb = p.at_ms
+        r.progress = p.fraction
+        r.pmsg = p.message
+
+    def _finish_attempt(self, r: _Rec) -> None:
+        r.token = None
+        r.lease_dl = 0
+
+    def _apply_complete(self, lsn: int, c: R.Complete) -> None:
+        r = self._running_rec(lsn, c, "complete")
+        if r is None:
+            return
+        self._set(c.id, r, COMPLETED)
+        self._finish_attempt(r)
+        r.completed = c.at_ms
+        r.result = c.result
+        r.error = None
+        r.hist.append((lsn, R.COMPLETE, c.at_ms, COMPLETED, r.worker, r.retry + 1, None))
+
+    def _after_attempt(self, lsn: int, job_id: str, r: _Rec, outcome: int, at: int, due: int,
+                       retry_status: int, rtype: int, note: str) -> None:
+        attempt = r.retry + 1
+        self._finish_attempt(r)
+        if outcome == R.OUTCOME_RETRY:
+            r.retry += 1
+            r.seq = lsn
+            r.due = due
+            self._set(job_id, r, retry_status)
+            self._schedule(job_id, r.blob, due, lsn, at)
+        else:
+            r.completed = at
+            self._set(job_id, r, DEAD_LETTER if outcome == R.OUTCOME_DEAD else CANCELLED)
+        r.hist.append((lsn, rtype, at, r.status, r.worker, attempt, note))
+
+    def _apply_fail(self, lsn: int, f: R.Fail) -> None:
+        r = self._running_rec(lsn, f, "fail")
+        if r is None:
+            return
+        r.error = f.error
+        self._after_attempt(lsn, f.id, r, f.outcome, f.at_ms, f.next_due_ms, FAILED, R.FAIL,
+                            f.error)
+
+    def _apply_reap(self, lsn: int, p: R.Reap) -> None:
+        r = self._running_rec(lsn, p, "reap")
+        if r is None:
+            return
+        reason = R.REASON_TEXT[p.reason]
+        r.error = reason
+        self._after_attempt(lsn, p.id, r, p.outcome, p.at_ms, p.next_due_ms, PENDING, R.REAP,
+                            reason)
+
+    def _apply_cancel(self, lsn: int, c: R.Cancel) -> None:
+        r = self._rec(c.id)
+        if r is None or r.status not in _WAITING:
+            self._anomaly(lsn, f"cancel of {c.id}: not waiting")
+            return
+        self._set(c.id, r, CANCELLED)
+        r.completed = c.at_ms
+        r.hist.append((lsn, R.CANCEL, c.at_ms, CANCELLED, None, r.retry + 1, None))
+
+    def _apply_cancel_request(self, lsn: int, c: R.CancelRequest) -> None:
+        r = self.jobs.get(c.id)
+        if type(r) is not _Rec or r.status != RUNNING:
+            self._anomaly(lsn, f"cancel request of {c.id}: not running")
+            return
+        r.cancel_req = True
+        r.hist.append((lsn, R.CANCEL_REQUEST, c.at_ms, RUNNING, r.worker, r.retry + 1, None))
+
+    def _apply_retry_dead(self, lsn: int, c: R.RetryDead) -> None:
+        r = self.jobs.get(c.id)
+        if type(r) is not _Rec or r.status != DEAD_LETTER:
+            self._anomaly(lsn, f"retry_dead of {c.id}: not dead-lettered")
+            return
+        r.retry = 0
+        r.seq = lsn
+        r.due = 0
+        r.completed = 0
+        r.cancel_req = False
+        self._set(c.id, r, PENDING)
+        ukey = self._ukey(r.blob)
+        if ukey is not None and ukey not in self._unique:
+            self._unique[ukey] = c.id
+        self._schedule(c.id, r.blob, c.at_ms, lsn, c.at_ms)
+        r.hist.append((lsn, R.RETRY_DEAD, c.at_ms, PENDING, None, 1, None))
+
+    def _apply_purge(self, lsn: int, p: R.Purge) -> None:
+        for job_id in p.ids:
+            r = self.jobs.get(job_id)
+            if type(r) is not _Rec or r.status not in _FINISHED:
+                self._anomaly(lsn, f"purge of {job_id}: not finished")
+                continue
+            self._count(self._queue_of(r.blob, self._pairs), r.status, 0)
+            del self.jobs[job_id]
+
+    @staticmethod
+    def _ukey(blob: bytes) -> str | None:
+        n = _BLOB.unpack_from(blob)[10]
+        return blob[_BLOB.size:_BLOB.size + n].decode() if n else None
+
+    # ------------------------------------------------------------------ time-driven reads
+
+    def promote(self, now_ms: int) -> int:
+        """Move timer entries that are due (due <= now) into their ready heaps."""
+        timers = self._timers
+        n = 0
+        limit = (now_ms + 1) << 64
+        while timers and timers[0][0] < limit:
+            tkey, job_id = heapq.heappop(timers)
+            if not self._live_entry(tkey, job_id):
+                continue
+            v = self.jobs[job_id]
+            h = _BLOB.unpack_from(v if type(v) is bytes else v.blob)
+            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
+            n += 1
+        return n
+
+    def next_due_ms(self) -> int | None:
+        """The due time of the earliest scheduled job or retry (None if none)."""
+        timers = self._timers
+        while timers and not self._live_entry(timers[0][0], timers[0][1]):
+            heapq.heappop(timers)
+        return (timers[0][0] >> 64) if timers else None
+
+    def _candidates(self, queues, job_types) -> list[int]:
+        ck = (queues, job_types)
+        c = self._pick_cache.get(ck)
+        if c is None:
+            c = [i for i, (q, t) in enumerate(self._pairs)
+                 if (queues is None or q in queues) and (job_types is None or t in job_types)]
+            if len(self._pick_cache) > 256:
+                self._pick_cache.clear()
+            self._pick_cache[ck] = c
+        return c
+
+    def pick(self, now_ms: int, queues: frozenset | None = None,
+             job_types: frozenset | None = None) -> str | None:
+        """The id of the best due job (priority desc, due time, FIFO), or None. Changes
+        nothing observable (promotes due timers and drops dead heap entries)."""
+        self.promote(now_ms)
+        best = None
+        best_id = None
+        ready = self._ready
+        for ix in self._candidates(queues, job_types):
+            heap = ready[ix]
+            while heap:
+                key, job_id = heap[0]
+                if self._live_entry(key, job_id):
+                    if best is None or key < best:
+                        best, best_id = key, job_id
+                    break
+                heapq.heappop(heap)
+        return best_id
+
+    # ------------------------------------------------------------------ planners
+
+    def _get_running(self, job_id: str, token: bytes) -> _Rec:
+        v = self.jobs.get(job_id)
+        if v is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        if type(v) is not _Rec or v.status != RUNNING or v.token != token:
+            status = _STATUS[PENDING if type(v) is bytes else v.status]
+            raise StaleLeaseError(f"job {job_id} is {status.value}; the attempt token "
+                                  "does not hold its lease")
+        return v
+
+    def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
+        v = self.jobs[job_id]
+        lease = _BLOB.unpack_from(v if type(v) is bytes else v.blob)[5]
+        return R.Claim(job_id, now_ms, token, now_ms + lease, worker)
+
+    def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
+        r = self._get_running(job_id, token)
+        lease = _BLOB.unpack_from(r.blob)[5]
+        return R.Heartbeat(job_id, now_ms, token, max(now_ms + lease, r.lease_dl))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        v = self.jobs.get(job_id)
+        return type(v) is _Rec and v.cancel_req
+
+    def plan_progress(self, job_id: str, token: bytes, now_ms: int, fraction: float,
+                      message: str | None) -> R.Progress:
+        self._get_running(job_id, token)
+        return R.Progress(job_id, now_ms, token, fraction, message)
+
+    def plan_complete(self, job_id: str, token: bytes, now_ms: int,
+                      result: bytes | None) -> R.Complete:
+        self._get_running(job_id, token)
+        return R.Complete(job_id, now_ms, token, result)
+
+    def _verdict(self, r: _Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
+        if r.cancel_req:
+            return R.OUTCOME_CANCELLED, 0
+        max_retries = _BLOB.unpack_from(r.blob)[6]
+        if r.retry < max_retries:
+            return R.OUTCOME_RETRY, min(now_ms + delay(r.retry), MAX_DUE_MS)
+        return R.OUTCOME_DEAD, 0
+
+    def plan_fail(self, job_id: str, token: bytes, now_ms: int, error: str,
+                  delay: Callable[[int], int] = retry_delay_ms) -> R.Fail:
+        """``delay(retry_count) -> ms`` is the backoff (the queue passes its configured one)."""
+        r = self._get_running(job_id, token)
+        outcome, due = self._verdict(r, now_ms, delay)
+        return R.Fail(job_id, now_ms, token, outcome, due, error)
+
+    def plan_reap(self, now_ms: int, delay: Callable[[int], int] = retry_delay_ms,
+                  limit: int = 10_000) -> list[R.Reap]:
+        """Reap records for leases expired (now > deadline) and running jobs past their
+        timeout (now > started + timeout). Changes nothing observable."""
+        out: list[R.Reap] = []
+        seen: set[str] = set()
+        for heap, reason in ((self._timeouts, R.REASON_TIMEOUT),
+                             (self._leases, R.REASON_LEASE_EXPIRED)):
+            keep = []
+            while heap and heap[0][0] < now_ms and len(out) < limit:
+                entry = heapq.heappop(heap)
+                deadline, job_id, token = entry
+                r = self.jobs.get(job_id)
+                if type(r) is not _Rec or r.status != RUNNING or r.token != token:
+                    continue                      # stale entry: drop it
+                if reason == R.REASON_LEASE_EXPIRED and r.lease_dl != deadline:
+                    continue                      # superseded by a heartbeat
+                keep.append(entry)                # live until the reap record is applied
+                if job_id in seen:
+                    continue
+                seen.add(job_id)
+                outcome, due = self._verdict(r, now_ms, delay)
+                out.append(R.Reap(job_id, now_ms, token, reason, outcome, due))
+            for entry in keep:
+                heapq.heappush(heap, entry)
+        return out
+
+    def plan_recover(self, now_ms: int, delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
+        """On open: every job left RUNNING by a dead process, as a "process died" reap."""
+        out = []
+        for job_id in sorted(self._running, key=lambda i: self.jobs[i].hist[-1][0]):
+            r = self.jobs[job_id]
+            outcome, due = self._verdict(r, now_ms, delay)
+            out.append(R.Reap(job_id, now_ms, r.token, R.REASON_PROCESS_DIED, outcome, due))
+        return out
+
+    def plan_cancel(self, job_id: str, now_ms: int) -> R.Cancel | R.CancelRequest | None:
+        """CANCEL for a waiting job, CANCEL_REQUEST for a running one (None if already
+        requested); InvalidStateError for a finished job."""
+        v = self.jobs.get(job_id)
+        if v is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        status = PENDING if type(v) is bytes else v.status
+        if status in _WAITING:
+            return R.Cancel(job_id, now_ms)
+        if status == RUNNING:
+            return None if v.cancel_req else R.CancelRequest(job_id, now_ms)
+        raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}; only pending, "
+                                "scheduled, failed or running jobs can be cancelled")
+
+    def plan_retry_dead(self, job_id: str, now_ms: int) -> R.RetryDead:
+        v = self.jobs.get(job_id)
+        if v is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        status = PENDING if type(v) is bytes else v.status
+        if status != DEAD_LETTER:
+            raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}, not dead_letter")
+        ukey = self._ukey(v.blob)
+        if ukey is not None and ukey in self._unique:
+            raise InvalidStateError(f"job {self._unique[ukey]} with the same unique_key "
+                                    f"{ukey!r} is live; cannot re-drive {job_id}")
+        return R.RetryDead(job_id, now_ms)
+
+    def plan_purge(self, before_ms: int, limit: int = 10_000) -> R.Purge | None:
+        """PURGE of finished jobs that finished before ``before_ms`` (retention)."""
+        ids = []
+        for job_id, v in self.jobs.items():
+            if type(v) is _Rec and v.status in _FINISHED and v.completed < before_ms:
+                ids.append(job_id)
+                if len(ids) >= limit:
+                    break
+        return R.Purge(before_ms, tuple(ids)) if ids else None
+
+    # ------------------------------------------------------------------ queries
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self.jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def unique_owner(self, key: str) -> str | None:
+        """The id of the live job holding unique_key ``key``."""
+        return self._unique.get(key)
+
+    def status_of(self, job_id: str) -> JobStatus | None:
+        v = self.jobs.get(job_id)
+        if v is None:
+            return None
+        return JobStatus.PENDING if type(v) is bytes else _STATUS[v.status]
+
+    def running_ids(self) -> set[str]:
+        return set(self._running)
+
+    def get(self, job_id: str) -> Job | None:
+        v = self.jobs.get(job_id)
+        return None if v is None else self._materialise(job_id, v)
+
+    def _materialise(self, job_id: str, v) -> Job:
+        blob = v if type(v) is bytes else v.blob
+        (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
+         lu) = _BLOB.unpack_from(blob)
+        queue, job_type = self._pairs[pair]
+        j = Job._raw()
+        j.id = job_id
+        j.job_type = job_type
+        j.queue = queue
+        pos = _BLOB.size + lu
+        j.unique_key = blob[_BLOB.size:pos].decode() if lu else None
+        j.payload = json.loads(blob[pos:])
+        j.priority = JobPriority(prio)
+        j.max_retries = max_retries
+        j.created_at = from_ms(created)
+        j.timeout_seconds = _secs(timeout) if timeout else None
+        j.lease_duration = _secs(lease)
+        if type(v) is bytes:
+            j.status = JobStatus.PENDING
+            j.retry_count = 0
+            j.scheduled_at = from_ms(sched) if flags & _F_SCHED else None
+            j.started_at = j.completed_at = j.last_heartbeat = None
+            j.token = j.lease_deadline = j.worker_id = j.error = j.result = None
+            j.progress = j.progress_message = None
+            j.cancel_requested = False
+            return j
+        j.status = _STATUS[v.status]
+        j.retry_count = v.retry
+        j.scheduled_at = from_ms(v.due) if v.due else None
+        j.started_at = from_ms(v.started) if v.started else None
+        j.completed_at = from_ms(v.completed) if v.completed and v.status in _FINISHED else None
+        j.last_heartbeat = from_ms(v.hb) if v.hb else None
+        running = v.status == RUNNING
+        j.token = v.token.hex() if running else None
+        j.lease_deadline = from_ms(v.lease_dl) if running else None
+        j.worker_id = v.worker
+        j.error = v.error
+        j.result = json.loads(v.result) if v.result is not None else None
+        j.progress = v.progress
+        j.progress_message = v.pmsg
+        j.cancel_requested = v.cancel_req
+        return j
+
+    def iter_ids(self, *, status: JobStatus | None = None, queue: str | None = None,
+                 job_type: str | None = None, after: str | None = None) -> Iterator[str]:
+        """Job ids in enqueue order, filtered."""
+        code = status.code if status is not None else None
+        pairs = None
+        if queue is not None or job_type is not None:
+            pairs = {i for i, (q, t) in enumerate(self._pairs)
+                     if (queue is None or q == queue) and (job_type is None or t == job_type)}
+            if not pairs:
+                return
+        it = iter(self.jobs.items())
+        if after is not None:
+            if after not in self.jobs:
+                raise JobNotFoundError(f"no job with id {after!r} (the 'after' cursor)")
+            for job_id, _ in it:
+                if job_id == after:
+                    break
+        for job_id, v in it:
+            if type(v) is bytes:
+                if code is not None and code != PENDING:
+                    continue
+                if pairs is not None and _BLOB.unpack_from(v)[7] not in pairs:
+                    continue
+            else:
+                if code is not None and v.status != code:
+                    continue
+                if pairs is not None and _BLOB.unpack_from(v.blob)[7] not in pairs:
+                    continue
+            yield job_id
+
+    def list(self, *, status=None, queue=None, job_type=None, limit=100, after=None) -> list[Job]:
+        out = []
+        for job_id in self.iter_ids(status=status, queue=queue, job_type=job_type, after=after):
+            if len(out) >= limit:
+                break
+            out.append(self._materialise(job_id, self.jobs[job_id]))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per status (the seed's names), in total and per queue."""
+        def block(c):
+            d = {s.value: c[s.code] for s in JobStatus}
+            d["total"] = sum(c)
+            return d
+        out = block(self._counts)
+        out["queues"] = {q: block(c) for q, c in sorted(self._qcounts.items()) if sum(c)}
+        return out
+
+    def history(self, job_id: str) -> list[Transition]:
+        v = self.jobs.get(job_id)
+        if v is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        if type(v) is bytes:
+            h = _BLOB.unpack_from(v)
+            hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
+        else:
+            hist = v.hist
+        return [Transition(lsn, R.RECORD_NAMES[rt], from_ms(at), _STATUS[st], w, a, note)
+                for lsn, rt, at, st, w, a, note in hist]
+
+    def fingerprint(self) -> tuple:
+        """Everything observable, for tests: equal fingerprints = equal states."""
+        jobs = tuple((i, self._materialise(i, v).to_dict(), tuple(self.history(i)))
+                     for i, v in self.jobs.items())
+        return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn)
+
+    # ------------------------------------------------------------------ snapshot support
+
+    def export(self) -> Iterator[bytes]:
+        """The live contents as a sequence of byte strings (a header, then one item per job).
+        ``State.from_export(items)`` rebuilds an equal state (heaps included). The items are
+        self-describing and versioned; the snapshot layer frames and compresses them."""
+        header = {"v": EXPORT_VERSION, "last_lsn": self.last_lsn, "applied": self.applied,
+                  "pairs": [list(p) for p in self._pairs], "jobs": len(self.jobs)}
+        yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
+        for job_id, v in self.jobs.items():
+            i = job_id.encode()
+            if type(v) is bytes:
+                yield b"B" + struct.pack("<H", len(i)) + i + v
+            else:
+                meta = json.dumps([
+                    v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
+                    v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
+                    v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
+                    v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
+                yield b"R" + struct.pack("<HI", len(i), len(v.blob)) + i + v.blob + meta
+
+    @classmethod
+    def from_export(cls, items: Iterable[bytes]) -> "State":
+        """Rebuild a State from ``export()``'s items. ValueError if they are malformed."""
+        it = iter(items)
+        try:
+            head = next(it)
+        except StopIteration:
+            raise ValueError("empty state export") from None
+        if not head.startswith(_EXPORT_MAGIC):
+            raise ValueError("not a state export (bad magic)")
+        try:
+            h = json.loads(head[len(_EXPORT_MAGIC):])
+            if h["v"] != EXPORT_VERSION:
+                raise ValueError(f"unknown state export version {h['v']}")
+            s = cls()
+            for q, t in h["pairs"]:
+                s._pair(q, t)
+            s.last_lsn = h["last_lsn"]
+            s.applied = h["applied"]
+            n = 0
+            for item in it:
+                n += 1
+                kind = item[:1]
+                if kind == b"B":
+                    (li,) = struct.unpack_from("<H", item, 1)
+                    job_id = item[3:3 + li].decode()
+                    s._import_job(job_id, bytes(item[3 + li:]), None)
+                elif kind == b"R":
+                    li, lb = struct.unpack_from("<HI", item, 1)
+                    job_id = item[7:7 + li].decode()
+                    blob = bytes(item[7 + li:7 + li + lb])
+                    s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
+                else:
+                    raise ValueError(f"unknown state export item kind {kind!r}")
+            if n != h["jobs"]:
+                raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
+            return s
+        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
+                json.JSONDecodeError) as e:
+            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
+
+    def _import_job(self, job_id: str, blob: bytes, meta: list | None) -> None:
+        h = _BLOB.unpack_from(blob)
+        if h[7] >= len(self._pairs) or not 1 <= h[8] <= 4:
+            raise ValueError(f"malformed state export item for job {job_id}")
+        queue = self._pairs[h[7]][0]
+        ukey = self._ukey(blob)
+        if meta is None:
+            self.jobs[job_id] = blob
+            self._count(queue, 0, PENDING)
+            if ukey is not None:
+                self._unique.setdefault(ukey, job_id)
+            self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
+            return
+        r = _Rec(blob)
+        (r.status, r.retry, r.seq, r.due, token, r.worker, r.lease_dl, r.started, r.hb,
+         r.completed, r.error, result, r.progress, r.pmsg, r.cancel_req, hist) = meta
+        if r.status not in _STATUS:
+            raise ValueError(f"malformed state export item for job {job_id}")
+        r.token = bytes.fromhex(token) if token else None
+        r.result = result.encode() if result is not None else None
+        r.hist = [tuple(e) for e in hist]
+        self.jobs[job_id] = r
+        self._count(queue, 0, r.status)
+        if ukey is not None and r.status in _LIVE:
+            self._unique.setdefault(ukey, job_id)
+        if r.status in _WAITING:
+            # the ready/timer split is recomputed by promote(); `at` = the last transition
+            at = r.hist[-1][2] if r.hist else h[1]
+            due = r.due if r.due else (h[3] if h[9] & _F_SCHED and r.seq == h[0] else at)
+            self._schedule(job_id, blob, due, r.seq, at)
+        elif r.status == RUNNING:
+            self._running.add(job_id)
+            heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
+            if h[4]:
+                heapq.heappush(self._timeouts, (r.started + h[4], job_id, r.token))
+
+
+def _secs(ms: int):
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+_APPLY = {
+    R.ENQUEUE: State._apply_enqueue, R.CLAIM: State._apply_claim,
+    R.HEARTBEAT: State._apply_heartbeat, R.PROGRESS: State._apply_progress,
+    R.COMPLETE: State._apply_complete, R.FAIL: State._apply_fail, R.REAP: State._apply_reap,
+    R.CANCEL: State._apply_cancel, R.CANCEL_REQUEST: State._apply_cancel_request,
+    R.RETRY_DEAD: State._apply_retry_dead, R.PURGE: State._apply_purge,
+}
