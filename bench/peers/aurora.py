@@ -1,0 +1,106 @@
+"""aurora-log itself, through its public Queue API (docs/INTERNALS.md, "queue.py").
+
+Two rows:
+  aurora-sync      durability="sync" (the default): enqueue/enqueue_many/complete return
+                   after their records are fdatasynced; concurrent callers share one
+                   write + one fdatasync (group commit). Claims do not wait for a sync.
+  aurora-interval  durability="interval" (fdatasync every interval_ms, 20 ms by default):
+                   acknowledged writes ride the next group commit; a crash loses at most
+                   that window. This is the row compared with SQLite at synchronous=NORMAL.
+
+One Queue is shared by all threads (it is thread-safe by contract); each thread claims
+under its own worker id. The 0..9 priority levels map onto JobPriority via
+peers.aurora_level (0-2 LOW, 3-4 NORMAL, 5-7 HIGH, 8-9 CRITICAL).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from . import DEFAULT_LEVEL, Peer, aurora_level
+
+
+class AuroraPeer(Peer):
+    supports_priority = True
+    batch_native = True
+    shared_handle = True
+
+    @classmethod
+    def available(cls):
+        try:
+            import aurora_log
+            from aurora_log.job import Job, JobPriority  # noqa: F401
+        except ImportError as e:
+            return False, f"aurora-log's queue is not importable yet ({e})"
+        if not hasattr(aurora_log, "open"):
+            return False, "aurora_log.open is missing (the queue engine has not landed yet)"
+        return True, ""
+
+    def __init__(self, durability="sync", interval_ms=None):
+        super().__init__()
+        self.durability = durability
+        self.interval_ms = interval_ms
+        self.name = f"aurora-{durability}"
+        self.label = f"aurora-log ({durability})"
+        if durability == "sync":
+            self.setting = "sync: fdatasync before enqueue/complete return (group commit)"
+            self.durable = True
+            self.default_or_strong = "default = strongest"
+        else:
+            self.setting = (f"{durability}: writes ride the next group commit "
+                            f"(interval_ms={interval_ms or 'default'})")
+            self.durable = False
+            self.default_or_strong = "relaxed"
+        self.notes = "payload dict -> Job.new('bench').with_payload(..).with_priority(..)"
+        self.q = None
+        self._tls = threading.local()
+        self._prio = None
+
+    def _open(self):
+        import aurora_log
+        from aurora_log.job import Job, JobPriority
+        self._Job = Job
+        self._prio = [JobPriority(aurora_level(lv)) for lv in range(10)]
+        kwargs = {"durability": self.durability}
+        if self.interval_ms is not None:
+            kwargs["interval_ms"] = self.interval_ms
+        self.q = aurora_log.open(self.directory, **kwargs)
+
+    def close(self):
+        if self.q is not None:
+            self.q.close()
+            self.q = None
+
+    def _job(self, payload, level):
+        return self._Job.new("bench").with_payload(payload).with_priority(self._prio[level])
+
+    def enqueue(self, payload, level=DEFAULT_LEVEL):
+        return self.q.enqueue(self._job(payload, level))
+
+    def enqueue_many(self, items):
+        job = self._job
+        return self.q.enqueue_many([job(p, lv) for p, lv in items])
+
+    def _worker_id(self):
+        w = getattr(self._tls, "wid", None)
+        if w is None:
+            w = self._tls.wid = f"bench-{threading.get_ident()}"
+        return w
+
+    def claim(self):
+        j = self.q.claim(self._worker_id())
+        if j is None:
+            return None
+        return (j.id, j.token), j.payload
+
+    def complete(self, ref):
+        self.q.complete(ref[0], ref[1])
+
+    def prefill(self, items, chunk=10_000):
+        for i in range(0, len(items), chunk):
+            self.enqueue_many(items[i:i + chunk])
+
+    def describe(self):
+        import aurora_log
+        return {"version": getattr(aurora_log, "__version__", "?"),
+                "durability": self.durability, "interval_ms": self.interval_ms}
