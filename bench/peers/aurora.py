@@ -51,7 +51,7 @@ class AuroraPeer(Peer):
                             f"(interval_ms={interval_ms or 'default'})")
             self.durable = False
             self.default_or_strong = "relaxed"
-        self.notes = "payload dict -> Job.new('bench').with_payload(..).with_priority(..)"
+        self.notes = "payload dict -> Job('bench', payload, priority=..); ids are UUIDs"
         self.q = None
         self._tls = threading.local()
         self._prio = None
@@ -72,7 +72,9 @@ class AuroraPeer(Peer):
             self.q = None
 
     def _job(self, payload, level):
-        return self._Job.new("bench").with_payload(payload).with_priority(self._prio[level])
+        # The keyword constructor, the Python-side equivalent of
+        # Job.new("bench").with_payload(payload).with_priority(..): one validation pass.
+        return self._Job("bench", payload, priority=self._prio[level])
 
     def enqueue(self, payload, level=DEFAULT_LEVEL):
         return self.q.enqueue(self._job(payload, level))
