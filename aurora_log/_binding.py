@@ -1,0 +1,69 @@
+"""Loads the C core (aurora_log._native, built by cffi at install time) and maps its return
+codes to exceptions. Only log.py and faults.py import this module.
+
+There is no pure-Python fallback on purpose: a log without the C core would be a different
+(slower, untested) program.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ClosedError, DurabilityError
+
+try:
+    from . import _native  # type: ignore[attr-defined]
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "aurora_log._native (the C core) is not built. Build it with `pip install -e .` "
+        "(or `pip install .`) from the project directory; it needs gcc and the Python "
+        f"headers. Original error: {exc}"
+    ) from exc
+
+ffi = _native.ffi
+lib = _native.lib
+
+MODES = {"sync": lib.AU_MODE_SYNC, "interval": lib.AU_MODE_INTERVAL, "os": lib.AU_MODE_OS}
+
+
+def strerror(errno_: int) -> str:
+    try:
+        return os.strerror(errno_)
+    except ValueError:  # pragma: no cover
+        return f"errno {errno_}"
+
+
+def os_error(rc: int, path=None) -> OSError:
+    """An OSError (FileNotFoundError, PermissionError, ...) for a -errno return code."""
+    e = -rc
+    if path is None:
+        return OSError(e, strerror(e))
+    return OSError(e, strerror(e), str(path))
+
+
+def check_io(rc: int, what: str, path=None) -> int:
+    """For the file helpers: -errno -> DurabilityError naming the operation and path."""
+    if rc >= 0:
+        return rc
+    e = -rc
+    where = f" {path}" if path is not None else ""
+    raise DurabilityError(f"{what}{where} failed: {strerror(e)}", errno=e)
+
+
+def check_writer(rc: int, what: str, writer) -> int:
+    """Maps a writer return code to the exception tree."""
+    if rc >= 0:
+        return rc
+    if rc == lib.AU_E_CLOSED:
+        raise ClosedError("the log is closed")
+    if rc == lib.AU_E_FAILED:
+        e = lib.au_writer_failed(writer) if writer is not None else 0
+        raise DurabilityError(
+            f"{what}: the log failed earlier ({strerror(e) if e else 'I/O error'}); nothing "
+            "more is acknowledged until it is reopened", errno=e or None)
+    if rc == lib.AU_E_INVAL:
+        raise ValueError(f"{what}: invalid argument")
+    if rc == lib.AU_E_TOOBIG:
+        raise ValueError(f"{what}: batch larger than {lib.AU_MAX_BATCH} bytes")
+    e = -rc
+    raise DurabilityError(f"{what} failed: {strerror(e)}", errno=e)

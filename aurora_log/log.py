@@ -1,0 +1,703 @@
+"""The write-ahead log's Python face: Log, RecoveryReport, and file helpers.
+
+The byte format and the recovery rules are in native/FORMAT.md; the C core (native/) does
+framing, checksums, group commit and scanning. This module does directory handling,
+recovery decisions and the typed errors. Every syscall goes through the C core's syscall
+table (so aurora_log.faults can record and fail them), including the file helpers at the end
+that the snapshot layer uses.
+
+No Python lock is held while a call waits in C (sync/flush release the GIL and block in C),
+so many threads can commit at once and share one write + one fdatasync.
+"""
+
+from __future__ import annotations
+
+import array
+import errno as _errno
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ._binding import MODES, check_io, check_writer, ffi, lib, os_error, strerror
+from .errors import ClosedError, CorruptionError, DurabilityError, LockedError, ReadOnlyError
+
+__all__ = [
+    "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
+    "remove_file", "crc32c",
+]
+
+SEG_RE = re.compile(r"^(\d{20})\.seg$")
+SEG_HDR = lib.AU_SEG_HDR
+_SCAN_CHUNK = 4096
+_REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
+_ZEROS = bytes(1 << 20)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    path: Path
+    first_lsn: int
+    size: int
+
+
+@dataclass(frozen=True)
+class TailCut:
+    """A torn tail cut off the newest segment at open."""
+    file: str           # the segment
+    offset: int         # where the cut starts (first bad byte/batch)
+    reason: str         # why the bytes there are not a valid batch
+    bytes: int          # non-zero bytes removed (kept in `kept_as`)
+    lsn: int            # the LSN that was expected at `offset` (the next one appended)
+    kept_as: str | None  # <segment>.broken-<n>, or None in read_only mode (nothing written)
+
+
+@dataclass
+class RecoveryReport:
+    """What Log.open found."""
+    segments: int = 0                 # segment files
+    records: int = 0                  # records stored (next_lsn - first_lsn)
+    first_lsn: int = 1
+    next_lsn: int = 1
+    tail_records: int = 0             # records verified in the newest segment
+    bytes_truncated: int = 0
+    cuts: list[TailCut] = field(default_factory=list)
+    removed_tmp: list[str] = field(default_factory=list)  # leftover *.seg.tmp deleted
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.cuts)
+
+
+def _seg_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}.seg"
+
+
+def crc32c(data, value: int = 0) -> int:
+    """CRC-32C of `data` continuing from `value` (as the `crc32c` package), in C."""
+    buf = ffi.from_buffer(data)
+    return lib.au_crc32c(value, buf, len(buf))
+
+
+# --------------------------------------------------------------------------------------
+# file helpers (through the syscall table)
+
+def _open(path, flags, mode=0o600) -> int:
+    fd = lib.au_open(os.fsencode(str(path)), flags | _O_CLOEXEC, mode)
+    if fd < 0:
+        raise os_error(fd, path)
+    return fd
+
+
+def _read_fd(fd: int, path) -> bytearray:
+    size = lib.au_file_size(fd)
+    if size < 0:
+        raise os_error(size, path)
+    buf = bytearray(size)
+    if size:
+        n = lib.au_pread_full(fd, ffi.from_buffer(buf), size, 0)
+        if n < 0:
+            raise os_error(n, path)
+        del buf[n:]
+    return buf
+
+
+def _read_buf(path) -> bytearray:
+    fd = _open(path, os.O_RDONLY)
+    try:
+        return _read_fd(fd, path)
+    finally:
+        lib.au_close(fd)
+
+
+def _pread(path, n: int) -> bytes:
+    fd = _open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(n)
+        r = lib.au_pread_full(fd, ffi.from_buffer(buf), n, 0)
+        if r < 0:
+            raise os_error(r, path)
+        return bytes(buf[:r])
+    finally:
+        lib.au_close(fd)
+
+
+def read_file(path) -> bytes:
+    """The whole file. FileNotFoundError/OSError as os.open would raise."""
+    return bytes(_read_buf(path))
+
+
+def write_file_durably(path, data) -> None:
+    """Write `data` to `path` atomically and durably: <path>.tmp (0600) -> write -> fsync ->
+    rename -> fsync the directory. DurabilityError (with errno) if any step fails; the
+    temporary file is removed then."""
+    path = str(path)
+    tmp = path + ".tmp"
+    fd = lib.au_open(os.fsencode(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC,
+                     0o600)
+    check_io(fd, "open", tmp)
+    ok = False
+    try:
+        buf = ffi.from_buffer(data)
+        check_io(lib.au_pwrite_full(fd, buf, len(buf), 0), "write", tmp)
+        check_io(lib.au_fsync(fd), "fsync", tmp)
+        rc, fd = lib.au_close(fd), -1
+        check_io(rc, "close", tmp)
+        check_io(lib.au_rename(os.fsencode(tmp), os.fsencode(path)), "rename", tmp)
+        check_io(lib.au_fsync_dir(os.fsencode(os.path.dirname(path) or ".")), "fsync dir",
+                 os.path.dirname(path))
+        ok = True
+    finally:
+        if fd >= 0:
+            lib.au_close(fd)
+        if not ok:
+            lib.au_unlink(os.fsencode(tmp))
+
+
+def remove_file(path, *, fsync_dir: bool = True) -> None:
+    """unlink(path) (FileNotFoundError if missing), then fsync its directory."""
+    path = str(path)
+    rc = lib.au_unlink(os.fsencode(path))
+    if rc == -_errno.ENOENT:
+        raise os_error(rc, path)
+    check_io(rc, "unlink", path)
+    if fsync_dir:
+        check_io(lib.au_fsync_dir(os.fsencode(os.path.dirname(path) or ".")), "fsync dir",
+                 os.path.dirname(path))
+
+
+def _mkdir(path: Path) -> bool:
+    """mkdir 0700; True if created."""
+    rc = lib.au_mkdir(os.fsencode(str(path)), 0o700)
+    if rc == -_errno.EEXIST:
+        if not path.is_dir():
+            raise NotADirectoryError(_errno.ENOTDIR, "not a directory", str(path))
+        return False
+    if rc < 0:
+        raise os_error(rc, path)
+    return True
+
+
+def _fsync_dir(path) -> None:
+    check_io(lib.au_fsync_dir(os.fsencode(str(path))), "fsync dir", path)
+
+
+# --------------------------------------------------------------------------------------
+# scanning helpers
+
+def _new_scan(pos: int, next_lsn: int, limit: int, max_record: int):
+    s = ffi.new("au_scan *")
+    s.pos = pos
+    s.next_lsn = next_lsn
+    s.limit = limit
+    s.max_record = max_record
+    return s
+
+
+def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> int:
+    out = ffi.new("uint64_t *")
+    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out)
+    if r:
+        raise CorruptionError(ffi.string(lib.au_reason(r)).decode(), file=str(path), offset=0)
+    if out[0] != name_lsn:
+        raise CorruptionError(f"segment header first LSN {out[0]} does not match its name",
+                              file=str(path), offset=0)
+    return out[0]
+
+
+@dataclass
+class _TailScan:
+    end: int            # offset of the end of valid data
+    next_lsn: int
+    records: int
+    bad_off: int | None = None
+    reason: str | None = None
+
+
+def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
+    """Verify every batch of a segment image; stop at the end of data or the first bad batch
+    (or at non-zero bytes after the end of data)."""
+    cbuf = ffi.from_buffer(buf)
+    s = _new_scan(SEG_HDR, first_lsn, len(buf), max_record)
+    recs = ffi.new("au_rec[]", _SCAN_CHUNK)
+    while True:
+        lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
+        if s.status != lib.AU_SCAN_MORE:
+            break
+    ts = _TailScan(end=s.pos, next_lsn=s.next_lsn, records=s.next_lsn - first_lsn)
+    if s.status == lib.AU_SCAN_BAD:
+        ts.bad_off = s.bad_off
+        ts.reason = ffi.string(lib.au_reason(s.reason)).decode()
+    else:
+        z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
+        if z >= 0:
+            ts.bad_off = s.pos
+            ts.reason = "non-zero bytes after the end of data"
+    return ts
+
+
+# --------------------------------------------------------------------------------------
+
+class Log:
+    """The write-ahead log. Use Log.open(); see docs/INTERNALS.md for the contract."""
+
+    def __init__(self):  # use Log.open
+        self._w = None
+        self._lock_fd = -1
+        self._closed = False
+        self._state_lock = threading.Lock()
+        self._tls = threading.local()
+        self.report = RecoveryReport()
+        self.directory = Path()
+        self._wal = Path()
+        self._first_lsn = 1
+        self._ro_next_lsn = 1
+        self._ro_cut: tuple[int, int] | None = None  # read_only: (segment lsn, cut offset)
+        self.read_only = False
+        self.durability = "sync"
+        self.max_record_bytes = 16 << 20
+        self.segment_bytes = 64 << 20
+
+    # ---------------------------------------------------------------- open / recovery
+    @classmethod
+    def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
+             segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
+             read_only: bool = False) -> "Log":
+        if durability not in MODES:
+            raise ValueError(f"durability must be one of {sorted(MODES)}, not {durability!r}")
+        if not 1 <= max_record_bytes <= (255 << 20):
+            raise ValueError("max_record_bytes must be between 1 and 255 MiB")
+        if segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+        if not 0 <= interval_ms <= 60_000:
+            raise ValueError("interval_ms must be between 0 and 60000")
+        self = cls()
+        self.directory = Path(directory)
+        self._wal = self.directory / "wal"
+        self.read_only = read_only
+        self.durability = durability
+        self.max_record_bytes = int(max_record_bytes)
+        self.segment_bytes = (int(segment_bytes) + 7) & ~7
+        try:
+            if read_only:
+                self._recover_read_only()
+            else:
+                self._prepare_dirs()
+                self._take_lock()
+                self._recover(MODES[durability], int(interval_ms))
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _prepare_dirs(self):
+        d = self.directory
+        if not d.exists():
+            d.parent.mkdir(parents=True, exist_ok=True)
+        if _mkdir(d):
+            _fsync_dir(d.parent if str(d.parent) else ".")
+        if _mkdir(self._wal):
+            _fsync_dir(d)
+
+    def _take_lock(self):
+        path = self.directory / "LOCK"
+        fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        if fd < 0:
+            raise os_error(fd, path)
+        rc = lib.au_flock(fd, lib.au_lock_ex_nb())
+        if rc < 0:
+            lib.au_close(fd)
+            if rc in (-_errno.EWOULDBLOCK, -_errno.EAGAIN):
+                raise LockedError(f"{self.directory} is in use by another Log (lock {path})")
+            raise os_error(rc, path)
+        self._lock_fd = fd
+
+    def _list_segments(self) -> list[tuple[int, Path]]:
+        out = []
+        try:
+            names = os.listdir(self._wal)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            m = SEG_RE.match(name)
+            if m:
+                out.append((int(m.group(1)), self._wal / name))
+        out.sort()
+        return out
+
+    def _check_headers(self, segs):
+        prev = 0
+        for lsn, path in segs:
+            if lsn <= prev or lsn == 0:
+                raise CorruptionError("segment first LSNs not increasing", file=str(path),
+                                      offset=0, lsn=lsn)
+            _check_header(path, _pread(path, SEG_HDR), lsn)
+            prev = lsn
+
+    def _analyze_newest(self, lsn: int, path: Path):
+        buf = _read_buf(path)
+        _check_header(path, buf[:SEG_HDR], lsn)
+        ts = _scan_tail(buf, lsn, self.max_record_bytes)
+        if ts.bad_off is not None:
+            ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off)
+            if ev >= 0:
+                raise CorruptionError(
+                    f"{ts.reason}; a later batch at offset {ev} shows these bytes were "
+                    "fdatasynced, so this is not a torn tail",
+                    file=str(path), offset=ts.bad_off, lsn=ts.next_lsn)
+        return buf, ts
+
+    def _recover_read_only(self):
+        if not self.directory.is_dir():
+            raise FileNotFoundError(_errno.ENOENT, "no such store directory", str(self.directory))
+        segs = self._list_segments()
+        rep = self.report
+        rep.segments = len(segs)
+        if not segs:
+            return
+        self._check_headers(segs)
+        lsn, path = segs[-1]
+        buf, ts = self._analyze_newest(lsn, path)
+        if ts.bad_off is not None:
+            last = lib.au_last_nonzero(ffi.from_buffer(buf), ts.bad_off, len(buf))
+            nbytes = max(0, last + 1 - ts.bad_off)
+            rep.cuts.append(TailCut(str(path), ts.bad_off, ts.reason, nbytes, ts.next_lsn, None))
+            rep.bytes_truncated = nbytes
+            self._ro_cut = (lsn, ts.bad_off)
+        self._first_lsn = segs[0][0]
+        self._ro_next_lsn = ts.next_lsn
+        rep.tail_records = ts.records
+        rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
+        rep.records = ts.next_lsn - self._first_lsn
+
+    def _recover(self, mode: int, interval_ms: int):
+        rep = self.report
+        for name in os.listdir(self._wal):
+            if name.endswith(".seg.tmp") and SEG_RE.match(name[:-4]):
+                remove_file(self._wal / name, fsync_dir=False)
+                rep.removed_tmp.append(name)
+        if rep.removed_tmp:
+            _fsync_dir(self._wal)
+        segs = self._list_segments()
+        if not segs:
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), 1, self.segment_bytes),
+                     "create segment", self._wal / _seg_name(1))
+            segs = self._list_segments()
+        rep.segments = len(segs)
+        self._check_headers(segs)
+        lsn, path = segs[-1]
+        buf, ts = self._analyze_newest(lsn, path)
+        size = len(buf)
+        target = max((size + 7) & ~7, self.segment_bytes)
+        if ts.bad_off is not None:
+            cbuf = ffi.from_buffer(buf)
+            last = lib.au_last_nonzero(cbuf, ts.bad_off, size)
+            cut = bytes(buf[ts.bad_off:last + 1]) if last >= ts.bad_off else b""
+            kept = self._keep_broken(path, cut)
+            self._zero(path, ts.bad_off, max(size, last + 1), target)
+            rep.cuts.append(TailCut(str(path), ts.bad_off, ts.reason, len(cut), ts.next_lsn,
+                                    kept))
+            rep.bytes_truncated = len(cut)
+        elif size < target:
+            self._zero(path, size, size, target)
+        del buf
+        self._first_lsn = segs[0][0]
+        rep.tail_records = ts.records
+        rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
+        rep.records = ts.next_lsn - self._first_lsn
+        w = ffi.new("au_writer **")
+        rc = lib.au_writer_open(w, os.fsencode(str(self._wal)), os.fsencode(str(path)), lsn,
+                                ts.end, target, ts.next_lsn, self.segment_bytes,
+                                self.max_record_bytes, mode, interval_ms)
+        check_writer(rc, "open writer", None)
+        # freed only when no Python reference (hence no in-flight call) remains
+        self._w = ffi.gc(w[0], lib.au_writer_free)
+
+    def _keep_broken(self, path: Path, data: bytes) -> str:
+        n = 1
+        prefix = path.name + ".broken-"
+        for name in os.listdir(path.parent):
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                n = max(n, int(name[len(prefix):]) + 1)
+        kept = path.parent / f"{prefix}{n}"
+        write_file_durably(kept, data)
+        return str(kept)
+
+    @staticmethod
+    def _zero(path: Path, start: int, end: int, target: int):
+        """Overwrite [start, end) with zeros and extend the file with zeros to `target`;
+        then fdatasync."""
+        fd = _open(path, os.O_RDWR)
+        try:
+            stop = max(end, target)
+            off = start
+            zb = ffi.from_buffer(_ZEROS)
+            while off < stop:
+                n = min(len(_ZEROS), stop - off)
+                check_io(lib.au_pwrite_full(fd, zb, n, off), "write", path)
+                off += n
+            check_io(lib.au_fdatasync(fd), "fdatasync", path)
+        finally:
+            lib.au_close(fd)
+
+    def _release(self):
+        if self._lock_fd >= 0:
+            lib.au_close(self._lock_fd)
+            self._lock_fd = -1
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def first_lsn(self) -> int:
+        return self._first_lsn
+
+    @property
+    def next_lsn(self) -> int:
+        if self._w is None:
+            return self._ro_next_lsn
+        p = self._tls_ptr()
+        lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
+        return p[2]
+
+    @property
+    def failed(self) -> bool:
+        return self._w is not None and not self._closed and lib.au_writer_failed(self._w) != 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict:
+        """Writer counters: fdatasyncs, writes, rounds, batches, records, bytes, rolls."""
+        if self._w is None:
+            return {}
+        s = ffi.new("au_stats *")
+        lib.au_writer_stats(self._w, s)
+        return {k: getattr(s, k) for k in
+                ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls")}
+
+    def _tls_ptr(self):
+        p = getattr(self._tls, "p", None)
+        if p is None:
+            p = self._tls.p = ffi.new("uint64_t[4]")
+        return p
+
+    def _writer(self, what: str):
+        if self._closed:
+            raise ClosedError("the log is closed")
+        w = self._w
+        if w is None:
+            raise ReadOnlyError(f"{what}: the log is open read_only")
+        return w
+
+    # ---------------------------------------------------------------- writing
+    def append(self, rtype: int, payload) -> int:
+        """Queue one record for the next group commit; returns its LSN (not yet durable:
+        call sync(lsn))."""
+        w = self._writer("append")
+        if not isinstance(rtype, int) or not 1 <= rtype <= 255:
+            raise ValueError(f"record type must be an int in 1..255, not {rtype!r}")
+        buf = ffi.from_buffer(payload)
+        if len(buf) > self.max_record_bytes:
+            raise ValueError(f"record of {len(buf)} bytes is over max_record_bytes "
+                             f"({self.max_record_bytes})")
+        p = self._tls_ptr()
+        check_writer(lib.au_append1(w, rtype, buf, len(buf), p), "append", w)
+        return p[0]
+
+    def append_many(self, records: Sequence[tuple[int, bytes]]) -> int:
+        """Queue records as one atomic batch; returns the LAST LSN (next_lsn - 1 for an
+        empty sequence)."""
+        w = self._writer("append_many")
+        records = list(records)
+        if not records:
+            return self.next_lsn - 1
+        types = bytearray(len(records))
+        lens = array.array("I", bytes(4 * len(records)))
+        parts = []
+        limit = self.max_record_bytes
+        total = 0
+        for i, (rtype, payload) in enumerate(records):
+            if not isinstance(rtype, int) or not 1 <= rtype <= 255:
+                raise ValueError(f"record {i}: type must be an int in 1..255, not {rtype!r}")
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"record {i}: payload must be bytes-like, not "
+                                f"{type(payload).__name__}")
+            n = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+            if n > limit:
+                raise ValueError(f"record {i} of {n} bytes is over max_record_bytes ({limit})")
+            types[i] = rtype
+            lens[i] = n
+            total += n + lib.AU_REC_HDR
+            parts.append(payload)
+        if total + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
+            raise ValueError(f"append_many of {total} bytes is over the batch limit "
+                             f"({lib.AU_MAX_BATCH} bytes)")
+        data = b"".join(parts)
+        p = self._tls_ptr()
+        check_writer(lib.au_append(w, len(records), ffi.from_buffer(types),
+                                   ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
+                                   p), "append_many", w)
+        return p[0]
+
+    def sync(self, lsn: int) -> None:
+        """Block until every record <= lsn is written (and fdatasynced in "sync" mode)."""
+        w = self._writer("sync")
+        if lsn < 1:
+            return
+        check_writer(lib.au_sync(w, lsn), "sync", w)
+
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> int:
+        """append_many + sync: returns the last LSN once durable (per the mode)."""
+        lsn = self.append_many(records)
+        self.sync(lsn)
+        return lsn
+
+    def flush(self) -> None:
+        """Write and fdatasync everything appended so far, in every mode."""
+        w = self._writer("flush")
+        check_writer(lib.au_flush(w), "flush", w)
+
+    # ---------------------------------------------------------------- reading
+    def segments(self) -> list[SegmentInfo]:
+        out = []
+        for lsn, path in self._list_segments():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            out.append(SegmentInfo(path, lsn, size))
+        return out
+
+    def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
+        """(lsn, rtype, payload) for every stored record >= from_lsn, in LSN order, every
+        checksum verified. Sees everything appended before the call."""
+        if self._closed:
+            raise ClosedError("the log is closed")
+        if self._w is not None:
+            p = self._tls_ptr()
+            lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
+            if p[2] > 1:
+                check_writer(lib.au_write_through(self._w, p[2] - 1), "scan", self._w)
+            lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
+            bound = (p[0], p[1])
+        elif self._ro_cut is not None:
+            bound = self._ro_cut
+        else:
+            bound = None
+        return self._scan(from_lsn, bound)
+
+    def _scan(self, from_lsn, bound):
+        segs = self._list_segments()
+        if bound is not None:
+            segs = [s for s in segs if s[0] <= bound[0]]
+        expected = None
+        for i, (lsn, path) in enumerate(segs):
+            nxt = segs[i + 1][0] if i + 1 < len(segs) else None
+            if nxt is not None and nxt <= from_lsn:
+                expected = None
+                continue
+            buf = _read_buf(path)
+            _check_header(path, buf[:SEG_HDR], lsn)
+            if expected is not None and lsn != expected:
+                raise CorruptionError(
+                    f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
+                    file=str(path), offset=0, lsn=expected)
+            newest = nxt is None
+            limit = len(buf)
+            is_bound = bound is not None and lsn == bound[0]
+            if is_bound:
+                limit = min(limit, bound[1])
+            cbuf = ffi.from_buffer(buf)
+            s = _new_scan(SEG_HDR, lsn, limit, self.max_record_bytes)
+            recs = ffi.new("au_rec[]", _SCAN_CHUNK)
+            rbuf = ffi.buffer(recs)
+            mv = memoryview(buf)
+            while True:
+                n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
+                if n:
+                    for rlsn, off, ln, rtype in _REC.iter_unpack(rbuf[:n * _REC.size]):
+                        if rlsn >= from_lsn:
+                            yield rlsn, rtype, bytes(mv[off:off + ln])
+                if s.status == lib.AU_SCAN_MORE:
+                    continue
+                if s.status == lib.AU_SCAN_BAD:
+                    raise CorruptionError(ffi.string(lib.au_reason(s.reason)).decode(),
+                                          file=str(path), offset=s.bad_off, lsn=s.next_lsn)
+                break
+            if is_bound:
+                if s.pos < limit and self._w is not None:
+                    raise CorruptionError("end of data before the written position",
+                                          file=str(path), offset=s.pos, lsn=s.next_lsn)
+            else:
+                z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
+                if z >= 0:
+                    raise CorruptionError("non-zero bytes after the end of data",
+                                          file=str(path), offset=z, lsn=s.next_lsn)
+            expected = s.next_lsn
+            del mv, cbuf, buf
+
+    # ---------------------------------------------------------------- maintenance
+    def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
+        """Delete (or move into archive_dir) the oldest sealed segments whose records are
+        all < lsn. Never the segment being written. Returns the original paths."""
+        w = self._writer("retire_segments_before")
+        p = self._tls_ptr()
+        lib.au_writer_position(w, p, p + 1, p + 2, p + 3)
+        current = p[0]
+        segs = self._list_segments()
+        done: list[Path] = []
+        for i in range(len(segs) - 1):
+            first, path = segs[i]
+            if first >= current or segs[i + 1][0] > lsn:
+                break
+            if archive_dir is None:
+                remove_file(path, fsync_dir=False)
+            else:
+                adir = Path(archive_dir)
+                adir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                dest = adir / path.name
+                rc = lib.au_rename(os.fsencode(str(path)), os.fsencode(str(dest)))
+                if rc == -_errno.EXDEV:
+                    write_file_durably(dest, read_file(path))
+                    remove_file(path, fsync_dir=False)
+                else:
+                    check_io(rc, "rename", path)
+                    _fsync_dir(adir)
+            done.append(path)
+        if done:
+            _fsync_dir(self._wal)
+            self._first_lsn = self._list_segments()[0][0]
+        return done
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Flush, seal, release the lock. Idempotent. DurabilityError if the final flush
+        fails (the lock is released anyway)."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            w = self._w
+        rc = 0
+        try:
+            if w is not None:
+                rc = lib.au_writer_close(w)
+        finally:
+            self._release()
+        if rc < 0:
+            raise DurabilityError(f"close: final flush failed: {strerror(-rc)}", errno=-rc)
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read_only" if self.read_only else
+                                                self.durability)
+        return f"<Log {str(self.directory)!r} {state}>"

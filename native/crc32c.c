@@ -1,0 +1,156 @@
+/* CRC-32C (Castagnoli). Hardware instructions (SSE4.2 on x86-64, ARMv8 CRC on aarch64)
+ * are chosen at run time; the accelerated functions carry target attributes so the file
+ * itself is compiled for the baseline ISA (never -march=native). Table fallback:
+ * slicing-by-8. Interface as the `crc32c` package: crc32c(data, value) continues `value`. */
+#include "aurora.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_CRC32
+#define HWCAP_CRC32 (1 << 7)
+#endif
+#endif
+
+#define POLY 0x82F63B78u /* reflected Castagnoli polynomial */
+
+static uint32_t table[8][256];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+static int hw_state = -1; /* -1 unknown, 0 no, 1 yes */
+
+static void table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ POLY : c >> 1;
+        table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
+}
+
+uint32_t au_crc32c_sw(uint32_t crc, const void *buf, size_t len)
+{
+    pthread_once(&table_once, table_init);
+    const uint8_t *p = buf;
+    uint32_t c = ~crc;
+    while (len && ((uintptr_t)p & 7)) {
+        c = (c >> 8) ^ table[0][(c ^ *p++) & 0xFF];
+        len--;
+    }
+    while (len >= 8) {
+        /* byte-wise loads: correct on any endianness */
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                           (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
+        c = table[7][lo & 0xFF] ^ table[6][(lo >> 8) & 0xFF] ^ table[5][(lo >> 16) & 0xFF] ^
+            table[4][lo >> 24] ^ table[3][hi & 0xFF] ^ table[2][(hi >> 8) & 0xFF] ^
+            table[1][(hi >> 16) & 0xFF] ^ table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        c = (c >> 8) ^ table[0][(c ^ *p++) & 0xFF];
+    return ~c;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_HW 1
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const void *buf,
+                                                          size_t len)
+{
+    const uint8_t *p = buf;
+    uint64_t c = ~crc;
+    while (len && ((uintptr_t)p & 7)) {
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+        len--;
+    }
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    return ~(uint32_t)c;
+}
+static int detect_hw(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("sse4.2") ? 1 : 0;
+}
+#elif defined(__aarch64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define HAVE_HW 1
+__attribute__((target("+crc"))) static uint32_t crc_hw(uint32_t crc, const void *buf,
+                                                        size_t len)
+{
+    const uint8_t *p = buf;
+    uint32_t c = ~crc;
+    while (len && ((uintptr_t)p & 7)) {
+        c = __builtin_aarch64_crc32cb(c, *p++);
+        len--;
+    }
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_aarch64_crc32cx(c, v);
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        c = __builtin_aarch64_crc32cb(c, *p++);
+    return ~c;
+}
+static int detect_hw(void)
+{
+    return (getauxval(AT_HWCAP) & HWCAP_CRC32) ? 1 : 0;
+}
+#else
+#define HAVE_HW 0
+#endif
+
+int au_crc32c_hw_available(void)
+{
+#if HAVE_HW
+    int s = __atomic_load_n(&hw_state, __ATOMIC_RELAXED);
+    if (s < 0) {
+        s = detect_hw();
+        __atomic_store_n(&hw_state, s, __ATOMIC_RELAXED);
+    }
+    return s;
+#else
+    return 0;
+#endif
+}
+
+uint32_t au_crc32c_hw(uint32_t crc, const void *buf, size_t len)
+{
+#if HAVE_HW
+    if (au_crc32c_hw_available())
+        return crc_hw(crc, buf, len);
+#endif
+    return au_crc32c_sw(crc, buf, len);
+}
+
+uint32_t au_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    return au_crc32c_hw(crc, buf, len);
+}
+
+uint32_t au_crc_mask(uint32_t crc)
+{
+    return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
+}
+
+uint32_t au_crc_unmask(uint32_t masked)
+{
+    uint32_t r = masked - 0xA282EAD8u;
+    return (r >> 17) | (r << 15);
+}

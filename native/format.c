@@ -1,0 +1,288 @@
+/* Segment headers, batch verification and the replay scanner (native/FORMAT.md). */
+#include "aurora.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char MAGIC[8] = {'A', 'U', 'R', 'L', 'O', 'G', 'v', '1'};
+
+const char *au_reason(int r)
+{
+    switch (r) {
+    case AU_R_OK: return "ok";
+    case AU_R_SEG_SHORT: return "segment header truncated";
+    case AU_R_SEG_MAGIC: return "bad segment magic";
+    case AU_R_SEG_CRC: return "segment header checksum mismatch";
+    case AU_R_SEG_VERSION: return "unsupported segment version/flags";
+    case AU_R_SHORT_HEADER: return "file ends inside a batch header";
+    case AU_R_HDR_CRC: return "batch header checksum mismatch";
+    case AU_R_BATCH_LEN: return "bad batch length";
+    case AU_R_BATCH_PAST_EOF: return "batch extends past end of file";
+    case AU_R_FLAGS: return "unknown batch flags";
+    case AU_R_LSN_GAP: return "LSN gap";
+    case AU_R_LSN_BACK: return "LSN goes backwards";
+    case AU_R_REC_TOO_BIG: return "record length over the maximum";
+    case AU_R_REC_PAST_BATCH: return "record extends past its batch";
+    case AU_R_REC_TYPE: return "record type 0 (invalid)";
+    case AU_R_REC_CRC: return "record checksum mismatch";
+    case AU_R_REC_LSN: return "record LSN out of sequence";
+    case AU_R_PADDING: return "bad batch padding";
+    case AU_R_SEAL_RECORDS: return "SEAL batch carries records";
+    case AU_R_TRAILING: return "non-zero bytes after the end of data";
+    default: return "unknown reason";
+    }
+}
+
+void au_segment_header_make(uint8_t *h, uint64_t first_lsn)
+{
+    memcpy(h, MAGIC, 8);
+    put32(h + 8, AU_FORMAT_VERSION);
+    put32(h + 12, 0);
+    put64(h + 16, first_lsn);
+    put32(h + 24, 0);
+    put32(h + 28, au_crc_mask(au_crc32c(0, h, 28)));
+}
+
+int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn)
+{
+    if (n < AU_SEG_HDR)
+        return AU_R_SEG_SHORT;
+    if (memcmp(h, MAGIC, 8) != 0)
+        return AU_R_SEG_MAGIC;
+    if (get32(h + 28) != au_crc_mask(au_crc32c(0, h, 28)))
+        return AU_R_SEG_CRC;
+    if (get32(h + 8) != AU_FORMAT_VERSION || get32(h + 12) != 0 || get32(h + 24) != 0)
+        return AU_R_SEG_VERSION;
+    *first_lsn = get64(h + 16);
+    return AU_R_OK;
+}
+
+uint32_t au_batch_hdr_crc(const uint8_t *h)
+{
+    uint32_t c = au_crc32c(0, h, 4);
+    c = au_crc32c(c, h + 8, 24);
+    return au_crc_mask(c);
+}
+
+void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t count,
+                     uint32_t flags, uint64_t durable_end)
+{
+    put32(h, len);
+    put64(h + 8, first_lsn);
+    put32(h + 16, count);
+    put32(h + 20, flags);
+    put64(h + 24, durable_end);
+    put32(h + 4, au_batch_hdr_crc(h));
+}
+
+uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint32_t len)
+{
+    uint8_t pre[9];
+    pre[0] = type;
+    put64(pre + 1, lsn);
+    uint32_t c = au_crc32c(0, pre, 9);
+    c = au_crc32c(c, payload, len);
+    return au_crc_mask(c);
+}
+
+/* Verify the batch at `pos`. Returns a reason (0 = valid) and fills the out values. */
+static int verify_batch(const uint8_t *buf, uint64_t limit, uint64_t pos, uint64_t expected,
+                        uint32_t max_record, uint32_t *blen, uint32_t *count, uint32_t *flags,
+                        uint64_t *durable_end)
+{
+    if (limit - pos < AU_BATCH_HDR)
+        return AU_R_SHORT_HEADER;
+    const uint8_t *h = buf + pos;
+    uint32_t len = get32(h);
+    if (get32(h + 4) != au_batch_hdr_crc(h))
+        return AU_R_HDR_CRC;
+    if (len < AU_BATCH_HDR || (len & 7) || len > AU_MAX_BATCH)
+        return AU_R_BATCH_LEN;
+    if (len > limit - pos)
+        return AU_R_BATCH_PAST_EOF;
+    uint64_t first = get64(h + 8);
+    uint32_t n = get32(h + 16);
+    uint32_t fl = get32(h + 20);
+    if (fl & ~AU_FLAG_SEAL)
+        return AU_R_FLAGS;
+    if (first > expected)
+        return AU_R_LSN_GAP;
+    if (first < expected)
+        return AU_R_LSN_BACK;
+    if ((fl & AU_FLAG_SEAL) && n)
+        return AU_R_SEAL_RECORDS;
+    uint64_t end = pos + len, p = pos + AU_BATCH_HDR;
+    for (uint32_t i = 0; i < n; i++) {
+        if (end - p < AU_REC_HDR)
+            return AU_R_REC_PAST_BATCH;
+        uint32_t rl = get32(buf + p);
+        if (rl > max_record)
+            return AU_R_REC_TOO_BIG;
+        if (end - p - AU_REC_HDR < rl)
+            return AU_R_REC_PAST_BATCH;
+        uint64_t lsn = get64(buf + p + 8);
+        uint8_t type = buf[p + 16];
+        if (type == 0)
+            return AU_R_REC_TYPE;
+        if (get32(buf + p + 4) != au_record_crc(type, lsn, buf + p + AU_REC_HDR, rl))
+            return AU_R_REC_CRC;
+        if (lsn != first + i)
+            return AU_R_REC_LSN;
+        p += AU_REC_HDR + rl;
+    }
+    if (end - p >= 8)
+        return AU_R_PADDING;
+    for (; p < end; p++)
+        if (buf[p])
+            return AU_R_PADDING;
+    *blen = len;
+    *count = n;
+    *flags = fl;
+    *durable_end = get64(h + 24);
+    return AU_R_OK;
+}
+
+size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap)
+{
+    size_t k = 0;
+    for (;;) {
+        while (s->rec_left && k < cap) {
+            uint64_t p = s->rec_pos;
+            uint32_t rl = get32(buf + p);
+            out[k].lsn = get64(buf + p + 8);
+            out[k].type = buf[p + 16];
+            out[k].off = p + AU_REC_HDR;
+            out[k].len = rl;
+            k++;
+            s->rec_pos = p + AU_REC_HDR + rl;
+            s->rec_left--;
+        }
+        if (k == cap && cap) {
+            s->status = AU_SCAN_MORE;
+            return k;
+        }
+        uint64_t pos = s->pos;
+        if (pos >= s->limit) {
+            s->status = AU_SCAN_END;
+            return k;
+        }
+        if (s->limit - pos < 4 || get32(buf + pos) == 0) {
+            /* end of written data (zeros, or a short file ending in zeros); the caller
+             * checks that everything from here is zero */
+            s->status = AU_SCAN_END;
+            return k;
+        }
+        uint32_t blen, n, fl;
+        uint64_t de;
+        int r = verify_batch(buf, s->limit, pos, s->next_lsn, s->max_record, &blen, &n, &fl,
+                             &de);
+        if (r) {
+            s->status = AU_SCAN_BAD;
+            s->reason = r;
+            s->bad_off = pos;
+            return k;
+        }
+        s->rec_pos = pos + AU_BATCH_HDR;
+        s->rec_left = n;
+        s->pos = pos + blen;
+        s->next_lsn += n;
+        s->last_durable_end = de;
+        s->last_flags = fl;
+        s->batches++;
+        if (!cap) {
+            s->status = AU_SCAN_MORE;
+            return 0;
+        }
+    }
+}
+
+int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
+{
+    uint64_t i = from;
+    while (i < limit && (i & 7)) {
+        if (buf[i])
+            return (int64_t)i;
+        i++;
+    }
+    while (limit - i >= 8) {
+        uint64_t v;
+        memcpy(&v, buf + i, 8);
+        if (v)
+            break;
+        i += 8;
+    }
+    for (; i < limit; i++)
+        if (buf[i])
+            return (int64_t)i;
+    return -1;
+}
+
+int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
+{
+    uint64_t i = limit;
+    while (i > from) {
+        if (buf[i - 1])
+            return (int64_t)(i - 1);
+        i--;
+    }
+    return -1;
+}
+
+/* A later, 8-aligned batch header with a valid crc and x < durable_end <= its offset proves
+ * that the bytes at x had been fdatasynced before: damage there is corruption, not a tear. */
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x)
+{
+    uint64_t y = (x + 8) & ~(uint64_t)7;
+    while (y + AU_BATCH_HDR <= limit) {
+        const uint8_t *h = buf + y;
+        uint64_t de = get64(h + 24);
+        uint32_t len = get32(h);
+        if (len >= AU_BATCH_HDR && !(len & 7) && de > x && de <= y &&
+            get32(h + 4) == au_batch_hdr_crc(h))
+            return (int64_t)y;
+        y += 8;
+    }
+    return -1;
+}
+
+/* Create <wal_dir>/<first_lsn>.seg: write .tmp (header + zeros), fsync, rename, fsync dir. */
+int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
+{
+    char tmp[4112], fin[4096];
+    if ((size_t)snprintf(fin, sizeof fin, "%s/%020llu.seg", wal_dir,
+                         (unsigned long long)first_lsn) >= sizeof fin)
+        return -ENAMETOOLONG;
+    snprintf(tmp, sizeof tmp, "%s.tmp", fin);
+    if (size < 2 * AU_SEG_HDR)
+        size = 2 * AU_SEG_HDR;
+    size = (size + 7) & ~(uint64_t)7;
+    int fd = au_open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fd;
+    static const uint8_t zeros[65536];
+    uint8_t hdr[AU_SEG_HDR];
+    au_segment_header_make(hdr, first_lsn);
+    int64_t r = au_pwrite_full(fd, hdr, AU_SEG_HDR, 0);
+    for (uint64_t off = AU_SEG_HDR; r >= 0 && off < size;) {
+        size_t n = size - off > sizeof zeros ? sizeof zeros : (size_t)(size - off);
+        r = au_pwrite_full(fd, zeros, n, (int64_t)off);
+        off += n;
+    }
+    if (r >= 0)
+        r = au_fsync(fd);
+    int c = au_close(fd);
+    if (r >= 0 && c < 0)
+        r = c;
+    if (r >= 0)
+        r = au_rename(tmp, fin);
+    if (r >= 0)
+        r = au_fsync_dir(wal_dir);
+    if (r < 0) {
+        au_unlink(tmp);
+        return (int)r;
+    }
+    return 0;
+}

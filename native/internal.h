@@ -1,0 +1,40 @@
+/* Internal helpers shared by the C files (not part of the cffi API). */
+#ifndef AURORA_INTERNAL_H
+#define AURORA_INTERNAL_H
+
+#include <stdint.h>
+
+#define AU_FORMAT_VERSION 1u
+
+enum {
+    AU_R_OK = 0,
+    AU_R_SEG_SHORT, AU_R_SEG_MAGIC, AU_R_SEG_CRC, AU_R_SEG_VERSION,
+    AU_R_SHORT_HEADER, AU_R_HDR_CRC, AU_R_BATCH_LEN, AU_R_BATCH_PAST_EOF, AU_R_FLAGS,
+    AU_R_LSN_GAP, AU_R_LSN_BACK, AU_R_REC_TOO_BIG, AU_R_REC_PAST_BATCH, AU_R_REC_TYPE,
+    AU_R_REC_CRC, AU_R_REC_LSN, AU_R_PADDING, AU_R_SEAL_RECORDS, AU_R_TRAILING,
+};
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void put64(uint8_t *p, uint64_t v)
+{
+    put32(p, (uint32_t)v);
+    put32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+uint32_t au_batch_hdr_crc(const uint8_t *h);
+void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t count,
+                     uint32_t flags, uint64_t durable_end);
+uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint32_t len);
+
+#endif
