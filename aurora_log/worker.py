@@ -104,6 +104,7 @@ class Context:
         self._started = time.monotonic()
         self._deadline: float | None = None
         self._next_hb = 0.0
+        self._next_cancel_poll = 0.0
         self._progress: tuple[float, str | None] | None = None   # not yet sent
         self._progress_sent = 0.0
         self._async_task: asyncio.Task | None = None
@@ -204,6 +205,9 @@ class Worker:
       its timeout; handlers must be importable: ``import_path="pkg.mod"`` or taken from
       the handler's module).
     shutdown_timeout: seconds a graceful stop waits for running jobs.
+    cancel_poll: how often a running job's cancel flag is read (in memory) between
+      heartbeats. cancel_grace: how long a process handler may take to honour a cancel
+      before it is killed (a thread handler that ignores it is stopped at its timeout).
     poll_interval: the claim's wait; the longest a stop request waits for an idle thread.
     max_result_bytes: a larger (JSON) result fails the job instead of being stored.
     on_done(job, status, detail): called after the queue acknowledged the job's outcome
@@ -215,6 +219,7 @@ class Worker:
                  worker_id: str | None = None, poll_interval: float = 0.5,
                  max_result_bytes: int = 256 << 10, registry: _tasks.TaskRegistry | None = None,
                  import_path: str | None = None, cancel_grace: float = 5.0,
+                 cancel_poll: float = 0.5,
                  on_done: Callable[[Any, str, Any], None] | None = None):
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
@@ -232,6 +237,7 @@ class Worker:
         self.registry = registry if registry is not None else _tasks.registry(queue)
         self.import_path = import_path
         self.cancel_grace = float(cancel_grace)
+        self.cancel_poll = float(cancel_poll)
         self.on_done = on_done
 
         self._signals = 0                 # bumped by signal handlers, read by run()
@@ -668,6 +674,8 @@ class Worker:
                         self._kill_child(ctx)
                     elif now >= ctx._next_hb:
                         self._heartbeat(ctx)
+                    elif now >= ctx._next_cancel_poll:
+                        self._poll_cancel(ctx)
                     if ctx._progress is not None:
                         ctx._flush_progress()
                 except Exception:
@@ -696,13 +704,31 @@ class Worker:
             ctx._next_hb = time.monotonic() + min(1.0, lease / 6.0)
             return
         ctx._next_hb = time.monotonic() + lease / 3.0
-        if cancel and not ctx.cancelled:
-            log.info("job %s: cancel requested", job.id)
-            ctx._request_stop("cancelled")
-            if ctx._child is not None:
-                self._tell_child(ctx, "cancel")
-                grace = time.monotonic() + self.cancel_grace
-                ctx._kill_at = grace if ctx._deadline is None else min(grace, ctx._deadline)
+        if cancel:
+            self._on_cancel_requested(ctx)
+
+    def _poll_cancel(self, ctx: Context) -> None:
+        """Between heartbeats, look at the in-memory job (no write) so a cancel reaches the
+        handler within cancel_poll seconds instead of up to lease/3."""
+        ctx._next_cancel_poll = time.monotonic() + self.cancel_poll
+        if ctx.cancelled:
+            return
+        try:
+            job = self.queue.get(ctx.job_id)
+        except Exception:
+            return
+        if job is not None and getattr(job, "cancel_requested", False):
+            self._on_cancel_requested(ctx)
+
+    def _on_cancel_requested(self, ctx: Context) -> None:
+        if ctx.cancelled:
+            return
+        log.info("job %s: cancel requested", ctx.job_id)
+        ctx._request_stop("cancelled")
+        if ctx._child is not None:
+            self._tell_child(ctx, "cancel")
+            grace = time.monotonic() + self.cancel_grace
+            ctx._kill_at = grace if ctx._deadline is None else min(grace, ctx._deadline)
 
     def _on_timeout(self, ctx: Context, thread: threading.Thread) -> None:
         ctx._request_stop("timeout")
@@ -712,8 +738,8 @@ class Worker:
             return
         # A thread cannot be killed: settle the job now, and replace the thread if the
         # handler does not come back by itself shortly.
-        self._finish(ctx, _Outcome("fail", "timeout"))
         log.warning("job %s timed out; its handler was asked to stop", ctx.job_id)
+        self._finish(ctx, _Outcome("fail", "timeout"))
         if not self._stopping.is_set():
             self._retiring.add(thread.ident)
             self._spawn_thread()
