@@ -15,9 +15,14 @@ from .errors import (
     StaleLeaseError,
 )
 
+from .job import Job, JobPriority, JobStatus
+from .queue import Queue, open
+from .state import Transition
+
 __version__ = "0.1.0"
 
 __all__ = [
     "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",
     "JobNotFoundError", "LockedError", "ReadOnlyError", "StaleLeaseError",
+    "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open",
 ]

@@ -532,15 +532,17 @@ class State:
                                     f"{ukey!r} is live; cannot re-drive {job_id}")
         return R.RetryDead(job_id, now_ms)
 
-    def plan_purge(self, before_ms: int, limit: int = 10_000) -> R.Purge | None:
-        """PURGE of finished jobs that finished before ``before_ms`` (retention)."""
+    def plan_purge(self, before_ms: int, now_ms: int, statuses=_FINISHED,
+                   limit: int = 100_000) -> R.Purge | None:
+        """PURGE of finished jobs (of ``statuses``) that finished before ``before_ms``."""
         ids = []
+        statuses = tuple(s for s in statuses if s in _FINISHED)
         for job_id, v in self.jobs.items():
-            if type(v) is _Rec and v.status in _FINISHED and v.completed < before_ms:
+            if type(v) is _Rec and v.status in statuses and v.completed < before_ms:
                 ids.append(job_id)
                 if len(ids) >= limit:
                     break
-        return R.Purge(before_ms, tuple(ids)) if ids else None
+        return R.Purge(now_ms, tuple(ids)) if ids else None
 
     # ------------------------------------------------------------------ queries
 

@@ -1,0 +1,534 @@
+"""The engine face: ``Queue`` = the write-ahead log + the state fold + the reaper.
+
+Concurrency model: one lock guards the state and the ``log.append`` call (append copies the
+record into the group-commit buffer and never waits for I/O). Waiting for durability
+(``log.sync(lsn)``) happens after the lock is released, so many threads share one
+fdatasync. Every operation is: validate (TypeError/ValueError, nothing written) -> under the
+lock, plan the record from the state (may raise StaleLeaseError / JobNotFoundError /
+InvalidStateError, nothing written) -> append -> apply the same record to the state ->
+release -> wait for the record to be durable (enqueue, enqueue_many, complete, fail,
+cancel, retry_dead, purge in ``sync`` mode).
+
+Visibility note: a job is claimable as soon as its record is appended, possibly a moment
+before its enqueue is durable. That is safe: the claim's record comes after it in the log,
+so a crash that loses the enqueue loses the claim too, and ``complete`` waits for both.
+
+Times: ``clock()`` returns seconds since the epoch (``time.time`` by default; tests pass a
+fake). Records hold integer milliseconds.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import threading
+import time
+from datetime import datetime
+from typing import Any, Callable, Iterable
+
+from . import records as R
+from .errors import ClosedError, InvalidStateError, ReadOnlyError
+from .job import (MAX_NAME_CHARS, Job, JobPriority, JobStatus, _check_json, check_name,
+                  check_text, encode_json, encode_payload, retry_delay_ms, to_ms,
+                  _check_retries, _check_seconds, MAX_UNIQUE_KEY_CHARS)
+from .state import MAX_DUE_MS, State, Transition
+
+__all__ = ["Queue", "open"]
+
+MAX_ERROR_CHARS = 64 * 1024
+MAX_MESSAGE_CHARS = 4096
+
+_STATUS_CODES = {s: s.code for s in JobStatus}
+
+
+def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
+    """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
+    return Queue(path, **options)
+
+
+def _names(value, what: str) -> frozenset | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        items = frozenset(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a str or an iterable of str") from None
+    for v in items:
+        check_name(v, what)
+    if not items:
+        raise ValueError(f"{what} must not be empty (use None for all)")
+    return items
+
+
+def _token_bytes(token: Any) -> bytes:
+    if not isinstance(token, str):
+        raise TypeError(f"token must be the str from job.token, not {type(token).__name__}")
+    try:
+        b = bytes.fromhex(token)
+    except ValueError:
+        b = b""
+    if len(b) != 8:
+        raise ValueError(f"malformed attempt token {token!r}")
+    return b
+
+
+def _job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str):
+        raise TypeError(f"job id must be a str, not {type(job_id).__name__}")
+    return job_id
+
+
+class Queue:
+    """A durable job queue stored in one directory.
+
+    Options: ``durability`` ("sync" | "interval" | "os"), ``interval_ms``, ``clock``
+    (seconds since the epoch), ``reaper_interval`` (seconds; None disables the thread,
+    ``reap()`` still works), ``max_payload_bytes`` (also bounds results), ``retry_base`` /
+    ``retry_cap`` / ``retry_jitter`` (the backoff, see ``aurora_log.job``), ``read_only``,
+    and the log's ``segment_bytes`` / ``max_record_bytes``.
+    """
+
+    def __init__(self, path, *, durability: str = "sync", interval_ms: int = 20,
+                 clock: Callable[[], float] = time.time, reaper_interval: float | None = 1.0,
+                 max_payload_bytes: int = 1 << 20, retry_base: float = 5.0,
+                 retry_cap: float = 3600.0, retry_jitter: float = 0.0,
+                 read_only: bool = False, **log_options):
+        from .log import Log  # imported here so job/records/state work without the C core
+
+        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
+                or max_payload_bytes <= 0:
+            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        if reaper_interval is not None:
+            _check_seconds(reaper_interval, "reaper_interval")
+        retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
+        if not callable(clock):
+            raise TypeError("clock must be a callable returning seconds since the epoch")
+        self._clock = clock
+        self._max_payload = max_payload_bytes
+        self._retry = (retry_base, retry_cap, retry_jitter)
+        self._read_only = bool(read_only)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._closed = False
+        self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
+                             read_only=read_only, **log_options)
+        self._sync_mode = durability == "sync"
+        try:
+            self._state = self._replay()
+            self.recovered = 0
+            if not self._read_only:
+                self.recovered = self._recover_running()
+        except BaseException:
+            self._log.close()
+            raise
+        self._stop = threading.Event()
+        self._reaper = None
+        if reaper_interval is not None and not self._read_only:
+            self._reaper = threading.Thread(target=self._reaper_loop, args=(reaper_interval,),
+                                            name="aurora-log-reaper", daemon=True)
+            self._reaper.start()
+
+    # ------------------------------------------------------------------ open/close
+
+    def _replay(self) -> State:
+        """Fold the whole log into a fresh State (a snapshot layer can start from its
+        snapshot's State and fold only the tail: ``state.apply`` for LSN > snapshot's)."""
+        state = State()
+        apply = state.apply
+        for lsn, rtype, payload in self._log.scan(self._log.first_lsn):
+            apply(lsn, rtype, payload)
+        return state
+
+    def _recover_running(self) -> int:
+        """Jobs left RUNNING by a dead process: back to pending as a spent attempt
+        ("process died"), or dead-letter when retries are spent. One open is enough."""
+        recs = self._state.plan_recover(self._now_ms(), self._delay)
+        if recs:
+            self._append_apply(recs)
+            self._log.sync(self._log.next_lsn - 1)
+        return len(recs)
+
+    def close(self) -> None:
+        """Stop the reaper, wake blocked claims (they return None), flush and close the log.
+        Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+        if self._reaper is not None and self._reaper is not threading.current_thread():
+            self._reaper.join()
+        self._log.close()
+
+    def __enter__(self) -> "Queue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def path(self):
+        return self._log.directory
+
+    @property
+    def log(self):
+        """The underlying Log (for tools and tests; do not append to it directly)."""
+        return self._log
+
+    # ------------------------------------------------------------------ internals
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _delay(self, retry_count: int) -> int:
+        base, cap, jitter = self._retry
+        return retry_delay_ms(retry_count, base=base, cap=cap, jitter=jitter)
+
+    def _check_open(self, write: bool = True) -> None:
+        if self._closed:
+            raise ClosedError("the queue is closed")
+        if write and self._read_only:
+            raise ReadOnlyError("the queue was opened read_only")
+
+    def _append_apply(self, recs: list) -> int:
+        """Append records (one atomic batch) and fold them. Caller holds the lock (or is
+        __init__). Returns the last LSN."""
+        encoded = [R.encode(r) for r in recs]
+        if len(encoded) == 1:
+            last = self._log.append(*encoded[0])
+        else:
+            last = self._log.append_many(encoded)
+        first = last - len(encoded) + 1
+        apply = self._state.apply
+        for i, (rec, (rtype, _)) in enumerate(zip(recs, encoded)):
+            apply(first + i, rtype, rec)
+        return last
+
+    def _sync(self, lsn: int, durable: bool) -> None:
+        if durable:
+            self._log.sync(lsn)
+
+    def _build(self, job: Job) -> tuple[R.Enqueue, str | None]:
+        """Validate a Job (again: its attributes may have been set directly) and build its
+        ENQUEUE record with at_ms = 0 (filled in under the lock). TypeError/ValueError."""
+        if not isinstance(job, Job):
+            raise TypeError(f"enqueue takes a Job, not {type(job).__name__}")
+        check_text(job.id, "id", MAX_NAME_CHARS)
+        check_name(job.job_type, "job_type")
+        check_name(job.queue, "queue")
+        if job.unique_key is not None:
+            check_text(job.unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS)
+        prio = job.priority
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 4:
+            raise ValueError(f"priority must be a JobPriority, got {prio!r}")
+        _check_retries(job.max_retries, "max_retries")
+        timeout = _check_seconds(job.timeout_seconds, "timeout_seconds", allow_none=True)
+        lease = _check_seconds(job.lease_duration, "lease_duration")
+        if job.status is not JobStatus.PENDING or job.retry_count != 0:
+            raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
+                             f"{job.status}, retry_count {job.retry_count})")
+        created = to_ms(job.created_at, "created_at")
+        sched = None
+        if job.scheduled_at is not None:
+            sched = to_ms(job.scheduled_at, "scheduled_at")
+            if not 0 <= sched <= MAX_DUE_MS:
+                raise ValueError(f"scheduled_at {job.scheduled_at} is out of range")
+        payload = encode_payload(job.payload)
+        if len(payload) > self._max_payload:
+            raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
+                             f"the limit is {self._max_payload} (max_payload_bytes)")
+        rec = R.Enqueue(job.id, job.job_type, job.queue, int(prio), job.max_retries, created,
+                        0, sched, None if timeout is None else round(timeout * 1000),
+                        round(lease * 1000), job.unique_key, payload)
+        R.encode_enqueue(rec)  # raises ValueError for a field that does not fit the layout
+        return rec, job.unique_key
+
+    # ------------------------------------------------------------------ producers
+
+    def enqueue(self, job: Job, *, durable: bool = True) -> str:
+        """Add a job; returns its id. With a unique_key held by a live job, returns that
+        job's id and adds nothing. In sync mode returns after the record is fdatasynced
+        (``durable=False``: do not wait, the record rides the next group commit)."""
+        return self.enqueue_many((job,), durable=durable)[0]
+
+    def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
+        """Add many jobs atomically (all or none, one commit). Returns their ids in order
+        (an existing live job's id for a unique_key already taken, also within the batch)."""
+        if isinstance(jobs, Job):
+            raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
+        built = [self._build(j) for j in jobs]
+        ids: list[str] = []
+        with self._lock:
+            self._check_open()
+            state = self._state
+            now = self._now_ms()
+            recs = []
+            taken: dict[str, str] = {}
+            seen: set[str] = set()
+            for rec, ukey in built:
+                if ukey is not None:
+                    owner = taken.get(ukey) or state.unique_owner(ukey)
+                    if owner is not None:
+                        ids.append(owner)
+                        continue
+                    taken[ukey] = rec.id
+                if rec.id in state or rec.id in seen:
+                    raise ValueError(f"a job with id {rec.id!r} already exists")
+                seen.add(rec.id)
+                recs.append(rec._replace(at_ms=now))
+                ids.append(rec.id)
+            if recs:
+                lsn = self._append_apply(recs)
+                self._cond.notify_all()
+            else:
+                lsn = self._log.next_lsn - 1   # the owners' records: make sure they are durable
+        if lsn > 0:
+            self._sync(lsn, durable)
+        return ids
+
+    # ------------------------------------------------------------------ workers
+
+    def claim(self, worker_id: str, *, job_types=None, queues=None,
+              wait: float | None = None) -> Job | None:
+        """The best due job (priority desc, due time, FIFO) as RUNNING, with ``job.token``
+        and ``job.lease_deadline``; or None. ``wait`` (seconds) blocks until a job is
+        enqueued, a scheduled/retry time comes, or the wait ends (no polling). The claim
+        is not waited for: it becomes durable with the next commit (a lost claim only
+        means the job runs again)."""
+        check_text(worker_id, "worker_id", MAX_NAME_CHARS)
+        types = _names(job_types, "job_types")
+        qs = _names(queues, "queues")
+        if wait is not None:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+                raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+            end = time.monotonic() + wait
+        with self._cond:
+            while True:
+                if self._closed:
+                    if wait is not None:
+                        return None
+                    raise ClosedError("the queue is closed")
+                if self._read_only:
+                    raise ReadOnlyError("the queue was opened read_only")
+                now = self._now_ms()
+                job_id = self._state.pick(now, qs, types)
+                if job_id is not None:
+                    rec = self._state.plan_claim(job_id, now, os.urandom(8), worker_id)
+                    self._append_apply([rec])
+                    return self._state.get(job_id)
+                if wait is None:
+                    return None
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                due = self._state.next_due_ms()
+                if due is not None:
+                    remaining = min(remaining, max((due - now) / 1000.0, 0.001))
+                self._cond.wait(remaining)
+
+    def heartbeat(self, job_id: str, token: str) -> bool:
+        """Extend the lease (to now + lease_duration). Returns True if a cancel was
+        requested. StaleLeaseError if the token no longer holds the job."""
+        job_id, tok = _job_id(job_id), _token_bytes(token)
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
+            self._append_apply([rec])
+            return self._state.cancel_requested(job_id)
+
+    def progress(self, job_id: str, token: str, fraction: float,
+                 message: str | None = None) -> None:
+        """Report progress (0.0..1.0, optional message); counts as a heartbeat for
+        last_heartbeat but does not extend the lease."""
+        job_id, tok = _job_id(job_id), _token_bytes(token)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"message must be a str, not {type(message).__name__}")
+            if len(message) > MAX_MESSAGE_CHARS:
+                raise ValueError(f"message is over {MAX_MESSAGE_CHARS} characters")
+            message.encode("utf-8")
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
+            self._append_apply([rec])
+
+    def complete(self, job_id: str, token: str, result: Any = None, *,
+                 durable: bool = True) -> None:
+        """Mark the attempt's job COMPLETED with an optional JSON ``result``."""
+        job_id, tok = _job_id(job_id), _token_bytes(token)
+        res = None if result is None else encode_json(result, "result")
+        if res is not None and len(res) > self._max_payload:
+            raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
+                             f"{self._max_payload} (max_payload_bytes)")
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
+            lsn = self._append_apply([rec])
+        self._sync(lsn, durable)
+
+    def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
+        """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
+        DEAD_LETTER (retries spent) or CANCELLED (a cancel had been requested). Errors over
+        64 KiB are truncated."""
+        job_id, tok = _job_id(job_id), _token_bytes(token)
+        if not isinstance(error, str):
+            raise TypeError(f"error must be a str, not {type(error).__name__}")
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[:MAX_ERROR_CHARS] + "... [truncated]"
+        error = error.encode("utf-8", "replace").decode("utf-8")
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
+            lsn = self._append_apply([rec])
+            if rec.outcome == R.OUTCOME_RETRY:
+                self._cond.notify_all()
+        self._sync(lsn, durable)
+        return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
+                R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
+
+    # ------------------------------------------------------------------ operators
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a pending, scheduled or failed (retry-waiting) job -> CANCELLED. For a
+        running job, request cancellation (its next heartbeat returns True; a fail or an
+        expired lease then ends it CANCELLED) and return RUNNING. InvalidStateError for a
+        finished job."""
+        job_id = _job_id(job_id)
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_cancel(job_id, self._now_ms())
+            if rec is None:
+                return JobStatus.RUNNING
+            lsn = self._append_apply([rec])
+        self._sync(lsn, True)
+        return JobStatus.CANCELLED if isinstance(rec, R.Cancel) else JobStatus.RUNNING
+
+    def retry_dead(self, job_id: str) -> None:
+        """Re-drive a dead-lettered job: PENDING now, retry_count reset to 0."""
+        job_id = _job_id(job_id)
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_retry_dead(job_id, self._now_ms())
+            lsn = self._append_apply([rec])
+            self._cond.notify_all()
+        self._sync(lsn, True)
+
+    def purge(self, status: JobStatus | str | None = None, older_than: float | None = None,
+              *, before: datetime | None = None) -> int:
+        """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
+        finished more than ``older_than`` seconds ago (or before ``before``) from the live
+        state, with a PURGE record. Returns how many."""
+        statuses = (3, 5, 6)
+        if status is not None:
+            st = JobStatus(status)
+            if not st.is_finished:
+                raise ValueError(f"only finished jobs can be purged, not {st.value}")
+            statuses = (st.code,)
+        if older_than is not None and before is not None:
+            raise ValueError("give older_than or before, not both")
+        if older_than is not None and (isinstance(older_than, bool) or
+                                       not isinstance(older_than, (int, float)) or older_than < 0):
+            raise ValueError(f"older_than must be seconds >= 0, got {older_than!r}")
+        before_ms = to_ms(before, "before") if before is not None else None
+        total = 0
+        while True:
+            with self._lock:
+                self._check_open()
+                now = self._now_ms()
+                cut = before_ms if before_ms is not None else \
+                    now - int((older_than or 0) * 1000) + (0 if older_than else 1)
+                rec = self._state.plan_purge(cut, now, statuses, limit=50_000)
+                if rec is None:
+                    break
+                lsn = self._append_apply([rec])
+            self._sync(lsn, True)
+            total += len(rec.ids)
+        return total
+
+    def reap(self, now: datetime | float | None = None) -> int:
+        """Expire leases (now > deadline) and timeouts (now > started + timeout) at once:
+        each becomes a logged REAP; the job goes back to pending after the backoff with
+        retry_count + 1, or to dead-letter when its retries are spent. Returns how many.
+        ``now``: a datetime or epoch seconds (default: the queue's clock)."""
+        if now is None:
+            now_ms = None
+        elif isinstance(now, datetime):
+            now_ms = to_ms(now, "now")
+        elif isinstance(now, (int, float)) and not isinstance(now, bool):
+            now_ms = int(now * 1000)
+        else:
+            raise TypeError("now must be a datetime, epoch seconds or None")
+        total = 0
+        while True:
+            with self._lock:
+                self._check_open()
+                recs = self._state.plan_reap(self._now_ms() if now_ms is None else now_ms,
+                                             self._delay, limit=10_000)
+                if not recs:
+                    return total
+                self._append_apply(recs)
+                self._cond.notify_all()
+            total += len(recs)
+
+    def _reaper_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.reap()
+            except ClosedError:
+                return
+            except Exception:  # a failed log refuses writes until reopened; stop quietly
+                return
+
+    def flush(self) -> None:
+        """Make everything appended so far durable (in every durability mode)."""
+        self._check_open(write=False)
+        self._log.flush()
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job | None:
+        job_id = _job_id(job_id)
+        with self._lock:
+            self._check_open(write=False)
+            return self._state.get(job_id)
+
+    def list(self, status: JobStatus | str | None = None, queue: str | None = None,
+             job_type: str | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+        """Jobs in enqueue order, filtered; ``after`` = the last id of the previous page."""
+        st = None if status is None else JobStatus(status)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        with self._lock:
+            self._check_open(write=False)
+            return self._state.list(status=st, queue=queue, job_type=job_type, limit=limit,
+                                    after=after)
+
+    def stats(self) -> dict:
+        """Counts per status (pending, running, completed, failed, dead_letter, cancelled,
+        total), and the same per queue under "queues"."""
+        with self._lock:
+            self._check_open(write=False)
+            out = self._state.stats()
+            out["last_lsn"] = self._state.last_lsn
+            return out
+
+    def history(self, job_id: str) -> builtins.list[Transition]:
+        job_id = _job_id(job_id)
+        with self._lock:
+            self._check_open(write=False)
+            return self._state.history(job_id)
+
+    def __repr__(self) -> str:
+        return f"<aurora_log.Queue {str(self._log.directory)!r}{' closed' if self._closed else ''}>"
