@@ -635,8 +635,9 @@ class Log:
             else:
                 z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
                 if z >= 0:
-                    raise CorruptionError("non-zero bytes after the end of data",
-                                          file=str(path), offset=z, lsn=s.next_lsn)
+                    raise CorruptionError(
+                        f"non-zero bytes after the end of data (first at offset {z})",
+                        file=str(path), offset=s.pos, lsn=s.next_lsn)
             expected = s.next_lsn
             del mv, cbuf, buf
 
