@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import AuroraLogError, JobNotFoundError, LockedError
+from .errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
+                     StaleLeaseError)
 
 PROG = "aurora-log"
 EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
@@ -225,8 +226,10 @@ def _configure_logging(args) -> None:
         logging.getLogger("aurora_log.worker").setLevel(logging.INFO)
 
 
-def _open_store(directory: str):
-    """Open an existing store for a one-shot command."""
+def _open_store(directory: str, *, write: bool = False):
+    """Open an existing store for a one-shot command. Reading commands open it read_only:
+    that takes no lock, so they work beside a running worker (and see what it has written);
+    writing commands take the lock and fail with exit status 3 while a worker holds it."""
     import aurora_log
     path = Path(directory)
     if not path.exists():
@@ -236,7 +239,9 @@ def _open_store(directory: str):
     if not (path / "wal").is_dir() and not (path / "LOCK").exists():
         raise CliError(f"no store at {directory}: not an aurora-log directory (no wal/)")
     try:
-        return aurora_log.open(path)
+        if write:
+            return aurora_log.open(path)
+        return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {directory} is in use by another process (a running worker?); "
                        "stop it first", EXIT_LOCKED) from None
@@ -325,6 +330,10 @@ def cmd_worker(args) -> int:
                        f"({exc})", EXIT_LOCKED) from None
     except ImportError as exc:
         raise CliError(f"cannot import {module_name}: {exc}") from None
+    except Exception as exc:            # the user's module raised while importing
+        log.debug("importing %s", module_name, exc_info=True)
+        raise CliError(f"importing {module_name} raised {type(exc).__name__}: {exc} "
+                       "(--log-level debug shows the traceback)") from None
     obj = module
     for part in attr.split("."):
         try:
@@ -381,8 +390,30 @@ def cmd_stats(args) -> int:
     if args.json:
         _out(_dumps(stats))
         return 0
-    _print_mapping(stats)
+    _print_stats(stats)
     return 0
+
+
+_STATUS_COLUMNS = ("pending", "running", "failed", "completed", "dead_letter", "cancelled", "total")
+
+
+def _print_stats(stats: dict) -> None:
+    """A table: one row per queue and one for all of them; other keys below it."""
+    if not all(isinstance(stats.get(c), int) for c in _STATUS_COLUMNS):
+        _print_mapping(stats)
+        return
+    queues = stats.get("queues") if isinstance(stats.get("queues"), dict) else {}
+    rows = [("QUEUE",) + tuple(c.upper() for c in _STATUS_COLUMNS)]
+    for name, counts in sorted(queues.items()):
+        rows.append((name,) + tuple(str(counts.get(c, 0)) for c in _STATUS_COLUMNS))
+    rows.append(("(all)",) + tuple(str(stats[c]) for c in _STATUS_COLUMNS))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+    rest = {k: v for k, v in stats.items() if k not in _STATUS_COLUMNS and k != "queues"}
+    if rest:
+        _out()
+        _print_mapping(rest)
 
 
 def _print_mapping(data, indent: int = 0) -> None:
@@ -459,7 +490,7 @@ def cmd_history(args) -> int:
         transitions = q.history(args.job_id)
     if args.json:
         for t in transitions:
-            _out(_dumps(t))
+            _out(_dumps(t._asdict() if hasattr(t, "_asdict") else t))
         return 0
     for t in transitions:
         data = _jsonable(t) if not isinstance(t, dict) else t
@@ -478,7 +509,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, write=True) as q:
         _get_job(q, args.job_id)
         q.retry_dead(args.job_id)
     _out(f"{args.job_id}: back to pending")
@@ -486,7 +517,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, write=True) as q:
         _get_job(q, args.job_id)
         status = q.cancel(args.job_id)
     if _status(status) == "running":
@@ -531,7 +562,7 @@ def cmd_dump(args) -> int:
 
 
 def cmd_purge(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, write=True) as q:
         n = q.purge(status=args.status, older_than=args.older_than)
     _out(f"purged {n} job(s)")
     return 0
@@ -545,7 +576,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, write=True) as q:
         report = q.compact()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
@@ -569,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobNotFoundError as exc:
         _error(str(exc))
         return EXIT_ERROR
+    except (InvalidStateError, StaleLeaseError) as exc:
+        _error(str(exc))
+        return EXIT_ERROR
     except AuroraLogError as exc:
         _error(f"{type(exc).__name__}: {exc}")
         return EXIT_ERROR
@@ -584,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except Exception as exc:            # a bug: still one line, the traceback on request
+        log.debug("unexpected error", exc_info=True)
+        _error(f"unexpected {type(exc).__name__}: {exc} (--log-level debug shows the traceback)")
+        return EXIT_ERROR
 
 
 def _error(message: str) -> None:

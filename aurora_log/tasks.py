@@ -157,14 +157,14 @@ def _is_async(fn) -> bool:
         getattr(fn, "__call__", None))
 
 
-def register_handler(queue, job_type: str, fn: Callable[..., Any], *, context: bool = False,
+def register_handler(q, job_type: str, fn: Callable[..., Any], *, context: bool = False,
                      **options) -> Callable[..., Any]:
     """Seed style: ``fn(job)`` (or ``fn(ctx, job)`` with context=True) runs every job of
     ``job_type``. ``fn`` may be ``async def``. Returns fn unchanged."""
     if not callable(fn):
         raise TypeError(f"handler for {job_type!r} is not callable")
     _check_options(options)
-    registry(queue).add(Handler(job_type, fn, "job", bool(context), _is_async(fn), options))
+    registry(q).add(Handler(job_type, fn, "job", bool(context), _is_async(fn), options))
     return fn
 
 
@@ -177,19 +177,19 @@ def _check_options(options: dict) -> None:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
 
-def task(queue, name: str | None = None, *, context: bool = False, **options):
+def task(q, name: str | None = None, *, context: bool = False, **options):
     """``@task(q)`` / ``@task(q, "name", priority=..., max_retries=..., timeout=..., queue=...,
     lease=...)``. Also usable bare: ``task(q)(fn)``. The decorated function stays callable as
     before and gains ``.enqueue(*args, **kwargs)``, ``.enqueue_with(...)``, ``.job_type``."""
     if callable(name):              # @q.task without parentheses
-        return task(queue)(name)
+        return task(q)(name)
     _check_options(options)
 
     def decorate(fn):
         job_type = name or _default_name(fn)
         handler = Handler(job_type, fn, "args", bool(context), _is_async(fn), dict(options))
-        registry(queue).add(handler)
-        return Task(queue, handler)
+        registry(q).add(handler)
+        return Task(q, handler)
 
     return decorate
 
@@ -383,3 +383,20 @@ def find_handler(job_type: str, queue=None) -> Handler | None:
         if h is not None:
             return h
     return None
+
+
+def _install_queue_methods() -> None:
+    """Bridge until queue.py has them: ``Queue.task`` and ``Queue.register_handler``, the
+    documented spelling (``@q.task(...)``). Only fills a gap: a method Queue defines itself
+    wins. (Queue.task = tasks.task binds the queue as ``q``.)"""
+    try:
+        from .queue import Queue
+    except Exception:           # the engine is missing or broken: the functions still work
+        return
+    if not hasattr(Queue, "task"):
+        Queue.task = task
+    if not hasattr(Queue, "register_handler"):
+        Queue.register_handler = register_handler
+
+
+_install_queue_methods()
