@@ -125,6 +125,13 @@ def items(start: int, n: int, levels=None):
 # measurement primitives (run inside the per-system child)
 # ---------------------------------------------------------------------------------------
 
+def settle():
+    """Flush every dirty page before a timed part. Setup (prefill) leaves megabytes of
+    dirty data behind, and on ext4 (data=ordered) the next fsyncs of ANY file on the file
+    system wait for that writeback: the first system after a big fill would pay for it."""
+    os.sync()
+
+
 def timed_threads(peer, nthreads: int, duration: float, work) -> dict:
     """Run work(handle, stop, counts, i) on n threads from one barrier for `duration`.
 
@@ -148,6 +155,7 @@ def timed_threads(peer, nthreads: int, duration: float, work) -> dict:
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(nthreads)]
     for t in threads:
         t.start()
+    settle()
     barrier.wait()
     t0 = time.perf_counter()
     deadline = t0 + duration
@@ -182,6 +190,7 @@ def op_enqueue(peer, threads: int, duration: float) -> dict:
 
 def op_batch(peer, batch: int, duration: float) -> dict:
     its = items(0, batch)          # the same payload dicts on every call, for every system
+    settle()
     t0 = time.perf_counter()
     n = 0
     while True:
@@ -223,6 +232,7 @@ def op_priority(peer, duration: float, prefill: int, mapping: str) -> dict:
     levels = [rnd.randrange(10) for _ in range(prefill)]
     peer.prefill(items(0, prefill, levels))
     seen = []
+    settle()
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < duration:
         r = peer.claim()
@@ -405,7 +415,7 @@ def child_main(name: str) -> int:
             finally:
                 peer.close()
             if op == "fill":
-                res["disk"] = peers.directory_bytes(directory)
+                res["disk"] = peer.disk_bytes()
         except Exception as e:
             res = {"error": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc(limit=6)}
@@ -588,11 +598,21 @@ def machine(bench_dir: str) -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     commit = ""
+    dirty = None
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        # Uncommitted changes to the engine mean the numbers are not the commit's.
+        dirty = bool(subprocess.run(
+            ["git", "-C", REPO, "status", "--porcelain", "--", "aurora_log", "native"],
+            capture_output=True, text=True, timeout=10).stdout.strip())
     except Exception:
         pass
+    try:
+        import aurora_log
+        aurora_path = os.path.dirname(aurora_log.__file__)
+    except Exception as e:
+        aurora_path = f"not importable: {e}"
     return {
         "cpu_model": cpu or platform.processor(),
         "cores": os.cpu_count(),
@@ -607,6 +627,8 @@ def machine(bench_dir: str) -> dict:
         "bench_dir": os.path.realpath(bench_dir),
         "packages": versions,
         "git_commit": commit,
+        "git_engine_dirty": dirty,
+        "aurora_log_from": aurora_path,
         "loadavg_start": os.getloadavg(),
     }
 
@@ -699,7 +721,8 @@ class Runner:
         m = self.result["machine"]
         fs = m["filesystem"]
         self.log(f"aurora-log comparison  {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
-                 f"  (git {m['git_commit'] or '?'})")
+                 f"  (git {m['git_commit'] or '?'}"
+                 f"{', with uncommitted engine changes' if m['git_engine_dirty'] else ''})")
         self.log(f"machine: {m['cpu_model']}, {m['cores']} cores"
                  f"{' (VM)' if m['virtualized'] else ''}, {m['memory_bytes'] / 2**30:.1f} GiB, "
                  f"Linux {m['kernel']}, Python {m['python']}, SQLite {m['sqlite']}")
@@ -914,6 +937,7 @@ class Runner:
                     per[name] = fill
                     self.drop_dir(d)
                     continue
+                settle()
                 r = run_reopen_child(name, d, n, self.cfg.op_timeout)
                 self.drop_dir(d)
                 r["fill"] = fill
@@ -944,7 +968,7 @@ class Runner:
         def vals(r):
             if not r or "error" in r:
                 return None, None, None
-            disk = r["fill"]["disk"]["allocated"] / n
+            disk = r["fill"]["disk"]["used"] / n
             rss = max(0, r["rss_after"] - r["rss_base"]) / n
             return r["reopen_s"], disk, rss
 
@@ -958,7 +982,9 @@ class Runner:
             note = []
             if not r.get("first_is_oldest"):
                 note.append("first claim was not the oldest job")
-            note.append(f"apparent {r['fill']['disk']['apparent'] / n:,.0f} B/job")
+            note.append(f"allocated {r['fill']['disk']['allocated'] / n:,.0f} B/job")
+            note.append(f"open {r['open_s']:.3f} s + claim {r['first_claim_s']:.3f} s")
+            note.append(f"peak RSS {r['rss_peak'] / 2**20:.0f} MiB")
             note.append(f"fill {r['fill']['prefill_s']:.1f} s")
             rx = t / ar if ar else None      # >1: the peer takes longer than aurora-log
             dx = ad / d if (ad and d) else None   # aurora bytes ÷ peer bytes (issue's form)
@@ -967,6 +993,9 @@ class Runner:
                      f"{fmt_ratio(dx):>6} {m:7,.0f} B {fmt_ratio(mx):>6}  {'; '.join(note)}")
         self.log("  x columns: reopen = this ÷ aurora-log (>1: aurora-log faster); disk and "
                  "RSS = aurora-log ÷ this (<1: aurora-log smaller)")
+        self.log("  disk/job = bytes holding data after close (aurora-log: each WAL segment up "
+                 "to its last non-zero byte;\n  its preallocated zero tail shows in 'allocated'); "
+                 "RSS/job = RSS growth of a fresh process over open + first claim")
         self.log()
 
     # -- targets ------------------------------------------------------------------------
@@ -1024,7 +1053,7 @@ class Runner:
                 a.get("reopen_s"), 1.0, higher_better=False)
             sq = bs[big].get("sqlite-full", {})
             if a.get("fill") and sq.get("fill"):
-                ratio = a["fill"]["disk"]["allocated"] / sq["fill"]["disk"]["allocated"]
+                ratio = a["fill"]["disk"]["used"] / sq["fill"]["disk"]["used"]
             else:
                 ratio = None
             add(f"s7 disk per pending job <= 1.0x sqlite ({big:,} jobs)", ratio, 1.0,
@@ -1110,8 +1139,8 @@ def chart_panels(result):
                 if name.startswith("aurora") or "reopen_s" not in r:
                     continue
                 re_b.append((lab(name), r["reopen_s"] / a["reopen_s"]))
-                disk_b.append((lab(name), r["fill"]["disk"]["allocated"]
-                               / a["fill"]["disk"]["allocated"]))
+                disk_b.append((lab(name), r["fill"]["disk"]["used"]
+                               / a["fill"]["disk"]["used"]))
                 ra = max(1, a["rss_after"] - a["rss_base"])
                 disk_rss = max(1, r["rss_after"] - r["rss_base"])
                 rss_b.append((lab(name), disk_rss / ra))

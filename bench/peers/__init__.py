@@ -128,7 +128,9 @@ class Peer:
         return {}
 
     def disk_bytes(self) -> dict:
-        """Apparent and allocated bytes of every file under the peer's directory."""
+        """Bytes of every file under the peer's directory, measured after close():
+        apparent (st_size), allocated (st_blocks) and used (bytes holding data; the same as
+        apparent unless the peer preallocates)."""
         return directory_bytes(self.directory)
 
     def info(self) -> dict:
@@ -151,7 +153,24 @@ def directory_bytes(directory) -> dict:
             files += 1
             apparent += st.st_size
             allocated += st.st_blocks * 512
-    return {"apparent": apparent, "allocated": allocated, "files": files}
+    return {"apparent": apparent, "allocated": allocated, "used": apparent, "files": files}
+
+
+def data_end(path, block: int = 1 << 20) -> int:
+    """Offset just past the last non-zero byte of a file (0 for an all-zero file): the
+    data in a file whose tail is preallocated zeros."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            stripped = chunk.rstrip(b"\0")
+            if stripped:
+                return start + len(stripped)
+            end = start
+    return 0
 
 
 @dataclass

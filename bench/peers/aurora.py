@@ -15,6 +15,7 @@ peers.aurora_level (0-2 LOW, 3-4 NORMAL, 5-7 HIGH, 8-9 CRITICAL).
 
 from __future__ import annotations
 
+import os
 import threading
 
 from . import DEFAULT_LEVEL, Peer, aurora_level
@@ -101,6 +102,23 @@ class AuroraPeer(Peer):
     def prefill(self, items, chunk=10_000):
         for i in range(0, len(items), chunk):
             self.enqueue_many(items[i:i + chunk])
+
+    def disk_bytes(self):
+        """WAL segments are preallocated (64 MiB of written zeros by default), so a small
+        queue allocates far more than it holds: 'used' counts each segment up to its last
+        non-zero byte, 'allocated' what the file system holds."""
+        from . import data_end, directory_bytes
+        out = directory_bytes(self.directory)
+        used = 0
+        for root, _dirs, names in os.walk(self.directory):
+            for n in names:
+                path = os.path.join(root, n)
+                try:
+                    used += data_end(path) if n.endswith(".seg") else os.path.getsize(path)
+                except FileNotFoundError:
+                    pass
+        out["used"] = used
+        return out
 
     def describe(self):
         import aurora_log
