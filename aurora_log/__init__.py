@@ -18,6 +18,8 @@ from .errors import (
 from .job import Job, JobPriority, JobStatus
 from .queue import Queue, open
 from .state import Transition
+from .tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
+from .worker import Context, JobCancelled, JobTimeout, Worker, current_context
 
 __version__ = "0.1.0"
 
@@ -25,4 +27,6 @@ __all__ = [
     "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",
     "JobNotFoundError", "LockedError", "ReadOnlyError", "StaleLeaseError",
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open",
+    "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
+    "TaskHandle", "TaskFailed", "TaskCancelled", "task", "register_handler",
 ]

@@ -23,7 +23,6 @@ its public API (enqueue / get), so a handle works with any queue that keeps that
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as _dt
 import functools
@@ -360,6 +359,7 @@ class TaskHandle:
 
     async def result_async(self, timeout: float | None = None, *, poll: float = 0.05):
         """``result()`` for asyncio code: polls without blocking the event loop."""
+        import asyncio
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = min(poll, 0.01)

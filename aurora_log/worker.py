@@ -27,7 +27,6 @@ Logging goes to ``logging.getLogger("aurora_log.worker")``; no handlers are inst
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import dataclasses
 import datetime as _dt
@@ -107,8 +106,8 @@ class Context:
         self._next_cancel_poll = 0.0
         self._progress: tuple[float, str | None] | None = None   # not yet sent
         self._progress_sent = 0.0
-        self._async_task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_task = None                  # asyncio.Task of an async handler
+        self._loop = None                        # ... and the worker's loop it runs on
         self._child: subprocess.Popen | None = None
         self._kill_at: float | None = None
 
@@ -253,7 +252,7 @@ class Worker:
         self._retiring: set[int] = set()          # thread idents replaced after a timeout
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = None                          # the worker's asyncio loop, made on demand
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
         self._started = False
@@ -471,7 +470,8 @@ class Worker:
 
     # -- asyncio
 
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
+    def _get_loop(self):
+        import asyncio                      # only workers with async handlers pay for it
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -509,6 +509,7 @@ class Worker:
             return _Outcome("fail", format_error(exc))
 
     def _await_on_loop(self, ctx: Context, awaitable, fn=None, args=(), kwargs=None):
+        import asyncio
         loop = self._get_loop()
 
         async def runner():
@@ -889,6 +890,8 @@ def _child_main() -> int:
         args, kwargs = handler.call_args(job, ctx)
         value = handler.fn(*args, **kwargs)
         if inspect.isawaitable(value):
+            import asyncio
+
             async def _await(v):
                 return await v
             value = asyncio.run(_await(value))
