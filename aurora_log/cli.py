@@ -341,8 +341,6 @@ def cmd_worker(args) -> int:
         except AttributeError:
             raise CliError(f"module {module_name} has no attribute {attr!r}") from None
     queue = obj
-    if not hasattr(queue, "claim") and callable(queue):
-        queue = queue()             # a factory: MODULE:make_queue
     if not hasattr(queue, "claim"):
         raise CliError(f"{args.target} is not a queue (got {type(queue).__name__})")
     worker = Worker(queue, concurrency=args.workers, queues=args.queues,
