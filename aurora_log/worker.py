@@ -324,7 +324,9 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_timeout
         signals_seen = max(self._signals, 1)
         while True:
-            if not any(t.is_alive() for t in self._live_threads()):
+            # threads still stuck in a handler whose job was already settled at its timeout
+            # cannot be stopped and hold nothing: a clean stop does not wait for them
+            if not any(t.ident not in self._retiring for t in self._live_threads()):
                 break
             if self._signals > signals_seen or self._forced.is_set():
                 log.warning("second stop request: stopping now")

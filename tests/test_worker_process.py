@@ -198,7 +198,7 @@ def test_thread_handler_timeout_fails_with_timeout_and_retries(app):
     (job_id,) = enqueue(app, sleepy("to", 3, cooperative=False, timeout_seconds=0.5, max_retries=1))
     proc = start_worker(app)
     wait_for(lambda: marked(app, "start-to-1"), proc=proc, app=app, what="the retry")
-    assert stop(proc, signal.SIGTERM) in (0, 1)
+    assert stop(proc, signal.SIGTERM) == 0      # abandoned handler threads do not hold it up
     with look(app) as q:
         job = q.get(job_id)
         assert job.retry_count == 1
@@ -268,7 +268,7 @@ def test_cancel_of_a_running_job(app):
     wait_for(lambda: marked(app, "start-x-0"), proc=proc, app=app)
     t = time.monotonic()
     with pytest.raises(AssertionError):     # the handler sees ctx.cancelled and stops early
-        wait_for(lambda: marked(app, "done-x"), timeout=3)
+        wait_for(lambda: marked(app, "done-x"), timeout=2)
     assert stop(proc) == 0
     assert time.monotonic() - t < 25
     with look(app) as q:

@@ -1,0 +1,230 @@
+"""The Worker in-process: outcomes, limits, filters, capacity, hooks, the Context API.
+(Signals, crashes and the CLI are in test_worker_process.py.)"""
+
+import threading
+import time
+
+import pytest
+
+import aurora_log
+from aurora_log import tasks
+from aurora_log.job import Job, JobStatus
+from aurora_log.worker import Context, JobCancelled, JobTimeout, Worker, current_context
+
+
+@pytest.fixture
+def q(store_dir):
+    queue = aurora_log.open(store_dir, retry_base=0.05)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def start(q):
+    workers = []
+
+    def start(**kw):
+        kw.setdefault("concurrency", 2)
+        kw.setdefault("poll_interval", 0.1)
+        w = Worker(q, **kw).start()
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop(timeout=3)
+
+
+def wait_status(q, job_id, statuses, timeout=15.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = q.get(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} is {q.get(job_id).status}, wanted {statuses}")
+
+
+FINISHED = (JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
+
+
+def test_non_json_result_fails_the_job(q, start):
+    tasks.register_handler(q, "bad_result", lambda job: {1, 2})
+    job_id = q.enqueue(Job("bad_result", max_retries=0))
+    start()
+    job = wait_status(q, job_id, FINISHED)
+    assert job.status is JobStatus.DEAD_LETTER
+    assert job.error.startswith("result is not JSON-encodable")
+
+
+def test_oversized_result_fails_the_job(q, start):
+    tasks.register_handler(q, "big", lambda job: "x" * 5000)
+    job_id = q.enqueue(Job("big", max_retries=0))
+    start(max_result_bytes=1000)
+    job = wait_status(q, job_id, FINISHED)
+    assert job.status is JobStatus.DEAD_LETTER
+    assert "result too large" in job.error
+
+
+def test_exception_text_names_type_message_and_place(q, start):
+    def handler(job):
+        raise KeyError("missing")
+
+    tasks.register_handler(q, "raises", handler)
+    job_id = q.enqueue(Job("raises", max_retries=0))
+    start()
+    job = wait_status(q, job_id, FINISHED)
+    assert job.error.startswith("KeyError: 'missing'")
+    assert "in handler" in job.error
+
+
+def test_failures_follow_the_retry_rules(q, start):
+    attempts = []
+
+    def handler(job):
+        attempts.append(job.retry_count)
+        if job.retry_count < 2:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    tasks.register_handler(q, "third_time", handler)
+    job_id = q.enqueue(Job("third_time", max_retries=3))
+    start()
+    job = wait_status(q, job_id, FINISHED)
+    assert job.status is JobStatus.COMPLETED and job.result == "ok"
+    assert attempts == [0, 1, 2]
+
+
+def test_job_types_and_queues_filters(q, start):
+    ran = []
+    for name in ("a", "b"):
+        tasks.register_handler(q, name, lambda job: ran.append((job.job_type, job.queue)))
+    ids = [q.enqueue(Job("a")), q.enqueue(Job("b")), q.enqueue(Job("a", queue="other"))]
+    w = start(job_types=["a"], queues="default")
+    wait_status(q, ids[0], FINISHED)
+    time.sleep(0.3)
+    assert ran == [("a", "default")]
+    assert q.get(ids[1]).status is JobStatus.PENDING
+    assert q.get(ids[2]).status is JobStatus.PENDING
+    assert w.counts["completed"] == 1
+
+
+def test_threads_run_in_parallel(q, start):
+    gate = threading.Barrier(3, timeout=10)
+    tasks.register_handler(q, "meet", lambda job: gate.wait() is not None)
+    ids = [q.enqueue(Job("meet")) for _ in range(3)]
+    start(concurrency=3)
+    for i in ids:                   # all three must be inside the handler at once
+        assert wait_status(q, i, FINISHED).status is JobStatus.COMPLETED
+
+
+def test_a_timed_out_thread_is_replaced_so_capacity_stays(q, start):
+    release = threading.Event()
+
+    def stuck(job):
+        release.wait(20)            # ignores ctx.cancelled on purpose
+
+    tasks.register_handler(q, "stuck", stuck)
+    tasks.register_handler(q, "quick", lambda job: "quick")
+    stuck_id = q.enqueue(Job("stuck", timeout_seconds=0.3, max_retries=0, priority="HIGH"))
+    w = start(concurrency=1)
+    job = wait_status(q, stuck_id, FINISHED)
+    assert job.status is JobStatus.DEAD_LETTER and job.error == "timeout"
+    quick_id = q.enqueue(Job("quick"))
+    assert wait_status(q, quick_id, FINISHED, timeout=10).result == "quick"
+    assert w.counts["timeout"] == 1
+    release.set()
+
+
+def test_on_done_is_called_after_the_queue_acknowledged(q, start):
+    seen = []
+
+    def on_done(job, status, detail):
+        seen.append((job.id, status, q.get(job.id).status))
+
+    tasks.register_handler(q, "fine", lambda job: 1)
+    tasks.register_handler(q, "broken", lambda job: 1 / 0)
+    a = q.enqueue(Job("fine"))
+    b = q.enqueue(Job("broken", max_retries=0))
+    start(on_done=on_done)
+    wait_status(q, a, FINISHED)
+    wait_status(q, b, FINISHED)
+    time.sleep(0.1)
+    assert sorted(seen) == sorted([(a, "completed", JobStatus.COMPLETED),
+                                   (b, "dead_letter", JobStatus.DEAD_LETTER)])
+
+
+def test_cancel_reaches_a_running_handler_quickly(q, start):
+    started = threading.Event()
+
+    def patient(job):
+        started.set()
+        ctx = current_context()
+        for _ in range(1000):
+            ctx.sleep(0.05)          # raises JobCancelled once cancelled
+
+    tasks.register_handler(q, "patient", patient)
+    job_id = q.enqueue(Job("patient"))
+    start(cancel_poll=0.1)
+    assert started.wait(10)
+    t = time.monotonic()
+    assert q.cancel(job_id) is JobStatus.RUNNING
+    job = wait_status(q, job_id, FINISHED)
+    assert job.status is JobStatus.CANCELLED
+    assert time.monotonic() - t < 5
+
+
+def test_run_returns_0_after_request_stop(q):
+    w = Worker(q, concurrency=1, poll_interval=0.1)
+    result = []
+    t = threading.Thread(target=lambda: result.append(w.run(install_signals=False)))
+    t.start()
+    time.sleep(0.3)
+    w.request_stop()
+    t.join(10)
+    assert result == [0]
+
+
+def test_invalid_options():
+    with pytest.raises(ValueError, match="isolation"):
+        Worker(object(), isolation="fork")
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(object(), concurrency=-1)
+
+
+# ------------------------------------------------------------------ Context
+
+def _ctx(sink=None):
+    return Context(Job("x"), sink=sink)
+
+
+def test_context_progress_forms_and_coalescing():
+    sent = []
+    ctx = _ctx(lambda f, m: sent.append((f, m)))
+    ctx.progress(0.25)
+    ctx.progress(3, 4, "three of four")       # within 0.1 s: kept, not sent
+    assert sent == [(0.25, None)]
+    ctx._flush_progress()
+    assert sent[-1] == (0.75, "three of four")
+    ctx.progress(0.5, "half")
+    ctx._flush_progress()
+    assert sent[-1] == (0.5, "half")
+    with pytest.raises(ValueError):
+        ctx.progress(5, 4)
+    with pytest.raises(ValueError):
+        ctx.progress(-0.1)
+    with pytest.raises(ValueError):
+        ctx.progress(1, 0)
+
+
+def test_context_check_and_sleep():
+    ctx = _ctx()
+    ctx.check()
+    assert not ctx.cancelled
+    ctx._request_stop("timeout")
+    assert ctx.cancelled and ctx.reason == "timeout"
+    with pytest.raises(JobTimeout):
+        ctx.check()
+    with pytest.raises(JobCancelled):
+        ctx.sleep(5)
+    assert current_context() is None
