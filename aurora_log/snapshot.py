@@ -1,0 +1,646 @@
+"""Compaction: lz4 snapshots of the live state, recovery from them, retention, retirement.
+
+The byte format is in native/FORMAT.md ("Snapshot format"). In short:
+
+    DIR/snap/<20-digit lsn>.snap   64-byte header (magic, version, LSN, item count, body
+                                   length, content length, max record time, body crc, header
+                                   crc) + an lz4 frame (content size + content checksum on)
+                                   of the state export's items, each prefixed by a u32 length.
+
+Recovery (``recover``) = the newest valid snapshot + the log after its LSN. A snapshot that
+fails any check is reported, moved aside as ``<name>.broken`` (writable opens only) and the
+previous one (and a longer replay) is used. With none usable and the log no longer starting
+at LSN 1: CorruptionError naming the files -- never an empty queue by accident.
+
+Compaction (``Compactor.compact``) never holds the queue lock for more than a dictionary
+copy plus the jobs touched while it ran (see ``_capture``): the export, the compression and
+the write run outside it. Then: keep the two newest snapshots; retire WAL segments that the
+OLDER kept snapshot covers (so falling back to it still finds its WAL tail); with
+``archive=True`` retired segments go to DIR/archive/wal/ and retired snapshots to
+DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
+``state_as_of`` uses for time travel.
+
+The Compactor works on a *host* (the Queue) through a small duck-typed surface:
+``host._lock`` (the state lock), ``host._state``, ``host._log``, ``host._append_apply(recs)``
+(caller holds the lock), ``host._now_ms()``, ``host._touched`` (None, or an ordered dict the
+host fills with the id of every job a record touches, under the lock) and ``host._max_at``
+(the largest record time applied so far). Every file operation goes through log.py's helpers
+(the C core's syscall table), so fault injection and the power-loss recorder see them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import lz4.frame
+
+from . import records as R
+from .errors import CorruptionError
+from .log import crc32c, read_file, remove_file, write_file_durably
+from .state import _BLOB, _Rec, State
+
+__all__ = [
+    "MAGIC", "VERSION", "HEADER", "SnapshotInfo", "SnapshotProblem", "LoadResult",
+    "CompactionResult", "Compactor", "encode_snapshot", "decode_snapshot", "read_header",
+    "write_snapshot", "load_snapshot", "list_snapshots", "recover", "state_as_of",
+    "DEFAULT_MAX_CONTENT",
+]
+
+MAGIC = b"AURSNAP1"
+VERSION = 1
+# magic, version, flags, lsn, items, body_len, content_len, max_at_ms, body crc | hdr crc
+_HEAD = struct.Struct("<8sIIQQQQqI")
+HEADER = _HEAD.size + 4          # 64
+_U32 = struct.Struct("<I")
+_ITEM = struct.Struct("<I")
+SNAP_RE = re.compile(r"^(\d{20})\.snap$")
+DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
+_CHUNK = 8 << 20                  # incremental decompression step
+_STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait for purge)
+_FINISHED = (3, 5, 6)
+
+
+def _mask(crc: int) -> int:
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def snap_name(lsn: int) -> str:
+    return f"{lsn:020d}.snap"
+
+
+# --------------------------------------------------------------------------- encode/decode
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: str
+    lsn: int
+    items: int
+    body_len: int
+    content_len: int
+    max_at_ms: int
+    size: int
+
+
+@dataclass(frozen=True)
+class SnapshotProblem:
+    """A snapshot that failed a check (or could not be used)."""
+    file: str
+    reason: str
+    offset: int | None = None
+    lsn: int | None = None
+    moved_to: str | None = None
+
+    def __str__(self) -> str:
+        where = f" at offset {self.offset}" if self.offset is not None else ""
+        return f"{self.file}{where}: {self.reason}"
+
+
+def encode_snapshot(items: Iterable[bytes], lsn: int, max_at_ms: int = -1, *,
+                    total: int | None = None,
+                    on_progress: Callable[[int, int], None] | None = None,
+                    every: int = 50_000) -> bytes:
+    """The whole snapshot file for the export ``items`` (header item first) at ``lsn``."""
+    content = bytearray()
+    n = 0
+    pack = _ITEM.pack
+    for item in items:
+        content += pack(len(item))
+        content += item
+        n += 1
+        if on_progress is not None and n % every == 0:
+            on_progress(n, total if total is not None else n)
+    body = lz4.frame.compress(bytes(content), store_size=True, content_checksum=True,
+                              block_linked=True)
+    head = _HEAD.pack(MAGIC, VERSION, 0, lsn, n, len(body), len(content), max_at_ms,
+                      _mask(crc32c(body)))
+    del content
+    return head + _U32.pack(_mask(crc32c(head))) + body
+
+
+def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
+    """Check and parse the 64-byte header (not the body). CorruptionError."""
+    if len(data) < HEADER:
+        raise CorruptionError(f"snapshot shorter than its {HEADER}-byte header "
+                              f"({len(data)} bytes)", file=path, offset=0)
+    magic, ver, flags, lsn, items, blen, clen, max_at, bcrc = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptionError("bad snapshot magic", file=path, offset=0)
+    (hcrc,) = _U32.unpack_from(data, _HEAD.size)
+    if hcrc != _mask(crc32c(data[:_HEAD.size])):
+        raise CorruptionError("snapshot header crc mismatch", file=path, offset=_HEAD.size)
+    if ver != VERSION or flags != 0:
+        raise CorruptionError(f"unsupported snapshot version {ver} / flags {flags:#x}",
+                              file=path, offset=8)
+    return SnapshotInfo(path, lsn, items, blen, clen, max_at, len(data))
+
+
+def decode_snapshot(data: bytes, path: str = "?", *,
+                    max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
+    """Every check, then the State. CorruptionError (file, offset, reason) on any failure:
+    header, body length, body crc, lz4 frame (declared content size checked against the
+    header and ``max_content`` BEFORE decompressing; decompressed incrementally with a hard
+    bound; content checksum), item framing and count, State.from_export."""
+    info = read_header(data, path)
+    body = memoryview(data)[HEADER:]
+    if len(body) != info.body_len:
+        raise CorruptionError(f"snapshot body is {len(body)} bytes, header says "
+                              f"{info.body_len}", file=path, offset=HEADER, lsn=info.lsn)
+    if _mask(crc32c(body)) != _HEAD.unpack_from(data)[8]:
+        raise CorruptionError("snapshot body crc mismatch", file=path, offset=HEADER,
+                              lsn=info.lsn)
+    if info.content_len > max_content:
+        raise CorruptionError(f"snapshot content of {info.content_len} bytes is over the "
+                              f"limit ({max_content})", file=path, offset=40, lsn=info.lsn)
+    content = _decompress(body, info, path)
+    items = _split(content, info, path)
+    try:
+        state = State.from_export(items)
+    except ValueError as e:
+        raise CorruptionError(f"snapshot state does not rebuild: {e}", file=path,
+                              offset=HEADER, lsn=info.lsn) from None
+    if state.last_lsn != info.lsn:
+        raise CorruptionError(f"snapshot state is at LSN {state.last_lsn}, header says "
+                              f"{info.lsn}", file=path, offset=16, lsn=info.lsn)
+    return info, state
+
+
+def _decompress(body, info: SnapshotInfo, path: str) -> bytes:
+    try:
+        fi = lz4.frame.get_frame_info(body)
+    except (RuntimeError, ValueError) as e:
+        raise CorruptionError(f"bad lz4 frame header: {e}", file=path, offset=HEADER,
+                              lsn=info.lsn) from None
+    if not fi.get("content_checksum") or fi.get("content_size") != info.content_len:
+        raise CorruptionError(f"lz4 frame declares {fi.get('content_size')} content bytes "
+                              f"(checksum {'on' if fi.get('content_checksum') else 'off'}); "
+                              f"the header says {info.content_len}", file=path, offset=HEADER,
+                              lsn=info.lsn)
+    want = info.content_len
+    d = lz4.frame.LZ4FrameDecompressor()
+    parts = []
+    got = 0
+    try:
+        chunk = d.decompress(body, max_length=min(_CHUNK, want + 1))
+        while True:
+            parts.append(chunk)
+            got += len(chunk)
+            if got > want:
+                raise CorruptionError(f"lz4 frame holds more than the declared {want} bytes",
+                                      file=path, offset=HEADER, lsn=info.lsn)
+            if d.eof or (d.needs_input and not chunk):
+                break
+            if d.needs_input:
+                break
+            chunk = d.decompress(b"", max_length=min(_CHUNK, want + 1 - got))
+    except RuntimeError as e:   # lz4 reports checksum/format errors as RuntimeError
+        raise CorruptionError(f"lz4 frame does not decode: {e}", file=path, offset=HEADER,
+                              lsn=info.lsn) from None
+    if not d.eof:
+        raise CorruptionError("lz4 frame is truncated (no end mark)", file=path,
+                              offset=HEADER + info.body_len, lsn=info.lsn)
+    if d.unused_data:
+        raise CorruptionError(f"{len(d.unused_data)} bytes after the lz4 frame", file=path,
+                              offset=HEADER + info.body_len - len(d.unused_data), lsn=info.lsn)
+    if got != want:
+        raise CorruptionError(f"lz4 frame holds {got} bytes, declared {want}", file=path,
+                              offset=HEADER, lsn=info.lsn)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
+    """The framed items, checking the framing and the count as they are consumed."""
+    n = 0
+    pos = 0
+    end = len(content)
+    unpack = _ITEM.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            raise CorruptionError("snapshot item frame cut short", file=path, lsn=info.lsn)
+        (ln,) = unpack(content, pos)
+        pos += 4
+        if pos + ln > end:
+            raise CorruptionError(f"snapshot item {n} of {ln} bytes runs past the content",
+                                  file=path, lsn=info.lsn)
+        yield content[pos:pos + ln]
+        pos += ln
+        n += 1
+    if n != info.items:
+        raise CorruptionError(f"snapshot holds {n} items, header says {info.items}",
+                              file=path, lsn=info.lsn)
+
+
+# --------------------------------------------------------------------------- files
+
+def list_snapshots(snap_dir) -> list[tuple[int, Path]]:
+    """(lsn, path) of DIR/snap/*.snap, oldest first."""
+    out = []
+    try:
+        names = os.listdir(snap_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        m = SNAP_RE.match(name)
+        if m:
+            out.append((int(m.group(1)), Path(snap_dir) / name))
+    out.sort()
+    return out
+
+
+def write_snapshot(snap_dir, data: bytes, lsn: int) -> Path:
+    """tmp (0600) -> write -> fsync -> rename -> fsync dir, through the syscall table."""
+    snap_dir = Path(snap_dir)
+    _ensure_dir(snap_dir)
+    path = snap_dir / snap_name(lsn)
+    write_file_durably(path, data)
+    return path
+
+
+def _ensure_dir(d: Path) -> None:
+    if not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(d.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
+    path = str(path)
+    return decode_snapshot(read_file(path), path, max_content=max_content)
+
+
+def _move(src: Path, dest: Path) -> None:
+    """Move a file durably through the syscall table (copy + remove: snapshots only move
+    when they are retired into the archive or set aside as broken, both rare)."""
+    _ensure_dir(dest.parent)
+    write_file_durably(dest, read_file(src))
+    remove_file(src)
+
+
+# --------------------------------------------------------------------------- recovery
+
+@dataclass
+class LoadResult:
+    state: State | None                # None: replay the log from its start
+    lsn: int = 0                       # the snapshot's LSN (0 = none)
+    path: str | None = None
+    size: int = 0
+    max_at_ms: int = -1
+    problems: list[SnapshotProblem] = field(default_factory=list)
+    removed_tmp: list[str] = field(default_factory=list)
+
+
+def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool = False,
+            max_content: int = DEFAULT_MAX_CONTENT) -> LoadResult:
+    """Pick the newest usable snapshot for a log holding [log_first_lsn, log_next_lsn).
+    Usable: passes every check and first_lsn <= lsn + 1 <= next_lsn. Bad ones are reported
+    (and, unless read_only, moved aside as <name>.broken). CorruptionError if none is usable
+    and the log does not start at LSN 1."""
+    snap_dir = Path(directory) / "snap"
+    res = LoadResult(None)
+    if not read_only and snap_dir.is_dir():
+        for name in os.listdir(snap_dir):
+            if name.endswith(".snap.tmp"):
+                remove_file(snap_dir / name)
+                res.removed_tmp.append(name)
+    for lsn, path in reversed(list_snapshots(snap_dir)):
+        problem = None
+        if lsn + 1 > log_next_lsn:
+            problem = SnapshotProblem(str(path), f"snapshot LSN {lsn} is past the end of the "
+                                      f"log (next LSN {log_next_lsn})", lsn=lsn)
+        elif lsn + 1 < log_first_lsn:
+            # older than the WAL we still have; not damaged, just not usable
+            res.problems.append(SnapshotProblem(
+                str(path), f"snapshot LSN {lsn} is older than the log's first LSN "
+                f"{log_first_lsn}", lsn=lsn))
+            continue
+        else:
+            try:
+                info, state = load_snapshot(path, max_content=max_content)
+                if info.lsn != lsn:
+                    raise CorruptionError(f"snapshot header LSN {info.lsn} does not match "
+                                          "its name", file=str(path), offset=16)
+            except CorruptionError as e:
+                problem = SnapshotProblem(str(path), e.reason, e.offset, lsn)
+            except OSError as e:
+                problem = SnapshotProblem(str(path), f"unreadable: {e}", None, lsn)
+            else:
+                res.state, res.lsn, res.path = state, lsn, str(path)
+                res.size, res.max_at_ms = info.size, info.max_at_ms
+                return res
+        if not read_only:
+            dest = path.with_name(path.name + ".broken")
+            try:
+                _move(path, dest)
+                problem = SnapshotProblem(problem.file, problem.reason, problem.offset,
+                                          problem.lsn, str(dest))
+            except OSError:
+                pass
+        res.problems.append(problem)
+    if log_first_lsn > 1:
+        files = "; ".join(str(p) for p in res.problems) or "no snapshot files"
+        raise CorruptionError(
+            f"no usable snapshot and the log starts at LSN {log_first_lsn}, not 1 "
+            f"({files})", file=str(snap_dir), lsn=log_first_lsn)
+    return res
+
+
+# --------------------------------------------------------------------------- compaction
+
+def _clone(r: _Rec) -> _Rec:
+    c = _Rec.__new__(_Rec)
+    for s in _SLOTS:
+        setattr(c, s, getattr(r, s))
+    c.hist = list(r.hist)
+    return c
+
+
+_SLOTS = _Rec.__slots__
+
+
+@dataclass
+class CompactionResult:
+    lsn: int
+    path: str
+    jobs: int
+    bytes: int
+    purged: int
+    removed_snapshots: list[str]
+    retired_segments: list[str]
+    pause_ms: float            # longest time the queue lock was held by this compaction
+    seconds: float
+
+
+class Compactor:
+    """Snapshots, retention and retirement for one Queue (the host)."""
+
+    def __init__(self, host, directory, *, archive: bool = False, keep: int = 2,
+                 retain_seconds: float | None = 24 * 3600, retain_count: int | None = 100_000,
+                 wal_bytes: int | None = 64 << 20, factor: float | None = 4.0,
+                 min_bytes: int = 1 << 20, max_content: int = DEFAULT_MAX_CONTENT):
+        if keep < 2:
+            raise ValueError("keep must be >= 2 (the older snapshot is the fallback)")
+        self.host = host
+        self.dir = Path(directory)
+        self.snap_dir = self.dir / "snap"
+        self.archive = archive
+        self.keep = keep
+        self.retain_ms = None if retain_seconds is None else round(retain_seconds * 1000)
+        self.retain_count = retain_count
+        self.wal_bytes = wal_bytes
+        self.factor = factor
+        self.min_bytes = min_bytes
+        self.max_content = max_content
+        self._mutex = threading.Lock()
+        self.last_size = 0          # bytes of the newest snapshot
+        self._wal_base = 0          # log bytes written at the last snapshot
+        self.tail_bytes = 0         # WAL bytes replayed at open (after the snapshot)
+        self.last_result: CompactionResult | None = None
+        self.last_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- trigger
+    def wal_since(self) -> int:
+        st = self.host._log.stats()
+        return self.tail_bytes + st.get("bytes", 0) - self._wal_base
+
+    def due(self) -> bool:
+        """The WAL since the last snapshot is over ``wal_bytes``, or over ``factor`` x the
+        last snapshot's size (and at least ``min_bytes``, so a tiny state does not compact
+        on every few records)."""
+        since = self.wal_since()
+        if self.wal_bytes is not None and since >= self.wal_bytes:
+            return True
+        if self.factor is not None and since >= self.min_bytes and \
+                since >= self.factor * max(self.last_size, 1):
+            return True
+        return False
+
+    def start(self, interval: float = 0.5) -> None:
+        if self.wal_bytes is None and self.factor is None:
+            return
+        self._thread = threading.Thread(target=self._loop, args=(interval,),
+                                        name="aurora-log-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                if self.due():
+                    self.compact()
+            except Exception as e:  # noqa: BLE001 - keep it for the owner; stop on a failed log
+                self.last_error = e
+                if self.host._closed or self.host._log.failed:
+                    return
+
+    # ---------------------------------------------------------------- compaction
+    def compact(self, on_progress: Callable[[int, int], None] | None = None) -> CompactionResult:
+        with self._mutex:
+            return self._compact(on_progress)
+
+    def _compact(self, on_progress):
+        t0 = time.perf_counter()
+        host = self.host
+        pauses = []
+        view, lsn0 = self._capture_start(pauses)
+        # outside the lock: detach every mutable record of the copy (racy reads are fixed
+        # up below: any job touched since the copy is re-read under the lock)
+        for jid, v in view.items():
+            if type(v) is not bytes:
+                view[jid] = _clone(v)
+        now = host._now_ms()
+        purge_ids = self._retention(view, now)
+        vstate, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
+        lsn = vstate.last_lsn
+        wal_mark = host._log.stats().get("bytes", 0)
+        host._log.flush()            # every record <= lsn durable before the snapshot is
+        total = len(vstate.jobs) + 1
+        data = encode_snapshot(vstate.export(), lsn, vstate._max_at, total=total,
+                               on_progress=on_progress)
+        del vstate, view
+        path = write_snapshot(self.snap_dir, data, lsn)
+        self.last_size = len(data)
+        self._wal_base = wal_mark
+        self.tail_bytes = 0
+        if on_progress is not None:
+            on_progress(total, total)
+        removed, retired = self._retire()
+        res = CompactionResult(lsn, str(path), total - 1, len(data), purged, removed, retired,
+                               max(pauses) * 1000 if pauses else 0.0,
+                               time.perf_counter() - t0)
+        self.last_result = res
+        return res
+
+    def _capture_start(self, pauses):
+        host = self.host
+        with host._lock:
+            t = time.perf_counter()
+            host._check_open()
+            st = host._state
+            view = st.jobs.copy()
+            lsn0 = st.last_lsn
+            host._touched = {}
+            pauses.append(time.perf_counter() - t)
+        return view, lsn0
+
+    def _capture_finish(self, view, lsn0, purge_ids, now, pauses):
+        host = self.host
+        purged = 0
+        with host._lock:
+            t = time.perf_counter()
+            try:
+                st = host._state
+                jobs = st.jobs
+                if purge_ids:
+                    ids = [i for i in purge_ids
+                           if type(jobs.get(i)) is _Rec and jobs[i].status in _FINISHED]
+                    for k in range(0, len(ids), 50_000):
+                        host._append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
+                    purged = len(ids)
+                touched = host._touched or {}
+                new = []
+                for jid in touched:
+                    v = jobs.get(jid)
+                    if v is None:
+                        view.pop(jid, None)
+                        continue
+                    blob = v if type(v) is bytes else v.blob
+                    c = v if type(v) is bytes else _clone(v)
+                    if _BLOB.unpack_from(blob)[0] > lsn0:     # enqueued after the copy
+                        view.pop(jid, None)
+                        new.append((_BLOB.unpack_from(blob)[0], jid, c))
+                    else:
+                        view[jid] = c
+                new.sort()
+                for _, jid, c in new:
+                    view[jid] = c
+                vs = State.__new__(State)
+                vs.jobs = view
+                vs.last_lsn = st.last_lsn
+                vs.applied = st.applied
+                vs._pairs = list(st._pairs)
+                vs._max_at = host._max_at
+            finally:
+                host._touched = None
+                pauses.append(time.perf_counter() - t)
+        return vs, purged
+
+    def _retention(self, view, now: int) -> list[str]:
+        """Finished jobs past their limit: completed/cancelled older than retain_seconds, and
+        beyond the newest retain_count of them. Dead letters stay until purged."""
+        if self.retain_ms is None and self.retain_count is None:
+            return []
+        fin = []
+        for i, (jid, v) in enumerate(view.items()):
+            if type(v) is not bytes and v.status in _STATUS_FINISHED_RETAINED:
+                fin.append((v.completed, i, jid))
+        out = []
+        if self.retain_ms is not None:
+            cut = now - self.retain_ms
+            out = [jid for c, _, jid in fin if c < cut]
+            fin = [f for f in fin if f[0] >= cut]
+        if self.retain_count is not None and len(fin) > self.retain_count:
+            fin.sort()
+            out.extend(jid for _, _, jid in fin[:len(fin) - self.retain_count])
+        return out
+
+    def _retire(self) -> tuple[list[str], list[str]]:
+        """Keep the newest ``keep`` snapshots; retire WAL segments the OLDEST kept snapshot
+        covers (all its records <= that LSN)."""
+        snaps = list_snapshots(self.snap_dir)
+        removed = []
+        for lsn, path in snaps[:-self.keep]:
+            if self.archive:
+                _move(path, self.dir / "archive" / "snap" / path.name)
+            else:
+                remove_file(path)
+            removed.append(str(path))
+        kept = snaps[-self.keep:]
+        retired = []
+        if len(kept) >= 2:
+            adir = self.dir / "archive" / "wal" if self.archive else None
+            retired = [str(p) for p in self.host._log.retire_segments_before(
+                kept[0][0] + 1, archive_dir=adir)]
+        return removed, retired
+
+
+# --------------------------------------------------------------------------- time travel
+
+def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
+                ) -> tuple[State, dict]:
+    """The state as of ``target``: an int LSN (state after that record) or a datetime
+    (state after every record up to, not including, the first record later than it).
+    Uses the newest valid snapshot at or before the target (DIR/snap and DIR/archive/snap)
+    and the records after it (DIR/archive/wal then DIR/wal). Reads only."""
+    from .job import to_ms
+    from .log import Log
+
+    directory = Path(directory)
+    if isinstance(target, datetime):
+        t_ms = to_ms(target, "as_of")
+        t_lsn = None
+    elif isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+        t_ms, t_lsn = None, target
+    else:
+        raise TypeError("as_of must be a datetime or an LSN (int >= 0)")
+    snaps = list_snapshots(directory / "snap") + list_snapshots(directory / "archive" / "snap")
+    snaps.sort(reverse=True)
+    problems = []
+    base, base_lsn = None, 0
+    for lsn, path in snaps:
+        if t_lsn is not None and lsn > t_lsn:
+            continue
+        try:
+            info, st = load_snapshot(path, max_content=max_content)
+        except (CorruptionError, OSError) as e:
+            problems.append(f"{path}: {e}")
+            continue
+        if t_ms is not None and info.max_at_ms > t_ms:
+            continue
+        base, base_lsn = st, lsn
+        break
+    state = base if base is not None else State()
+    logs = []
+    if (directory / "archive" / "wal").is_dir():
+        logs.append(Log.open(directory / "archive", read_only=True))
+    logs.append(Log.open(directory, read_only=True))
+    expected = base_lsn + 1
+    try:
+        for lg in logs:
+            if lg.next_lsn <= expected:
+                continue
+            if lg.first_lsn > expected:
+                raise CorruptionError(f"history needed from LSN {expected} is not stored "
+                                      f"(this log starts at {lg.first_lsn})",
+                                      file=str(lg.directory), lsn=expected)
+            for lsn, rtype, payload in lg.scan(expected):
+                if t_lsn is not None and lsn > t_lsn:
+                    break
+                rec = R.decode(rtype, payload)
+                if t_ms is not None and rec.at_ms > t_ms:
+                    t_lsn = lsn - 1      # stop for good at the first later record
+                    break
+                state.apply(lsn, rtype, rec)
+                expected = lsn + 1
+            if t_lsn is not None and expected > t_lsn:
+                break
+    finally:
+        for lg in logs:
+            lg.close()
+    return state, {"snapshot_lsn": base_lsn, "lsn": state.last_lsn, "problems": problems}
