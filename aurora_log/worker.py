@@ -273,7 +273,8 @@ class Worker:
         self._monitor.start()
         for _ in range(self.concurrency):
             self._spawn_thread()
-        log.info("worker %s started: %d %s(s)%s%s", self.worker_id, self.concurrency,
+        log.info("worker %s started on %s: %d %s(s)%s%s", self.worker_id,
+                 getattr(self.queue, "path", "?"), self.concurrency,
                  "thread" if self.isolation == "thread" else "process slot",
                  f", queues {','.join(self.queues)}" if self.queues else "",
                  f", job types {','.join(self.job_types)}" if self.job_types else "")
@@ -322,13 +323,12 @@ class Worker:
         else:
             log.info("stopping")
         deadline = time.monotonic() + self.shutdown_timeout
-        signals_seen = max(self._signals, 1)
         while True:
             # threads still stuck in a handler whose job was already settled at its timeout
             # cannot be stopped and hold nothing: a clean stop does not wait for them
             if not any(t.ident not in self._retiring for t in self._live_threads()):
                 break
-            if self._signals > signals_seen or self._forced.is_set():
+            if self._signals >= 2 or self._forced.is_set():
                 log.warning("second stop request: stopping now")
                 self._forced.set()
                 break
@@ -344,7 +344,10 @@ class Worker:
         if self._monitor is not None:
             self._monitor.join(timeout=2)
         self._stop_loop()
-        log.info("worker %s stopped (%s)", self.worker_id, "clean" if clean else "forced")
+        c = self.counts
+        log.info("worker %s stopped (%s): %d completed, %d failed and will retry, %d dead "
+                 "letter, %d cancelled", self.worker_id, "clean" if clean else "forced",
+                 c["completed"], c["failed"], c["dead_letter"], c["cancelled"])
         return 0 if clean else 1
 
     def _abandon_running(self) -> None:
@@ -560,7 +563,8 @@ class Worker:
             [sys.executable, "-c", "import sys; from aurora_log.worker import _child_main; "
                                    "sys.exit(_child_main())"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            close_fds=True)
+            close_fds=True,             # the store's lock fd stays with us
+            start_new_session=True)     # a terminal's Ctrl-C is the worker's to handle
         ctx._child = child
         try:
             child.stdin.write(request)
@@ -636,14 +640,17 @@ class Worker:
             if outcome.kind == "complete":
                 q.complete(job.id, job.token, outcome.value)
                 status = "completed"
-                log.info("job %s (%s) completed in %.2f s", job.id, job.job_type,
-                         time.monotonic() - ctx._started)
+                log.debug("job %s (%s) completed in %.3f s", job.id, job.job_type,
+                          time.monotonic() - ctx._started)
             else:
                 status = self._fail(ctx, outcome.value)
         except (StaleLeaseError, InvalidStateError, JobNotFoundError) as exc:
             self._count("lost")
-            log.warning("job %s: outcome not recorded (%s); it was reaped or settled "
-                        "elsewhere and may run again", job.id, exc)
+            if outcome.value == "timeout":
+                log.info("job %s timed out; the queue's reaper settled it first", job.id)
+            else:
+                log.warning("job %s: outcome not recorded (%s); it was reaped or settled "
+                            "elsewhere and may run again", job.id, exc)
             return
         except ClosedError:
             log.warning("job %s: queue closed before its outcome was recorded", job.id)
@@ -846,6 +853,11 @@ def _child_main() -> int:
     """The handler child process: read one request line, run the handler,
     write JSON lines (progress..., then result or error) to the original stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the worker decides when we stop
+    try:                                             # Linux: die with the worker thread
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except Exception:
+        pass
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                                    # user prints go to stderr
     out_lock = threading.Lock()

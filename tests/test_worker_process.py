@@ -310,3 +310,13 @@ def test_result_and_progress_round_trip(app):
                 if r["type"] == "progress" and r["id"] == job_id]
     assert progress and progress[-1]["fraction"] == 1.0
     assert progress[-1]["message"] == "step 4 of 4"
+
+
+def test_sigkill_of_a_process_isolated_worker_leaves_no_orphan_handler(app):
+    enqueue(app, sleepy("o", 30, cooperative=False, max_retries=1))
+    proc = start_worker(app, "--isolation", "process")
+    wait_for(lambda: marked(app, "start-o-0"), proc=proc, app=app, what="child start")
+    child_pid = int((app["marks"] / "start-o-0").read_text())
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not _alive(child_pid), timeout=10, what="the orphan to die")
