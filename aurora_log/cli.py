@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add(sp, "--older-than", type=_seconds, required="AURORA_LOG_OLDER_THAN" not in os.environ,
              help="finished more than this long ago (e.g. 7d)")
     if _compaction_api("verify"):
-        sp = cmd("verify", "check every record and snapshot of a store", cmd_verify)
+        sp = cmd("verify", "check every checksum, LSN and snapshot of a store (read-only)",
+                 cmd_verify)
+        _add(sp, "--json", action="store_true", help="print JSON")
     if _compaction_api("compact"):
         sp = cmd("compact", "write a snapshot and retire old segments", cmd_compact)
     return p
@@ -198,9 +200,9 @@ def _version() -> str:
 def _compaction_api(name: str):
     """The engine function behind a compaction command, or None while it does not exist."""
     try:
-        import aurora_log
         if name == "verify":
-            return getattr(aurora_log, "verify", None)
+            from .verify import verify
+            return verify
         from . import queue as _queue
         return getattr(_queue.Queue, "compact" if name == "compact" else "purge", None)
     except Exception:
@@ -567,15 +569,31 @@ def cmd_purge(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    import aurora_log
-    report = aurora_log.verify(args.dir)
-    _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
-    return 0
+    """Read-only (no lock): works beside a running worker. Exit 1 when a problem is found."""
+    verify = _compaction_api("verify")
+    path = Path(args.dir)
+    if not path.is_dir():
+        raise CliError(f"no store at {args.dir}: no such directory")
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    report = verify(path)
+    if args.json:
+        _out(_dumps({"ok": report.ok, **{k: v for k, v in vars(report).items()}}))
+    else:
+        _out(str(report))
+    return 0 if report.ok else EXIT_ERROR
 
 
 def cmd_compact(args) -> int:
     with _open_store(args.dir, write=True) as q:
-        report = q.compact()
+        update, done = _progress_bar(None, "compact")
+        try:
+            try:
+                report = q.compact(on_progress=lambda n, total: update(n))
+            except TypeError:
+                report = q.compact()
+        finally:
+            done()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
     return 0

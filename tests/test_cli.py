@@ -288,3 +288,32 @@ def test_worker_on_a_store_another_worker_holds(store, tmp_path):
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == cli.EXIT_LOCKED
     assert "in use by another process" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_purge(store, capsys):
+    if cli._compaction_api("purge") is None:
+        pytest.skip("Queue.purge not available")
+    path, ids = store
+    code, out, _ = run(capsys, "purge", path, "--status", "completed", "--older-than", "0")
+    assert code == 0 and out.strip() == "purged 1 job(s)"
+    with aurora_log.open(path, read_only=True) as q:
+        assert q.get(ids["done"]) is None and q.get(ids["dead"]) is not None
+    with pytest.raises(SystemExit):          # both flags are required
+        cli.main(["purge", str(path), "--status", "completed"])
+    capsys.readouterr()
+
+
+def test_verify_ok_then_corrupt(store, capsys):
+    if cli._compaction_api("verify") is None:
+        pytest.skip("verify not available")
+    path, _ = store
+    code, out, _ = run(capsys, "verify", path)
+    assert code == 0 and "OK" in out.splitlines()[0]
+    code, out, _ = run(capsys, "verify", path, "--json")
+    assert json.loads(out)["ok"] is True
+    seg = sorted((path / "wal").glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[300] ^= 0x40                        # inside an early record, valid ones follow
+    seg.write_bytes(bytes(data))
+    code, out, _ = run(capsys, "verify", path)
+    assert code == 1 and "PROBLEMS" in out
