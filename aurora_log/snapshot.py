@@ -332,7 +332,9 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
             except CorruptionError as e:
                 problem = SnapshotProblem(str(path), e.reason, e.offset, lsn)
             except OSError as e:
-                problem = SnapshotProblem(str(path), f"unreadable: {e}", None, lsn)
+                # an I/O error says nothing about the bytes: fall back, but leave it in place
+                res.problems.append(SnapshotProblem(str(path), f"unreadable: {e}", None, lsn))
+                continue
             else:
                 res.state, res.lsn, res.path = state, lsn, str(path)
                 res.size, res.max_at_ms = info.size, info.max_at_ms
