@@ -44,7 +44,8 @@ import uuid
 from typing import Any, Callable
 
 from .errors import (
-    AuroraLogError, ClosedError, InvalidStateError, JobNotFoundError, StaleLeaseError,
+    AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobNotFoundError,
+    StaleLeaseError,
 )
 from . import tasks as _tasks
 
@@ -168,7 +169,8 @@ class Context:
             self._reason = reason
         self._event.set()
         task, loop = self._async_task, self._loop
-        if task is not None and loop is not None and reason in ("timeout", "shutdown"):
+        if task is not None and loop is not None:
+            # asyncio's own cooperative stop: CancelledError at the handler's next await
             loop.call_soon_threadsafe(task.cancel)
 
 
@@ -257,6 +259,7 @@ class Worker:
         self._loop_lock = threading.Lock()
         self._started = False
         self._thread_seq = 0
+        self.failed: BaseException | None = None     # set when the store failed
         self.counts = {"completed": 0, "failed": 0, "dead_letter": 0, "cancelled": 0,
                        "lost": 0, "timeout": 0}
         self._counts_lock = threading.Lock()
@@ -329,7 +332,8 @@ class Worker:
             if not any(t.ident not in self._retiring for t in self._live_threads()):
                 break
             if self._signals >= 2 or self._forced.is_set():
-                log.warning("second stop request: stopping now")
+                if self.failed is None:
+                    log.warning("second stop request: stopping now")
                 self._forced.set()
                 break
             if time.monotonic() >= deadline:
@@ -403,6 +407,9 @@ class Worker:
                 errors = 0
             except ClosedError:
                 break
+            except DurabilityError as exc:
+                self._store_failed(exc)
+                break
             except Exception as exc:
                 errors += 1
                 log.error("claim failed: %s", exc, exc_info=errors == 1)
@@ -417,6 +424,9 @@ class Worker:
                     # instead of crashing every worker forever.
                     self.queue.flush()
                 except ClosedError:
+                    break
+                except DurabilityError as exc:
+                    self._store_failed(exc)
                     break
                 except Exception as exc:
                     log.error("making the claim of job %s durable failed: %s", job.id, exc)
@@ -521,8 +531,8 @@ class Worker:
             _current.set(ctx)            # this task's own context copy
             ctx._async_task = asyncio.current_task()
             ctx._loop = loop
-            if ctx.cancelled and ctx.reason in ("timeout", "shutdown"):
-                raise _cancel_exc(ctx.reason)
+            if ctx.cancelled:
+                raise _cancel_exc(ctx.reason or "cancelled")
             try:
                 return await (awaitable if fn is None else fn(*args, **(kwargs or {})))
             except asyncio.CancelledError:
@@ -655,6 +665,11 @@ class Worker:
         except ClosedError:
             log.warning("job %s: queue closed before its outcome was recorded", job.id)
             return
+        except DurabilityError as exc:
+            log.error("job %s: its outcome could not be made durable (it will run again)",
+                      job.id)
+            self._store_failed(exc)
+            return
         except Exception:
             log.exception("job %s: recording the outcome failed", job.id)
             return
@@ -677,6 +692,16 @@ class Worker:
         else:
             log.warning("job %s (%s) attempt %d failed: %s", job.id, job.job_type, ctx.attempt, first)
         return status
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """A write or fsync failed: the queue acknowledges nothing more until it is
+        reopened, so stop (not cleanly) and let the supervisor restart the worker."""
+        if not self.failed:
+            self.failed = exc
+            log.critical("the store failed (%s); stopping: restart the worker to reopen it",
+                         exc)
+        self._stopping.set()
+        self._forced.set()
 
     def _count(self, status: str) -> None:
         with self._counts_lock:

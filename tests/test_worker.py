@@ -228,3 +228,61 @@ def test_context_check_and_sleep():
     with pytest.raises(JobCancelled):
         ctx.sleep(5)
     assert current_context() is None
+
+
+def test_worker_stops_when_the_store_fails(store_dir):
+    import errno
+    from aurora_log import faults
+
+    class FsyncFails(faults.Hook):
+        armed = False
+
+        def before(self, op):
+            return errno.EIO if self.armed and op.name == "fdatasync" else None
+
+    hook = FsyncFails()
+    with faults.installed(hook):
+        q = aurora_log.open(store_dir)
+        try:
+            ran = []
+            tasks.register_handler(q, "t", lambda job: ran.append(job.id))
+            q.enqueue(Job("t"))
+            hook.armed = True
+            w = Worker(q, concurrency=1, poll_interval=0.1)
+            assert w.run(install_signals=False) == 1       # stopped by itself, not cleanly
+            assert isinstance(w.failed, aurora_log.DurabilityError)
+            assert ran == []                  # the claim was not durable: the handler never ran
+        finally:
+            try:
+                q.close()
+            except aurora_log.AuroraLogError:
+                pass
+
+
+def test_cancel_stops_an_async_handler_at_its_next_await(q, start):
+    import asyncio
+    started = threading.Event()
+
+    async def waits(job):
+        started.set()
+        await asyncio.sleep(60)
+
+    tasks.register_handler(q, "waits", waits)
+    job_id = q.enqueue(Job("waits"))
+    start(cancel_poll=0.1)
+    assert started.wait(10)
+    q.cancel(job_id)
+    assert wait_status(q, job_id, FINISHED, timeout=10).status is JobStatus.CANCELLED
+
+
+def test_async_handler_timeout(q, start):
+    import asyncio
+
+    async def slow(job):
+        await asyncio.sleep(60)
+
+    tasks.register_handler(q, "aslow", slow)
+    job_id = q.enqueue(Job("aslow", timeout_seconds=0.3, max_retries=0))
+    start()
+    job = wait_status(q, job_id, FINISHED, timeout=10)
+    assert job.status is JobStatus.DEAD_LETTER and "timeout" in job.error
