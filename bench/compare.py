@@ -1019,6 +1019,8 @@ class Runner:
                 status = "met"
             elif higher_better:
                 status = f"missed by {(1 - measured / goal) * 100:.0f}%"
+            elif measured / goal >= 2:
+                status = f"missed: {measured / goal:.1f}x the goal"
             else:
                 status = f"missed by {(measured / goal - 1) * 100:.0f}%"
             t.append({"target": target, "measured": measured, "goal": goal, "status": status,
@@ -1099,6 +1101,13 @@ def chart_panels(result):
     peers_info = result.get("peers", {})
     panels = []
 
+    def ikeys(d):      # JSON turns the int keys of by_threads/by_size into str
+        return {int(k): v for k, v in d.items()}
+
+    def used(r):
+        disk = r["fill"]["disk"]
+        return disk.get("used", disk["apparent"])
+
     def lab(name):
         return peers_info.get(name, {}).get("label", name)
 
@@ -1106,11 +1115,12 @@ def chart_panels(result):
         return [(lab(r["system"]), r[key]) for r in rows
                 if r["system"] not in skip and r.get(key)]
 
+
     if "s1" in sc:
         panels.append(("S1 durable enqueue, 1 producer\naurora-log sync ÷ it",
                        bars(sc["s1"]["rows"]), 0.9))
     if "s2" in sc:
-        bt = sc["s2"]["by_threads"]
+        bt = ikeys(sc["s2"]["by_threads"])
         for n in sorted(bt):
             if n in (max(bt), 64) or len(bt) <= 2:
                 panels.append((f"S2 durable enqueue, {n} threads\naurora-log sync ÷ it",
@@ -1119,7 +1129,7 @@ def chart_panels(result):
         panels.append((f"S3 {sc['s3']['title']}\naurora-log sync ÷ it",
                        bars(sc["s3"]["rows"]), 1.0))
     if "s4" in sc:
-        bt = sc["s4"]["by_threads"]
+        bt = ikeys(sc["s4"]["by_threads"])
         n = max(bt)
         panels.append((f"S4 claim+complete, {n} threads\naurora-log sync ÷ it",
                        bars(bt[n]["rows"]), 5.0))
@@ -1129,8 +1139,9 @@ def chart_panels(result):
         panels.append(("S5 priority claim+complete\naurora-log sync ÷ it",
                        bars(sc["s5"]["rows"]), None))
     if "s6" in sc:
-        bs = sc["s6"]["by_size"]
-        n = max(bs, key=lambda k: int(k))
+        bs = ikeys(sc["s6"]["by_size"])
+        # the size that most systems ran (the big size runs only a few), then the largest
+        n = max(bs, key=lambda k: (sum("reopen_s" in r for r in bs[k].values()), k))
         per = bs[n]
         a = per.get("aurora-sync", {})
         if a and "reopen_s" in a:
@@ -1139,8 +1150,7 @@ def chart_panels(result):
                 if name.startswith("aurora") or "reopen_s" not in r:
                     continue
                 re_b.append((lab(name), r["reopen_s"] / a["reopen_s"]))
-                disk_b.append((lab(name), r["fill"]["disk"]["used"]
-                               / a["fill"]["disk"]["used"]))
+                disk_b.append((lab(name), used(r) / used(a)))
                 ra = max(1, a["rss_after"] - a["rss_base"])
                 disk_rss = max(1, r["rss_after"] - r["rss_base"])
                 rss_b.append((lab(name), disk_rss / ra))
@@ -1157,6 +1167,7 @@ def plot(result, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = chart_panels(result)
     if not panels:
@@ -1169,7 +1180,9 @@ def plot(result, path):
     for ax, (title, data, target) in zip(axes.flat, panels):
         labels = [d[0] for d in data]
         vals = [d[1] for d in data]
-        colors = ["#2a9d5c" if v >= 1 else "#d1495b" for v in vals]
+        # Floors are ceilings, not competitors: grey, whatever the ratio.
+        colors = ["#9a9a9a" if lb.startswith("floor:") else
+                  "#2a9d5c" if v >= 1 else "#d1495b" for lb, v in zip(labels, vals)]
         y = range(len(vals))
         ax.barh(list(y), vals, color=colors)
         ax.set_yticks(list(y))
@@ -1179,20 +1192,25 @@ def plot(result, path):
         lo = min(vals + [1.0, target or 1.0]) / 2
         hi = max(vals + [1.0, target or 1.0]) * 3
         ax.set_xlim(lo, hi)
+        decades = __import__("math").log10(hi / lo)
+        subs = (1.0,) if decades > 3.5 else (1.0, 3.0) if decades > 1.5 else (1.0, 2.0, 5.0)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="black", linewidth=1)
-        if target and target != 1.0:
-            ax.axvline(target, color="#1d4e89", linestyle="--", linewidth=1)
-            ax.text(target, -0.7, f"target {target:g}x", fontsize=7, color="#1d4e89",
-                    ha="center", va="bottom")
+        if target:
+            ax.axvline(target, color="#1d4e89", linestyle="--", linewidth=1.2)
+            ax.text(target * 1.05, len(vals) - 0.55, f"target {target:g}x", fontsize=7,
+                    color="#1d4e89", ha="left", va="bottom")
         for yi, v in zip(y, vals):
-            ax.text(v * 1.08, yi, f"{v:.2f}x" if v < 100 else f"{v:,.0f}x", va="center",
+            ax.text(v * 1.08, yi, f"{v:.3g}x" if v < 100 else f"{v:,.0f}x", va="center",
                     fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
     m = result.get("machine", {})
     fs = m.get("filesystem", {})
-    fig.suptitle("aurora-log advantage over each alternative (>1 = aurora-log better; "
-                 "green = better, red = worse)\n"
+    fig.suptitle("aurora-log's advantage over each alternative (>1 = aurora-log better: "
+                 "green better, red worse, grey = the floor, a ceiling)\n"
                  f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, Linux "
                  f"{m.get('kernel', '?')}, {fs.get('type', '?')}, Python {m.get('python', '?')}"
                  f"{', quick mode' if result.get('config', {}).get('quick') else ''}",
@@ -1233,6 +1251,8 @@ def parse_args(argv=None):
     ap.add_argument("--big-all", action="store_true",
                     help="run the --big size for every system (adds minutes)")
     ap.add_argument("--keep", action="store_true", help="keep the queue directories")
+    ap.add_argument("--plot", metavar="JSON",
+                    help="only redraw the chart from a results JSON (next to it, .png)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--reopen-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1254,6 +1274,11 @@ def main(argv=None) -> int:
     if args.reopen_child:
         name, directory, n = args.reopen_child
         return reopen_child_main(name, directory, int(n))
+    if args.plot:
+        with open(args.plot) as f:
+            png = plot(json.load(f), os.path.splitext(args.plot)[0] + ".png")
+        print(f"wrote {png}")
+        return 0
     cfg = Config.quick() if args.quick else Config()
     if args.seconds:
         cfg.duration = args.seconds
