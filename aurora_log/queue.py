@@ -186,7 +186,7 @@ class Queue:
     # ------------------------------------------------------------------ internals
 
     def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return round(self._clock() * 1000)
 
     def _delay(self, retry_count: int) -> int:
         base, cap, jitter = self._retry
@@ -467,7 +467,7 @@ class Queue:
         elif isinstance(now, datetime):
             now_ms = to_ms(now, "now")
         elif isinstance(now, (int, float)) and not isinstance(now, bool):
-            now_ms = int(now * 1000)
+            now_ms = round(now * 1000)
         else:
             raise TypeError("now must be a datetime, epoch seconds or None")
         total = 0

@@ -499,7 +499,7 @@ class State:
     def plan_recover(self, now_ms: int, delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
         """On open: every job left RUNNING by a dead process, as a "process died" reap."""
         out = []
-        for job_id in sorted(self._running, key=lambda i: self.jobs[i].hist[-1][0]):
+        for job_id in sorted(self._running, key=lambda i: (self.jobs[i].started, i)):
             r = self.jobs[job_id]
             outcome, due = self._verdict(r, now_ms, delay)
             out.append(R.Reap(job_id, now_ms, r.token, R.REASON_PROCESS_DIED, outcome, due))
