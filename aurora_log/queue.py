@@ -83,6 +83,13 @@ def _job_id(job_id: Any) -> str:
 class Queue:
     """A durable job queue stored in one directory.
 
+    Compaction options (see aurora_log.snapshot): ``auto_compact`` (background snapshots
+    when the WAL since the last one exceeds ``compact_wal_bytes`` or ``compact_factor`` x
+    the last snapshot's size; None disables either), ``retain_seconds`` / ``retain_count``
+    (completed and cancelled jobs kept; None = unlimited), ``archive`` (retired segments and
+    snapshots move to DIR/archive/), ``as_of`` (an LSN or datetime: open the state as it
+    was then; needs ``read_only=True``), ``max_snapshot_bytes`` (decompression bound).
+
     Options: ``durability`` ("sync" | "interval" | "os"), ``interval_ms``, ``clock``
     (seconds since the epoch), ``reaper_interval`` (seconds; None disables the thread,
     ``reap()`` still works), ``max_payload_bytes`` (also bounds results), ``retry_base`` /
@@ -90,12 +97,25 @@ class Queue:
     and the log's ``segment_bytes`` / ``max_record_bytes``.
     """
 
+    _touched = None          # compaction capture: ids touched since it began
+    _max_at = -1             # largest record time applied (snapshot header, as_of)
+    _compactor = None
+    _tail_bytes = 0
+
     def __init__(self, path, *, durability: str = "sync", interval_ms: int = 20,
                  clock: Callable[[], float] = time.time, reaper_interval: float | None = 1.0,
                  max_payload_bytes: int = 1 << 20, retry_base: float = 5.0,
                  retry_cap: float = 3600.0, retry_jitter: float = 0.0,
-                 read_only: bool = False, **log_options):
+                 read_only: bool = False, archive: bool = False, as_of=None,
+                 auto_compact: bool = True, compact_wal_bytes: int | None = 64 << 20,
+                 compact_factor: float | None = 4.0, retain_seconds: float | None = 86400.0,
+                 retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
+                 **log_options):
         from .log import Log  # imported here so job/records/state work without the C core
+        from . import snapshot
+
+        if as_of is not None and not read_only:
+            raise ValueError("as_of needs read_only=True (a past state is for inspection)")
 
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
                 or max_payload_bytes <= 0:
@@ -115,14 +135,25 @@ class Queue:
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
+        self._max_snapshot = max_snapshot_bytes
         try:
-            self._state = self._replay()
+            self._state = self._replay(as_of)
             self.recovered = 0
             if not self._read_only:
                 self.recovered = self._recover_running()
         except BaseException:
             self._log.close()
             raise
+        self._compactor = None
+        if not self._read_only:
+            self._compactor = snapshot.Compactor(
+                self, self._log.directory, archive=archive, retain_seconds=retain_seconds,
+                retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
+                max_content=max_snapshot_bytes)
+            self._compactor.tail_bytes = self._tail_bytes
+            self._compactor.last_size = self.snapshot_report.size
+            if auto_compact:
+                self._compactor.start()
         self._stop = threading.Event()
         self._reaper = None
         if reaper_interval is not None and not self._read_only:
@@ -132,13 +163,31 @@ class Queue:
 
     # ------------------------------------------------------------------ open/close
 
-    def _replay(self) -> State:
-        """Fold the whole log into a fresh State (a snapshot layer can start from its
-        snapshot's State and fold only the tail: ``state.apply`` for LSN > snapshot's)."""
-        state = State()
-        apply = state.apply
-        for lsn, rtype, payload in self._log.scan(self._log.first_lsn):
-            apply(lsn, rtype, payload)
+    def _replay(self, as_of=None) -> State:
+        """The newest valid snapshot + the log after its LSN (snapshot.recover picks it and
+        reports bad ones in ``snapshot_report``; CorruptionError if none is usable and the
+        log does not start at LSN 1). ``as_of``: the state at that LSN/datetime instead."""
+        from . import snapshot
+        if as_of is not None:
+            state, info = snapshot.state_as_of(self._log.directory, as_of,
+                                               max_content=self._max_snapshot)
+            self.snapshot_report = snapshot.LoadResult(state, info["snapshot_lsn"])
+            self.snapshot_report.problems = info["problems"]
+            return state
+        res = snapshot.recover(self._log.directory, self._log.first_lsn, self._log.next_lsn,
+                               read_only=self._read_only, max_content=self._max_snapshot)
+        self.snapshot_report = res
+        state = res.state if res.state is not None else State()
+        apply, decode = state.apply, R.decode
+        max_at, tail = res.max_at_ms, 0
+        start = res.lsn + 1 if res.state is not None else self._log.first_lsn
+        for lsn, rtype, payload in self._log.scan(start):
+            rec = decode(rtype, payload)
+            apply(lsn, rtype, rec)
+            if rec.at_ms > max_at:
+                max_at = rec.at_ms
+            tail += len(payload) + 17
+        self._max_at, self._tail_bytes = max_at, tail
         return state
 
     def _recover_running(self) -> int:
@@ -160,6 +209,8 @@ class Queue:
             self._cond.notify_all()
         if getattr(self, "_stop", None) is not None:
             self._stop.set()
+        if self._compactor is not None:
+            self._compactor.stop()
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join()
         self._log.close()
@@ -207,6 +258,16 @@ class Queue:
         else:
             last = self._log.append_many(encoded)
         first = last - len(encoded) + 1
+        at = recs[0].at_ms
+        if at > self._max_at:
+            self._max_at = at
+        touched = self._touched
+        if touched is not None:      # a compaction is capturing: note every job touched
+            for r in recs:
+                if type(r) is R.Purge:
+                    touched.update(dict.fromkeys(r.ids))
+                else:
+                    touched[r.id] = None
         apply = self._state.apply
         for i, (rec, (rtype, _)) in enumerate(zip(recs, encoded)):
             apply(first + i, rtype, rec)
@@ -490,6 +551,14 @@ class Queue:
                 return
             except Exception:  # a failed log refuses writes until reopened; stop quietly
                 return
+
+    def compact(self, on_progress: Callable[[int, int], None] | None = None):
+        """Write a snapshot of the live state now (applying retention first), keep the two
+        newest snapshots, retire the WAL segments the older one covers. The queue lock is
+        held only to capture the state. ``on_progress(done, total)`` is called as jobs are
+        written. Returns a snapshot.CompactionResult."""
+        self._check_open()
+        return self._compactor.compact(on_progress)
 
     def flush(self) -> None:
         """Make everything appended so far durable (in every durability mode)."""
