@@ -18,12 +18,15 @@ worker runs on it. Errors are one line on stderr and a non-zero exit status:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import json
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +244,10 @@ def _open_store(directory: str, *, write: bool = False):
     if not (path / "wal").is_dir() and not (path / "LOCK").exists():
         raise CliError(f"no store at {directory}: not an aurora-log directory (no wal/)")
     try:
-        if write:
-            return aurora_log.open(path)
-        return aurora_log.open(path, read_only=True, reaper_interval=None)
+        with _busy(f"opening {directory} (replaying the log)"):
+            if write:
+                return aurora_log.open(path)
+            return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {directory} is in use by another process (a running worker?); "
                        "stop it first", EXIT_LOCKED) from None
@@ -292,25 +296,59 @@ def _get_job(q, job_id: str):
     return job
 
 
+@contextlib.contextmanager
+def _busy(description: str):
+    """For an operation without a progress count (replaying a large store on open, verify,
+    compact): a rich spinner on a terminal; otherwise a plain line every 5 s while it runs
+    (nothing at all for the usual quick case)."""
+    if sys.stderr.isatty():
+        try:
+            from rich.console import Console
+        except ImportError:
+            Console = None
+        if Console is not None:
+            with Console(stderr=True).status(description):
+                yield
+            return
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def tick():
+        while not done.wait(5.0):
+            sys.stderr.write(f"{description} ({time.monotonic() - t0:.0f} s)\n")
+            sys.stderr.flush()
+
+    threading.Thread(target=tick, daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def _progress_bar(total: int | None, description: str):
     """A rich progress bar on a terminal, else a plain line every ~10%. Returns update(n)
     and done() callables."""
     if sys.stderr.isatty():
         try:
+            from rich.console import Console
             from rich.progress import Progress
         except ImportError:
             Progress = None
-        if Progress is not None:
-            prog = Progress(transient=True, console=None)
+        if Progress is not None:           # on stderr: stdout may be the data (dump)
+            prog = Progress(transient=True, console=Console(stderr=True),
+                            redirect_stdout=False, redirect_stderr=False)
             prog.start()
             task = prog.add_task(description, total=total)
             return (lambda n: prog.update(task, completed=n)), prog.stop
-    state = {"next": 0.1}
+    shown = [0]                            # tenths already reported
 
     def update(n: int) -> None:
-        if total and n / total >= state["next"]:
+        if not total:
+            return
+        tenth = min(10, 10 * n // total)
+        if tenth > shown[0]:
+            shown[0] = tenth
             sys.stderr.write(f"{description}: {n}/{total} ({100 * n // total}%)\n")
-            state["next"] += 0.1
 
     return update, (lambda: None)
 
@@ -555,6 +593,7 @@ def cmd_dump(args) -> int:
             n += 1
             if n % 5000 == 0:
                 update(n)
+        update(n)
         done()
     finally:
         wal.close()
@@ -576,7 +615,8 @@ def cmd_verify(args) -> int:
         raise CliError(f"no store at {args.dir}: no such directory")
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
-    report = verify(path)
+    with _busy(f"verifying {args.dir}"):
+        report = verify(path)
     if args.json:
         _out(_dumps({"ok": report.ok, **{k: v for k, v in vars(report).items()}}))
     else:
@@ -586,14 +626,8 @@ def cmd_verify(args) -> int:
 
 def cmd_compact(args) -> int:
     with _open_store(args.dir, write=True) as q:
-        update, done = _progress_bar(None, "compact")
-        try:
-            try:
-                report = q.compact(on_progress=lambda n, total: update(n))
-            except TypeError:
-                report = q.compact()
-        finally:
-            done()
+        with _busy(f"compacting {args.dir}"):
+            report = q.compact()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
     return 0

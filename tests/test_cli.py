@@ -317,3 +317,17 @@ def test_verify_ok_then_corrupt(store, capsys):
     seg.write_bytes(bytes(data))
     code, out, _ = run(capsys, "verify", path)
     assert code == 1 and "PROBLEMS" in out
+
+
+def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "big"
+    with aurora_log.open(path, durability="os") as q:
+        for start in range(0, 12000, 2000):
+            q.enqueue_many([Job("x", {"i": i}) for i in range(start, start + 2000)])
+    code, out, err = run(capsys, "dump", path)          # not a terminal: plain lines
+    assert code == 0 and len(out.splitlines()) == 12000
+    assert "dump: " in err and "(100%)" in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(capsys, "dump", path)          # "terminal": a rich bar on stderr
+    assert code == 0 and len(out.splitlines()) == 12000
+    assert all(line.startswith('{"lsn": ') for line in out.splitlines())
