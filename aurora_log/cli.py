@@ -326,8 +326,8 @@ def _busy(description: str):
 
 
 def _progress_bar(total: int | None, description: str):
-    """A rich progress bar on a terminal, else a plain line every ~10%. Returns update(n)
-    and done() callables."""
+    """A rich progress bar on a terminal (stderr), else a plain stderr line every 10%.
+    Returns update(n, total=None) and done() callables; total may arrive with an update."""
     if sys.stderr.isatty():
         try:
             from rich.console import Console
@@ -339,16 +339,26 @@ def _progress_bar(total: int | None, description: str):
                             redirect_stdout=False, redirect_stderr=False)
             prog.start()
             task = prog.add_task(description, total=total)
-            return (lambda n: prog.update(task, completed=n)), prog.stop
-    shown = [0]                            # tenths already reported
 
-    def update(n: int) -> None:
-        if not total:
+            def bar_update(n: int, new_total: int | None = None) -> None:
+                if new_total is not None:
+                    prog.update(task, completed=n, total=new_total)
+                else:
+                    prog.update(task, completed=n)
+
+            return bar_update, prog.stop
+    shown = [0]                            # tenths already reported
+    known = [total]
+
+    def update(n: int, new_total: int | None = None) -> None:
+        if new_total is not None:
+            known[0] = new_total
+        if not known[0]:
             return
-        tenth = min(10, 10 * n // total)
+        tenth = min(10, 10 * n // known[0])
         if tenth > shown[0]:
             shown[0] = tenth
-            sys.stderr.write(f"{description}: {n}/{total} ({100 * n // total}%)\n")
+            sys.stderr.write(f"{description}: {n}/{known[0]} ({100 * n // known[0]}%)\n")
 
     return update, (lambda: None)
 
@@ -626,8 +636,11 @@ def cmd_verify(args) -> int:
 
 def cmd_compact(args) -> int:
     with _open_store(args.dir, write=True) as q:
-        with _busy(f"compacting {args.dir}"):
-            report = q.compact()
+        update, done = _progress_bar(None, "compact")
+        try:
+            report = q.compact(on_progress=lambda n, total: update(n, total))
+        finally:
+            done()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
     return 0

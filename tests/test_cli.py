@@ -331,3 +331,17 @@ def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkey
     code, out, err = run(capsys, "dump", path)          # "terminal": a rich bar on stderr
     assert code == 0 and len(out.splitlines()) == 12000
     assert all(line.startswith('{"lsn": ') for line in out.splitlines())
+
+
+def test_compact(store, capsys):
+    if cli._compaction_api("compact") is None:
+        pytest.skip("Queue.compact not available")
+    path, ids = store
+    code, out, err = run(capsys, "compact", path)
+    assert code == 0 and "lsn:" in out and "jobs:" in out
+    assert list((path / "snap").glob("*.snap"))
+    code, out, _ = run(capsys, "show", path, ids["done"], "--json")   # still readable
+    assert json.loads(out)["result"] == {"sent": True}
+    with aurora_log.open(path):
+        code, _, err = run(capsys, "compact", path)
+    assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)
