@@ -23,7 +23,8 @@ Install the hook BEFORE opening the Log: fd -> path names are learned from open(
 while installed. Only one hook is installed at a time (compose with Chain). The hook runs in
 whatever thread does the I/O (the group-commit leader or the C background thread), holding
 the GIL. An exception inside a hook fails the syscall with EIO (and is printed), never
-reports success. Test-only: a hook slows every syscall by a few microseconds.
+reports success. An injected close() error still closes the descriptor (as Linux does).
+Test-only: a hook slows every syscall by a few microseconds.
 """
 
 from __future__ import annotations
@@ -244,6 +245,12 @@ def _au_py_open(path, flags, mode):
 @ffi.def_extern(onerror=_on_error)
 def _au_py_close(fd):
     r = _run(_fd_op("close", fd), lambda _n: _real.close(fd))
+    if r < 0:
+        # Linux releases the descriptor even when close() reports an error; an injected
+        # close error must too, or the fd (and a flock on it) would leak
+        e = ffi.errno
+        _real.close(fd)
+        ffi.errno = e
     _fdpaths.pop(fd, None)
     return r
 

@@ -580,7 +580,8 @@ class Log:
         if self._w is not None:
             p = self._tls_ptr()
             lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
-            if p[2] > 1:
+            if p[2] > 1 and not lib.au_writer_failed(self._w):
+                # a failed writer still reads what reached the file (disk full: reads work)
                 check_writer(lib.au_write_through(self._w, p[2] - 1), "scan", self._w)
             lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
             bound = (p[0], p[1])
