@@ -550,6 +550,8 @@ def cmd_history(args) -> int:
         lsn = data.pop("lsn", None)
         data.pop("id", None)
         data.pop("job_id", None)
+        if isinstance(data.get("error"), str):          # the first line; `show` has it all
+            data["error"] = data["error"].splitlines()[0] if data["error"] else ""
         rest = " ".join(f"{k}={_fmt_value(v)}" for k, v in data.items() if v not in (None, ""))
         head = f"{_fmt_time(when) if isinstance(when, _dt.datetime) else when or ''}"
         _out(f"{'#' + str(lsn) + ' ' if lsn is not None else ''}{head}  {kind:<14} {rest}".strip())

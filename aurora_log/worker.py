@@ -184,7 +184,8 @@ class _Outcome:
 def format_error(exc: BaseException) -> str:
     """The error text stored on the job: "Type: message" and the innermost frames."""
     head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    tb = traceback.extract_tb(exc.__traceback__)[-3:]
+    tb = [f for f in traceback.extract_tb(exc.__traceback__)
+          if f.filename != __file__][-3:]         # the user's frames, not the worker's
     where = "".join(f"\n  at {f.filename}:{f.lineno} in {f.name}" for f in tb)
     return (head + where)[:MAX_ERROR_CHARS]
 
