@@ -156,14 +156,14 @@ def _is_async(fn) -> bool:
         getattr(fn, "__call__", None))
 
 
-def register_handler(q, job_type: str, fn: Callable[..., Any], *, context: bool = False,
-                     **options) -> Callable[..., Any]:
+def register_handler(q, job_type: str, fn: Callable[..., Any], *,
+                     context: bool = False) -> Callable[..., Any]:
     """Seed style: ``fn(job)`` (or ``fn(ctx, job)`` with context=True) runs every job of
-    ``job_type``. ``fn`` may be ``async def``. Returns fn unchanged."""
+    ``job_type``; the Job (built by the caller) carries its own priority, retries and
+    timeout. ``fn`` may be ``async def``. Returns fn unchanged."""
     if not callable(fn):
         raise TypeError(f"handler for {job_type!r} is not callable")
-    _check_options(options)
-    registry(q).add(Handler(job_type, fn, "job", bool(context), _is_async(fn), options))
+    registry(q).add(Handler(job_type, fn, "job", bool(context), _is_async(fn), {}))
     return fn
 
 
