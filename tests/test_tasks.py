@@ -200,3 +200,15 @@ def test_job_without_handler_fails_with_a_clear_error_and_follows_retries(q, wor
     with pytest.raises(tasks.TaskFailed, match="no handler registered for 'nobody_home'"):
         tasks.TaskHandle(q, job_id).result(timeout=20)
     assert q.get(job_id).retry_count == 1
+
+
+def test_queue_methods_spelling(q, worker):
+    @q.task(priority="high")
+    def double(x):
+        return 2 * x
+
+    q.register_handler("seed", lambda job: job.payload["v"])
+    from aurora_log.job import Job
+    worker()
+    assert double.enqueue(21).result(timeout=10) == 42
+    assert tasks.TaskHandle(q, q.enqueue(Job("seed", {"v": "ok"}))).result(timeout=10) == "ok"

@@ -320,3 +320,32 @@ def test_sigkill_of_a_process_isolated_worker_leaves_no_orphan_handler(app):
     proc.kill()
     proc.wait()
     wait_for(lambda: not _alive(child_pid), timeout=10, what="the orphan to die")
+
+
+SCRIPT = textwrap.dedent('''
+    import os, sys
+    import aurora_log
+
+    q = aurora_log.open(sys.argv[1] if __name__ == "__main__" else "unused")
+
+    @q.task("where")
+    def where(x):
+        return {"pid": os.getpid(), "x": x}
+
+    if __name__ == "__main__":
+        w = aurora_log.Worker(q, concurrency=1, isolation="process", poll_interval=0.1).start()
+        h = where.enqueue(41)
+        r = h.result(timeout=30)
+        print(r["pid"] != os.getpid(), r["x"])
+        w.stop(timeout=5)
+        q.close()
+''')
+
+
+def test_process_isolation_for_handlers_defined_in_a_script(tmp_path, store_dir):
+    (tmp_path / "script.py").write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(store_dir)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "41"]
