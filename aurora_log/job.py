@@ -137,7 +137,10 @@ def _norm_dt(dt: datetime, what: str) -> datetime:
 
 
 def _now(now: datetime | None) -> datetime:
-    return from_ms(now_ms()) if now is None else _norm_dt(now, "now")
+    if now is None:
+        d = datetime.now(UTC)
+        return d.replace(microsecond=d.microsecond - d.microsecond % 1000)
+    return _norm_dt(now, "now")
 
 
 # --------------------------------------------------------------------------- validation
@@ -162,41 +165,81 @@ def check_text(value: Any, what: str, max_chars: int) -> str:
     return value
 
 
+_GOOD_NAMES: set = set()   # names already validated (job types and queues repeat)
+
+
 def check_name(value: Any, what: str) -> str:
     """job_type / queue names: also no path separators and no leading dot, so a name can
     never be turned into a path outside the store by a tool that files things by name."""
+    if type(value) is str and value in _GOOD_NAMES:
+        return value
     check_text(value, what, MAX_NAME_CHARS)
     if "/" in value or "\\" in value or value.startswith("."):
         raise ValueError(f"{what} {value!r} must not contain '/' or '\\' or start with '.'")
     if value != value.strip():
         raise ValueError(f"{what} {value!r} must not start or end with whitespace")
+    if len(_GOOD_NAMES) < 10_000:
+        _GOOD_NAMES.add(value)
     return value
+
+
+_SCALARS = frozenset((str, int, bool, type(None)))
+_MAX_DEPTH = 500
+
+
+def _json_ok(v: Any, depth: int = 0) -> bool:
+    """Fast check (no messages): plain JSON with str keys and finite floats."""
+    t = type(v)
+    if t in _SCALARS:
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if depth > _MAX_DEPTH:
+        return False
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str:
+                return False
+            if type(x) not in _SCALARS and not _json_ok(x, depth + 1):
+                return False
+        return True
+    if t is list:
+        for x in v:
+            if type(x) not in _SCALARS and not _json_ok(x, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _check_json(value: Any, path: str) -> None:
     """Raise TypeError/ValueError unless value is plain JSON (str keys, finite floats)."""
-    stack = [(value, path)]
+    if _json_ok(value):
+        return
+    stack = [(value, path, 0)]          # slow path: find the culprit for the message
     while stack:
-        v, p = stack.pop()
+        v, p, depth = stack.pop()
         t = type(v)
-        if t is str or t is int or t is bool or v is None:
+        if t in _SCALARS:
             continue
         if t is float:
             if not math.isfinite(v):
                 raise ValueError(f"{p}: {v!r} is not a JSON number (NaN/Infinity)")
             continue
+        if depth > _MAX_DEPTH and t in (dict, list):
+            raise ValueError(f"{p}: nested more than {_MAX_DEPTH} levels deep")
         if t is dict:
             for k, item in v.items():
                 if type(k) is not str:
                     raise TypeError(f"{p}: key {k!r} is {type(k).__name__}; JSON keys must be str")
-                stack.append((item, f"{p}[{k!r}]"))
+                stack.append((item, f"{p}[{k!r}]", depth + 1))
             continue
         if t is list:
             for i, item in enumerate(v):
-                stack.append((item, f"{p}[{i}]"))
+                stack.append((item, f"{p}[{i}]", depth + 1))
             continue
         raise TypeError(f"{p}: {type(v).__name__} value {v!r:.80} is not JSON "
                         "(use dict, list, str, int, float, bool or None)")
+    raise ValueError(f"{path} is not plain JSON")
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
@@ -269,20 +312,24 @@ def _check_status(value: Any) -> JobStatus:
 # --------------------------------------------------------------------------- ids
 
 _id_lock = threading.Lock()
-_id_buf = b""
+_id_hex = ""
+_id_pos = 0
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def new_id() -> str:
-    """A random (version 4) UUID string; ~3x cheaper than str(uuid.uuid4()) because the
-    random bytes are drawn from the OS 4 KiB at a time."""
-    global _id_buf
+    """A random (version 4) UUID string. Cheaper than str(uuid.uuid4()): the random bytes
+    come from the OS 4 KiB at a time, hex-encoded in one call."""
+    global _id_hex, _id_pos
     with _id_lock:
-        if len(_id_buf) < 16:
-            _id_buf = os.urandom(4096)
-        b, _id_buf = _id_buf[:16], _id_buf[16:]
-    h = b.hex()
+        pos = _id_pos
+        if pos + 32 > len(_id_hex):
+            _id_hex = os.urandom(4096).hex()
+            pos = 0
+        _id_pos = pos + 32
+        h = _id_hex[pos:pos + 32]
     # version 4 and the RFC 4122 variant bits
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 # --------------------------------------------------------------------------- Job
@@ -333,18 +380,23 @@ class Job:
         self.payload = {}
         if payload is not None:
             self.with_payload(payload)
-        self.priority = _check_priority(priority)
-        self.status = _check_status(status)
-        self.max_retries = _check_retries(max_retries, "max_retries")
-        self.retry_count = _check_retries(retry_count, "retry_count")
+        # each check runs only for a value that is not the default (the common case is fast)
+        self.priority = JobPriority.NORMAL if priority is JobPriority.NORMAL else _check_priority(priority)
+        self.status = JobStatus.PENDING if status is JobStatus.PENDING else _check_status(status)
+        self.max_retries = (DEFAULT_MAX_RETRIES if max_retries is DEFAULT_MAX_RETRIES
+                            else _check_retries(max_retries, "max_retries"))
+        self.retry_count = (0 if type(retry_count) is int and retry_count == 0
+                            else _check_retries(retry_count, "retry_count"))
         self.created_at = _now(None) if created_at is None else _norm_dt(created_at, "created_at")
         self.scheduled_at = None if scheduled_at is None else _norm_dt(scheduled_at, "scheduled_at")
         self.started_at = None if started_at is None else _norm_dt(started_at, "started_at")
         self.completed_at = None if completed_at is None else _norm_dt(completed_at, "completed_at")
-        self.timeout_seconds = _check_seconds(timeout_seconds, "timeout_seconds", allow_none=True)
+        self.timeout_seconds = (DEFAULT_TIMEOUT_SECONDS if timeout_seconds is DEFAULT_TIMEOUT_SECONDS
+                                else _check_seconds(timeout_seconds, "timeout_seconds", allow_none=True))
         self.last_heartbeat = None if last_heartbeat is None else _norm_dt(last_heartbeat, "last_heartbeat")
-        self.lease_duration = _check_seconds(lease_duration, "lease_duration")
-        self.queue = check_name(queue, "queue")
+        self.lease_duration = (DEFAULT_LEASE_SECONDS if lease_duration is DEFAULT_LEASE_SECONDS
+                               else _check_seconds(lease_duration, "lease_duration"))
+        self.queue = "default" if queue == "default" else check_name(queue, "queue")
         self.unique_key = (None if unique_key is None
                            else check_text(unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS))
         self.token = token
@@ -371,10 +423,11 @@ class Job:
 
     def with_payload(self, payload: Mapping[str, Any]) -> "Job":
         """Replace the whole payload (a dict of str -> JSON value; it is copied)."""
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
         payload = dict(payload)
-        _check_json(payload, "payload")
+        if not _json_ok(payload):
+            _check_json(payload, "payload")
         self.payload = payload
         return self
 

@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterable
 
 from . import records as R
 from .errors import ClosedError, InvalidStateError, ReadOnlyError
-from .job import (MAX_NAME_CHARS, Job, JobPriority, JobStatus, _check_json, check_name,
-                  check_text, encode_json, encode_payload, retry_delay_ms, to_ms,
-                  _check_retries, _check_seconds, MAX_UNIQUE_KEY_CHARS)
+from .job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
+                  MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
+                  _check_retries, _check_seconds, check_name, check_text, encode_json,
+                  encode_payload, retry_delay_ms, to_ms)
 from .state import MAX_DUE_MS, State, Transition
 
 __all__ = ["Queue", "open"]
@@ -249,10 +250,11 @@ class Queue:
         if write and self._read_only:
             raise ReadOnlyError("the queue was opened read_only")
 
-    def _append_apply(self, recs: list) -> int:
+    def _append_apply(self, recs: list, encoded: list | None = None) -> int:
         """Append records (one atomic batch) and fold them. Caller holds the lock (or is
         __init__). Returns the last LSN."""
-        encoded = [R.encode(r) for r in recs]
+        if encoded is None:
+            encoded = [R.encode(r) for r in recs]
         if len(encoded) == 1:
             last = self._log.append(*encoded[0])
         else:
@@ -277,10 +279,10 @@ class Queue:
         if durable:
             self._log.sync(lsn)
 
-    def _build(self, job: Job) -> tuple[R.Enqueue, str | None]:
-        """Validate a Job (again: its attributes may have been set directly) and build its
-        ENQUEUE record with at_ms = 0 (filled in under the lock). TypeError/ValueError."""
-        if not isinstance(job, Job):
+    def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:
+        """Validate a Job (again: its attributes may have been set directly) and build and
+        encode its ENQUEUE record. TypeError/ValueError; nothing is written."""
+        if type(job) is not Job and not isinstance(job, Job):
             raise TypeError(f"enqueue takes a Job, not {type(job).__name__}")
         check_text(job.id, "id", MAX_NAME_CHARS)
         check_name(job.job_type, "job_type")
@@ -288,15 +290,26 @@ class Queue:
         if job.unique_key is not None:
             check_text(job.unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS)
         prio = job.priority
-        if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 4:
+        if type(prio) is not JobPriority and (isinstance(prio, bool) or not isinstance(prio, int)
+                                              or not 1 <= prio <= 4):
             raise ValueError(f"priority must be a JobPriority, got {prio!r}")
-        _check_retries(job.max_retries, "max_retries")
-        timeout = _check_seconds(job.timeout_seconds, "timeout_seconds", allow_none=True)
-        lease = _check_seconds(job.lease_duration, "lease_duration")
+        if job.max_retries is not DEFAULT_MAX_RETRIES:
+            _check_retries(job.max_retries, "max_retries")
+        timeout = job.timeout_seconds
+        if timeout is not DEFAULT_TIMEOUT_SECONDS:
+            _check_seconds(timeout, "timeout_seconds", allow_none=True)
+        lease = job.lease_duration
+        if lease is not DEFAULT_LEASE_SECONDS:
+            _check_seconds(lease, "lease_duration")
         if job.status is not JobStatus.PENDING or job.retry_count != 0:
             raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
                              f"{job.status}, retry_count {job.retry_count})")
-        created = to_ms(job.created_at, "created_at")
+        created = job.created_at
+        if type(created) is datetime and created.tzinfo is not None \
+                and created.microsecond % 1000 == 0:
+            created = round(created.timestamp() * 1000)     # exact for ms-precision times
+        else:
+            created = to_ms(created, "created_at")
         sched = None
         if job.scheduled_at is not None:
             sched = to_ms(job.scheduled_at, "scheduled_at")
@@ -307,10 +320,9 @@ class Queue:
             raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
                              f"the limit is {self._max_payload} (max_payload_bytes)")
         rec = R.Enqueue(job.id, job.job_type, job.queue, int(prio), job.max_retries, created,
-                        0, sched, None if timeout is None else round(timeout * 1000),
+                        now, sched, None if timeout is None else round(timeout * 1000),
                         round(lease * 1000), job.unique_key, payload)
-        R.encode_enqueue(rec)  # raises ValueError for a field that does not fit the layout
-        return rec, job.unique_key
+        return rec, R.encode_enqueue(rec)   # ValueError for a field that does not fit
 
     # ------------------------------------------------------------------ producers
 
@@ -325,29 +337,34 @@ class Queue:
         (an existing live job's id for a unique_key already taken, also within the batch)."""
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
-        built = [self._build(j) for j in jobs]
+        # The enqueue time is read before the lock: records stay self-consistent (a job's
+        # due time is its own `at`), and encoding happens outside the lock.
+        now = self._now_ms()
+        built = [self._build(j, now) for j in jobs]
         ids: list[str] = []
         with self._lock:
             self._check_open()
             state = self._state
-            now = self._now_ms()
             recs = []
+            encoded = []
             taken: dict[str, str] = {}
             seen: set[str] = set()
-            for rec, ukey in built:
+            for rec, payload in built:
+                ukey = rec.unique_key
                 if ukey is not None:
                     owner = taken.get(ukey) or state.unique_owner(ukey)
                     if owner is not None:
                         ids.append(owner)
                         continue
                     taken[ukey] = rec.id
-                if rec.id in state or rec.id in seen:
+                if rec.id in state.jobs or rec.id in seen:
                     raise ValueError(f"a job with id {rec.id!r} already exists")
                 seen.add(rec.id)
-                recs.append(rec._replace(at_ms=now))
+                recs.append(rec)
+                encoded.append((R.ENQUEUE, payload))
                 ids.append(rec.id)
             if recs:
-                lsn = self._append_apply(recs)
+                lsn = self._append_apply(recs, encoded)
                 self._cond.notify_all()
             else:
                 lsn = self._log.next_lsn - 1   # the owners' records: make sure they are durable

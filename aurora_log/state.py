@@ -212,20 +212,31 @@ class State:
         fn(self, lsn, rec)
 
     def _apply_enqueue(self, lsn: int, e: R.Enqueue) -> None:
-        if e.id in self.jobs:
-            self._anomaly(lsn, f"enqueue of existing job {e.id}")
+        jobs = self.jobs
+        job_id = e.id
+        if job_id in jobs:
+            self._anomaly(lsn, f"enqueue of existing job {job_id}")
             return
-        pair = self._pair(e.queue, e.job_type)
-        u = e.unique_key.encode() if e.unique_key is not None else b""
+        pair = self._pair_ix.get((e.queue, e.job_type))
+        if pair is None:
+            pair = self._pair(e.queue, e.job_type)
+        ukey = e.unique_key
+        u = ukey.encode() if ukey is not None else b""
         sched = e.scheduled_ms
-        blob = _BLOB.pack(lsn, e.at_ms, e.created_ms, sched or 0, e.timeout_ms or 0,
+        at = e.at_ms
+        blob = _BLOB.pack(lsn, at, e.created_ms, sched or 0, e.timeout_ms or 0,
                           e.lease_ms, e.max_retries, pair, e.priority,
                           _F_SCHED if sched is not None else 0, len(u)) + u + e.payload
-        self.jobs[e.id] = blob
+        jobs[job_id] = blob
         self._count(e.queue, 0, PENDING)
-        if e.unique_key is not None and e.unique_key not in self._unique:
-            self._unique[e.unique_key] = e.id
-        self._schedule(e.id, blob, sched if sched is not None else e.at_ms, lsn, e.at_ms)
+        if ukey is not None and ukey not in self._unique:
+            self._unique[ukey] = job_id
+        due = at if sched is None else min(max(sched, 0), MAX_DUE_MS)
+        tkey = due << 64 | lsn
+        if due > at:
+            heapq.heappush(self._timers, (tkey, job_id))
+        else:
+            heapq.heappush(self._ready[pair], ((4 - e.priority) << 112 | tkey, job_id))
 
     def _running_rec(self, lsn: int, rec, what: str) -> _Rec | None:
         r = self.jobs.get(rec.id)
@@ -719,13 +730,33 @@ class State:
             s.last_lsn = h["last_lsn"]
             s.applied = h["applied"]
             n = 0
+            # Bulk path for never-touched jobs (blobs, the common case at scale): their heap
+            # entries are collected and heapified once, counts added once per pair. Same
+            # result as _import_job(job_id, blob, None) per item (issue 4: reopen time).
+            jobs, unique = s.jobs, s._unique
+            unpack = _BLOB.unpack_from
+            pend = [0] * len(s._pairs)
+            ready_add: list[list] = [[] for _ in s._pairs]
+            timers_add = []
             for item in it:
                 n += 1
                 kind = item[:1]
                 if kind == b"B":
-                    (li,) = struct.unpack_from("<H", item, 1)
+                    li = item[1] | item[2] << 8
                     job_id = item[3:3 + li].decode()
-                    s._import_job(job_id, bytes(item[3 + li:]), None)
+                    blob = bytes(item[3 + li:])
+                    lsn, at, _, sched, _, _, _, pair, prio, flags, lu = unpack(blob)
+                    if not 1 <= prio <= 4:
+                        raise ValueError(f"malformed state export item for job {job_id}")
+                    pend[pair] += 1
+                    jobs[job_id] = blob
+                    if lu:
+                        unique.setdefault(blob[_BLOB.size:_BLOB.size + lu].decode(), job_id)
+                    due = min(max(sched if flags & _F_SCHED else at, 0), MAX_DUE_MS)
+                    if due > at:
+                        timers_add.append((due << 64 | lsn, job_id))
+                    else:
+                        ready_add[pair].append(((4 - prio) << 112 | due << 64 | lsn, job_id))
                 elif kind == b"R":
                     li, lb = struct.unpack_from("<HI", item, 1)
                     job_id = item[7:7 + li].decode()
@@ -735,6 +766,22 @@ class State:
                     raise ValueError(f"unknown state export item kind {kind!r}")
             if n != h["jobs"]:
                 raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
+            for ix, add in enumerate(ready_add):
+                if add:
+                    heap = s._ready[ix]
+                    heap.extend(add)
+                    heapq.heapify(heap)
+            if timers_add:
+                s._timers.extend(timers_add)
+                heapq.heapify(s._timers)
+            for ix, c in enumerate(pend):
+                if c:
+                    queue = s._pairs[ix][0]
+                    s._counts[PENDING] += c
+                    q = s._qcounts.get(queue)
+                    if q is None:
+                        q = s._qcounts[queue] = [0] * 7
+                    q[PENDING] += c
             return s
         except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
                 json.JSONDecodeError) as e:
