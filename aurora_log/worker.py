@@ -174,6 +174,15 @@ class Context:
             loop.call_soon_threadsafe(task.cancel)
 
 
+class _HandlerExit(Exception):
+    """A SystemExit/KeyboardInterrupt raised by an async handler, carried out of the event
+    loop as an ordinary exception (it would otherwise stop the loop every job shares)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        super().__init__(text)
+
+
 @dataclasses.dataclass
 class _Outcome:
     kind: str                   # "complete" | "fail"
@@ -478,7 +487,9 @@ class Worker:
             return _Outcome("complete", value)
         except JobCancelled as exc:
             return _Outcome("fail", exc.reason, cancelled=exc.reason == "cancelled")
-        except Exception as exc:
+        except _HandlerExit as exc:
+            return _Outcome("fail", exc.text)
+        except BaseException as exc:        # SystemExit too: a handler cannot end its thread
             log.debug("job %s raised", ctx.job_id, exc_info=True)
             return _Outcome("fail", format_error(exc))
         finally:
@@ -521,6 +532,8 @@ class Worker:
             return _Outcome("complete", self._await_on_loop(ctx, None, handler.fn, args, kwargs))
         except JobCancelled as exc:
             return _Outcome("fail", exc.reason, cancelled=exc.reason == "cancelled")
+        except _HandlerExit as exc:
+            return _Outcome("fail", exc.text)
         except Exception as exc:
             return _Outcome("fail", format_error(exc))
 
@@ -538,6 +551,8 @@ class Worker:
                 return await (awaitable if fn is None else fn(*args, **(kwargs or {})))
             except asyncio.CancelledError:
                 raise _cancel_exc(ctx.reason or "cancelled") from None
+            except (SystemExit, KeyboardInterrupt) as exc:   # would stop the shared loop
+                raise _HandlerExit(format_error(exc)) from None
 
         fut = asyncio.run_coroutine_threadsafe(runner(), loop)
         while True:

@@ -286,3 +286,22 @@ def test_async_handler_timeout(q, start):
     start()
     job = wait_status(q, job_id, FINISHED, timeout=10)
     assert job.status is JobStatus.DEAD_LETTER and "timeout" in job.error
+
+
+def test_sys_exit_in_a_handler_fails_the_job_not_the_worker(q, start):
+    import sys
+
+    async def aexit(job):
+        sys.exit(3)
+
+    tasks.register_handler(q, "exit", lambda job: sys.exit(2))
+    tasks.register_handler(q, "aexit", aexit)
+    tasks.register_handler(q, "after", lambda job: "still here")
+    a = q.enqueue(Job("exit", max_retries=0, priority="HIGH"))
+    b = q.enqueue(Job("aexit", max_retries=0, priority="HIGH"))
+    w = start(concurrency=1)
+    assert wait_status(q, a, FINISHED).error.startswith("SystemExit: 2")
+    assert wait_status(q, b, FINISHED).error.startswith("SystemExit: 3")
+    c = q.enqueue(Job("after"))
+    assert wait_status(q, c, FINISHED).result == "still here"
+    assert w.counts["dead_letter"] == 2
