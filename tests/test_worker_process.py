@@ -349,3 +349,16 @@ def test_process_isolation_for_handlers_defined_in_a_script(tmp_path, store_dir)
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "41"]
+
+
+def test_queues_flag_from_the_environment(app):
+    a, b = enqueue(app, sleepy("qa", 0.01, queue="a"), sleepy("qb", 0.01, queue="b"))
+    app["env"]["AURORA_LOG_QUEUES"] = "a,c"
+    proc = start_worker(app)
+    wait_for(lambda: marked(app, "done-qa"), proc=proc, app=app)
+    time.sleep(0.5)
+    assert stop(proc) == 0
+    assert not marked(app, "start-qb-0")
+    with look(app) as q:
+        assert q.get(a).status is JobStatus.COMPLETED
+        assert q.get(b).status is JobStatus.PENDING
