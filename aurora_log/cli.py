@@ -6,13 +6,22 @@
     aurora-log jobs ./jobs --status dead_letter
     aurora-log show ./jobs ID ; aurora-log history ./jobs ID
     aurora-log retry ./jobs ID ; aurora-log cancel ./jobs ID
+    aurora-log purge ./jobs --status completed --older-than 7d
+    aurora-log verify ./jobs ; aurora-log compact ./jobs
     aurora-log dump ./jobs > records.jsonl
 
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
-AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug). One process owns a store at a time:
-the inspection commands open the directory themselves, so they answer "in use" while a
-worker runs on it. Errors are one line on stderr and a non-zero exit status:
-1 for an error, 2 for a usage error, 3 when the store is in use by another process.
+AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
+
+One process owns a store at a time (an exclusive lock on DIR/LOCK). The reading commands
+(stats, jobs, show, history, dump, verify) open the store read-only, which takes no lock:
+they work beside a running worker and show what it has written. The writing commands
+(enqueue, retry, cancel, purge, compact) need the lock and answer "in use" while a worker
+holds it; stop the worker, or do it from the worker's own code (``q.cancel(id)``).
+
+Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
+error, 3 when the store is in use by another process. No tracebacks (``--log-level debug``
+logs one for an unexpected error).
 """
 
 from __future__ import annotations
