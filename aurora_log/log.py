@@ -199,14 +199,15 @@ def _new_scan(pos: int, next_lsn: int, limit: int, max_record: int):
 
 
 def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> int:
-    out = ffi.new("uint64_t *")
-    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out)
+    """Verifies a segment header; returns the segment's preallocated size."""
+    out = ffi.new("uint64_t[2]")
+    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out, out + 1)
     if r:
         raise CorruptionError(ffi.string(lib.au_reason(r)).decode(), file=str(path), offset=0)
     if out[0] != name_lsn:
         raise CorruptionError(f"segment header first LSN {out[0]} does not match its name",
                               file=str(path), offset=0)
-    return out[0]
+    return out[1]
 
 
 @dataclass
@@ -216,6 +217,7 @@ class _TailScan:
     records: int
     bad_off: int | None = None
     reason: str | None = None
+    size: int = 0       # preallocated size from the segment header
 
 
 def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
@@ -340,8 +342,14 @@ class Log:
 
     def _analyze_newest(self, lsn: int, path: Path):
         buf = _read_buf(path)
-        _check_header(path, buf[:SEG_HDR], lsn)
+        size = _check_header(path, buf[:SEG_HDR], lsn)
         ts = _scan_tail(buf, lsn, self.max_record_bytes)
+        ts.size = size
+        if ts.bad_off is None and len(buf) < size:
+            # the size was fsynced at creation, so a short file lost bytes; what is left
+            # verifies, so it is reported like a torn tail (nothing to keep aside)
+            ts.bad_off = len(buf)
+            ts.reason = f"segment file shorter than its preallocated size ({len(buf)} of {size})"
         if ts.bad_off is not None:
             ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off)
             if ev >= 0:
@@ -392,12 +400,12 @@ class Log:
         lsn, path = segs[-1]
         buf, ts = self._analyze_newest(lsn, path)
         size = len(buf)
-        target = max((size + 7) & ~7, self.segment_bytes)
+        target = max((size + 7) & ~7, ts.size)
         if ts.bad_off is not None:
             cbuf = ffi.from_buffer(buf)
             last = lib.au_last_nonzero(cbuf, ts.bad_off, size)
             cut = bytes(buf[ts.bad_off:last + 1]) if last >= ts.bad_off else b""
-            kept = self._keep_broken(path, cut)
+            kept = self._keep_broken(path, cut) if cut else None
             self._zero(path, ts.bad_off, max(size, last + 1), target)
             rep.cuts.append(TailCut(str(path), ts.bad_off, ts.reason, len(cut), ts.next_lsn,
                                     kept))
@@ -602,7 +610,7 @@ class Log:
                 expected = None
                 continue
             buf = _read_buf(path)
-            _check_header(path, buf[:SEG_HDR], lsn)
+            seg_size = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
                     f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
@@ -634,6 +642,10 @@ class Log:
                     raise CorruptionError("end of data before the written position",
                                           file=str(path), offset=s.pos, lsn=s.next_lsn)
             else:
+                if len(buf) < seg_size:
+                    raise CorruptionError(
+                        f"segment file shorter than its preallocated size ({len(buf)} of "
+                        f"{seg_size})", file=str(path), offset=len(buf), lsn=s.next_lsn)
                 z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
                 if z >= 0:
                     raise CorruptionError(

@@ -73,8 +73,9 @@ int au_lock_ex_nb(void);
 int au_o_cloexec(void);
 int au_o_directory(void);
 
-void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn);
-int au_segment_header_check(const uint8_t *hdr, size_t n, uint64_t *first_lsn);
+void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn, uint64_t size);
+int au_segment_header_check(const uint8_t *hdr, size_t n, uint64_t *first_lsn,
+                            uint64_t *size);
 int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size);
 const char *au_reason(int reason);
 

@@ -17,6 +17,7 @@ const char *au_reason(int r)
     case AU_R_SEG_MAGIC: return "bad segment magic";
     case AU_R_SEG_CRC: return "segment header checksum mismatch";
     case AU_R_SEG_VERSION: return "unsupported segment version/flags";
+    case AU_R_SEG_SIZE: return "bad preallocated size in segment header";
     case AU_R_SHORT_HEADER: return "file ends inside a batch header";
     case AU_R_HDR_CRC: return "batch header checksum mismatch";
     case AU_R_BATCH_LEN: return "bad batch length";
@@ -36,17 +37,17 @@ const char *au_reason(int r)
     }
 }
 
-void au_segment_header_make(uint8_t *h, uint64_t first_lsn)
+void au_segment_header_make(uint8_t *h, uint64_t first_lsn, uint64_t size)
 {
     memcpy(h, MAGIC, 8);
     put32(h + 8, AU_FORMAT_VERSION);
     put32(h + 12, 0);
     put64(h + 16, first_lsn);
-    put32(h + 24, 0);
+    put32(h + 24, (uint32_t)(size / 8));
     put32(h + 28, au_crc_mask(au_crc32c(0, h, 28)));
 }
 
-int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn)
+int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uint64_t *size)
 {
     if (n < AU_SEG_HDR)
         return AU_R_SEG_SHORT;
@@ -54,9 +55,12 @@ int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn)
         return AU_R_SEG_MAGIC;
     if (get32(h + 28) != au_crc_mask(au_crc32c(0, h, 28)))
         return AU_R_SEG_CRC;
-    if (get32(h + 8) != AU_FORMAT_VERSION || get32(h + 12) != 0 || get32(h + 24) != 0)
+    if (get32(h + 8) != AU_FORMAT_VERSION || get32(h + 12) != 0)
         return AU_R_SEG_VERSION;
+    if ((uint64_t)get32(h + 24) * 8 < 2 * AU_SEG_HDR)
+        return AU_R_SEG_SIZE;
     *first_lsn = get64(h + 16);
+    *size = (uint64_t)get32(h + 24) * 8;
     return AU_R_OK;
 }
 
@@ -259,12 +263,14 @@ int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
     if (size < 2 * AU_SEG_HDR)
         size = 2 * AU_SEG_HDR;
     size = (size + 7) & ~(uint64_t)7;
+    if (size / 8 > UINT32_MAX)
+        return -EFBIG;
     int fd = au_open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return fd;
     static const uint8_t zeros[65536];
     uint8_t hdr[AU_SEG_HDR];
-    au_segment_header_make(hdr, first_lsn);
+    au_segment_header_make(hdr, first_lsn, size);
     int64_t r = au_pwrite_full(fd, hdr, AU_SEG_HDR, 0);
     for (uint64_t off = AU_SEG_HDR; r >= 0 && off < size;) {
         size_t n = size - off > sizeof zeros ? sizeof zeros : (size_t)(size - off);

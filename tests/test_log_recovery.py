@@ -55,11 +55,13 @@ def test_torn_tail_at_every_offset_of_last_4_records(torn_fixture, tmp_path, var
             rep = log.report
             got = list(log.scan())
         assert got == recs[:keep], off
-        if cut:
+        if cut or variant == "truncated":
+            # (a truncated file is always reported: it is shorter than its header says)
             [c] = rep.cuts
             assert (c.offset, c.bytes, c.lsn) == (x, len(cut), keep + 1), off
-            assert Path(c.kept_as).read_bytes() == cut
-            assert Path(c.kept_as).stat().st_mode & 0o777 == 0o600
+            if cut:
+                assert Path(c.kept_as).read_bytes() == cut
+                assert Path(c.kept_as).stat().st_mode & 0o777 == 0o600
             assert rep.bytes_truncated == len(cut)
         else:
             assert not rep.truncated, off
@@ -235,13 +237,16 @@ def test_segment_header_lies(two_segments, tmp_path):
     _recs, final = two_segments
     names = sorted(final)
     for name in names:
-        for lie in ("version", "first", "magic", "truncated"):
+        for lie in ("version", "first", "size", "magic", "truncated"):
             buf = bytearray(final[name])
             if lie == "version":
                 struct.pack_into("<I", buf, 8, 2)
                 fix_segment_crc(buf)
             elif lie == "first":
                 struct.pack_into("<Q", buf, 16, int(name[:20]) + 1)
+                fix_segment_crc(buf)
+            elif lie == "size":
+                struct.pack_into("<I", buf, 24, 1)
                 fix_segment_crc(buf)
             elif lie == "magic":
                 buf[0] ^= 0xFF
@@ -252,6 +257,16 @@ def test_segment_header_lies(two_segments, tmp_path):
             with pytest.raises(CorruptionError) as ei:
                 read_all(d)
             assert ei.value.file.endswith(name) and ei.value.offset == 0
+
+
+def test_truncated_old_segment_is_corruption(two_segments, tmp_path):
+    _recs, final = two_segments
+    name = sorted(final)[0]
+    end = batches(final[name])[-1]
+    d = lay_out(tmp_path / "s", {**final, name: final[name][:end[0] + end[1]]})
+    with pytest.raises(CorruptionError) as ei:
+        read_all(d)
+    assert "shorter than its preallocated size" in ei.value.reason
 
 
 def test_missing_middle_segment_is_an_lsn_gap(tmp_path):
