@@ -461,29 +461,41 @@ class Compactor:
         host = self.host
         pauses = []
         view, lsn0 = self._capture_start(pauses)
-        # outside the lock: detach every mutable record of the copy (racy reads are fixed
-        # up below: any job touched since the copy is re-read under the lock)
-        for jid, v in view.items():
-            if type(v) is not bytes:
-                view[jid] = _clone(v)
-        now = host._now_ms()
-        purge_ids = self._retention(view, now)
+        try:
+            # outside the lock: detach every mutable record of the copy (racy reads are
+            # fixed up below: any job touched since the copy is re-read under the lock)
+            for jid, v in view.items():
+                if type(v) is not bytes:
+                    view[jid] = _clone(v)
+            now = host._now_ms()
+            purge_ids = self._retention(view, now)
+        except BaseException:
+            with host._lock:
+                host._touched = None
+            raise
         vstate, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
         lsn = vstate.last_lsn
         wal_mark = host._log.stats().get("bytes", 0)
         host._log.flush()            # every record <= lsn durable before the snapshot is
         total = len(vstate.jobs) + 1
-        data = encode_snapshot(vstate.export(), lsn, vstate._max_at, total=total,
-                               on_progress=on_progress)
+        path = self.snap_dir / snap_name(lsn)
+        if path.exists():
+            # nothing was logged since that snapshot (written by us or checked at open)
+            size = path.stat().st_size
+        else:
+            data = encode_snapshot(vstate.export(), lsn, vstate._max_at, total=total,
+                                   on_progress=on_progress)
+            size = len(data)
+            path = write_snapshot(self.snap_dir, data, lsn)
+            del data
         del vstate, view
-        path = write_snapshot(self.snap_dir, data, lsn)
-        self.last_size = len(data)
+        self.last_size = size
         self._wal_base = wal_mark
         self.tail_bytes = 0
         if on_progress is not None:
             on_progress(total, total)
         removed, retired = self._retire()
-        res = CompactionResult(lsn, str(path), total - 1, len(data), purged, removed, retired,
+        res = CompactionResult(lsn, str(path), total - 1, size, purged, removed, retired,
                                max(pauses) * 1000 if pauses else 0.0,
                                time.perf_counter() - t0)
         self.last_result = res
@@ -510,8 +522,10 @@ class Compactor:
                 st = host._state
                 jobs = st.jobs
                 if purge_ids:
-                    ids = [i for i in purge_ids
-                           if type(jobs.get(i)) is _Rec and jobs[i].status in _FINISHED]
+                    # still finished the same way (a re-driven and re-finished job is not)
+                    ids = [i for i, (status, done) in purge_ids.items()
+                           if type(jobs.get(i)) is _Rec and jobs[i].status == status
+                           and jobs[i].completed == done]
                     for k in range(0, len(ids), 50_000):
                         host._append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
                     purged = len(ids)
@@ -543,23 +557,25 @@ class Compactor:
                 pauses.append(time.perf_counter() - t)
         return vs, purged
 
-    def _retention(self, view, now: int) -> list[str]:
-        """Finished jobs past their limit: completed/cancelled older than retain_seconds, and
-        beyond the newest retain_count of them. Dead letters stay until purged."""
+    def _retention(self, view, now: int) -> dict[str, tuple[int, int]]:
+        """Finished jobs past their limit: completed/cancelled that finished before
+        now - retain_seconds, and beyond the newest retain_count of them (oldest finish
+        first, ties in enqueue order). Dead letters stay until purged.
+        Returns {id: (status, finished_ms)} as seen in the capture."""
         if self.retain_ms is None and self.retain_count is None:
-            return []
+            return {}
         fin = []
         for i, (jid, v) in enumerate(view.items()):
             if type(v) is not bytes and v.status in _STATUS_FINISHED_RETAINED:
-                fin.append((v.completed, i, jid))
-        out = []
+                fin.append((v.completed, i, jid, v.status))
+        out = {}
         if self.retain_ms is not None:
             cut = now - self.retain_ms
-            out = [jid for c, _, jid in fin if c < cut]
+            out = {jid: (st, c) for c, _, jid, st in fin if c < cut}
             fin = [f for f in fin if f[0] >= cut]
         if self.retain_count is not None and len(fin) > self.retain_count:
             fin.sort()
-            out.extend(jid for _, _, jid in fin[:len(fin) - self.retain_count])
+            out.update((jid, (st, c)) for c, _, jid, st in fin[:len(fin) - self.retain_count])
         return out
 
     def _retire(self) -> tuple[list[str], list[str]]:
