@@ -752,7 +752,9 @@ class State:
                     jobs[job_id] = blob
                     if lu:
                         unique.setdefault(blob[_BLOB.size:_BLOB.size + lu].decode(), job_id)
-                    due = min(max(sched if flags & _F_SCHED else at, 0), MAX_DUE_MS)
+                    due = sched if flags & _F_SCHED else at
+                    if due < 0 or due > MAX_DUE_MS:
+                        due = 0 if due < 0 else MAX_DUE_MS
                     if due > at:
                         timers_add.append((due << 64 | lsn, job_id))
                     else:
