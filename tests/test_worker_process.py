@@ -73,7 +73,9 @@ APP = textwrap.dedent('''
         target = job.payload["target"]
         while not (MARKS / f"start-{job.payload['tag']}-0").exists():
             time.sleep(0.02)
-        return str(q.cancel(target))
+        status = str(q.cancel(target))
+        mark(f"cancel-sent-{job.payload['tag']}")
+        return status
 
     for name, fn in (("sleepy", sleepy), ("steps", steps), ("aio", aio),
                      ("canceller", canceller)):
@@ -195,7 +197,7 @@ def test_sigkill_mid_job_then_restart_runs_it_again_as_a_new_attempt(app):
 
 def test_thread_handler_timeout_fails_with_timeout_and_retries(app):
     # the first attempt ignores the stop request; the timeout still settles it
-    (job_id,) = enqueue(app, sleepy("to", 3, cooperative=False, timeout_seconds=0.5, max_retries=1))
+    (job_id,) = enqueue(app, sleepy("to", 2, cooperative=False, timeout_seconds=0.5, max_retries=1))
     proc = start_worker(app)
     wait_for(lambda: marked(app, "start-to-1"), proc=proc, app=app, what="the retry")
     assert stop(proc, signal.SIGTERM) == 0      # abandoned handler threads do not hold it up
@@ -265,19 +267,18 @@ def test_cancel_of_a_running_job(app):
     target = sleepy("x", 30)
     (job_id, _) = enqueue(app, target, Job("canceller", {"target": target.id, "tag": "x"}))
     proc = start_worker(app)
-    wait_for(lambda: marked(app, "start-x-0"), proc=proc, app=app)
+    wait_for(lambda: marked(app, "cancel-sent-x"), proc=proc, app=app)
     t = time.monotonic()
-    with pytest.raises(AssertionError):     # the handler sees ctx.cancelled and stops early
-        wait_for(lambda: marked(app, "done-x"), timeout=2)
-    assert stop(proc) == 0
-    assert time.monotonic() - t < 25
+    assert stop(proc) == 0      # graceful: waits for the job, which stops early when cancelled
+    assert time.monotonic() - t < 20
+    assert not marked(app, "done-x")
     with look(app) as q:
         job = q.get(job_id)
         assert job.status == JobStatus.CANCELLED
 
 
 def test_heartbeats_keep_a_job_alive_for_three_leases(app):
-    (job_id,) = enqueue(app, sleepy("hb", 3.5, lease_duration=1, max_retries=0))
+    (job_id,) = enqueue(app, sleepy("hb", 2.2, lease_duration=0.6, max_retries=0))
     proc = start_worker(app)
     wait_for(lambda: marked(app, "done-hb"), proc=proc, app=app, timeout=20)
     assert stop(proc) == 0
