@@ -426,6 +426,10 @@ class Worker:
                 time.sleep(min(5.0, 0.1 * 2 ** min(errors, 6)))
                 continue
             if job is None:
+                if getattr(self.queue, "closed", False):    # claim(wait=) answers None then
+                    log.warning("the queue was closed under the worker: stopping")
+                    self._stopping.set()
+                    break
                 continue
             if self.durable_claims:
                 try:

@@ -305,3 +305,15 @@ def test_sys_exit_in_a_handler_fails_the_job_not_the_worker(q, start):
     c = q.enqueue(Job("after"))
     assert wait_status(q, c, FINISHED).result == "still here"
     assert w.counts["dead_letter"] == 2
+
+
+def test_closing_the_queue_under_a_worker_stops_it(store_dir):
+    q = aurora_log.open(store_dir)
+    w = Worker(q, concurrency=2, poll_interval=0.1)
+    result = []
+    t = threading.Thread(target=lambda: result.append(w.run(install_signals=False)))
+    t.start()
+    time.sleep(0.3)
+    q.close()
+    t.join(10)
+    assert not t.is_alive() and result == [0]
