@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from .errors import (
     AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobNotFoundError,
-    StaleLeaseError,
+    ReadOnlyError, StaleLeaseError,
 )
 from . import tasks as _tasks
 
@@ -362,7 +362,7 @@ class Worker:
         log.info("worker %s stopped (%s): %d completed, %d failed and will retry, %d dead "
                  "letter, %d cancelled", self.worker_id, "clean" if clean else "forced",
                  c["completed"], c["failed"], c["dead_letter"], c["cancelled"])
-        return 0 if clean else 1
+        return 0 if clean and self.failed is None else 1
 
     def _abandon_running(self) -> None:
         """Forced stop: running jobs go back to pending (now if the queue can release a
@@ -419,6 +419,12 @@ class Worker:
                 break
             except DurabilityError as exc:
                 self._store_failed(exc)
+                break
+            except ReadOnlyError as exc:
+                if not self.failed:
+                    self.failed = exc
+                    log.critical("the queue is read-only; a worker needs to write: stopping")
+                self._stopping.set()
                 break
             except Exception as exc:
                 errors += 1
