@@ -88,6 +88,11 @@ def worker_main(store: str, events_path: str, workers: int) -> int:
     from .worker import Worker, current_context
 
     logging.basicConfig(level=logging.ERROR, format="worker: %(levelname)s %(message)s")
+    try:        # Linux: if the demo itself is killed, stop this worker gracefully too
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    except Exception:
+        pass
     events = Events(events_path)
     q = open_queue(store)
     rng = random.Random()
