@@ -403,6 +403,7 @@ class Compactor:
         self.min_bytes = min_bytes
         self.max_content = max_content
         self._mutex = threading.Lock()
+        self.progress_every = 50_000   # jobs between on_progress calls
         self.last_size = 0          # bytes of the newest snapshot
         self._wal_base = 0          # log bytes written at the last snapshot
         self.tail_bytes = 0         # WAL bytes replayed at open (after the snapshot)
@@ -484,7 +485,7 @@ class Compactor:
             size = path.stat().st_size
         else:
             data = encode_snapshot(vstate.export(), lsn, vstate._max_at, total=total,
-                                   on_progress=on_progress)
+                                   on_progress=on_progress, every=self.progress_every)
             size = len(data)
             path = write_snapshot(self.snap_dir, data, lsn)
             del data
