@@ -705,6 +705,15 @@ class Log:
         if rc < 0:
             raise DurabilityError(f"close: final flush failed: {strerror(-rc)}", errno=-rc)
 
+    def __del__(self):
+        # a Log dropped without close(): flush, seal and release the lock like a file would,
+        # so the directory is not left locked for the rest of the process
+        try:
+            if not self._closed and (self._w is not None or self._lock_fd >= 0):
+                self.close()
+        except Exception:
+            pass
+
     def __enter__(self) -> "Log":
         return self
 

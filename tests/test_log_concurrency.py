@@ -5,6 +5,8 @@ import threading
 from aurora_log import faults
 from aurora_log.log import Log
 
+SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
+
 
 def test_16_threads_commit_concurrently_lose_nothing(store_dir):
     n_threads, per_thread = 16, 150
@@ -51,7 +53,7 @@ def test_group_commit_one_write_and_one_fdatasync_for_many_committers(store_dir)
     rec = faults.Recorder()
     barrier = threading.Barrier(n, timeout=60)
     with faults.installed(rec):
-        log = Log.open(store_dir, interval_ms=60_000)
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
         base_sync = rec.count("fdatasync")
         base_write = rec.count("pwrite")
 
@@ -71,5 +73,5 @@ def test_group_commit_one_write_and_one_fdatasync_for_many_committers(store_dir)
         writes = rec.count("pwrite") - base_write
         log.close()
     assert syncs == rounds and writes == rounds
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert log.next_lsn == n * rounds + 1

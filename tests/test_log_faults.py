@@ -12,6 +12,8 @@ from aurora_log.log import Log, read_file, write_file_durably
 
 from test_log_support import payload
 
+SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
+
 
 def workload(d, acked):
     """A small workload touching every kind of op: create, commits, a roll, close, reopen."""
@@ -79,11 +81,11 @@ def test_error_at_every_nth_syscall(tmp_path, n_ops, err, persistent):
 
 
 def test_failed_fdatasync_acknowledges_nobody_in_its_batch(store_dir):
-    Log.open(store_dir).close()
+    Log.open(store_dir, segment_bytes=SEG).close()
     # the writer's opening fdatasync is the first; fail the second = the first commit
     hook = faults.FailNth(2, ops={"fdatasync"}, path_contains=".seg")
     with faults.installed(hook):
-        log = Log.open(store_dir)
+        log = Log.open(store_dir, segment_bytes=SEG)
         a = log.append(1, b"a")
         b = log.append(1, b"b")
         c = log.append(1, b"c")
@@ -101,13 +103,13 @@ def test_failed_fdatasync_acknowledges_nobody_in_its_batch(store_dir):
         assert hook.fired == 1      # never retried: exactly one failed fdatasync
         with pytest.raises(DurabilityError):
             log.close()
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert not log.failed
         log.sync(log.append(1, b"e"))
 
 
 def test_failed_fdatasync_fails_every_thread_of_the_batch(store_dir):
-    Log.open(store_dir).close()
+    Log.open(store_dir, segment_bytes=SEG).close()
     n = 8
     hook = faults.FailNth(2, ops={"fdatasync"}, path_contains=".seg")
     results = [None] * n
@@ -115,7 +117,7 @@ def test_failed_fdatasync_fails_every_thread_of_the_batch(store_dir):
     with faults.installed(hook):
         # a long interval keeps the background thread from committing the pending records
         # on its own before the threads do
-        log = Log.open(store_dir, interval_ms=60_000)
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
 
         def worker(i):
             lsn = log.append(1, b"t%d" % i)
@@ -137,10 +139,10 @@ def test_failed_fdatasync_fails_every_thread_of_the_batch(store_dir):
 
 
 def test_fdatasync_eintr_is_final_not_retried(store_dir):
-    Log.open(store_dir).close()
+    Log.open(store_dir, segment_bytes=SEG).close()
     hook = faults.FailNth(2, err=errno.EINTR, ops={"fdatasync"}, path_contains=".seg")
     with faults.installed(hook):
-        log = Log.open(store_dir)
+        log = Log.open(store_dir, segment_bytes=SEG)
         with pytest.raises(DurabilityError):
             log.sync(log.append(1, b"x"))
         with pytest.raises(DurabilityError):
@@ -164,16 +166,16 @@ def test_short_writes_and_eintr_are_retried(store_dir):
 
 
 def test_enospc_on_every_write_then_space_returns(store_dir):
-    Log.open(store_dir).close()
+    Log.open(store_dir, segment_bytes=SEG).close()
     with faults.installed(faults.FailNth(1, err=errno.ENOSPC, ops={"pwrite"}, persistent=True)):
-        log = Log.open(store_dir)
+        log = Log.open(store_dir, segment_bytes=SEG)
         with pytest.raises(DurabilityError) as ei:
             log.sync(log.append(1, b"x"))
         assert ei.value.errno == errno.ENOSPC
         assert list(log.scan()) == []       # reads keep working
         with pytest.raises(DurabilityError):
             log.close()
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert list(log.scan()) == []
         log.sync(log.append(1, b"y"))
 

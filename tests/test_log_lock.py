@@ -13,12 +13,14 @@ from aurora_log.log import Log, write_file_durably
 
 from test_log_support import mode
 
+SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
+
 
 def test_second_opener_in_process_gets_locked_error(store_dir):
-    with Log.open(store_dir):
+    with Log.open(store_dir, segment_bytes=SEG):
         with pytest.raises(LockedError):
-            Log.open(store_dir)
-    Log.open(store_dir).close()   # released on close
+            Log.open(store_dir, segment_bytes=SEG)
+    Log.open(store_dir, segment_bytes=SEG).close()   # released on close
 
 
 def test_reopen_succeeds_at_once_after_sigkill_of_owner(store_dir):
@@ -34,11 +36,11 @@ def test_reopen_succeeds_at_once_after_sigkill_of_owner(store_dir):
     try:
         assert proc.stdout.readline().strip() == "ready"
         with pytest.raises(LockedError):
-            Log.open(store_dir)
+            Log.open(store_dir, segment_bytes=SEG)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
-    with Log.open(store_dir) as log:       # no waiting, no stale-lock cleanup needed
+    with Log.open(store_dir, segment_bytes=SEG) as log:       # no waiting, no stale-lock cleanup needed
         assert list(log.scan()) == [(1, 1, b"from the child")]
 
 

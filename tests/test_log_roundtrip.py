@@ -13,6 +13,8 @@ from aurora_log.log import Log, read_file, remove_file, write_file_durably
 
 from test_log_support import build, image, payload
 
+SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
+
 
 def test_fresh_log(store_dir):
     with Log.open(store_dir) as log:
@@ -25,7 +27,7 @@ def test_fresh_log(store_dir):
 
 
 def test_append_sync_scan_reopen(store_dir):
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         a = log.append(1, b"hello")
         b = log.append(255, b"")
         c = log.append_many([(2, b"x" * 1000), (3, bytearray(b"y")), (4, memoryview(b"zz"))])
@@ -36,25 +38,25 @@ def test_append_sync_scan_reopen(store_dir):
                   (5, 4, b"zz")]
         assert list(log.scan()) == expect
         assert list(log.scan(4)) == expect[3:]
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert list(log.scan()) == expect
         assert log.report.records == 5 and log.next_lsn == 6
         assert log.append(9, b"more") == 6
 
 
 def test_scan_sees_unsynced_appends(store_dir):
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         log.append(1, b"a")
         assert [r[0] for r in log.scan()] == [1]
 
 
 @pytest.mark.parametrize("durability", ["sync", "interval", "os"])
 def test_modes_round_trip(store_dir, durability):
-    with Log.open(store_dir, durability=durability, interval_ms=5) as log:
+    with Log.open(store_dir, segment_bytes=SEG, durability=durability, interval_ms=5) as log:
         lsns = [log.append(1, payload(i)) for i in range(300)]
         log.sync(lsns[-1])
         log.flush()
-    with Log.open(store_dir, durability=durability) as log:
+    with Log.open(store_dir, segment_bytes=SEG, durability=durability) as log:
         assert [p for _, _, p in log.scan()] == [payload(i) for i in range(300)]
 
 
@@ -102,19 +104,19 @@ def test_retire_segments(store_dir, tmp_path):
 def test_read_only_open_writes_nothing(store_dir):
     recs, _, _ = build(store_dir, 20)
     before = image(store_dir)
-    log = Log.open(store_dir, read_only=True)
+    log = Log.open(store_dir, segment_bytes=SEG, read_only=True)
     assert list(log.scan()) == recs and log.next_lsn == 21
     with pytest.raises(ReadOnlyError):
         log.append(1, b"x")
     # a read_only open does not take the lock
-    with Log.open(store_dir) as w:
+    with Log.open(store_dir, segment_bytes=SEG) as w:
         w.append(1, b"y")
     log.close()
     assert image(store_dir).keys() == before.keys()
 
 
 def test_bad_arguments_raise_before_writing(store_dir):
-    with Log.open(store_dir, max_record_bytes=100) as log:
+    with Log.open(store_dir, segment_bytes=SEG, max_record_bytes=100) as log:
         for bad in (0, 256, -1, "1", 1.0):
             with pytest.raises(ValueError):
                 log.append(bad, b"x")
@@ -128,11 +130,11 @@ def test_bad_arguments_raise_before_writing(store_dir):
         log.append(1, b"x" * 100)
         assert log.append_many([]) == 1
     with pytest.raises(ValueError):
-        Log.open(store_dir, durability="maybe")
+        Log.open(store_dir, segment_bytes=SEG, durability="maybe")
 
 
 def test_closed_log(store_dir):
-    log = Log.open(store_dir)
+    log = Log.open(store_dir, segment_bytes=SEG)
     log.close()
     log.close()  # idempotent
     for call in (lambda: log.append(1, b"x"), lambda: log.sync(1), log.flush,
@@ -167,16 +169,16 @@ def test_os_mode_killed_process_loses_nothing(store_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     subprocess.run([sys.executable, "-c", code], timeout=60)
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert [p for _, _, p in log.scan()] == [b"r%d" % i for i in range(50)]
         assert not log.report.truncated
 
 
 def test_failed_writer_refuses_until_reopen_then_works(store_dir):
     from aurora_log import faults
-    Log.open(store_dir).close()
+    Log.open(store_dir, segment_bytes=SEG).close()
     with faults.installed(faults.FailNth(1, ops={"pwrite"}, path_contains=".seg")) as f:
-        log = Log.open(store_dir)
+        log = Log.open(store_dir, segment_bytes=SEG)
         with pytest.raises(DurabilityError) as ei:
             log.sync(log.append(1, b"a"))
         assert ei.value.errno == 5 and log.failed and f.fired == 1
@@ -184,7 +186,50 @@ def test_failed_writer_refuses_until_reopen_then_works(store_dir):
             log.append(1, b"b")
         with pytest.raises(DurabilityError):
             log.close()
-    with Log.open(store_dir) as log:
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert not log.failed
         log.sync(log.append(1, b"c"))
         assert [p for _, _, p in log.scan()][-1] == b"c"
+
+
+def _wait_for(cond, timeout=30.0):
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "background thread did not act"
+        time.sleep(0.005)
+
+
+def test_interval_mode_background_fdatasync(store_dir):
+    with Log.open(store_dir, segment_bytes=SEG, durability="interval", interval_ms=10) as log:
+        base = log.stats()["fdatasyncs"]
+        log.sync(log.append(1, b"a"))     # returns after write(), before any fdatasync
+        _wait_for(lambda: log.stats()["fdatasyncs"] > base)
+
+
+def test_os_mode_never_fsyncs_until_flush(store_dir):
+    with Log.open(store_dir, segment_bytes=SEG, durability="os", interval_ms=1) as log:
+        base = log.stats()["fdatasyncs"]
+        for i in range(20):
+            log.sync(log.append(1, b"a"))
+        log.append(1, b"unsynced")              # the background thread writes it
+        _wait_for(lambda: log.stats()["records"] == 21)
+        assert log.stats()["fdatasyncs"] == base
+        log.flush()
+        assert log.stats()["fdatasyncs"] == base + 1
+
+
+def test_sync_mode_background_writes_records_nobody_waits_for(store_dir):
+    with Log.open(store_dir, segment_bytes=SEG, interval_ms=5) as log:
+        log.append(1, b"fire and forget")
+        _wait_for(lambda: log.stats()["records"] == 1)
+
+
+def test_dropped_log_releases_its_lock(store_dir):
+    import gc
+    log = Log.open(store_dir, segment_bytes=SEG)
+    log.append(1, b"x")
+    del log
+    gc.collect()
+    with Log.open(store_dir, segment_bytes=SEG) as log:
+        assert list(log.scan()) == [(1, 1, b"x")]
