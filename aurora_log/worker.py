@@ -900,6 +900,9 @@ class _HandlerOnlyQueue:
                            "the queue is open in the worker process")
 
 
+_child_globals: list = []
+
+
 def _child_main() -> int:
     """The handler child process: read one request line, run the handler,
     write JSON lines (progress..., then result or error) to the original stdout."""
@@ -936,8 +939,8 @@ def _child_main() -> int:
             importlib.import_module(spec["module"])
         else:
             import runpy
-            keep = runpy.run_path(spec["path"], run_name="__aurora_log_child__")  # noqa: F841
-            # (kept referenced: the registries are keyed weakly by the queues it created)
+            # kept referenced: the registries are keyed weakly by the queues it created
+            _child_globals.append(runpy.run_path(spec["path"], run_name="__aurora_log_child__"))
         handler = _tasks.find_handler(request["job_type"])
         if handler is None:
             send({"error": f"no handler registered for {request['job_type']!r}"})
