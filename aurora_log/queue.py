@@ -271,6 +271,9 @@ class Queue:
                 else:
                     touched[r.id] = None
         apply = self._state.apply
+        if len(recs) == 1:
+            apply(last, encoded[0][0], recs[0])
+            return last
         for i, (rec, (rtype, _)) in enumerate(zip(recs, encoded)):
             apply(first + i, rtype, rec)
         return last

@@ -609,9 +609,9 @@ class State:
         j.status = _STATUS[v.status]
         j.retry_count = v.retry
         j.scheduled_at = from_ms(v.due) if v.due else None
-        j.started_at = from_ms(v.started) if v.started else None
+        j.started_at = started = from_ms(v.started) if v.started else None
         j.completed_at = from_ms(v.completed) if v.completed and v.status in _FINISHED else None
-        j.last_heartbeat = from_ms(v.hb) if v.hb else None
+        j.last_heartbeat = (started if v.hb == v.started else from_ms(v.hb)) if v.hb else None
         running = v.status == RUNNING
         j.token = v.token.hex() if running else None
         j.lease_deadline = from_ms(v.lease_dl) if running else None
