@@ -87,6 +87,7 @@ class Config:
     duration: float = 1.5              # seconds per timed measurement
     enqueue_threads: list = field(default_factory=lambda: [1, 4, 16, 64, 256])
     claim_threads: list = field(default_factory=lambda: [1, 8])
+    s1_rounds: int = 2                 # s1 is short: best of 2 rounds against drift
     batch: int = 1000
     claim_prefill: int = 40_000        # pending jobs before the claim measurement
     priority_prefill: int = 20_000
@@ -100,7 +101,8 @@ class Config:
 
     @classmethod
     def quick(cls):
-        return cls(duration=0.1, enqueue_threads=[1, 4], claim_threads=[1, 8], batch=100,
+        return cls(duration=0.1, s1_rounds=1, enqueue_threads=[1, 4], claim_threads=[1, 8],
+                   batch=100,
                    claim_prefill=600, priority_prefill=300, reopen_sizes=[2_000],
                    reopen_big=0, batch_curve=[1, 16, 100], py_loop_n=5_000,
                    op_timeout=60.0)
@@ -325,49 +327,62 @@ def py_heap_loop(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def measure_floors(workdir, cfg: Config) -> dict:
-    d = os.path.join(workdir, "floors")
-    os.makedirs(d, exist_ok=True)
-    source = "bench/compare.py (own; bench/floors.py not found)"
-    fd_rate = curve = None
-    try:
-        import floors as _floors   # bench/floors.py, the log engineer's module
-        source = "bench/floors.py"
-        fd_rate = float(_floors.fdatasync_loop(d, float(cfg.duration), record_bytes=100))
-        raw = _floors.batch_curve(d, list(cfg.batch_curve))
-        curve = {int(k): float(v if not isinstance(v, dict) else
-                               v.get("records_per_s", v.get("rate")))
-                 for k, v in raw.items()}
-    except ImportError:
-        pass
-    except Exception as e:     # a contract mismatch: fall back, and say so
-        source = f"bench/compare.py (own; bench/floors.py failed: {type(e).__name__}: {e})"
-        fd_rate = curve = None
-    if fd_rate is None:
-        fd_rate = _own_fdatasync_loop(d, cfg.duration)
-    if curve is None:
-        curve = _own_batch_curve(d, cfg.batch_curve, max(0.05, cfg.duration / 3))
+class Floors:
+    """The disk floors, from bench/floors.py when it is there (the log's own benchmarks use
+    it: writes over preallocated, fsynced files, as the log does), else from the appending
+    fallback above (an extra size update per fdatasync: a lower floor, and labelled so).
+
+    Each scenario re-measures the floor it is judged against right next to its systems,
+    because a shared machine's disk drifts by whole factors over minutes."""
+
+    def __init__(self, workdir, cfg: Config):
+        self.dir = os.path.join(workdir, "floors")
+        os.makedirs(self.dir, exist_ok=True)
+        self.cfg = cfg
+        self.mod = None
+        self.source = "bench/compare.py (own, appending; bench/floors.py not found)"
+        try:
+            import floors as mod   # bench/floors.py, the log engineer's module
+            if callable(getattr(mod, "fdatasync_loop", None)) and \
+                    callable(getattr(mod, "batch_curve", None)):
+                self.mod = mod
+                self.source = "bench/floors.py (preallocated files)"
+        except ImportError:
+            pass
+
+    def _fallback(self, e):
+        self.mod = None
+        self.source = (f"bench/compare.py (own, appending; bench/floors.py failed: "
+                       f"{type(e).__name__}: {e})")
+
+    def fdatasync(self, seconds: float) -> float:
+        if self.mod is not None:
+            try:
+                return float(self.mod.fdatasync_loop(self.dir, float(seconds), record_bytes=100))
+            except Exception as e:      # a contract mismatch: fall back, and say so
+                self._fallback(e)
+        return _own_fdatasync_loop(self.dir, seconds)
+
+    def curve(self, sizes, seconds: float) -> dict:
+        if self.mod is not None:
+            try:
+                raw = self.mod.batch_curve(self.dir, list(sizes), seconds=float(seconds))
+                return {int(k): float(v) for k, v in raw.items()}
+            except Exception as e:
+                self._fallback(e)
+        return _own_batch_curve(self.dir, sizes, seconds)
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure_floors(fl: Floors, cfg: Config) -> dict:
+    """The overview printed before the scenarios (each scenario measures its own again)."""
+    fd_rate = fl.fdatasync(cfg.duration)
+    curve = fl.curve(cfg.batch_curve, max(0.05, cfg.duration / 3))
     py = py_heap_loop(cfg.py_loop_n)
-    shutil.rmtree(d, ignore_errors=True)
-    return {"source": source, "fdatasync_loop": fd_rate, "batch_curve": curve,
+    return {"source": fl.source, "fdatasync_loop": fd_rate, "batch_curve": curve,
             "py_heap_loop": py, "record_bytes": 100}
-
-
-def curve_at(curve: dict, k: int) -> float:
-    """records/s of the batch curve at k records per fdatasync (interpolated in log k)."""
-    ks = sorted(curve)
-    if k in curve:
-        return curve[k]
-    if k <= ks[0]:
-        return curve[ks[0]] * k / ks[0]
-    if k >= ks[-1]:
-        return curve[ks[-1]]
-    import math
-    for a, b in zip(ks, ks[1:]):
-        if a <= k <= b:
-            f = (math.log(k) - math.log(a)) / (math.log(b) - math.log(a))
-            return math.exp(math.log(curve[a]) + f * (math.log(curve[b]) - math.log(curve[a])))
-    return curve[ks[-1]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -747,7 +762,8 @@ class Runner:
         self.print_settings()
 
         self.log("floors ...")
-        self.floors = measure_floors(self.run_dir, self.cfg)
+        self.fl = Floors(self.run_dir, self.cfg)
+        self.floors = measure_floors(self.fl, self.cfg)
         self.result["floors"] = self.floors
         f = self.floors
         self.log(f"  write+fdatasync loop (100 B): {fmt_rate(f['fdatasync_loop'])} /s; "
@@ -759,6 +775,8 @@ class Runner:
 
         for s in self.args.only:
             getattr(self, s)()
+        self.floors["source"] = self.fl.source
+        self.fl.close()
         for c in self.children.values():
             c.close()
         self.result["skipped"] = dict(self.skipped)
@@ -815,24 +833,42 @@ class Runner:
 
     # -- scenarios ----------------------------------------------------------------------
     def s1(self):
+        """Best of `s1_rounds` rounds (forward, then reversed system order), with the
+        fdatasync floor measured before, between and after: load from other work on the
+        machine only ever slows a run down, so the best round is the least disturbed one,
+        and every system and the floor get the same chance at it."""
+        samples = {}
+        floor = [self.fl.fdatasync(self.cfg.duration)]
+        order = self.systems()
+        for r in range(self.cfg.s1_rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                res = self.ask(name, "enqueue", f"t1r{r}", threads=1,
+                               duration=self.cfg.duration)
+                if res is not None:
+                    samples.setdefault(name, []).append(res)
+            floor.append(self.fl.fdatasync(self.cfg.duration))
         rows = []
         raw = {}
-        for name in self.systems():
-            res = self.ask(name, "enqueue", "t1", threads=1, duration=self.cfg.duration)
-            if res is None:
+        for name in order:
+            runs = samples.get(name)
+            if not runs:
                 continue
-            raw[name] = res
-            rows.append((name, res.get("rate"), self._note(name, res)))
-        fl = [("floor: write+fdatasync loop", self.floors["fdatasync_loop"], "100 B records")]
+            best = max(runs, key=lambda x: x.get("rate") or 0)
+            raw[name] = best | {"rounds": [x.get("rate") for x in runs]}
+            rows.append((name, best.get("rate"), self._note(name, best)))
+        fl = [("floor: write+fdatasync loop", max(floor),
+               f"100 B records; best of {len(floor)}")]
         self.result["scenarios"]["s1"] = {"title": SCENARIOS["s1"], "unit": "jobs/s",
                                           "rows": self.table("s1", SCENARIOS["s1"], rows, fl),
-                                          "raw": raw}
+                                          "raw": raw, "floor_samples": floor,
+                                          "rounds": self.cfg.s1_rounds}
 
     def s2(self):
         by_threads = {}
         for n in self.cfg.enqueue_threads:
             rows = []
             raw = {}
+            floor_n = self.fl.curve([n], max(0.05, self.cfg.duration / 3))[n]
             for name in self.systems():
                 res = self.ask(name, "enqueue", f"t{n}", threads=n,
                                duration=self.cfg.duration)
@@ -840,7 +876,7 @@ class Runner:
                     continue
                 raw[name] = res
                 rows.append((name, res.get("rate"), self._note(name, res)))
-            fl = [(f"floor: batch curve, {n}/fdatasync", curve_at(self.floors["batch_curve"], n),
+            fl = [(f"floor: batch curve, {n}/fdatasync", floor_n,
                    "all n writers in every fdatasync")]
             by_threads[n] = {"rows": self.table("s2", f"{SCENARIOS['s2']}: {n} threads",
                                                 rows, fl), "raw": raw}
@@ -851,6 +887,7 @@ class Runner:
         rows = []
         raw = {}
         b = self.cfg.batch
+        floor_b = self.fl.curve([b], max(0.05, self.cfg.duration / 3))[b]
         for name in self.systems():
             res = self.ask(name, "batch", f"b{b}", batch=b, duration=self.cfg.duration)
             if res is None:
@@ -861,7 +898,7 @@ class Runner:
             if not p.get("batch_native", True):
                 note = "; ".join(x for x in ("no batch API: a loop of single puts", note) if x)
             rows.append((name, res.get("rate"), note))
-        fl = [(f"floor: {b} records/fdatasync", curve_at(self.floors["batch_curve"], b),
+        fl = [(f"floor: {b} records/fdatasync", floor_b,
                "one write + one fdatasync per batch")]
         self.result["scenarios"]["s3"] = {
             "title": SCENARIOS["s3"].replace("1,000", f"{b:,}"), "unit": "jobs/s",
@@ -1028,7 +1065,7 @@ class Runner:
 
         if "s1" in sc:
             v = row(sc["s1"]["rows"], "aurora-sync")
-            fl = self.floors["fdatasync_loop"]
+            fl = row(sc["s1"]["rows"], "floor: write+fdatasync loop")
             add("s1 durable enqueue, 1 producer >= 0.9x fdatasync loop",
                 v / fl if v else None, 0.9)
         if "s2" in sc:
