@@ -666,12 +666,6 @@ def fmt_ratio(v):
     return f"{v:.2f}x" if v < 100 else f"{v:,.0f}x"
 
 
-def fmt_bytes(v):
-    if v is None:
-        return "-"
-    return f"{v:,.0f} B"
-
-
 class Runner:
     def __init__(self, args, cfg: Config):
         self.args = args
@@ -801,7 +795,7 @@ class Runner:
         self.log()
 
     # -- table helpers ------------------------------------------------------------------
-    def table(self, key, title, rows, floors_rows=(), unit="jobs/s", extra=None):
+    def table(self, key, title, rows, floors_rows=(), unit="jobs/s"):
         """rows: list of (system, value, note). Prints value and aurora's advantage."""
         ref = {r[0]: r[1] for r in rows if r[1] is not None}
         sync, itv = ref.get("aurora-sync"), ref.get("aurora-interval")

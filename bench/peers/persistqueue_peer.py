@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import DEFAULT_LEVEL, Peer, Unavailable
+from . import DEFAULT_LEVEL, Peer
 
 
 class PersistQueuePeer(Peer):
