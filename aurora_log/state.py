@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import records as R
 from .errors import InvalidStateError, JobNotFoundError, StaleLeaseError
-from .job import Job, JobPriority, JobStatus, from_ms, retry_delay_ms
+from .job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
 
 __all__ = ["State", "Transition", "EXPORT_VERSION"]
 
@@ -47,6 +47,7 @@ _WAITING = (PENDING, FAILED)           # claimable once due
 _LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
 _FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
 _STATUS = {s.code: s for s in JobStatus}
+_PRIO = (None,) + tuple(JobPriority)
 _M64 = (1 << 64) - 1
 MAX_DUE_MS = (1 << 47) - 1             # year ~6429; keeps heap keys inside their bit fields
 
@@ -591,8 +592,8 @@ class State:
         j.queue = queue
         pos = _BLOB.size + lu
         j.unique_key = blob[_BLOB.size:pos].decode() if lu else None
-        j.payload = json.loads(blob[pos:])
-        j.priority = JobPriority(prio)
+        j.payload = decode_json(blob[pos:])
+        j.priority = _PRIO[prio]
         j.max_retries = max_retries
         j.created_at = from_ms(created)
         j.timeout_seconds = _secs(timeout) if timeout else None
@@ -617,7 +618,7 @@ class State:
         j.lease_deadline = from_ms(v.lease_dl) if running else None
         j.worker_id = v.worker
         j.error = v.error
-        j.result = json.loads(v.result) if v.result is not None else None
+        j.result = decode_json(v.result) if v.result is not None else None
         j.progress = v.progress
         j.progress_message = v.pmsg
         j.cancel_requested = v.cancel_req
