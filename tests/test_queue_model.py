@@ -44,7 +44,8 @@ class QueueMachine(RuleBasedStateMachine):
     def _open(self):
         return aurora_log.open(self.dir + "/store", durability="os",
                                clock=lambda: self.model.now / 1000, reaper_interval=None,
-                               segment_bytes=256 << 10)  # small: fast to create, rolls often
+                               segment_bytes=256 << 10,  # small: fast to create, rolls often
+                               auto_compact=False, retain_seconds=None, retain_count=None)
 
     def teardown(self):
         try:
@@ -182,6 +183,26 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.q.close()
+        self.q = self._open()
+        assert self.q.recovered == self.model.reopen()
+
+    @rule()
+    def compact(self):
+        """A snapshot (+ retirement of the WAL the older snapshot covers) changes nothing
+        observable; recovery from it is checked by the reopen/crash rules after it."""
+        self.q.compact()
+
+    @rule()
+    def crash(self):
+        """kill -9: the files as the dead process leaves them (written bytes survive,
+        nothing closed or sealed), reopened from a copy."""
+        self.q.flush()
+        self.gen = getattr(self, "gen", 0) + 1
+        dest = f"{self.dir}/crash{self.gen}"
+        shutil.copytree(str(self.q.path), dest)
+        self.q.close()
+        shutil.rmtree(self.dir + "/store")
+        shutil.move(dest, self.dir + "/store")
         self.q = self._open()
         assert self.q.recovered == self.model.reopen()
 
