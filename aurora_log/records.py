@@ -313,9 +313,63 @@ def _check_id(rtype: int, job_id: str) -> str:
     return job_id
 
 
+_ENQ_UNPACK = _ENQ.unpack_from
+_ENQ_SIZE = _ENQ.size
+_names: dict[bytes, str] = {}   # job_type / queue spellings repeat: decode each once
+
+
+def _name(b: bytes) -> str:
+    s = _names.get(b)
+    if s is None:
+        s = b.decode("utf-8")
+        if len(_names) < 4096:
+            _names[b] = s
+    return s
+
+
+def _decode_enqueue(data: bytes) -> Enqueue:
+    """The hot path of replay: ENQUEUE without the generic helpers (same checks)."""
+    n = len(data)
+    if n < _ENQ_SIZE:
+        raise _bad(ENQUEUE, f"{n} bytes, shorter than its {_ENQ_SIZE}-byte header")
+    (ver, flags, prio, maxr, created, at, sched, tmo, lease,
+     li, lt, lq, lu, lp) = _ENQ_UNPACK(data)
+    if ver != VERSION:
+        raise _bad(ENQUEUE, f"unknown layout version {ver}")
+    if flags & ~(_F_SCHED | _F_TIMEOUT | _F_UKEY):
+        raise _bad(ENQUEUE, f"unknown flags {flags:#x}")
+    if not 1 <= prio <= 4:
+        raise _bad(ENQUEUE, f"priority {prio} out of range")
+    if lease <= 0 or ((flags & _F_TIMEOUT) and tmo <= 0):
+        raise _bad(ENQUEUE, "non-positive lease or timeout")
+    a = _ENQ_SIZE + li
+    b = a + lt
+    c = b + lq
+    d = c + lu
+    if d + lp != n:
+        raise _bad(ENQUEUE, "length does not match its fields")
+    if not li or not lt or not lq or bool(lu) != bool(flags & _F_UKEY):
+        raise _bad(ENQUEUE, "empty id/job_type/queue/unique_key")
+    try:
+        job_id = data[_ENQ_SIZE:a].decode("utf-8")
+        jtype = _name(data[a:b])
+        queue = _name(data[b:c])
+        ukey = data[c:d].decode("utf-8") if lu else None
+    except UnicodeDecodeError:
+        raise _bad(ENQUEUE, "string is not valid UTF-8") from None
+    payload = data[d:]
+    if payload[:1] != b"{":
+        raise _bad(ENQUEUE, "payload is not a JSON object")
+    return Enqueue(job_id, jtype, queue, prio, maxr, created, at,
+                   sched if flags & _F_SCHED else None, tmo if flags & _F_TIMEOUT else None,
+                   lease, ukey, payload)
+
+
 def decode(rtype: int, data: bytes) -> Record:
     """Decode one record payload; RecordError (never another exception) if malformed."""
     try:
+        if rtype == ENQUEUE:
+            return _decode_enqueue(data if type(data) is bytes else bytes(data))
         return _decode(rtype, bytes(data))
     except RecordError:
         raise
