@@ -31,7 +31,8 @@ from typing import Callable
 from aurora_log.errors import AuroraLogError
 from aurora_log.job import Job
 
-SYNC_BARRIERS = {"enqueue", "complete", "fail", "cancel", "retry_dead", "flush"}
+SYNC_BARRIERS = {"enqueue", "complete", "fail", "cancel", "retry_dead", "flush", "compact"}
+ALWAYS_BARRIERS = {"flush", "compact"}      # both fdatasync everything appended before
 
 
 @dataclass
@@ -150,7 +151,7 @@ class History:
             raise
         op.acked = self.point()
         op.ok = True
-        op.barrier = kind == "flush" or (self.mode == "sync" and kind in SYNC_BARRIERS)
+        op.barrier = kind in ALWAYS_BARRIERS or (self.mode == "sync" and kind in SYNC_BARRIERS)
         return op, r
 
     def enqueue(self, q, jobs: list[Job]):
@@ -194,6 +195,10 @@ class History:
 
     def flush(self, q):
         self._run("flush", q.flush)
+
+    def compact(self, q):
+        """A snapshot (retention off in these runs): changes no observable state."""
+        return self._run("compact", q.compact)[1]
 
     # ------------------------------------------------------------------ analysis
     def prefix_fingerprints(self) -> list[frozenset]:

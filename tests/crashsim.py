@@ -128,6 +128,7 @@ class DiskModel:
         self.fds: dict[int, object] = {}
         self.pos = 0          # events consumed
         self.done = 0         # completed calls consumed
+        self.unseen_dirs: list[str] = []
         for rel in sorted(rec.initial, key=lambda r: r.count(os.sep)):
             data = rec.initial[rel]
             parent, name = self._parent(rel)
@@ -147,7 +148,13 @@ class DiskModel:
         parts = rel.split(os.sep)
         d = self.root
         for part in parts[:-1]:
-            d = d.vol[part]
+            nxt = d.vol.get(part)
+            if nxt is None:
+                # created outside the syscall table (e.g. os.mkdir + os.fsync of the parent
+                # in snapshot._ensure_dir): seen only now, taken as durable
+                nxt = d.vol[part] = d.dur[part] = _Dir()
+                self.unseen_dirs.append(rel)
+            d = nxt
         return d, parts[-1]
 
     def _lookup(self, rel):

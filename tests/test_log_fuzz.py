@@ -1,7 +1,7 @@
 """Arbitrary and mutated bytes into the scanner and into recovery: never a crash, never an
 untyped error; only CorruptionError (or a report of a cut tail)."""
 
-import struct
+import shutil
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -10,7 +10,7 @@ from aurora_log._binding import ffi, lib
 from aurora_log.errors import CorruptionError
 from aurora_log.log import Log, _scan_tail
 
-from test_log_support import SEG_HDR, build, check_read_only, lay_out
+from test_log_support import SEG_HDR, build, check_read_only, fast_dir, lay_out
 
 HEADER = bytearray(SEG_HDR)
 lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096)
@@ -66,7 +66,15 @@ def test_recovery_on_mutated_logs(tmp_path, which, muts):
             buf[at:at] = data
         else:
             buf[at:at + len(data)] = bytes(len(data))
-    d = lay_out(tmp_path / "m", {**final, name: bytes(buf)})
+    base = fast_dir(tmp_path)
+    try:
+        _check_mutated(recs, lay_out(base / "m", {**final, name: bytes(buf)}))
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _check_mutated(recs, d):
     try:
         rep, got = check_read_only(d)
     except CorruptionError as e:

@@ -103,3 +103,12 @@ def newest(files: dict[str, bytes]) -> str:
 
 def mode(path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def fast_dir(tmp_path) -> Path:
+    """A scratch directory on tmpfs when there is one (for tests that rewrite small files
+    thousands of times and test the format, not the disk); else tmp_path. Caller removes."""
+    import tempfile
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="aurora-test-", dir="/dev/shm"))
+    return Path(tmp_path)

@@ -16,8 +16,9 @@ import pytest
 from aurora_log import faults
 from checker import Checker, History, Verdict, all_jobs, queue_fingerprint
 from crashsim import DiskModel, FsRecorder, crash_images
-from test_powerloss_support import (Summary, cleanup_fast_dirs, dead_letter, fast_dir, mix,
-                                    record, replay, rolls)
+from test_powerloss_support import (COMPACTION_OPTIONS, Summary, cleanup_fast_dirs,
+                                    compaction, dead_letter, fast_dir, mix, record, replay,
+                                    rolls)
 
 ALL = ("drop", "torn", "subset", "keep")
 
@@ -77,6 +78,37 @@ def test_dead_letter_every_op(tmp_path):
                 segment_bytes=64 << 10)
     s = replay(tmp_path, rc, ALL, seed=4, drain=True)
     _report("dead_letter/sync", s)
+
+
+def test_compaction_every_op(tmp_path):
+    """Three compactions over 4 KiB segments: snapshot writes (tmp/fsync/rename/dir fsync),
+    the oldest snapshot removed, WAL segments retired (unlink + dir fsync) - crashed at
+    every op, with a drain after each recovery."""
+    rc = record(tmp_path / "rec", compaction, durability="sync", seed=6, **COMPACTION_OPTIONS)
+    unlinks = [op.path for op in rc.rec.ops if op.name == "unlink" and op.errno == 0]
+    assert sum(p.endswith(".seg") for p in unlinks) >= 3     # segments retired
+    assert any(p.endswith(".snap") for p in unlinks)          # an old snapshot removed
+    s = replay(tmp_path, rc, ALL, seed=6, drain=True)
+    _report("compaction/sync", s)
+
+
+@pytest.mark.parametrize("durability", ["interval", "os"])
+def test_compaction_relaxed_every_op(tmp_path, durability):
+    rc = record(tmp_path / "rec", compaction, durability=durability, seed=7,
+                **COMPACTION_OPTIONS)
+    s = replay(tmp_path, rc, ("drop", "torn"), seed=7)
+    _report(f"compaction/{durability}", s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [101, 102, 103])
+def test_long_mix_every_op(tmp_path, seed):
+    """RELIABILITY.md: 3 iterations x 2,000 ops, unsynced data and undurable directory
+    entries lost, every op index, 4 crash modes."""
+    rc = record(tmp_path / "rec", functools.partial(mix, steps=2000), durability="sync",
+                seed=seed, segment_bytes=16 << 10)
+    s = replay(tmp_path, rc, ALL, seed=seed)
+    _report(f"mix2000/sync seed {seed}", s)
 
 
 # ------------------------------------------------------------------ the harness itself

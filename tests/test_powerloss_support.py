@@ -156,7 +156,38 @@ def dead_letter(q, hist, rng, clock):
     hist.complete(q, w.take_running(), [1, 2, 3])
 
 
-WORKLOADS = {"mix": mix, "rolls": rolls, "dead_letter": dead_letter}
+def compaction(q, hist, rng, clock, *, rounds=3, per_round=30):
+    """Mixed ops over 4 KiB segments with a compaction after each round: snapshots written
+    (tmp, fsync, rename, dir fsync), the oldest removed, WAL segments retired (unlink +
+    dir fsync). Open with auto_compact=False, retain_seconds=None, retain_count=None."""
+    w = Work(q, hist, rng, clock)
+    for _ in range(rounds):
+        start = len(hist.ops)
+        while len(hist.ops) - start < per_round:
+            clock.t += 1
+            r = rng.random()
+            if r < 0.4 or not hist.model.jobs:
+                hist.enqueue(q, [w.new_job()])
+            elif r < 0.65:
+                w.claim()
+            elif r < 0.8:
+                j = w.take_running()
+                if j is not None:
+                    hist.complete(q, j, {"r": j.id})
+            elif r < 0.9:
+                j = w.take_running()
+                if j is not None:
+                    hist.fail(q, j, "boom")
+            else:
+                clock.t += 4000
+        hist.compact(q)
+    hist.enqueue(q, [w.new_job()])
+
+
+COMPACTION_OPTIONS = dict(segment_bytes=4096, auto_compact=False, retain_seconds=None,
+                          retain_count=None)
+
+WORKLOADS = {"mix": mix, "rolls": rolls, "dead_letter": dead_letter, "compaction": compaction}
 
 
 @dataclass
