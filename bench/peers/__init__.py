@@ -123,6 +123,12 @@ class Peer:
         for i in range(0, len(items), chunk):
             self.enqueue_many(items[i:i + chunk])
 
+    compacts = False        # True if compact() writes a snapshot (s6 then reopens again)
+
+    def compact(self) -> None:
+        """Write a snapshot / compact now (only for peers with compacts = True)."""
+        raise NotImplementedError
+
     def describe(self) -> dict:
         """Settings as the peer actually runs them (pragmas read back where possible)."""
         return {}
@@ -139,6 +145,7 @@ class Peer:
             "durable": self.durable, "default_or_strongest": self.default_or_strong,
             "supports_priority": self.supports_priority, "batch_native": self.batch_native,
             "shared_handle": self.shared_handle, "notes": self.notes,
+            "compacts": self.compacts,
         }
 
 

@@ -54,6 +54,9 @@ class AuroraPeer(Peer):
             self.default_or_strong = "relaxed"
         self.notes = "payload dict -> Job('bench', payload, priority=..); ids are UUIDs"
         self.q = None
+        # s6 reopens the store once as filled (background compaction as configured by
+        # default) and once more after an explicit compact() (a snapshot and no tail).
+        self.compacts = durability == "sync"
         self._tls = threading.local()
         self._prio = None
 
@@ -102,6 +105,9 @@ class AuroraPeer(Peer):
     def prefill(self, items, chunk=10_000):
         for i in range(0, len(items), chunk):
             self.enqueue_many(items[i:i + chunk])
+
+    def compact(self):
+        self.q.compact()
 
     def disk_bytes(self):
         """WAL segments are preallocated (64 MiB of written zeros by default), so a small
