@@ -125,6 +125,22 @@ def test_harness_sees_a_loss(tmp_path):
     assert s.lost > 0 and s.holes > 0
 
 
+def test_harness_sees_a_missing_directory_fsync(tmp_path):
+    """Negative control: the same rolls recording with every directory fsync erased (as if
+    the code forgot them) must lose acknowledged jobs: the renamed segments vanish."""
+    rc = record(tmp_path / "rec", rolls, durability="sync", seed=3, segment_bytes=4096)
+    dirs = {op.fd for op in rc.rec.ops if op.name == "open" and op.is_dir}
+    keep = []
+    for kind, op in rc.rec.events:
+        if op.name == "fsync" and op.is_dir:
+            op = type(op)(**{**op.__dict__, "errno": 5, "result": -1})   # never happened
+        keep.append((kind, op))
+    assert dirs
+    rc.rec.events = keep
+    s = replay(tmp_path, rc, ("drop",), seed=3)
+    assert s.lost > 0 and s.holes > 0, s.failures[:3]
+
+
 def test_checker_classifies(tmp_path):
     """The checker names each anomaly on a hand-made recovered state."""
     from aurora_log.job import Job, JobStatus
