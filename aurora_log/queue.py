@@ -13,6 +13,11 @@ Visibility note: a job is claimable as soon as its record is appended, possibly 
 before its enqueue is durable. That is safe: the claim's record comes after it in the log,
 so a crash that loses the enqueue loses the claim too, and ``complete`` waits for both.
 
+Failure: if the log fails (a write or fdatasync error), the operation whose wait saw it
+raises DurabilityError and was not acknowledged; its effect may still show in reads of this
+Queue object, but every later write raises DurabilityError until the store is reopened,
+and reopening shows only what is on disk.
+
 Times: ``clock()`` returns seconds since the epoch (``time.time`` by default; tests pass a
 fake). Records hold integer milliseconds.
 """

@@ -647,3 +647,35 @@ def test_reaper_thread_reaps_in_the_background(opener, clock):
             break
         threading.Event().wait(0.002)
     assert q.get(jid).status is JobStatus.PENDING and q.get(jid).error == "lease expired"
+
+
+def test_replay_twice_gives_the_same_state_and_claim_order(opener, store_dir, clock, tmp_path):
+    import shutil
+    q = opener()
+    for i in range(40):
+        j = job(priority=1 + i % 4, payload={"i": i})
+        if i % 5 == 0:
+            j.schedule_at(clock.now + timedelta(seconds=i))
+        q.enqueue(j)
+    for _ in range(6):
+        c = q.claim("w")
+        q.fail(c.id, c.token, "x")
+    q.claim("w")                                   # left running: recovered on open
+    q.close()
+    orders, states = [], []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        shutil.copytree(store_dir, d)
+        qq = aurora_log.open(d, clock=clock, reaper_interval=None, durability="os")
+        try:
+            states.append(qq._state.fingerprint())
+            later = Clock(clock.t + 10**6)
+            qq._clock = later
+            order = []
+            while (c := qq.claim("w")) is not None:
+                order.append(c.id)
+            orders.append(order)
+        finally:
+            qq.close()
+    assert states[0] == states[1]
+    assert orders[0] == orders[1] and len(orders[0]) == 40
