@@ -226,7 +226,8 @@ def _check_json(value: Any, path: str) -> None:
                 raise ValueError(f"{p}: {v!r} is not a JSON number (NaN/Infinity)")
             continue
         if depth > _MAX_DEPTH and t in (dict, list):
-            raise ValueError(f"{p}: nested more than {_MAX_DEPTH} levels deep")
+            raise ValueError(f"{path} is nested more than {_MAX_DEPTH} levels deep "
+                             "(or contains a reference cycle)")
         if t is dict:
             for k, item in v.items():
                 if type(k) is not str:
@@ -247,10 +248,23 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _decode = json.JSONDecoder().decode
 
 
+def _not_json(o):
+    raise TypeError(f"{type(o).__name__} is not JSON")
+
+
+try:  # the C encoder, made once (JSONEncoder.encode builds one per call for containers)
+    from json.encoder import c_encode_basestring as _c_str, c_make_encoder as _c_make
+    _c_encode = _c_make(None, _not_json, _c_str, None, ":", ",", False, False, False)
+except (ImportError, TypeError):  # pragma: no cover - pure-Python json
+    _c_encode = None
+
+
 def encode_json(value: Any, what: str = "value") -> bytes:
     """Validate and encode any JSON value compactly (UTF-8, no NaN)."""
-    _check_json(value, what)
+    _check_json(value, what)    # also bounds nesting (so no cycles reach the encoder)
     try:
+        if _c_encode is not None:
+            return "".join(_c_encode(value, 0)).encode("utf-8")
         return _encoder.encode(value).encode("utf-8")
     except (UnicodeEncodeError, RecursionError) as e:
         raise ValueError(f"{what} cannot be encoded as JSON: {e}") from None

@@ -231,3 +231,18 @@ def test_status_codes_are_stable():
     assert [s.code for s in JobStatus] == [1, 2, 3, 4, 5, 6]
     assert all(JobStatus.from_code(s.code) is s for s in JobStatus)
     assert str(JobStatus.DEAD_LETTER) == "dead_letter"
+
+
+def test_cycles_and_deep_nesting_are_rejected_with_a_short_message():
+    a = []
+    a.append(a)
+    with pytest.raises(ValueError, match="cycle") as e:
+        Job("x", {"a": a})
+    assert len(str(e.value)) < 200
+    deep = {}
+    cur = deep
+    for _ in range(600):
+        cur["d"] = {}
+        cur = cur["d"]
+    with pytest.raises(ValueError, match="nested"):
+        Job("x", deep)
