@@ -20,7 +20,7 @@ def store(store_dir):
     """completed (with progress and result), dead_letter, pending (queue "reports"),
     failed-awaiting-retry, scheduled."""
     ids = {}
-    with aurora_log.open(store_dir) as q:
+    with aurora_log.open(store_dir, segment_bytes=1 << 20) as q:   # small: fast opens
         ids["done"] = q.enqueue(Job("email", {"to": "a@b.c"}, priority="HIGH"))
         ids["dead"] = q.enqueue(Job("thumb", {"img": 1}, max_retries=0))
         ids["retry"] = q.enqueue(Job("flaky", {}, max_retries=2))
@@ -321,7 +321,7 @@ def test_verify_ok_then_corrupt(store, capsys):
 
 def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkeypatch):
     path = tmp_path / "big"
-    with aurora_log.open(path, durability="os") as q:
+    with aurora_log.open(path, durability="os", segment_bytes=4 << 20) as q:
         for start in range(0, 12000, 2000):
             q.enqueue_many([Job("x", {"i": i}) for i in range(start, start + 2000)])
     code, out, err = run(capsys, "dump", path)          # not a terminal: plain lines

@@ -13,10 +13,8 @@ from aurora_log.worker import Worker
 
 
 def _open(path):
-    try:
-        return aurora_log.open(path, retry_base=0.05)
-    except TypeError:
-        return aurora_log.open(path)
+    # small segments: opening a store reads its newest segment, 64 MiB by default
+    return aurora_log.open(path, retry_base=0.05, segment_bytes=1 << 20)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from aurora_log.worker import Context, JobCancelled, JobTimeout, Worker, current
 
 @pytest.fixture
 def q(store_dir):
-    queue = aurora_log.open(store_dir, retry_base=0.05)
+    # small segments: opening a store reads its newest segment, 64 MiB by default
+    queue = aurora_log.open(store_dir, retry_base=0.05, segment_bytes=1 << 20)
     yield queue
     queue.close()
 
@@ -242,7 +243,7 @@ def test_worker_stops_when_the_store_fails(store_dir):
 
     hook = FsyncFails()
     with faults.installed(hook):
-        q = aurora_log.open(store_dir)
+        q = aurora_log.open(store_dir, segment_bytes=1 << 20)
         try:
             ran = []
             tasks.register_handler(q, "t", lambda job: ran.append(job.id))
@@ -308,7 +309,7 @@ def test_sys_exit_in_a_handler_fails_the_job_not_the_worker(q, start):
 
 
 def test_closing_the_queue_under_a_worker_stops_it(store_dir):
-    q = aurora_log.open(store_dir)
+    q = aurora_log.open(store_dir, segment_bytes=1 << 20)
     w = Worker(q, concurrency=2, poll_interval=0.1)
     result = []
     t = threading.Thread(target=lambda: result.append(w.run(install_signals=False)))

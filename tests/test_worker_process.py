@@ -31,10 +31,7 @@ APP = textwrap.dedent('''
     from aurora_log.worker import current_context
 
     MARKS = Path(os.environ["WAPP_MARKS"])
-    try:
-        q = aurora_log.open(os.environ["WAPP_STORE"], retry_base=0.05)
-    except TypeError:
-        q = aurora_log.open(os.environ["WAPP_STORE"])
+    q = aurora_log.open(os.environ["WAPP_STORE"], retry_base=0.05, segment_bytes=1 << 20)
 
     def mark(name, text=""):
         tmp = MARKS / (name + ".tmp")
@@ -94,10 +91,8 @@ def app(tmp_path, store_dir):
 
 
 def _open(path):
-    try:
-        return aurora_log.open(path, retry_base=0.05)
-    except TypeError:
-        return aurora_log.open(path)
+    # small segments: opening a store reads its newest segment, 64 MiB by default
+    return aurora_log.open(path, retry_base=0.05, segment_bytes=1 << 20)
 
 
 def enqueue(app, *jobs):
