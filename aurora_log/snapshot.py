@@ -30,6 +30,7 @@ host fills with the id of every job a record touches, under the lock) and ``host
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import struct
@@ -43,7 +44,7 @@ from typing import Callable, Iterable, Iterator
 import lz4.frame
 
 from . import records as R
-from .errors import CorruptionError
+from .errors import ClosedError, CorruptionError
 from .log import crc32c, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Rec, State
 
@@ -275,7 +276,15 @@ def _ensure_dir(d: Path) -> None:
 
 def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
     path = str(path)
-    return decode_snapshot(read_file(path), path, max_content=max_content)
+    # A bulk load allocates millions of container objects that all survive: pause the
+    # cyclic GC meanwhile (each pass would traverse everything loaded so far).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return decode_snapshot(read_file(path), path, max_content=max_content)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _move(src: Path, dest: Path) -> None:
@@ -437,10 +446,15 @@ class Compactor:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the trigger thread (waits for a compaction in progress) and drop the host:
+        Queue <-> Compactor is a reference cycle, and a closed queue's state (millions of
+        objects) should be freed at once, not at the next full GC pass."""
         self._stop.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join()
+        with self._mutex:
+            self.host = None
 
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -455,6 +469,8 @@ class Compactor:
     # ---------------------------------------------------------------- compaction
     def compact(self, on_progress: Callable[[int, int], None] | None = None) -> CompactionResult:
         with self._mutex:
+            if self.host is None:
+                raise ClosedError("the queue is closed")
             return self._compact(on_progress)
 
     def _compact(self, on_progress):
