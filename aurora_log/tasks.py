@@ -196,8 +196,8 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
 def _default_name(fn) -> str:
     module = getattr(fn, "__module__", None) or ""
     qual = getattr(fn, "__qualname__", None) or fn.__name__
-    if module in ("", "__main__"):
-        return qual
+    if module in ("", "__main__", "__aurora_log_child__"):   # a script (as the process-
+        return qual                                          # isolation child runs it)
     return f"{module}.{qual}"
 
 

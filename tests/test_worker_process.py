@@ -324,7 +324,7 @@ SCRIPT = textwrap.dedent('''
 
     q = aurora_log.open(sys.argv[1] if __name__ == "__main__" else "unused")
 
-    @q.task("where")
+    @q.task                              # default name: the same in the script's child
     def where(x):
         return {"pid": os.getpid(), "x": x}
 
