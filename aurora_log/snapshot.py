@@ -118,8 +118,10 @@ def encode_snapshot(items: Iterable[bytes], lsn: int, max_at_ms: int = -1, *,
         n += 1
         if on_progress is not None and n % every == 0:
             on_progress(n, total if total is not None else n)
-    body = lz4.frame.compress(bytes(content), store_size=True, content_checksum=True,
-                              block_linked=True)
+    # independent blocks: measured a little smaller and faster to decode than linked ones
+    # on snapshot content (job blobs repeat field-wise, not across long distances)
+    body = lz4.frame.compress(content, store_size=True, content_checksum=True,
+                              block_linked=False)
     head = _HEAD.pack(MAGIC, VERSION, 0, lsn, n, len(body), len(content), max_at_ms,
                       _mask(crc32c(body)))
     del content
