@@ -48,7 +48,7 @@ mutation = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=1000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.integers(0, 7), muts=st.lists(mutation, min_size=1, max_size=4))
 def test_recovery_on_mutated_logs(tmp_path, which, muts):
