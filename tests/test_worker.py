@@ -318,3 +318,47 @@ def test_closing_the_queue_under_a_worker_stops_it(store_dir):
     q.close()
     t.join(10)
     assert not t.is_alive() and result == [0]
+
+
+PMOD = '''
+import os
+import aurora_log
+from aurora_log.worker import current_context
+
+q = aurora_log.open(os.environ["PMOD_STORE"], segment_bytes=1 << 20)
+
+def coop(job):
+    open(os.environ["PMOD_MARK"], "w").close()
+    ctx = current_context()
+    while True:
+        ctx.sleep(0.05)
+
+q.register_handler("coop", coop)
+'''
+
+
+def test_process_handler_sees_the_cancel_and_stops_cooperatively(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    (tmp_path / "pmod_cancel.py").write_text(PMOD)
+    mark = tmp_path / "started"
+    monkeypatch.setenv("PMOD_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("PMOD_MARK", str(mark))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("pmod_cancel")
+    q = mod.q
+    try:
+        job_id = q.enqueue(Job("coop"))
+        w = Worker(q, concurrency=1, poll_interval=0.1, isolation="process",
+                   import_path="pmod_cancel", cancel_poll=0.1, cancel_grace=60).start()
+        end = time.monotonic() + 20
+        while not mark.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert mark.exists()
+        q.cancel(job_id)
+        job = wait_status(q, job_id, FINISHED, timeout=10)    # well before the 60 s grace
+        assert job.status is JobStatus.CANCELLED
+        assert w.stop(timeout=5) == 0
+    finally:
+        q.close()
+        sys.modules.pop("pmod_cancel", None)
