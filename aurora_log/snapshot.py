@@ -20,6 +20,15 @@ OLDER kept snapshot covers (so falling back to it still finds its WAL tail); wit
 DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
 ``state_as_of`` uses for time travel.
 
+History beyond compaction (the choice): a snapshot carries each retained job's whole
+transition list (``_Rec.hist``, part of the state export), so ``history(job_id)`` keeps
+working after the job's records have left the WAL, for as long as retention keeps the job
+(completed/cancelled: 24 h or the newest 100,000 by default; dead letters until purged).
+A purged job's history, and the state at any past moment, need ``archive=True``: retired
+segments and snapshots are then kept under DIR/archive/ and ``state_as_of`` (``open(path,
+as_of=..., read_only=True)``) replays them. Without an archive, the past before the older
+kept snapshot is gone by design.
+
 The Compactor works on a *host* (the Queue) through a small duck-typed surface:
 ``host._lock`` (the state lock), ``host._state``, ``host._log``, ``host._append_apply(recs)``
 (caller holds the lock), ``host._now_ms()``, ``host._touched`` (None, or an ordered dict the
