@@ -385,12 +385,13 @@ def verify(store: Path, events: Path, expected: dict, poison_id: str, killed_run
     show.say()
     ok = (not any(c for _n, c in checks) and worker_rc == 0
           and pj is not None and pj.status is JobStatus.DEAD_LETTER)
+    cli = _cli_command()
     show.say("Look around (the store is yours now):")
-    show.say(f"   aurora-log stats {store}")
-    show.say(f"   aurora-log jobs {store} --status dead_letter")
-    show.say(f"   aurora-log history {store} {poison_id}")
+    show.say(f"   {cli} stats {store}")
+    show.say(f"   {cli} jobs {store} --status dead_letter")
+    show.say(f"   {cli} history {store} {poison_id}")
     if died:
-        show.say(f"   aurora-log history {store} {sorted(died)[0]}")
+        show.say(f"   {cli} history {store} {sorted(died)[0]}")
         show.say("      (a job that was running at the kill)")
     show.say(f"   (acknowledgements: {events}; worker log: {store.parent / 'worker.log'})")
     if not ok:
@@ -398,6 +399,23 @@ def verify(store: Path, events: Path, expected: dict, poison_id: str, killed_run
         show.say("SOME CHECK FAILED: see above" + (f"; worker exit status {worker_rc}"
                                                    if worker_rc else ""))
     return 0 if ok else 1
+
+
+def _cli_command() -> str:
+    """How to run the CLI from here: ``aurora-log`` when it is on PATH, else this Python
+    (``make demo`` runs in .venv without activating it)."""
+    import shutil
+    exe = shutil.which("aurora-log")
+    if exe and Path(exe).resolve().parent == Path(sys.executable).resolve().parent:
+        return "aurora-log"
+    python = sys.executable
+    try:
+        rel = os.path.relpath(python)
+        if not rel.startswith(".."):
+            python = rel
+    except ValueError:
+        pass
+    return f"{python} -m aurora_log"
 
 
 def _mean_rank(order: dict, expected: dict, priority: str) -> float:

@@ -19,7 +19,7 @@ def test_demo_end_to_end(tmp_path):
     assert "lost 0, phantom 0, resurrected 0, started early 0" in text
     assert "-> all good" in text
     assert "dead_letter 1" in text
-    assert "aurora-log history" in text
+    assert "aurora-log history" in text or "-m aurora_log history" in text
     assert len(text.splitlines()) < 60            # a few progress lines, not thousands
     store = tmp_path / "demo" / "store"
     stats = subprocess.run([sys.executable, "-m", "aurora_log", "stats", str(store), "--json"],
