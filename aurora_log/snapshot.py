@@ -73,7 +73,8 @@ _U32 = struct.Struct("<I")
 _ITEM = struct.Struct("<I")
 SNAP_RE = re.compile(r"^(\d{20})\.snap$")
 DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
-_CHUNK = 8 << 20                  # incremental decompression step
+_CHUNK = 16 << 20                 # most output bytes one decompression call may produce
+_IN_CHUNK = 1 << 20               # compressed bytes fed per call
 _STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait for purge)
 _FINISHED = (3, 5, 6)
 
@@ -199,28 +200,38 @@ def _decompress(body, info: SnapshotInfo, path: str) -> bytes:
     d = lz4.frame.LZ4FrameDecompressor()
     parts = []
     got = 0
+    n = len(body)
+    trailing = 0
     try:
-        chunk = d.decompress(body, max_length=min(_CHUNK, want + 1))
-        while True:
-            parts.append(chunk)
-            got += len(chunk)
-            if got > want:
-                raise CorruptionError(f"lz4 frame holds more than the declared {want} bytes",
-                                      file=path, offset=HEADER, lsn=info.lsn)
-            if d.eof or (d.needs_input and not chunk):
+        # Feed the compressed input in 1 MiB pieces: the decompressor copies whatever input
+        # it has not consumed on every call, so one big input costs O(n^2/chunk) copying.
+        # Output per call is bounded too; in total never more than want + 1 bytes.
+        for pos in range(0, n, _IN_CHUNK):
+            data = body[pos:pos + _IN_CHUNK]
+            while True:
+                out = d.decompress(data, max_length=min(_CHUNK, want + 1 - got))
+                data = b""
+                if out:
+                    parts.append(out)
+                    got += len(out)
+                    if got > want:
+                        raise CorruptionError(f"lz4 frame holds more than the declared {want}"
+                                              " bytes", file=path, offset=HEADER + pos,
+                                              lsn=info.lsn)
+                if d.eof or d.needs_input:
+                    break
+            if d.eof:
+                trailing = len(d.unused_data or b"") + max(0, n - (pos + _IN_CHUNK))
                 break
-            if d.needs_input:
-                break
-            chunk = d.decompress(b"", max_length=min(_CHUNK, want + 1 - got))
     except RuntimeError as e:   # lz4 reports checksum/format errors as RuntimeError
         raise CorruptionError(f"lz4 frame does not decode: {e}", file=path, offset=HEADER,
                               lsn=info.lsn) from None
     if not d.eof:
         raise CorruptionError("lz4 frame is truncated (no end mark)", file=path,
                               offset=HEADER + info.body_len, lsn=info.lsn)
-    if d.unused_data:
-        raise CorruptionError(f"{len(d.unused_data)} bytes after the lz4 frame", file=path,
-                              offset=HEADER + info.body_len - len(d.unused_data), lsn=info.lsn)
+    if trailing:
+        raise CorruptionError(f"{trailing} bytes after the lz4 frame", file=path,
+                              offset=HEADER + info.body_len - trailing, lsn=info.lsn)
     if got != want:
         raise CorruptionError(f"lz4 frame holds {got} bytes, declared {want}", file=path,
                               offset=HEADER, lsn=info.lsn)

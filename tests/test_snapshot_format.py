@@ -188,3 +188,21 @@ def test_arbitrary_bytes_never_crash():
         for data in (blob, good[:64] + blob, S.MAGIC + blob):
             with pytest.raises(CorruptionError):
                 S.decode_snapshot(data)
+
+
+def test_multi_megabyte_frame_fed_in_pieces():
+    rnd = random.Random(1)
+    items = [rnd.randbytes(3000) + bytes(3000) for _ in range(900)]  # > 2 MiB compressed
+    data = S.encode_snapshot(items, 7)
+    info = S.read_header(data)
+    assert info.body_len > 2 * S._IN_CHUNK
+    content = S._decompress(memoryview(data)[64:], info, "x")
+    assert list(S._split(content, info, "x")) == items
+    # junk after the frame (crcs recomputed): refused
+    bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len)
+    with pytest.raises(CorruptionError, match="after the lz4 frame"):
+        S._decompress(memoryview(bad)[64:], S.read_header(bad), "x")
+    # a frame cut in its middle piece: refused
+    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len)
+    with pytest.raises(CorruptionError):
+        S._decompress(memoryview(cut)[64:], S.read_header(cut), "x")
