@@ -18,8 +18,8 @@ from aurora_log import faults
 from aurora_log.log import Log
 from checker import all_jobs, queue_fingerprint
 from crashsim import DiskModel, FsRecorder, crash_images, image_digest, materialize
-from test_powerloss_support import (Clock, T0, cleanup_fast_dirs, fast_dir, mix, record,
-                                    rolls)
+from test_powerloss_support import (COMPACTION_OPTIONS, Clock, T0, cleanup_fast_dirs,
+                                    compaction, fast_dir, mix, record, rolls)
 
 MODES = ("drop", "torn", "keep")
 
@@ -32,7 +32,7 @@ def tmp_path(tmp_path):
 
 def _open(store):
     return aurora_log.open(store, clock=Clock(T0 + 10**6), reaper_interval=None,
-                           segment_bytes=4096)
+                           **COMPACTION_OPTIONS)
 
 
 def _recover_fp(store):
@@ -134,3 +134,18 @@ def test_crash_during_recovery_after_roll_crash(tmp_path):
         points, images = points + p, images + im
     print(f"\n[crash-recovery] {len(picks[:3])} stores with a leftover .seg.tmp, {points} "
           f"crash points, {images} images: same end state")
+
+
+def test_crash_during_recovery_with_snapshots(tmp_path):
+    """Damaged stores from the compaction workload: recovery = newest snapshot + the WAL
+    after it + a torn tail to cut; crashed at each op of that recovery, re-run."""
+    rc = record(tmp_path / "w", compaction, durability="sync", seed=13, **COMPACTION_OPTIONS)
+    picks = [p for p in _damaged_images(tmp_path, rc, want=40, seed=13)
+             if any(k.endswith(".snap") for k in p[1])][:4]
+    assert picks, "no damaged image with a snapshot"
+    points = images = 0
+    for i, img, cut, tmp_left in picks:
+        p, im, _ = _crash_the_recovery(tmp_path, img)
+        points, images = points + p, images + im
+    print(f"\n[crash-recovery] {len(picks)} damaged stores with snapshots, {points} crash "
+          f"points, {images} images: same end state")

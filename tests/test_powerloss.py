@@ -100,6 +100,21 @@ def test_compaction_relaxed_every_op(tmp_path, durability):
     _report(f"compaction/{durability}", s)
 
 
+@pytest.mark.parametrize("workload", ["rolls", "dead_letter"])
+def test_short_writes_torn_at_every_piece(tmp_path, workload):
+    """Every pwrite cut to 61 bytes (the core loops): a crash between any two pieces is a
+    tear at every 61-byte step of every batch, header and segment preallocation; "keep"
+    leaves the half-written record in place for recovery to cut."""
+    wl = {"rolls": rolls, "dead_letter": dead_letter}[workload]
+    rc = record(tmp_path / "rec", wl, durability="sync", seed=8,
+                hooks=(faults.ShortWrites(61),), segment_bytes=4096)
+    writes = [op for op in rc.rec.ops if op.name == "pwrite"]
+    assert all(op.result <= 61 for op in writes) and len(writes) > 200
+    s = replay(tmp_path, rc, ("drop", "keep"), seed=8, drain=True)
+    assert s.cut_tails > 50
+    _report(f"{workload}/short writes", s)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [101, 102, 103])
 def test_long_mix_every_op(tmp_path, seed):

@@ -198,8 +198,9 @@ class Recording:
     options: dict
 
 
-def record(root: Path, workload, *, durability="sync", seed=0, **options) -> Recording:
-    """Run `workload` once against a new store at root/store with every syscall recorded."""
+def record(root: Path, workload, *, durability="sync", seed=0, hooks=(), **options) -> Recording:
+    """Run `workload` once against a new store at root/store with every syscall recorded
+    (`hooks`: more fault hooks chained after the recorder, e.g. ShortWrites)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rec = FsRecorder(root)
@@ -207,7 +208,7 @@ def record(root: Path, workload, *, durability="sync", seed=0, **options) -> Rec
     clock = Clock()
     rng = random.Random(seed)
     options = dict(options)
-    with faults.installed(rec):
+    with faults.installed(faults.Chain(rec, *hooks) if hooks else rec):
         q = aurora_log.open(root / "store", durability=durability, clock=clock,
                             reaper_interval=None, **options)
         try:
