@@ -122,7 +122,14 @@ class _Dir:
 class DiskModel:
     """Replays a recorder's events; `crash_image` at any point."""
 
-    def __init__(self, rec: FsRecorder):
+    def __init__(self, rec: FsRecorder, *, failed_fsync: str = "keep"):
+        """failed_fsync: what a FAILED fsync/fdatasync does to the writes it covered.
+        "keep": they stay pending (a later successful fsync may still persist them);
+        "drop_pages": Linux/ext4 writeback-error behaviour ("fsyncgate"): the dirty pages
+        are marked clean - reads still see the new bytes, but they never reach the disk."""
+        if failed_fsync not in ("keep", "drop_pages"):
+            raise ValueError(failed_fsync)
+        self.failed_fsync = failed_fsync
         self.rec = rec
         self.root = _Dir()
         self.fds: dict[int, object] = {}
@@ -182,6 +189,11 @@ class DiskModel:
                 continue
             self.done += 1
             if op.errno != 0 or (op.result is not None and op.result < 0):
+                if op.name in ("fsync", "fdatasync") and self.failed_fsync == "drop_pages":
+                    node = self.fds.get(op.fd)
+                    if isinstance(node, _File):
+                        del node.pending[:node.mark]
+                        node.mark = 0
                 continue
             self._apply(op)
         # also consume sync starts that precede the next completion
