@@ -5,7 +5,8 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
     DIR/snap/<20-digit lsn>.snap   64-byte header (magic, version, LSN, item count, body
                                    length, content length, max record time, body crc, header
                                    crc) + an lz4 frame (content size + content checksum on)
-                                   of the state export's items, each prefixed by a u32 length.
+                                   of the state export's items: a u32 length table, then
+                                   the items back to back.
 
 Recovery (``recover``) = the newest valid snapshot + the log after its LSN. A snapshot that
 fails any check is reported, moved aside as ``<name>.broken`` (writable opens only) and the
@@ -39,10 +40,13 @@ host fills with the id of every job a record touches, under the lock) and ``host
 
 from __future__ import annotations
 
+import array
 import gc
+import itertools
 import os
 import re
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,7 +74,6 @@ VERSION = 1
 _HEAD = struct.Struct("<8sIIQQQQqI")
 HEADER = _HEAD.size + 4          # 64
 _U32 = struct.Struct("<I")
-_ITEM = struct.Struct("<I")
 SNAP_RE = re.compile(r"^(\d{20})\.snap$")
 DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
@@ -118,23 +121,30 @@ def encode_snapshot(items: Iterable[bytes], lsn: int, max_at_ms: int = -1, *,
                     total: int | None = None,
                     on_progress: Callable[[int, int], None] | None = None,
                     every: int = 50_000) -> bytes:
-    """The whole snapshot file for the export ``items`` (header item first) at ``lsn``."""
-    content = bytearray()
+    """The whole snapshot file for the export ``items`` (header item first) at ``lsn``.
+    Content = a table of one u32 length per item, then the items back to back (a loader
+    finds every boundary with C-speed array operations instead of a loop over prefixes)."""
+    data = bytearray()
+    lens = array.array("I")
     n = 0
-    pack = _ITEM.pack
     for item in items:
-        content += pack(len(item))
-        content += item
+        lens.append(len(item))
+        data += item
         n += 1
         if on_progress is not None and n % every == 0:
             on_progress(n, total if total is not None else n)
+    if sys.byteorder != "little":
+        lens.byteswap()
+    table = lens.tobytes()
     # independent blocks: measured a little smaller and faster to decode than linked ones
     # on snapshot content (job blobs repeat field-wise, not across long distances)
-    body = lz4.frame.compress(content, store_size=True, content_checksum=True,
-                              block_linked=False)
-    head = _HEAD.pack(MAGIC, VERSION, 0, lsn, n, len(body), len(content), max_at_ms,
+    comp = lz4.frame.LZ4FrameCompressor(block_linked=False, content_checksum=True)
+    clen = len(table) + len(data)
+    body = b"".join((comp.begin(source_size=clen), comp.compress(table), comp.compress(data),
+                     comp.flush()))
+    del data, table
+    head = _HEAD.pack(MAGIC, VERSION, 0, lsn, n, len(body), clen, max_at_ms,
                       _mask(crc32c(body)))
-    del content
     return head + _U32.pack(_mask(crc32c(head))) + body
 
 
@@ -239,25 +249,22 @@ def _decompress(body, info: SnapshotInfo, path: str) -> bytes:
 
 
 def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
-    """The framed items, checking the framing and the count as they are consumed."""
-    n = 0
-    pos = 0
-    end = len(content)
-    unpack = _ITEM.unpack_from
-    while pos < end:
-        if pos + 4 > end:
-            raise CorruptionError("snapshot item frame cut short", file=path, lsn=info.lsn)
-        (ln,) = unpack(content, pos)
-        pos += 4
-        if pos + ln > end:
-            raise CorruptionError(f"snapshot item {n} of {ln} bytes runs past the content",
-                                  file=path, lsn=info.lsn)
-        yield content[pos:pos + ln]
-        pos += ln
-        n += 1
-    if n != info.items:
-        raise CorruptionError(f"snapshot holds {n} items, header says {info.items}",
-                              file=path, lsn=info.lsn)
+    """The items: the length table must hold ``items`` lengths that add up exactly to the
+    rest of the content."""
+    count = info.items
+    tbl = 4 * count
+    if tbl > len(content):
+        raise CorruptionError(f"snapshot content of {len(content)} bytes cannot hold a "
+                              f"length table for {count} items", file=path, lsn=info.lsn)
+    lens = array.array("I")
+    lens.frombytes(content[:tbl])
+    if sys.byteorder != "little":
+        lens.byteswap()
+    if tbl + sum(lens) != len(content):
+        raise CorruptionError(f"snapshot item lengths add up to {sum(lens)} bytes, the "
+                              f"content holds {len(content) - tbl}", file=path, lsn=info.lsn)
+    ends = list(itertools.accumulate(lens, initial=tbl))
+    return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None)))
 
 
 # --------------------------------------------------------------------------- files

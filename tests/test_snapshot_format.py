@@ -165,7 +165,7 @@ def test_header_and_frame_disagree():
 def test_item_count_and_lsn_mismatch():
     good = _snap(_state(5))
     info = S.read_header(good)
-    with pytest.raises(CorruptionError, match="items"):
+    with pytest.raises(CorruptionError, match="item"):
         S.decode_snapshot(_rehead(good[64:], info.lsn, info.items + 1, info.content_len))
     with pytest.raises(CorruptionError, match="LSN"):
         S.decode_snapshot(_rehead(good[64:], info.lsn + 1, info.items, info.content_len))
