@@ -46,7 +46,7 @@ import json
 import math
 import os
 import random
-import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
@@ -136,10 +136,19 @@ def _norm_dt(dt: datetime, what: str) -> datetime:
     return from_ms(to_ms(dt, what))
 
 
+_last_now: tuple[int, datetime] = (-1, EPOCH)
+
+
 def _now(now: datetime | None) -> datetime:
+    global _last_now
     if now is None:
-        d = datetime.now(UTC)
-        return d.replace(microsecond=d.microsecond - d.microsecond % 1000)
+        ms = time.time_ns() // 1_000_000
+        last = _last_now
+        if last[0] == ms:
+            return last[1]          # datetimes are immutable: share one per millisecond
+        d = from_ms(ms)
+        _last_now = (ms, d)
+        return d
     return _norm_dt(now, "now")
 
 
@@ -150,6 +159,8 @@ _CONTROL = frozenset(chr(c) for c in list(range(32)) + list(range(127, 160)))
 
 def check_text(value: Any, what: str, max_chars: int) -> str:
     """A non-empty str of at most max_chars without control characters."""
+    if type(value) is str and value.isprintable() and 0 < len(value) <= max_chars:
+        return value    # fast path: printable excludes control characters and surrogates
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     if not value:
@@ -273,6 +284,11 @@ def encode_json(value: Any, what: str = "value") -> bytes:
 def encode_payload(payload: Any) -> bytes:
     if type(payload) is not dict:
         raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
+    if _c_encode is not None and _json_ok(payload):       # the common case, inlined
+        try:
+            return "".join(_c_encode(payload, 0)).encode("utf-8")
+        except UnicodeEncodeError:
+            pass                                          # lone surrogate: the slow path says so
     return encode_json(payload, "payload")
 
 
@@ -325,25 +341,26 @@ def _check_status(value: Any) -> JobStatus:
 
 # --------------------------------------------------------------------------- ids
 
-_id_lock = threading.Lock()
-_id_hex = ""
-_id_pos = 0
+_ids: list[str] = []
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _more_ids() -> None:
+    h = os.urandom(4096).hex()
+    # version 4 and the RFC 4122 variant bits
+    _ids.extend([f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
+                 f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}" for i in range(0, 8192, 32)])
 
 
 def new_id() -> str:
     """A random (version 4) UUID string. Cheaper than str(uuid.uuid4()): the random bytes
-    come from the OS 4 KiB at a time, hex-encoded in one call."""
-    global _id_hex, _id_pos
-    with _id_lock:
-        pos = _id_pos
-        if pos + 32 > len(_id_hex):
-            _id_hex = os.urandom(4096).hex()
-            pos = 0
-        _id_pos = pos + 32
-        h = _id_hex[pos:pos + 32]
-    # version 4 and the RFC 4122 variant bits
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    come from the OS 4 KiB (256 ids) at a time. list.pop is atomic under the GIL, so no
+    lock: two threads that find the list empty both refill it, which is harmless."""
+    while True:
+        try:
+            return _ids.pop()
+        except IndexError:
+            _more_ids()
 
 
 # --------------------------------------------------------------------------- Job

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import struct
 import threading
 import time
 from datetime import datetime
@@ -45,6 +46,7 @@ MAX_ERROR_CHARS = 64 * 1024
 MAX_MESSAGE_CHARS = 4096
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
+_new_tuple = tuple.__new__
 
 
 def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
@@ -327,10 +329,22 @@ class Queue:
         if len(payload) > self._max_payload:
             raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
                              f"the limit is {self._max_payload} (max_payload_bytes)")
-        rec = R.Enqueue(job.id, job.job_type, job.queue, int(prio), job.max_retries, created,
-                        now, sched, None if timeout is None else round(timeout * 1000),
-                        round(lease * 1000), job.unique_key, payload)
-        return rec, R.encode_enqueue(rec)   # ValueError for a field that does not fit
+        timeout_ms = (300_000 if timeout is DEFAULT_TIMEOUT_SECONDS else
+                      None if timeout is None else round(timeout * 1000))
+        lease_ms = 30_000 if lease is DEFAULT_LEASE_SECONDS else round(lease * 1000)
+        ukey = job.unique_key
+        prio = int(prio)
+        try:
+            data = R.pack_enqueue(job.id.encode(), job.job_type.encode(), job.queue.encode(),
+                                  None if ukey is None else ukey.encode(), prio,
+                                  job.max_retries, created, now, sched, timeout_ms, lease_ms,
+                                  payload)
+        except struct.error as e:
+            raise ValueError(f"job {job.id}: a field does not fit the record: {e}") from None
+        # tuple.__new__ skips the NamedTuple constructor's Python-level wrapper (~3x faster)
+        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio, job.max_retries,
+                                      created, now, sched, timeout_ms, lease_ms, ukey,
+                                      payload)), data
 
     # ------------------------------------------------------------------ producers
 

@@ -216,6 +216,23 @@ def _s(text: str) -> bytes:
     return b
 
 
+def pack_enqueue(job_id: bytes, job_type: bytes, queue: bytes, ukey: bytes | None,
+                 priority: int, max_retries: int, created_ms: int, at_ms: int,
+                 scheduled_ms: int | None, timeout_ms: int | None, lease_ms: int,
+                 payload: bytes) -> bytes:
+    """ENQUEUE layout from already-encoded strings (the enqueue hot path). struct.error
+    (-> ValueError in callers) if a length or value does not fit."""
+    flags = ((_F_SCHED if scheduled_ms is not None else 0)
+             | (_F_TIMEOUT if timeout_ms is not None else 0)
+             | (_F_UKEY if ukey is not None else 0))
+    if ukey is None:
+        ukey = b""
+    return b"".join((_ENQ.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
+                               scheduled_ms or 0, timeout_ms or 0, lease_ms, len(job_id),
+                               len(job_type), len(queue), len(ukey), len(payload)),
+                     job_id, job_type, queue, ukey, payload))
+
+
 def encode_enqueue(r: Enqueue) -> bytes:
     flags = ((_F_SCHED if r.scheduled_ms is not None else 0)
              | (_F_TIMEOUT if r.timeout_ms is not None else 0)
