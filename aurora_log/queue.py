@@ -47,6 +47,17 @@ MAX_MESSAGE_CHARS = 4096
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
 _new_tuple = tuple.__new__
+_tokens: list[bytes] = []
+
+
+def _new_token() -> bytes:
+    """8 random bytes (an attempt token), drawn from the OS 4 KiB at a time."""
+    while True:
+        try:
+            return _tokens.pop()
+        except IndexError:
+            b = os.urandom(4096)
+            _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
 def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
@@ -277,12 +288,10 @@ class Queue:
                     touched.update(dict.fromkeys(r.ids))
                 else:
                     touched[r.id] = None
-        apply = self._state.apply
         if len(recs) == 1:
-            apply(last, encoded[0][0], recs[0])
-            return last
-        for i, (rec, (rtype, _)) in enumerate(zip(recs, encoded)):
-            apply(first + i, rtype, rec)
+            self._state.apply(last, encoded[0][0], recs[0])
+        else:
+            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in zip(recs, encoded)])
         return last
 
     def _sync(self, lsn: int, durable: bool) -> None:
@@ -421,7 +430,7 @@ class Queue:
                 now = self._now_ms()
                 job_id = self._state.pick(now, qs, types)
                 if job_id is not None:
-                    rec = self._state.plan_claim(job_id, now, os.urandom(8), worker_id)
+                    rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
                     self._append_apply([rec])
                     return self._state.get(job_id)
                 if wait is None:

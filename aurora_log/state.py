@@ -212,6 +212,22 @@ class State:
             return
         fn(self, lsn, rec)
 
+    def apply_many(self, first_lsn: int, records) -> None:
+        """Fold decoded records ``[(rtype, record), ...]`` with consecutive LSNs from
+        ``first_lsn`` (one append_many batch); the same as apply() for each."""
+        lsn = first_lsn
+        table = _APPLY
+        for rtype, rec in records:
+            fn = table.get(rtype)
+            if fn is None:
+                self._anomaly(lsn, f"unknown record type {rtype}")
+            else:
+                fn(self, lsn, rec)
+            lsn += 1
+        self.applied += len(records)
+        if lsn - 1 > self.last_lsn:
+            self.last_lsn = lsn - 1
+
     def _apply_enqueue(self, lsn: int, e: R.Enqueue) -> None:
         jobs = self.jobs
         job_id = e.id
@@ -229,7 +245,11 @@ class State:
                           e.lease_ms, e.max_retries, pair, e.priority,
                           _F_SCHED if sched is not None else 0, len(u)) + u + e.payload
         jobs[job_id] = blob
-        self._count(e.queue, 0, PENDING)
+        self._counts[PENDING] += 1
+        qc = self._qcounts.get(e.queue)
+        if qc is None:
+            qc = self._qcounts[e.queue] = [0] * 7
+        qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
         due = at if sched is None else min(max(sched, 0), MAX_DUE_MS)

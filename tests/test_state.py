@@ -241,3 +241,13 @@ def test_unknown_ids_and_wrong_states():
     with pytest.raises(StaleLeaseError):
         d.s.plan_complete("a", b"\0" * 8, T0, None)
     assert d.s.status_of("a") is JobStatus.PENDING
+
+
+def test_apply_many_equals_apply_one_by_one():
+    d, _ = random_history(4)
+    a = replay(d.log)
+    b = State()
+    decoded = [(rtype, R.decode(rtype, payload)) for _, rtype, payload in d.log]
+    b.apply_many(1, decoded[:100])
+    b.apply_many(101, decoded[100:])
+    assert a.fingerprint() == b.fingerprint() and (a.applied, a.last_lsn) == (b.applied, b.last_lsn)
