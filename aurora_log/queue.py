@@ -200,11 +200,16 @@ class Queue:
         apply, decode = state.apply, R.decode
         max_at, tail = res.max_at_ms, 0
         start = res.lsn + 1 if res.state is not None else self._log.first_lsn
+        apply_enqueue = state.apply_enqueue_bytes
         for lsn, rtype, payload in self._log.scan(start):
-            rec = decode(rtype, payload)
-            apply(lsn, rtype, rec)
-            if rec.at_ms > max_at:
-                max_at = rec.at_ms
+            if rtype == R.ENQUEUE:          # the bulk of any log: a fused decode+fold
+                at = apply_enqueue(lsn, payload)
+            else:
+                rec = decode(rtype, payload)
+                apply(lsn, rtype, rec)
+                at = rec.at_ms
+            if at > max_at:
+                max_at = at
             tail += len(payload) + 17
         self._max_at, self._tail_bytes = max_at, tail
         return state

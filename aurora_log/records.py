@@ -93,6 +93,7 @@ REASON_TEXT = {REASON_LEASE_EXPIRED: "lease expired", REASON_TIMEOUT: "timeout",
                REASON_PROCESS_DIED: "process died"}
 
 VERSION = 1
+_U32 = 0xFFFFFFFF    # leases/timeouts (ms) are u32 in the state
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
@@ -357,8 +358,8 @@ def _decode_enqueue(data: bytes) -> Enqueue:
         raise _bad(ENQUEUE, f"unknown flags {flags:#x}")
     if not 1 <= prio <= 4:
         raise _bad(ENQUEUE, f"priority {prio} out of range")
-    if lease <= 0 or ((flags & _F_TIMEOUT) and tmo <= 0):
-        raise _bad(ENQUEUE, "non-positive lease or timeout")
+    if not 0 < lease <= _U32 or ((flags & _F_TIMEOUT) and not 0 < tmo <= _U32):
+        raise _bad(ENQUEUE, "lease or timeout out of range")
     a = _ENQ_SIZE + li
     b = a + lt
     c = b + lq
@@ -402,8 +403,8 @@ def _decode(rtype: int, data: bytes) -> Record:
             raise _bad(rtype, f"unknown flags {flags:#x}")
         if not 1 <= prio <= 4:
             raise _bad(rtype, f"priority {prio} out of range")
-        if lease <= 0 or ((flags & _F_TIMEOUT) and tmo <= 0):
-            raise _bad(rtype, "non-positive lease or timeout")
+        if not 0 < lease <= _U32 or ((flags & _F_TIMEOUT) and not 0 < tmo <= _U32):
+            raise _bad(rtype, "lease or timeout out of range")
         pos = _ENQ.size
         if pos + li + lt + lq + lu + lp != len(data):
             raise _bad(rtype, "length does not match its fields")

@@ -55,6 +55,8 @@ MAX_DUE_MS = (1 << 47) - 1             # year ~6429; keeps heap keys inside thei
 # flags (1 = has scheduled), len(unique_key); then unique_key, payload
 _BLOB = struct.Struct("<qqqqIIIIBBH")
 _F_SCHED = 1
+_ENQ_UNPACK = R._ENQ.unpack_from
+_ENQ_SIZE = R._ENQ.size
 
 EXPORT_VERSION = 1
 _EXPORT_MAGIC = b"AQS\x01"
@@ -115,6 +117,7 @@ class State:
         self._counts = [0] * 7                       # by status code
         self._qcounts: dict[str, list[int]] = {}
         self._pick_cache: dict = {}
+        self._pair_raw: dict = {}                    # (len type, type+queue bytes) -> pair
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
@@ -211,6 +214,67 @@ class State:
             self._anomaly(lsn, f"unknown record type {rtype}")
             return
         fn(self, lsn, rec)
+
+    def apply_enqueue_bytes(self, lsn: int, data: bytes) -> int:
+        """Replay's hot path: fold an ENQUEUE record straight from its bytes (the blob is
+        built from the record's tail without decoding the payload or re-encoding strings).
+        Same result as ``apply(lsn, ENQUEUE, data)``; any record the fast path does not
+        like goes through the full decoder (which raises RecordError if it is malformed).
+        Returns the record's at_ms."""
+        if type(data) is not bytes or len(data) < _ENQ_SIZE:
+            return self._apply_slow(lsn, data)
+        (ver, flags, prio, maxr, created, at, sched, tmo, lease,
+         li, lt, lq, lu, lp) = _ENQ_UNPACK(data)
+        a = _ENQ_SIZE + li
+        b = a + lt
+        c = b + lq
+        if (ver != 1 or flags & ~7 or not 1 <= prio <= 4 or not 0 < lease <= 0xFFFFFFFF
+                or ((flags & 2) and not 0 < tmo <= 0xFFFFFFFF) or not li or not lt or not lq
+                or bool(lu) != bool(flags & 4) or c + lu + lp != len(data)
+                or data[c + lu:c + lu + 1] != b"{"):
+            return self._apply_slow(lsn, data)
+        key = (lt, data[a:c])        # job_type + queue bytes, split point included
+        pair = self._pair_raw.get(key)
+        try:
+            job_id = data[_ENQ_SIZE:a].decode("utf-8")
+            if pair is None:
+                pair = self._pair(data[b:c].decode("utf-8"), data[a:b].decode("utf-8"))
+                self._pair_raw[key] = pair
+            ukey = data[c:c + lu].decode("utf-8") if lu else None
+        except UnicodeDecodeError:
+            return self._apply_slow(lsn, data)
+        if lsn > self.last_lsn:
+            self.last_lsn = lsn
+        self.applied += 1
+        jobs = self.jobs
+        if job_id in jobs:
+            self._anomaly(lsn, f"enqueue of existing job {job_id}")
+            return at
+        has_sched = flags & 1
+        blob = _BLOB.pack(lsn, at, created, sched if has_sched else 0,
+                          tmo if flags & 2 else 0, lease, maxr, pair, prio,
+                          has_sched, lu) + data[c:]
+        jobs[job_id] = blob
+        self._counts[PENDING] += 1
+        queue = self._pairs[pair][0]
+        qc = self._qcounts.get(queue)
+        if qc is None:
+            qc = self._qcounts[queue] = [0] * 7
+        qc[PENDING] += 1
+        if ukey is not None and ukey not in self._unique:
+            self._unique[ukey] = job_id
+        due = at if not has_sched else min(max(sched, 0), MAX_DUE_MS)
+        tkey = due << 64 | lsn
+        if due > at:
+            heapq.heappush(self._timers, (tkey, job_id))
+        else:
+            heapq.heappush(self._ready[pair], ((4 - prio) << 112 | tkey, job_id))
+        return at
+
+    def _apply_slow(self, lsn: int, data) -> int:
+        rec = R.decode(R.ENQUEUE, data)
+        self.apply(lsn, R.ENQUEUE, rec)
+        return rec.at_ms
 
     def apply_many(self, first_lsn: int, records) -> None:
         """Fold decoded records ``[(rtype, record), ...]`` with consecutive LSNs from

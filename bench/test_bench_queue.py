@@ -281,7 +281,7 @@ _CHILD = textwrap.dedent("""
     from aurora_log.state import State
     before = rss()
     t0 = time.perf_counter()
-    q = aurora_log.open(sys.argv[1], reaper_interval=None)
+    q = aurora_log.open(sys.argv[1], reaper_interval=None, auto_compact=False)
     t_open = time.perf_counter() - t0
     j = q.claim("bench")
     t_claim = time.perf_counter() - t0
@@ -294,7 +294,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _fill(directory, n):
-    q = aurora_log.open(directory, reaper_interval=None, durability="os")
+    q = aurora_log.open(directory, reaper_interval=None, durability="os", auto_compact=False)
     try:
         for start in range(0, n, 5000):
             batch = []
@@ -318,6 +318,7 @@ def test_replay_pending_jobs_and_rss_per_job(benchmark, tmp_path):
                              text=True, check=True)
         return json.loads(out.stdout)
 
+    assert not list(d.glob("snap/*")), "the replay must be a full WAL replay (no snapshot)"
     res = benchmark.pedantic(child, rounds=1, iterations=1)
     assert res["n"] == REPLAY_N and res["top_priority"] == 4
     report(benchmark, jobs=REPLAY_N, replay_s=res["open_s"], replay_and_claim_s=res["open_claim_s"],
