@@ -26,17 +26,13 @@ import aurora_log.queue as _queue_mod
 T0 = 1_700_000_000.0
 
 
-class _Os:
-    """queue.py's os, with a deterministic urandom for attempt tokens."""
-    def __init__(self, real):
-        self._real = real
+class _Tokens:
+    """Deterministic attempt tokens: both stores get the same token for the same claim."""
+    def __init__(self):
         self.token = 0
 
-    def urandom(self, n):
-        return struct.pack("<Q", self.token)[:n]
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
+    def __call__(self):
+        return struct.pack("<Q", self.token)
 
 
 class CompactionMachine(RuleBasedStateMachine):
@@ -45,9 +41,9 @@ class CompactionMachine(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp())
         self.t = T0
         self.gen = 0
-        self.os = _Os(_queue_mod.os)
-        self._orig_os = _queue_mod.os
-        _queue_mod.os = self.os
+        self.os = _Tokens()
+        self._orig_new_token = _queue_mod._new_token
+        _queue_mod._new_token = self.os
         self.a = self._open(self.tmp / "a0", compacting=True)
         self.b = self._open(self.tmp / "b0", compacting=False)
         self.n = 0
@@ -61,7 +57,7 @@ class CompactionMachine(RuleBasedStateMachine):
                                retry_base=1.0, retry_cap=4.0)
 
     def teardown(self):
-        _queue_mod.os = self._orig_os
+        _queue_mod._new_token = self._orig_new_token
         for q in (self.a, self.b):
             q.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
