@@ -676,7 +676,11 @@ class State:
         j.queue = queue
         pos = _BLOB.size + lu
         j.unique_key = blob[_BLOB.size:pos].decode() if lu else None
-        j.payload = decode_json(blob[pos:])
+        try:
+            j.payload = decode_json(blob[pos:])
+        except ValueError:   # JSONDecodeError / UnicodeDecodeError: only a bug can store it
+            raise R.RecordError(f"job {job_id}: its stored payload is not valid JSON "
+                                f"(enqueued at LSN {lsn})") from None
         j.priority = _PRIO[prio]
         j.max_retries = max_retries
         j.created_at = from_ms(created)

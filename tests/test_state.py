@@ -285,3 +285,10 @@ def test_fused_enqueue_rejects_exactly_what_the_decoder_rejects():
         # (no fingerprint: a mutated payload need not be valid JSON; compare the internals)
         assert (a.jobs, a._ready, a._timers, a._unique, a.stats(), a._pairs) == \
             (b.jobs, b._ready, b._timers, b._unique, b.stats(), b._pairs)
+
+
+def test_a_stored_payload_that_is_not_json_is_a_typed_error_on_read():
+    s = State()
+    s.apply(1, R.ENQUEUE, R.Enqueue("j", "t", "q", 2, 3, 1, 2, None, None, 30, None, b"{\xff"))
+    with pytest.raises(R.RecordError, match="not valid JSON"):
+        s.get("j")
