@@ -424,11 +424,12 @@ class Queue:
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
                 raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
             end = time.monotonic() + wait
+        waited = False
         with self._cond:
             while True:
                 if self._closed:
-                    if wait is not None:
-                        return None
+                    if waited:
+                        return None         # closed while we waited: a clean shutdown
                     raise ClosedError("the queue is closed")
                 if self._read_only:
                     raise ReadOnlyError("the queue was opened read_only")
@@ -447,6 +448,7 @@ class Queue:
                 if due is not None:
                     remaining = min(remaining, max((due - now) / 1000.0, 0.001))
                 self._cond.wait(remaining)
+                waited = True
 
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was

@@ -475,6 +475,8 @@ def test_closed_queue_raises(opener):
         q.enqueue(job())
     with pytest.raises(ClosedError):
         q.get("x")
+    with pytest.raises(ClosedError):
+        q.claim("w", wait=1)
 
 
 def test_context_manager_and_lock(opener, store_dir):
