@@ -17,11 +17,13 @@ each fsync/fdatasync *starts*. `DiskModel` replays that record with page-cache s
 call would leave it:
     "drop"   every unsynced change is lost;
     "keep"   every unsynced change survives (what kill -9 leaves: the page cache survives);
-    "subset" each unsynced change of each file survives with probability 1/2 (in order);
+    "subset" each unsynced change of each file survives with probability 1/2 (in order),
+             and so does each directory entry change made since that directory's last
+             fsync (creations, renames - each whole -, unlinks; metadata out of order);
     "torn"   every unsynced change survives except the last write of each file, which is
              cut into pieces that are each new data, old data, zeros or garbage.
-Directory entries always follow the durable tables (changes after the last directory fsync
-are undone) in every mode but "keep".
+Directory entries follow the durable tables (changes after the last directory fsync are
+undone) in "drop" and "torn"; "keep" keeps them all; "subset" keeps a random subset.
 
 Paths are recorded as absolute paths under `root`; images are relative to it, so an image
 can be written anywhere (`materialize`).
@@ -111,12 +113,26 @@ class _File:
 
 
 class _Dir:
-    __slots__ = ("vol", "dur", "snap")
+    __slots__ = ("vol", "dur", "snap", "pending", "mark")
 
     def __init__(self):
         self.vol: dict[str, object] = {}
         self.dur: dict[str, object] = {}
         self.snap = None
+        # entry changes since the last fsync of this directory, in order:
+        # ("set", name, node) | ("del", name) | ("ren", old, new, node)
+        self.pending: list[tuple] = []
+        self.mark = 0
+
+    @staticmethod
+    def replay(entries: dict, ch: tuple) -> None:
+        if ch[0] == "set":
+            entries[ch[1]] = ch[2]
+        elif ch[0] == "del":
+            entries.pop(ch[1], None)
+        elif entries.get(ch[1]) is ch[3]:       # a rename happens whole or not at all
+            del entries[ch[1]]
+            entries[ch[2]] = ch[3]
 
 
 class DiskModel:
@@ -186,6 +202,7 @@ class DiskModel:
                     node.mark = len(node.pending)
                 elif isinstance(node, _Dir):
                     node.snap = dict(node.vol)
+                    node.mark = len(node.pending)
                 continue
             self.done += 1
             if op.errno != 0 or (op.result is not None and op.result < 0):
@@ -204,6 +221,7 @@ class DiskModel:
                 node.mark = len(node.pending)
             elif isinstance(node, _Dir):
                 node.snap = dict(node.vol)
+                node.mark = len(node.pending)
             self.pos += 1
 
     def _apply(self, op):
@@ -218,6 +236,7 @@ class DiskModel:
                     raise AssertionError(f"open of a missing file succeeded: {op.path}")
                 d, name = self._parent(rel)
                 node = d.vol[name] = _File()
+                d.pending.append(("set", name, node))
             elif isinstance(node, _File) and op.flags & os.O_TRUNC:
                 node.vol.clear()
                 node.pending.append(("t", 0))
@@ -247,25 +266,34 @@ class DiskModel:
             elif isinstance(node, _Dir):
                 node.dur = node.snap if node.snap is not None else dict(node.vol)
                 node.snap = None
+                del node.pending[:node.mark]
+                node.mark = 0
         elif n == "rename":
             a, b = self._rel(op.path), self._rel(op.path2)
             if a is None or b is None:
                 return
             da, na = self._parent(a)
             db, nb = self._parent(b)
-            db.vol[nb] = da.vol.pop(na)
+            node = db.vol[nb] = da.vol.pop(na)
+            if da is db:
+                da.pending.append(("ren", na, nb, node))
+            else:
+                da.pending.append(("del", na))
+                db.pending.append(("set", nb, node))
         elif n == "unlink":
             rel = self._rel(op.path)
             if rel is None:
                 return
             d, name = self._parent(rel)
             d.vol.pop(name, None)
+            d.pending.append(("del", name))
         elif n == "mkdir":
             rel = self._rel(op.path)
             if rel is None or rel == "":
                 return
             d, name = self._parent(rel)
-            d.vol[name] = _Dir()
+            node = d.vol[name] = _Dir()
+            d.pending.append(("set", name, node))
 
     # -- images
     def crash_image(self, mode: str = "drop", rng: random.Random | None = None) -> dict:
@@ -277,7 +305,17 @@ class DiskModel:
         seen: set[int] = set()
 
         def walk(d: _Dir, prefix: str):
-            entries = d.vol if mode == "keep" else d.dur
+            if mode == "keep":
+                entries = d.vol
+            elif mode == "subset" and d.pending:
+                # metadata may persist out of order before the directory fsync: a random
+                # subset of the pending entry changes (each whole), in order
+                entries = dict(d.dur)
+                for ch in d.pending:
+                    if rng.random() < 0.5:
+                        _Dir.replay(entries, ch)
+            else:
+                entries = d.dur
             for name in sorted(entries):
                 node = entries[name]
                 rel = os.path.join(prefix, name) if prefix else name
