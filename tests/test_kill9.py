@@ -44,6 +44,7 @@ MODES = ("sync", "interval", "os")
 @dataclass
 class Tally:
     cycles: int = 0
+    early_kills: int = 0          # killed before READY (during import / open / recovery)
     acked_enqueues: int = 0
     acked_completes: int = 0
     acked_fails: int = 0
@@ -62,7 +63,8 @@ class Tally:
                     or self.child_errors)
 
     def line(self):
-        return (f"{self.cycles} kill -9 cycles, {self.acked_enqueues} acknowledged enqueues, "
+        return (f"{self.cycles} kill -9 cycles ({self.early_kills} before ready), "
+                f"{self.acked_enqueues} acknowledged enqueues, "
                 f"{self.acked_completes} acknowledged completes, {self.acked_fails} fails, "
                 f"{self.recovered_running} running jobs recovered, {self.drained} drained; "
                 f"lost {len(self.lost)}, phantom {len(self.phantom)}, resurrected "
@@ -103,13 +105,17 @@ class Knowledge:
                 t.phantom.append(("payload differs at delivery", parts[1]))
 
 
-def _read_until_dead(proc, deadline_s: float, kill_after: float) -> list[str]:
-    """Read the child's stdout; SIGKILL it `kill_after` seconds after READY."""
+def _read_until_dead(proc, deadline_s: float, kill_after: float, early: bool = False
+                     ) -> list[str]:
+    """Read the child's stdout; SIGKILL it `kill_after` seconds after READY (early: after
+    it started, READY or not - a kill during import, open or recovery)."""
     buf = b""
     fd = proc.stdout.fileno()
     ready_at = None
     killed = False
     end = time.monotonic() + deadline_s
+    if early:
+        ready_at = time.monotonic()
     while True:
         now = time.monotonic()
         if ready_at is None and b"READY\n" in buf:
@@ -171,7 +177,8 @@ def _check_and_drain(store: Path, k: Knowledge, t: Tally) -> None:
 
 
 def run_cycles(store: Path, cycles: int, seed: int = 0, *, max_run: float = 0.6,
-               rotate_every: int | None = None, progress=None) -> Tally:
+               rotate_every: int | None = None, progress=None,
+               early_kills: float = 0.15) -> Tally:
     rng = random.Random(seed)
     t = Tally()
     k = Knowledge()
@@ -188,13 +195,18 @@ def run_cycles(store: Path, cycles: int, seed: int = 0, *, max_run: float = 0.6,
         proc = subprocess.Popen([sys.executable, str(CHILD), str(cur), str(c),
                                  str(rng.randrange(1 << 30)), mode],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        lines = _read_until_dead(proc, 20.0, rng.uniform(0.0, max_run))
+        early = rng.random() < early_kills
+        lines = _read_until_dead(proc, 20.0, rng.uniform(0.05, 0.6) if early
+                                 else rng.uniform(0.0, max_run), early)
         err = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
         proc.stdout.close()
         if "READY" not in lines:
-            t.child_errors.append(f"cycle {c}: child never became ready: {err[-2000:]}")
-            break
+            if early and "Traceback" not in err:
+                t.early_kills += 1          # killed during import/open/recovery
+            else:
+                t.child_errors.append(f"cycle {c}: child never became ready: {err[-2000:]}")
+                break
         if "Traceback" in err:
             t.child_errors.append(f"cycle {c}: {err[-2000:]}")
         k.feed(lines, t)
