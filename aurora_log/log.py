@@ -558,6 +558,15 @@ class Log:
             return
         check_writer(lib.au_sync(w, lsn), "sync", w)
 
+    def write_through(self, lsn: int) -> None:
+        """Block until every record <= lsn is handed to the OS with write(), in every mode,
+        without waiting for an fdatasync: a killed process then loses none of them (a power
+        cut still may). Concurrent callers share the write."""
+        w = self._writer("write_through")
+        if lsn < 1:
+            return
+        check_writer(lib.au_write_through(w, lsn), "write_through", w)
+
     def commit(self, records: Sequence[tuple[int, bytes]]) -> int:
         """append_many + sync: returns the last LSN once durable (per the mode)."""
         lsn = self.append_many(records)

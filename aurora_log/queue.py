@@ -415,15 +415,28 @@ class Queue:
         """The best due job (priority desc, due time, FIFO) as RUNNING, with ``job.token``
         and ``job.lease_deadline``; or None. ``wait`` (seconds) blocks until a job is
         enqueued, a scheduled/retry time comes, or the wait ends (no polling). The claim
-        is not waited for: it becomes durable with the next commit (a lost claim only
-        means the job runs again)."""
+        is handed to the OS before this returns (shared write, no fdatasync): if the
+        process is then killed, recovery still counts the attempt, so a handler that kills
+        its process ends in dead-letter instead of looping. A power cut may lose the
+        claim, which only means the job runs again, uncounted."""
         check_text(worker_id, "worker_id", MAX_NAME_CHARS)
         types = _names(job_types, "job_types")
         qs = _names(queues, "queues")
+        end = None
         if wait is not None:
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
                 raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
             end = time.monotonic() + wait
+        claimed = self._claim_locked(worker_id, types, qs, end)
+        if claimed is None:
+            return None
+        job, lsn = claimed
+        self._log.write_through(lsn)     # outside the lock: claimers share the write
+        return job
+
+    def _claim_locked(self, worker_id, types, qs, end):
+        """Pick and claim under the lock, waiting on the condition until ``end`` (a
+        time.monotonic() deadline; None = do not wait). Returns (job, claim LSN) or None."""
         waited = False
         with self._cond:
             while True:
@@ -437,9 +450,9 @@ class Queue:
                 job_id = self._state.pick(now, qs, types)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
-                    self._append_apply([rec])
-                    return self._state.get(job_id)
-                if wait is None:
+                    lsn = self._append_apply([rec])
+                    return self._state.get(job_id), lsn
+                if end is None:
                     return None
                 remaining = end - time.monotonic()
                 if remaining <= 0:

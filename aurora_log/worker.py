@@ -221,8 +221,6 @@ class Worker:
       before it is killed (a thread handler that ignores it is stopped at its timeout).
     poll_interval: the claim's wait; the longest a stop request waits for an idle thread.
     max_result_bytes: a larger (JSON) result fails the job instead of being stored.
-    durable_claims: flush the claim to disk before the handler runs (default True), so a
-      run cut short by a crash always counts as an attempt.
     on_done(job, status, detail): called after the queue acknowledged the job's outcome
       ("completed", "failed", "dead_letter", "cancelled" as returned by the queue).
     """
@@ -232,7 +230,7 @@ class Worker:
                  worker_id: str | None = None, poll_interval: float = 0.5,
                  max_result_bytes: int = 256 << 10, registry: _tasks.TaskRegistry | None = None,
                  import_path: str | None = None, cancel_grace: float = 5.0,
-                 cancel_poll: float = 0.5, durable_claims: bool = True,
+                 cancel_poll: float = 0.5,
                  on_done: Callable[[Any, str, Any], None] | None = None):
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
@@ -251,7 +249,6 @@ class Worker:
         self.import_path = import_path
         self.cancel_grace = float(cancel_grace)
         self.cancel_poll = float(cancel_poll)
-        self.durable_claims = bool(durable_claims)
         self.on_done = on_done
 
         self._signals = 0                 # bumped by signal handlers, read by run()
@@ -437,21 +434,8 @@ class Worker:
                     self._stopping.set()
                     break
                 continue
-            if self.durable_claims:
-                try:
-                    # The claim must be on disk before user code runs: then a handler that
-                    # kills the process still spends an attempt and ends in dead-letter
-                    # instead of crashing every worker forever.
-                    self.queue.flush()
-                except ClosedError:
-                    break
-                except DurabilityError as exc:
-                    self._store_failed(exc)
-                    break
-                except Exception as exc:
-                    log.error("making the claim of job %s durable failed: %s", job.id, exc)
-                    time.sleep(0.5)
-                    continue            # not run: the lease expires and the job is retried
+            # Queue.claim hands the claim to the OS before it returns, so a handler that
+            # kills this process still spends an attempt (and ends in dead-letter).
             if self._forced.is_set():
                 break                       # claimed while stopping hard: left for recovery
             try:
