@@ -223,6 +223,20 @@ class Queue:
             self._log.sync(self._log.next_lsn - 1)
         return len(recs)
 
+    # ------------------------------------------------------------------ handlers
+    # The registry lives in tasks.py (a layer above); these are the documented spellings
+    # ``@q.task(...)`` and ``q.register_handler(...)``. The engine itself never runs handlers.
+
+    def task(self, name=None, **options):
+        """Decorator registering a task handler; see :func:`aurora_log.tasks.task`."""
+        from .tasks import task
+        return task(self, name, **options)
+
+    def register_handler(self, job_type: str, fn, *, context: bool = False):
+        """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
+        from .tasks import register_handler
+        return register_handler(self, job_type, fn, context=context)
+
     def close(self) -> None:
         """Stop the reaper, wake blocked claims (they return None), flush and close the log.
         Idempotent."""

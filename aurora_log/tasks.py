@@ -383,20 +383,3 @@ def find_handler(job_type: str, queue=None) -> Handler | None:
         if h is not None:
             return h
     return None
-
-
-def _install_queue_methods() -> None:
-    """Bridge until queue.py has them: ``Queue.task`` and ``Queue.register_handler``, the
-    documented spelling (``@q.task(...)``). Only fills a gap: a method Queue defines itself
-    wins. (Queue.task = tasks.task binds the queue as ``q``.)"""
-    try:
-        from .queue import Queue
-    except Exception:           # the engine is missing or broken: the functions still work
-        return
-    if not hasattr(Queue, "task"):
-        Queue.task = task
-    if not hasattr(Queue, "register_handler"):
-        Queue.register_handler = register_handler
-
-
-_install_queue_methods()
