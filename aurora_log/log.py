@@ -106,10 +106,19 @@ def _read_fd(fd: int, path) -> bytearray:
     return buf
 
 
-def _read_buf(path) -> bytearray:
+def _read_buf(path, limit: int | None = None) -> bytearray:
+    """The file's bytes (only the first ``limit`` when given: a segment's written part,
+    without the preallocated zeros after it)."""
     fd = _open(path, os.O_RDONLY)
     try:
-        return _read_fd(fd, path)
+        if limit is None:
+            return _read_fd(fd, path)
+        buf = bytearray(limit)
+        n = lib.au_pread_full(fd, ffi.from_buffer(buf), limit, 0)
+        if n < 0:
+            raise os_error(n, path)
+        del buf[n:]
+        return buf
     finally:
         lib.au_close(fd)
 
@@ -618,15 +627,16 @@ class Log:
             if nxt is not None and nxt <= from_lsn:
                 expected = None
                 continue
-            buf = _read_buf(path)
+            is_bound = bound is not None and lsn == bound[0]
+            # the segment being written was checked to its end by open(): read its written
+            # part only (the rest is up to 64 MiB of preallocated zeros)
+            buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
             seg_size = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
                     f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
                     file=str(path), offset=0, lsn=expected)
-            newest = nxt is None
             limit = len(buf)
-            is_bound = bound is not None and lsn == bound[0]
             if is_bound:
                 limit = min(limit, bound[1])
             cbuf = ffi.from_buffer(buf)
