@@ -298,21 +298,26 @@ class Checker:
             self._mk += 1
         return self._m
 
-    def bounds(self, point: int) -> tuple[int, int]:
+    def bounds(self, point: int, synced: int = 0) -> tuple[int, int]:
         """(required, possible): the prefix must contain every op before the last barrier
-        acknowledged by `point`, and cannot contain ops invoked at or after `point`."""
+        acknowledged by `point` and every op acknowledged by `synced` (the point at which
+        the last successful fdatasync of the log STARTED: what had been written to the OS
+        by then is durable, in every mode), and cannot contain ops invoked at or after
+        `point`."""
         required = 0
         possible = 0
         for op in self.h.ops:
-            if op.barrier and op.acked is not None and op.acked <= point:
+            if op.acked is not None and (op.barrier and op.acked <= point or
+                                         op.ok and op.acked <= synced):
                 required = op.idx + 1
             if op.invoked < point:
                 possible = op.idx + 1
         return required, max(required, possible)
 
-    def check(self, point: int, jobs, *, fp=None) -> Verdict:
-        """`jobs`: the recovered queue's jobs (all_jobs(q)) at crash point `point`."""
-        required, possible = self.bounds(point)
+    def check(self, point: int, jobs, *, fp=None, synced: int = 0) -> Verdict:
+        """`jobs`: the recovered queue's jobs (all_jobs(q)) at crash point `point`;
+        `synced`: see bounds()."""
+        required, possible = self.bounds(point, synced)
         v = Verdict(point, required=required)
         got = {j.id: j for j in jobs}
         fp = queue_fingerprint(jobs) if fp is None else fp

@@ -249,6 +249,30 @@ def open_recovered(store: Path, rc: Recording, clock=None):
                            reaper_interval=None, **rc.options)
 
 
+def segment_syncs(rec) -> list[tuple[int, int]]:
+    """(done, started) for every successful fdatasync/fsync of a WAL segment: the crash
+    point at which it returned, and how many calls had completed when it started."""
+    out, done, starts = [], 0, {}
+    for kind, op in rec.events:
+        if kind == "start":
+            starts[id(op)] = done
+            continue
+        done += 1
+        if op.name in ("fdatasync", "fsync") and op.errno == 0 and op.path and \
+                op.path.endswith(".seg"):
+            out.append((done, starts.get(id(op), done)))
+    return out
+
+
+def synced_before(syncs, point: int) -> int:
+    best = 0
+    for done, started in syncs:
+        if done > point:
+            break
+        best = max(best, started)
+    return best
+
+
 def replay(tmp: Path, rc: Recording, modes=("drop",), *, seed=0, drain=False,
            points=None) -> Summary:
     """Every crash point x every mode: rebuild, recover (cache by image), check."""
@@ -258,6 +282,7 @@ def replay(tmp: Path, rc: Recording, modes=("drop",), *, seed=0, drain=False,
     cache: dict[str, tuple] = {}
     work = Path(tmp) / "crash"
     seen_points = set()
+    syncs = segment_syncs(rc.rec)
     for i, mode, img in crash_images(rc.rec, modes, seed=seed, points=points):
         seen_points.add(i)
         s.images += 1
@@ -300,7 +325,7 @@ def replay(tmp: Path, rc: Recording, modes=("drop",), *, seed=0, drain=False,
         if err:
             v = Verdict(i, error=err)
         else:
-            v = chk.check(i, jobs, fp=fp)
+            v = chk.check(i, jobs, fp=fp, synced=synced_before(syncs, i))
             if dv is not None:
                 v.resurrected += [x for x in dv.resurrected if x not in v.resurrected]
                 v.duplicated += dv.duplicated
