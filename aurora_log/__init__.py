@@ -18,6 +18,7 @@ from .errors import (
 from .job import Job, JobPriority, JobStatus
 from .queue import Queue, open
 from .state import Transition
+from .verify import VerifyReport, verify
 from .tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
 from .worker import Context, JobCancelled, JobTimeout, Worker, current_context
 
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",
     "JobNotFoundError", "LockedError", "ReadOnlyError", "StaleLeaseError",
-    "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open",
+    "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
     "TaskHandle", "TaskFailed", "TaskCancelled", "task", "register_handler",
 ]
