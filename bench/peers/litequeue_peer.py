@@ -34,7 +34,10 @@ loads = json.loads
 class _Handle:
     def __init__(self, path, synchronous):
         from litequeue import LiteQueue
-        self.q = LiteQueue(path)
+        # A long busy timeout (its default is sqlite3's 5 s): with 64+ writer threads the
+        # wait for the write lock is long, and we measure that wait instead of failing on
+        # it, as for the plain sqlite table.
+        self.q = LiteQueue(path, timeout=600)
         if synchronous is not None:
             self.q.conn.execute(f"PRAGMA synchronous={synchronous}")
 
@@ -88,7 +91,8 @@ class LiteQueuePeer(Peer):
             self.default_or_strong = "strongest"
         self.notes = ("one LiteQueue per thread; no priorities; no batch put; done() keeps "
                       "rows (status DONE) until prune(); pop() sorts all ready rows on every "
-                      "call, so claims slow down as the queue grows")
+                      "call, so claims slow down as the queue grows; busy timeout 600 s "
+                      "(default 5 s fails under 64 writer threads)")
         self._main = None
         self._handles = []
 
