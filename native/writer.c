@@ -432,7 +432,7 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
             pthread_cond_wait(&w->cv, &w->mu);
             continue;
         }
-        leader_round(w, want_synced || w->mode == AU_MODE_SYNC);
+        leader_round(w, want_synced);  /* write_through: a write() only, even in sync mode */
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
