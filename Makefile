@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine with only Python 3.11+, gcc and make:
 #   make demo   - set up a virtualenv, build the C core, run the crash-surviving demo
 #   make test   - set up the same virtualenv and run the test suite
+#   make compare - aurora-log side by side with SQLite-based queues and the disk's fsync rate
 PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench compare clean
+.PHONY: venv demo test test-all bench compare soak clean
 
 venv: $(STAMP)
 
@@ -28,6 +29,13 @@ test-all: venv
 
 bench: venv
 	$(BIN)/python -m pytest bench/ -q --benchmark-only
+
+compare: venv
+	$(BIN)/python -m pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/compare.py
+
+soak: venv
+	$(BIN)/python bench/soak.py all
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info aurora_log/_native*.so aurora_log/_native.c
