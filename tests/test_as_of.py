@@ -7,16 +7,11 @@ import pytest
 
 import aurora_log
 from aurora_log import Job, ReadOnlyError, snapshot as S
+from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self):
-        self.t = T0
-
-    def __call__(self):
-        return self.t
 
 
 def _open(d, clock, **kw):

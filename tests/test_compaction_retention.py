@@ -6,16 +6,11 @@ import pytest
 import aurora_log
 from aurora_log import Job, JobStatus, records as R
 from aurora_log.log import Log
+from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self):
-        self.t = T0
-
-    def __call__(self):
-        return self.t
 
 
 def _open(d, clock, **kw):

@@ -18,6 +18,7 @@ from aurora_log.job import Job
 
 from checker import Checker, History, Verdict, all_jobs, queue_fingerprint
 from crashsim import FsRecorder, crash_images, image_digest, materialize
+from fakeclock import FakeClock as Clock
 
 T0 = 1_800_000_000.0
 
@@ -41,12 +42,6 @@ def cleanup_fast_dirs():
         shutil.rmtree(_cleanup.pop(), ignore_errors=True)
 
 
-class Clock:
-    def __init__(self, t=T0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 def _payload(rng: random.Random, n: int) -> dict:
@@ -205,7 +200,7 @@ def record(root: Path, workload, *, durability="sync", seed=0, hooks=(), **optio
     root.mkdir(parents=True, exist_ok=True)
     rec = FsRecorder(root)
     hist = History(lambda: rec.done, mode=durability)
-    clock = Clock()
+    clock = Clock(T0)
     rng = random.Random(seed)
     options = dict(options)
     with faults.installed(faults.Chain(rec, *hooks) if hooks else rec):

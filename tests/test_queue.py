@@ -13,30 +13,18 @@ import aurora_log
 from aurora_log import faults
 from aurora_log.errors import (ClosedError, DurabilityError, InvalidStateError,
                                JobNotFoundError, LockedError, ReadOnlyError, StaleLeaseError)
-from aurora_log.job import Job, JobPriority, JobStatus, from_ms, to_ms
+from aurora_log.job import Job, JobPriority, JobStatus, to_ms
+from fakeclock import FakeClock as Clock
 
 UTC = timezone.utc
 T0 = 1_800_000_000.0   # seconds
 
 
-class Clock:
-    def __init__(self, t=T0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-    def advance(self, seconds):
-        self.t += seconds
-
-    @property
-    def now(self):
-        return from_ms(round(self.t * 1000))
 
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

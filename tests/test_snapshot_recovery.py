@@ -8,16 +8,11 @@ import aurora_log
 from aurora_log import Job, snapshot as S
 from aurora_log.errors import CorruptionError
 from aurora_log.state import State
+from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self):
-        self.t = T0
-
-    def __call__(self):
-        return self.t
 
 
 def _open(d, clock, **kw):
