@@ -230,3 +230,47 @@ def availability(name: str) -> tuple[bool, str]:
     except Exception as e:    # an import error in our own adapter is worth seeing
         return False, f"adapter failed to import: {e!r}"
     return cls.available()
+
+
+class ConnectionPerThreadPeer(Peer):
+    """A peer whose threads each need their own connection: ``self._main`` serves the
+    single-threaded calls, ``handle()`` opens one more per worker thread. Subclasses set
+    ``_handle_class`` (built as ``_handle_class(self.path, self.synchronous)``) and ``path``."""
+
+    _handle_class = None
+
+    def _new_handle(self):
+        return self._handle_class(self.path, self.synchronous)
+
+    def _open(self):
+        self._main = self._new_handle()
+
+    def close(self):
+        for h in self._handles:
+            h.close()
+        self._handles.clear()
+        if self._main is not None:
+            self._main.close()
+            self._main = None
+
+    def handle(self):
+        h = self._new_handle()
+        self._handles.append(h)
+        return h
+
+    def release(self, handle):
+        if handle in self._handles:
+            self._handles.remove(handle)
+            handle.close()
+
+    def enqueue(self, payload, level=DEFAULT_LEVEL):
+        return self._main.enqueue(payload, level)
+
+    def enqueue_many(self, items):
+        return self._main.enqueue_many(items)
+
+    def claim(self):
+        return self._main.claim()
+
+    def complete(self, ref):
+        self._main.complete(ref)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import DEFAULT_LEVEL, Peer
+from . import DEFAULT_LEVEL, ConnectionPerThreadPeer
 
 dumps = json.dumps
 loads = json.loads
@@ -61,7 +61,8 @@ class _Handle:
         self.q.close()
 
 
-class LiteQueuePeer(Peer):
+class LiteQueuePeer(ConnectionPerThreadPeer):
+    _handle_class = _Handle
     supports_priority = False
     batch_native = False
     shared_handle = False
@@ -99,39 +100,6 @@ class LiteQueuePeer(Peer):
     @property
     def path(self):
         return os.path.join(self.directory, "litequeue.db")
-
-    def _open(self):
-        self._main = _Handle(self.path, self.synchronous)
-
-    def close(self):
-        for h in self._handles:
-            h.close()
-        self._handles.clear()
-        if self._main is not None:
-            self._main.close()
-            self._main = None
-
-    def handle(self):
-        h = _Handle(self.path, self.synchronous)
-        self._handles.append(h)
-        return h
-
-    def release(self, handle):
-        if handle in self._handles:
-            self._handles.remove(handle)
-            handle.close()
-
-    def enqueue(self, payload, level=DEFAULT_LEVEL):
-        return self._main.enqueue(payload, level)
-
-    def enqueue_many(self, items):
-        return self._main.enqueue_many(items)
-
-    def claim(self):
-        return self._main.claim()
-
-    def complete(self, ref):
-        self._main.complete(ref)
 
     def prefill(self, items, chunk=50_000):
         q = self._main.q

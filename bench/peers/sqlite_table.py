@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 
-from . import DEFAULT_LEVEL, Peer
+from . import DEFAULT_LEVEL, ConnectionPerThreadPeer
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs ("
@@ -102,7 +102,8 @@ class _Handle:
         self.conn.close()
 
 
-class SqliteTablePeer(Peer):
+class SqliteTablePeer(ConnectionPerThreadPeer):
+    _handle_class = _Handle
     batch_native = True
     supports_priority = True
     shared_handle = False
@@ -131,39 +132,9 @@ class SqliteTablePeer(Peer):
         return os.path.join(self.directory, "queue.db")
 
     def _open(self):
-        self._main = _Handle(self.path, self.synchronous)
+        super()._open()
         for stmt in SCHEMA:
             self._main.conn.execute(stmt)
-
-    def close(self):
-        for h in self._handles:
-            h.close()
-        self._handles.clear()
-        if self._main is not None:
-            self._main.close()
-            self._main = None
-
-    def handle(self):
-        h = _Handle(self.path, self.synchronous)
-        self._handles.append(h)
-        return h
-
-    def release(self, handle):
-        if handle in self._handles:
-            self._handles.remove(handle)
-            handle.close()
-
-    def enqueue(self, payload, level=DEFAULT_LEVEL):
-        return self._main.enqueue(payload, level)
-
-    def enqueue_many(self, items):
-        return self._main.enqueue_many(items)
-
-    def claim(self):
-        return self._main.claim()
-
-    def complete(self, ref):
-        self._main.complete(ref)
 
     def prefill(self, items, chunk=50_000):
         c = self._main.conn
