@@ -33,7 +33,7 @@ import contextlib
 import errno as _errno
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from ._binding import ffi, lib

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from . import records as R
-from .errors import ClosedError, InvalidStateError, ReadOnlyError
+from .errors import ClosedError, ReadOnlyError
 from .job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
                   _check_retries, _check_seconds, check_name, check_text, encode_json,
