@@ -65,7 +65,8 @@ for _p in (HERE, REPO):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import peers  # noqa: E402  (after the path set-up above)
+import floors  # noqa: E402  (after the path set-up above)
+import peers  # noqa: E402
 
 SCENARIOS = {
     "s1": "durable enqueue, 1 producer",
@@ -271,48 +272,6 @@ def op_fill(peer, n: int) -> dict:
 # floors (run in the parent, which imports no peer)
 # ---------------------------------------------------------------------------------------
 
-def _own_fdatasync_loop(directory, seconds, record_bytes=100):
-    path = os.path.join(directory, "floor-fdatasync")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    rec = b"r" * record_bytes
-    n = 0
-    t0 = time.perf_counter()
-    try:
-        while True:
-            os.write(fd, rec)
-            os.fdatasync(fd)
-            n += 1
-            if time.perf_counter() - t0 >= seconds:
-                break
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return n / (time.perf_counter() - t0)
-
-
-def _own_batch_curve(directory, sizes, seconds, record_bytes=100):
-    """records/s when k records go out in one write and one fdatasync, for each k."""
-    out = {}
-    for k in sizes:
-        path = os.path.join(directory, f"floor-batch-{k}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        buf = b"r" * (record_bytes * k)
-        n = 0
-        t0 = time.perf_counter()
-        try:
-            while True:
-                os.write(fd, buf)
-                os.fdatasync(fd)
-                n += 1
-                if time.perf_counter() - t0 >= seconds:
-                    break
-        finally:
-            os.close(fd)
-            os.unlink(path)
-        out[k] = n * k / (time.perf_counter() - t0)
-    return out
-
-
 def py_heap_loop(n: int) -> float:
     """json.dumps + heappush, then heappop + json.loads, per job: the interpreter's ceiling
     for an in-memory priority queue of JSON jobs (no I/O, no locks)."""
@@ -328,49 +287,23 @@ def py_heap_loop(n: int) -> float:
 
 
 class Floors:
-    """The disk floors, from bench/floors.py when it is there (the log's own benchmarks use
-    it: writes over preallocated, fsynced files, as the log does), else from the appending
-    fallback above (an extra size update per fdatasync: a lower floor, and labelled so).
+    """The disk floors from bench/floors.py (writes over preallocated, fsynced files, as the
+    log does). Each scenario re-measures the floor it is judged against right next to its
+    systems, because a shared machine's disk drifts by whole factors over minutes."""
 
-    Each scenario re-measures the floor it is judged against right next to its systems,
-    because a shared machine's disk drifts by whole factors over minutes."""
+    source = "bench/floors.py (preallocated files)"
 
     def __init__(self, workdir, cfg: Config):
         self.dir = os.path.join(workdir, "floors")
         os.makedirs(self.dir, exist_ok=True)
         self.cfg = cfg
-        self.mod = None
-        self.source = "bench/compare.py (own, appending; bench/floors.py not found)"
-        try:
-            import floors as mod   # bench/floors.py, the log engineer's module
-            if callable(getattr(mod, "fdatasync_loop", None)) and \
-                    callable(getattr(mod, "batch_curve", None)):
-                self.mod = mod
-                self.source = "bench/floors.py (preallocated files)"
-        except ImportError:
-            pass
-
-    def _fallback(self, e):
-        self.mod = None
-        self.source = (f"bench/compare.py (own, appending; bench/floors.py failed: "
-                       f"{type(e).__name__}: {e})")
 
     def fdatasync(self, seconds: float) -> float:
-        if self.mod is not None:
-            try:
-                return float(self.mod.fdatasync_loop(self.dir, float(seconds), record_bytes=100))
-            except Exception as e:      # a contract mismatch: fall back, and say so
-                self._fallback(e)
-        return _own_fdatasync_loop(self.dir, seconds)
+        return float(floors.fdatasync_loop(self.dir, float(seconds), record_bytes=100))
 
     def curve(self, sizes, seconds: float) -> dict:
-        if self.mod is not None:
-            try:
-                raw = self.mod.batch_curve(self.dir, list(sizes), seconds=float(seconds))
-                return {int(k): float(v) for k, v in raw.items()}
-            except Exception as e:
-                self._fallback(e)
-        return _own_batch_curve(self.dir, sizes, seconds)
+        raw = floors.batch_curve(self.dir, list(sizes), seconds=float(seconds))
+        return {int(k): float(v) for k, v in raw.items()}
 
     def close(self):
         shutil.rmtree(self.dir, ignore_errors=True)
