@@ -364,6 +364,14 @@ class State:
         r.hb = p.at_ms
         r.progress = p.fraction
         r.pmsg = p.message
+        # history shows the attempt's latest progress, not every report (a handler may report
+        # thousands of times): a progress entry right after another one replaces it
+        note = f"{p.fraction:.0%}" + (f" {p.message}" if p.message else "")
+        entry = (lsn, R.PROGRESS, p.at_ms, RUNNING, r.worker, r.retry + 1, note)
+        if r.hist and r.hist[-1][1] == R.PROGRESS:
+            r.hist[-1] = entry
+        else:
+            r.hist.append(entry)
 
     def _finish_attempt(self, r: _Rec) -> None:
         r.token = None

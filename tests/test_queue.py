@@ -549,9 +549,28 @@ def test_history_records_every_transition(q, clock):
     q.complete(jid, j.token, 42)
     h = q.history(jid)
     assert [(t.kind, t.worker, t.attempt, t.error) for t in h] == [
-        ("enqueue", None, 1, None), ("claim", "w1", 1, None), ("fail", "w1", 1, "boom"),
-        ("claim", "w2", 2, None), ("complete", "w2", 2, None)]
+        ("enqueue", None, 1, None), ("claim", "w1", 1, None), ("progress", "w1", 1, "50% half"),
+        ("fail", "w1", 1, "boom"), ("claim", "w2", 2, None), ("complete", "w2", 2, None)]
     assert all(a.lsn < b.lsn for a, b in zip(h, h[1:]))
+
+
+def test_history_keeps_the_latest_progress_of_an_attempt(opener, clock):
+    q = opener()
+    jid = q.enqueue(job())
+    j = q.claim("w1")
+    for i in range(1, 101):                       # a chatty handler: 100 reports
+        q.progress(jid, j.token, i / 100, f"step {i}")
+    assert [(t.kind, t.error) for t in q.history(jid)] == [
+        ("enqueue", None), ("claim", None), ("progress", "100% step 100")]
+    q.heartbeat(jid, j.token)                     # heartbeats are not history entries
+    q.progress(jid, j.token, 1.0)
+    assert [(t.kind, t.error) for t in q.history(jid)] == [
+        ("enqueue", None), ("claim", None), ("progress", "100%")]
+    q.complete(jid, j.token)
+    q.close()
+    q = opener()                                  # replayed from the log: the same history
+    assert [(t.kind, t.error) for t in q.history(jid)] == [
+        ("enqueue", None), ("claim", None), ("progress", "100%"), ("complete", None)]
 
 
 def test_purge_finished(q, clock):
