@@ -36,6 +36,8 @@ _SCAN_CHUNK = 4096
 _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
 _ZEROS = bytes(1 << 20)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
+         "durable": lib.AU_WAIT_MODE, "synced": lib.AU_WAIT_SYNCED}
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,9 @@ class Log:
         self._closed = False
         self._state_lock = threading.Lock()
         self._tls = threading.local()
+        self._reserve_lock = threading.Lock()
+        self._next = 1                    # the next LSN to reserve (writable logs)
+        self._failed_seen = False         # a write or wait here reported a failed writer
         self.report = RecoveryReport()
         self.directory = Path()
         self._wal = Path()
@@ -433,6 +438,7 @@ class Log:
         check_writer(rc, "open writer", None)
         # freed only when no Python reference (hence no in-flight call) remains
         self._w = ffi.gc(w[0], lib.au_writer_free)
+        self._next = ts.next_lsn
 
     def _keep_broken(self, path: Path, data: bytes) -> str:
         n = 1
@@ -473,11 +479,10 @@ class Log:
 
     @property
     def next_lsn(self) -> int:
+        """The next LSN to be reserved (every LSN below it is taken)."""
         if self._w is None:
             return self._ro_next_lsn
-        p = self._tls_ptr()
-        lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
-        return p[2]
+        return self._next
 
     @property
     def failed(self) -> bool:
@@ -511,81 +516,136 @@ class Log:
         return w
 
     # ---------------------------------------------------------------- writing
+    # LSNs are reserved here, in Python, and the records follow in one C call that may
+    # also wait for them. A caller that must order its records with its own state (the
+    # queue) reserves under its lock and appends after leaving it, so no call that drops
+    # the GIL runs under that lock; the C writer parks ranges that arrive early.
+
+    def reserve(self, n: int = 1) -> int:
+        """Reserve the next n LSNs; returns the first. The caller MUST then hand exactly
+        those records to append_reserved(): a reserved range that never arrives stalls
+        every later commit until the writer gives up on it and fails (30 s)."""
+        self._writer("reserve")
+        if self._failed_seen:     # refuse before the caller changes its state for nothing
+            raise DurabilityError("the log failed earlier; nothing more is acknowledged "
+                                  "until it is reopened")
+        with self._reserve_lock:
+            first = self._next
+            self._next = first + n
+        return first
+
+    def append_reserved(self, first_lsn: int, records: Sequence[tuple[int, bytes]],
+                        wait: str = "none") -> int:
+        """Append records with the LSNs reserved for them (first_lsn, first_lsn + 1, ...)
+        as one atomic batch, then wait: "none", "written" (handed to the OS), "durable"
+        (fdatasynced in sync mode, written otherwise) or "synced" (fdatasynced, any mode).
+        Returns the last LSN. Validation errors here fail the writer (the LSNs are taken):
+        validate with check_records() before reserving."""
+        w = self._writer("append")
+        level = _WAIT[wait]
+        if len(records) == 1:
+            rtype, payload = records[0]
+            rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
+                                   len(payload), level)
+        else:
+            types, lens, data = self._pack(records)
+            rc = lib.au_append_at(w, first_lsn, len(records), ffi.from_buffer(types),
+                                  ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
+                                  level)
+        if rc < 0:
+            if rc != lib.AU_E_CLOSED:
+                self._failed_seen = True
+            check_writer(rc, "append", w)
+        return first_lsn + len(records) - 1
+
+    def check_records(self, records: Sequence[tuple[int, bytes]]) -> None:
+        """TypeError/ValueError for records the writer would refuse (nothing is written)."""
+        self._pack(records)
+
+    def _pack(self, records):
+        """(types, lengths, data) of records, validated; C-speed over big batches."""
+        if not records:
+            raise ValueError("no records to append")
+        try:
+            types = bytes([r[0] for r in records])
+        except (TypeError, ValueError, IndexError):
+            types = None
+        if types is None or 0 in types:
+            for i, r in enumerate(records):
+                rtype = r[0] if isinstance(r, (tuple, list)) and r else r
+                if not isinstance(rtype, int) or not 1 <= rtype <= 255:
+                    raise ValueError(f"record {i}: type must be an int in 1..255, not {rtype!r}")
+        payloads = [r[1] for r in records]
+        try:
+            data = b"".join(payloads)
+            lens = array.array("I", map(len, payloads))
+        except TypeError:
+            for i, pl in enumerate(payloads):
+                if not isinstance(pl, (bytes, bytearray)):
+                    raise TypeError(f"record {i}: payload must be bytes or bytearray, not "
+                                    f"{type(pl).__name__}") from None
+            raise
+        if max(lens) > self.max_record_bytes:
+            i = max(range(len(lens)), key=lens.__getitem__)
+            raise ValueError(f"record {i} of {lens[i]} bytes is over max_record_bytes "
+                             f"({self.max_record_bytes})")
+        if len(data) + len(lens) * lib.AU_REC_HDR + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
+            raise ValueError(f"a batch of {len(data)} bytes is over the batch limit "
+                             f"({lib.AU_MAX_BATCH} bytes)")
+        if len(data) != sum(lens):   # a multi-byte memoryview: len() is not its byte size
+            raise TypeError("payloads must be bytes or bytearray")
+        return types, lens, data
+
     def append(self, rtype: int, payload) -> int:
         """Queue one record for the next group commit; returns its LSN (not yet durable:
         call sync(lsn))."""
-        w = self._writer("append")
-        if not isinstance(rtype, int) or not 1 <= rtype <= 255:
-            raise ValueError(f"record type must be an int in 1..255, not {rtype!r}")
-        buf = ffi.from_buffer(payload)
-        if len(buf) > self.max_record_bytes:
-            raise ValueError(f"record of {len(buf)} bytes is over max_record_bytes "
-                             f"({self.max_record_bytes})")
-        p = self._tls_ptr()
-        check_writer(lib.au_append1(w, rtype, buf, len(buf), p), "append", w)
-        return p[0]
+        return self._append([(rtype, payload)], "none")
 
     def append_many(self, records: Sequence[tuple[int, bytes]]) -> int:
         """Queue records as one atomic batch; returns the LAST LSN (next_lsn - 1 for an
         empty sequence)."""
-        w = self._writer("append_many")
-        records = list(records)
+        return self._append(records, "none")
+
+    def commit(self, records: Sequence[tuple[int, bytes]]) -> int:
+        """append_many + sync in one call: returns the last LSN once durable (per the
+        mode)."""
+        return self._append(records, "durable")
+
+    def _append(self, records, wait: str) -> int:
+        self._writer("append")
+        records = records if isinstance(records, list) else list(records)
         if not records:
             return self.next_lsn - 1
-        types = bytearray(len(records))
-        lens = array.array("I", bytes(4 * len(records)))
-        parts = []
-        limit = self.max_record_bytes
-        total = 0
-        for i, (rtype, payload) in enumerate(records):
-            if not isinstance(rtype, int) or not 1 <= rtype <= 255:
-                raise ValueError(f"record {i}: type must be an int in 1..255, not {rtype!r}")
-            if not isinstance(payload, (bytes, bytearray, memoryview)):
-                raise TypeError(f"record {i}: payload must be bytes-like, not "
-                                f"{type(payload).__name__}")
-            n = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
-            if n > limit:
-                raise ValueError(f"record {i} of {n} bytes is over max_record_bytes ({limit})")
-            types[i] = rtype
-            lens[i] = n
-            total += n + lib.AU_REC_HDR
-            parts.append(payload)
-        if total + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
-            raise ValueError(f"append_many of {total} bytes is over the batch limit "
-                             f"({lib.AU_MAX_BATCH} bytes)")
-        data = b"".join(parts)
-        p = self._tls_ptr()
-        check_writer(lib.au_append(w, len(records), ffi.from_buffer(types),
-                                   ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
-                                   p), "append_many", w)
-        return p[0]
+        self._pack(records)
+        return self.append_reserved(self.reserve(len(records)), records, wait)
 
     def sync(self, lsn: int) -> None:
         """Block until every record <= lsn is written (and fdatasynced in "sync" mode)."""
-        w = self._writer("sync")
-        if lsn < 1:
-            return
-        check_writer(lib.au_sync(w, lsn), "sync", w)
+        self._wait(lsn, "durable", "sync")
 
     def write_through(self, lsn: int) -> None:
         """Block until every record <= lsn is handed to the OS with write(), in every mode,
         without waiting for an fdatasync: a killed process then loses none of them (a power
         cut still may). Concurrent callers share the write."""
-        w = self._writer("write_through")
-        if lsn < 1:
-            return
-        check_writer(lib.au_write_through(w, lsn), "write_through", w)
-
-    def commit(self, records: Sequence[tuple[int, bytes]]) -> int:
-        """append_many + sync: returns the last LSN once durable (per the mode)."""
-        lsn = self.append_many(records)
-        self.sync(lsn)
-        return lsn
+        self._wait(lsn, "written", "write_through")
 
     def flush(self) -> None:
         """Write and fdatasync everything appended so far, in every mode."""
         w = self._writer("flush")
-        check_writer(lib.au_flush(w), "flush", w)
+        check_writer(lib.au_wait(w, self._next - 1, lib.AU_WAIT_SYNCED) if self._next > 1
+                     else lib.au_flush(w), "flush", w)
+
+    def _wait(self, lsn: int, wait: str, what: str) -> None:
+        w = self._writer(what)
+        if lsn < 1:
+            return
+        if lsn >= self._next:
+            raise ValueError(f"{what}: LSN {lsn} was never appended (next is {self._next})")
+        rc = lib.au_wait(w, lsn, _WAIT[wait])
+        if rc < 0:
+            if rc != lib.AU_E_CLOSED:
+                self._failed_seen = True
+            check_writer(rc, what, w)
 
     # ---------------------------------------------------------------- reading
     def segments(self) -> list[SegmentInfo]:
@@ -605,10 +665,10 @@ class Log:
             raise ClosedError("the log is closed")
         if self._w is not None:
             p = self._tls_ptr()
-            lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
-            if p[2] > 1 and not lib.au_writer_failed(self._w):
+            if self._next > 1 and not lib.au_writer_failed(self._w):
                 # a failed writer still reads what reached the file (disk full: reads work)
-                check_writer(lib.au_write_through(self._w, p[2] - 1), "scan", self._w)
+                check_writer(lib.au_wait(self._w, self._next - 1, lib.AU_WAIT_WRITTEN),
+                             "scan", self._w)
             lib.au_writer_position(self._w, p, p + 1, p + 2, p + 3)
             bound = (p[0], p[1])
         elif self._ro_cut is not None:
@@ -718,6 +778,8 @@ class Log:
         rc = 0
         try:
             if w is not None:
+                if self._next > 1:   # let reserved ranges still on their way arrive
+                    lib.au_wait(w, self._next - 1, lib.AU_WAIT_WRITTEN)
                 rc = lib.au_writer_close(w)
         finally:
             self._release()

@@ -22,6 +22,11 @@
 #define AU_MODE_INTERVAL 1
 #define AU_MODE_OS       2
 
+#define AU_WAIT_NONE     0
+#define AU_WAIT_WRITTEN  1
+#define AU_WAIT_MODE     2
+#define AU_WAIT_SYNCED   3
+
 /* ---- crc32c ---- */
 uint32_t au_crc32c(uint32_t crc, const void *buf, size_t len);     /* chosen at run time */
 uint32_t au_crc32c_sw(uint32_t crc, const void *buf, size_t len);  /* table (slicing-by-8) */
@@ -114,16 +119,24 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
                    uint64_t seg_first_lsn, uint64_t write_off, uint64_t file_size,
                    uint64_t next_lsn, uint64_t segment_bytes, uint32_t max_record,
                    int mode, uint32_t interval_ms);
-int au_append(au_writer *w, uint32_t n, const uint8_t *types, const uint32_t *lens,
-              const uint8_t *data, uint64_t *last_lsn);
-int au_append1(au_writer *w, uint8_t type, const uint8_t *payload, uint32_t len,
-               uint64_t *lsn);
-int au_sync(au_writer *w, uint64_t lsn);
-int au_write_through(au_writer *w, uint64_t lsn);  /* written to the OS, any mode */
+/* LSNs are reserved by the caller (one counter, in order) and records are appended with
+ * them; ranges may arrive out of order (an early one is parked until the gap fills), so
+ * a caller can assign LSNs under its own lock and append after leaving it. A range that
+ * is refused, or that never arrives (HOLE_TIMEOUT), fails the writer. `wait` is one of
+ * AU_WAIT_*: return at once, once written to the OS, once durable per the mode (fdatasync
+ * in sync mode, written otherwise), or once fdatasynced in any mode. */
+int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                 const uint32_t *lens, const uint8_t *data, int wait);
+int au_append_at1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
+                  uint32_t len, int wait);
+int au_wait(au_writer *w, uint64_t lsn, int level);  /* every LSN <= lsn, per AU_WAIT_* */
+int au_sync(au_writer *w, uint64_t lsn);            /* au_wait(AU_WAIT_MODE) */
+int au_write_through(au_writer *w, uint64_t lsn);   /* au_wait(AU_WAIT_WRITTEN) */
 int au_flush(au_writer *w);
 int au_writer_close(au_writer *w);
 void au_writer_free(au_writer *w);                  /* flush, seal, free; always frees */
 int au_writer_failed(au_writer *w);                 /* 0 or the errno that failed it */
+void au_writer_set_hole_timeout(au_writer *w, uint32_t ms);  /* default 30 s (tests) */
 void au_writer_stats(au_writer *w, au_stats *s);
 void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_off,
                         uint64_t *next_lsn, uint64_t *written_lsn);

@@ -21,6 +21,7 @@
 
 #define BACKPRESSURE_BYTES (64u << 20)  /* pending bytes above which append waits */
 #define INTERVAL_UNSYNCED  (4u << 20)   /* interval mode: fdatasync early past this */
+#define HOLE_TIMEOUT_MS    30000u       /* default: a reserved range this late never comes */
 
 typedef struct {
     uint8_t *buf;       /* AU_BATCH_HDR reserved bytes, then frames, then room for padding */
@@ -52,6 +53,11 @@ struct au_writer {
 
     /* mutex-protected */
     pendbuf pend, spare;
+    struct parked *parked; /* reserved ranges that arrived early, by first LSN */
+    struct waiter *waiters; /* committers asleep until a round covers their LSN */
+    uint32_t nwant_sync;   /* ... of which this many want an fdatasync */
+    int kick;              /* the background thread should run a round now */
+    uint32_t hole_ms;      /* give up on a reserved range not arrived after this long */
     uint64_t next_lsn;     /* next LSN to assign */
     uint64_t written_lsn;  /* every LSN < this is written */
     uint64_t synced_lsn;   /* every LSN < this is fdatasynced */
@@ -212,6 +218,53 @@ static int write_records(au_writer *w, pendbuf *t)
     return 0;
 }
 
+/* A committer asleep in commit(): on its own condition variable, so a round wakes only
+ * the threads it covered (one broadcast woke all 64 and they fought over the mutex and
+ * the GIL while the disk sat idle). Lives on the committer's stack. */
+typedef struct waiter {
+    struct waiter *next;
+    uint64_t lsn;
+    int want_synced;
+    int done;
+    pthread_cond_t cv;
+} waiter;
+
+/* Wake and unlink the waiters now covered (all of them once the writer failed). */
+static void wake_covered(au_writer *w)
+{
+    waiter **pp = &w->waiters;
+    while (*pp) {
+        waiter *x = *pp;
+        uint64_t have = x->want_synced ? w->synced_lsn : w->written_lsn;
+        if (x->lsn < have || w->failed || w->closed) {
+            *pp = x->next;
+            x->done = 1;
+            if (x->want_synced)
+                w->nwant_sync--;
+            pthread_cond_signal(&x->cv);
+        } else
+            pp = &x->next;
+    }
+}
+
+static void fail_locked(au_writer *w, int err)
+{
+    if (!w->failed)
+        w->failed = err;
+    wake_covered(w);
+    pthread_cond_broadcast(&w->cv);
+}
+
+/* Records someone waits for are pending and nobody leads: the background thread (a C
+ * thread: it never needs the GIL) runs the next round. */
+static void kick_if_waited(au_writer *w)
+{
+    if (w->waiters && !w->leader && !w->failed) {
+        w->kick = 1;
+        pthread_cond_signal(&w->bgcv);
+    }
+}
+
 /* One leader round. Called and returns with the mutex held; drops it for the I/O. */
 static void leader_round(au_writer *w, int do_sync)
 {
@@ -243,9 +296,11 @@ static void leader_round(au_writer *w, int do_sync)
     w->pub_seg_first = w->seg_first;
     w->pub_write_off = w->write_off;
     w->leader = 0;
+    wake_covered(w);
+    kick_if_waited(w);
     if (w->mode == AU_MODE_INTERVAL && w->write_off - w->durable_off > INTERVAL_UNSYNCED)
         pthread_cond_signal(&w->bgcv);
-    pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->cv);  /* backpressure, close, the background thread */
 }
 
 static void deadline_after(struct timespec *ts, uint32_t ms)
@@ -264,21 +319,29 @@ static void *bg_main(void *arg)
     au_writer *w = arg;
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
-        struct timespec ts;
-        deadline_after(&ts, w->interval_ms ? w->interval_ms : 1);
-        pthread_cond_timedwait(&w->bgcv, &w->mu, &ts);
+        if (!w->kick) {
+            struct timespec ts;
+            deadline_after(&ts, w->interval_ms ? w->interval_ms : 1);
+            pthread_cond_timedwait(&w->bgcv, &w->mu, &ts);
+        }
+        int kicked = w->kick;
+        w->kick = 0;
         if (w->stop)
             break;
         if (w->failed)
             continue;
-        int unsynced = w->mode == AU_MODE_INTERVAL && w->synced_lsn < w->written_lsn;
+        /* kicked: committers wait (an fdatasync only if one of them wants it); timer: the
+         * interval mode's fdatasync, and records nobody waits for */
+        int want_sync = w->nwant_sync > 0 || (!kicked && w->mode != AU_MODE_OS);
+        int unsynced = want_sync && w->synced_lsn < w->written_lsn &&
+                       (kicked || w->mode == AU_MODE_INTERVAL);
         if (!w->pend.count && !unsynced)
             continue;
         while (w->leader && !w->stop)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->stop || w->failed)
             continue;
-        leader_round(w, w->mode != AU_MODE_OS);
+        leader_round(w, want_sync || w->nwant_sync > 0);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -318,6 +381,7 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     w->fd = fd;
     w->mode = mode;
     w->interval_ms = interval_ms;
+    w->hole_ms = HOLE_TIMEOUT_MS;
     w->max_record = max_record;
     w->segment_bytes = segment_bytes;
     w->seg_first = w->pub_seg_first = seg_first_lsn;
@@ -328,10 +392,10 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     pend_reset(&w->spare);
 
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
     pthread_cond_init(&w->bgcv, &ca);
     pthread_condattr_destroy(&ca);
     if (pthread_create(&w->bg, NULL, bg_main, w) == 0)
@@ -349,61 +413,138 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     return 0;
 }
 
-int au_append(au_writer *w, uint32_t n, const uint8_t *types, const uint32_t *lens,
-              const uint8_t *data, uint64_t *last_lsn)
+/* Frame n records at next_lsn into pend. Mutex held; the writer is healthy. */
+static int frame_locked(au_writer *w, uint32_t n, const uint8_t *types, const uint32_t *lens,
+                        const uint8_t *data, size_t total)
 {
-    if (n == 0)
-        return AU_E_INVAL;
-    uint64_t total = 0;
+    int rc = pend_reserve(&w->pend, total);
+    if (rc)
+        return rc;
+    pendbuf *p = &w->pend;
+    if (!p->count)
+        p->first_lsn = w->next_lsn;
+    uint64_t lsn = w->next_lsn;
     for (uint32_t i = 0; i < n; i++) {
-        if (types[i] == 0 || lens[i] > w->max_record)
-            return AU_E_INVAL;
-        total += AU_REC_HDR + (uint64_t)lens[i];
+        uint8_t *f = p->buf + p->len;
+        put32(f, lens[i]);
+        put32(f + 4, au_record_crc(types[i], lsn, data, lens[i]));
+        put64(f + 8, lsn);
+        f[16] = types[i];
+        memcpy(f + AU_REC_HDR, data, lens[i]);
+        data += lens[i];
+        p->len += AU_REC_HDR + lens[i];
+        lsn++;
     }
-    if (total + AU_BATCH_HDR + 8 > AU_MAX_BATCH)
-        return AU_E_TOOBIG;
+    p->count += n;
+    p->bnd_off[p->nbnd] = p->len;
+    p->bnd_lsn[p->nbnd] = lsn;
+    p->nbnd++;
+    w->next_lsn = lsn;
+    return 0;
+}
+
+/* A reserved range that arrived before the ranges in front of it: a private copy. */
+struct parked {
+    struct parked *next;
+    uint64_t first_lsn;
+    uint32_t n;
+    size_t total;      /* framed bytes */
+    uint32_t *lens;    /* n lengths, then n types (as uint8_t), then the data */
+};
+
+static int park_locked(au_writer *w, uint64_t first, uint32_t n, const uint8_t *types,
+                       const uint32_t *lens, const uint8_t *data, size_t dlen, size_t total)
+{
+    /* the ranges are disjoint and each is parked once: find the slot, refuse overlaps */
+    struct parked **at = &w->parked;
+    while (*at && (*at)->first_lsn < first)
+        at = &(*at)->next;
+    if (*at && (*at)->first_lsn < first + n)
+        return AU_E_INVAL;
+    struct parked *pk = malloc(sizeof *pk + (size_t)n * 5 + dlen);
+    if (!pk)
+        return -ENOMEM;
+    pk->first_lsn = first;
+    pk->n = n;
+    pk->total = total;
+    pk->lens = (uint32_t *)(pk + 1);
+    memcpy(pk->lens, lens, (size_t)n * 4);
+    memcpy((uint8_t *)(pk->lens + n), types, n);
+    memcpy((uint8_t *)(pk->lens + n) + n, data, dlen);
+    pk->next = *at;
+    *at = pk;
+    return 0;
+}
+
+/* Frame the parked ranges that have become next in line. */
+static int unpark_locked(au_writer *w)
+{
+    int moved = 0;
+    struct parked *pk;
+    /* waiters on these LSNs sleep until a round covers them: append_at kicks one */
+    while ((pk = w->parked) && pk->first_lsn == w->next_lsn) {
+        const uint8_t *types = (const uint8_t *)(pk->lens + pk->n);
+        int rc = frame_locked(w, pk->n, types, pk->lens, types + pk->n, pk->total);
+        if (rc)
+            return rc;
+        w->parked = pk->next;
+        free(pk);
+        moved = 1;
+    }
+    (void)moved;
+    return 0;
+}
+
+static int commit(au_writer *w, uint64_t lsn, int want_synced);
+int au_wait(au_writer *w, uint64_t lsn, int level);
+
+int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                 const uint32_t *lens, const uint8_t *data, int wait)
+{
+    uint64_t total = 0, dlen = 0;
+    int bad = n == 0 || first_lsn == 0 || wait < AU_WAIT_NONE || wait > AU_WAIT_SYNCED;
+    for (uint32_t i = 0; i < n && !bad; i++) {
+        if (types[i] == 0 || lens[i] > w->max_record)
+            bad = 1;
+        dlen += lens[i];
+    }
+    total = dlen + (uint64_t)n * AU_REC_HDR;
+    int rc = bad ? AU_E_INVAL : total + AU_BATCH_HDR + 8 > AU_MAX_BATCH ? AU_E_TOOBIG : 0;
 
     pthread_mutex_lock(&w->mu);
-    while (!w->failed && !w->closed && w->pend.len > BACKPRESSURE_BYTES) {
+    while (!rc && !w->failed && !w->closed && w->pend.len > BACKPRESSURE_BYTES) {
         pthread_cond_signal(&w->bgcv);
         pthread_cond_wait(&w->cv, &w->mu);
     }
-    int rc = 0;
     if (w->closed)
         rc = AU_E_CLOSED;
     else if (w->failed)
         rc = AU_E_FAILED;
-    else if ((rc = pend_reserve(&w->pend, (size_t)total)) == 0) {
-        pendbuf *p = &w->pend;
-        if (!p->count)
-            p->first_lsn = w->next_lsn;
-        uint64_t lsn = w->next_lsn;
-        for (uint32_t i = 0; i < n; i++) {
-            uint8_t *f = p->buf + p->len;
-            put32(f, lens[i]);
-            put32(f + 4, au_record_crc(types[i], lsn, data, lens[i]));
-            put64(f + 8, lsn);
-            f[16] = types[i];
-            memcpy(f + AU_REC_HDR, data, lens[i]);
-            data += lens[i];
-            p->len += AU_REC_HDR + lens[i];
-            lsn++;
-        }
-        p->count += n;
-        p->bnd_off[p->nbnd] = p->len;
-        p->bnd_lsn[p->nbnd] = lsn;
-        p->nbnd++;
-        w->next_lsn = lsn;
-        *last_lsn = lsn - 1;
+    else if (!rc && first_lsn == w->next_lsn) {
+        rc = frame_locked(w, n, types, lens, data, (size_t)total);
+        if (!rc)
+            rc = unpark_locked(w);
+        if (!rc)
+            kick_if_waited(w);   /* someone may wait for what just became framed */
+    } else if (!rc)
+        rc = first_lsn < w->next_lsn
+                 ? AU_E_INVAL
+                 : park_locked(w, first_lsn, n, types, lens, data, (size_t)dlen, (size_t)total);
+    if (rc && rc != AU_E_CLOSED && rc != AU_E_FAILED) {
+        /* the LSNs were reserved: a range that never arrives would stall every later
+         * commit, so a refused range fails the writer (the caller validated it first) */
+        fail_locked(w, rc < 0 && rc > -4096 ? -rc : EINVAL);
     }
     pthread_mutex_unlock(&w->mu);
-    return rc;
+    if (rc || wait == AU_WAIT_NONE)
+        return rc;
+    return au_wait(w, first_lsn + n - 1, wait);
 }
 
-int au_append1(au_writer *w, uint8_t type, const uint8_t *payload, uint32_t len,
-               uint64_t *lsn)
+int au_append_at1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
+                  uint32_t len, int wait)
 {
-    return au_append(w, 1, &type, &len, payload, lsn);
+    return au_append_at(w, lsn, 1, &type, &len, payload, wait);
 }
 
 static int commit(au_writer *w, uint64_t lsn, int want_synced)
@@ -424,22 +565,56 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
             rc = AU_E_CLOSED;
             break;
         }
-        if (lsn >= w->next_lsn) {
-            rc = AU_E_INVAL;
-            break;
-        }
-        if (w->leader) {
-            pthread_cond_wait(&w->cv, &w->mu);
+        if (lsn < w->next_lsn && !w->leader) {
+            /* nobody leads: this thread does the round (the one-committer fast path) */
+            leader_round(w, want_synced || w->nwant_sync > 0);
             continue;
         }
-        leader_round(w, want_synced);  /* write_through: a write() only, even in sync mode */
+        /* a round is running (the next one is run by the background thread), or the LSN
+         * is reserved but not arrived yet: its owner is on the way, having just left the
+         * caller's lock. A range that never comes is a caller bug: fail, do not hang. */
+        waiter me = {.next = w->waiters, .lsn = lsn, .want_synced = want_synced};
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&me.cv, &ca);
+        pthread_condattr_destroy(&ca);
+        w->waiters = &me;
+        if (want_synced)
+            w->nwant_sync++;
+        struct timespec ts;
+        deadline_after(&ts, w->hole_ms);
+        while (!me.done) {
+            if (pthread_cond_timedwait(&me.cv, &w->mu, &ts) == ETIMEDOUT && !me.done) {
+                if (lsn >= w->next_lsn)
+                    fail_locked(w, ETIMEDOUT);   /* wakes (and unlinks) every waiter */
+                else
+                    deadline_after(&ts, w->hole_ms);
+            }
+        }
+        pthread_cond_destroy(&me.cv);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
 }
 
-int au_sync(au_writer *w, uint64_t lsn) { return commit(w, lsn, w->mode == AU_MODE_SYNC); }
-int au_write_through(au_writer *w, uint64_t lsn) { return commit(w, lsn, 0); }
+int au_wait(au_writer *w, uint64_t lsn, int level)
+{
+    switch (level) {
+    case AU_WAIT_NONE:
+        return 0;
+    case AU_WAIT_WRITTEN:
+        return commit(w, lsn, 0);
+    case AU_WAIT_MODE:
+        return commit(w, lsn, w->mode == AU_MODE_SYNC);
+    case AU_WAIT_SYNCED:
+        return commit(w, lsn, 1);
+    }
+    return AU_E_INVAL;
+}
+
+int au_sync(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_MODE); }
+int au_write_through(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_WRITTEN); }
 
 int au_flush(au_writer *w)
 {
@@ -447,6 +622,13 @@ int au_flush(au_writer *w)
     uint64_t last = w->next_lsn - 1;
     pthread_mutex_unlock(&w->mu);
     return commit(w, last, 1);
+}
+
+void au_writer_set_hole_timeout(au_writer *w, uint32_t ms)
+{
+    pthread_mutex_lock(&w->mu);
+    w->hole_ms = ms ? ms : 1;
+    pthread_mutex_unlock(&w->mu);
 }
 
 int au_writer_failed(au_writer *w)
@@ -488,6 +670,7 @@ int au_writer_close(au_writer *w)
         pthread_cond_wait(&w->cv, &w->mu);
     w->closed = 1;
     w->stop = 1;
+    wake_covered(w);
     pthread_cond_broadcast(&w->bgcv);
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -527,6 +710,11 @@ void au_writer_free(au_writer *w)
     pthread_cond_destroy(&w->bgcv);
     pend_free(&w->pend);
     pend_free(&w->spare);
+    while (w->parked) {
+        struct parked *pk = w->parked;
+        w->parked = pk->next;
+        free(pk);
+    }
     free(w->stage);
     free(w->wal_dir);
     free(w);
