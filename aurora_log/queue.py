@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from . import records as R
+from ._locks import YieldingLock
 from .errors import ClosedError, ReadOnlyError
 from .job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
@@ -148,7 +149,7 @@ class Queue:
         self._max_payload = max_payload_bytes
         self._retry = (retry_base, retry_cap, retry_jitter)
         self._read_only = bool(read_only)
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()
         self._cond = threading.Condition(self._lock)
         self._closed = False
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
@@ -287,35 +288,50 @@ class Queue:
         if write and self._read_only:
             raise ReadOnlyError("the queue was opened read_only")
 
-    def _append_apply(self, recs: list, encoded: list | None = None) -> int:
-        """Append records (one atomic batch) and fold them. Caller holds the lock (or is
-        __init__). Returns the last LSN."""
+    def _append_apply(self, recs: list, encoded: list | None = None, wait: str = "none") -> int:
+        """Append records (one atomic batch) and fold them, all under the lock (or in
+        __init__): for the rare paths (reaper, recovery, compaction). Returns the last LSN."""
+        first, encoded = self._reserve_apply(recs, encoded)
+        return self._log.append_reserved(first, encoded, wait)
+
+    def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list]:
+        """Reserve the records' LSNs and fold them. The caller holds the lock and MUST
+        pass the result to _publish() right after releasing it (the hot paths: no call
+        that drops the GIL runs under the lock, so threads do not convoy on it)."""
         if encoded is None:
             encoded = [R.encode(r) for r in recs]
         if len(encoded) == 1:
-            last = self._log.append(*encoded[0])
+            if len(encoded[0][1]) > self._log.max_record_bytes:
+                self._log.check_records(encoded)     # raises: nothing reserved
         else:
-            last = self._log.append_many(encoded)
-        first = last - len(encoded) + 1
-        at = recs[0].at_ms
-        if at > self._max_at:
-            self._max_at = at
-        touched = self._touched
-        if touched is not None:      # a compaction is capturing: note every job touched
-            for r in recs:
-                if type(r) is R.Purge:
-                    touched.update(dict.fromkeys(r.ids))
-                else:
-                    touched[r.id] = None
-        if len(recs) == 1:
-            self._state.apply(last, encoded[0][0], recs[0])
-        else:
-            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in zip(recs, encoded)])
-        return last
+            self._log.check_records(encoded)
+        first = self._log.reserve(len(encoded))
+        try:
+            at = recs[0].at_ms
+            if at > self._max_at:
+                self._max_at = at
+            touched = self._touched
+            if touched is not None:      # a compaction is capturing: note every job touched
+                for r in recs:
+                    if type(r) is R.Purge:
+                        touched.update(dict.fromkeys(r.ids))
+                    else:
+                        touched[r.id] = None
+            if len(recs) == 1:
+                self._state.apply(first, encoded[0][0], recs[0])
+            else:
+                self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
+                                               zip(recs, encoded)])
+        except BaseException:
+            # the LSNs are taken: a range that never arrives stalls every later commit
+            self._log.append_reserved(first, encoded)
+            raise
+        return first, encoded
 
-    def _sync(self, lsn: int, durable: bool) -> None:
-        if durable:
-            self._log.sync(lsn)
+    def _publish(self, reserved: tuple[int, list], wait: str) -> int:
+        """Hand reserved records to the log (outside the lock) and wait as told."""
+        return self._log.append_reserved(reserved[0], reserved[1], wait)
+
 
     def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:
         """Validate a Job (again: its attributes may have been set directly) and build and
@@ -414,12 +430,15 @@ class Queue:
                 encoded.append((R.ENQUEUE, payload))
                 ids.append(rec.id)
             if recs:
-                lsn = self._append_apply(recs, encoded)
+                reserved = self._reserve_apply(recs, encoded)
                 self._cond.notify_all()
             else:
+                reserved = None
                 lsn = self._log.next_lsn - 1   # the owners' records: make sure they are durable
-        if lsn > 0:
-            self._sync(lsn, durable)
+        if reserved is not None:
+            self._publish(reserved, "durable" if durable else "none")
+        elif lsn > 0 and durable:
+            self._log.sync(lsn)
         return ids
 
     # ------------------------------------------------------------------ workers
@@ -444,13 +463,13 @@ class Queue:
         claimed = self._claim_locked(worker_id, types, qs, end)
         if claimed is None:
             return None
-        job, lsn = claimed
-        self._log.write_through(lsn)     # outside the lock: claimers share the write
+        job, reserved = claimed
+        self._publish(reserved, "written")     # outside the lock: claimers share the write
         return job
 
     def _claim_locked(self, worker_id, types, qs, end):
         """Pick and claim under the lock, waiting on the condition until ``end`` (a
-        time.monotonic() deadline; None = do not wait). Returns (job, claim LSN) or None."""
+        time.monotonic() deadline; None = do not wait). Returns (job, reserved claim record) or None: the caller publishes it."""
         waited = False
         with self._cond:
             while True:
@@ -464,8 +483,8 @@ class Queue:
                 job_id = self._state.pick(now, qs, types)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
-                    lsn = self._append_apply([rec])
-                    return self._state.get(job_id), lsn
+                    reserved = self._reserve_apply([rec])
+                    return self._state.get(job_id), reserved
                 if end is None:
                     return None
                 remaining = end - time.monotonic()
@@ -484,8 +503,10 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
-            self._append_apply([rec])
-            return self._state.cancel_requested(job_id)
+            reserved = self._reserve_apply([rec])
+            cancel = self._state.cancel_requested(job_id)
+        self._publish(reserved, "none")
+        return cancel
 
     def progress(self, job_id: str, token: str, fraction: float,
                  message: str | None = None) -> None:
@@ -505,7 +526,8 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
-            self._append_apply([rec])
+            reserved = self._reserve_apply([rec])
+        self._publish(reserved, "none")
 
     def complete(self, job_id: str, token: str, result: Any = None, *,
                  durable: bool = True) -> None:
@@ -518,8 +540,8 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
-            lsn = self._append_apply([rec])
-        self._sync(lsn, durable)
+            reserved = self._reserve_apply([rec])
+        self._publish(reserved, "durable" if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
@@ -534,10 +556,10 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
-            lsn = self._append_apply([rec])
+            reserved = self._reserve_apply([rec])
             if rec.outcome == R.OUTCOME_RETRY:
                 self._cond.notify_all()
-        self._sync(lsn, durable)
+        self._publish(reserved, "durable" if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
 
@@ -554,8 +576,8 @@ class Queue:
             rec = self._state.plan_cancel(job_id, self._now_ms())
             if rec is None:
                 return JobStatus.RUNNING
-            lsn = self._append_apply([rec])
-        self._sync(lsn, True)
+            reserved = self._reserve_apply([rec])
+        self._publish(reserved, "durable")
         return JobStatus.CANCELLED if isinstance(rec, R.Cancel) else JobStatus.RUNNING
 
     def retry_dead(self, job_id: str) -> None:
@@ -564,9 +586,9 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_retry_dead(job_id, self._now_ms())
-            lsn = self._append_apply([rec])
+            reserved = self._reserve_apply([rec])
             self._cond.notify_all()
-        self._sync(lsn, True)
+        self._publish(reserved, "durable")
 
     def purge(self, status: JobStatus | str | None = None, older_than: float | None = None,
               *, before: datetime | None = None) -> int:
@@ -595,8 +617,8 @@ class Queue:
                 rec = self._state.plan_purge(cut, now, statuses, limit=50_000)
                 if rec is None:
                     break
-                lsn = self._append_apply([rec])
-            self._sync(lsn, True)
+                reserved = self._reserve_apply([rec])
+            self._publish(reserved, "durable")
             total += len(rec.ids)
         return total
 

@@ -646,6 +646,60 @@ def test_many_threads_each_job_completed_exactly_once(opener):
     assert q.stats()["completed"] == n
 
 
+@pytest.mark.parametrize("durability", ["sync", "os"])
+def test_concurrent_producers_and_workers_replay_to_the_same_state(opener, store_dir,
+                                                                    durability):
+    # records are appended after the state lock is released (LSNs reserved under it), so
+    # they can reach the writer out of order: the log must still replay, in LSN order, to
+    # exactly the state the live queue reached
+    q = opener(durability=durability)
+    stop = threading.Event()
+    errors = []
+
+    def producer(t):
+        try:
+            for i in range(60):
+                if i % 10 == 9:
+                    q.enqueue_many([job(payload={"t": t, "i": i, "k": k}) for k in range(3)],
+                                   durable=i % 2 == 0)
+                else:
+                    q.enqueue(job(payload={"t": t, "i": i}).with_priority(1 + i % 4),
+                              durable=i % 3 != 0)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def worker(name):
+        try:
+            while not stop.is_set():
+                j = q.claim(name)
+                if j is None:
+                    continue
+                q.heartbeat(j.id, j.token)
+                if int(j.payload["i"]) % 7 == 0:
+                    q.fail(j.id, j.token, "boom", durable=False)
+                else:
+                    q.complete(j.id, j.token, {"ok": name}, durable=int(j.payload["i"]) % 2 == 0)
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    producers = [threading.Thread(target=producer, args=(t,)) for t in range(6)]
+    workers = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in producers + workers:
+        t.start()
+    for t in producers:
+        t.join(60)
+    stop.set()
+    for t in workers:
+        t.join(60)
+    assert not errors
+    live = {j.id: (j.status, j.retry_count, j.token, j.result) for j in q.list(limit=10**6)}
+    q.close()
+    q2 = opener(durability=durability)
+    again = {j.id: (j.status, j.retry_count, j.token, j.result) for j in q2.list(limit=10**6)}
+    assert len(live) == 6 * (54 + 6 * 3)
+    assert again == live
+
+
 def test_reaper_thread_reaps_in_the_background(opener, clock):
     q = opener(reaper_interval=0.01)
     jid = q.enqueue(job(lease_duration=1))
