@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ._binding import MODES, check_io, check_writer, ffi, lib, os_error, strerror
+from ._binding import (MODES, append1_keeping_gil, check_io, check_writer, ffi, lib,
+                       os_error, strerror, writer_address)
 from .errors import ClosedError, CorruptionError, DurabilityError, LockedError, ReadOnlyError
 
 __all__ = [
@@ -36,6 +37,7 @@ _SCAN_CHUNK = 4096
 _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
 _ZEROS = bytes(1 << 20)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NO_WAIT = lib.AU_WAIT_NONE
 _WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
          "durable": lib.AU_WAIT_MODE, "synced": lib.AU_WAIT_SYNCED}
 
@@ -267,6 +269,7 @@ class Log:
         self._reserve_lock = threading.Lock()
         self._next = 1                    # the next LSN to reserve (writable logs)
         self._failed_seen = False         # a write or wait here reported a failed writer
+        self._w_addr = 0                  # the writer's address, for the GIL-keeping append
         self.report = RecoveryReport()
         self.directory = Path()
         self._wal = Path()
@@ -439,6 +442,8 @@ class Log:
         # freed only when no Python reference (hence no in-flight call) remains
         self._w = ffi.gc(w[0], lib.au_writer_free)
         self._next = ts.next_lsn
+        # the writer outlives every call that uses its address: self._w holds it
+        self._w_addr = writer_address(self._w) if append1_keeping_gil is not None else 0
 
     def _keep_broken(self, path: Path, data: bytes) -> str:
         n = 1
@@ -545,8 +550,12 @@ class Log:
         level = _WAIT[wait]
         if len(records) == 1:
             rtype, payload = records[0]
-            rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
-                                   len(payload), level)
+            if level == _NO_WAIT and self._w_addr and type(payload) is bytes:
+                rc = append1_keeping_gil(self._w_addr, first_lsn, rtype, payload,
+                                         len(payload), level)
+            else:
+                rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
+                                       len(payload), level)
         else:
             types, lens, data = self._pack(records)
             rc = lib.au_append_at(w, first_lsn, len(records), ffi.from_buffer(types),

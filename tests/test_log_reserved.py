@@ -138,3 +138,23 @@ def test_threads_appending_reserved_ranges_in_random_order_lose_nothing(store_di
     want = [(first + k, t, p) for first, batch in sorted(expected)
             for k, (t, p) in enumerate(batch)]
     assert _stored(store_dir) == want
+
+
+def test_the_non_waiting_append_keeps_the_gil_and_still_reports_errors(store_dir):
+    from aurora_log._binding import append1_keeping_gil
+    assert append1_keeping_gil is not None       # the fast path is what runs here
+    log = Log.open(store_dir, segment_bytes=SEG)
+    first = log.reserve(2)
+    log.append_reserved(first + 1, [(1, b"second")])             # parked, GIL kept
+    log.append_reserved(first, [(1, b"first")], wait="durable")
+    lsn = log.reserve()
+    log.append_reserved(lsn, [(1, b"third")])
+    with pytest.raises(ValueError):
+        log.append_reserved(lsn, [(1, b"again")])                # refused: fails the writer
+    with pytest.raises(DurabilityError):
+        log.append_reserved(lsn + 1, [(1, b"after")])            # C says: failed
+    with pytest.raises(DurabilityError):
+        log.close()
+    stored = [p for _, _, p in _stored(store_dir)]
+    # "third" was never acknowledged: the failure may have come before a round wrote it
+    assert stored in ([b"first", b"second"], [b"first", b"second", b"third"])
