@@ -269,6 +269,7 @@ class Log:
         self._reserve_lock = threading.Lock()
         self._next = 1                    # the next LSN to reserve (writable logs)
         self._failed_seen = False         # a write or wait here reported a failed writer
+        self._failed_errno = 0            # ... and the errno it failed with
         self._w_addr = 0                  # the writer's address, for the GIL-keeping append
         self.report = RecoveryReport()
         self.directory = Path()
@@ -562,8 +563,7 @@ class Log:
                                   ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
                                   level)
         if rc < 0:
-            if rc != lib.AU_E_CLOSED:
-                self._failed_seen = True
+            self._note_failure(rc, w)
             check_writer(rc, "append", w)
         return first_lsn + len(records) - 1
 
@@ -652,9 +652,19 @@ class Log:
             raise ValueError(f"{what}: LSN {lsn} was never appended (next is {self._next})")
         rc = lib.au_wait(w, lsn, _WAIT[wait])
         if rc < 0:
-            if rc != lib.AU_E_CLOSED:
-                self._failed_seen = True
+            self._note_failure(rc, w)
             check_writer(rc, what, w)
+
+    def _note_failure(self, rc: int, w) -> None:
+        if rc != lib.AU_E_CLOSED:
+            self._failed_seen = True
+            self._failed_errno = lib.au_writer_failed(w) or self._failed_errno
+
+    @property
+    def failed_errno(self) -> int:
+        """The errno that failed the writer, as a write or wait here reported it (0 while
+        none has): the queue keeps claims working in memory on ENOSPC."""
+        return self._failed_errno
 
     # ---------------------------------------------------------------- reading
     def segments(self) -> list[SegmentInfo]:

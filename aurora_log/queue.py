@@ -25,6 +25,7 @@ fake). Records hold integer milliseconds.
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import struct
 import threading
@@ -328,6 +329,18 @@ class Queue:
             raise
         return first, encoded
 
+    def _out_of_space(self) -> bool:
+        return self._log.failed_errno == errno.ENOSPC
+
+    def _apply_unlogged(self, rec) -> None:
+        """The disk is full and the log refuses writes until reopened, but claims and
+        heartbeats keep working (RELIABILITY.md): they change only the live state. Nothing
+        is lost by not logging them: delivery is at-least-once, and after the reopen the
+        job is pending again, its unlogged attempt uncounted. Completes and fails still
+        raise: they promise durability. Lock held."""
+        rtype = R.CLAIM if type(rec) is R.Claim else R.HEARTBEAT
+        self._state.apply(self._log.next_lsn, rtype, rec)
+
     def _publish(self, reserved: tuple[int, list], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
         return self._log.append_reserved(reserved[0], reserved[1], wait)
@@ -464,7 +477,8 @@ class Queue:
         if claimed is None:
             return None
         job, reserved = claimed
-        self._publish(reserved, "written")     # outside the lock: claimers share the write
+        if reserved is not None:
+            self._publish(reserved, "written")     # outside the lock: claimers share the write
         return job
 
     def _claim_locked(self, worker_id, types, qs, end):
@@ -483,6 +497,9 @@ class Queue:
                 job_id = self._state.pick(now, qs, types)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
+                    if self._out_of_space():
+                        self._apply_unlogged(rec)
+                        return self._state.get(job_id), None
                     reserved = self._reserve_apply([rec])
                     return self._state.get(job_id), reserved
                 if end is None:
@@ -503,6 +520,9 @@ class Queue:
         with self._lock:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
+            if self._out_of_space():
+                self._apply_unlogged(rec)
+                return self._state.cancel_requested(job_id)
             reserved = self._reserve_apply([rec])
             cancel = self._state.cancel_requested(job_id)
         self._publish(reserved, "none")
