@@ -398,6 +398,8 @@ class Log:
 
     def _recover(self, mode: int, interval_ms: int):
         rep = self.report
+        # leftover <20 digits>.seg.tmp: a segment being created, or the spare
+        # (00000000000000000000.seg.tmp, see native/FORMAT.md) in any state: never used
         for name in os.listdir(self._wal):
             if name.endswith(".seg.tmp") and SEG_RE.match(name[:-4]):
                 remove_file(self._wal / name, fsync_dir=False)
@@ -493,13 +495,16 @@ class Log:
         return self._closed
 
     def stats(self) -> dict:
-        """Writer counters: fdatasyncs, writes, rounds, batches, records, bytes, rolls."""
+        """Writer counters: fdatasyncs, writes, rounds, batches, records, bytes, rolls,
+        spares (spare segment files prepared), spare_rolls (rolls that used one),
+        spare_errors (spares that failed; never fatal)."""
         if self._w is None:
             return {}
         s = ffi.new("au_stats *")
         lib.au_writer_stats(self._w, s)
         return {k: getattr(s, k) for k in
-                ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls")}
+                ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls",
+                 "spares", "spare_rolls", "spare_errors")}
 
     def _tls_ptr(self):
         p = getattr(self._tls, "p", None)

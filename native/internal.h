@@ -37,4 +37,11 @@ void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t coun
                      uint32_t flags, uint64_t durable_end);
 uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint32_t len);
 
+/* the spare segment file: prepared off the commit path, installed by a roll */
+#define AU_SPARE_NAME   "00000000000000000000.seg.tmp"  /* LSN 0: never a segment */
+#define AU_SPARE_UNUSED 1
+int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *cancel);
+int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
+                     uint64_t size);
+
 #endif
