@@ -589,10 +589,11 @@ class Log:
             types = bytes([r[0] for r in records])
             payloads = [r[1] for r in records]
             data = b"".join(payloads)
-            lens = array.array("I", list(map(len, payloads)))
+            sizes = list(map(len, payloads))
+            lens = array.array("I", sizes)
         except (TypeError, ValueError, IndexError, OverflowError):
             return self._pack_checked(records)
-        if not types or 0 in types or len(data) != sum(lens):
+        if not types or 0 in types or len(data) != sum(sizes):
             return self._pack_checked(records)
         if len(data) > self.max_record_bytes or \
                 len(data) + len(lens) * lib.AU_REC_HDR + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:

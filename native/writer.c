@@ -584,10 +584,10 @@ static int frame_locked(au_writer *w, uint32_t n, const uint8_t *types, const ui
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *f = p->buf + p->len;
         put32(f, lens[i]);
-        put32(f + 4, au_record_crc(types[i], lsn, data, lens[i]));
+        put32(f + 4, au_crc_mask(au_crc32c_frame_copy(f + AU_REC_HDR, data, lens[i],
+                                                      types[i], lsn)));
         put64(f + 8, lsn);
         f[16] = types[i];
-        memcpy(f + AU_REC_HDR, data, lens[i]);
         data += lens[i];
         p->len += AU_REC_HDR + lens[i];
         lsn++;
