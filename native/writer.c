@@ -163,10 +163,10 @@ static uint64_t seg_size_norm(uint64_t size)
 }
 
 /* Roll into the spare if one of the right size is ready (waiting for one asked for or
- * being prepared: that is never slower than starting a second zero-fill beside it). 0 with *fd >= 0: the
- * segment is in place (header, fsync, rename, directory fsync done); 0 with *fd < 0: no
- * spare, create the segment as usual; < 0: the rename was done but the directory fsync
- * failed (the writer fails). Called by the leader, mutex not held. */
+ * being prepared: never slower than starting a second zero-fill beside it).
+ * 0 with *fd >= 0: the segment is in place (header, fsync, rename, directory fsync done);
+ * 0 with *fd < 0: no spare, create the segment as usual; < 0: the rename was done but the
+ * directory fsync failed (the writer fails). Called by the leader, mutex not held. */
 static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
 {
     *fd = -1;
