@@ -292,20 +292,20 @@ class Queue:
     def _append_apply(self, recs: list, encoded: list | None = None, wait: str = "none") -> int:
         """Append records (one atomic batch) and fold them, all under the lock (or in
         __init__): for the rare paths (reaper, recovery, compaction). Returns the last LSN."""
-        first, encoded = self._reserve_apply(recs, encoded)
-        return self._log.append_reserved(first, encoded, wait)
+        return self._publish(self._reserve_apply(recs, encoded), wait)
 
-    def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list]:
+    def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list, Any]:
         """Reserve the records' LSNs and fold them. The caller holds the lock and MUST
         pass the result to _publish() right after releasing it (the hot paths: no call
         that drops the GIL runs under the lock, so threads do not convoy on it)."""
         if encoded is None:
             encoded = [R.encode(r) for r in recs]
+        checked = None
         if len(encoded) == 1:
             if len(encoded[0][1]) > self._log.max_record_bytes:
                 self._log.check_records(encoded)     # raises: nothing reserved
         else:
-            self._log.check_records(encoded)
+            checked = self._log.check_records(encoded)
         first = self._log.reserve(len(encoded))
         try:
             at = recs[0].at_ms
@@ -325,9 +325,9 @@ class Queue:
                                                zip(recs, encoded)])
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
-            self._log.append_reserved(first, encoded)
+            self._log.append_reserved(first, encoded, checked=checked)
             raise
-        return first, encoded
+        return first, encoded, checked
 
     def _out_of_space(self) -> bool:
         return self._log.failed_errno == errno.ENOSPC
@@ -341,9 +341,9 @@ class Queue:
         rtype = R.CLAIM if type(rec) is R.Claim else R.HEARTBEAT
         self._state.apply(self._log.next_lsn, rtype, rec)
 
-    def _publish(self, reserved: tuple[int, list], wait: str) -> int:
+    def _publish(self, reserved: tuple[int, list, Any], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
-        return self._log.append_reserved(reserved[0], reserved[1], wait)
+        return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
 
     def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:

@@ -3,12 +3,16 @@
     python -m pytest bench/test_bench_log.py --benchmark-only -s
 
 Targets (issue 2): 1-thread durable append >= 0.9x the write+fdatasync loop; 64 threads
->= 10x the 1-thread rate; 1,000 x 100 B batches >= 0.5x sequential write+fdatasync (MB/s).
+>= 10x the 1-thread rate; 1,000 x 100 B batches >= 0.5x sequential write+fdatasync (MB/s);
+no commit stalls for a segment roll (test_worst_commit_latency_across_rolls: the spare
+segment file against the inline creation it replaced, in the same run).
 The ratios are printed and stored in each benchmark's extra_info; they are not asserted
 (a shared machine is noisy).
 """
 
 import os
+import shutil
+import statistics
 import sys
 import threading
 import time
@@ -18,6 +22,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import floors  # noqa: E402
 
+from aurora_log._binding import lib  # noqa: E402
 from aurora_log.log import Log  # noqa: E402
 
 REC = b"p" * 100
@@ -112,3 +117,57 @@ def test_batches_of_1000(benchmark, tmp_path, floor):
     _report(benchmark, records_per_s=1000 / mean, payload_MB_s=payload_mb_s,
             written_MB_s=disk_mb_s, floor_sequential_MB_s=seq, ratio_vs_floor=disk_mb_s / seq,
             floor_batch_1000_records_per_s=floor["curve"][1000])
+
+
+def _commits_across_rolls(directory, batch, rolls, segment_bytes):
+    """Commit `batch` until the log has rolled `rolls` times -> (latency of each commit
+    whose round rolled, latency of every other commit), in seconds."""
+    at_roll, other = [], []
+    with Log.open(directory, segment_bytes=segment_bytes) as log:
+        n = 0
+        while n < rolls:
+            t0 = time.perf_counter()
+            log.commit(batch)
+            dt = time.perf_counter() - t0
+            r = log.stats()["rolls"]
+            (at_roll if r != n else other).append(dt)
+            n = r
+        st = log.stats()
+    shutil.rmtree(directory)
+    return at_roll, other, st
+
+
+def test_worst_commit_latency_across_rolls(benchmark, tmp_path):
+    """1,000-record commits through 64 MiB segments, two rolls per run, alternating runs
+    with the spare segment file off (every roll zero-fills + fsyncs the next segment inside
+    the commit round: the old path) and on (the default). Reports the worst commit latency
+    at a roll and overall, p99 and mean, per mode."""
+    batch = [(1, REC)] * 1000
+    seg = 64 << 20
+    runs = int(os.environ.get("AURORA_BENCH_ROLL_RUNS", "2"))
+    out = {"inline": ([], [], []), "spare": ([], [], [])}
+
+    def run():
+        for i in range(runs):
+            for mode in ("inline", "spare"):
+                lib.au_set_spare_min_bytes(1 << 62 if mode == "inline" else 2 << 20)
+                try:
+                    at_roll, other, st = _commits_across_rolls(tmp_path / f"{mode}{i}", batch,
+                                                               2, seg)
+                finally:
+                    lib.au_set_spare_min_bytes(2 << 20)
+                out[mode][0].extend(at_roll)
+                out[mode][1].extend(other)
+                out[mode][2].append(st["spare_rolls"])
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    kw = {}
+    for mode, (at_roll, other, spare_rolls) in out.items():
+        every = sorted(at_roll + other)
+        kw[f"{mode}_worst_roll_ms"] = max(at_roll) * 1e3
+        kw[f"{mode}_worst_ms"] = every[-1] * 1e3
+        kw[f"{mode}_p99_ms"] = every[int(len(every) * 0.99)] * 1e3
+        kw[f"{mode}_mean_ms"] = statistics.fmean(every) * 1e3
+        kw[f"{mode}_spare_rolls"] = sum(spare_rolls)
+    kw["worst_roll_ratio_inline_over_spare"] = (kw["inline_worst_roll_ms"] /
+                                                kw["spare_worst_roll_ms"])
+    _report(benchmark, **kw)

@@ -113,6 +113,9 @@ int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x)
 typedef struct au_writer au_writer;
 typedef struct {
     uint64_t fdatasyncs, writes, rounds, batches, records, bytes, rolls;
+    uint64_t spares;        /* spare segment files prepared (zero-filled + fsynced) */
+    uint64_t spare_rolls;   /* rolls that installed a spare instead of creating a file */
+    uint64_t spare_errors;  /* spares that failed (prepare or install); never fatal */
 } au_stats;
 
 int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
@@ -137,6 +140,11 @@ int au_writer_close(au_writer *w);
 void au_writer_free(au_writer *w);                  /* flush, seal, free; always frees */
 int au_writer_failed(au_writer *w);                 /* 0 or the errno that failed it */
 void au_writer_set_hole_timeout(au_writer *w, uint32_t ms);  /* default 30 s (tests) */
+/* Spare segment files (native/FORMAT.md): writers opened afterwards prepare spares only for
+ * segments of at least this many bytes (default 2 MiB; tests set 0). */
+void au_set_spare_min_bytes(uint64_t bytes);
+int au_writer_spare_state(au_writer *w);   /* -1 no spare thread, 0 none, 1 asked for,
+                                              2 being prepared, 3 ready */
 void au_writer_stats(au_writer *w, au_stats *s);
 void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_off,
                         uint64_t *next_lsn, uint64_t *written_lsn);

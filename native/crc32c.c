@@ -3,6 +3,7 @@
  * itself is compiled for the baseline ISA (never -march=native). Table fallback:
  * slicing-by-8. Interface as the `crc32c` package: crc32c(data, value) continues `value`. */
 #include "aurora.h"
+#include "internal.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -81,6 +82,31 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const voi
         c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
     return ~(uint32_t)c;
 }
+/* A record's crc (type byte, lsn as 8 LE bytes, payload) while copying the payload into
+ * its frame: one pass over the bytes, no dispatch per part (the writer frames 1,000-record
+ * batches; the copy and the crc were two passes and three calls per record). */
+__attribute__((target("sse4.2"))) static uint32_t frame_hw(uint8_t *dst, const uint8_t *src,
+                                                           size_t len, uint8_t type,
+                                                           const uint8_t *lsn8)
+{
+    uint64_t c = __builtin_ia32_crc32qi(0xFFFFFFFFu, type), v;
+    memcpy(&v, lsn8, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    while (len >= 8) {
+        memcpy(&v, src, 8);
+        memcpy(dst, &v, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        src += 8;
+        dst += 8;
+        len -= 8;
+    }
+    while (len--) {
+        uint8_t b = *src++;
+        *dst++ = b;
+        c = __builtin_ia32_crc32qi((uint32_t)c, b);
+    }
+    return ~(uint32_t)c;
+}
 static int detect_hw(void)
 {
     __builtin_cpu_init();
@@ -106,6 +132,29 @@ __attribute__((target("+crc"))) static uint32_t crc_hw(uint32_t crc, const void 
     }
     while (len--)
         c = __builtin_aarch64_crc32cb(c, *p++);
+    return ~c;
+}
+__attribute__((target("+crc"))) static uint32_t frame_hw(uint8_t *dst, const uint8_t *src,
+                                                         size_t len, uint8_t type,
+                                                         const uint8_t *lsn8)
+{
+    uint32_t c = __builtin_aarch64_crc32cb(0xFFFFFFFFu, type);
+    uint64_t v;
+    memcpy(&v, lsn8, 8);
+    c = __builtin_aarch64_crc32cx(c, v);
+    while (len >= 8) {
+        memcpy(&v, src, 8);
+        memcpy(dst, &v, 8);
+        c = __builtin_aarch64_crc32cx(c, v);
+        src += 8;
+        dst += 8;
+        len -= 8;
+    }
+    while (len--) {
+        uint8_t b = *src++;
+        *dst++ = b;
+        c = __builtin_aarch64_crc32cb(c, b);
+    }
     return ~c;
 }
 static int detect_hw(void)
@@ -142,6 +191,21 @@ uint32_t au_crc32c_hw(uint32_t crc, const void *buf, size_t len)
 uint32_t au_crc32c(uint32_t crc, const void *buf, size_t len)
 {
     return au_crc32c_hw(crc, buf, len);
+}
+
+uint32_t au_crc32c_frame_copy(uint8_t *dst, const uint8_t *src, size_t len, uint8_t type,
+                              uint64_t lsn)
+{
+    uint8_t pre[9];
+    pre[0] = type;
+    for (int i = 0; i < 8; i++)
+        pre[1 + i] = (uint8_t)(lsn >> (8 * i));
+#if HAVE_HW
+    if (au_crc32c_hw_available())
+        return frame_hw(dst, src, len, type, pre + 1);
+#endif
+    memcpy(dst, src, len);
+    return au_crc32c_sw(au_crc32c_sw(0, pre, 9), src, len);
 }
 
 uint32_t au_crc_mask(uint32_t crc)

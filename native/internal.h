@@ -36,5 +36,16 @@ uint32_t au_batch_hdr_crc(const uint8_t *h);
 void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t count,
                      uint32_t flags, uint64_t durable_end);
 uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint32_t len);
+/* copy a payload into its frame and return its record crc (unmasked) in one pass; the
+ * scanner keeps au_record_crc, so every scan cross-checks the writer's crcs */
+uint32_t au_crc32c_frame_copy(uint8_t *dst, const uint8_t *src, size_t len, uint8_t type,
+                              uint64_t lsn);
+
+/* the spare segment file: prepared off the commit path, installed by a roll */
+#define AU_SPARE_NAME   "00000000000000000000.seg.tmp"  /* LSN 0: never a segment */
+#define AU_SPARE_UNUSED 1
+int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *cancel);
+int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
+                     uint64_t size);
 
 #endif

@@ -7,7 +7,16 @@
  * in a leader round, so the file position, the fd and segment rolls need no other locking.
  * A background thread runs rounds for the interval/os modes and for records nobody waits
  * for. Any I/O error fails the writer for good: waiters not yet covered, and every later
- * call, get AU_E_FAILED (the errno is kept); fsync is never retried. */
+ * call, get AU_E_FAILED (the errno is kept); fsync is never retried.
+ *
+ * Segment rolls: creating a segment zero-fills and fsyncs it (64 MiB: 100+ ms, a stall for
+ * every committer of that round). So a third thread, the spare thread, prepares the next
+ * file ahead of time: when the active segment is SPARE_AT_NUM/SPARE_AT_DEN full, it zero-
+ * fills and fsyncs <wal>/00000000000000000000.seg.tmp (a name recovery deletes as a leftover
+ * .tmp; LSN 0 is never a segment) and keeps its fd. A roll then only writes the real
+ * header, fsyncs, renames and fsyncs the directory. Anything wrong with the spare (not
+ * asked for yet, failed, another size) and the roll creates the segment as before; a
+ * failed spare never fails the writer. */
 #include "aurora.h"
 #include "internal.h"
 
@@ -22,6 +31,14 @@
 #define BACKPRESSURE_BYTES (64u << 20)  /* pending bytes above which append waits */
 #define INTERVAL_UNSYNCED  (4u << 20)   /* interval mode: fdatasync early past this */
 #define HOLE_TIMEOUT_MS    30000u       /* default: a reserved range this late never comes */
+#define SPARE_AT_NUM       1u            /* ask for the spare once the active segment is */
+#define SPARE_AT_DEN       4u            /* ... this full (1/4: 48 MiB of head start) */
+#define SPARE_MIN_DEFAULT  (2u << 20)    /* smaller segments: a zero-fill costs ~nothing */
+
+enum { SP_NONE, SP_WANTED, SP_BUSY, SP_READY };
+
+/* segments of at least this many bytes get a spare (tests lower it) */
+static uint64_t spare_min_bytes = SPARE_MIN_DEFAULT;
 
 typedef struct {
     uint8_t *buf;       /* AU_BATCH_HDR reserved bytes, then frames, then room for padding */
@@ -63,6 +80,14 @@ struct au_writer {
     uint64_t synced_lsn;   /* every LSN < this is fdatasynced */
     uint64_t pub_seg_first, pub_write_off;
     au_stats st;
+
+    /* the spare segment file (mutex-protected; the spare thread owns sp_fd while BUSY) */
+    pthread_t sp_thread;
+    pthread_cond_t spcv;   /* wake the spare thread */
+    int sp_started, sp_state, sp_fd, sp_cancel, sp_errno;
+    uint64_t sp_size;      /* the size every spare gets: segment_bytes, normalized */
+    uint64_t sp_fail_seg;  /* a spare failed while this segment was active: no retry yet */
+    char *sp_path;
 };
 
 static int pend_reserve(pendbuf *p, size_t extra)
@@ -130,6 +155,58 @@ static int datasync(au_writer *w)
     return 0;
 }
 
+static uint64_t seg_size_norm(uint64_t size)
+{
+    if (size < 2 * AU_SEG_HDR)
+        size = 2 * AU_SEG_HDR;
+    return (size + 7) & ~(uint64_t)7;   /* as au_segment_create */
+}
+
+/* Roll into the spare if one of the right size is ready (waiting for one asked for or
+ * being prepared: never slower than starting a second zero-fill beside it).
+ * 0 with *fd >= 0: the segment is in place (header, fsync, rename, directory fsync done);
+ * 0 with *fd < 0: no spare, create the segment as usual; < 0: the rename was done but the
+ * directory fsync failed (the writer fails). Called by the leader, mutex not held. */
+static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
+{
+    *fd = -1;
+    if (!w->sp_started)
+        return 0;
+    int sfd = -1;
+    pthread_mutex_lock(&w->mu);
+    if (seg_size_norm(size) == w->sp_size) {
+        while (w->sp_state == SP_WANTED || w->sp_state == SP_BUSY)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->sp_state == SP_READY) {
+            sfd = w->sp_fd;
+            w->sp_fd = -1;
+            w->sp_state = SP_NONE;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (sfd < 0)
+        return 0;
+    int r = au_spare_install(sfd, w->sp_path, w->wal_dir, lsn, w->sp_size);
+    pthread_mutex_lock(&w->mu);
+    if (r == 0)
+        w->st.spare_rolls++;
+    else if (r == AU_SPARE_UNUSED)
+        w->st.spare_errors++;
+    pthread_mutex_unlock(&w->mu);
+    if (r == AU_SPARE_UNUSED) {
+        /* nothing was renamed: drop the spare, fall back to au_segment_create */
+        au_close(sfd);
+        au_unlink(w->sp_path);
+        return 0;
+    }
+    if (r < 0) {
+        au_close(sfd);
+        return r;
+    }
+    *fd = sfd;
+    return 0;
+}
+
 /* Seal the current segment and switch to a new one of `size` bytes starting at `lsn`. */
 static int roll(au_writer *w, uint64_t lsn, uint64_t size)
 {
@@ -142,13 +219,18 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
         if ((r = write_at(w, seal, sizeof seal)) || (r = datasync(w)))
             return r;
     }
-    if ((r = au_segment_create(w->wal_dir, lsn, size)))
+    int fd = -1;
+    if ((r = take_spare(w, lsn, size, &fd)))
         return r;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%020llu.seg", w->wal_dir, (unsigned long long)lsn);
-    int fd = au_open(path, O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return fd;
+    if (fd < 0) {
+        if ((r = au_segment_create(w->wal_dir, lsn, size)))
+            return r;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%020llu.seg", w->wal_dir, (unsigned long long)lsn);
+        fd = au_open(path, O_RDWR | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return fd;
+    }
     au_close(w->fd);
     w->fd = fd;
     w->seg_first = lsn;
@@ -296,6 +378,13 @@ static void leader_round(au_writer *w, int do_sync)
     w->pub_seg_first = w->seg_first;
     w->pub_write_off = w->write_off;
     w->leader = 0;
+    if (w->sp_started && w->sp_state == SP_NONE && !w->failed &&
+        w->sp_fail_seg != w->seg_first && w->seg_size == w->sp_size &&
+        (w->write_off - AU_SEG_HDR) * SPARE_AT_DEN >=
+            (w->seg_size - AU_SEG_HDR) * SPARE_AT_NUM) {
+        w->sp_state = SP_WANTED;
+        pthread_cond_signal(&w->spcv);
+    }
     wake_covered(w);
     kick_if_waited(w);
     if (w->mode == AU_MODE_INTERVAL && w->write_off - w->durable_off > INTERVAL_UNSYNCED)
@@ -345,6 +434,62 @@ static void *bg_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
+}
+
+/* The spare thread: prepares the next segment file whenever a round asks for one. */
+static void *spare_main(void *arg)
+{
+    au_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->stop && w->sp_state != SP_WANTED)
+            pthread_cond_wait(&w->spcv, &w->mu);
+        if (w->stop)
+            break;
+        w->sp_state = SP_BUSY;
+        uint64_t seg = w->pub_seg_first;
+        pthread_mutex_unlock(&w->mu);
+
+        int fd = -1;
+        int r = au_spare_prepare(w->sp_path, w->sp_size, &fd, &w->sp_cancel);
+        if (r) {
+            /* a failed fsync of this file says nothing we need about the segments (their
+             * own fdatasyncs report their own errors): drop it, never reuse its pages */
+            if (fd >= 0)
+                au_close(fd);
+            au_unlink(w->sp_path);
+        }
+
+        pthread_mutex_lock(&w->mu);
+        if (!r) {
+            w->sp_fd = fd;
+            w->sp_state = SP_READY;
+            w->st.spares++;
+        } else {
+            w->sp_state = SP_NONE;
+            if (r != -ECANCELED) {
+                w->st.spare_errors++;
+                w->sp_errno = -r;
+                w->sp_fail_seg = seg;   /* try again after the next roll */
+            }
+        }
+        pthread_cond_broadcast(&w->cv);   /* a roll may wait for this spare */
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+void au_set_spare_min_bytes(uint64_t bytes)
+{
+    __atomic_store_n(&spare_min_bytes, bytes, __ATOMIC_RELAXED);
+}
+
+int au_writer_spare_state(au_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int s = w->sp_started ? w->sp_state : -1;
+    pthread_mutex_unlock(&w->mu);
+    return s;
 }
 
 int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
@@ -397,6 +542,7 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->cv, &ca);
     pthread_cond_init(&w->bgcv, &ca);
+    pthread_cond_init(&w->spcv, &ca);
     pthread_condattr_destroy(&ca);
     if (pthread_create(&w->bg, NULL, bg_main, w) == 0)
         w->bg_started = 1;
@@ -405,9 +551,20 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
         pthread_cond_destroy(&w->bgcv);
+        pthread_cond_destroy(&w->spcv);
         free(w->wal_dir);
         free(w);
         return -EAGAIN;
+    }
+    /* the spare thread: optional (without it every roll creates its segment inline) */
+    w->sp_fd = -1;
+    w->sp_size = seg_size_norm(segment_bytes);
+    uint64_t min = __atomic_load_n(&spare_min_bytes, __ATOMIC_RELAXED);
+    size_t plen = strlen(wal_dir) + sizeof "/" AU_SPARE_NAME;
+    if (w->sp_size >= min && w->sp_size / 8 <= UINT32_MAX && (w->sp_path = malloc(plen))) {
+        snprintf(w->sp_path, plen, "%s/%s", wal_dir, AU_SPARE_NAME);
+        if (pthread_create(&w->sp_thread, NULL, spare_main, w) == 0)
+            w->sp_started = 1;
     }
     *out = w;
     return 0;
@@ -427,10 +584,10 @@ static int frame_locked(au_writer *w, uint32_t n, const uint8_t *types, const ui
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *f = p->buf + p->len;
         put32(f, lens[i]);
-        put32(f + 4, au_record_crc(types[i], lsn, data, lens[i]));
+        put32(f + 4, au_crc_mask(au_crc32c_frame_copy(f + AU_REC_HDR, data, lens[i],
+                                                      types[i], lsn)));
         put64(f + 8, lsn);
         f[16] = types[i];
-        memcpy(f + AU_REC_HDR, data, lens[i]);
         data += lens[i];
         p->len += AU_REC_HDR + lens[i];
         lsn++;
@@ -673,10 +830,21 @@ int au_writer_close(au_writer *w)
     wake_covered(w);
     pthread_cond_broadcast(&w->bgcv);
     pthread_cond_broadcast(&w->cv);
+    __atomic_store_n(&w->sp_cancel, 1, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&w->spcv);
     pthread_mutex_unlock(&w->mu);
     if (w->bg_started)
         pthread_join(w->bg, NULL);
-    /* no other thread does I/O now */
+    if (w->sp_started)
+        pthread_join(w->sp_thread, NULL);
+    /* no other thread does I/O now. An unused spare is removed (no directory fsync: if a
+     * crash brings it back, the next open deletes it like any leftover .tmp) */
+    if (w->sp_fd >= 0) {
+        au_close(w->sp_fd);
+        au_unlink(w->sp_path);
+        w->sp_fd = -1;
+        w->sp_state = SP_NONE;
+    }
     if (rc == 0 && !w->failed && w->write_off + AU_BATCH_HDR <= w->seg_size) {
         /* SEAL: everything before it is complete and was fdatasynced (durable_end = its
          * own offset), so damage to the last batch is told apart from a torn tail */
@@ -708,6 +876,7 @@ void au_writer_free(au_writer *w)
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     pthread_cond_destroy(&w->bgcv);
+    pthread_cond_destroy(&w->spcv);
     pend_free(&w->pend);
     pend_free(&w->spare);
     while (w->parked) {
@@ -716,6 +885,7 @@ void au_writer_free(au_writer *w)
         free(pk);
     }
     free(w->stage);
+    free(w->sp_path);
     free(w->wal_dir);
     free(w);
 }
