@@ -24,7 +24,8 @@ from typing import Iterator, Sequence
 
 from ._binding import (MODES, append1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
-from .errors import ClosedError, CorruptionError, DurabilityError, LockedError, ReadOnlyError
+from .errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError, LockedError,
+                     ReadOnlyError)
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 SEG_RE = re.compile(r"^(\d{20})\.seg$")
+UNSYNCED = ".unsynced"      # <segment>.unsynced: see Log._mark_unsynced
+_NOT_IO = (0, _errno.EINVAL, _errno.ETIMEDOUT, _errno.ENOMEM)  # failures that lost no write
 SEG_HDR = lib.AU_SEG_HDR
 _SCAN_CHUNK = 4096
 _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
@@ -233,6 +236,23 @@ class _TailScan:
     size: int = 0       # preallocated size from the segment header
 
 
+def _unsynced_offset(segment: Path) -> int | None:
+    """The offset recorded in <segment>.unsynced, or None. Written atomically, so anything
+    but a decimal offset in it is damage: CorruptionError."""
+    marker = segment.with_name(segment.name + UNSYNCED)
+    try:
+        text = read_file(marker)
+    except FileNotFoundError:
+        return None
+    try:
+        off = int(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        off = -1
+    if off < SEG_HDR:
+        raise CorruptionError("unreadable unsynced-offset marker", file=str(marker), offset=0)
+    return off
+
+
 def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
     """Verify every batch of a segment image; stop at the end of data or the first bad batch
     (or at non-zero bytes after the end of data)."""
@@ -270,6 +290,7 @@ class Log:
         self._next = 1                    # the next LSN to reserve (writable logs)
         self._failed_seen = False         # a write or wait here reported a failed writer
         self._failed_errno = 0            # ... and the errno it failed with
+        self._marked = False              # <segment>.unsynced written after a failure
         self._w_addr = 0                  # the writer's address, for the GIL-keeping append
         self.report = RecoveryReport()
         self.directory = Path()
@@ -375,6 +396,17 @@ class Log:
                     f"{ts.reason}; a later batch at offset {ev} shows these bytes were "
                     "fdatasynced, so this is not a torn tail",
                     file=str(path), offset=ts.bad_off, lsn=ts.next_lsn)
+        unsynced = _unsynced_offset(path)
+        if unsynced is not None and unsynced < ts.end:
+            # bytes written after the last good fdatasync of a writer whose next one
+            # failed: the page cache may hold what the disk does not; cut them
+            cut = _scan_tail(memoryview(buf)[:unsynced], lsn, self.max_record_bytes)
+            cut.size = ts.size
+            if cut.bad_off is None:
+                cut.bad_off = cut.end
+                cut.reason = ("written after the last successful fdatasync; a later "
+                              f"fdatasync of this segment failed ({path.name}{UNSYNCED})")
+            ts = cut
         return buf, ts
 
     def _recover_read_only(self):
@@ -405,7 +437,8 @@ class Log:
         # leftover <20 digits>.seg.tmp: a segment being created, or the spare
         # (00000000000000000000.seg.tmp, see native/FORMAT.md) in any state: never used
         for name in os.listdir(self._wal):
-            if name.endswith(".seg.tmp") and SEG_RE.match(name[:-4]):
+            if (name.endswith(".seg.tmp") and SEG_RE.match(name[:-4])) or \
+                    name.endswith(UNSYNCED + ".tmp"):
                 remove_file(self._wal / name, fsync_dir=False)
                 rep.removed_tmp.append(name)
         if rep.removed_tmp:
@@ -433,6 +466,9 @@ class Log:
         elif size < target:
             self._zero(path, size, size, target)
         del buf
+        for name in os.listdir(self._wal):       # their cuts are durable now
+            if name.endswith(UNSYNCED):
+                remove_file(self._wal / name)
         self._first_lsn = segs[0][0]
         rep.tail_records = ts.records
         rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
@@ -711,6 +747,25 @@ class Log:
         if rc != lib.AU_E_CLOSED:
             self._failed_seen = True
             self._failed_errno = lib.au_writer_failed(w) or self._failed_errno
+            self._mark_unsynced(w)
+
+    def _mark_unsynced(self, w) -> None:
+        """After an I/O error, leave `<segment>.unsynced` naming the offset the last
+        successful fdatasync reached. Linux may mark the pages of a failed writeback clean
+        ("fsyncgate"): a reopen in the same boot would read bytes that are not on the disk,
+        trust them, and write after them, and a later power cut would leave a hole before
+        acknowledged records. The next open cuts the segment there instead (FORMAT.md,
+        recovery rule 3). Best effort: if even this write fails, nothing more can be done."""
+        err = lib.au_writer_failed(w)
+        if self._marked or err in _NOT_IO:
+            return
+        self._marked = True
+        p = self._tls_ptr()
+        lib.au_writer_durable(w, p, p + 1)
+        try:
+            write_file_durably(self._wal / (_seg_name(p[0]) + UNSYNCED), b"%d\n" % p[1])
+        except (OSError, AuroraLogError):
+            pass
 
     @property
     def failed_errno(self) -> int:
@@ -852,6 +907,8 @@ class Log:
                 if self._next > 1:   # let reserved ranges still on their way arrive
                     lib.au_wait(w, self._next - 1, lib.AU_WAIT_WRITTEN)
                 rc = lib.au_writer_close(w)
+                if rc < 0:
+                    self._mark_unsynced(w)
         finally:
             self._release()
         if rc < 0:

@@ -146,6 +146,8 @@ void au_set_spare_min_bytes(uint64_t bytes);
 int au_writer_spare_state(au_writer *w);   /* -1 no spare thread, 0 none, 1 asked for,
                                               2 being prepared, 3 ready */
 void au_writer_stats(au_writer *w, au_stats *s);
+/* The newest segment and how far into it the last successful fdatasync reached. */
+void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off);
 void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_off,
                         uint64_t *next_lsn, uint64_t *written_lsn);
 

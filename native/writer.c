@@ -814,6 +814,16 @@ void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_o
     pthread_mutex_unlock(&w->mu);
 }
 
+void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->leader)   /* both are leader-owned: read them between rounds */
+        pthread_cond_wait(&w->cv, &w->mu);
+    *seg_first_lsn = w->seg_first;
+    *durable_off = w->durable_off;
+    pthread_mutex_unlock(&w->mu);
+}
+
 int au_writer_close(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);
