@@ -415,6 +415,7 @@ class State:
         # order, per pair (ready) and for the timers (see _Run); empty otherwise
         self._runs: dict[int, _Run] = {}
         self._trun: _Run | None = None
+        self._spills = 0
 
     # ------------------------------------------------------------------ small helpers
 
@@ -789,14 +790,14 @@ class State:
 
     def next_due_ms(self) -> int | None:
         """The due time of the earliest scheduled job or retry (None if none)."""
+        # the run first: one that has to be spilled goes into the heap below
+        head = self._run_head(self._trun) if self._trun is not None else None
         timers = self._timers
         while timers and not self._live_entry(timers[0][0], timers[0][1]):
             heapq.heappop(timers)
         best = timers[0][0] if timers else None
-        if self._trun is not None:
-            head = self._run_head(self._trun)
-            if head is not None and (best is None or head[0] < best):
-                best = head[0]
+        if head is not None and (best is None or head[0] < best):
+            best = head[0]
         return (best >> 64) if best is not None else None
 
     def _candidates(self, queues, job_types) -> list[int]:
@@ -814,12 +815,19 @@ class State:
              job_types: frozenset | None = None) -> str | None:
         """The id of the best due job (priority desc, due time, FIFO), or None. Changes
         nothing observable (promotes due timers and drops dead heap entries)."""
+        spills = self._spills
         self.promote(now_ms)
         best = None
         best_id = None
         ready = self._ready
         runs = self._runs
         for ix in self._candidates(queues, job_types):
+            if runs:        # first: a run that has to be spilled goes into the heap below
+                run = runs.get(ix)
+                if run is not None:
+                    head = self._run_head(run)
+                    if head is not None and (best is None or head[0] < best):
+                        best, best_id = head
             heap = ready[ix]
             while heap:
                 key, job_id = heap[0]
@@ -828,12 +836,8 @@ class State:
                         best, best_id = key, job_id
                     break
                 heapq.heappop(heap)
-            if runs:
-                run = runs.get(ix)
-                if run is not None:
-                    head = self._run_head(run)
-                    if head is not None and (best is None or head[0] < best):
-                        best, best_id = head
+        if self._spills != spills:
+            return self.pick(now_ms, queues, job_types)     # the runs are heaps now: again
         return best_id
 
     # ------------------------------------------------------------------ snapshot runs
@@ -888,28 +892,37 @@ class State:
             self._runs.pop(run.pair, None)
 
     def _spill(self, run: "_Run", first: int) -> None:
-        """Move what is left of a run (from rank ``first``) into the heaps, each entry
-        placed from its own blob exactly as from_export places a pending job."""
+        """A run broke its contract: none of them is trusted any more. Move what is left
+        of every run (from rank ``first`` in ``run``) into the heaps, each entry placed
+        from its own blob exactly as from_export places a pending job."""
         self._anomaly(self.last_lsn, f"snapshot {run.base.where}: claim-order run "
                       f"{'timers' if run.pair is None else run.pair} is not in key order or "
-                      f"holds a job that does not belong to it (rank {first}); rebuilt as a heap")
-        self._drop_run(run)
+                      f"holds a job that does not belong to it (rank {first}); every run "
+                      "rebuilt as a heap")
+        self._spills += 1
+        rest = [(r, ()) for r in self._runs.values() if r is not run]
+        if self._trun is not None and self._trun is not run:
+            rest.append((self._trun, ()))
+        rest.append((run, (first,)))
+        self._runs = {}
+        self._trun = None
         jobs = self.jobs
-        for k in itertools.chain((first,), run.ranks):
-            job_id = run.base.id(k)
-            if type(jobs) is _LazyJobs:
-                jobs.note(job_id, k)
-            v = jobs.get(job_id)
-            if v is None:
-                continue
-            blob = v if type(v) is bytes else v.blob
-            h = _BLOB.unpack_from(blob)
-            self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
-        if run.head is not None:
-            key, job_id = run.head
-            heap = self._timers if run.pair is None else self._ready[run.pair]
-            heapq.heappush(heap, (key, job_id))
-            run.head = None
+        for r, extra in rest:
+            if r.head is not None:
+                key, job_id = r.head
+                heapq.heappush(self._timers if r.pair is None else self._ready[r.pair],
+                               (key, job_id))
+                r.head = None
+            for k in itertools.chain(extra, r.ranks):
+                job_id = r.base.id(k)
+                if type(jobs) is _LazyJobs:
+                    jobs.note(job_id, k)
+                v = jobs.get(job_id)
+                if v is None:
+                    continue
+                blob = v if type(v) is bytes else v.blob
+                h = _BLOB.unpack_from(blob)
+                self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
 
     def materialize(self) -> None:
         """Turn a lazily loaded job table (after a version-2 snapshot) into a plain dict now.
