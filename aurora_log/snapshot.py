@@ -4,9 +4,18 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
 
     DIR/snap/<20-digit lsn>.snap   64-byte header (magic, version, LSN, item count, body
                                    length, content length, max record time, body crc, header
-                                   crc) + an lz4 frame (content size + content checksum on)
-                                   of the state export's items: a u32 length table, then
-                                   the items back to back.
+                                   crc) + an lz4 frame (content size + content checksum on).
+                                   Version 2 (written): a JSON meta, then sections: the
+                                   never-touched pending jobs column-wise (ids, byte planes
+                                   of their 52-byte heads, tails) and their claim order as
+                                   runs of ranks, then every other job as an export item.
+                                   Version 1 (still read): the state export's items, a u32
+                                   length table then the items back to back.
+
+A version 2 load builds no object per pending job (``_decode_v2`` checks the structure
+with bulk operations, ``State.from_split`` returns a state whose job table is lazy), so
+reopen + first claim does not grow with the number of pending jobs beyond reading and
+decompressing the file.
 
 Recovery (``recover``) = the newest valid snapshot + the log after its LSN. A snapshot that
 fails any check is reported, moved aside as ``<name>.broken`` (writable opens only) and the
@@ -360,14 +369,16 @@ def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
     tbl = 4 * count
     if tbl > len(content):
         raise CorruptionError(f"snapshot content of {len(content)} bytes cannot hold a "
-                              f"length table for {count} items", file=path, lsn=info.lsn)
+                              f"length table for {count} items", file=path, offset=HEADER,
+                              lsn=info.lsn)
     lens = array.array("I")
     lens.frombytes(content[:tbl])
     if sys.byteorder != "little":
         lens.byteswap()
     if tbl + sum(lens) != len(content):
         raise CorruptionError(f"snapshot item lengths add up to {sum(lens)} bytes, the "
-                              f"content holds {len(content) - tbl}", file=path, lsn=info.lsn)
+                              f"content holds {len(content) - tbl}", file=path, offset=HEADER,
+                              lsn=info.lsn)
     ends = list(itertools.accumulate(lens, initial=tbl))
     return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None)))
 

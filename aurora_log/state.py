@@ -23,6 +23,10 @@ Memory layout (the point: a pending job is not a Python object)
 * lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id, token)``.
 * All heaps use lazy deletion: an entry is live only if the job still is in the state that
   pushed it (blob => the one enqueue episode; ``_Rec`` => status and ``seq``/token match).
+* After a version-2 snapshot load (``from_split``) the snapshot's never-touched pending
+  jobs are not in the heaps: ``_runs`` (per pair) and ``_trun`` (timers) walk them in key
+  order straight from the snapshot content, beside the heaps, with the same liveness rule;
+  and ``jobs`` is a ``_LazyJobs`` until something needs the whole dict (see that class).
 
 Lease rule: a lease holds through its deadline; it is expired when ``now > deadline``.
 Likewise a timeout fires when ``now > started + timeout``. A job is due when ``due <= now``.
