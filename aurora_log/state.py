@@ -241,7 +241,7 @@ class _LazyJobs:
     and from then on every call is delegated to it (a reference held elsewhere keeps
     working)."""
     __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
-                 "_rest_ids", "_n", "_d")
+                 "_rest_ids", "_n", "_d", "_pre")
 
     def __init__(self, st: "State", base: _Base, over: dict, rest_pos: list[int]) -> None:
         self._st = st
@@ -254,6 +254,7 @@ class _LazyJobs:
         self._rest_ids = list(over)
         self._n = base.n + len(over)          # jobs held (base + over, minus base ids in over)
         self._d = None
+        self._pre = None                      # the bulk of the dict, built ahead (prebuild)
 
     def note(self, job_id: str, k: int) -> None:
         if self._d is None:
@@ -350,25 +351,29 @@ class _LazyJobs:
         return f"<lazy job table: {self._n} jobs, {len(self._over)} loaded>"
 
     def prebuild(self) -> None:
-        """Build the base's ids and blobs now (pure; callers may do it outside the lock)."""
-        if self._d is None:
+        """Build the bulk of the plain dict now, outside the state's lock (the compactor
+        does): everything but the changes made since, which materialize() applies. Pure
+        reads of immutable snapshot bytes plus lookups of the snapshot's own rest jobs,
+        whose values are never replaced (they are mutated in place), so no lock needed."""
+        if self._d is None and self._pre is None:
             try:
-                self._base.build()
-            except RuntimeError:              # materialised meanwhile
-                pass
+                pre = self._bulk()
+            except (RuntimeError, TypeError):  # materialised meanwhile
+                return
+            if self._d is None:
+                self._pre = pre
 
-    def materialize(self) -> dict:
-        d = self._d
-        if d is not None:
-            return d
+    def _bulk(self) -> dict:
+        """The snapshot's jobs as a dict, in the snapshot's order (base jobs by rank, each
+        rest job before rank rest_pos); values as loaded, except rest jobs (the objects)."""
         base = self._base
         ids, blobs = base.build()
-        over = self._over
-        if self._rest_ids:
+        over, rest_ids, rest_pos = self._over, self._rest_ids, self._rest_pos
+        if rest_ids:
             all_ids: list = []
             vals: list = []
             prev = 0
-            for rid, p in zip(self._rest_ids, self._rest_pos):
+            for rid, p in zip(rest_ids, rest_pos):
                 if p > prev:
                     all_ids += ids[prev:p]
                     vals += blobs[prev:p]
@@ -380,13 +385,20 @@ class _LazyJobs:
         else:
             all_ids, vals = ids, blobs
         d = dict(zip(all_ids, vals))
-        if len(d) != base.n + len(self._rest_ids):
-            raise CorruptionError(f"snapshot holds {base.n + len(self._rest_ids)} jobs but "
-                                  f"only {len(d)} distinct ids", file=base.where, offset=64)
-        del all_ids, vals, blobs
-        d.update(over)        # replaced values in place, then the added jobs in their order
+        if len(d) != base.n + len(rest_ids):
+            raise CorruptionError(f"snapshot holds {base.n + len(rest_ids)} jobs but only "
+                                  f"{len(d)} distinct ids", file=base.where, offset=64)
+        return d
+
+    def materialize(self) -> dict:
+        d = self._d
+        if d is not None:
+            return d
+        d = self._pre if self._pre is not None else self._bulk()
+        self._pre = None
+        d.update(self._over)  # replaced values in place, then the added jobs in their order
         self._d = d
-        base.finish(ids)
+        self._base.finish(self._base.build()[0] if self._base.ids is None else self._base.ids)
         self._over = self._known = self._index = None
         self._rest_ids = self._rest_pos = None
         if self._st.jobs is self:

@@ -481,3 +481,21 @@ def test_a_version_1_snapshot_in_a_store_still_opens(tmp_path):
     assert q.snapshot_report.lsn == info.lsn and not q.snapshot_report.problems
     assert type(q._state.jobs) is dict and q._state.fingerprint() == fp
     q.close()
+
+
+def test_prebuild_then_changes_then_materialise_equals_eager():
+    eager, lazy, now, _ = _pair(13, n=150)
+    lazy.jobs.prebuild()                       # as the compactor does, outside the lock
+    for k in range(10):
+        j = lazy.pick(now)
+        if j is None:
+            break
+        assert j == eager.pick(now)
+        for s in (eager, lazy):
+            s.apply(s.last_lsn + 1, R.CLAIM, s.plan_claim(j, now, b"%08d" % k, "w"))
+    for s in (eager, lazy):
+        s.apply(s.last_lsn + 1, R.ENQUEUE, R.Enqueue("zz", "t", "a", 2, 1, now, now, None,
+                                                     None, 30_000, None, b"{}"))
+    assert _lazy(lazy)
+    assert list(lazy.jobs.copy()) == list(eager.jobs)
+    assert lazy.fingerprint() == eager.fingerprint()
