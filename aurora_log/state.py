@@ -262,12 +262,14 @@ class _LazyJobs:
 
     def _rank(self, job_id) -> int | None:
         """The base rank of an id not in ``over`` (None: the base does not hold it)."""
+        if type(job_id) is not str:
+            return None                       # base ids are str
         k = self._known.get(job_id)
         if k is not None:
             return k
         ix = self._index
         if ix is None:
-            if self._probes > 0 and type(job_id) is str:
+            if self._probes > 0:
                 self._probes -= 1
                 k = self._base.find(job_id)
                 if k is not None:
