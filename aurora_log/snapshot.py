@@ -6,8 +6,9 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
                                    length, content length, max record time, body crc, header
                                    crc) + an lz4 frame (content size + content checksum on).
                                    Version 2 (written): a JSON meta, then sections: the
-                                   never-touched pending jobs column-wise (ids, byte planes
-                                   of their 52-byte heads, tails) and their claim order as
+                                   never-touched pending jobs column-wise (ids, as 16 raw
+                                   bytes when they are UUIDs; byte planes of their 52-byte
+                                   heads; tails) and their claim order as
                                    runs of ranks, then every other job as an export item.
                                    Version 1 (still read): the state export's items, a u32
                                    length table then the items back to back.
@@ -210,7 +211,9 @@ def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
     nb = len(ids)
     # ids: fixed width + "\n" when every id is ASCII, of one length and without "\n"
     # (random UUIDs: the common case; loads with one decode + split), else lengths + bytes
+    # canonical UUIDs (the default ids): 16 raw bytes each, checked and converted in bulk
     width = 0
+    uuid = False
     if nb:
         joined = "\n".join(ids)
         jb = joined.encode()
@@ -218,7 +221,13 @@ def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
                 len(set(map(len, ids))) == 1 and len(ids[0]) > 0:
             width = len(ids[0])
             ids_sec = jb + b"\n"
-        del joined
+            if width == 36 and all(jb[p::37] == b"-" * nb for p in (8, 13, 18, 23)):
+                hx = jb.translate(None, b"-\n")
+                if len(hx) == 32 * nb and not hx.translate(None, b"0123456789abcdef"):
+                    uuid = True
+                    ids_sec = bytes.fromhex(hx.decode())
+                del hx
+        del joined, jb
     if not width:
         enc = [i.encode() for i in ids]
         ids_sec = _u32s(map(len, enc)) + b"".join(enc)
@@ -235,7 +244,7 @@ def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
     meta = json.dumps({"v": 2, "last_lsn": sp["meta"]["last_lsn"],
                        "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
                        "jobs": nb + len(rest), "base": nb, "rest": len(rest),
-                       "id_width": width}, separators=(",", ":")).encode()
+                       "id_width": width, "uuid": uuid}, separators=(",", ":")).encode()
     parts = [_U32.pack(len(meta)) + meta]
     for sec in (ids_sec, heads, tail_lens, tails, _u32s(map(len, rest)), b"".join(rest),
                 _u32s(sp["rest_pos"]), bytes(runs)):
@@ -408,7 +417,9 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         if type(meta) is not dict or meta.get("v") != 2:
             raise ValueError("not a version 2 meta")
         nb, nr, total = meta["base"], meta["rest"], meta["jobs"]
-        width, pairs = meta["id_width"], meta["pairs"]
+        width, pairs, uuid = meta["id_width"], meta["pairs"], meta["uuid"]
+        if type(uuid) is not bool or (uuid and width != 36):
+            raise ValueError("bad id form")
         for x in (nb, nr, total, width, meta["last_lsn"], meta["applied"]):
             if type(x) is not int or x < 0:
                 raise ValueError(f"bad count {x!r}")
@@ -449,7 +460,10 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
     # ids
     ids_at, ids_len = secs["ids"]
     id_offs = None
-    if width:
+    if uuid:
+        if ids_len != 16 * nb:
+            raise bad(f"ids section is {ids_len} bytes, expected {nb} x 16", ids_at)
+    elif width:
         if ids_len != nb * (width + 1):
             raise bad(f"ids section is {ids_len} bytes, expected {nb} x {width + 1}", ids_at)
         raw = sec("ids")
@@ -603,7 +617,7 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         expect = a0 + c0
     if expect != nb:
         raise bad(f"the runs hold {expect} pending jobs, the meta {nb}", runs_at)
-    base = _Base(nb, content, ids_at, width, id_offs, planes, tail_offs, path)
+    base = _Base(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid)
     return State.from_split(meta, base, rest, rest_pos, runs, pair_counts, ukeys)
 
 

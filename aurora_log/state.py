@@ -128,11 +128,13 @@ class _Base:
     ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
     its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
     __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
-                 "ids", "built", "where", "_template", "_stored")
+                 "ids", "built", "where", "_template", "_stored", "uuid")
 
-    def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where):
+    def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
+                 uuid=False):
         self.n = n
         self.content = content
+        self.uuid = uuid                      # ids are 16 raw bytes each (canonical UUIDs)
         self.id_at = id_at                    # offset of the ids section in content
         self.id_width = id_width              # > 0: each id is that many bytes + "\n"
         self.id_offs = id_offs                # id_width == 0: n + 1 offsets into content
@@ -149,6 +151,10 @@ class _Base:
         ids = self.ids
         if ids is not None:
             return ids[k]
+        if self.uuid:
+            a = self.id_at + 16 * k
+            h = self.content[a:a + 16].hex()
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         w = self.id_width
         if w:
             a = self.id_at + k * (w + 1)
@@ -166,6 +172,16 @@ class _Base:
     def find(self, job_id: str) -> int | None:
         """The rank of ``job_id``, or None: a scan of the ids section (a few ms per million
         jobs). Fixed-width ids only (the caller builds an index otherwise)."""
+        if self.uuid:
+            raw = uuid_bytes(job_id)
+            if raw is None:
+                return None
+            c, a = self.content, self.id_at
+            end = a + 16 * self.n
+            p = c.find(raw, a, end)
+            while p >= 0 and (p - a) % 16:
+                p = c.find(raw, p + 1, end)
+            return None if p < 0 else (p - a) // 16
         w = self.id_width
         b = job_id.encode()
         if len(b) != w or b"\n" in b:
@@ -175,6 +191,19 @@ class _Base:
 
     def all_ids(self) -> list:
         c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
+        if self.uuid:
+            # 16 raw bytes -> "8-4-4-4-12" lowercase hex + "\n", by strided copies
+            h = c[id_at:id_at + 16 * n].hex().encode()
+            out = bytearray(37 * n)
+            for j, d in enumerate(_UUID_HEX_AT):
+                out[d::37] = h[j::32]
+            dashes = b"-" * n
+            for d in (8, 13, 18, 23):
+                out[d::37] = dashes
+            out[36::37] = b"\n" * n
+            ids = out.decode().split("\n")
+            ids.pop()
+            return ids
         if width:
             ids = c[id_at:id_at + n * (width + 1)].decode().split("\n")
             ids.pop()                          # after the last "\n"
@@ -225,6 +254,21 @@ class _Base:
 
 
 _MISSING = object()
+_UUID_HEX_AT = tuple(i for i in range(36) if i not in (8, 13, 18, 23))
+_HEX = b"0123456789abcdef"
+
+
+def uuid_bytes(job_id) -> bytes | None:
+    """The 16 bytes of a canonical UUID string (lowercase 8-4-4-4-12 hex), else None."""
+    if type(job_id) is not str or len(job_id) != 36:
+        return None
+    b = job_id.encode("ascii", "replace")
+    if b[8:9] + b[13:14] + b[18:19] + b[23:24] != b"----":
+        return None
+    hx = b[:8] + b[9:13] + b[14:18] + b[19:23] + b[24:]
+    if hx.translate(None, _HEX):
+        return None
+    return bytes.fromhex(hx.decode())
 _PROBES = 16                  # id scans before a lazy table builds its id index
 
 

@@ -4,6 +4,7 @@ structural lie in the content is reported (file, offset, reason), version 1 stil
 import json
 import random
 import struct
+import uuid
 
 import lz4.frame
 import pytest
@@ -20,10 +21,18 @@ from aurora_log.state import State, _LazyJobs
 T0 = 1_800_000_000_000
 
 
-def _history(seed, n=80, width=True, touch=True):
+def _id(rnd, i, form):
+    if form == "uuid":          # canonical UUIDs: stored as 16 raw bytes
+        return str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+    if form == "fixed" or form is True:
+        return f"j{i:05d}"      # fixed width ASCII: "\n"-separated
+    return f"j{i}" + "x" * rnd.randrange(3)   # variable: a length table
+
+
+def _history(seed, n=80, width="uuid", touch=True):
     """A state with pending (ready and scheduled), running, failed, finished and dead jobs,
-    several pairs, priorities and unique keys. ``width``: fixed-width ids (the id scan
-    path) or not (the length-table path)."""
+    several pairs, priorities and unique keys. ``width``: the id form ("uuid", "fixed",
+    "var"): each takes another path of the ids section."""
     rnd = random.Random(seed)
     s = State()
     lsn = 0
@@ -37,7 +46,7 @@ def _history(seed, n=80, width=True, touch=True):
 
     for i in range(n):
         now += rnd.choice([0, 1, 10, 1000])
-        jid = f"j{i:05d}" if width else f"j{i}" + "x" * rnd.randrange(3)
+        jid = _id(rnd, i, width)
         ukey = rnd.choice([None] * 6 + ["u1", "u2", "ü3"])
         if ukey is not None and s.unique_owner(ukey) is not None:
             ukey = None
@@ -59,7 +68,7 @@ def _history(seed, n=80, width=True, touch=True):
     return s, now
 
 
-def _pair(seed, width=True, touch=True, n=80):
+def _pair(seed, width="uuid", touch=True, n=80):
     src, now = _history(seed, n, width, touch)
     data = S.encode_state(src, src.last_lsn, now)
     info, lazy = S.decode_snapshot(data, "x.snap")
@@ -98,7 +107,7 @@ def _job(j):
 
 
 @settings(max_examples=120, deadline=None)
-@given(seed=st.integers(0, 10**6), width=st.booleans(), ops=OPS)
+@given(seed=st.integers(0, 10**6), width=st.sampled_from(["uuid", "fixed", "var"]), ops=OPS)
 def test_lazy_state_answers_like_the_eager_one(seed, width, ops):
     eager, lazy, now, _ = _pair(seed, width)
     ids = _ids(eager)
@@ -157,7 +166,7 @@ def test_lazy_state_answers_like_the_eager_one(seed, width, ops):
             for rec in recs:
                 write(rec)
         elif op == "contains":
-            probe = jid if x % 3 else f"j{x:05d}"
+            probe = [jid, f"j{x:05d}", jid.upper(), str(uuid.UUID(int=x)), None][x % 5]
             _both(lambda s: (probe in s, probe in s.jobs, s.jobs.get(probe) is None), eager, lazy)
         elif op in ("enqueue", "enqueue_dup"):
             new = jid if op == "enqueue_dup" else f"n{extra:05d}"
@@ -205,6 +214,7 @@ def test_claims_completes_and_stats_do_not_materialise():
     some = _ids(eager)[-1]
     assert lazy.get(some).to_dict() == eager.get(some).to_dict()
     assert "nope00" not in lazy.jobs and lazy.get("nope00") is None
+    assert some.upper() not in lazy.jobs and str(uuid.UUID(int=5)) not in lazy.jobs
     assert _lazy(lazy)
     # adding a job keeps it lazy too; iterating materialises, in the eager order
     for s in (eager, lazy):
@@ -215,12 +225,15 @@ def test_claims_completes_and_stats_do_not_materialise():
     assert type(lazy.jobs) is dict and lazy.fingerprint() == eager.fingerprint()
 
 
-def test_many_unknown_ids_build_the_index_once():
-    eager, lazy, now, _ = _pair(5, n=200, touch=False)
+@pytest.mark.parametrize("form", ["uuid", "fixed", "var"])
+def test_many_unknown_ids_build_the_index_once(form):
+    eager, lazy, now, _ = _pair(5, form, n=200, touch=False)
     ids = _ids(eager)
     for j in ids[::-1]:
         assert (j in lazy.jobs) and lazy.get(j).to_dict() == eager.get(j).to_dict()
     assert _lazy(lazy) and lazy.jobs._index is not None
+    assert lazy.jobs._base.uuid == (form == "uuid")
+    assert (lazy.jobs._base.id_width == 0) == (form == "var")
 
 
 def test_an_old_reference_to_the_lazy_table_keeps_working():
@@ -287,8 +300,8 @@ def _pack_runs(runs):
     return bytearray(out)
 
 
-def _good():
-    src, now = _history(11, n=60, touch=True)
+def _good(form="fixed"):
+    src, now = _history(11, n=60, width=form, touch=True)
     data = S.encode_state(src, src.last_lsn, now)
     info, content = _content(data)
     meta, secs = _parse(content)
@@ -499,3 +512,22 @@ def test_prebuild_then_changes_then_materialise_equals_eager():
     assert _lazy(lazy)
     assert list(lazy.jobs.copy()) == list(eager.jobs)
     assert lazy.fingerprint() == eager.fingerprint()
+
+
+def test_uuid_ids_section_checks_and_duplicates():
+    src, info, meta, secs = _good("uuid")
+    assert meta["uuid"] is True and len(secs["ids"]) == 16 * meta["base"]
+    _refused(info, _build(meta, _with(secs, ids=secs["ids"] + b"\0")), "x 16")
+    _refused(info, _build(dict(meta, id_width=35), secs), "id form")
+    _refused(info, _build(dict(meta, uuid=1), secs), "id form")
+    ids = bytearray(secs["ids"])
+    ids[16:32] = ids[0:16]                         # job 1 gets job 0's id
+    _, s = S.decode_snapshot(_reframe(info, _build(meta, _with(secs, ids=ids))), "f.snap")
+    with pytest.raises(CorruptionError, match="distinct ids") as e:
+        s.materialize()
+    assert e.value.file == "f.snap"
+    # an id found at an offset that is not a multiple of 16 is not an id
+    _, s = S.decode_snapshot(_reframe(info, _build(meta, secs)), "f.snap")
+    raw = bytes(secs["ids"][8:24])
+    fake = str(uuid.UUID(bytes=raw))
+    assert s.jobs._base.find(fake) is None or s.jobs._base.id(s.jobs._base.find(fake)) == fake
