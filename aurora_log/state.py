@@ -389,6 +389,12 @@ class _LazyJobs:
     def __eq__(self, other):
         return self.materialize() == (other.materialize() if type(other) is _LazyJobs else other)
 
+    def __getattr__(self, name):
+        # any other dict method (setdefault, update, clear, ...): on the materialised dict
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
     __hash__ = None
 
     def __repr__(self) -> str:
@@ -1303,11 +1309,13 @@ class State:
             due = sched if flags & _F_SCHED else at
             if due < 0 or due > MAX_DUE_MS:
                 due = 0 if due < 0 else MAX_DUE_MS
+            # key << 32 | rank: one int per job (ints are not tracked by the cyclic GC; a
+            # million tuples would set off full collections in the middle of compaction)
             rank = len(ids)
             if due > at:
-                timers.append((due << 64 | lsn, rank))
+                timers.append((due << 64 | lsn) << 32 | rank)
             else:
-                ready[pair].append(((4 - prio) << 112 | due << 64 | lsn, rank))
+                ready[pair].append(((4 - prio) << 112 | due << 64 | lsn) << 32 | rank)
             ids.append(job_id)
             blobs.append(v)
         runs = [_segments(r) for r in ready]
@@ -1502,16 +1510,22 @@ def _export_rec(job_id: str, v: _Rec) -> bytes:
 
 
 def _segments(entries: list) -> list[tuple[int, int]]:
-    """Sort ``(key, rank)`` entries and return the ranks as (first, count) segments of
-    consecutive ranks (one segment when key order is rank order, the common case)."""
+    """Sort ``key << 32 | rank`` entries (keys are unique: they end in an LSN) and return
+    the ranks as (first, count) segments of consecutive ranks (one segment when key order
+    is rank order, the common case)."""
     entries.sort()
-    segs: list[list[int]] = []
-    for _, rank in entries:
-        if segs and segs[-1][0] + segs[-1][1] == rank:
-            segs[-1][1] += 1
-        else:
-            segs.append([rank, 1])
-    return [(a, c) for a, c in segs]
+    segs: list[tuple[int, int]] = []
+    first = nxt = -1
+    for e in entries:
+        rank = e & 0xFFFFFFFF
+        if rank != nxt:
+            if first >= 0:
+                segs.append((first, nxt - first))
+            first = rank
+        nxt = rank + 1
+    if first >= 0:
+        segs.append((first, nxt - first))
+    return segs
 
 
 def _secs(ms: int):

@@ -287,9 +287,10 @@ def _report_disk(r):
     for s in SCHEMAS:
         lines.append(f"                        sqlite[{s}] {r[f'sqlite_{s}_reopen_claim_s'] * 1000:.1f} ms")
     if "aurora_materialize_s" in r:
-        lines.append(f"  deferred by the lazy load: first enqueue {r['aurora_first_enqueue_s'] * 1000:.1f}"
-                     f" ms, whole job table built {r['aurora_materialize_s'] * 1000:.0f} ms "
-                     "(once, by the first list/purge/compact)")
+        lines.append(f"  deferred by the lazy load: first enqueue "
+                     f"{r['aurora_first_enqueue_s'] * 1000:.1f} ms, whole job table built "
+                     f"{r['aurora_materialize_s'] * 1000:.0f} ms (once, by the first "
+                     "list/purge/compact)")
     lines.append(f"  disk: aurora {r['aurora_disk'] / 1e6:.1f} MB = {per:.0f} B/job "
                  f"({r['aurora_snaps']} snapshots, newest {r['aurora_snap_newest'] / 1e6:.1f} MB;"
                  f" {r['aurora_wal_segments']} WAL segment(s) {r['aurora_wal_disk'] / 1e6:.1f} MB"

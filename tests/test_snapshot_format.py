@@ -148,7 +148,8 @@ def test_lying_lz4_content_size_small_is_bounded_and_refused(version):
     good = _snap(st, version=version)
     info = S.read_header(good)
     body = _lying_frame(good[64:], 100)              # claims 100 bytes, holds thousands
-    bad = _rehead(body, info.lsn, info.items, 100, version=info.version)   # header agrees, crcs valid
+    # header agrees, crcs valid
+    bad = _rehead(body, info.lsn, info.items, 100, version=info.version)
     with pytest.raises(CorruptionError, match="more than the declared|does not decode"):
         S.decode_snapshot(bad)
 
@@ -159,7 +160,8 @@ def test_lying_content_size_huge_is_refused_before_decompressing(version):
     good = _snap(st, version=version)
     info = S.read_header(good)
     huge = 1 << 40
-    bad = _rehead(_lying_frame(good[64:], huge), info.lsn, info.items, huge, version=info.version)
+    bad = _rehead(_lying_frame(good[64:], huge), info.lsn, info.items, huge,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="over the limit"):
         S.decode_snapshot(bad)
     with pytest.raises(CorruptionError, match="over the limit"):
@@ -170,7 +172,8 @@ def test_lying_content_size_huge_is_refused_before_decompressing(version):
 def test_header_and_frame_disagree(version):
     good = _snap(_state(5), version=version)
     info = S.read_header(good)
-    bad = _rehead(good[64:], info.lsn, info.items, info.content_len + 1, version=info.version)
+    bad = _rehead(good[64:], info.lsn, info.items, info.content_len + 1,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="lz4 frame declares"):
         S.decode_snapshot(bad)
 
@@ -180,9 +183,11 @@ def test_item_count_and_lsn_mismatch(version):
     good = _snap(_state(5), version=version)
     info = S.read_header(good)
     with pytest.raises(CorruptionError, match="item"):
-        S.decode_snapshot(_rehead(good[64:], info.lsn, info.items + 1, info.content_len, version=info.version))
+        S.decode_snapshot(_rehead(good[64:], info.lsn, info.items + 1, info.content_len,
+                                  version=info.version))
     with pytest.raises(CorruptionError, match="LSN"):
-        S.decode_snapshot(_rehead(good[64:], info.lsn + 1, info.items, info.content_len, version=info.version))
+        S.decode_snapshot(_rehead(good[64:], info.lsn + 1, info.items, info.content_len,
+                                  version=info.version))
 
 
 def test_malformed_export_is_corruption_not_crash():
@@ -214,10 +219,12 @@ def test_multi_megabyte_frame_fed_in_pieces():
     content = S._decompress(memoryview(data)[64:], info, "x")
     assert list(S._split(content, info, "x")) == items
     # junk after the frame (crcs recomputed): refused
-    bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len, version=info.version)
+    bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="after the lz4 frame"):
         S._decompress(memoryview(bad)[64:], S.read_header(bad), "x")
     # a frame cut in its middle piece: refused
-    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len, version=info.version)
+    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len,
+                  version=info.version)
     with pytest.raises(CorruptionError):
         S._decompress(memoryview(cut)[64:], S.read_header(cut), "x")

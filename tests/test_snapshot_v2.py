@@ -242,6 +242,10 @@ def test_an_old_reference_to_the_lazy_table_keeps_working():
     lazy.materialize()
     assert type(lazy.jobs) is dict and ref._d is lazy.jobs
     assert dict(ref.items()) == lazy.jobs and len(ref) == len(eager.jobs)
+    # any other dict method goes to the materialised dict as well
+    _, lazy2, _, _ = _pair(7)
+    assert lazy2.jobs.setdefault("zz-new", b"x") == b"x" and type(lazy2.jobs) is dict
+    assert "zz-new" in lazy2.jobs and list(lazy2.jobs)[-1] == "zz-new"
 
 
 def test_version_2_is_smaller_than_version_1_for_pending_jobs():
