@@ -180,62 +180,88 @@ def _u32s(values) -> bytes:
     return a.tobytes()
 
 
-def _planes(rows: bytes, width: int, n: int) -> bytes:
-    """Fixed-width rows as byte planes (byte j of every row together), a plane whose bytes
-    are all equal stored as that one byte: kinds (W bytes, 0 = stored, 1 = constant),
-    constants (W bytes, 0 for stored planes), then the stored planes, n bytes each."""
+_STEP = 1 << 15    # jobs per piece: keeps every bulk C call (join, slice, encode) to ~1 ms,
+#                    so a compaction running beside the queue holds the GIL in short turns
+
+
+def _planes(chunks: list[bytes], width: int, n: int) -> list[bytes]:
+    """Fixed-width rows (given as chunks of whole rows) as byte planes (byte j of every
+    row together), a plane whose bytes are all equal stored as that one byte: kinds
+    (W bytes, 0 = stored, 1 = constant), constants (W bytes, 0 for stored planes), then
+    the stored planes, n bytes each. Returned as pieces (their concatenation)."""
     kinds = bytearray(width)
     consts = bytearray(width)
-    stored = []
+    stored: list[bytes] = []
     for j in range(width):
-        pl = rows[j::width]
-        if not n or pl.count(pl[0]) == n:
+        pieces = [c[j::width] for c in chunks]
+        v = pieces[0][0] if n else 0
+        if all(pc.count(v) == len(pc) for pc in pieces):
             kinds[j] = 1
-            consts[j] = pl[0] if n else 0
+            consts[j] = v
         else:
-            stored.append(pl)
-    return bytes(kinds) + bytes(consts) + b"".join(stored)
+            stored += pieces
+    return [bytes(kinds), bytes(consts)] + stored
+
+
+def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
+    """The ids section as pieces, in the first form every id fits (FORMAT.md): canonical
+    UUIDs as 16 raw bytes; fixed-width ASCII + "\\n"; else u32 lengths + UTF-8."""
+    nb = len(ids)
+    if not nb:
+        return 0, False, []
+    width = len(ids[0])
+    joined = []
+    for k in range(0, nb, _STEP):
+        part = ids[k:k + _STEP]
+        j = "\n".join(part)
+        jb = j.encode()
+        if not (width and set(map(len, part)) == {width} and len(jb) == len(j)
+                and jb.count(b"\n") == len(part) - 1):
+            joined = None
+            break
+        joined.append(jb)
+    if joined is None:
+        enc = [i.encode() for i in ids]
+        return 0, False, [_u32s(map(len, enc))] + [b"".join(enc[k:k + _STEP])
+                                                  for k in range(0, nb, _STEP)]
+    if width == 36:
+        raw = []
+        for jb in joined:
+            m = jb.count(b"\n") + 1
+            if not all(jb[p::37] == b"-" * m for p in (8, 13, 18, 23)):
+                break
+            hx = jb.translate(None, b"-\n")
+            if len(hx) != 32 * m or hx.translate(None, b"0123456789abcdef"):
+                break
+            raw.append(bytes.fromhex(hx.decode()))
+        else:
+            return 36, True, raw
+    return width, False, [jb + b"\n" for jb in joined]
 
 
 def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
                  on_progress: Callable[[int, int], None] | None = None,
                  every: int = 50_000) -> bytes:
     """The whole VERSION 2 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md).
-    The never-touched pending jobs are stored column-wise (ids, 52 byte planes of their
+    The never-touched pending jobs are stored column-wise (ids, byte planes of their
     fixed heads, tails) with their claim order as runs of ranks, so a load needs no
-    per-job work before the first claim; every other job is a version-1 export item."""
+    per-job work before the first claim; every other job is a version-1 export item.
+    Built in pieces of _STEP jobs and compressed piece by piece (lz4 releases the GIL):
+    no single call holds the GIL for long while the queue runs beside it."""
     total = len(state.jobs)
     sp = state.export_split(
         None if on_progress is None else (lambda n: on_progress(n, total + 1)), every)
     ids, blobs = sp["ids"], sp["blobs"]
     nb = len(ids)
-    # ids: fixed width + "\n" when every id is ASCII, of one length and without "\n"
-    # (random UUIDs: the common case; loads with one decode + split), else lengths + bytes
-    # canonical UUIDs (the default ids): 16 raw bytes each, checked and converted in bulk
-    width = 0
-    uuid = False
-    if nb:
-        joined = "\n".join(ids)
-        jb = joined.encode()
-        if len(jb) == len(joined) and jb.count(b"\n") == nb - 1 and \
-                len(set(map(len, ids))) == 1 and len(ids[0]) > 0:
-            width = len(ids[0])
-            ids_sec = jb + b"\n"
-            if width == 36 and all(jb[p::37] == b"-" * nb for p in (8, 13, 18, 23)):
-                hx = jb.translate(None, b"-\n")
-                if len(hx) == 32 * nb and not hx.translate(None, b"0123456789abcdef"):
-                    uuid = True
-                    ids_sec = bytes.fromhex(hx.decode())
-                del hx
-        del joined, jb
-    if not width:
-        enc = [i.encode() for i in ids]
-        ids_sec = _u32s(map(len, enc)) + b"".join(enc)
-        del enc
+    width, uuid, ids_sec = _id_pieces(ids)
+    del ids
     hs = _HEAD_SIZE
-    heads = _planes(b"".join([b[:hs] for b in blobs]), hs, nb)
-    tail_lens = _planes(_u32s([len(b) - hs for b in blobs]), 4, nb)
-    tails = b"".join([b[hs:] for b in blobs])
+    steps = range(0, nb, _STEP)
+    heads = _planes([b"".join([b[:hs] for b in blobs[k:k + _STEP]]) for k in steps], hs, nb)
+    tail_lens = _planes([_u32s([len(b) - hs for b in blobs[k:k + _STEP]]) for k in steps],
+                        4, nb)
+    tails = [b"".join([b[hs:] for b in blobs[k:k + _STEP]]) for k in steps]
+    del blobs
     rest = sp["rest"]
     runs = bytearray()
     for segs in sp["runs"]:
@@ -245,17 +271,18 @@ def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
                        "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
                        "jobs": nb + len(rest), "base": nb, "rest": len(rest),
                        "id_width": width, "uuid": uuid}, separators=(",", ":")).encode()
-    parts = [_U32.pack(len(meta)) + meta]
-    for sec in (ids_sec, heads, tail_lens, tails, _u32s(map(len, rest)), b"".join(rest),
-                _u32s(sp["rest_pos"]), bytes(runs)):
-        parts.append(_U64.pack(len(sec)))
-        parts.append(sec)
-    del ids_sec, heads, tails, sp, ids, blobs
+    parts = [_U32.pack(len(meta)), meta]
+    for sec in (ids_sec, heads, tail_lens, tails, [_u32s(map(len, rest))], rest,
+                [_u32s(sp["rest_pos"])], [bytes(runs)]):
+        parts.append(_U64.pack(sum(map(len, sec))))
+        parts += sec
+    del ids_sec, heads, tails, sp
     clen = sum(map(len, parts))
     comp = lz4.frame.LZ4FrameCompressor(block_linked=False, content_checksum=True)
     out = [comp.begin(source_size=clen)]
     for part in parts:
-        out.append(comp.compress(part))
+        if part:
+            out.append(comp.compress(part))
     out.append(comp.flush())
     del parts
     body = b"".join(out)
