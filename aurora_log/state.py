@@ -23,6 +23,10 @@ Memory layout (the point: a pending job is not a Python object)
 * lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id, token)``.
 * All heaps use lazy deletion: an entry is live only if the job still is in the state that
   pushed it (blob => the one enqueue episode; ``_Rec`` => status and ``seq``/token match).
+* After a version-2 snapshot load (``from_split``) the snapshot's never-touched pending
+  jobs are not in the heaps: ``_runs`` (per pair) and ``_trun`` (timers) walk them in key
+  order straight from the snapshot content, beside the heaps, with the same liveness rule;
+  and ``jobs`` is a ``_LazyJobs`` until something needs the whole dict (see that class).
 
 Lease rule: a lease holds through its deadline; it is expired when ``now > deadline``.
 Likewise a timeout fires when ``now > started + timeout``. A job is due when ``due <= now``.
@@ -31,13 +35,14 @@ Likewise a timeout fires when ``now > started + timeout``. A job is due when ``d
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import struct
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import records as R
-from .errors import InvalidStateError, JobNotFoundError, StaleLeaseError
+from .errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
 from .job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
 
 __all__ = ["State", "Transition", "EXPORT_VERSION"]
@@ -101,6 +106,359 @@ class _Rec:
         self.hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
 
 
+class _Run:
+    """One claim-order run of a version-2 snapshot: the ranks (positions among the
+    snapshot's never-touched pending jobs) of one pair's ready jobs, or of the timer jobs,
+    sorted by heap key. Consumed front to back like a sorted heap; ``head`` caches the
+    current entry ``(key, id)``, ``last`` the last key handed out (order check)."""
+    __slots__ = ("base", "pair", "ranks", "head", "last")
+
+    def __init__(self, base: "_Base", pair: int | None, segments) -> None:
+        self.base = base
+        self.pair = pair                      # None: the timer run
+        self.ranks = itertools.chain.from_iterable(
+            itertools.starmap(range, ((a, a + c) for a, c in segments)))
+        self.head = None
+        self.last = -1
+
+
+class _Base:
+    """The never-touched pending jobs of a version-2 snapshot, read straight from the
+    decompressed content (no object per job) until the job table is materialised.
+    ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
+    its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
+    __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
+                 "ids", "built", "where", "_template", "_stored", "uuid")
+
+    def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
+                 uuid=False):
+        self.n = n
+        self.content = content
+        self.uuid = uuid                      # ids are 16 raw bytes each (canonical UUIDs)
+        self.id_at = id_at                    # offset of the ids section in content
+        self.id_width = id_width              # > 0: each id is that many bytes + "\n"
+        self.id_offs = id_offs                # id_width == 0: n + 1 offsets into content
+        self.planes = planes                  # per head byte j: int offset of its plane of
+        #                                       n bytes in content, or bytes (its constant)
+        self.tail_offs = tail_offs            # n + 1 offsets into content
+        self.ids = None                       # list of ids, once materialised
+        self.built = None                     # (ids, blobs), built ahead (prebuild)
+        self.where = where                    # the snapshot file, for error messages
+        self._template = b"".join(b if type(b) is bytes else b"\x00" for b in planes)
+        self._stored = [(j, b) for j, b in enumerate(planes) if type(b) is int]
+
+    def id(self, k: int) -> str:
+        ids = self.ids
+        if ids is not None:
+            return ids[k]
+        if self.uuid:
+            a = self.id_at + 16 * k
+            h = self.content[a:a + 16].hex()
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        w = self.id_width
+        if w:
+            a = self.id_at + k * (w + 1)
+            return self.content[a:a + w].decode()
+        o = self.id_offs
+        return self.content[o[k]:o[k + 1]].decode()
+
+    def blob(self, k: int) -> bytes:
+        c, t = self.content, self.tail_offs
+        head = bytearray(self._template)
+        for j, off in self._stored:
+            head[j] = c[off + k]
+        return bytes(head) + c[t[k]:t[k + 1]]
+
+    def find(self, job_id: str) -> int | None:
+        """The rank of ``job_id``, or None: a scan of the ids section (a few ms per million
+        jobs). Fixed-width ids only (the caller builds an index otherwise)."""
+        if self.uuid:
+            raw = uuid_bytes(job_id)
+            if raw is None:
+                return None
+            c, a = self.content, self.id_at
+            end = a + 16 * self.n
+            p = c.find(raw, a, end)
+            while p >= 0 and (p - a) % 16:
+                p = c.find(raw, p + 1, end)
+            return None if p < 0 else (p - a) // 16
+        w = self.id_width
+        b = job_id.encode()
+        if len(b) != w or b"\n" in b:
+            return None
+        p = self.content.find(b + b"\n", self.id_at, self.id_at + self.n * (w + 1))
+        return None if p < 0 else (p - self.id_at) // (w + 1)
+
+    def all_ids(self) -> list:
+        c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
+        if self.uuid:
+            # 16 raw bytes -> "8-4-4-4-12" lowercase hex + "\n", by strided copies
+            h = c[id_at:id_at + 16 * n].hex().encode()
+            out = bytearray(37 * n)
+            for j, d in enumerate(_UUID_HEX_AT):
+                out[d::37] = h[j::32]
+            dashes = b"-" * n
+            for d in (8, 13, 18, 23):
+                out[d::37] = dashes
+            out[36::37] = b"\n" * n
+            ids = out.decode().split("\n")
+            ids.pop()
+            return ids
+        if width:
+            ids = c[id_at:id_at + n * (width + 1)].decode().split("\n")
+            ids.pop()                          # after the last "\n"
+            return ids
+        return [c[o[k]:o[k + 1]].decode() for k in range(n)]
+
+    def build(self) -> tuple[list, list]:
+        """Every id and blob, in order (C-speed bulk operations, no loop per job in Python
+        bytecode for fixed-width ids). Pure: safe to run outside the state's lock."""
+        built = self.built
+        if built is not None:
+            return built
+        # locals only: a prebuild outside the lock may race with finish()
+        c, n, planes, t = self.content, self.n, self.planes, self.tail_offs
+        if c is None:
+            raise RuntimeError("snapshot base already materialised")
+        ids = self.all_ids()
+        mv = memoryview(c)
+        size = _BLOB.size
+        heads_rows = bytearray(size * n)
+        for j, pl in enumerate(planes):
+            if type(pl) is bytes:
+                if pl != b"\x00":
+                    heads_rows[j::size] = pl * n
+            else:
+                heads_rows[j::size] = mv[pl:pl + n]
+        heads: list = []
+        step = 4096
+        full = struct.Struct(f"{size}s" * step)
+        end = (n // step) * step * size
+        for tup in full.iter_unpack(memoryview(heads_rows)[:end]):
+            heads.extend(tup)
+        rest = n - len(heads)
+        if rest:
+            heads.extend(struct.unpack_from(f"{size}s" * rest, heads_rows, end))
+        del heads_rows, mv
+        tails = map(c.__getitem__, map(slice, itertools.islice(t, n), itertools.islice(t, 1, None)))
+        blobs = list(map(bytes.__add__, heads, tails))
+        built = (ids, blobs)
+        if self.content is c:
+            self.built = built
+        return built
+
+    def finish(self, ids: list) -> None:
+        """Materialised: keep only the ids (the runs still walk ranks), drop the content."""
+        self.ids = ids
+        self.content = self.id_offs = self.tail_offs = self.built = None
+
+
+_MISSING = object()
+_UUID_HEX_AT = tuple(i for i in range(36) if i not in (8, 13, 18, 23))
+_HEX = b"0123456789abcdef"
+
+
+def uuid_bytes(job_id) -> bytes | None:
+    """The 16 bytes of a canonical UUID string (lowercase 8-4-4-4-12 hex), else None."""
+    if type(job_id) is not str or len(job_id) != 36:
+        return None
+    b = job_id.encode("ascii", "replace")
+    if b[8:9] + b[13:14] + b[18:19] + b[23:24] != b"----":
+        return None
+    hx = b[:8] + b[9:13] + b[14:18] + b[19:23] + b[24:]
+    if hx.translate(None, _HEX):
+        return None
+    return bytes.fromhex(hx.decode())
+_PROBES = 16                  # id scans before a lazy table builds its id index
+
+
+class _LazyJobs:
+    """``State.jobs`` after a version-2 snapshot load, until it is materialised: the
+    snapshot's other jobs, every job touched since and every job added since in ``over``
+    (a dict: its order is theirs), the never-touched pending ones in ``base``.
+    A lookup is answered from ``over``, then from the ranks of base jobs already met
+    (``known``: surfaced by a run or found before), then by finding the id in the base:
+    a scan of the ids for the first few unknown ids, then an id -> rank index built once.
+    Adding an id the base does not hold and replacing a value are done in place; deleting,
+    iterating or copying first materialises the plain dict in the original order (base
+    and snapshot jobs in snapshot order, then the added ones), swaps it into the state,
+    and from then on every call is delegated to it (a reference held elsewhere keeps
+    working)."""
+    __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
+                 "_rest_ids", "_n", "_d", "_pre")
+
+    def __init__(self, st: "State", base: _Base, over: dict, rest_pos: list[int]) -> None:
+        self._st = st
+        self._base = base
+        self._over = over
+        self._known: dict[str, int] = {}      # id -> rank, base jobs met so far
+        self._index: dict[str, int] | None = None
+        self._probes = _PROBES if base.id_width else 0
+        self._rest_pos = rest_pos             # for each of over's first jobs: base jobs before it
+        self._rest_ids = list(over)
+        self._n = base.n + len(over)          # jobs held (base + over, minus base ids in over)
+        self._d = None
+        self._pre = None                      # the bulk of the dict, built ahead (prebuild)
+
+    def note(self, job_id: str, k: int) -> None:
+        if self._d is None:
+            self._known[job_id] = k
+
+    def _rank(self, job_id) -> int | None:
+        """The base rank of an id not in ``over`` (None: the base does not hold it)."""
+        if type(job_id) is not str:
+            return None                       # base ids are str
+        k = self._known.get(job_id)
+        if k is not None:
+            return k
+        ix = self._index
+        if ix is None:
+            if self._probes > 0:
+                self._probes -= 1
+                k = self._base.find(job_id)
+                if k is not None:
+                    self._known[job_id] = k
+                return k
+            ix = self._index = dict(zip(self._base.all_ids(), itertools.count()))
+            if len(ix) != self._base.n:
+                raise CorruptionError(f"snapshot holds {self._base.n} pending jobs but only "
+                                      f"{len(ix)} distinct ids", file=self._base.where,
+                                      offset=64)
+        return ix.get(job_id)
+
+    def get(self, job_id, default=None):
+        d = self._d
+        if d is not None:
+            return d.get(job_id, default)
+        v = self._over.get(job_id)
+        if v is not None:
+            return v
+        k = self._rank(job_id)
+        return default if k is None else self._base.blob(k)
+
+    def __getitem__(self, job_id):
+        v = self.get(job_id, _MISSING)
+        if v is _MISSING:
+            raise KeyError(job_id)
+        return v
+
+    def __contains__(self, job_id) -> bool:
+        d = self._d
+        if d is not None:
+            return job_id in d
+        return job_id in self._over or self._rank(job_id) is not None
+
+    def __setitem__(self, job_id, value) -> None:
+        d = self._d
+        if d is not None:
+            d[job_id] = value
+            return
+        over = self._over
+        if job_id not in over:
+            k = self._rank(job_id)
+            if k is None:
+                self._n += 1                  # a new id: it goes after every snapshot job
+            else:
+                self._known[job_id] = k       # a base job replaced: same count
+        over[job_id] = value
+
+    def __delitem__(self, job_id) -> None:
+        del self.materialize()[job_id]
+
+    def pop(self, *args):
+        return self.materialize().pop(*args)
+
+    def __len__(self) -> int:
+        return len(self._d) if self._d is not None else self._n
+
+    def __iter__(self):
+        return iter(self.materialize())
+
+    def keys(self):
+        return self.materialize().keys()
+
+    def values(self):
+        return self.materialize().values()
+
+    def items(self):
+        return self.materialize().items()
+
+    def copy(self) -> dict:
+        return self.materialize().copy()
+
+    def __eq__(self, other):
+        return self.materialize() == (other.materialize() if type(other) is _LazyJobs else other)
+
+    def __getattr__(self, name):
+        # any other dict method (setdefault, update, clear, ...): on the materialised dict
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        if self._d is not None:
+            return repr(self._d)
+        return f"<lazy job table: {self._n} jobs, {len(self._over)} loaded>"
+
+    def prebuild(self) -> None:
+        """Build the bulk of the plain dict now, outside the state's lock (the compactor
+        does): everything but the changes made since, which materialize() applies. Pure
+        reads of immutable snapshot bytes plus lookups of the snapshot's own rest jobs,
+        whose values are never replaced (they are mutated in place), so no lock needed."""
+        if self._d is None and self._pre is None:
+            try:
+                pre = self._bulk()
+            except (RuntimeError, TypeError):  # materialised meanwhile
+                return
+            if self._d is None:
+                self._pre = pre
+
+    def _bulk(self) -> dict:
+        """The snapshot's jobs as a dict, in the snapshot's order (base jobs by rank, each
+        rest job before rank rest_pos); values as loaded, except rest jobs (the objects)."""
+        base = self._base
+        ids, blobs = base.build()
+        over, rest_ids, rest_pos = self._over, self._rest_ids, self._rest_pos
+        if rest_ids:
+            all_ids: list = []
+            vals: list = []
+            prev = 0
+            for rid, p in zip(rest_ids, rest_pos):
+                if p > prev:
+                    all_ids += ids[prev:p]
+                    vals += blobs[prev:p]
+                    prev = p
+                all_ids.append(rid)
+                vals.append(over[rid])
+            all_ids += ids[prev:]
+            vals += blobs[prev:]
+        else:
+            all_ids, vals = ids, blobs
+        d = dict(zip(all_ids, vals))
+        if len(d) != base.n + len(rest_ids):
+            raise CorruptionError(f"snapshot holds {base.n + len(rest_ids)} jobs but only "
+                                  f"{len(d)} distinct ids", file=base.where, offset=64)
+        return d
+
+    def materialize(self) -> dict:
+        d = self._d
+        if d is not None:
+            return d
+        d = self._pre if self._pre is not None else self._bulk()
+        self._pre = None
+        d.update(self._over)  # replaced values in place, then the added jobs in their order
+        self._d = d
+        self._base.finish(self._base.build()[0] if self._base.ids is None else self._base.ids)
+        self._over = self._known = self._index = None
+        self._rest_ids = self._rest_pos = None
+        if self._st.jobs is self:
+            self._st.jobs = d
+        self._st = None
+        return d
+
+
 class State:
     """The queue's state; see the module docstring."""
 
@@ -121,6 +479,11 @@ class State:
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
+        # after a version-2 snapshot load: the snapshot's never-touched pending jobs in claim
+        # order, per pair (ready) and for the timers (see _Run); empty otherwise
+        self._runs: dict[int, _Run] = {}
+        self._trun: _Run | None = None
+        self._spills = 0
 
     # ------------------------------------------------------------------ small helpers
 
@@ -475,10 +838,18 @@ class State:
         timers = self._timers
         n = 0
         limit = (now_ms + 1) << 64
-        while timers and timers[0][0] < limit:
-            tkey, job_id = heapq.heappop(timers)
-            if not self._live_entry(tkey, job_id):
-                continue
+        trun = self._trun
+        while True:
+            head = self._run_head(trun) if trun is not None else None
+            if timers and timers[0][0] < limit and (head is None or timers[0][0] < head[0]):
+                tkey, job_id = heapq.heappop(timers)
+                if not self._live_entry(tkey, job_id):
+                    continue
+            elif head is not None and head[0] < limit:
+                tkey, job_id = head
+                trun.head = None                  # consumed: it moves to a ready heap
+            else:
+                break
             v = self.jobs[job_id]
             h = _BLOB.unpack_from(v if type(v) is bytes else v.blob)
             heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
@@ -487,10 +858,15 @@ class State:
 
     def next_due_ms(self) -> int | None:
         """The due time of the earliest scheduled job or retry (None if none)."""
+        # the run first: one that has to be spilled goes into the heap below
+        head = self._run_head(self._trun) if self._trun is not None else None
         timers = self._timers
         while timers and not self._live_entry(timers[0][0], timers[0][1]):
             heapq.heappop(timers)
-        return (timers[0][0] >> 64) if timers else None
+        best = timers[0][0] if timers else None
+        if head is not None and (best is None or head[0] < best):
+            best = head[0]
+        return (best >> 64) if best is not None else None
 
     def _candidates(self, queues, job_types) -> list[int]:
         ck = (queues, job_types)
@@ -507,11 +883,19 @@ class State:
              job_types: frozenset | None = None) -> str | None:
         """The id of the best due job (priority desc, due time, FIFO), or None. Changes
         nothing observable (promotes due timers and drops dead heap entries)."""
+        spills = self._spills
         self.promote(now_ms)
         best = None
         best_id = None
         ready = self._ready
+        runs = self._runs
         for ix in self._candidates(queues, job_types):
+            if runs:        # first: a run that has to be spilled goes into the heap below
+                run = runs.get(ix)
+                if run is not None:
+                    head = self._run_head(run)
+                    if head is not None and (best is None or head[0] < best):
+                        best, best_id = head
             heap = ready[ix]
             while heap:
                 key, job_id = heap[0]
@@ -520,7 +904,100 @@ class State:
                         best, best_id = key, job_id
                     break
                 heapq.heappop(heap)
+        if self._spills != spills:
+            return self.pick(now_ms, queues, job_types)     # the runs are heaps now: again
         return best_id
+
+    # ------------------------------------------------------------------ snapshot runs
+
+    def _run_head(self, run: "_Run"):
+        """(key, id) of the first live entry of a snapshot run, or None when it is spent.
+        Dead entries (claimed, cancelled, re-queued under a new seq, purged) are skipped,
+        as a heap drops its stale entries. Each entry's key is computed from the job's own
+        blob (the truth); the run only supplies the order. An entry that does not belong
+        in this run, or comes out of key order, means the writer broke its contract: the
+        rest of the run is pushed into the ordinary heaps (so every job stays claimable in
+        the right order from here on) and the event is noted in ``anomalies``."""
+        while True:
+            head = run.head
+            if head is not None:
+                if self._live_entry(head[0], head[1]):
+                    return head
+                run.head = None
+            k = next(run.ranks, None)
+            if k is None:
+                self._drop_run(run)
+                return None
+            jobs = self.jobs
+            base = run.base
+            job_id = base.id(k)
+            if type(jobs) is _LazyJobs:
+                jobs.note(job_id, k)
+            v = jobs.get(job_id)
+            if v is None:
+                continue                          # purged since
+            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = _BLOB.unpack_from(
+                v if type(v) is bytes else v.blob)
+            due = sched if flags & _F_SCHED else at
+            if due < 0 or due > MAX_DUE_MS:
+                due = 0 if due < 0 else MAX_DUE_MS
+            if run.pair is None:
+                key = due << 64 | lsn
+                fits = due > at
+            else:
+                key = (4 - prio) << 112 | due << 64 | lsn
+                fits = due <= at and pair == run.pair
+            if not fits or key < run.last:
+                self._spill(run, k)
+                return None
+            run.last = key
+            run.head = (key, job_id)
+
+    def _drop_run(self, run: "_Run") -> None:
+        if run.pair is None:
+            self._trun = None
+        else:
+            self._runs.pop(run.pair, None)
+
+    def _spill(self, run: "_Run", first: int) -> None:
+        """A run broke its contract: none of them is trusted any more. Move what is left
+        of every run (from rank ``first`` in ``run``) into the heaps, each entry placed
+        from its own blob exactly as from_export places a pending job."""
+        self._anomaly(self.last_lsn, f"snapshot {run.base.where}: claim-order run "
+                      f"{'timers' if run.pair is None else run.pair} is not in key order or "
+                      f"holds a job that does not belong to it (rank {first}); every run "
+                      "rebuilt as a heap")
+        self._spills += 1
+        rest = [(r, ()) for r in self._runs.values() if r is not run]
+        if self._trun is not None and self._trun is not run:
+            rest.append((self._trun, ()))
+        rest.append((run, (first,)))
+        self._runs = {}
+        self._trun = None
+        jobs = self.jobs
+        for r, extra in rest:
+            if r.head is not None:
+                key, job_id = r.head
+                heapq.heappush(self._timers if r.pair is None else self._ready[r.pair],
+                               (key, job_id))
+                r.head = None
+            for k in itertools.chain(extra, r.ranks):
+                job_id = r.base.id(k)
+                if type(jobs) is _LazyJobs:
+                    jobs.note(job_id, k)
+                v = jobs.get(job_id)
+                if v is None:
+                    continue
+                blob = v if type(v) is bytes else v.blob
+                h = _BLOB.unpack_from(blob)
+                self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
+
+    def materialize(self) -> None:
+        """Turn a lazily loaded job table (after a version-2 snapshot) into a plain dict now.
+        Every operation that needs it does this by itself; this is for callers that want
+        the cost paid at a time of their choosing."""
+        if type(self.jobs) is _LazyJobs:
+            self.jobs.materialize()
 
     # ------------------------------------------------------------------ planners
 
@@ -796,16 +1273,115 @@ class State:
                   "pairs": [list(p) for p in self._pairs], "jobs": len(self.jobs)}
         yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
         for job_id, v in self.jobs.items():
-            i = job_id.encode()
             if type(v) is bytes:
+                i = job_id.encode()
                 yield b"B" + struct.pack("<H", len(i)) + i + v
             else:
-                meta = json.dumps([
-                    v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
-                    v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
-                    v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
-                    v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
-                yield b"R" + struct.pack("<HI", len(i), len(v.blob)) + i + v.blob + meta
+                yield _export_rec(job_id, v)
+
+    def export_split(self, on_progress: Callable[[int], None] | None = None,
+                     every: int = 50_000) -> dict:
+        """The live contents split the way a version-2 snapshot stores them (see
+        native/FORMAT.md): the never-touched pending jobs ("base": ids and blobs in state
+        order, plus claim-order runs of their ranks), and every other job as an export
+        item ("rest", with ``rest_pos`` = how many base jobs come before each). Runs are
+        lists of ``(first_rank, count)`` segments: one per pair (ready jobs in heap-key
+        order), then one for the timer jobs (due after their enqueue, in timer-key order).
+        ``State.from_split`` rebuilds a state equal to ``from_export(export())``."""
+        ids: list[str] = []
+        blobs: list[bytes] = []
+        rest: list[bytes] = []
+        rest_pos: list[int] = []
+        npairs = len(self._pairs)
+        ready: list[list] = [[] for _ in range(npairs)]
+        timers: list = []
+        unpack = _BLOB.unpack_from
+        n = 0
+        for job_id, v in self.jobs.items():
+            n += 1
+            if on_progress is not None and n % every == 0:
+                on_progress(n)
+            if type(v) is not bytes:
+                rest.append(_export_rec(job_id, v))
+                rest_pos.append(len(ids))
+                continue
+            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = unpack(v)
+            due = sched if flags & _F_SCHED else at
+            if due < 0 or due > MAX_DUE_MS:
+                due = 0 if due < 0 else MAX_DUE_MS
+            # key << 32 | rank: one int per job (ints are not tracked by the cyclic GC; a
+            # million tuples would set off full collections in the middle of compaction)
+            rank = len(ids)
+            if due > at:
+                timers.append((due << 64 | lsn) << 32 | rank)
+            else:
+                ready[pair].append(((4 - prio) << 112 | due << 64 | lsn) << 32 | rank)
+            ids.append(job_id)
+            blobs.append(v)
+        runs = [_segments(r) for r in ready]
+        runs.append(_segments(timers))
+        meta = {"last_lsn": self.last_lsn, "applied": self.applied,
+                "pairs": [list(p) for p in self._pairs]}
+        return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
+                "runs": runs}
+
+    @classmethod
+    def from_split(cls, meta: dict, base: _Base, rest: list, rest_pos: list[int],
+                   runs: list, pair_counts: list[int], ukeys: list) -> "State":
+        """The state of a version-2 snapshot, lazily: the base jobs stay in ``base`` (no
+        object per job), the rest are imported as by from_export. The caller (snapshot.py)
+        has checked the byte-level structure: every rank in exactly one run, ``pair_counts``
+        = base jobs per pair, ``ukeys`` = [(rank, unique_key)] of base jobs that have one,
+        ``rest_pos`` non-decreasing and <= base.n. ValueError if the items are malformed."""
+        s = cls()
+        try:
+            for q, t in meta["pairs"]:
+                s._pair(q, t)
+            s.last_lsn = meta["last_lsn"]
+            s.applied = meta["applied"]
+            over: dict = {}
+            s.jobs = over
+            rest_ids = []
+            for item in rest:
+                if item[:1] != b"R":
+                    raise ValueError(f"unknown state export item kind {item[:1]!r}")
+                li, lb = struct.unpack_from("<HI", item, 1)
+                job_id = item[7:7 + li].decode()
+                if job_id in over:
+                    raise ValueError(f"job {job_id} is stored twice")
+                blob = bytes(item[7 + li:7 + li + lb])
+                s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
+                rest_ids.append(job_id)
+        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
+                json.JSONDecodeError) as e:
+            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
+        if len(runs) != len(s._pairs) + 1 or len(pair_counts) != len(s._pairs):
+            raise ValueError("snapshot runs do not match the pairs")
+        if ukeys:
+            # the holder of a unique key is the first live job with it in state order, as
+            # from_export's setdefault in item order
+            order = [(rank, 1, 0, u, base.id(rank)) for rank, u in ukeys]
+            for j, (job_id, p) in enumerate(zip(rest_ids, rest_pos)):
+                r = over[job_id]
+                u = s._ukey(r.blob)
+                if u is not None and r.status in _LIVE:
+                    order.append((p, 0, j, u, job_id))
+            order.sort()
+            s._unique = {}
+            for _, _, _, u, job_id in order:
+                s._unique.setdefault(u, job_id)
+        for ix, c in enumerate(pair_counts):
+            if c:
+                queue = s._pairs[ix][0]
+                s._counts[PENDING] += c
+                q = s._qcounts.get(queue)
+                if q is None:
+                    q = s._qcounts[queue] = [0] * 7
+                q[PENDING] += c
+        s.jobs = _LazyJobs(s, base, over, rest_pos)
+        s._runs = {ix: _Run(base, ix, segs) for ix, segs in enumerate(runs[:-1]) if segs}
+        s._trun = _Run(base, None, runs[-1]) if runs[-1] else None
+        return s
 
     @classmethod
     def from_export(cls, items: Iterable[bytes]) -> "State":
@@ -921,6 +1497,35 @@ class State:
             heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
             if h[4]:
                 heapq.heappush(self._timeouts, (r.started + h[4], job_id, r.token))
+
+
+def _export_rec(job_id: str, v: _Rec) -> bytes:
+    i = job_id.encode()
+    meta = json.dumps([
+        v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
+        v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
+        v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
+        v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
+    return b"R" + struct.pack("<HI", len(i), len(v.blob)) + i + v.blob + meta
+
+
+def _segments(entries: list) -> list[tuple[int, int]]:
+    """Sort ``key << 32 | rank`` entries (keys are unique: they end in an LSN) and return
+    the ranks as (first, count) segments of consecutive ranks (one segment when key order
+    is rank order, the common case)."""
+    entries.sort()
+    segs: list[tuple[int, int]] = []
+    first = nxt = -1
+    for e in entries:
+        rank = e & 0xFFFFFFFF
+        if rank != nxt:
+            if first >= 0:
+                segs.append((first, nxt - first))
+            first = rank
+        nxt = rank + 1
+    if first >= 0:
+        segs.append((first, nxt - first))
+    return segs
 
 
 def _secs(ms: int):

@@ -30,14 +30,21 @@ def _state(n=60):
     return st
 
 
-def _snap(st, max_at=6000):
-    return S.encode_snapshot(st.export(), st.last_lsn, max_at)
+def _snap(st, max_at=6000, version=2):
+    if version == 1:
+        return S.encode_snapshot(st.export(), st.last_lsn, max_at)
+    return S.encode_state(st, st.last_lsn, max_at)
 
 
-def test_round_trip_equal_state_and_claim_order():
+VERSIONS = pytest.mark.parametrize("version", [1, 2])
+
+
+@VERSIONS
+def test_round_trip_equal_state_and_claim_order(version):
     st = _state()
-    data = _snap(st)
+    data = _snap(st, version=version)
     info, st2 = S.decode_snapshot(data)
+    assert info.version == version
     assert info.lsn == st.last_lsn and info.items == len(st.jobs) + 1
     assert info.max_at_ms == 6000 and info.size == len(data)
     assert st2.fingerprint() == st.fingerprint()
@@ -51,23 +58,26 @@ def test_round_trip_equal_state_and_claim_order():
     assert order[0] == order[1] and len(order[0]) > 10
 
 
-def test_header_layout_documented():
-    data = _snap(_state(3))
+@VERSIONS
+def test_header_layout_documented(version):
+    data = _snap(_state(3), version=version)
     assert data[:8] == b"AURSNAP1" and S.HEADER == 64
     ver, flags, lsn, items, blen, clen = struct.unpack_from("<IIQQQQ", data, 8)
-    assert (ver, flags) == (1, 0) and blen == len(data) - 64
+    assert (ver, flags) == (version, 0) and blen == len(data) - 64 and items == 4
     assert lz4.frame.get_frame_info(data[64:])["content_size"] == clen
 
 
-def test_truncation_at_every_offset_is_detected():
-    data = _snap(_state(8))
+@VERSIONS
+def test_truncation_at_every_offset_is_detected(version):
+    data = _snap(_state(8), version=version)
     for cut in range(len(data)):
         with pytest.raises(CorruptionError):
             S.decode_snapshot(data[:cut])
 
 
-def test_1000_bit_flips_all_detected():
-    data = _snap(_state(20))
+@VERSIONS
+def test_1000_bit_flips_all_detected(version):
+    data = _snap(_state(20), version=version)
     rng = random.Random(4)
     for _ in range(1000):
         b = bytearray(data)
@@ -77,8 +87,8 @@ def test_1000_bit_flips_all_detected():
             S.decode_snapshot(bytes(b))
 
 
-def _rehead(body, lsn, items, clen, max_at=0):
-    head = S._HEAD.pack(S.MAGIC, S.VERSION, 0, lsn, items, len(body), clen, max_at,
+def _rehead(body, lsn, items, clen, max_at=0, *, version):
+    head = S._HEAD.pack(S.MAGIC, version, 0, lsn, items, len(body), clen, max_at,
                         S._mask(S.crc32c(body)))
     return head + struct.pack("<I", S._mask(S.crc32c(head))) + body
 
@@ -132,43 +142,52 @@ def test_xxh32_matches_lz4_descriptor_checksum():
     assert _lying_frame(body, struct.unpack_from("<Q", body, 6)[0]) == body
 
 
-def test_lying_lz4_content_size_small_is_bounded_and_refused():
+@VERSIONS
+def test_lying_lz4_content_size_small_is_bounded_and_refused(version):
     st = _state(40)
-    good = _snap(st)
+    good = _snap(st, version=version)
     info = S.read_header(good)
     body = _lying_frame(good[64:], 100)              # claims 100 bytes, holds thousands
-    bad = _rehead(body, info.lsn, info.items, 100)   # header agrees, crcs valid
+    # header agrees, crcs valid
+    bad = _rehead(body, info.lsn, info.items, 100, version=info.version)
     with pytest.raises(CorruptionError, match="more than the declared|does not decode"):
         S.decode_snapshot(bad)
 
 
-def test_lying_content_size_huge_is_refused_before_decompressing():
+@VERSIONS
+def test_lying_content_size_huge_is_refused_before_decompressing(version):
     st = _state(5)
-    good = _snap(st)
+    good = _snap(st, version=version)
     info = S.read_header(good)
     huge = 1 << 40
-    bad = _rehead(_lying_frame(good[64:], huge), info.lsn, info.items, huge)
+    bad = _rehead(_lying_frame(good[64:], huge), info.lsn, info.items, huge,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="over the limit"):
         S.decode_snapshot(bad)
     with pytest.raises(CorruptionError, match="over the limit"):
         S.decode_snapshot(good, max_content=100)
 
 
-def test_header_and_frame_disagree():
-    good = _snap(_state(5))
+@VERSIONS
+def test_header_and_frame_disagree(version):
+    good = _snap(_state(5), version=version)
     info = S.read_header(good)
-    bad = _rehead(good[64:], info.lsn, info.items, info.content_len + 1)
+    bad = _rehead(good[64:], info.lsn, info.items, info.content_len + 1,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="lz4 frame declares"):
         S.decode_snapshot(bad)
 
 
-def test_item_count_and_lsn_mismatch():
-    good = _snap(_state(5))
+@VERSIONS
+def test_item_count_and_lsn_mismatch(version):
+    good = _snap(_state(5), version=version)
     info = S.read_header(good)
     with pytest.raises(CorruptionError, match="item"):
-        S.decode_snapshot(_rehead(good[64:], info.lsn, info.items + 1, info.content_len))
+        S.decode_snapshot(_rehead(good[64:], info.lsn, info.items + 1, info.content_len,
+                                  version=info.version))
     with pytest.raises(CorruptionError, match="LSN"):
-        S.decode_snapshot(_rehead(good[64:], info.lsn + 1, info.items, info.content_len))
+        S.decode_snapshot(_rehead(good[64:], info.lsn + 1, info.items, info.content_len,
+                                  version=info.version))
 
 
 def test_malformed_export_is_corruption_not_crash():
@@ -179,9 +198,10 @@ def test_malformed_export_is_corruption_not_crash():
         S.decode_snapshot(S.encode_snapshot([b"not an export"], 1))
 
 
-def test_arbitrary_bytes_never_crash():
+@VERSIONS
+def test_arbitrary_bytes_never_crash(version):
     rng = random.Random(9)
-    good = _snap(_state(5))
+    good = _snap(_state(5), version=version)
     for _ in range(300):
         n = rng.randrange(0, 200)
         blob = bytes(rng.randrange(256) for _ in range(n))
@@ -199,10 +219,12 @@ def test_multi_megabyte_frame_fed_in_pieces():
     content = S._decompress(memoryview(data)[64:], info, "x")
     assert list(S._split(content, info, "x")) == items
     # junk after the frame (crcs recomputed): refused
-    bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len)
+    bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len,
+                  version=info.version)
     with pytest.raises(CorruptionError, match="after the lz4 frame"):
         S._decompress(memoryview(bad)[64:], S.read_header(bad), "x")
     # a frame cut in its middle piece: refused
-    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len)
+    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len,
+                  version=info.version)
     with pytest.raises(CorruptionError):
         S._decompress(memoryview(cut)[64:], S.read_header(cut), "x")
