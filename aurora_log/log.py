@@ -896,6 +896,9 @@ class Log:
     def close(self) -> None:
         """Flush, seal, release the lock. Idempotent. DurabilityError if the final flush
         fails (the lock is released anyway)."""
+        if self._w is not None and not self._closed and self._next > 1:
+            # before refusing appends: ranges reserved by other threads are on their way
+            lib.au_wait(self._w, self._next - 1, lib.AU_WAIT_WRITTEN)
         with self._state_lock:
             if self._closed:
                 return
@@ -904,8 +907,6 @@ class Log:
         rc = 0
         try:
             if w is not None:
-                if self._next > 1:   # let reserved ranges still on their way arrive
-                    lib.au_wait(w, self._next - 1, lib.AU_WAIT_WRITTEN)
                 rc = lib.au_writer_close(w)
                 if rc < 0:
                     self._mark_unsynced(w)

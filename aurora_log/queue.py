@@ -501,7 +501,11 @@ class Queue:
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
                     reserved = self._reserve_apply([rec])
-                    return self._state.get(job_id), reserved
+                    try:
+                        return self._state.get(job_id), reserved
+                    except BaseException:
+                        self._publish(reserved, "none")   # reserved LSNs must arrive
+                        raise
                 if end is None:
                     return None
                 remaining = end - time.monotonic()
@@ -524,8 +528,10 @@ class Queue:
                 self._apply_unlogged(rec)
                 return self._state.cancel_requested(job_id)
             reserved = self._reserve_apply([rec])
-            cancel = self._state.cancel_requested(job_id)
-        self._publish(reserved, "none")
+            try:
+                cancel = self._state.cancel_requested(job_id)
+            finally:
+                self._publish(reserved, "none")   # keeps the GIL: fine under the lock
         return cancel
 
     def progress(self, job_id: str, token: str, fraction: float,

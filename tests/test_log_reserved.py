@@ -158,3 +158,15 @@ def test_the_non_waiting_append_keeps_the_gil_and_still_reports_errors(store_dir
     stored = [p for _, _, p in _stored(store_dir)]
     # "third" was never acknowledged: the failure may have come before a round wrote it
     assert stored in ([b"first", b"second"], [b"first", b"second", b"third"])
+
+
+def test_close_waits_for_a_range_reserved_before_it(store_dir):
+    log = Log.open(store_dir, segment_bytes=SEG)
+    lsn = log.reserve()
+    t = threading.Timer(0.2, lambda: log.append_reserved(lsn, [(1, b"in flight")]))
+    t.start()
+    t0 = time.monotonic()
+    log.close()                       # must not refuse the in-flight range (nor stall 30 s)
+    t.join()
+    assert time.monotonic() - t0 < 10
+    assert _stored(store_dir) == [(1, 1, b"in flight")]
