@@ -487,6 +487,17 @@ class State:
 
     # ------------------------------------------------------------------ small helpers
 
+    def _count_pending_by_pair(self, counts) -> None:
+        """Add counts[pair index] pending jobs to the totals (a bulk load's counters)."""
+        for ix, c in enumerate(counts):
+            if c:
+                queue = self._pairs[ix][0]
+                self._counts[PENDING] += c
+                q = self._qcounts.get(queue)
+                if q is None:
+                    q = self._qcounts[queue] = [0] * 7
+                q[PENDING] += c
+
     def _pair(self, queue: str, job_type: str) -> int:
         key = (queue, job_type)
         ix = self._pair_ix.get(key)
@@ -1370,14 +1381,7 @@ class State:
             s._unique = {}
             for _, _, _, u, job_id in order:
                 s._unique.setdefault(u, job_id)
-        for ix, c in enumerate(pair_counts):
-            if c:
-                queue = s._pairs[ix][0]
-                s._counts[PENDING] += c
-                q = s._qcounts.get(queue)
-                if q is None:
-                    q = s._qcounts[queue] = [0] * 7
-                q[PENDING] += c
+        s._count_pending_by_pair(pair_counts)
         s.jobs = _LazyJobs(s, base, over, rest_pos)
         s._runs = {ix: _Run(base, ix, segs) for ix, segs in enumerate(runs[:-1]) if segs}
         s._trun = _Run(base, None, runs[-1]) if runs[-1] else None
@@ -1449,14 +1453,7 @@ class State:
             if timers_add:
                 s._timers.extend(timers_add)
                 heapq.heapify(s._timers)
-            for ix, c in enumerate(pend):
-                if c:
-                    queue = s._pairs[ix][0]
-                    s._counts[PENDING] += c
-                    q = s._qcounts.get(queue)
-                    if q is None:
-                        q = s._qcounts[queue] = [0] * 7
-                    q[PENDING] += c
+            s._count_pending_by_pair(pend)
             return s
         except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
                 json.JSONDecodeError) as e:
