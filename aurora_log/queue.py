@@ -345,7 +345,6 @@ class Queue:
         """Hand reserved records to the log (outside the lock) and wait as told."""
         return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
-
     def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:
         """Validate a Job (again: its attributes may have been set directly) and build and
         encode its ENQUEUE record. TypeError/ValueError; nothing is written."""
@@ -483,7 +482,8 @@ class Queue:
 
     def _claim_locked(self, worker_id, types, qs, end):
         """Pick and claim under the lock, waiting on the condition until ``end`` (a
-        time.monotonic() deadline; None = do not wait). Returns (job, reserved claim record) or None: the caller publishes it."""
+        time.monotonic() deadline; None = do not wait). Returns (job, reserved claim
+        record) or None; the caller publishes the record (None: not logged, disk full)."""
         waited = False
         with self._cond:
             while True:

@@ -35,7 +35,6 @@ import hashlib
 import os
 import random
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aurora_log import faults

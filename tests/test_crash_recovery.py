@@ -17,7 +17,7 @@ import aurora_log
 from aurora_log import faults
 from aurora_log.log import Log
 from checker import all_jobs, queue_fingerprint
-from crashsim import DiskModel, FsRecorder, crash_images, image_digest, materialize
+from crashsim import FsRecorder, crash_images, image_digest, materialize
 from test_powerloss_support import (COMPACTION_OPTIONS, Clock, T0, cleanup_fast_dirs,
                                     compaction, fast_dir, mix, record, rolls)
 

@@ -357,7 +357,6 @@ def test_mutated_stores_recover_typed(pool, tmp_path):
     """The same mutations through the real recovery (Log.open + scan): a store opens (tail
     cut and reported) or raises CorruptionError - nothing else, never a crash."""
     from aurora_log.errors import CorruptionError
-    rng = random.Random(99)
     outcomes = {"opened": 0, "cut": 0, "corruption": 0}
     for i, data in enumerate(gen_inputs(4242, 400, pool)):
         d = tmp_path / f"s{i}"

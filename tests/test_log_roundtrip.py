@@ -1,7 +1,6 @@
 """Round trips through the Log: append/append_many/sync/flush/scan/reopen, modes, rolls,
 retirement, read_only, argument errors, file helpers."""
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -14,8 +14,8 @@ import os
 import pytest
 
 from aurora_log import faults
-from checker import Checker, History, Verdict, all_jobs, queue_fingerprint
-from crashsim import DiskModel, FsRecorder, crash_images
+from checker import Checker, History
+from crashsim import DiskModel, FsRecorder
 from test_powerloss_support import (COMPACTION_OPTIONS, Summary, cleanup_fast_dirs,
                                     compaction, dead_letter, fast_dir, mix, record, replay,
                                     rolls)
@@ -159,7 +159,7 @@ def test_harness_sees_a_missing_directory_fsync(tmp_path):
 
 def test_checker_classifies(tmp_path):
     """The checker names each anomaly on a hand-made recovered state."""
-    from aurora_log.job import Job, JobStatus
+    from aurora_log.job import Job
 
     clock = iter(range(1000))
     h = History(lambda: next(clock))

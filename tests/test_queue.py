@@ -111,7 +111,7 @@ def test_claim_filters_by_job_type_and_queue(q):
 
 def test_heartbeat_expiry_returns_job_to_pending_with_an_attempt_counted(q, clock):
     jid = q.enqueue(job(lease_duration=10))
-    j = q.claim("w")
+    q.claim("w")
     clock.advance(10.001)
     assert q.reap() == 1
     got = q.get(jid)

@@ -4,7 +4,6 @@ Without this, a handler that kills its process (a segfault in a C extension, the
 killer) would run again and again uncounted, never reaching dead-letter.
 """
 
-import os
 import signal
 import subprocess
 import sys

@@ -6,14 +6,14 @@ import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant,
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant,
                                  multiple, precondition, rule)
 
 import aurora_log
 from aurora_log.errors import InvalidStateError, JobNotFoundError, StaleLeaseError
 from aurora_log.job import Job, from_ms, to_ms
 
-from model import Invalid, Model, NotFound, Stale
+from model import Invalid, Model, Stale
 
 T0 = 1_800_000_000_000  # ms; a fixed start for the fake clock
 
