@@ -396,29 +396,7 @@ def decode(rtype: int, data: bytes) -> Record:
 
 
 def _decode(rtype: int, data: bytes) -> Record:
-    if rtype == ENQUEUE:
-        (_, flags, prio, maxr, created, at, sched, tmo, lease,
-         li, lt, lq, lu, lp) = _head(rtype, _ENQ, data)
-        if flags & ~(_F_SCHED | _F_TIMEOUT | _F_UKEY):
-            raise _bad(rtype, f"unknown flags {flags:#x}")
-        if not 1 <= prio <= 4:
-            raise _bad(rtype, f"priority {prio} out of range")
-        if not 0 < lease <= _U32 or ((flags & _F_TIMEOUT) and not 0 < tmo <= _U32):
-            raise _bad(rtype, "lease or timeout out of range")
-        pos = _ENQ.size
-        if pos + li + lt + lq + lu + lp != len(data):
-            raise _bad(rtype, "length does not match its fields")
-        job_id, jtype, queue, ukey = _strs(rtype, data[:pos + li + lt + lq + lu], pos,
-                                           (li, lt, lq, lu))
-        if not jtype or not queue or ((flags & _F_UKEY) and not ukey) or (lu and not flags & _F_UKEY):
-            raise _bad(rtype, "empty job_type/queue/unique_key")
-        payload = data[pos + li + lt + lq + lu:]
-        if not payload.startswith(b"{"):
-            raise _bad(rtype, "payload is not a JSON object")
-        return Enqueue(_check_id(rtype, job_id), jtype, queue, prio, maxr, created, at,
-                       sched if flags & _F_SCHED else None,
-                       tmo if flags & _F_TIMEOUT else None, lease,
-                       ukey if flags & _F_UKEY else None, payload)
+    """Every record type but ENQUEUE (decode() sends that to _decode_enqueue)."""
     if rtype == CLAIM:
         _, at, deadline, token, li, lw = _head(rtype, _CLAIM, data)
         job_id, worker = _strs(rtype, data, _CLAIM.size, (li, lw))

@@ -196,12 +196,7 @@ class DiskModel:
             kind, op = ev[self.pos]
             self.pos += 1
             if kind == "start":
-                node = self.fds.get(op.fd)
-                if isinstance(node, _File):
-                    node.mark = len(node.pending)
-                elif isinstance(node, _Dir):
-                    node.snap = dict(node.vol)
-                    node.mark = len(node.pending)
+                self._sync_started(op)
                 continue
             self.done += 1
             if op.errno != 0 or (op.result is not None and op.result < 0):
@@ -214,14 +209,17 @@ class DiskModel:
             self._apply(op)
         # also consume sync starts that precede the next completion
         while self.pos < len(ev) and ev[self.pos][0] == "start":
-            kind, op = ev[self.pos]
-            node = self.fds.get(op.fd)
-            if isinstance(node, _File):
-                node.mark = len(node.pending)
-            elif isinstance(node, _Dir):
-                node.snap = dict(node.vol)
-                node.mark = len(node.pending)
+            self._sync_started(ev[self.pos][1])
             self.pos += 1
+
+    def _sync_started(self, op) -> None:
+        """An fsync/fdatasync started: it covers what is pending on its file now."""
+        node = self.fds.get(op.fd)
+        if isinstance(node, _File):
+            node.mark = len(node.pending)
+        elif isinstance(node, _Dir):
+            node.snap = dict(node.vol)
+            node.mark = len(node.pending)
 
     def _apply(self, op):
         n = op.name
