@@ -5,7 +5,7 @@ Every floor writes over a preallocated, fsynced file (as the log does: its segme
 zero-filled at creation), so the fdatasync measured is the same kind the log pays: no
 file-size change to commit. Files are created in `directory` and removed afterwards.
 
-    fdatasync_loop(directory, seconds_or_n, record_bytes=100) -> ops/s
+    fdatasync_loop(directory, seconds_or_n, record_bytes=100, think_us=0) -> ops/s
     batch_curve(directory, sizes, record_bytes=100, seconds=0.5) -> {size: records/s}
     sequential_write_fsync(directory, total_bytes, chunk_bytes=117_000) -> MB/s
 """
@@ -42,12 +42,15 @@ class preallocated:
         os.unlink(self.path)
 
 
-def _loop(fd, buf: bytes, size: int, seconds_or_n) -> tuple[int, float]:
-    """write `buf` + fdatasync repeatedly, wrapping inside the file; -> (ops, seconds)."""
+def _loop(fd, buf: bytes, size: int, seconds_or_n, think_us: float = 0) -> tuple[int, float]:
+    """write `buf` + fdatasync repeatedly, wrapping inside the file; -> (ops, seconds).
+    `think_us`: spin the CPU that long between ops (see fdatasync_loop)."""
     by_count = isinstance(seconds_or_n, int) and not isinstance(seconds_or_n, bool)
+    think = think_us / 1e6
+    clock = time.perf_counter
     n = 0
     off = 0
-    t0 = time.perf_counter()
+    t0 = clock()
     while True:
         if off + len(buf) > size:
             off = 0
@@ -55,6 +58,10 @@ def _loop(fd, buf: bytes, size: int, seconds_or_n) -> tuple[int, float]:
         os.fdatasync(fd)
         off += len(buf)
         n += 1
+        if think:
+            until = clock() + think
+            while clock() < until:
+                pass
         if by_count:
             if n >= seconds_or_n:
                 break
@@ -63,12 +70,17 @@ def _loop(fd, buf: bytes, size: int, seconds_or_n) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def fdatasync_loop(directory, seconds_or_n, record_bytes: int = 100) -> float:
+def fdatasync_loop(directory, seconds_or_n, record_bytes: int = 100,
+                   think_us: float = 0) -> float:
     """write(record_bytes) + fdatasync in a loop on a preallocated file -> ops/s.
-    `seconds_or_n`: a float runs that long; an int runs that many ops."""
+    `seconds_or_n`: a float runs that long; an int runs that many ops.
+    `think_us`: CPU work (a spin) between ops, as any caller has: on a virtual disk an
+    fdatasync issued right after the last one completes is faster than one issued after
+    a pause (here 10 us of work between ops cost ~30 us per op), so the no-think loop is
+    the disk's best case, not what a program that does anything between fsyncs can get."""
     buf = b"r" * record_bytes
     with preallocated(directory, "floor-fdatasync", 16 << 20) as fd:
-        n, dt = _loop(fd, buf, 16 << 20, seconds_or_n)
+        n, dt = _loop(fd, buf, 16 << 20, seconds_or_n, think_us)
     return n / dt
 
 
