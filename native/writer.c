@@ -2,9 +2,15 @@
  *
  * append() frames records into `pend` under the mutex and assigns LSNs; it never does I/O.
  * A committer that finds its LSN not yet covered and no leader active becomes the leader:
- * it takes the whole pending buffer, drops the mutex, does one write (per batch) and one
- * fdatasync, re-locks, advances written/synced LSNs and wakes everyone. All file I/O happens
- * in a leader round, so the file position, the fd and segment rolls need no other locking.
+ * it takes the whole pending buffer, drops the mutex, does one write (per batch), re-locks,
+ * advances written_lsn and wakes the waiters that only needed the write. Then, if it asked
+ * for one, the sync stage: one fdatasync with the mutex dropped, after which synced_lsn
+ * covers what was written when it began. The two stages overlap: once the write stage is
+ * over the next leader may write while the fdatasync runs, so a claim (which needs only
+ * the write) never waits behind a disk flush. Only one fdatasync runs at a time; one that
+ * would start while another runs is left to the end of that one (it kicks the next round).
+ * The write stage owns the file position and segment rolls; a roll waits for the sync in
+ * flight and keeps a new one from starting (pub_fd = -1) until the new segment is in use.
  * A background thread runs rounds for the interval/os modes and for records nobody waits
  * for. Any I/O error fails the writer for good: waiters not yet covered, and every later
  * call, get AU_E_FAILED (the errno is kept); fsync is never retried.
@@ -56,13 +62,16 @@ struct au_writer {
     pthread_cond_t bgcv;   /* wake the background thread */
     pthread_t bg;
     int bg_started, stop, closed, leader;
+    int syncing;           /* a sync stage is in its fdatasync (mutex dropped) */
     int failed;            /* errno that failed the writer, 0 if healthy */
     int mode;
     uint32_t interval_ms, max_record;
     uint64_t segment_bytes;
     char *wal_dir;
 
-    /* leader-owned (changed only inside a round) */
+    /* leader-owned (changed only inside a write stage). durable_off: the sync stage
+     * raises it too (under the mutex, atomically: the write stage reads it for batch
+     * headers without the mutex; a roll changes it only while no sync runs) */
     int fd;
     uint64_t seg_first, seg_size, write_off, durable_off;
     uint8_t *stage;
@@ -79,6 +88,7 @@ struct au_writer {
     uint64_t written_lsn;  /* every LSN < this is written */
     uint64_t synced_lsn;   /* every LSN < this is fdatasynced */
     uint64_t pub_seg_first, pub_write_off;
+    int pub_fd;            /* the fd a sync stage may flush; -1 while a roll switches */
     au_stats st;
 
     /* the spare segment file (mutex-protected; the spare thread owns sp_fd while BUSY) */
@@ -211,6 +221,12 @@ static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
 static int roll(au_writer *w, uint64_t lsn, uint64_t size)
 {
     int r;
+    /* the old fd is about to be closed: no sync stage may use it from here on */
+    pthread_mutex_lock(&w->mu);
+    while (w->syncing)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->pub_fd = -1;
+    pthread_mutex_unlock(&w->mu);
     if (w->durable_off < w->write_off && (r = datasync(w)))
         return r;
     if (w->write_off + AU_BATCH_HDR <= w->seg_size) {
@@ -286,7 +302,8 @@ static int write_records(au_writer *w, pendbuf *t)
             memcpy(b + AU_BATCH_HDR, t->buf + done, dlen);
         }
         memset(b + AU_BATCH_HDR + dlen, 0, blen - AU_BATCH_HDR - dlen);
-        au_batch_header(b, (uint32_t)blen, lsn, count, 0, w->durable_off);
+        au_batch_header(b, (uint32_t)blen, lsn, count, 0,
+                        __atomic_load_n(&w->durable_off, __ATOMIC_RELAXED));
         int r = write_at(w, b, blen);
         if (r)
             return r;
@@ -347,7 +364,33 @@ static void kick_if_waited(au_writer *w)
     }
 }
 
-/* One leader round. Called and returns with the mutex held; drops it for the I/O. */
+/* The sync stage: one fdatasync of what is written, unless one runs already (its end
+ * kicks the next round for whoever still waits) or a roll is switching segments. Mutex
+ * held; dropped for the fdatasync. */
+static void sync_stage(au_writer *w)
+{
+    if (w->syncing || w->pub_fd < 0 || w->failed || w->synced_lsn >= w->written_lsn)
+        return;
+    w->syncing = 1;
+    int fd = w->pub_fd;
+    uint64_t lsn = w->written_lsn, off = w->pub_write_off;
+    pthread_mutex_unlock(&w->mu);
+    int r = au_fdatasync(fd);
+    pthread_mutex_lock(&w->mu);
+    w->syncing = 0;
+    w->st.fdatasyncs++;
+    if (r < 0) {
+        if (!w->failed)
+            w->failed = -r;
+    } else if (!w->failed) {
+        w->synced_lsn = lsn;   /* only the sync stage raises it once a writer is open */
+        if (off > w->durable_off)     /* same segment: a roll waits for this stage */
+            __atomic_store_n(&w->durable_off, off, __ATOMIC_RELAXED);
+    }
+}
+
+/* One leader round: the write stage, then (do_sync) the sync stage. Called and returns
+ * with the mutex held; drops it for the I/O. */
 static void leader_round(au_writer *w, int do_sync)
 {
     w->leader = 1;
@@ -360,8 +403,6 @@ static void leader_round(au_writer *w, int do_sync)
     int r = 0;
     if (t.count)
         r = write_records(w, &t);
-    if (!r && do_sync && w->durable_off < w->write_off)
-        r = datasync(w);
 
     pthread_mutex_lock(&w->mu);
     pend_reset(&t);
@@ -370,13 +411,12 @@ static void leader_round(au_writer *w, int do_sync)
     if (r) {
         if (!w->failed)
             w->failed = r < 0 ? -r : EIO;
-    } else {
+    } else if (!w->failed) {   /* after a failure nothing more is acknowledged */
         w->written_lsn = end_lsn;
-        if (do_sync)
-            w->synced_lsn = end_lsn;
     }
     w->pub_seg_first = w->seg_first;
     w->pub_write_off = w->write_off;
+    w->pub_fd = w->fd;
     w->leader = 0;
     if (w->sp_started && w->sp_state == SP_NONE && !w->failed &&
         w->sp_fail_seg != w->seg_first && w->seg_size == w->sp_size &&
@@ -385,11 +425,15 @@ static void leader_round(au_writer *w, int do_sync)
         w->sp_state = SP_WANTED;
         pthread_cond_signal(&w->spcv);
     }
+    if (do_sync) {
+        wake_covered(w);   /* those that needed only the write go before the fdatasync */
+        sync_stage(w);
+    }
     wake_covered(w);
     kick_if_waited(w);
-    if (w->mode == AU_MODE_INTERVAL && w->write_off - w->durable_off > INTERVAL_UNSYNCED)
+    if (w->mode == AU_MODE_INTERVAL && w->pub_write_off - w->durable_off > INTERVAL_UNSYNCED)
         pthread_cond_signal(&w->bgcv);
-    pthread_cond_broadcast(&w->cv);  /* backpressure, close, the background thread */
+    pthread_cond_broadcast(&w->cv);  /* backpressure, close, rolls, the background thread */
 }
 
 static void deadline_after(struct timespec *ts, uint32_t ms)
@@ -422,7 +466,7 @@ static void *bg_main(void *arg)
         /* kicked: committers wait (an fdatasync only if one of them wants it); timer: the
          * interval mode's fdatasync, and records nobody waits for */
         int want_sync = w->nwant_sync > 0 || (!kicked && w->mode != AU_MODE_OS);
-        int unsynced = want_sync && w->synced_lsn < w->written_lsn &&
+        int unsynced = want_sync && w->synced_lsn < w->written_lsn && !w->syncing &&
                        (kicked || w->mode == AU_MODE_INTERVAL);
         if (!w->pend.count && !unsynced)
             continue;
@@ -523,7 +567,7 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
         free(w);
         return r;
     }
-    w->fd = fd;
+    w->fd = w->pub_fd = fd;
     w->mode = mode;
     w->interval_ms = interval_ms;
     w->hole_ms = HOLE_TIMEOUT_MS;
@@ -722,8 +766,10 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
             rc = AU_E_CLOSED;
             break;
         }
-        if (lsn < w->next_lsn && !w->leader) {
-            /* nobody leads: this thread does the round (the one-committer fast path) */
+        if (lsn < w->next_lsn && !w->leader &&
+            (w->pend.count || (want_synced && !w->syncing && w->pub_fd >= 0))) {
+            /* nobody leads: this thread does the round (the one-committer fast path).
+             * Nothing to write and a sync in flight: wait, its end kicks the next one */
             leader_round(w, want_synced || w->nwant_sync > 0);
             continue;
         }
@@ -817,7 +863,7 @@ void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_o
 void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off)
 {
     pthread_mutex_lock(&w->mu);
-    while (w->leader)   /* both are leader-owned: read them between rounds */
+    while (w->leader || w->syncing)   /* read them between rounds */
         pthread_cond_wait(&w->cv, &w->mu);
     *seg_first_lsn = w->seg_first;
     *durable_off = w->durable_off;
@@ -833,7 +879,7 @@ int au_writer_close(au_writer *w)
         return 0;
     int rc = au_flush(w);
     pthread_mutex_lock(&w->mu);
-    while (w->leader)
+    while (w->leader || w->syncing)
         pthread_cond_wait(&w->cv, &w->mu);
     w->closed = 1;
     w->stop = 1;

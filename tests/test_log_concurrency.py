@@ -1,8 +1,12 @@
 """Many threads committing at once: nothing lost, and group commit really batches."""
 
+import errno
 import threading
 
+import pytest
+
 from aurora_log import faults
+from aurora_log.errors import DurabilityError
 from aurora_log.log import Log
 
 SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
@@ -75,3 +79,99 @@ def test_group_commit_one_write_and_one_fdatasync_for_many_committers(store_dir)
     assert syncs == rounds and writes == rounds
     with Log.open(store_dir, segment_bytes=SEG) as log:
         assert log.next_lsn == n * rounds + 1
+
+
+class HeldFdatasync(faults.Hook):
+    """Holds the first segment fdatasync after arm() until release(err): the test then acts
+    while that fdatasync is in flight."""
+
+    def __init__(self):
+        self.armed = False
+        self.started = threading.Event()
+        self._release = threading.Event()
+        self._err = None
+        self.syncs = 0
+
+    def arm(self):
+        self.armed = True
+
+    def release(self, err=None):
+        self._err = err
+        self._release.set()
+
+    def before(self, op):
+        if op.name != "fdatasync" or ".seg" not in (op.path or ""):
+            return None
+        self.syncs += 1
+        if not self.armed or self.started.is_set():
+            return None
+        self.started.set()
+        assert self._release.wait(30), "the test never released the fdatasync"
+        return self._err
+
+
+def _sync_in_thread(log, lsn):
+    out = {}
+
+    def run():
+        try:
+            log.sync(lsn)
+            out["ok"] = True
+        except BaseException as e:  # reported by the caller
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_write_through_does_not_wait_for_the_fdatasync_in_flight(store_dir):
+    """The write stage and the sync stage overlap: while one fdatasync runs, the next
+    records are written (a claim's write-through returns) and their own fdatasync follows."""
+    hook = HeldFdatasync()
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
+        hook.arm()
+        a = log.append(1, b"a")
+        ta, out_a = _sync_in_thread(log, a)
+        assert hook.started.wait(30)
+        b = log.append(1, b"b")
+        log.write_through(b)                  # returns with A's fdatasync still held
+        assert not out_a and ta.is_alive()
+        c = log.append(1, b"c")
+        tc, out_c = _sync_in_thread(log, c)
+        tc.join(0.2)
+        assert not out_c                      # a sync waiter still waits for the disk
+        syncs_before = hook.syncs
+        hook.release()
+        ta.join(30)
+        tc.join(30)
+        assert out_a == {"ok": True} and out_c == {"ok": True}
+        assert hook.syncs > syncs_before      # B and C needed an fdatasync of their own
+        log.close()
+    with Log.open(store_dir, segment_bytes=SEG) as log:
+        assert [r[2] for r in log.scan()] == [b"a", b"b", b"c"]
+
+
+def test_records_written_during_a_failed_fdatasync_are_never_acknowledged(store_dir):
+    """A sync waiter whose records were written while an earlier fdatasync ran fails with
+    it: a later fdatasync is never trusted after one failed (fsyncgate)."""
+    hook = HeldFdatasync()
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, b"a"))
+        assert hook.started.wait(30)
+        b = log.append(1, b"b")
+        log.write_through(b)
+        tb, out_b = _sync_in_thread(log, b)
+        hook.release(errno.EIO)
+        ta.join(30)
+        tb.join(30)
+        for out in (out_a, out_b):
+            assert isinstance(out.get("error"), DurabilityError), out
+            assert out["error"].errno == errno.EIO
+        with pytest.raises(DurabilityError):
+            log.append(1, b"c")
+        with pytest.raises(DurabilityError):
+            log.close()
