@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ._binding import (MODES, append1_keeping_gil, check_io, check_writer, ffi, lib,
+from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
 from .errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError, LockedError,
                      ReadOnlyError)
@@ -41,8 +41,15 @@ _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
 _ZEROS = bytes(1 << 20)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NO_WAIT = lib.AU_WAIT_NONE
+_WRITTEN = lib.AU_WAIT_WRITTEN
 _WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
          "durable": lib.AU_WAIT_MODE, "synced": lib.AU_WAIT_SYNCED}
+
+
+def _plain_record(r) -> bool:
+    """(type, bytes) with a type in range: what the GIL-keeping append takes (ctypes would
+    truncate a type over 255 where cffi raises)."""
+    return type(r[1]) is bytes and type(r[0]) is int and 0 < r[0] < 256
 
 
 @dataclass(frozen=True)
@@ -482,7 +489,7 @@ class Log:
         self._w = ffi.gc(w[0], lib.au_writer_free)
         self._next = ts.next_lsn
         # the writer outlives every call that uses its address: self._w holds it
-        self._w_addr = writer_address(self._w) if append1_keeping_gil is not None else 0
+        self._w_addr = writer_address(self._w) if append_now1_keeping_gil is not None else 0
 
     def _keep_broken(self, path: Path, data: bytes) -> str:
         n = 1
@@ -591,16 +598,14 @@ class Log:
         ``checked`` to skip packing the records twice."""
         w = self._writer("append")
         level = _WAIT[wait]
+        if len(records) == 1 and _plain_record(records[0]):
+            return self._append1(w, first_lsn, records[0], level)
         if checked is not None:
             return self._append_packed(w, first_lsn, checked, level)
         if len(records) == 1:
             rtype, payload = records[0]
-            if level == _NO_WAIT and self._w_addr and type(payload) is bytes:
-                rc = append1_keeping_gil(self._w_addr, first_lsn, rtype, payload,
-                                         len(payload), level)
-            else:
-                rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
-                                       len(payload), level)
+            rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
+                                   len(payload), level)
             return self._appended(rc, w, first_lsn, 1)
         try:
             packed = self._pack(records)
@@ -611,6 +616,21 @@ class Log:
             self._failed_seen = True
             raise
         return self._append_packed(w, first_lsn, packed, level)
+
+    def _append1(self, w, lsn: int, record: tuple[int, bytes], level: int) -> int:
+        """One record of bytes. Not waiting, or waiting only for the write: first without
+        dropping the GIL (au_append_now1 writes it at once if nobody else is writing), then
+        through cffi for the wait that is left."""
+        rtype, payload = record
+        if self._w_addr and (level == _NO_WAIT or level == _WRITTEN):
+            rc = append_now1_keeping_gil(self._w_addr, lsn, rtype, payload, len(payload),
+                                         level == _WRITTEN)
+            if rc == lib.AU_QUEUED:
+                rc = lib.au_write_through(w, lsn)
+            if rc != lib.AU_AGAIN:
+                return self._appended(rc, w, lsn, 1)
+        rc = lib.au_append_at1(w, lsn, rtype, payload, len(payload), level)
+        return self._appended(rc, w, lsn, 1)
 
     def _append_packed(self, w, first_lsn: int, packed, level: int) -> int:
         types, lens, data = packed
@@ -707,12 +727,9 @@ class Log:
             return self.next_lsn - 1
         if len(records) == 1:
             r = records[0]
-            if type(r) is tuple and len(r) == 2 and type(r[0]) is int and \
-                    0 < r[0] < 256 and type(r[1]) is bytes and \
+            if type(r) is tuple and len(r) == 2 and _plain_record(r) and \
                     len(r[1]) <= self.max_record_bytes:
-                first = self.reserve(1)
-                rc = lib.au_append_at1(w, first, r[0], r[1], len(r[1]), level)
-                return self._appended(rc, w, first, 1)
+                return self._append1(w, self.reserve(1), r, level)
         packed = self._pack(records)
         return self._append_packed(w, self.reserve(len(records)), packed, level)
 

@@ -11,6 +11,10 @@
 #define AU_E_CLOSED  (-10002)
 #define AU_E_INVAL   (-10003)
 #define AU_E_TOOBIG  (-10004)
+/* au_append_now1 only (not errors): nothing appended, call au_append_at1 instead;
+ * appended but not yet written, call au_write_through */
+#define AU_AGAIN     1
+#define AU_QUEUED    2
 
 #define AU_SEG_HDR     32
 #define AU_BATCH_HDR   32
@@ -132,6 +136,13 @@ int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *ty
                  const uint32_t *lens, const uint8_t *data, int wait);
 int au_append_at1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
                   uint32_t len, int wait);
+/* For callers that keep the GIL (ctypes.PyDLL): never waits on a condition. Appends one
+ * record; with `write`, writes it at once on this thread if nobody leads and no segment
+ * roll is due. 0: appended (and written, with `write`); AU_QUEUED: appended, not written
+ * yet (call au_write_through); AU_AGAIN: the pending buffer is full, nothing appended
+ * (call au_append_at1, which waits); < 0 as au_append_at1. */
+int au_append_now1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
+                   uint32_t len, int write);
 int au_wait(au_writer *w, uint64_t lsn, int level);  /* every LSN <= lsn, per AU_WAIT_* */
 int au_sync(au_writer *w, uint64_t lsn);            /* au_wait(AU_WAIT_MODE) */
 int au_write_through(au_writer *w, uint64_t lsn);   /* au_wait(AU_WAIT_WRITTEN) */

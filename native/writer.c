@@ -699,24 +699,26 @@ static int unpark_locked(au_writer *w)
 static int commit(au_writer *w, uint64_t lsn, int want_synced);
 int au_wait(au_writer *w, uint64_t lsn, int level);
 
-int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
-                 const uint32_t *lens, const uint8_t *data, int wait)
+/* Validation shared by the append entries: 0, AU_E_INVAL or AU_E_TOOBIG. */
+static int check_range(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                       const uint32_t *lens, int wait, uint64_t *total, uint64_t *dlen)
 {
-    uint64_t total = 0, dlen = 0;
     int bad = n == 0 || first_lsn == 0 || wait < AU_WAIT_NONE || wait > AU_WAIT_SYNCED;
+    *dlen = 0;
     for (uint32_t i = 0; i < n && !bad; i++) {
         if (types[i] == 0 || lens[i] > w->max_record)
             bad = 1;
-        dlen += lens[i];
+        *dlen += lens[i];
     }
-    total = dlen + (uint64_t)n * AU_REC_HDR;
-    int rc = bad ? AU_E_INVAL : total + AU_BATCH_HDR + 8 > AU_MAX_BATCH ? AU_E_TOOBIG : 0;
+    *total = *dlen + (uint64_t)n * AU_REC_HDR;
+    return bad ? AU_E_INVAL : *total + AU_BATCH_HDR + 8 > AU_MAX_BATCH ? AU_E_TOOBIG : 0;
+}
 
-    pthread_mutex_lock(&w->mu);
-    while (!rc && !w->failed && !w->closed && w->pend.len > BACKPRESSURE_BYTES) {
-        pthread_cond_signal(&w->bgcv);
-        pthread_cond_wait(&w->cv, &w->mu);
-    }
+/* Frame (or park) a range whose check gave rc. Mutex held. */
+static int append_locked(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                         const uint32_t *lens, const uint8_t *data, uint64_t total,
+                         uint64_t dlen, int rc)
+{
     if (w->closed)
         rc = AU_E_CLOSED;
     else if (w->failed)
@@ -736,6 +738,20 @@ int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *ty
          * commit, so a refused range fails the writer (the caller validated it first) */
         fail_locked(w, rc < 0 && rc > -4096 ? -rc : EINVAL);
     }
+    return rc;
+}
+
+int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                 const uint32_t *lens, const uint8_t *data, int wait)
+{
+    uint64_t total, dlen;
+    int rc = check_range(w, first_lsn, n, types, lens, wait, &total, &dlen);
+    pthread_mutex_lock(&w->mu);
+    while (!rc && !w->failed && !w->closed && w->pend.len > BACKPRESSURE_BYTES) {
+        pthread_cond_signal(&w->bgcv);
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    rc = append_locked(w, first_lsn, n, types, lens, data, total, dlen, rc);
     pthread_mutex_unlock(&w->mu);
     if (rc || wait == AU_WAIT_NONE)
         return rc;
@@ -746,6 +762,37 @@ int au_append_at1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *paylo
                   uint32_t len, int wait)
 {
     return au_append_at(w, lsn, 1, &type, &len, payload, wait);
+}
+
+/* The pending records go out in one batch of the current segment: a write stage with no
+ * roll (a roll may wait for a sync in flight and fsync). Mutex held, no leader. */
+static int pend_fits_segment(const au_writer *w)
+{
+    uint64_t blen = AU_BATCH_HDR + pad8(w->pend.len - AU_BATCH_HDR);
+    return blen <= AU_MAX_BATCH && w->write_off + blen + AU_BATCH_HDR <= w->seg_size;
+}
+
+int au_append_now1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
+                   uint32_t len, int write)
+{
+    uint64_t total, dlen;
+    int rc = check_range(w, lsn, 1, &type, &len, AU_WAIT_NONE, &total, &dlen);
+    pthread_mutex_lock(&w->mu);
+    if (!rc && !w->failed && !w->closed && w->pend.len > BACKPRESSURE_BYTES) {
+        pthread_mutex_unlock(&w->mu);
+        return AU_AGAIN;
+    }
+    rc = append_locked(w, lsn, 1, &type, &len, payload, total, dlen, rc);
+    if (!rc && write && lsn >= w->written_lsn) {
+        /* nobody leads and no roll is due: write it now, on this thread (no sync stage:
+         * waiters for an fdatasync are kicked to the background thread) */
+        if (lsn < w->next_lsn && !w->leader && pend_fits_segment(w))
+            leader_round(w, 0);
+        if (lsn >= w->written_lsn)
+            rc = w->failed ? AU_E_FAILED : AU_QUEUED;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
 }
 
 static int commit(au_writer *w, uint64_t lsn, int want_synced)

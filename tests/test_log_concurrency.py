@@ -1,7 +1,10 @@
 """Many threads committing at once: nothing lost, and group commit really batches."""
 
 import errno
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -81,16 +84,17 @@ def test_group_commit_one_write_and_one_fdatasync_for_many_committers(store_dir)
         assert log.next_lsn == n * rounds + 1
 
 
-class HeldFdatasync(faults.Hook):
-    """Holds the first segment fdatasync after arm() until release(err): the test then acts
-    while that fdatasync is in flight."""
+class HeldCall(faults.Hook):
+    """Holds the first segment call named `name` after arm() until release(err): the test
+    then acts while that call is in flight."""
 
-    def __init__(self):
+    def __init__(self, name="fdatasync"):
+        self.name = name
         self.armed = False
         self.started = threading.Event()
         self._release = threading.Event()
         self._err = None
-        self.syncs = 0
+        self.calls = 0
 
     def arm(self):
         self.armed = True
@@ -100,13 +104,13 @@ class HeldFdatasync(faults.Hook):
         self._release.set()
 
     def before(self, op):
-        if op.name != "fdatasync" or ".seg" not in (op.path or ""):
+        if op.name != self.name or ".seg" not in (op.path or ""):
             return None
-        self.syncs += 1
+        self.calls += 1
         if not self.armed or self.started.is_set():
             return None
         self.started.set()
-        assert self._release.wait(30), "the test never released the fdatasync"
+        assert self._release.wait(30), "the test never released the held call"
         return self._err
 
 
@@ -128,7 +132,7 @@ def _sync_in_thread(log, lsn):
 def test_write_through_does_not_wait_for_the_fdatasync_in_flight(store_dir):
     """The write stage and the sync stage overlap: while one fdatasync runs, the next
     records are written (a claim's write-through returns) and their own fdatasync follows."""
-    hook = HeldFdatasync()
+    hook = HeldCall()
     with faults.installed(hook):
         log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
         hook.arm()
@@ -142,12 +146,12 @@ def test_write_through_does_not_wait_for_the_fdatasync_in_flight(store_dir):
         tc, out_c = _sync_in_thread(log, c)
         tc.join(0.2)
         assert not out_c                      # a sync waiter still waits for the disk
-        syncs_before = hook.syncs
+        syncs_before = hook.calls
         hook.release()
         ta.join(30)
         tc.join(30)
         assert out_a == {"ok": True} and out_c == {"ok": True}
-        assert hook.syncs > syncs_before      # B and C needed an fdatasync of their own
+        assert hook.calls > syncs_before      # B and C needed an fdatasync of their own
         log.close()
     with Log.open(store_dir, segment_bytes=SEG) as log:
         assert [r[2] for r in log.scan()] == [b"a", b"b", b"c"]
@@ -156,7 +160,7 @@ def test_write_through_does_not_wait_for_the_fdatasync_in_flight(store_dir):
 def test_records_written_during_a_failed_fdatasync_are_never_acknowledged(store_dir):
     """A sync waiter whose records were written while an earlier fdatasync ran fails with
     it: a later fdatasync is never trusted after one failed (fsyncgate)."""
-    hook = HeldFdatasync()
+    hook = HeldCall()
     with faults.installed(hook):
         log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
         hook.arm()
@@ -175,3 +179,83 @@ def test_records_written_during_a_failed_fdatasync_are_never_acknowledged(store_
             log.append(1, b"c")
         with pytest.raises(DurabilityError):
             log.close()
+
+
+def test_a_claim_style_append_writes_on_its_own_thread_under_a_held_fdatasync(store_dir):
+    """append_reserved(wait="written") with nobody writing writes the record itself,
+    keeping the GIL, even while an fdatasync is in flight."""
+    hook = HeldCall()
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, b"a"))
+        assert hook.started.wait(30)
+        lsn = log.reserve()
+        writes = log.stats()["writes"]
+        log.append_reserved(lsn, [(1, b"claim")], wait="written")
+        assert log.stats()["writes"] == writes + 1 and ta.is_alive()
+        hook.release()
+        ta.join(30)
+        assert out_a == {"ok": True}
+        log.close()
+    with Log.open(store_dir, segment_bytes=SEG) as log:
+        assert [r[2] for r in log.scan()] == [b"a", b"claim"]
+
+
+def test_a_claim_style_append_waits_for_the_write_in_flight_without_the_gil(store_dir):
+    """Another thread's write stage is in its pwrite: the append is queued behind it and
+    waits with the GIL dropped (the thread that releases the pwrite must be able to run)."""
+    hook = HeldCall("pwrite")
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, b"a"))
+        assert hook.started.wait(30)
+        releaser = threading.Timer(0.3, hook.release)
+        releaser.start()
+        lsn = log.reserve()
+        log.append_reserved(lsn, [(1, b"claim")], wait="written")
+        assert hook._release.is_set()        # it could not have been written before
+        releaser.join()
+        ta.join(30)
+        assert out_a == {"ok": True}
+        log.close()
+    with Log.open(store_dir, segment_bytes=SEG) as log:
+        assert [r[2] for r in log.scan()] == [b"a", b"claim"]
+
+
+def test_a_claim_style_append_that_needs_a_roll_leaves_it_to_a_gil_free_wait(store_dir):
+    """A roll waits for the fdatasync in flight: a claim-style append that would roll must
+    not do it holding the GIL (the thread releasing the fdatasync could never run, and
+    nothing in that process could either: so it runs in a child with a deadline)."""
+    code = ("import pathlib, sys; sys.path.insert(0, sys.argv[1]); "
+            "import test_log_concurrency as t; t.roll_under_a_held_fdatasync(pathlib.Path(sys.argv[2]))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent),
+                               str(store_dir)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlock: the append rolled while holding the GIL")
+    assert proc.returncode == 0, proc.stderr
+
+
+def roll_under_a_held_fdatasync(store_dir):
+    seg = 4096
+    hook = HeldCall()
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=seg, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, b"a" * 1000))
+        assert hook.started.wait(30)
+        for i in range(2):            # fill the segment without writing
+            log.append(1, bytes([i]) * 1000)
+        releaser = threading.Timer(0.3, hook.release)
+        releaser.start()
+        lsn = log.reserve()
+        log.append_reserved(lsn, [(1, b"c" * 1000)], wait="written")
+        releaser.join()
+        ta.join(30)
+        assert out_a == {"ok": True}
+        assert log.stats()["rolls"] >= 1
+        log.close()
+    with Log.open(store_dir, segment_bytes=seg) as log:
+        assert [len(r[2]) for r in log.scan()] == [1000] * 4

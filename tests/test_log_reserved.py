@@ -141,8 +141,8 @@ def test_threads_appending_reserved_ranges_in_random_order_lose_nothing(store_di
 
 
 def test_the_non_waiting_append_keeps_the_gil_and_still_reports_errors(store_dir):
-    from aurora_log._binding import append1_keeping_gil
-    assert append1_keeping_gil is not None       # the fast path is what runs here
+    from aurora_log._binding import append_now1_keeping_gil
+    assert append_now1_keeping_gil is not None      # the fast path is what runs here
     log = Log.open(store_dir, segment_bytes=SEG)
     first = log.reserve(2)
     log.append_reserved(first + 1, [(1, b"second")])             # parked, GIL kept
