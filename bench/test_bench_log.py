@@ -103,20 +103,28 @@ def test_durable_append_threads(benchmark, tmp_path, floor, threads):
             ratio_vs_floor=rate / floor["fdatasync"])
 
 
+BATCH_SEGMENT = 64 << 20   # the default
+
+
 def test_batches_of_1000(benchmark, tmp_path, floor):
+    """Steady state: enough batches to fill three segments, so the window holds rolls and
+    the zero-filling of the spare segments in the proportion a long run has (a short window
+    would hold one whole 64 MiB zero-fill against a few MB of batches)."""
     batch = [(1, REC)] * 1000
-    with Log.open(tmp_path / "log") as log:
-        benchmark.pedantic(lambda: log.commit(batch), rounds=int(max(30, 40 * SECONDS)),
-                           iterations=1, warmup_rounds=3)
-        mean = benchmark.stats.stats.mean
-    payload_mb_s = 1000 * len(REC) / mean / 1e6
     framed = 1000 * (len(REC) + 17) + 32
+    rounds = max(int(40 * SECONDS), 3 * BATCH_SEGMENT // framed)
+    with Log.open(tmp_path / "log", segment_bytes=BATCH_SEGMENT) as log:
+        benchmark.pedantic(lambda: log.commit(batch), rounds=rounds, iterations=1,
+                           warmup_rounds=3)
+        mean = benchmark.stats.stats.mean
+        rolls = log.stats()["rolls"]
+    payload_mb_s = 1000 * len(REC) / mean / 1e6
     disk_mb_s = framed / mean / 1e6
-    total = int(framed * max(30, 40 * SECONDS))
+    total = framed * rounds
     seq = floors.sequential_write_fsync(tmp_path / "floor", total, chunk_bytes=framed)
     _report(benchmark, records_per_s=1000 / mean, payload_MB_s=payload_mb_s,
             written_MB_s=disk_mb_s, floor_sequential_MB_s=seq, ratio_vs_floor=disk_mb_s / seq,
-            floor_batch_1000_records_per_s=floor["curve"][1000])
+            floor_batch_1000_records_per_s=floor["curve"][1000], rolls=rolls)
 
 
 def _commits_across_rolls(directory, batch, rolls, segment_bytes):
