@@ -1,5 +1,6 @@
 """Many threads committing at once: nothing lost, and group commit really batches."""
 
+import contextlib
 import errno
 import subprocess
 import sys
@@ -181,47 +182,51 @@ def test_records_written_during_a_failed_fdatasync_are_never_acknowledged(store_
             log.close()
 
 
+@contextlib.contextmanager
+def _first_commit_held(store_dir, hook, *, segment_bytes=SEG, first=b"a"):
+    """A log whose first commit (of `first`, from another thread) is held in the hook's
+    call. The body must release it; on exit that commit has succeeded and the log is closed."""
+    with faults.installed(hook):
+        log = Log.open(store_dir, segment_bytes=segment_bytes, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, first))
+        assert hook.started.wait(30)
+        yield log, ta
+        ta.join(30)
+        assert out_a == {"ok": True}
+        log.close()
+
+
+def _payloads(store_dir, segment_bytes=SEG):
+    with Log.open(store_dir, segment_bytes=segment_bytes) as log:
+        return [r[2] for r in log.scan()]
+
+
 def test_a_claim_style_append_writes_on_its_own_thread_under_a_held_fdatasync(store_dir):
     """append_reserved(wait="written") with nobody writing writes the record itself,
     keeping the GIL, even while an fdatasync is in flight."""
     hook = HeldCall()
-    with faults.installed(hook):
-        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
-        hook.arm()
-        ta, out_a = _sync_in_thread(log, log.append(1, b"a"))
-        assert hook.started.wait(30)
+    with _first_commit_held(store_dir, hook) as (log, ta):
         lsn = log.reserve()
         writes = log.stats()["writes"]
         log.append_reserved(lsn, [(1, b"claim")], wait="written")
         assert log.stats()["writes"] == writes + 1 and ta.is_alive()
         hook.release()
-        ta.join(30)
-        assert out_a == {"ok": True}
-        log.close()
-    with Log.open(store_dir, segment_bytes=SEG) as log:
-        assert [r[2] for r in log.scan()] == [b"a", b"claim"]
+    assert _payloads(store_dir) == [b"a", b"claim"]
 
 
 def test_a_claim_style_append_waits_for_the_write_in_flight_without_the_gil(store_dir):
     """Another thread's write stage is in its pwrite: the append is queued behind it and
     waits with the GIL dropped (the thread that releases the pwrite must be able to run)."""
     hook = HeldCall("pwrite")
-    with faults.installed(hook):
-        log = Log.open(store_dir, segment_bytes=SEG, interval_ms=60_000)
-        hook.arm()
-        ta, out_a = _sync_in_thread(log, log.append(1, b"a"))
-        assert hook.started.wait(30)
+    with _first_commit_held(store_dir, hook) as (log, ta):
         releaser = threading.Timer(0.3, hook.release)
         releaser.start()
         lsn = log.reserve()
         log.append_reserved(lsn, [(1, b"claim")], wait="written")
         assert hook._release.is_set()        # it could not have been written before
         releaser.join()
-        ta.join(30)
-        assert out_a == {"ok": True}
-        log.close()
-    with Log.open(store_dir, segment_bytes=SEG) as log:
-        assert [r[2] for r in log.scan()] == [b"a", b"claim"]
+    assert _payloads(store_dir) == [b"a", b"claim"]
 
 
 def test_a_claim_style_append_that_needs_a_roll_leaves_it_to_a_gil_free_wait(store_dir):
@@ -241,11 +246,7 @@ def test_a_claim_style_append_that_needs_a_roll_leaves_it_to_a_gil_free_wait(sto
 def roll_under_a_held_fdatasync(store_dir):
     seg = 4096
     hook = HeldCall()
-    with faults.installed(hook):
-        log = Log.open(store_dir, segment_bytes=seg, interval_ms=60_000)
-        hook.arm()
-        ta, out_a = _sync_in_thread(log, log.append(1, b"a" * 1000))
-        assert hook.started.wait(30)
+    with _first_commit_held(store_dir, hook, segment_bytes=seg, first=b"a" * 1000) as (log, _):
         for i in range(2):            # fill the segment without writing
             log.append(1, bytes([i]) * 1000)
         releaser = threading.Timer(0.3, hook.release)
@@ -253,9 +254,5 @@ def roll_under_a_held_fdatasync(store_dir):
         lsn = log.reserve()
         log.append_reserved(lsn, [(1, b"c" * 1000)], wait="written")
         releaser.join()
-        ta.join(30)
-        assert out_a == {"ok": True}
         assert log.stats()["rolls"] >= 1
-        log.close()
-    with Log.open(store_dir, segment_bytes=seg) as log:
-        assert [len(r[2]) for r in log.scan()] == [1000] * 4
+    assert [len(p) for p in _payloads(store_dir, seg)] == [1000] * 4
