@@ -447,27 +447,38 @@ static void deadline_after(struct timespec *ts, uint32_t ms)
     }
 }
 
+static int past(const struct timespec *ts)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
+}
+
 static void *bg_main(void *arg)
 {
     au_writer *w = arg;
+    uint32_t tick_ms = w->interval_ms ? w->interval_ms : 1;
+    struct timespec tick;   /* the next timer round: kicks do not push it back */
+    deadline_after(&tick, tick_ms);
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
-        if (!w->kick) {
-            struct timespec ts;
-            deadline_after(&ts, w->interval_ms ? w->interval_ms : 1);
-            pthread_cond_timedwait(&w->bgcv, &w->mu, &ts);
-        }
+        if (!w->kick)
+            pthread_cond_timedwait(&w->bgcv, &w->mu, &tick);
         int kicked = w->kick;
         w->kick = 0;
         if (w->stop)
             break;
+        int timer = !kicked || past(&tick);
+        if (timer)
+            deadline_after(&tick, tick_ms);
         if (w->failed)
             continue;
         /* kicked: committers wait (an fdatasync only if one of them wants it); timer: the
-         * interval mode's fdatasync, and records nobody waits for */
-        int want_sync = w->nwant_sync > 0 || (!kicked && w->mode != AU_MODE_OS);
-        int unsynced = want_sync && w->synced_lsn < w->written_lsn && !w->syncing &&
-                       (kicked || w->mode == AU_MODE_INTERVAL);
+         * interval mode's fdatasync, and records nobody waits for: in sync mode too, so a
+         * record appended without waiting (a durable=False complete that a claim's write
+         * already wrote) is fdatasynced within interval_ms even if nothing follows it */
+        int want_sync = w->nwant_sync > 0 || (timer && w->mode != AU_MODE_OS);
+        int unsynced = want_sync && w->synced_lsn < w->written_lsn && !w->syncing;
         if (!w->pend.count && !unsynced)
             continue;
         while (w->leader && !w->stop)

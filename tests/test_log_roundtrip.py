@@ -232,3 +232,13 @@ def test_dropped_log_releases_its_lock(store_dir):
     gc.collect()
     with Log.open(store_dir, segment_bytes=SEG) as log:
         assert list(log.scan()) == [(1, 1, b"x")]
+
+
+def test_sync_mode_fdatasyncs_what_a_write_through_left_unsynced(store_dir):
+    """A record written (a claim's write-through) but not fdatasynced, with nothing after it:
+    the background thread's timer fdatasyncs it within interval_ms in sync mode too, so a
+    durable=False complete that rode a claim's write is never unsynced for long."""
+    with Log.open(store_dir, segment_bytes=SEG, interval_ms=5) as log:
+        base = log.stats()["fdatasyncs"]
+        log.write_through(log.append(1, b"written, nobody waits for the disk"))
+        _wait_for(lambda: log.stats()["fdatasyncs"] > base)
