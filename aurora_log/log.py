@@ -47,9 +47,11 @@ _WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
 
 
 def _plain_record(r) -> bool:
-    """(type, bytes) with a type in range: what the GIL-keeping append takes (ctypes would
-    truncate a type over 255 where cffi raises)."""
-    return type(r[1]) is bytes and type(r[0]) is int and 0 < r[0] < 256
+    """A (type, bytes) tuple with a type in range: what the GIL-keeping append takes
+    (ctypes would truncate a type over 255 where cffi raises). Anything else goes to
+    _pack, which names what is wrong."""
+    return type(r) is tuple and len(r) == 2 and type(r[1]) is bytes and \
+        type(r[0]) is int and 0 < r[0] < 256
 
 
 @dataclass(frozen=True)
@@ -602,11 +604,6 @@ class Log:
             return self._append1(w, first_lsn, records[0], level)
         if checked is not None:
             return self._append_packed(w, first_lsn, checked, level)
-        if len(records) == 1:
-            rtype, payload = records[0]
-            rc = lib.au_append_at1(w, first_lsn, rtype, ffi.from_buffer(payload),
-                                   len(payload), level)
-            return self._appended(rc, w, first_lsn, 1)
         try:
             packed = self._pack(records)
         except BaseException:
@@ -727,8 +724,7 @@ class Log:
             return self.next_lsn - 1
         if len(records) == 1:
             r = records[0]
-            if type(r) is tuple and len(r) == 2 and _plain_record(r) and \
-                    len(r[1]) <= self.max_record_bytes:
+            if _plain_record(r) and len(r[1]) <= self.max_record_bytes:
                 return self._append1(w, self.reserve(1), r, level)
         packed = self._pack(records)
         return self._append_packed(w, self.reserve(len(records)), packed, level)

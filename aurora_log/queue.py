@@ -407,8 +407,8 @@ class Queue:
     def enqueue(self, job: Job, *, durable: bool = True) -> str:
         """Add a job; returns its id. With a unique_key held by a live job, returns that
         job's id and adds nothing. In sync mode returns after the record is fdatasynced
-        (``durable=False``: do not wait, the record rides the next group commit, at most
-        ``interval_ms`` later)."""
+        (``durable=False``: do not wait, the record rides the next group commit or the
+        background thread's next tick, every ``interval_ms``)."""
         return self.enqueue_many((job,), durable=durable)[0]
 
     def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:

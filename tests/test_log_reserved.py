@@ -170,3 +170,18 @@ def test_close_waits_for_a_range_reserved_before_it(store_dir):
     t.join()
     assert time.monotonic() - t0 < 10
     assert _stored(store_dir) == [(1, 1, b"in flight")]
+
+
+@pytest.mark.parametrize("bad", [(300, b"x"), (1, "str"), (0, b"x"), 5, ()])
+def test_a_bad_single_reserved_record_fails_the_writer_at_once(store_dir, bad):
+    """A refused one-record range must not leave a hole that stalls every later commit
+    for the hole timeout, nor reach C with its type cut to 8 bits (300 -> 44)."""
+    log = Log.open(store_dir, segment_bytes=SEG)
+    log.commit([(1, b"before")])
+    lsn = log.reserve()
+    with pytest.raises((TypeError, ValueError)):
+        log.append_reserved(lsn, [bad], wait="written")
+    assert log.failed
+    with pytest.raises(DurabilityError):
+        log.close()
+    assert _stored(store_dir) == [(1, 1, b"before")]
