@@ -226,7 +226,10 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
     while (w->syncing)
         pthread_cond_wait(&w->cv, &w->mu);
     w->pub_fd = -1;
+    int failed = w->failed;
     pthread_mutex_unlock(&w->mu);
+    if (failed)   /* the sync just waited for failed: no fdatasync may follow it (fsyncgate) */
+        return -failed;
     if (w->durable_off < w->write_off && (r = datasync(w)))
         return r;
     if (w->write_off + AU_BATCH_HDR <= w->seg_size) {

@@ -256,3 +256,31 @@ def roll_under_a_held_fdatasync(store_dir):
         releaser.join()
         assert log.stats()["rolls"] >= 1
     assert [len(p) for p in _payloads(store_dir, seg)] == [1000] * 4
+
+
+def test_a_roll_waiting_for_a_failed_fdatasync_does_no_fdatasync_of_its_own(store_dir):
+    """A write stage that must roll waits for the fdatasync in flight; if that one fails,
+    the roll must not fdatasync the old segment (a success after a failure proves nothing
+    on Linux) nor start a new one: its committer fails too."""
+    seg = 4096
+    rec, hook = faults.Recorder(), HeldCall()
+    with faults.installed(faults.Chain(rec, hook)):
+        log = Log.open(store_dir, segment_bytes=seg, interval_ms=60_000)
+        hook.arm()
+        ta, out_a = _sync_in_thread(log, log.append(1, b"a" * 1000))
+        assert hook.started.wait(30)
+        for i in range(3):            # over the segment: the next write stage rolls
+            last = log.append(1, bytes([i]) * 1000)
+        tb, out_b = _sync_in_thread(log, last)
+        tb.join(0.3)                  # B's roll waits for A's fdatasync
+        hook.release(errno.EIO)
+        ta.join(30)
+        tb.join(30)
+        for out in (out_a, out_b):
+            assert isinstance(out.get("error"), DurabilityError), out
+        with pytest.raises(DurabilityError):
+            log.close()
+    syncs = [op for op in rec.ops if op.name == "fdatasync" and op.path.endswith(".seg")]
+    failed_at = next(i for i, op in enumerate(syncs) if op.errno)
+    assert syncs[failed_at + 1:] == []
+    assert log.stats()["rolls"] == 0
