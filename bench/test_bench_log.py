@@ -103,17 +103,14 @@ def test_durable_append_threads(benchmark, tmp_path, floor, threads):
             ratio_vs_floor=rate / floor["fdatasync"])
 
 
-BATCH_SEGMENT = 64 << 20   # the default
-
-
 def test_batches_of_1000(benchmark, tmp_path, floor):
     """Steady state: enough batches to fill three segments, so the window holds rolls and
     the zero-filling of the spare segments in the proportion a long run has (a short window
     would hold one whole 64 MiB zero-fill against a few MB of batches)."""
     batch = [(1, REC)] * 1000
-    framed = 1000 * (len(REC) + 17) + 32
-    rounds = max(int(40 * SECONDS), 3 * BATCH_SEGMENT // framed)
-    with Log.open(tmp_path / "log", segment_bytes=BATCH_SEGMENT) as log:
+    framed = 1000 * (len(REC) + lib.AU_REC_HDR) + lib.AU_BATCH_HDR
+    with Log.open(tmp_path / "log") as log:
+        rounds = max(int(40 * SECONDS), 3 * log.segment_bytes // framed)
         benchmark.pedantic(lambda: log.commit(batch), rounds=rounds, iterations=1,
                            warmup_rounds=3)
         mean = benchmark.stats.stats.mean
