@@ -104,6 +104,10 @@ class HeldCall(faults.Hook):
         self._err = err
         self._release.set()
 
+    @property
+    def released(self):
+        return self._release.is_set()
+
     def before(self, op):
         if op.name != self.name or ".seg" not in (op.path or ""):
             return None
@@ -224,7 +228,7 @@ def test_a_claim_style_append_waits_for_the_write_in_flight_without_the_gil(stor
         releaser.start()
         lsn = log.reserve()
         log.append_reserved(lsn, [(1, b"claim")], wait="written")
-        assert hook._release.is_set()        # it could not have been written before
+        assert hook.released                 # it could not have been written before
         releaser.join()
     assert _payloads(store_dir) == [b"a", b"claim"]
 
