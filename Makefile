@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 	touch $@
 
 demo: venv
-	$(BIN)/python -m aurora_log.demo
+	$(BIN)/python -m aurora_log.tools.demo
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -38,4 +38,4 @@ soak: venv
 	$(BIN)/python bench/soak.py all
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info aurora_log/_native*.so aurora_log/_native.c
+	rm -rf $(VENV) build dist *.egg-info aurora_log/local/_native*.so aurora_log/local/_native.c

@@ -16,11 +16,11 @@ from .errors import (
 )
 
 from .job import Job, JobPriority, JobStatus
-from .queue import Queue, open
-from .state import Transition
-from .verify import VerifyReport, verify
-from .tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
-from .worker import Context, JobCancelled, JobTimeout, Worker, current_context
+from .local.queue import Queue, open
+from .local.state import Transition
+from .local.verify import VerifyReport, verify
+from .runtime.tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
+from .runtime.worker import Context, JobCancelled, JobTimeout, Worker, current_context
 
 __version__ = "0.1.0"
 

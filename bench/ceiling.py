@@ -223,7 +223,7 @@ def spin(us: float):
 def log_series(directory: str, seconds: float, durability: str = "sync",
                threads=THREADS) -> dict | None:
     try:
-        from aurora_log.log import Log
+        from aurora_log.local.log import Log
     except ImportError as e:
         print(f"  (aurora_log is not importable, the Log rows are skipped: {e})")
         return None

@@ -90,7 +90,7 @@ def soak_bitflips(args) -> bool:
     each flip must be detected (CorruptionError, or a tail cut and reported), never a
     silently different set of records."""
     from aurora_log.errors import CorruptionError
-    from aurora_log.log import Log
+    from aurora_log.local.log import Log
     tmp = _scratch()
     try:
         src = tmp / "src"

@@ -22,8 +22,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import floors  # noqa: E402
 
-from aurora_log._binding import lib  # noqa: E402
-from aurora_log.log import Log  # noqa: E402
+from aurora_log.local._binding import lib  # noqa: E402
+from aurora_log.local.log import Log  # noqa: E402
 
 REC = b"p" * 100
 ONE = [(1, REC)]

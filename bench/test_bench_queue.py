@@ -304,7 +304,7 @@ _CHILD = textwrap.dedent("""
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
     import aurora_log
-    from aurora_log.state import State
+    from aurora_log.local.state import State
     before = rss()
     t0 = time.perf_counter()
     q = aurora_log.open(sys.argv[1], reaper_interval=None, auto_compact=False)

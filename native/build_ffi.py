@@ -1,4 +1,4 @@
-"""cffi build script: compiles native/*.c into the extension module `aurora_log._native`.
+"""cffi build script: compiles native/*.c into the extension module `aurora_log.local._native`.
 
 Used by setup.py (`cffi_modules=["native/build_ffi.py:ffibuilder"]`) and runnable directly
 (`python native/build_ffi.py` builds in place for development).
@@ -53,7 +53,7 @@ extern "Python" int _au_py_flock(int, int);
 ffibuilder = FFI()
 ffibuilder.cdef(header_cdef(HEADER) + PYTHON_CALLBACKS)
 ffibuilder.set_source(
-    "aurora_log._native",
+    "aurora_log.local._native",
     '#include "aurora.h"\n',
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],

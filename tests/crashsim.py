@@ -1,7 +1,7 @@
 """A recording file layer and a power-cut simulator (the SQLite/ALICE approach).
 
 A workload runs ONCE with `FsRecorder` installed through the C core's syscall table
-(aurora_log.faults). The recorder keeps every completed call in order, plus a marker when
+(aurora_log.testing.faults). The recorder keeps every completed call in order, plus a marker when
 each fsync/fdatasync *starts*. `DiskModel` replays that record with page-cache semantics:
 
 * a file has a volatile image (what reads see) and a durable image (what survives a power
@@ -37,8 +37,7 @@ import random
 import shutil
 from pathlib import Path
 
-from aurora_log import faults
-
+from aurora_log.testing import faults
 MODES = ("drop", "keep", "subset", "torn")
 
 

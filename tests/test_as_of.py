@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 import pytest
 
 import aurora_log
-from aurora_log import Job, ReadOnlyError, snapshot as S
+from aurora_log import Job, ReadOnlyError
+from aurora_log.local import snapshot as S
 from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0
@@ -84,8 +85,8 @@ def test_as_of_datetime_equals_recorded_state(history):
 def test_as_of_intermediate_lsns_match_a_full_replay(history):
     """Every 37th LSN: as_of == folding the archived + live records from LSN 1."""
     d, _, points, _ = history
-    from aurora_log.log import Log
-    from aurora_log.state import State
+    from aurora_log.local.log import Log
+    from aurora_log.local.state import State
     recs = []
     for root in (d / "archive", d):
         with Log.open(root, read_only=True) as lg:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import aurora_log
-from aurora_log import cli
+from aurora_log.tools import cli
 from aurora_log.job import Job, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent

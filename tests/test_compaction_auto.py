@@ -4,8 +4,9 @@ import threading
 import time
 
 import aurora_log
-from aurora_log import Job, snapshot as S
-from aurora_log.state import State
+from aurora_log import Job
+from aurora_log.local import snapshot as S
+from aurora_log.local.state import State
 
 
 def _open(d, **kw):
@@ -121,7 +122,7 @@ def test_compaction_racing_live_operations(store_dir):
     assert all(r.lsn > 0 for r in results)
     q.flush()
     fp = q._state.fingerprint()
-    from aurora_log.verify import verify
+    from aurora_log.local.verify import verify
     rep = verify(store_dir, deep_limit=10**9)
     assert rep.ok, str(rep)
     q.close()
@@ -152,7 +153,7 @@ def test_snapshot_at_its_lsn_equals_replay(store_dir):
         stop.set()
         t.join()
     q.close()
-    from aurora_log.log import Log
+    from aurora_log.local.log import Log
     st = State()
     want = {}
     with Log.open(store_dir, read_only=True) as lg:

@@ -14,7 +14,8 @@ import shutil
 import pytest
 
 import aurora_log
-from aurora_log import Job, faults
+from aurora_log import Job
+from aurora_log.testing import faults
 from aurora_log.errors import DurabilityError
 
 T0 = 1_700_000_000.0

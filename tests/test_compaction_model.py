@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import aurora_log
 from aurora_log import Job
-import aurora_log.queue as _queue_mod
+import aurora_log.local.queue as _queue_mod
 
 T0 = 1_700_000_000.0
 

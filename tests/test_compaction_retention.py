@@ -4,8 +4,9 @@ PURGE) by compaction; dead letters stay until purge(); purge() by status and age
 import pytest
 
 import aurora_log
-from aurora_log import Job, JobStatus, records as R
-from aurora_log.log import Log
+from aurora_log import Job, JobStatus
+from aurora_log.local import records as R
+from aurora_log.local.log import Log
 from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0

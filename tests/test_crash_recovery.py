@@ -14,8 +14,8 @@ import random
 import pytest
 
 import aurora_log
-from aurora_log import faults
-from aurora_log.log import Log
+from aurora_log.testing import faults
+from aurora_log.local.log import Log
 from checker import all_jobs, queue_fingerprint
 from crashsim import FsRecorder, crash_images, image_digest, materialize
 from test_powerloss_support import (COMPACTION_OPTIONS, Clock, T0, cleanup_fast_dirs,

@@ -6,8 +6,8 @@ import crc32c as oracle
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from aurora_log._binding import ffi, lib
-from aurora_log.log import crc32c
+from aurora_log.local._binding import ffi, lib
+from aurora_log.local.log import crc32c
 
 PATHS = {"sw": lib.au_crc32c_sw, "hw": lib.au_crc32c_hw, "auto": lib.au_crc32c}
 

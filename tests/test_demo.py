@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "aurora_log.demo", "--jobs", "300",
+    out = subprocess.run([sys.executable, "-m", "aurora_log.tools.demo", "--jobs", "300",
                           "--workers", "2", "--dir", str(tmp_path / "demo"), "--seed", "7"],
                          env=env, capture_output=True, text=True, timeout=120)
     text = out.stdout
@@ -30,6 +30,6 @@ def test_demo_end_to_end(tmp_path):
 def test_demo_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "x").write_text("mine")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "aurora_log.demo", "--dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "aurora_log.tools.demo", "--dir", str(tmp_path)],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "not empty" in out.stderr

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 import aurora_log
-from aurora_log.log import Log, crc32c
+from aurora_log.local.log import Log, crc32c
 
 HERE = Path(__file__).resolve().parent
 FUZZ = HERE / "fuzz"

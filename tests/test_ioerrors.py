@@ -26,7 +26,7 @@ import shutil
 import pytest
 
 import aurora_log
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.errors import AuroraLogError, ClosedError, DurabilityError
 from aurora_log.job import Job, JobStatus
 

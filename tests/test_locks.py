@@ -3,7 +3,7 @@
 import threading
 import time
 
-from aurora_log._locks import YieldingLock
+from aurora_log.local.locks import YieldingLock
 
 
 def test_mutual_exclusion_under_many_threads():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.errors import DurabilityError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 SEG = 1 << 20  # small segments: a default 64 MiB one costs a zero-fill + fsync
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.errors import DurabilityError, LockedError
-from aurora_log.log import Log, read_file, write_file_durably
+from aurora_log.local.log import Log, read_file, write_file_durably
 
 from test_log_support import payload
 

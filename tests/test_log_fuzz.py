@@ -6,9 +6,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from aurora_log._binding import ffi, lib
+from aurora_log.local._binding import ffi, lib
 from aurora_log.errors import CorruptionError
-from aurora_log.log import Log, _scan_tail
+from aurora_log.local.log import Log, _scan_tail
 
 from test_log_support import SEG_HDR, build, check_read_only, fast_dir, lay_out
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from aurora_log.errors import LockedError
-from aurora_log.log import Log, write_file_durably
+from aurora_log.local.log import Log, write_file_durably
 
 from test_log_support import mode
 
@@ -26,7 +26,7 @@ def test_second_opener_in_process_gets_locked_error(store_dir):
 def test_reopen_succeeds_at_once_after_sigkill_of_owner(store_dir):
     code = textwrap.dedent(f"""
         import sys, time
-        from aurora_log.log import Log
+        from aurora_log.local.log import Log
         log = Log.open({str(store_dir)!r})
         log.sync(log.append(1, b"from the child"))
         print("ready", flush=True)

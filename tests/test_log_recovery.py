@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aurora_log.errors import CorruptionError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 from test_log_support import (BATCH_HDR, SEG_HDR, batches, build, check_read_only, fast_dir,
                               fix_batch_crc, fix_record_crc, fix_segment_crc, lay_out, newest,

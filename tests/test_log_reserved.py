@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from aurora_log._binding import lib
+from aurora_log.local._binding import lib
 from aurora_log.errors import DurabilityError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 SEG = 64 << 10
 
@@ -141,7 +141,7 @@ def test_threads_appending_reserved_ranges_in_random_order_lose_nothing(store_di
 
 
 def test_the_non_waiting_append_keeps_the_gil_and_still_reports_errors(store_dir):
-    from aurora_log._binding import append_now1_keeping_gil
+    from aurora_log.local._binding import append_now1_keeping_gil
     assert append_now1_keeping_gil is not None      # the fast path is what runs here
     log = Log.open(store_dir, segment_bytes=SEG)
     first = log.reserve(2)

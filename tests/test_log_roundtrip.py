@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from aurora_log.errors import ClosedError, DurabilityError, ReadOnlyError
-from aurora_log.log import Log, read_file, remove_file, write_file_durably
+from aurora_log.local.log import Log, read_file, remove_file, write_file_durably
 
 from test_log_support import build, image, payload
 
@@ -161,7 +161,7 @@ def test_os_mode_killed_process_loses_nothing(store_dir):
     """os/interval mode: sync() returns after write(); a SIGKILL loses nothing."""
     code = textwrap.dedent(f"""
         import os, signal, sys
-        from aurora_log.log import Log
+        from aurora_log.local.log import Log
         log = Log.open({str(store_dir)!r}, durability="os", interval_ms=60000)
         for i in range(50):
             log.sync(log.append(1, b"r%d" % i))
@@ -174,7 +174,7 @@ def test_os_mode_killed_process_loses_nothing(store_dir):
 
 
 def test_failed_writer_refuses_until_reopen_then_works(store_dir):
-    from aurora_log import faults
+    from aurora_log.testing import faults
     Log.open(store_dir, segment_bytes=SEG).close()
     with faults.installed(faults.FailNth(1, ops={"pwrite"}, path_contains=".seg")) as f:
         log = Log.open(store_dir, segment_bytes=SEG)

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from aurora_log import faults
-from aurora_log._binding import lib
+from aurora_log.testing import faults
+from aurora_log.local._binding import lib
 from aurora_log.errors import DurabilityError, LockedError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 HERE = Path(__file__).resolve().parent
 SPARE = "00000000000000000000.seg.tmp"
@@ -256,8 +256,8 @@ def test_every_syscall_failing_in_a_rolling_workload_with_spares(tmp_path, spare
 CHILD = r"""
 import os, sys, time
 sys.path.insert(0, {tests!r})
-from aurora_log.log import Log
-from aurora_log._binding import lib
+from aurora_log.local.log import Log
+from aurora_log.local._binding import lib
 lib.au_set_spare_min_bytes(0)
 log = Log.open({d!r}, segment_bytes={seg})
 rec = [(1, b"r" * 100)] * 1000

@@ -7,7 +7,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from aurora_log.log import Log, crc32c
+from aurora_log.local.log import Log, crc32c
 
 SEG_HDR = 32
 BATCH_HDR = 32

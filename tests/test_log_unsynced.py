@@ -7,10 +7,10 @@ import errno
 
 import pytest
 
-from aurora_log import faults
-from aurora_log._binding import lib
+from aurora_log.testing import faults
+from aurora_log.local._binding import lib
 from aurora_log.errors import CorruptionError, DurabilityError
-from aurora_log.log import UNSYNCED, Log
+from aurora_log.local.log import UNSYNCED, Log
 
 SEG = 1 << 20
 

@@ -6,9 +6,9 @@ import sys
 
 def test_missing_native_module_says_how_to_build():
     code = (
-        "import sys; sys.modules['aurora_log._native'] = None\n"
+        "import sys; sys.modules['aurora_log.local._native'] = None\n"
         "try:\n"
-        "    import aurora_log.log\n"
+        "    import aurora_log.local.log\n"
         "except ImportError as e:\n"
         "    print('IMPORTERROR', e)\n"
         "else:\n"

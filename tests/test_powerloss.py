@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from aurora_log import faults
+from aurora_log.testing import faults
 from checker import Checker, History
 from crashsim import DiskModel, FsRecorder
 from test_powerloss_support import (COMPACTION_OPTIONS, Summary, cleanup_fast_dirs,
@@ -194,8 +194,8 @@ def test_checker_classifies(tmp_path):
 def test_crashsim_page_cache_rules(tmp_path):
     """Unsynced bytes vanish in "drop", survive in "keep"; an entry created after the last
     directory fsync vanishes; a synced file in a synced directory survives."""
-    from aurora_log.log import remove_file, write_file_durably
-    from aurora_log._binding import lib
+    from aurora_log.local.log import remove_file, write_file_durably
+    from aurora_log.local._binding import lib
     root = tmp_path / "r"
     root.mkdir()
     rec = FsRecorder(root)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aurora_log
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.job import Job
 
 from checker import Checker, History, Verdict, all_jobs, queue_fingerprint

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import aurora_log
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.errors import (ClosedError, DurabilityError, InvalidStateError,
                                JobNotFoundError, LockedError, ReadOnlyError, StaleLeaseError)
 from aurora_log.job import Job, JobPriority, JobStatus, to_ms

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from aurora_log import records as R
+from aurora_log.local import records as R
 from aurora_log.errors import CorruptionError
 
 TOKEN = b"\x01\x02\x03\x04\x05\x06\x07\x08"

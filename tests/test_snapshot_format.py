@@ -6,10 +6,10 @@ import struct
 import lz4.frame
 import pytest
 
-from aurora_log import records as R
-from aurora_log import snapshot as S
+from aurora_log.local import records as R
+from aurora_log.local import snapshot as S
 from aurora_log.errors import CorruptionError
-from aurora_log.state import State
+from aurora_log.local.state import State
 
 
 def _state(n=60):

@@ -5,9 +5,10 @@ import os
 import pytest
 
 import aurora_log
-from aurora_log import Job, snapshot as S
+from aurora_log import Job
+from aurora_log.local import snapshot as S
 from aurora_log.errors import CorruptionError
-from aurora_log.state import State
+from aurora_log.local.state import State
 from fakeclock import FakeClock as Clock
 
 T0 = 1_700_000_000.0
@@ -44,7 +45,7 @@ def _claim_order(state, now_ms=10**13):
 
 def _full_replay(d):
     st = State()
-    from aurora_log.log import Log
+    from aurora_log.local.log import Log
     with Log.open(d, read_only=True) as lg:
         assert lg.first_lsn == 1
         for lsn, rt, p in lg.scan(1):
@@ -145,7 +146,7 @@ def test_read_only_reports_but_does_not_move(store):
 
 def test_no_usable_snapshot_and_log_not_at_1_is_an_error(store):
     d, clock, _, _ = store
-    from aurora_log.log import Log
+    from aurora_log.local.log import Log
     with Log.open(d, read_only=True) as lg:
         assert lg.first_lsn > 1           # the fixture retired segments
     for lsn, p in S.list_snapshots(d / "snap"):

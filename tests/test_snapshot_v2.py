@@ -12,11 +12,11 @@ from hypothesis import given, settings, strategies as st
 
 import aurora_log
 from aurora_log import Job
-from aurora_log import records as R
-from aurora_log import snapshot as S
+from aurora_log.local import records as R
+from aurora_log.local import snapshot as S
 from aurora_log.errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
 from aurora_log.job import JobStatus
-from aurora_log.state import State, _LazyJobs
+from aurora_log.local.state import State, _LazyJobs
 
 T0 = 1_800_000_000_000
 
@@ -492,7 +492,7 @@ def test_a_version_1_snapshot_in_a_store_still_opens(tmp_path):
     fp = q._state.fingerprint()
     q.close()
     info, st_ = S.load_snapshot(res.path)
-    from aurora_log.log import write_file_durably
+    from aurora_log.local.log import write_file_durably
     write_file_durably(res.path, S.encode_snapshot(st_.export(), info.lsn, info.max_at_ms))
     q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
     assert q.snapshot_report.lsn == info.lsn and not q.snapshot_report.problems

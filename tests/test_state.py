@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from aurora_log import records as R
+from aurora_log.local import records as R
 from aurora_log.errors import InvalidStateError, JobNotFoundError, StaleLeaseError
 from aurora_log.job import JobStatus
-from aurora_log.state import State
+from aurora_log.local.state import State
 
 T0 = 1_800_000_000_000
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 import aurora_log
-from aurora_log import tasks
+from aurora_log.runtime import tasks
 from aurora_log.job import JobPriority, JobStatus
-from aurora_log.worker import Worker
+from aurora_log.runtime.worker import Worker
 
 
 def _open(path):

@@ -4,9 +4,11 @@ import hashlib
 import os
 
 import aurora_log
-from aurora_log import Job, records as R, snapshot as S
-from aurora_log.log import Log
-from aurora_log.verify import verify
+from aurora_log import Job
+from aurora_log.local import records as R
+from aurora_log.local import snapshot as S
+from aurora_log.local.log import Log
+from aurora_log.local.verify import verify
 
 T0 = 1_700_000_000.0
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 import aurora_log
-from aurora_log import tasks
+from aurora_log.runtime import tasks
 from aurora_log.job import Job, JobStatus
-from aurora_log.worker import Context, JobCancelled, JobTimeout, Worker, current_context
+from aurora_log.runtime.worker import Context, JobCancelled, JobTimeout, Worker, current_context
 
 
 @pytest.fixture
@@ -233,8 +233,7 @@ def test_context_check_and_sleep():
 
 def test_worker_stops_when_the_store_fails(store_dir):
     import errno
-    from aurora_log import faults
-
+    from aurora_log.testing import faults
     class FsyncFails(faults.Hook):
         armed = False
 
@@ -326,7 +325,7 @@ def test_closing_the_queue_under_a_worker_stops_it(store_dir):
 PMOD = '''
 import os
 import aurora_log
-from aurora_log.worker import current_context
+from aurora_log.runtime.worker import current_context
 
 q = aurora_log.open(os.environ["PMOD_STORE"], segment_bytes=1 << 20)
 

@@ -27,8 +27,8 @@ APP = textwrap.dedent('''
     import asyncio, os, time
     from pathlib import Path
     import aurora_log
-    from aurora_log import tasks
-    from aurora_log.worker import current_context
+    from aurora_log.runtime import tasks
+    from aurora_log.runtime.worker import current_context
 
     MARKS = Path(os.environ["WAPP_MARKS"])
     q = aurora_log.open(os.environ["WAPP_STORE"], retry_base=0.05, segment_bytes=1 << 20)

@@ -42,8 +42,8 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import records as R
-from .errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
-from .job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
+from ..errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
+from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
 
 __all__ = ["State", "Transition", "EXPORT_VERSION"]
 

@@ -52,7 +52,7 @@ import math
 import struct
 from typing import NamedTuple, Union
 
-from .errors import CorruptionError
+from ..errors import CorruptionError
 
 __all__ = [
     "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
+from ..errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
                      StaleLeaseError)
 
 PROG = "aurora-log"
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -213,9 +213,9 @@ def _compaction_api(name: str):
     """The engine function behind a compaction command, or None while it does not exist."""
     try:
         if name == "verify":
-            from .verify import verify
+            from ..local.verify import verify
             return verify
-        from . import queue as _queue
+        from ..local import queue as _queue
         return getattr(_queue.Queue, "compact" if name == "compact" else "purge", None)
     except Exception:
         return None
@@ -375,7 +375,7 @@ def _progress_bar(total: int | None, description: str):
 # ------------------------------------------------------------------------ commands
 
 def cmd_worker(args) -> int:
-    from .worker import Worker
+    from ..runtime.worker import Worker
     module_name, sep, attr = args.target.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"worker target must look like MODULE:QUEUE, not {args.target!r}",
@@ -417,7 +417,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from .tasks import build_job
+    from ..runtime.tasks import build_job
     if not isinstance(args.payload, dict):
         raise CliError("--payload must be a JSON object, e.g. '{\"to\": \"a@b.c\"}'")
     try:
@@ -500,7 +500,7 @@ def _fmt_value(value) -> str:
 def cmd_jobs(args) -> int:
     status = None
     if args.status:
-        from .job import JobStatus
+        from ..job import JobStatus
         try:
             status = JobStatus(args.status.lower())
         except ValueError:
@@ -587,8 +587,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    from . import records
-    from .log import Log
+    from ..local import records
+    from ..local.log import Log
     path = Path(args.dir)
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")

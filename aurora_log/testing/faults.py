@@ -36,7 +36,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
-from ._binding import ffi, lib
+from ..local._binding import ffi, lib
 
 __all__ = ["Op", "Short", "Hook", "Recorder", "FailNth", "ShortWrites", "Eintr", "Chain",
            "installed", "OPS"]

@@ -1,4 +1,4 @@
-"""Loads the C core (aurora_log._native, built by cffi at install time) and maps its return
+"""Loads the C core (aurora_log.local._native, built by cffi at install time) and maps its return
 codes to exceptions. Only log.py and faults.py import this module.
 
 There is no pure-Python fallback on purpose: a log without the C core would be a different
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 
-from .errors import ClosedError, DurabilityError
+from ..errors import ClosedError, DurabilityError
 
 try:
     from . import _native  # type: ignore[attr-defined]
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "aurora_log._native (the C core) is not built. Build it with `pip install -e .` "
+        "aurora_log.local._native (the C core) is not built. Build it with `pip install -e .` "
         "(or `pip install .`) from the project directory; it needs gcc and the Python "
         f"headers. Original error: {exc}"
     ) from exc

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
-from .errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError, LockedError,
+from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError, LockedError,
                      ReadOnlyError)
 
 __all__ = [

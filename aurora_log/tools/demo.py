@@ -83,9 +83,9 @@ def read_events(path):
 def worker_main(store: str, events_path: str, workers: int) -> int:
     """``python -m aurora_log.demo --worker-child STORE EVENTS N``: the demo's worker."""
     import logging
-    from .job import JobStatus
-    from .tasks import register_handler
-    from .worker import Worker, current_context
+    from ..job import JobStatus
+    from ..runtime.tasks import register_handler
+    from ..runtime.worker import Worker, current_context
 
     logging.basicConfig(level=logging.ERROR, format="worker: %(levelname)s %(message)s")
     try:        # Linux: if the demo itself is killed, stop this worker gracefully too
@@ -151,7 +151,7 @@ def worker_main(store: str, events_path: str, workers: int) -> int:
 
 def produce(store: Path, n: int, rng: random.Random) -> tuple[dict, str, float]:
     """Enqueue n jobs; returns ({id: job_type}, poison_id, seconds)."""
-    from .job import Job
+    from ..job import Job
     mix = [("render_thumbnail", 50), ("send_email", 20), ("crunch_analytics", 15),
            ("call_partner_api", 5), ("charge_card", 5), ("send_reminder", 5)]
     types = [t for t, w in mix for _ in range(w)]
@@ -201,7 +201,7 @@ class Show:
 
 
 def _start_worker(store: Path, events: Path, workers: int, logf) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "aurora_log.demo", "--worker-child",
+    return subprocess.Popen([sys.executable, "-m", "aurora_log.tools.demo", "--worker-child",
                              str(store), str(events), str(workers)],
                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
 
@@ -321,7 +321,7 @@ def _in_flight(ev) -> list[str]:
 
 def verify(store: Path, events: Path, expected: dict, poison_id: str, killed_running: set,
            acked_before_kill: dict, worker_rc: int, show: Show) -> int:
-    from .job import JobStatus
+    from ..job import JobStatus
     ev, final, started = _tally(events)
     q = open_queue(store)
     try:

@@ -43,7 +43,7 @@ import traceback
 import uuid
 from typing import Any, Callable
 
-from .errors import (
+from ..errors import (
     AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobNotFoundError,
     ReadOnlyError, StaleLeaseError,
 )
@@ -580,7 +580,7 @@ class Worker:
         except Exception as exc:
             return _Outcome("fail", format_error(exc))
         child = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from aurora_log.worker import _child_main; "
+            [sys.executable, "-c", "import sys; from aurora_log.runtime.worker import _child_main; "
                                    "sys.exit(_child_main())"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             close_fds=True,             # the store's lock fd stays with us
@@ -839,7 +839,7 @@ def job_to_dict(job) -> dict:
 
 def job_from_dict(data: dict):
     """Rebuild a Job from ``Job.to_dict()`` output (the process-isolation child's copy)."""
-    from .job import Job
+    from ..job import Job
     fields = dict(data)
     for name in ("created_at", "scheduled_at", "started_at", "completed_at",
                  "last_heartbeat", "lease_deadline"):
@@ -910,7 +910,7 @@ def _child_main() -> int:
     import aurora_log
     aurora_log.open = _HandlerOnlyQueue
     try:
-        from . import queue as _queue_mod
+        from ..local import queue as _queue_mod
         if hasattr(_queue_mod, "open"):
             _queue_mod.open = _HandlerOnlyQueue
     except Exception:

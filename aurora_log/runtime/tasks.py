@@ -14,7 +14,7 @@ Two styles, one registry per queue:
 
 A handler that wants the running job's context (cancellation, progress) asks for it with
 ``context=True`` (it then gets ``ctx`` as its first argument) or calls
-``aurora_log.worker.current_context()``.
+``aurora_log.current_context()``.
 
 The registry lives beside the queue, not inside it: the engine (queue.py) never calls user
 code, so it does not need to know handlers exist. This module only talks to the queue through
@@ -33,7 +33,7 @@ import time
 import weakref
 from typing import Any, Callable
 
-from .errors import AuroraLogError
+from ..errors import AuroraLogError
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
@@ -261,7 +261,7 @@ def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, 
               queue=None, lease=None, delay=None, at=None, unique_key=None):
     """A Job for the engine from task options (names as in @task) — the one place that knows
     job.py's constructor."""
-    from .job import Job, JobPriority
+    from ..job import Job, JobPriority
 
     fields: dict[str, Any] = {"job_type": job_type, "payload": payload}
     if priority is not None:
@@ -330,7 +330,7 @@ class TaskHandle:
     def _outcome(self):
         job = self.queue.get(self.id)
         if job is None:
-            from .errors import JobNotFoundError
+            from ..errors import JobNotFoundError
             raise JobNotFoundError(f"job {self.id} not found")
         state = _status_name(job)
         if state == "completed":

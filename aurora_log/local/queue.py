@@ -34,9 +34,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from . import records as R
-from ._locks import YieldingLock
-from .errors import ClosedError, ReadOnlyError
-from .job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
+from .locks import YieldingLock
+from ..errors import ClosedError, ReadOnlyError
+from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
                   _check_retries, _check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
@@ -231,12 +231,12 @@ class Queue:
 
     def task(self, name=None, **options):
         """Decorator registering a task handler; see :func:`aurora_log.tasks.task`."""
-        from .tasks import task
+        from ..runtime.tasks import task
         return task(self, name, **options)
 
     def register_handler(self, job_type: str, fn, *, context: bool = False):
         """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
-        from .tasks import register_handler
+        from ..runtime.tasks import register_handler
         return register_handler(self, job_type, fn, context=context)
 
     def close(self) -> None:

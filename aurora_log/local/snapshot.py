@@ -69,7 +69,7 @@ from typing import Callable, Iterable, Iterator
 import lz4.frame
 
 from . import records as R
-from .errors import ClosedError, CorruptionError
+from ..errors import ClosedError, CorruptionError
 from .log import crc32c, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
@@ -1038,7 +1038,7 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
     (state after every record up to, not including, the first record later than it).
     Uses the newest valid snapshot at or before the target (DIR/snap and DIR/archive/snap)
     and the records after it (DIR/archive/wal then DIR/wal). Reads only."""
-    from .job import to_ms
+    from ..job import to_ms
     from .log import Log
 
     directory = Path(directory)

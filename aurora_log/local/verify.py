@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records as R
-from .errors import CorruptionError
+from ..errors import CorruptionError
 from .log import Log
 from .snapshot import list_snapshots, load_snapshot
 from .state import _Rec, State
