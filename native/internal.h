@@ -48,4 +48,103 @@ int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *ca
 int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
                      uint64_t size);
 
+/* ---- the writer (native/writer*.c): its state and what its files share ---- */
+#include "aurora.h"
+
+#include <pthread.h>
+#include <stddef.h>
+#include <time.h>
+
+#define BACKPRESSURE_BYTES (64u << 20)  /* pending bytes above which append waits */
+#define INTERVAL_UNSYNCED  (4u << 20)   /* interval mode: fdatasync early past this */
+#define HOLE_TIMEOUT_MS    30000u       /* default: a reserved range this late never comes */
+#define SPARE_AT_NUM       1u            /* ask for the spare once the active segment is */
+#define SPARE_AT_DEN       4u            /* ... this full (1/4: 48 MiB of head start) */
+#define SPARE_MIN_DEFAULT  (2u << 20)    /* smaller segments: a zero-fill costs ~nothing */
+
+enum { SP_NONE, SP_WANTED, SP_BUSY, SP_READY };
+
+typedef struct {
+    uint8_t *buf;       /* AU_BATCH_HDR reserved bytes, then frames, then room for padding */
+    size_t len, cap;    /* len counts from buf (so starts at AU_BATCH_HDR) */
+    uint64_t first_lsn;
+    uint32_t count;
+    size_t *bnd_off;    /* per append call: end offset (from buf) ... */
+    uint64_t *bnd_lsn;  /* ... and the LSN after it */
+    size_t nbnd, capbnd;
+} pendbuf;
+
+struct au_writer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;     /* round finished */
+    pthread_cond_t bgcv;   /* wake the background thread */
+    pthread_t bg;
+    int bg_started, stop, closed, leader;
+    int syncing;           /* a sync stage is in its fdatasync (mutex dropped) */
+    int failed;            /* errno that failed the writer, 0 if healthy */
+    int mode;
+    uint32_t interval_ms, max_record;
+    uint64_t segment_bytes;
+    char *wal_dir;
+
+    /* leader-owned (changed only inside a write stage). durable_off: the sync stage
+     * raises it too (under the mutex, atomically: the write stage reads it for batch
+     * headers without the mutex; a roll changes it only while no sync runs) */
+    int fd;
+    uint64_t seg_first, seg_size, write_off, durable_off;
+    uint8_t *stage;
+    size_t stage_cap;
+
+    /* mutex-protected */
+    pendbuf pend, spare;
+    struct parked *parked; /* reserved ranges that arrived early, by first LSN */
+    struct waiter *waiters; /* committers asleep until a round covers their LSN */
+    uint32_t nwant_sync;   /* ... of which this many want an fdatasync */
+    int kick;              /* the background thread should run a round now */
+    uint32_t hole_ms;      /* give up on a reserved range not arrived after this long */
+    uint64_t next_lsn;     /* next LSN to assign */
+    uint64_t written_lsn;  /* every LSN < this is written */
+    uint64_t synced_lsn;   /* every LSN < this is fdatasynced */
+    uint64_t pub_seg_first, pub_write_off;
+    int pub_fd;            /* the fd a sync stage may flush; -1 while a roll switches */
+    au_stats st;
+
+    /* the spare segment file (mutex-protected; the spare thread owns sp_fd while BUSY) */
+    pthread_t sp_thread;
+    pthread_cond_t spcv;   /* wake the spare thread */
+    int sp_started, sp_state, sp_fd, sp_cancel, sp_errno;
+    uint64_t sp_size;      /* the size every spare gets: segment_bytes, normalized */
+    uint64_t sp_fail_seg;  /* a spare failed while this segment was active: no retry yet */
+    char *sp_path;
+};
+
+/* A reserved range that arrived before the ranges in front of it: a private copy. */
+struct parked {
+    struct parked *next;
+    uint64_t first_lsn;
+    uint32_t n;
+    size_t total;      /* framed bytes */
+    uint32_t *lens;    /* n lengths, then n types (as uint8_t), then the data */
+};
+
+static inline size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* writer_append.c */
+void pend_reset(pendbuf *p);
+void pend_free(pendbuf *p);
+/* writer_commit.c */
+void wake_covered(au_writer *w);
+void fail_locked(au_writer *w, int err);
+void kick_if_waited(au_writer *w);
+void leader_round(au_writer *w, int do_sync);
+/* writer_segment.c */
+int write_at(au_writer *w, const uint8_t *buf, size_t n);
+int datasync(au_writer *w);
+uint64_t seg_size_norm(uint64_t size);
+int write_records(au_writer *w, pendbuf *t);
+/* writer_threads.c */
+void deadline_after(struct timespec *ts, uint32_t ms);
+void *bg_main(void *arg);
+void *spare_main(void *arg);
+
 #endif

@@ -1,0 +1,206 @@
+/* Group commit: the waiters, the leader round (write stage, then sync stage) and the
+ * waiting entries (au_wait, au_sync, au_write_through, au_flush). */
+#include "aurora.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
+
+/* A committer asleep in commit(): on its own condition variable, so a round wakes only
+ * the threads it covered (one broadcast woke all 64 and they fought over the mutex and
+ * the GIL while the disk sat idle). Lives on the committer's stack. */
+typedef struct waiter {
+    struct waiter *next;
+    uint64_t lsn;
+    int want_synced;
+    int done;
+    pthread_cond_t cv;
+} waiter;
+
+/* Wake and unlink the waiters now covered (all of them once the writer failed). */
+void wake_covered(au_writer *w)
+{
+    waiter **pp = &w->waiters;
+    while (*pp) {
+        waiter *x = *pp;
+        uint64_t have = x->want_synced ? w->synced_lsn : w->written_lsn;
+        if (x->lsn < have || w->failed || w->closed) {
+            *pp = x->next;
+            x->done = 1;
+            if (x->want_synced)
+                w->nwant_sync--;
+            pthread_cond_signal(&x->cv);
+        } else
+            pp = &x->next;
+    }
+}
+
+void fail_locked(au_writer *w, int err)
+{
+    if (!w->failed)
+        w->failed = err;
+    wake_covered(w);
+    pthread_cond_broadcast(&w->cv);
+}
+
+/* Records someone waits for are pending and nobody leads: the background thread (a C
+ * thread: it never needs the GIL) runs the next round. */
+void kick_if_waited(au_writer *w)
+{
+    if (w->waiters && !w->leader && !w->failed) {
+        w->kick = 1;
+        pthread_cond_signal(&w->bgcv);
+    }
+}
+
+/* The sync stage: one fdatasync of what is written, unless one runs already (its end
+ * kicks the next round for whoever still waits) or a roll is switching segments. Mutex
+ * held; dropped for the fdatasync. */
+static void sync_stage(au_writer *w)
+{
+    if (w->syncing || w->pub_fd < 0 || w->failed || w->synced_lsn >= w->written_lsn)
+        return;
+    w->syncing = 1;
+    int fd = w->pub_fd;
+    uint64_t lsn = w->written_lsn, off = w->pub_write_off;
+    pthread_mutex_unlock(&w->mu);
+    int r = au_fdatasync(fd);
+    pthread_mutex_lock(&w->mu);
+    w->syncing = 0;
+    w->st.fdatasyncs++;
+    if (r < 0) {
+        if (!w->failed)
+            w->failed = -r;
+    } else if (!w->failed) {
+        w->synced_lsn = lsn;   /* only the sync stage raises it once a writer is open */
+        if (off > w->durable_off)     /* same segment: a roll waits for this stage */
+            __atomic_store_n(&w->durable_off, off, __ATOMIC_RELAXED);
+    }
+}
+
+/* One leader round: the write stage, then (do_sync) the sync stage. Called and returns
+ * with the mutex held; drops it for the I/O. */
+void leader_round(au_writer *w, int do_sync)
+{
+    w->leader = 1;
+    pendbuf t = w->pend;
+    w->pend = w->spare;
+    pend_reset(&w->pend);
+    uint64_t end_lsn = w->next_lsn;
+    pthread_mutex_unlock(&w->mu);
+
+    int r = 0;
+    if (t.count)
+        r = write_records(w, &t);
+
+    pthread_mutex_lock(&w->mu);
+    pend_reset(&t);
+    w->spare = t;
+    w->st.rounds++;
+    if (r) {
+        if (!w->failed)
+            w->failed = r < 0 ? -r : EIO;
+    } else if (!w->failed) {   /* after a failure nothing more is acknowledged */
+        w->written_lsn = end_lsn;
+    }
+    w->pub_seg_first = w->seg_first;
+    w->pub_write_off = w->write_off;
+    w->pub_fd = w->fd;
+    w->leader = 0;
+    if (w->sp_started && w->sp_state == SP_NONE && !w->failed &&
+        w->sp_fail_seg != w->seg_first && w->seg_size == w->sp_size &&
+        (w->write_off - AU_SEG_HDR) * SPARE_AT_DEN >=
+            (w->seg_size - AU_SEG_HDR) * SPARE_AT_NUM) {
+        w->sp_state = SP_WANTED;
+        pthread_cond_signal(&w->spcv);
+    }
+    if (do_sync) {
+        wake_covered(w);   /* those that needed only the write go before the fdatasync */
+        sync_stage(w);
+    }
+    wake_covered(w);
+    kick_if_waited(w);
+    if (w->mode == AU_MODE_INTERVAL && w->pub_write_off - w->durable_off > INTERVAL_UNSYNCED)
+        pthread_cond_signal(&w->bgcv);
+    pthread_cond_broadcast(&w->cv);  /* backpressure, close, rolls, the background thread */
+}
+
+static int commit(au_writer *w, uint64_t lsn, int want_synced)
+{
+    int rc;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        uint64_t have = want_synced ? w->synced_lsn : w->written_lsn;
+        if (lsn < have) {
+            rc = 0;
+            break;
+        }
+        if (w->failed) {
+            rc = AU_E_FAILED;
+            break;
+        }
+        if (w->closed) {
+            rc = AU_E_CLOSED;
+            break;
+        }
+        if (lsn < w->next_lsn && !w->leader &&
+            (w->pend.count || (want_synced && !w->syncing && w->pub_fd >= 0))) {
+            /* nobody leads: this thread does the round (the one-committer fast path).
+             * Nothing to write and a sync in flight: wait, its end kicks the next one */
+            leader_round(w, want_synced || w->nwant_sync > 0);
+            continue;
+        }
+        /* a round is running (the next one is run by the background thread), or the LSN
+         * is reserved but not arrived yet: its owner is on the way, having just left the
+         * caller's lock. A range that never comes is a caller bug: fail, do not hang. */
+        waiter me = {.next = w->waiters, .lsn = lsn, .want_synced = want_synced};
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&me.cv, &ca);
+        pthread_condattr_destroy(&ca);
+        w->waiters = &me;
+        if (want_synced)
+            w->nwant_sync++;
+        struct timespec ts;
+        deadline_after(&ts, w->hole_ms);
+        while (!me.done) {
+            if (pthread_cond_timedwait(&me.cv, &w->mu, &ts) == ETIMEDOUT && !me.done) {
+                if (lsn >= w->next_lsn)
+                    fail_locked(w, ETIMEDOUT);   /* wakes (and unlinks) every waiter */
+                else
+                    deadline_after(&ts, w->hole_ms);
+            }
+        }
+        pthread_cond_destroy(&me.cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int au_wait(au_writer *w, uint64_t lsn, int level)
+{
+    switch (level) {
+    case AU_WAIT_NONE:
+        return 0;
+    case AU_WAIT_WRITTEN:
+        return commit(w, lsn, 0);
+    case AU_WAIT_MODE:
+        return commit(w, lsn, w->mode == AU_MODE_SYNC);
+    case AU_WAIT_SYNCED:
+        return commit(w, lsn, 1);
+    }
+    return AU_E_INVAL;
+}
+
+int au_sync(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_MODE); }
+int au_write_through(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_WRITTEN); }
+
+int au_flush(au_writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    uint64_t last = w->next_lsn - 1;
+    pthread_mutex_unlock(&w->mu);
+    return commit(w, last, 1);
+}
