@@ -48,7 +48,8 @@ int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *ca
 int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
                      uint64_t size);
 
-/* ---- the writer (native/writer*.c): its state and what its files share ---- */
+/* ---- the writer (native/writer*.c): its state and what its files share. Functions
+ * named wr_* are the writer's own, shared between its files (not in aurora.h) ---- */
 #include "aurora.h"
 
 #include <pthread.h>
@@ -130,21 +131,21 @@ struct parked {
 static inline size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 /* writer_append.c */
-void pend_reset(pendbuf *p);
-void pend_free(pendbuf *p);
+void wr_pend_reset(pendbuf *p);
+void wr_pend_free(pendbuf *p);
 /* writer_commit.c */
-void wake_covered(au_writer *w);
-void fail_locked(au_writer *w, int err);
-void kick_if_waited(au_writer *w);
-void leader_round(au_writer *w, int do_sync);
+void wr_wake_covered(au_writer *w);
+void wr_fail_locked(au_writer *w, int err);
+void wr_kick_if_waited(au_writer *w);
+void wr_leader_round(au_writer *w, int do_sync);
 /* writer_segment.c */
-int write_at(au_writer *w, const uint8_t *buf, size_t n);
-int datasync(au_writer *w);
-uint64_t seg_size_norm(uint64_t size);
-int write_records(au_writer *w, pendbuf *t);
+int wr_write_at(au_writer *w, const uint8_t *buf, size_t n);
+int wr_datasync(au_writer *w);
+uint64_t wr_seg_size_norm(uint64_t size);
+int wr_write_records(au_writer *w, pendbuf *t);
 /* writer_threads.c */
-void deadline_after(struct timespec *ts, uint32_t ms);
-void *bg_main(void *arg);
-void *spare_main(void *arg);
+void wr_deadline_after(struct timespec *ts, uint32_t ms);
+void *wr_bg_main(void *arg);
+void *wr_spare_main(void *arg);
 
 #endif

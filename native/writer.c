@@ -91,8 +91,8 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     w->seg_size = file_size & ~(uint64_t)7;
     w->write_off = w->durable_off = w->pub_write_off = write_off;
     w->next_lsn = w->written_lsn = w->synced_lsn = next_lsn;
-    pend_reset(&w->pend);
-    pend_reset(&w->spare);
+    wr_pend_reset(&w->pend);
+    wr_pend_reset(&w->spare);
 
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t ca;
@@ -102,7 +102,7 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     pthread_cond_init(&w->bgcv, &ca);
     pthread_cond_init(&w->spcv, &ca);
     pthread_condattr_destroy(&ca);
-    if (pthread_create(&w->bg, NULL, bg_main, w) == 0)
+    if (pthread_create(&w->bg, NULL, wr_bg_main, w) == 0)
         w->bg_started = 1;
     else {
         au_close(fd);
@@ -116,12 +116,12 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     }
     /* the spare thread: optional (without it every roll creates its segment inline) */
     w->sp_fd = -1;
-    w->sp_size = seg_size_norm(segment_bytes);
+    w->sp_size = wr_seg_size_norm(segment_bytes);
     uint64_t min = __atomic_load_n(&spare_min_bytes, __ATOMIC_RELAXED);
     size_t plen = strlen(wal_dir) + sizeof "/" AU_SPARE_NAME;
     if (w->sp_size >= min && w->sp_size / 8 <= UINT32_MAX && (w->sp_path = malloc(plen))) {
         snprintf(w->sp_path, plen, "%s/%s", wal_dir, AU_SPARE_NAME);
-        if (pthread_create(&w->sp_thread, NULL, spare_main, w) == 0)
+        if (pthread_create(&w->sp_thread, NULL, wr_spare_main, w) == 0)
             w->sp_started = 1;
     }
     *out = w;
@@ -184,7 +184,7 @@ int au_writer_close(au_writer *w)
         pthread_cond_wait(&w->cv, &w->mu);
     w->closed = 1;
     w->stop = 1;
-    wake_covered(w);
+    wr_wake_covered(w);
     pthread_cond_broadcast(&w->bgcv);
     pthread_cond_broadcast(&w->cv);
     __atomic_store_n(&w->sp_cancel, 1, __ATOMIC_RELAXED);
@@ -207,9 +207,9 @@ int au_writer_close(au_writer *w)
          * own offset), so damage to the last batch is told apart from a torn tail */
         uint8_t seal[AU_BATCH_HDR];
         au_batch_header(seal, AU_BATCH_HDR, w->next_lsn, 0, AU_FLAG_SEAL, w->durable_off);
-        int r = write_at(w, seal, sizeof seal);
+        int r = wr_write_at(w, seal, sizeof seal);
         if (!r)
-            r = datasync(w);
+            r = wr_datasync(w);
         if (r)
             rc = r;
     }
@@ -234,8 +234,8 @@ void au_writer_free(au_writer *w)
     pthread_cond_destroy(&w->cv);
     pthread_cond_destroy(&w->bgcv);
     pthread_cond_destroy(&w->spcv);
-    pend_free(&w->pend);
-    pend_free(&w->spare);
+    wr_pend_free(&w->pend);
+    wr_pend_free(&w->spare);
     while (w->parked) {
         struct parked *pk = w->parked;
         w->parked = pk->next;

@@ -37,7 +37,7 @@ static int pend_reserve(pendbuf *p, size_t extra)
     return 0;
 }
 
-void pend_reset(pendbuf *p)
+void wr_pend_reset(pendbuf *p)
 {
     p->len = AU_BATCH_HDR;
     p->count = 0;
@@ -45,7 +45,7 @@ void pend_reset(pendbuf *p)
     p->first_lsn = 0;
 }
 
-void pend_free(pendbuf *p)
+void wr_pend_free(pendbuf *p)
 {
     free(p->buf);
     free(p->bnd_off);
@@ -155,7 +155,7 @@ static int append_locked(au_writer *w, uint64_t first_lsn, uint32_t n, const uin
         if (!rc)
             rc = unpark_locked(w);
         if (!rc)
-            kick_if_waited(w);   /* someone may wait for what just became framed */
+            wr_kick_if_waited(w);   /* someone may wait for what just became framed */
     } else if (!rc)
         rc = first_lsn < w->next_lsn
                  ? AU_E_INVAL
@@ -163,7 +163,7 @@ static int append_locked(au_writer *w, uint64_t first_lsn, uint32_t n, const uin
     if (rc && rc != AU_E_CLOSED && rc != AU_E_FAILED) {
         /* the LSNs were reserved: a range that never arrives would stall every later
          * commit, so a refused range fails the writer (the caller validated it first) */
-        fail_locked(w, rc < 0 && rc > -4096 ? -rc : EINVAL);
+        wr_fail_locked(w, rc < 0 && rc > -4096 ? -rc : EINVAL);
     }
     return rc;
 }
@@ -214,7 +214,7 @@ int au_append_now1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payl
         /* nobody leads and no roll is due: write it now, on this thread (no sync stage:
          * waiters for an fdatasync are kicked to the background thread) */
         if (lsn < w->next_lsn && !w->leader && pend_fits_segment(w))
-            leader_round(w, 0);
+            wr_leader_round(w, 0);
         if (lsn >= w->written_lsn)
             rc = w->failed ? AU_E_FAILED : AU_QUEUED;
     }

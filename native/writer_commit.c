@@ -19,7 +19,7 @@ typedef struct waiter {
 } waiter;
 
 /* Wake and unlink the waiters now covered (all of them once the writer failed). */
-void wake_covered(au_writer *w)
+void wr_wake_covered(au_writer *w)
 {
     waiter **pp = &w->waiters;
     while (*pp) {
@@ -36,17 +36,17 @@ void wake_covered(au_writer *w)
     }
 }
 
-void fail_locked(au_writer *w, int err)
+void wr_fail_locked(au_writer *w, int err)
 {
     if (!w->failed)
         w->failed = err;
-    wake_covered(w);
+    wr_wake_covered(w);
     pthread_cond_broadcast(&w->cv);
 }
 
 /* Records someone waits for are pending and nobody leads: the background thread (a C
  * thread: it never needs the GIL) runs the next round. */
-void kick_if_waited(au_writer *w)
+void wr_kick_if_waited(au_writer *w)
 {
     if (w->waiters && !w->leader && !w->failed) {
         w->kick = 1;
@@ -81,21 +81,21 @@ static void sync_stage(au_writer *w)
 
 /* One leader round: the write stage, then (do_sync) the sync stage. Called and returns
  * with the mutex held; drops it for the I/O. */
-void leader_round(au_writer *w, int do_sync)
+void wr_leader_round(au_writer *w, int do_sync)
 {
     w->leader = 1;
     pendbuf t = w->pend;
     w->pend = w->spare;
-    pend_reset(&w->pend);
+    wr_pend_reset(&w->pend);
     uint64_t end_lsn = w->next_lsn;
     pthread_mutex_unlock(&w->mu);
 
     int r = 0;
     if (t.count)
-        r = write_records(w, &t);
+        r = wr_write_records(w, &t);
 
     pthread_mutex_lock(&w->mu);
-    pend_reset(&t);
+    wr_pend_reset(&t);
     w->spare = t;
     w->st.rounds++;
     if (r) {
@@ -116,11 +116,11 @@ void leader_round(au_writer *w, int do_sync)
         pthread_cond_signal(&w->spcv);
     }
     if (do_sync) {
-        wake_covered(w);   /* those that needed only the write go before the fdatasync */
+        wr_wake_covered(w);   /* those that needed only the write go before the fdatasync */
         sync_stage(w);
     }
-    wake_covered(w);
-    kick_if_waited(w);
+    wr_wake_covered(w);
+    wr_kick_if_waited(w);
     if (w->mode == AU_MODE_INTERVAL && w->pub_write_off - w->durable_off > INTERVAL_UNSYNCED)
         pthread_cond_signal(&w->bgcv);
     pthread_cond_broadcast(&w->cv);  /* backpressure, close, rolls, the background thread */
@@ -148,7 +148,7 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
             (w->pend.count || (want_synced && !w->syncing && w->pub_fd >= 0))) {
             /* nobody leads: this thread does the round (the one-committer fast path).
              * Nothing to write and a sync in flight: wait, its end kicks the next one */
-            leader_round(w, want_synced || w->nwant_sync > 0);
+            wr_leader_round(w, want_synced || w->nwant_sync > 0);
             continue;
         }
         /* a round is running (the next one is run by the background thread), or the LSN
@@ -164,13 +164,13 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
         if (want_synced)
             w->nwant_sync++;
         struct timespec ts;
-        deadline_after(&ts, w->hole_ms);
+        wr_deadline_after(&ts, w->hole_ms);
         while (!me.done) {
             if (pthread_cond_timedwait(&me.cv, &w->mu, &ts) == ETIMEDOUT && !me.done) {
                 if (lsn >= w->next_lsn)
-                    fail_locked(w, ETIMEDOUT);   /* wakes (and unlinks) every waiter */
+                    wr_fail_locked(w, ETIMEDOUT);   /* wakes (and unlinks) every waiter */
                 else
-                    deadline_after(&ts, w->hole_ms);
+                    wr_deadline_after(&ts, w->hole_ms);
             }
         }
         pthread_cond_destroy(&me.cv);

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int write_at(au_writer *w, const uint8_t *buf, size_t n)
+int wr_write_at(au_writer *w, const uint8_t *buf, size_t n)
 {
     int64_t r = au_pwrite_full(w->fd, buf, n, (int64_t)w->write_off);
     w->st.writes++;
@@ -20,7 +20,7 @@ int write_at(au_writer *w, const uint8_t *buf, size_t n)
     return 0;
 }
 
-int datasync(au_writer *w)
+int wr_datasync(au_writer *w)
 {
     int r = au_fdatasync(w->fd);
     w->st.fdatasyncs++;
@@ -30,7 +30,7 @@ int datasync(au_writer *w)
     return 0;
 }
 
-uint64_t seg_size_norm(uint64_t size)
+uint64_t wr_seg_size_norm(uint64_t size)
 {
     if (size < 2 * AU_SEG_HDR)
         size = 2 * AU_SEG_HDR;
@@ -49,7 +49,7 @@ static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
         return 0;
     int sfd = -1;
     pthread_mutex_lock(&w->mu);
-    if (seg_size_norm(size) == w->sp_size) {
+    if (wr_seg_size_norm(size) == w->sp_size) {
         while (w->sp_state == SP_WANTED || w->sp_state == SP_BUSY)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->sp_state == SP_READY) {
@@ -95,12 +95,12 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
     pthread_mutex_unlock(&w->mu);
     if (failed)   /* the sync just waited for failed: no fdatasync may follow it (fsyncgate) */
         return -failed;
-    if (w->durable_off < w->write_off && (r = datasync(w)))
+    if (w->durable_off < w->write_off && (r = wr_datasync(w)))
         return r;
     if (w->write_off + AU_BATCH_HDR <= w->seg_size) {
         uint8_t seal[AU_BATCH_HDR];
         au_batch_header(seal, AU_BATCH_HDR, lsn, 0, AU_FLAG_SEAL, w->write_off);
-        if ((r = write_at(w, seal, sizeof seal)) || (r = datasync(w)))
+        if ((r = wr_write_at(w, seal, sizeof seal)) || (r = wr_datasync(w)))
             return r;
     }
     int fd = -1;
@@ -126,7 +126,7 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
 
 /* Write the taken records as one batch, or, when they do not fit the segment, as several
  * batches split at append-call boundaries (so one call never spans batches). */
-int write_records(au_writer *w, pendbuf *t)
+int wr_write_records(au_writer *w, pendbuf *t)
 {
     size_t done = AU_BATCH_HDR;  /* offset in t->buf of the first unwritten frame */
     uint64_t lsn = t->first_lsn;
@@ -172,7 +172,7 @@ int write_records(au_writer *w, pendbuf *t)
         memset(b + AU_BATCH_HDR + dlen, 0, blen - AU_BATCH_HDR - dlen);
         au_batch_header(b, (uint32_t)blen, lsn, count, 0,
                         __atomic_load_n(&w->durable_off, __ATOMIC_RELAXED));
-        int r = write_at(w, b, blen);
+        int r = wr_write_at(w, b, blen);
         if (r)
             return r;
         w->st.batches++;

@@ -7,7 +7,7 @@
 #include <pthread.h>
 #include <time.h>
 
-void deadline_after(struct timespec *ts, uint32_t ms)
+void wr_deadline_after(struct timespec *ts, uint32_t ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
     ts->tv_sec += ms / 1000;
@@ -25,12 +25,12 @@ static int past(const struct timespec *ts)
     return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
 }
 
-void *bg_main(void *arg)
+void *wr_bg_main(void *arg)
 {
     au_writer *w = arg;
     uint32_t tick_ms = w->interval_ms ? w->interval_ms : 1;
     struct timespec tick;   /* the next timer round: kicks do not push it back */
-    deadline_after(&tick, tick_ms);
+    wr_deadline_after(&tick, tick_ms);
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
         if (!w->kick)
@@ -41,7 +41,7 @@ void *bg_main(void *arg)
             break;
         int timer = !kicked || past(&tick);
         if (timer)
-            deadline_after(&tick, tick_ms);
+            wr_deadline_after(&tick, tick_ms);
         if (w->failed)
             continue;
         /* kicked: committers wait (an fdatasync only if one of them wants it); timer: the
@@ -56,14 +56,14 @@ void *bg_main(void *arg)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->stop || w->failed)
             continue;
-        leader_round(w, want_sync || w->nwant_sync > 0);
+        wr_leader_round(w, want_sync || w->nwant_sync > 0);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
 /* The spare thread: prepares the next segment file whenever a round asks for one. */
-void *spare_main(void *arg)
+void *wr_spare_main(void *arg)
 {
     au_writer *w = arg;
     pthread_mutex_lock(&w->mu);
