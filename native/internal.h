@@ -14,19 +14,24 @@ enum {
     AU_R_REC_CRC, AU_R_REC_LSN, AU_R_PADDING, AU_R_SEAL_RECORDS, AU_R_TRAILING,
 };
 
+/* Little-endian stores and loads, byte by byte: every integer on disk is little-endian
+ * (FORMAT.md), whatever the host, and no pointer needs to be aligned. */
 static inline void put32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
 }
+/* put32 of the low half, then the high half. */
 static inline void put64(uint8_t *p, uint64_t v)
 {
     put32(p, (uint32_t)v);
     put32(p + 4, (uint32_t)(v >> 32));
 }
+/* The inverse of put32. */
 static inline uint32_t get32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
+/* The inverse of put64. */
 static inline uint64_t get64(const uint8_t *p)
 {
     return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
@@ -63,8 +68,13 @@ int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64
 #define SPARE_AT_DEN       4u            /* ... this full (1/4: 48 MiB of head start) */
 #define SPARE_MIN_DEFAULT  (2u << 20)    /* smaller segments: a zero-fill costs ~nothing */
 
+/* The spare file's state (au_writer_spare_state reports it): a round moves NONE -> WANTED,
+ * the spare thread WANTED -> BUSY -> READY (or back to NONE on failure), a roll READY ->
+ * NONE. */
 enum { SP_NONE, SP_WANTED, SP_BUSY, SP_READY };
 
+/* Records framed but not yet taken by a write stage. Two of them swap in a round (pend,
+ * spare), so appends go on while the leader writes the other one. */
 typedef struct {
     uint8_t *buf;       /* AU_BATCH_HDR reserved bytes, then frames, then room for padding */
     size_t len, cap;    /* len counts from buf (so starts at AU_BATCH_HDR) */
@@ -75,6 +85,13 @@ typedef struct {
     size_t nbnd, capbnd;
 } pendbuf;
 
+/* One writer. Who may touch what: fields set at open and never changed (mode, interval_ms,
+ * max_record, segment_bytes, wal_dir, sp_size, sp_path, sp_started) are read freely; the
+ * leader-owned block only by the thread that set `leader` (or by open and close when no
+ * other thread runs); everything else under `mu`. The threads sleep on: `cv` (the end of a
+ * round or of a spare attempt; backpressure, close, rolls and au_writer_durable wait
+ * there), `bgcv` (the background thread), `spcv` (the spare thread) and each committer's
+ * own condition variable (struct waiter, writer_commit.c). */
 struct au_writer {
     pthread_mutex_t mu;
     pthread_cond_t cv;     /* round finished */
@@ -106,9 +123,9 @@ struct au_writer {
     uint64_t next_lsn;     /* next LSN to assign */
     uint64_t written_lsn;  /* every LSN < this is written */
     uint64_t synced_lsn;   /* every LSN < this is fdatasynced */
-    uint64_t pub_seg_first, pub_write_off;
+    uint64_t pub_seg_first, pub_write_off;  /* the leader's position after its last round */
     int pub_fd;            /* the fd a sync stage may flush; -1 while a roll switches */
-    au_stats st;
+    au_stats st;           /* the write stage bumps its own counters without the mutex */
 
     /* the spare segment file (mutex-protected; the spare thread owns sp_fd while BUSY) */
     pthread_t sp_thread;
@@ -128,6 +145,7 @@ struct parked {
     uint32_t *lens;    /* n lengths, then n types (as uint8_t), then the data */
 };
 
+/* Batches are 8-aligned: a batch of n bytes of frames takes pad8(n) after its header. */
 static inline size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
 
 /* writer_append.c */

@@ -22,7 +22,14 @@
  * .tmp; LSN 0 is never a segment) and keeps its fd. A roll then only writes the real
  * header, fsyncs, renames and fsyncs the directory. Anything wrong with the spare (not
  * asked for yet, failed, another size) and the roll creates the segment as before; a
- * failed spare never fails the writer. */
+ * failed spare never fails the writer.
+ *
+ * The files: writer.c (this one) opens, closes and frees a writer and answers the
+ * accessors; writer_append.c frames records into the pending buffer and parks ranges that
+ * arrive early; writer_commit.c holds the waiters, the leader round (write stage, sync
+ * stage) and commit(); writer_segment.c writes batches, fdatasyncs and rolls segments;
+ * writer_threads.c runs the background thread and the spare thread. struct au_writer, with
+ * who may touch which field, is in internal.h. */
 #include "aurora.h"
 #include "internal.h"
 
@@ -37,11 +44,15 @@
 /* segments of at least this many bytes get a spare (tests lower it) */
 static uint64_t spare_min_bytes = SPARE_MIN_DEFAULT;
 
+/* Process-wide, read once by each au_writer_open: writers already open keep their choice.
+ * Atomic, so tests may call it while other writers open. */
 void au_set_spare_min_bytes(uint64_t bytes)
 {
     __atomic_store_n(&spare_min_bytes, bytes, __ATOMIC_RELAXED);
 }
 
+/* For tests: the spare thread's state (SP_*), or -1 when no spare thread runs. Read under
+ * the mutex, so it is a state the spare thread really passed through. */
 int au_writer_spare_state(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -50,6 +61,17 @@ int au_writer_spare_state(au_writer *w)
     return s;
 }
 
+/* Opens a writer that appends to seg_path (whose valid data ends at write_off, as recovery
+ * found it) and starts its threads. Arguments are checked before anything is touched
+ * (AU_E_INVAL). On 0: the segment was fdatasynced first, because its bytes may come from a
+ * process killed before it synced them, so durable_off = write_off and written_lsn =
+ * synced_lsn = next_lsn hold from the start; the background thread runs; the spare thread
+ * runs only for segments of at least spare_min_bytes and only if it could start (without
+ * it every roll creates its segment inline). The sp_* fields are set after the background
+ * thread starts: it touches none of them before a first append, and none can come before
+ * *out is set. Any failure (open, fdatasync, memory, background thread) returns with *out
+ * NULL, the fd closed and nothing allocated; on disk only the fdatasync happened. One
+ * writer per directory is the caller's lock (log.py's flock), not checked here. */
 int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
                    uint64_t seg_first_lsn, uint64_t write_off, uint64_t file_size,
                    uint64_t next_lsn, uint64_t segment_bytes, uint32_t max_record, int mode,
@@ -128,6 +150,8 @@ int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
     return 0;
 }
 
+/* For tests: how long a committer waits for a reserved range before failing the writer
+ * (0 means 1 ms). Under the mutex; a waiter already asleep uses it from its next deadline. */
 void au_writer_set_hole_timeout(au_writer *w, uint32_t ms)
 {
     pthread_mutex_lock(&w->mu);
@@ -135,6 +159,7 @@ void au_writer_set_hole_timeout(au_writer *w, uint32_t ms)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* The errno that failed the writer (the first failure wins and is never cleared), or 0. */
 int au_writer_failed(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -143,6 +168,9 @@ int au_writer_failed(au_writer *w)
     return f;
 }
 
+/* A copy of the counters taken under the mutex. The write stage bumps its own counters
+ * (writes, batches, records, bytes, rolls, its fdatasyncs) without the mutex, so a copy
+ * taken during a round may lag that round; every counter only grows. */
 void au_writer_stats(au_writer *w, au_stats *s)
 {
     pthread_mutex_lock(&w->mu);
@@ -150,6 +178,8 @@ void au_writer_stats(au_writer *w, au_stats *s)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* The position as of the last finished write stage (the pub_* copies, never the leader's
+ * live fields), with next_lsn and written_lsn, all read in one mutex hold. Never waits. */
 void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_off,
                         uint64_t *next_lsn, uint64_t *written_lsn)
 {
@@ -161,6 +191,9 @@ void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_o
     pthread_mutex_unlock(&w->mu);
 }
 
+/* The newest segment and how far into it the last successful fdatasync reached. Both are
+ * leader-owned, so this waits on `cv` until no round and no sync stage runs: the pair is
+ * then consistent (never a durable_off of one segment with the first LSN of the next). */
 void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off)
 {
     pthread_mutex_lock(&w->mu);
@@ -171,6 +204,16 @@ void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Flush, stop the threads, SEAL, close the fd. The flush makes every framed LSN
+ * fdatasynced; closed and stop are set only once no round and no sync stage runs, and
+ * after the joins this thread alone owns the fd and every field. Waiters still asleep
+ * and every later call get AU_E_CLOSED. The SEAL batch is written and fdatasynced only
+ * when the flush succeeded, the writer is healthy and the segment has room: without it,
+ * recovery treats the tail as possibly torn. An unused spare file is unlinked (no
+ * directory fsync: a resurrected .tmp is deleted at the next open). Returns 0, or -errno:
+ * the one that failed the writer, the SEAL's, or close's. A second call returns 0. The
+ * caller stops appending and closing from other threads first (log.py does, under its
+ * state lock): a range appended after the flush would not be written. */
 int au_writer_close(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -223,7 +266,9 @@ int au_writer_close(au_writer *w)
 }
 
 /* Frees the writer; after au_writer_close() and once no thread can still call into it
- * (the Python side ties this to the lifetime of its pointer object). */
+ * (the Python side ties this to the lifetime of its pointer object). Closes it first if
+ * needed (the result is lost: a caller that cares closes first). Parked ranges that never
+ * became next in line are freed unwritten. */
 void au_writer_free(au_writer *w)
 {
     if (!w)

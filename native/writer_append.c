@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Room for `extra` more framed bytes plus 8 (the padding the write stage zeroes in place
+ * after the frames) and for one more append-call boundary. Only the owner of the buffer
+ * calls it (append, mutex held). -ENOMEM leaves the buffer as it was, still valid. */
 static int pend_reserve(pendbuf *p, size_t extra)
 {
     size_t need = p->len + extra + 8;
@@ -37,6 +40,8 @@ static int pend_reserve(pendbuf *p, size_t extra)
     return 0;
 }
 
+/* Empty the buffer but keep its memory: the batch-header slot stays reserved in front. The
+ * two buffers (pend, spare) swap in a round, so neither is reallocated per round. */
 void wr_pend_reset(pendbuf *p)
 {
     p->len = AU_BATCH_HDR;
@@ -45,6 +50,7 @@ void wr_pend_reset(pendbuf *p)
     p->first_lsn = 0;
 }
 
+/* Free the buffer's memory; only au_writer_free, when no thread can touch it. */
 void wr_pend_free(pendbuf *p)
 {
     free(p->buf);
@@ -52,7 +58,11 @@ void wr_pend_free(pendbuf *p)
     free(p->bnd_lsn);
 }
 
-/* Frame n records at next_lsn into pend. Mutex held; the writer is healthy. */
+/* Frame n records into pend at next_lsn (the caller checked the range is next in line):
+ * frame headers, payload copied and its crc taken in one pass, one boundary for the call
+ * (a batch is never split inside it), next_lsn advanced. Mutex held, writer healthy. So
+ * pend always holds one gap-free LSN run ending at next_lsn - 1. -ENOMEM comes before
+ * anything is framed: nothing changes. */
 static int frame_locked(au_writer *w, uint32_t n, const uint8_t *types, const uint32_t *lens,
                         const uint8_t *data, size_t total)
 {
@@ -83,6 +93,11 @@ static int frame_locked(au_writer *w, uint32_t n, const uint8_t *types, const ui
 }
 
 
+/* Keep a private copy of a range that arrived before the ranges in front of it, in the
+ * list sorted by first LSN. Mutex held. Refuses (AU_E_INVAL) a range that overlaps the
+ * next parked one; an overlap with the one before it is not seen here (the LSN counter
+ * of the caller makes neither happen; if one did, the range would never become next and
+ * the hole timeout would fail the writer). -ENOMEM: nothing parked. */
 static int park_locked(au_writer *w, uint64_t first, uint32_t n, const uint8_t *types,
                        const uint32_t *lens, const uint8_t *data, size_t dlen, size_t total)
 {
@@ -107,7 +122,9 @@ static int park_locked(au_writer *w, uint64_t first, uint32_t n, const uint8_t *
     return 0;
 }
 
-/* Frame the parked ranges that have become next in line. */
+/* Frame the parked ranges that have become next in line, in order, freeing each copy once
+ * framed. Mutex held. On -ENOMEM the range that failed stays parked (and the caller fails
+ * the writer). Waiters on these LSNs are woken by the round that writes them. */
 static int unpark_locked(au_writer *w)
 {
     int moved = 0;
@@ -126,7 +143,9 @@ static int unpark_locked(au_writer *w)
     return 0;
 }
 
-/* Validation shared by the append entries: 0, AU_E_INVAL or AU_E_TOOBIG. */
+/* Validation shared by the append entries, before the mutex: 0, AU_E_INVAL (empty range,
+ * LSN 0, type 0, a record over max_record, an unknown wait level) or AU_E_TOOBIG (the
+ * range, framed, would not fit one batch). Reads only max_record, fixed at open. */
 static int check_range(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
                        const uint32_t *lens, int wait, uint64_t *total, uint64_t *dlen)
 {
@@ -141,7 +160,12 @@ static int check_range(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8
     return bad ? AU_E_INVAL : *total + AU_BATCH_HDR + 8 > AU_MAX_BATCH ? AU_E_TOOBIG : 0;
 }
 
-/* Frame (or park) a range whose check gave rc. Mutex held. */
+/* Frame, or park, a range whose check gave rc. Mutex held. A closed or failed writer
+ * refuses with AU_E_CLOSED / AU_E_FAILED and nothing changes. Otherwise the LSNs were
+ * reserved by the caller, and a range that never arrives would stall every later commit:
+ * any refusal (rc from the check, an LSN already used, an overlap, ENOMEM) fails the
+ * writer at once. A range framed may make parked ones next in line, and may be what a
+ * sleeping committer waits for: the background thread is kicked. */
 static int append_locked(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
                          const uint32_t *lens, const uint8_t *data, uint64_t total,
                          uint64_t dlen, int rc)
@@ -168,6 +192,10 @@ static int append_locked(au_writer *w, uint64_t first_lsn, uint32_t n, const uin
     return rc;
 }
 
+/* Append a reserved range, then wait for it per `wait` (au_wait on its last LSN). Past
+ * BACKPRESSURE_BYTES pending it nudges the background thread and sleeps on `cv` until a
+ * round takes the buffer (or the writer fails or closes). Returns 0, AU_E_* or -errno;
+ * after AU_E_FAILED from the wait the records may be on disk, just not acknowledged. */
 int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *types,
                  const uint32_t *lens, const uint8_t *data, int wait)
 {
@@ -185,20 +213,28 @@ int au_append_at(au_writer *w, uint64_t first_lsn, uint32_t n, const uint8_t *ty
     return au_wait(w, first_lsn + n - 1, wait);
 }
 
+/* au_append_at for one record. */
 int au_append_at1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
                   uint32_t len, int wait)
 {
     return au_append_at(w, lsn, 1, &type, &len, payload, wait);
 }
 
-/* The pending records go out in one batch of the current segment: a write stage with no
- * roll (a roll may wait for a sync in flight and fsync). Mutex held, no leader. */
+/* Whether the pending records go out as one batch of the current segment, i.e. a write
+ * stage with no roll (a roll may wait for a sync in flight and for an fsync). Mutex held,
+ * no leader: the segment fields it reads are then stable. */
 static int pend_fits_segment(const au_writer *w)
 {
     uint64_t blen = AU_BATCH_HDR + pad8(w->pend.len - AU_BATCH_HDR);
     return blen <= AU_MAX_BATCH && w->write_off + blen + AU_BATCH_HDR <= w->seg_size;
 }
 
+/* For callers that keep the GIL: never sleeps on a condition variable. Past the
+ * backpressure limit it returns AU_AGAIN with nothing appended (the writer unchanged).
+ * With `write`, and only when nobody leads and no roll is due, it leads a write stage on
+ * this thread (one pwrite with the mutex dropped, no fdatasync). 0: appended (and
+ * written, with `write`); AU_QUEUED: appended, a later round writes it; AU_E_FAILED if
+ * the writer failed before the record was written; other errors as au_append_at. */
 int au_append_now1(au_writer *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
                    uint32_t len, int write)
 {

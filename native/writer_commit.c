@@ -18,7 +18,10 @@ typedef struct waiter {
     pthread_cond_t cv;
 } waiter;
 
-/* Wake and unlink the waiters now covered (all of them once the writer failed). */
+/* Wake and unlink the waiters now covered at the level each wants (written or synced), or
+ * every waiter once the writer failed or closed. Mutex held. This is the only place a
+ * waiter leaves the list and gets `done`, and it keeps nwant_sync equal to the number of
+ * linked waiters that want an fdatasync. */
 void wr_wake_covered(au_writer *w)
 {
     waiter **pp = &w->waiters;
@@ -36,6 +39,10 @@ void wr_wake_covered(au_writer *w)
     }
 }
 
+/* Fail the writer for good: the first errno wins and is never cleared. Mutex held. Every
+ * waiter wakes (AU_E_FAILED unless it was already covered) and every thread asleep on `cv`
+ * re-checks. Nothing on disk is touched or undone: what the failed operation left there is
+ * recovery's to judge. */
 void wr_fail_locked(au_writer *w, int err)
 {
     if (!w->failed)
@@ -44,8 +51,10 @@ void wr_fail_locked(au_writer *w, int err)
     pthread_cond_broadcast(&w->cv);
 }
 
-/* Records someone waits for are pending and nobody leads: the background thread (a C
- * thread: it never needs the GIL) runs the next round. */
+/* Mutex held. Someone sleeps in commit() and nobody leads: the background thread (a C
+ * thread: it never needs the GIL) runs the next round. With the end of every round and
+ * every framed range calling this, a waiter never sleeps with its records pending and
+ * nobody bound to write them. A failed writer is not kicked: its waiters were woken. */
 void wr_kick_if_waited(au_writer *w)
 {
     if (w->waiters && !w->leader && !w->failed) {
@@ -54,9 +63,14 @@ void wr_kick_if_waited(au_writer *w)
     }
 }
 
-/* The sync stage: one fdatasync of what is written, unless one runs already (its end
- * kicks the next round for whoever still waits) or a roll is switching segments. Mutex
- * held; dropped for the fdatasync. */
+/* The sync stage: one fdatasync of what is written, unless one runs already (its round
+ * kicks the next one for whoever still waits) or a roll is switching segments (pub_fd <
+ * 0). Mutex held on entry and return, dropped for the fdatasync only, with `syncing` set:
+ * no second fdatasync starts, and a roll waits for it before closing the fd. Success:
+ * synced_lsn becomes the written_lsn of its start and durable_off is raised to the
+ * published offset of its start (the same segment, as no roll ran meanwhile). Failure
+ * fails the writer (never retried: after a failed fdatasync the page cache may lie,
+ * "fsyncgate"); synced_lsn stays. The caller wakes the waiters. */
 static void sync_stage(au_writer *w)
 {
     if (w->syncing || w->pub_fd < 0 || w->failed || w->synced_lsn >= w->written_lsn)
@@ -79,8 +93,19 @@ static void sync_stage(au_writer *w)
     }
 }
 
-/* One leader round: the write stage, then (do_sync) the sync stage. Called and returns
- * with the mutex held; drops it for the I/O. */
+/* One leader round. Called with the mutex held and no leader (the caller checked),
+ * returns with the mutex held and no leader; only the thread with `leader` set changes
+ * fd, the segment fields and write_off. Write stage: take the whole pending buffer (the
+ * other buffer becomes pend, so appends go on meanwhile), drop the mutex, write it
+ * (rolling segments as needed), re-lock, raise written_lsn to the LSN after the taken
+ * records, publish the position (pub_*) for the sync stage and the readers, and ask the
+ * spare thread for the next segment file once this one is SPARE_AT_NUM/SPARE_AT_DEN full.
+ * Sync stage (do_sync): the waiters that needed only the write are woken first. A failure
+ * keeps the first errno and acknowledges nothing more: written_lsn stays and the taken
+ * records are dropped from memory (whole batches written before the failing write stay on
+ * disk, unacknowledged). The end wakes the covered waiters, kicks the background thread
+ * for those left, nudges it in interval mode past INTERVAL_UNSYNCED unsynced bytes, and
+ * broadcasts `cv` (backpressure, close, rolls and au_writer_durable wait there). */
 void wr_leader_round(au_writer *w, int do_sync)
 {
     w->leader = 1;
@@ -126,6 +151,17 @@ void wr_leader_round(au_writer *w, int do_sync)
     pthread_cond_broadcast(&w->cv);  /* backpressure, close, rolls, the background thread */
 }
 
+/* Wait until every LSN <= lsn is written (or fdatasynced, want_synced). Coverage is
+ * checked first: an LSN covered before the writer failed or closed still returns 0; then
+ * AU_E_FAILED, then AU_E_CLOSED. Nobody leads and there is work (records pending, or a
+ * wanted fdatasync with none in flight and no roll switching): this thread leads the round
+ * itself, then re-checks. Otherwise it sleeps on its own condition variable, linked in
+ * w->waiters, until wr_wake_covered unlinks it: the current leader's end, a framed range
+ * (wr_kick_if_waited) or a sync stage's end brings the round that covers it. The node
+ * lives on this stack and commit() returns only once it is unlinked (`done`). An LSN
+ * reserved but still not framed after hole_ms fails the writer with ETIMEDOUT (a caller
+ * whose range never comes would otherwise stall every commit); a slow round only re-arms
+ * the deadline. The mutex is held except while asleep and during a round's I/O. */
 static int commit(au_writer *w, uint64_t lsn, int want_synced)
 {
     int rc;
@@ -179,6 +215,10 @@ static int commit(au_writer *w, uint64_t lsn, int want_synced)
     return rc;
 }
 
+/* Wait per level for every LSN <= lsn (reserved by the caller): NONE returns at once,
+ * WRITTEN once written to the OS, MODE once durable per the mode (fdatasynced in sync
+ * mode, written otherwise), SYNCED once fdatasynced in any mode. AU_E_INVAL for another
+ * level. The mode is fixed at open, so it is read without the mutex. */
 int au_wait(au_writer *w, uint64_t lsn, int level)
 {
     switch (level) {
@@ -194,9 +234,13 @@ int au_wait(au_writer *w, uint64_t lsn, int level)
     return AU_E_INVAL;
 }
 
+/* au_wait(AU_WAIT_MODE). */
 int au_sync(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_MODE); }
+/* au_wait(AU_WAIT_WRITTEN). */
 int au_write_through(au_writer *w, uint64_t lsn) { return au_wait(w, lsn, AU_WAIT_WRITTEN); }
 
+/* Wait until every LSN framed by now is fdatasynced, in any mode. Ranges still parked
+ * (not yet next in line) are not waited for; with nothing ever appended it returns 0. */
 int au_flush(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);

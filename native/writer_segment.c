@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Write n bytes at write_off of the active segment; write_off advances only when all of
+ * them were written. The leader only (or close, after the joins); no mutex. On -errno the
+ * bytes past write_off may be partly written: a torn tail, which the caller fails the
+ * writer over and recovery cuts. */
 int wr_write_at(au_writer *w, const uint8_t *buf, size_t n)
 {
     int64_t r = au_pwrite_full(w->fd, buf, n, (int64_t)w->write_off);
@@ -20,6 +24,10 @@ int wr_write_at(au_writer *w, const uint8_t *buf, size_t n)
     return 0;
 }
 
+/* fdatasync the active segment; on success durable_off = write_off. Only where no sync
+ * stage can run (a roll, after pub_fd = -1; close, after the joins), since it stores
+ * durable_off without the atomic. A failure is returned, never retried: the caller fails
+ * the writer. */
 int wr_datasync(au_writer *w)
 {
     int r = au_fdatasync(w->fd);
@@ -30,6 +38,8 @@ int wr_datasync(au_writer *w)
     return 0;
 }
 
+/* The size au_segment_create gives a segment asked for `size` bytes (at least two
+ * headers, a multiple of 8): a spare serves a roll only when this matches its size. */
 uint64_t wr_seg_size_norm(uint64_t size)
 {
     if (size < 2 * AU_SEG_HDR)
@@ -37,11 +47,14 @@ uint64_t wr_seg_size_norm(uint64_t size)
     return (size + 7) & ~(uint64_t)7;   /* as au_segment_create */
 }
 
-/* Roll into the spare if one of the right size is ready (waiting for one asked for or
- * being prepared: never slower than starting a second zero-fill beside it).
- * 0 with *fd >= 0: the segment is in place (header, fsync, rename, directory fsync done);
- * 0 with *fd < 0: no spare, create the segment as usual; < 0: the rename was done but the
- * directory fsync failed (the writer fails). Called by the leader, mutex not held. */
+/* Roll into the spare if one of the right size is ready (waiting on `cv` for one asked for
+ * or being prepared: never slower than starting a second zero-fill beside it; the spare
+ * thread broadcasts when done). Called by the leader, mutex held only around the spare's
+ * state and counters. 0 with *fd >= 0: the segment is in place (header, fsync, rename,
+ * directory fsync done); 0 with *fd < 0: no spare, create the segment as usual (a spare that
+ * failed before its rename was closed and unlinked: it never fails the writer); < 0: the
+ * rename was done but the directory fsync failed (the writer fails, as with
+ * au_segment_create). */
 static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
 {
     *fd = -1;
@@ -82,7 +95,15 @@ static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
     return 0;
 }
 
-/* Seal the current segment and switch to a new one of `size` bytes starting at `lsn`. */
+/* Seal the active segment and switch to a new one of `size` bytes starting at `lsn`. The
+ * leader only; the mutex is held only to wait and switch pub_fd. First it waits for the sync
+ * stage in flight and sets pub_fd = -1, so none uses the old fd until the round publishes
+ * the new one; if that sync failed the writer, it stops there (no fdatasync may follow a
+ * failed one). Then: fdatasync what is unsynced, a SEAL batch if there is room, fdatasync;
+ * the new file from the spare or created (header and zeros fsynced, renamed, directory
+ * fsynced); open it; close the old fd; reset the position. On -errno the writer fails with
+ * the old segment still active; left behind may be its SEAL and a new segment file holding
+ * no batch, which recovery reads as an empty newest segment. */
 static int roll(au_writer *w, uint64_t lsn, uint64_t size)
 {
     int r;
@@ -124,8 +145,15 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
     return 0;
 }
 
-/* Write the taken records as one batch, or, when they do not fit the segment, as several
- * batches split at append-call boundaries (so one call never spans batches). */
+/* Write the taken records as one batch or, where they do not fit the segment's room (32
+ * bytes always stay free for a SEAL) or AU_MAX_BATCH, as several batches split at
+ * append-call boundaries (one call never spans batches), rolling when not even the next
+ * call fits (into a segment sized up for a call bigger than segment_bytes). The leader
+ * only, mutex not held. Each batch header carries durable_end = durable_off at that
+ * moment (read atomically: the sync stage may raise it meanwhile), the proof recovery
+ * uses that the bytes before it were fdatasynced. The common case writes t's buffer in
+ * place (its header slot is reserved in front), anything else goes through w->stage. On
+ * -errno the batches already written stay on disk, complete but unacknowledged. */
 int wr_write_records(au_writer *w, pendbuf *t)
 {
     size_t done = AU_BATCH_HDR;  /* offset in t->buf of the first unwritten frame */

@@ -7,6 +7,9 @@
 #include <pthread.h>
 #include <time.h>
 
+/* An absolute CLOCK_MONOTONIC time ms from now, for pthread_cond_timedwait: every
+ * condition variable of the writer is created on CLOCK_MONOTONIC, so a wall-clock step
+ * neither fires nor delays a deadline. */
 void wr_deadline_after(struct timespec *ts, uint32_t ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -18,6 +21,7 @@ void wr_deadline_after(struct timespec *ts, uint32_t ms)
     }
 }
 
+/* Whether a wr_deadline_after deadline has passed. */
 static int past(const struct timespec *ts)
 {
     struct timespec now;
@@ -25,6 +29,14 @@ static int past(const struct timespec *ts)
     return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
 }
 
+/* The background thread: runs the rounds no committer leads. It holds the mutex except
+ * while asleep on bgcv (until a kick, a nudge or the next tick), asleep on `cv` (while
+ * another thread leads) and during a round's I/O. Kicked (committers sleep): a round,
+ * with an fdatasync if one of them wants it. A tick (every interval_ms on a fixed
+ * schedule: kicks do not push it back) or a nudge (backpressure, interval mode past
+ * INTERVAL_UNSYNCED): a round that writes what is pending and, except in os mode,
+ * fdatasyncs what is written but unsynced, so a record nobody waits for is durable within
+ * interval_ms. A failed writer gets no more rounds. Exits on stop, never as the leader. */
 void *wr_bg_main(void *arg)
 {
     au_writer *w = arg;
@@ -62,7 +74,13 @@ void *wr_bg_main(void *arg)
     return NULL;
 }
 
-/* The spare thread: prepares the next segment file whenever a round asks for one. */
+/* The spare thread: whenever a round asks (SP_WANTED), prepares the spare file with the
+ * mutex dropped (SP_BUSY: the file is its own until SP_READY hands the fd to a roll).
+ * A failure closes and unlinks the file (its pages are never reused: a failed fsync says
+ * nothing about them we could trust), is counted unless close cancelled it, is not retried
+ * before the next roll (sp_fail_seg) and never fails the writer. Broadcasts `cv` after
+ * each attempt, as a roll may wait for it. Exits on stop; close removes a spare left
+ * ready. */
 void *wr_spare_main(void *arg)
 {
     au_writer *w = arg;
