@@ -39,7 +39,7 @@ int au_crc32c_hw_available(void);
 uint32_t au_crc_mask(uint32_t crc);
 uint32_t au_crc_unmask(uint32_t masked);
 
-/* ---- the syscall table (see ausys.h) ---- */
+/* ---- the syscall table (defaults, helpers: native/sys.c; FORMAT.md "Syscall table") ---- */
 struct au_sys {
     int (*open)(const char *path, int flags, int mode);
     int (*close)(int fd);
