@@ -71,7 +71,8 @@ int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64
 /* The spare file's state (au_writer_spare_state reports it): a round moves NONE -> WANTED,
  * the spare thread WANTED -> BUSY -> READY (or back to NONE on failure), a roll READY ->
  * NONE. */
-enum { SP_NONE, SP_WANTED, SP_BUSY, SP_READY };
+enum { SP_NONE = AU_SPARE_NONE, SP_WANTED = AU_SPARE_WANTED, SP_BUSY = AU_SPARE_BUSY,
+       SP_READY = AU_SPARE_READY };
 
 /* Records framed but not yet taken by a write stage. Two of them swap in a round (pend,
  * spare), so appends go on while the leader writes the other one. */

@@ -51,12 +51,12 @@ void au_set_spare_min_bytes(uint64_t bytes)
     __atomic_store_n(&spare_min_bytes, bytes, __ATOMIC_RELAXED);
 }
 
-/* For tests: the spare thread's state (SP_*), or -1 when no spare thread runs. Read under
- * the mutex, so it is a state the spare thread really passed through. */
+/* For tests: the spare thread's state (SP_*), or AU_SPARE_OFF when no spare thread runs.
+ * Read under the mutex, so it is a state the writer really was in. */
 int au_writer_spare_state(au_writer *w)
 {
     pthread_mutex_lock(&w->mu);
-    int s = w->sp_started ? w->sp_state : -1;
+    int s = w->sp_started ? w->sp_state : AU_SPARE_OFF;
     pthread_mutex_unlock(&w->mu);
     return s;
 }
