@@ -39,7 +39,7 @@ int au_crc32c_hw_available(void);
 uint32_t au_crc_mask(uint32_t crc);
 uint32_t au_crc_unmask(uint32_t masked);
 
-/* ---- the syscall table (see ausys.h) ---- */
+/* ---- the syscall table (defaults, helpers: native/sys.c; FORMAT.md "Syscall table") ---- */
 struct au_sys {
     int (*open)(const char *path, int flags, int mode);
     int (*close)(int fd);
@@ -154,8 +154,12 @@ void au_writer_set_hole_timeout(au_writer *w, uint32_t ms);  /* default 30 s (te
 /* Spare segment files (native/FORMAT.md): writers opened afterwards prepare spares only for
  * segments of at least this many bytes (default 2 MiB; tests set 0). */
 void au_set_spare_min_bytes(uint64_t bytes);
-int au_writer_spare_state(au_writer *w);   /* -1 no spare thread, 0 none, 1 asked for,
-                                              2 being prepared, 3 ready */
+int au_writer_spare_state(au_writer *w);   /* one of AU_SPARE_* */
+#define AU_SPARE_OFF    (-1)  /* no spare thread */
+#define AU_SPARE_NONE   0     /* no spare, none asked for */
+#define AU_SPARE_WANTED 1     /* asked for */
+#define AU_SPARE_BUSY   2     /* being prepared */
+#define AU_SPARE_READY  3     /* ready for the next roll */
 void au_writer_stats(au_writer *w, au_stats *s);
 /* The newest segment and how far into it the last successful fdatasync reached. */
 void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off);

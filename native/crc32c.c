@@ -21,6 +21,8 @@ static uint32_t table[8][256];
 static pthread_once_t table_once = PTHREAD_ONCE_INIT;
 static int hw_state = -1; /* -1 unknown, 0 no, 1 yes */
 
+/* Fill the slicing-by-8 tables. Run once, under pthread_once, before any lookup: the
+ * tables are read-only afterwards and every thread shares them without a lock. */
 static void table_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
@@ -34,6 +36,8 @@ static void table_init(void)
             table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
 }
 
+/* CRC-32C by table, continuing `crc` (as the crc32c package). Any thread, any alignment,
+ * any endianness: bytes one at a time up to 8-alignment, then 8 at a time. */
 uint32_t au_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 {
     pthread_once(&table_once, table_init);
@@ -62,6 +66,9 @@ uint32_t au_crc32c_sw(uint32_t crc, const void *buf, size_t len)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_HW 1
+/* CRC-32C with the SSE4.2 crc32 instruction, same result as au_crc32c_sw. Called only
+ * once au_crc32c_hw_available() said yes; the target attribute keeps the rest of the file
+ * on the baseline ISA. */
 __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const void *buf,
                                                           size_t len)
 {
@@ -107,6 +114,7 @@ __attribute__((target("sse4.2"))) static uint32_t frame_hw(uint8_t *dst, const u
     }
     return ~(uint32_t)c;
 }
+/* Whether the CPU has SSE4.2 (and so crc32), by CPUID. */
 static int detect_hw(void)
 {
     __builtin_cpu_init();
@@ -114,6 +122,8 @@ static int detect_hw(void)
 }
 #elif defined(__aarch64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define HAVE_HW 1
+/* CRC-32C with the ARMv8 CRC32C instructions, same result as au_crc32c_sw. Called only
+ * once au_crc32c_hw_available() said yes. */
 __attribute__((target("+crc"))) static uint32_t crc_hw(uint32_t crc, const void *buf,
                                                         size_t len)
 {
@@ -134,6 +144,7 @@ __attribute__((target("+crc"))) static uint32_t crc_hw(uint32_t crc, const void 
         c = __builtin_aarch64_crc32cb(c, *p++);
     return ~c;
 }
+/* The x86 frame_hw above, with the ARMv8 CRC32C instructions. */
 __attribute__((target("+crc"))) static uint32_t frame_hw(uint8_t *dst, const uint8_t *src,
                                                          size_t len, uint8_t type,
                                                          const uint8_t *lsn8)
@@ -157,6 +168,7 @@ __attribute__((target("+crc"))) static uint32_t frame_hw(uint8_t *dst, const uin
     }
     return ~c;
 }
+/* Whether the kernel reports the ARMv8 CRC32 instructions (HWCAP_CRC32). */
 static int detect_hw(void)
 {
     return (getauxval(AT_HWCAP) & HWCAP_CRC32) ? 1 : 0;
@@ -165,6 +177,8 @@ static int detect_hw(void)
 #define HAVE_HW 0
 #endif
 
+/* Whether the CPU has crc32c instructions, detected on the first call and cached. Two
+ * first callers may both detect (the same answer), hence relaxed atomics, no lock. */
 int au_crc32c_hw_available(void)
 {
 #if HAVE_HW
@@ -179,6 +193,8 @@ int au_crc32c_hw_available(void)
 #endif
 }
 
+/* The hardware CRC-32C, or the table when the CPU has none: the same value either way
+ * (tests/test_crc32c.py compares them). */
 uint32_t au_crc32c_hw(uint32_t crc, const void *buf, size_t len)
 {
 #if HAVE_HW
@@ -188,11 +204,16 @@ uint32_t au_crc32c_hw(uint32_t crc, const void *buf, size_t len)
     return au_crc32c_sw(crc, buf, len);
 }
 
+/* The CRC-32C every checksum of the format uses: hardware when available. */
 uint32_t au_crc32c(uint32_t crc, const void *buf, size_t len)
 {
     return au_crc32c_hw(crc, buf, len);
 }
 
+/* Copy a payload into its frame and return its record crc (type byte, LSN as 8 LE bytes,
+ * payload; unmasked): one pass with the hardware, a copy then the table without it. dst
+ * and src must not overlap. The scanner recomputes crcs with au_record_crc, so a bug
+ * here shows up as a crc mismatch, never as a silently wrong record. */
 uint32_t au_crc32c_frame_copy(uint8_t *dst, const uint8_t *src, size_t len, uint8_t type,
                               uint64_t lsn)
 {
@@ -208,11 +229,15 @@ uint32_t au_crc32c_frame_copy(uint8_t *dst, const uint8_t *src, size_t len, uint
     return au_crc32c_sw(au_crc32c_sw(0, pre, 9), src, len);
 }
 
+/* The masked crc stored on disk (FORMAT.md, LevelDB's mask: rotate right by 15, add
+ * 0xA282EAD8), so a crc over bytes that embed crcs stays meaningful. The one definition:
+ * Python calls it through cffi. */
 uint32_t au_crc_mask(uint32_t crc)
 {
     return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u;
 }
 
+/* The inverse of au_crc_mask. */
 uint32_t au_crc_unmask(uint32_t masked)
 {
     uint32_t r = masked - 0xA282EAD8u;

@@ -9,6 +9,8 @@
 
 static const char MAGIC[8] = {'A', 'U', 'R', 'L', 'O', 'G', 'v', '1'};
 
+/* The text of an AU_R_* reason, as CorruptionError and the recovery report show it.
+ * Static strings: the caller never frees them. */
 const char *au_reason(int r)
 {
     switch (r) {
@@ -37,6 +39,8 @@ const char *au_reason(int r)
     }
 }
 
+/* The 32-byte segment header (FORMAT.md): magic, version, flags 0, first LSN, size / 8,
+ * and the masked crc of the 28 bytes before it. */
 void au_segment_header_make(uint8_t *h, uint64_t first_lsn, uint64_t size)
 {
     memcpy(h, MAGIC, 8);
@@ -47,6 +51,9 @@ void au_segment_header_make(uint8_t *h, uint64_t first_lsn, uint64_t size)
     put32(h + 28, au_crc_mask(au_crc32c(0, h, 28)));
 }
 
+/* Verify a segment header: AU_R_OK with *first_lsn and *size filled, or the first reason
+ * it fails, outputs untouched. The crc is checked before the version, so damage reads as
+ * a crc mismatch, not as an unsupported version. */
 int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uint64_t *size)
 {
     if (n < AU_SEG_HDR)
@@ -64,6 +71,7 @@ int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uin
     return AU_R_OK;
 }
 
+/* The masked crc of a batch header: bytes 0-3 and 8-31, the crc field itself left out. */
 uint32_t au_batch_hdr_crc(const uint8_t *h)
 {
     uint32_t c = au_crc32c(0, h, 4);
@@ -71,6 +79,7 @@ uint32_t au_batch_hdr_crc(const uint8_t *h)
     return au_crc_mask(c);
 }
 
+/* Fill a 32-byte batch header (FORMAT.md); the crc is computed last, over the rest. */
 void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t count,
                      uint32_t flags, uint64_t durable_end)
 {
@@ -82,6 +91,9 @@ void au_batch_header(uint8_t *h, uint32_t len, uint64_t first_lsn, uint32_t coun
     put32(h + 4, au_batch_hdr_crc(h));
 }
 
+/* A record's masked crc: type byte, LSN (8 LE bytes), payload. The scanner's own
+ * computation, apart from the writer's au_crc32c_frame_copy, so every scan cross-checks
+ * what the writer framed. */
 uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint32_t len)
 {
     uint8_t pre[9];
@@ -92,7 +104,10 @@ uint32_t au_record_crc(uint8_t type, uint64_t lsn, const uint8_t *payload, uint3
     return au_crc_mask(c);
 }
 
-/* Verify the batch at `pos`. Returns a reason (0 = valid) and fills the out values. */
+/* Verify the whole batch at `pos` before any of its records is handed out. Returns a
+ * reason (0 = valid) and fills the out values only when valid. Never reads at or past
+ * `limit`: every length is checked against what is left before it is used (the fuzz test
+ * holds it to that under ASan). */
 static int verify_batch(const uint8_t *buf, uint64_t limit, uint64_t pos, uint64_t expected,
                         uint32_t max_record, uint32_t *blen, uint32_t *count, uint32_t *flags,
                         uint64_t *durable_end)
@@ -149,6 +164,11 @@ static int verify_batch(const uint8_t *buf, uint64_t limit, uint64_t pos, uint64
     return AU_R_OK;
 }
 
+/* Hand out up to `cap` records from verified batches (cap 0: step over one batch, no
+ * records), resuming from *s. A batch is verified whole before its first record goes out,
+ * so a caller never sees a record of a bad batch. status: MORE (call again), END (end of
+ * written data: the caller checks that every byte after it is zero) or BAD (reason and
+ * bad_off set; nothing from that batch returned). */
 size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap)
 {
     size_t k = 0;
@@ -203,6 +223,8 @@ size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap)
     }
 }
 
+/* The offset of the first non-zero byte in [from, limit), or -1. 8 bytes at a time once
+ * aligned (the zero tail of a segment is megabytes). */
 int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
 {
     uint64_t i = from;
@@ -224,6 +246,7 @@ int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
     return -1;
 }
 
+/* The offset of the last non-zero byte in [from, limit), or -1. */
 int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
 {
     uint64_t i = limit;
@@ -252,7 +275,12 @@ int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x)
     return -1;
 }
 
-/* Create <wal_dir>/<first_lsn>.seg: write .tmp (header + zeros), fsync, rename, fsync dir. */
+/* Create <wal_dir>/<first_lsn>.seg: write .tmp (header + zeros), fsync, rename, fsync the
+ * directory, so the name appears only once the file is complete and durable. On failure
+ * the .tmp is unlinked (if the process dies first, recovery rule 1 deletes it); a failure
+ * after the rename (the directory fsync) leaves the segment in place and returns -errno.
+ * The size is normalized (at least two headers, a multiple of 8); -EFBIG past what the
+ * header can say. */
 int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
 {
     char tmp[4112], fin[4096];
@@ -293,17 +321,17 @@ int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
     return 0;
 }
 
+/* a spare is zero-filled from this, and its writeback pushed every SPARE_SYNC_EVERY bytes */
+static uint8_t zeros_1m[1 << 20];
+#ifndef SPARE_SYNC_EVERY
+#define SPARE_SYNC_EVERY (1u << 20)
+#endif
 
 /* The spare segment file (native/FORMAT.md, "Preallocation, rolling"): zero-fill `path`
  * (created 0600, truncated) to `size` bytes and fsync it, off the commit path, so that a
  * roll only writes the real header. The fd stays open in *out_fd. `cancel` is read
  * between chunks: non-zero stops early with -ECANCELED (close does not wait for a 64 MiB
  * fill). On any error the caller closes the fd (if >= 0) and unlinks the file. */
-static uint8_t zeros_1m[1 << 20];
-#ifndef SPARE_SYNC_EVERY
-#define SPARE_SYNC_EVERY (1u << 20)
-#endif
-
 int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *cancel)
 {
     *out_fd = -1;

@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 SPARE = "00000000000000000000.seg.tmp"
 SEG = 64 << 10
 REC = [(1, b"r" * 100)] * 50          # ~5.9 KiB a batch: ~11 batches a 64 KiB segment
-NONE, WANTED, BUSY, READY = 0, 1, 2, 3
+NONE, WANTED, BUSY, READY = (lib.AU_SPARE_NONE, lib.AU_SPARE_WANTED, lib.AU_SPARE_BUSY,
+                             lib.AU_SPARE_READY)
 
 
 @pytest.fixture

@@ -29,13 +29,14 @@ from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityEr
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
-    "remove_file", "crc32c",
+    "remove_file", "crc32c", "crc_mask", "REC_HDR",
 ]
 
 SEG_RE = re.compile(r"^(\d{20})\.seg$")
 UNSYNCED = ".unsynced"      # <segment>.unsynced: see Log._mark_unsynced
 _NOT_IO = (0, _errno.EINVAL, _errno.ETIMEDOUT, _errno.ENOMEM)  # failures that lost no write
 SEG_HDR = lib.AU_SEG_HDR
+REC_HDR = lib.AU_REC_HDR    # a record's frame header (length, crc, LSN, type) in bytes
 _SCAN_CHUNK = 4096
 _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
 _ZEROS = bytes(1 << 20)
@@ -97,6 +98,11 @@ def crc32c(data, value: int = 0) -> int:
     """CRC-32C of `data` continuing from `value` (as the `crc32c` package), in C."""
     buf = ffi.from_buffer(data)
     return lib.au_crc32c(value, buf, len(buf))
+
+
+def crc_mask(crc: int) -> int:
+    """The masked crc stored on disk (FORMAT.md), from the C core: one definition."""
+    return lib.au_crc_mask(crc)
 
 
 # --------------------------------------------------------------------------------------

@@ -189,6 +189,7 @@ class Queue:
         reports bad ones in ``snapshot_report``; CorruptionError if none is usable and the
         log does not start at LSN 1). ``as_of``: the state at that LSN/datetime instead."""
         from . import snapshot
+        from .log import REC_HDR
         if as_of is not None:
             state, info = snapshot.state_as_of(self._log.directory, as_of,
                                                max_content=self._max_snapshot)
@@ -212,7 +213,7 @@ class Queue:
                 at = rec.at_ms
             if at > max_at:
                 max_at = at
-            tail += len(payload) + 17
+            tail += len(payload) + REC_HDR
         self._max_at, self._tail_bytes = max_at, tail
         return state
 

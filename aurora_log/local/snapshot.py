@@ -70,7 +70,7 @@ import lz4.frame
 
 from . import records as R
 from ..errors import ClosedError, CorruptionError
-from .log import crc32c, read_file, remove_file, write_file_durably
+from .log import crc32c, crc_mask, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
 __all__ = [
@@ -100,8 +100,7 @@ _STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait fo
 _FINISHED = (3, 5, 6)
 
 
-def _mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+_mask = crc_mask   # the WAL's masked crc (FORMAT.md), defined once, in the C core
 
 
 def snap_name(lsn: int) -> str:
