@@ -16,6 +16,7 @@ from .errors import (
 )
 
 from .job import Job, JobPriority, JobStatus
+from .local.follow import CursorGoneError, LogEntry, follow
 from .local.queue import Queue, open
 from .local.state import Transition
 from .local.verify import VerifyReport, verify
@@ -30,4 +31,5 @@ __all__ = [
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
     "TaskHandle", "TaskFailed", "TaskCancelled", "task", "register_handler",
+    "follow", "LogEntry", "CursorGoneError",
 ]

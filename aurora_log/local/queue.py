@@ -699,6 +699,17 @@ class Queue:
 
     # ------------------------------------------------------------------ reads
 
+    def follow(self, from_lsn: int | None = None, *, poll: float = 0.2, wait: bool = True):
+        """Yield every transition from ``from_lsn`` on (None: the oldest stored) as
+        :class:`aurora_log.local.follow.LogEntry` objects, as they are written, until the
+        queue is closed (or the caller stops iterating; ``wait=False``: until the current
+        end). Resume with ``from_lsn=entry.lsn + 1``. Another process can follow the same
+        store with :func:`aurora_log.follow` (read-only, no lock)."""
+        from .follow import follow
+        self._check_open(write=False)
+        return follow(self._log.directory, from_lsn, poll=poll, wait=wait,
+                      stop=lambda: self._closed, max_record_bytes=self._log.max_record_bytes)
+
     def get(self, job_id: str) -> Job | None:
         job_id = _job_id(job_id)
         with self._lock:

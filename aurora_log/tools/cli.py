@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
     _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
 
+    sp = cmd("tail", "print the store's transitions as they are committed (read-only, "
+             "beside a running worker)", cmd_tail)
+    _add(sp, "--from-lsn", type=_positive_int, default=None,
+         help="start at this LSN (default: the oldest stored record)")
+    _add(sp, "--follow", "-f", action="store_true", help="keep waiting for new transitions")
+    _add(sp, "--poll", type=_seconds, default=0.2, help="with --follow: seconds between looks")
+    _add(sp, "--json", action="store_true", help="print JSON lines")
+
     # Compaction-side commands exist only when the engine provides them.
     if _compaction_api("purge"):
         sp = cmd("purge", "drop finished jobs from the live state", cmd_purge)
@@ -564,6 +572,23 @@ def cmd_history(args) -> int:
         rest = " ".join(f"{k}={_fmt_value(v)}" for k, v in data.items() if v not in (None, ""))
         head = f"{_fmt_time(when) if isinstance(when, _dt.datetime) else when or ''}"
         _out(f"{'#' + str(lsn) + ' ' if lsn is not None else ''}{head}  {kind:<14} {rest}".strip())
+    return 0
+
+
+def cmd_tail(args) -> int:
+    from ..local.follow import follow
+    path = Path(args.dir)
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    for entry in follow(path, args.from_lsn, poll=args.poll, wait=args.follow):
+        if args.json:
+            _out(_dumps(entry.to_json()))
+            continue
+        rest = " ".join(f"{k}={_fmt_value(v)}" for k, v in entry.fields.items()
+                        if v not in (None, "") and k != "payload")
+        _out(f"#{entry.lsn} {_fmt_time(entry.at)}  {entry.type:<14} {entry.job_id or ''} "
+             f"{rest}".rstrip())
+        sys.stdout.flush()
     return 0
 
 
