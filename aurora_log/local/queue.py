@@ -415,6 +415,36 @@ class Queue:
     def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
         """Add many jobs atomically (all or none, one commit). Returns their ids in order
         (an existing live job's id for a unique_key already taken, also within the batch)."""
+        ids, reserved, lsn = self._enqueue_folded(jobs)
+        if reserved is not None:
+            self._publish(reserved, "durable" if durable else "none")
+        elif lsn > 0 and durable:
+            self._log.sync(lsn)
+        return ids
+
+    async def enqueue_async(self, job: Job, *, durable: bool = True) -> str:
+        """``enqueue`` for asyncio code: the record is appended on the calling thread (no
+        I/O wait), the wait for its durability runs in the loop's default executor, so the
+        event loop keeps running while the group commit's fdatasync is in flight."""
+        return (await self.enqueue_many_async((job,), durable=durable))[0]
+
+    async def enqueue_many_async(self, jobs: Iterable[Job], *,
+                                 durable: bool = True) -> list[str]:
+        """``enqueue_many`` for asyncio code (atomic, one commit); see enqueue_async.
+        Only a full group-commit buffer (backpressure) can hold the loop, as it holds
+        every producer."""
+        import asyncio
+        ids, reserved, lsn = self._enqueue_folded(jobs)
+        if reserved is not None:
+            lsn = self._publish(reserved, "none")
+        if durable and lsn > 0:
+            await asyncio.get_running_loop().run_in_executor(None, self._log.sync, lsn)
+        return ids
+
+    def _enqueue_folded(self, jobs: Iterable[Job]) -> tuple[list[str], Any, int]:
+        """Validate, and under the lock fold the jobs' ENQUEUE records and reserve their
+        LSNs. Returns (ids, reserved records to publish or None, the LSN to wait for when
+        nothing new was added: the unique-key owners' records)."""
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
         # The enqueue time is read before the lock: records stay self-consistent (a job's
@@ -422,6 +452,7 @@ class Queue:
         now = self._now_ms()
         built = [self._build(j, now) for j in jobs]
         ids: list[str] = []
+        lsn = 0
         with self._lock:
             self._check_open()
             state = self._state
@@ -449,11 +480,7 @@ class Queue:
             else:
                 reserved = None
                 lsn = self._log.next_lsn - 1   # the owners' records: make sure they are durable
-        if reserved is not None:
-            self._publish(reserved, "durable" if durable else "none")
-        elif lsn > 0 and durable:
-            self._log.sync(lsn)
-        return ids
+        return ids, reserved, lsn
 
     # ------------------------------------------------------------------ workers
 

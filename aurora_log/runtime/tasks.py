@@ -244,6 +244,21 @@ class Task:
         job_id = self.queue.enqueue(job)
         return TaskHandle(self.queue, job_id)
 
+    async def enqueue_async(self, *args, **kwargs) -> "TaskHandle":
+        """``enqueue`` for asyncio code: does not block the event loop while the record
+        becomes durable. ``await handle`` (or ``await handle.result_async(timeout)``) then
+        waits for the result."""
+        payload = encode_payload(list(args), dict(kwargs))
+        job = build_job(self.job_type, payload, **self.handler.options)
+        enqueue_async = getattr(self.queue, "enqueue_async", None)
+        if enqueue_async is not None:
+            job_id = await enqueue_async(job)
+        else:                       # a queue without it: its blocking enqueue, off the loop
+            import asyncio
+            job_id = await asyncio.get_running_loop().run_in_executor(
+                None, self.queue.enqueue, job)
+        return TaskHandle(self.queue, job_id)
+
 
 def encode_payload(args: list, kwargs: dict) -> dict:
     """The JSON payload of a task call. TypeError (before anything is written) if an
@@ -356,6 +371,10 @@ class TaskHandle:
             wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(wait)
             delay = min(poll * 4, delay * 2)
+
+    def __await__(self):
+        """``await handle``: the job's result (``result_async()`` without a timeout)."""
+        return self.result_async().__await__()
 
     async def result_async(self, timeout: float | None = None, *, poll: float = 0.05):
         """``result()`` for asyncio code: polls without blocking the event loop."""
