@@ -7,15 +7,19 @@ from .errors import (
     AuroraLogError,
     ClosedError,
     CorruptionError,
+    DependencyCycleError,
+    DependencyError,
     DurabilityError,
     InvalidStateError,
     JobNotFoundError,
     LockedError,
     ReadOnlyError,
     StaleLeaseError,
+    UnknownParentError,
 )
 
 from .job import Job, JobPriority, JobStatus
+from .workflows import chain, group
 from .local.follow import CursorGoneError, LogEntry, follow
 from .local.queue import Queue, open
 from .local.state import Transition
@@ -31,5 +35,6 @@ __all__ = [
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
     "TaskHandle", "TaskFailed", "TaskCancelled", "task", "register_handler",
-    "follow", "LogEntry", "CursorGoneError",
+    "follow", "LogEntry", "CursorGoneError", "chain", "group",
+    "DependencyError", "DependencyCycleError", "UnknownParentError",
 ]

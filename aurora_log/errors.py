@@ -66,3 +66,25 @@ class InvalidStateError(AuroraLogError):
 
 class ReadOnlyError(AuroraLogError):
     """A write was attempted on a store opened read_only (or as_of a past moment)."""
+
+
+class DependencyError(AuroraLogError, ValueError):
+    """A job's dependencies cannot be accepted (raised by enqueue before anything is
+    written). A ValueError too: it is bad input."""
+
+
+class UnknownParentError(DependencyError):
+    """A job waits for a parent the queue does not know (nor the same enqueue_many batch)."""
+
+    def __init__(self, job_id: str, parent: str):
+        self.job_id = job_id
+        self.parent = parent
+        super().__init__(f"job {job_id} waits for unknown job {parent}")
+
+
+class DependencyCycleError(DependencyError):
+    """Jobs of one enqueue_many batch wait for each other in a cycle."""
+
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+        super().__init__("dependency cycle: " + " -> ".join(cycle))
