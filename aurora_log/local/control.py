@@ -101,20 +101,19 @@ class Control:
         """``status_of(job_id)``: the parent's status code in the job fold (None if it
         is unknown there). A parent already completed counts as done; one already
         dead-lettered or cancelled settles the child at once (see on_finished)."""
+        statuses = [status_of(p) for p in rec.parents]
+        if rec.on_parent_failure == R.ON_FAILURE_CANCEL:
+            for parent, st in zip(rec.parents, statuses, strict=True):
+                if st in _FAILED_END:          # settled at once: waits for nothing
+                    self.settled[rec.id] = _reason(parent, st)
+                    self.waiting[rec.id] = [0, rec.on_parent_failure, rec.parents]
+                    return
         pending = 0
-        settle = None
-        for parent in rec.parents:
-            st = status_of(parent)
-            if st == _COMPLETED:
-                continue
-            if st in _FAILED_END:
-                if rec.on_parent_failure == R.ON_FAILURE_CANCEL and settle is None:
-                    settle = _reason(parent, st)
+        for parent, st in zip(rec.parents, statuses, strict=True):
+            if st == _COMPLETED or st in _FAILED_END:
                 continue
             pending += 1
             self.children.setdefault(parent, []).append(rec.id)
-        if settle is not None:
-            self.settled[rec.id] = settle
         self.waiting[rec.id] = [pending, rec.on_parent_failure, rec.parents]
 
     # ------------------------------------------------------------------ job-fold hooks
