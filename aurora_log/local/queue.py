@@ -235,6 +235,13 @@ class Queue:
         from ..runtime.tasks import task
         return task(self, name, **options)
 
+    def periodic(self, cron: str, *, tz: str = "UTC", missed: str = "skip",
+                 grace: float = 60.0, name: str | None = None, **options):
+        """Decorator: run a task at every due time of ``cron``; see
+        :func:`aurora_log.runtime.tasks.periodic` and :meth:`schedule_periodic`."""
+        from ..runtime.tasks import periodic
+        return periodic(self, cron, tz=tz, missed=missed, grace=grace, name=name, **options)
+
     def register_handler(self, job_type: str, fn, *, context: bool = False):
         """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
         from ..runtime.tasks import register_handler

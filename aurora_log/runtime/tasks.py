@@ -37,7 +37,7 @@ from ..errors import AuroraLogError
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
-    "task", "register_handler", "registry", "encode_payload",
+    "task", "register_handler", "registry", "encode_payload", "periodic",
 ]
 
 #: job statuses after which a job never runs again on its own (string values, see job.py)
@@ -189,6 +189,26 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
         handler = Handler(job_type, fn, "args", bool(context), _is_async(fn), dict(options))
         registry(q).add(handler)
         return Task(q, handler)
+
+    return decorate
+
+
+def periodic(q, cron: str, *, tz: str = "UTC", missed: str = "skip", grace: float = 60.0,
+             name: str | None = None, **options):
+    """``@q.periodic("*/5 * * * *", tz="Europe/Paris")`` on a function (it becomes a task,
+    as with ``@q.task``; task options such as ``priority=`` or ``queue=`` are accepted) or
+    on a Task: the task runs with no arguments at every due time of ``cron``, fired once
+    per due time by the queue (see ``Queue.schedule_periodic``; ``name`` defaults to the
+    task's job_type). The schedule lives in this process: register it at startup, as
+    handlers are; what was fired is in the log."""
+    _check_options(options)
+
+    def decorate(fn):
+        t = fn if isinstance(fn, Task) else task(q, **options)(fn)
+        opts = {**t.handler.options, **options} if isinstance(fn, Task) else t.handler.options
+        job = build_job(t.job_type, encode_payload([], {}), **opts)
+        q.schedule_periodic(name or t.job_type, cron, job, tz=tz, missed=missed, grace=grace)
+        return t
 
     return decorate
 
