@@ -10,10 +10,11 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant,
                                  multiple, precondition, rule)
 
 import aurora_log
-from aurora_log.errors import InvalidStateError, JobNotFoundError, StaleLeaseError
+from aurora_log.errors import (InvalidStateError, JobNotFoundError, StaleLeaseError,
+                               UnknownParentError)
 from aurora_log.job import Job, from_ms, to_ms
 
-from model import Invalid, Model, Stale
+from model import Invalid, Model, Stale, UnknownParent
 
 T0 = 1_800_000_000_000  # ms; a fixed start for the fake clock
 
@@ -41,11 +42,17 @@ class QueueMachine(RuleBasedStateMachine):
         self.q = self._open()
         self.counter = 0
 
+    SCHEDULES = (("s", "skip"), ("o", "once"))
+
     def _open(self):
-        return aurora_log.open(self.dir + "/store", durability="os",
-                               clock=lambda: self.model.now / 1000, reaper_interval=None,
-                               segment_bytes=256 << 10,  # small: fast to create, rolls often
-                               auto_compact=False, retain_seconds=None, retain_count=None)
+        q = aurora_log.open(self.dir + "/store", durability="os",
+                            clock=lambda: self.model.now / 1000, reaper_interval=None,
+                            segment_bytes=256 << 10,  # small: fast to create, rolls often
+                            auto_compact=False, retain_seconds=None, retain_count=None)
+        for name, missed in self.SCHEDULES:       # registered at startup, as an app does
+            q.schedule_periodic(name, "*/5 * * * *", Job("tick", {"s": name}, queue="cron"),
+                                missed=missed)
+        return q
 
     def teardown(self):
         try:
@@ -175,6 +182,68 @@ class QueueMachine(RuleBasedStateMachine):
         edge = data.draw(st.sampled_from(
             [j.lease_deadline] + ([j.started + j.timeout_ms] if j.timeout_ms else [])))
         self.model.now = max(self.model.now, edge + delta)
+
+    # ------------------------------------------------------------ queue control
+    @rule(queue=st.sampled_from(["q1", "q2"]))
+    def pause(self, queue):
+        self.q.pause(queue)
+        self.model.pause(queue)
+
+    @rule(queue=st.sampled_from(["q1", "q2"]))
+    def resume(self, queue):
+        self.q.resume(queue)
+        self.model.resume(queue)
+
+    @rule(scope=st.sampled_from(["queue", "job_type"]), data=st.data(),
+          concurrency=st.sampled_from([None, 1, 2]),
+          rate=st.sampled_from([None, (1, 5_000), (2, 10_000)]))
+    def set_limit(self, scope, data, concurrency, rate):
+        name = data.draw(st.sampled_from(["q1", "q2"] if scope == "queue" else ["a", "b"]))
+        self.q.set_limit(**{scope: name}, concurrency=concurrency,
+                         rate=None if rate is None else (rate[0], rate[1] / 1000))
+        self.model.set_limit(scope, name, concurrency or 0, rate[0] if rate else 0,
+                             rate[1] if rate else 0)
+
+    @rule(spec=job_specs, data=st.data(), policy=st.sampled_from(["cancel", "ignore"]))
+    def enqueue_child(self, spec, data, policy):
+        if not self.model.jobs:
+            return
+        parents = data.draw(st.lists(st.sampled_from(sorted(self.model.jobs)), min_size=1,
+                                     max_size=2, unique=True))
+        j, sched = self._job(spec)
+        j.after(*parents, on_parent_failure=policy)
+        got = self.q.enqueue(j)
+        want = self.model.enqueue(
+            j.id, j.job_type, j.queue, int(j.priority), j.max_retries,
+            round(j.lease_duration * 1000),
+            None if j.timeout_seconds is None else round(j.timeout_seconds * 1000),
+            j.unique_key, j.payload, sched, parents=tuple(parents), on_failure=policy)
+        assert got == want
+
+    @rule()
+    def enqueue_unknown_parent(self):
+        lsn = self.q.log.next_lsn
+        with pytest.raises(UnknownParentError):
+            self.q.enqueue(Job("a", {}).after("no-such-parent"))
+        with pytest.raises(UnknownParent):
+            self.model.check_parents(["no-such-parent"])
+        assert self.q.log.next_lsn == lsn
+
+    @rule()
+    def run_periodic(self):
+        ids = self.q.run_periodic()
+        want = []
+        for name, missed in self.SCHEDULES:
+            if self.model.fire_every_5_min(name, missed, ids) is not None:
+                want.append(name)
+        assert len(ids) == len(want)
+        for job_id, name in zip(ids, want, strict=True):
+            self.model.enqueue(job_id, "tick", "cron", 2, 3, 30_000, 300_000, None,
+                               {"s": name})
+
+    @rule(ms=st.sampled_from([240_000, 300_000, 3_600_000]))
+    def advance_far(self, ms):
+        self.model.now += ms
 
     @rule()
     def reap(self):
