@@ -139,6 +139,12 @@ class Control:
         """True when a pause or a limit exists (otherwise blocked() is always False)."""
         return self._active
 
+    @property
+    def wake_on_finish(self) -> bool:
+        """True when a job's end can make another claimable (a limit frees a slot, or
+        children wait): the queue then wakes waiting claims."""
+        return bool(self.limits or self.children)
+
     def blocked(self, queue: str, job_type: str, now_ms: int) -> bool:
         """True when a claim of a (queue, job_type) job must wait: the queue is paused, or
         a concurrency or rate limit of the queue or the job type is reached."""

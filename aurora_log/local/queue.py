@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 from . import records as R
 from .locks import YieldingLock
-from ..errors import ClosedError, ReadOnlyError
+from ..errors import ClosedError, DependencyCycleError, ReadOnlyError, UnknownParentError
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
                   _check_retries, _check_seconds, check_name, check_text, encode_json,
@@ -45,6 +45,7 @@ from .state import MAX_DUE_MS, State, Transition
 __all__ = ["Queue", "open"]
 
 MAX_ERROR_CHARS = 64 * 1024
+_JOBLESS = (R.Pause, R.Resume, R.Limit)
 MAX_MESSAGE_CHARS = 4096
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
@@ -101,6 +102,38 @@ def _job_id(job_id: Any) -> str:
     return job_id
 
 
+def _parents_first(jobs: list[Job], deps: list) -> list[int]:
+    """The batch's indexes with every job after its parents in the batch (stable
+    otherwise). DependencyCycleError if jobs of the batch wait for each other."""
+    where = {j.id: k for k, j in enumerate(jobs)}
+    out: list[int] = []
+    state = [0] * len(jobs)          # 0 new, 1 on the path, 2 placed
+    for start in range(len(jobs)):
+        if state[start]:
+            continue
+        path = [start]
+        stack = [iter(deps[start][0] if deps[start] else ())]
+        state[start] = 1
+        while stack:
+            parent = next(stack[-1], None)
+            if parent is None:
+                stack.pop()
+                k = path.pop()
+                state[k] = 2
+                out.append(k)
+                continue
+            p = where.get(parent)
+            if p is None or state[p] == 2:
+                continue
+            if state[p] == 1:
+                cycle = [jobs[i].id for i in path[path.index(p):]] + [parent]
+                raise DependencyCycleError(cycle)
+            state[p] = 1
+            path.append(p)
+            stack.append(iter(deps[p][0] if deps[p] else ()))
+    return out
+
+
 class Queue:
     """A durable job queue stored in one directory.
 
@@ -119,6 +152,7 @@ class Queue:
     """
 
     _touched = None          # compaction capture: ids touched since it began
+    _schedules: dict = {}    # name -> cron.Periodic (per object, set in __init__)
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
@@ -175,6 +209,7 @@ class Queue:
             self._compactor.last_size = self.snapshot_report.size
             if auto_compact:
                 self._compactor.start()
+        self._schedules = {}
         self._stop = threading.Event()
         self._reaper = None
         if reaper_interval is not None and not self._read_only:
@@ -324,6 +359,8 @@ class Queue:
                 for r in recs:
                     if type(r) is R.Purge:
                         touched.update(dict.fromkeys(r.ids))
+                    elif type(r) in _JOBLESS:      # control records about no one job
+                        continue
                     else:
                         touched[r.id] = None
             if len(recs) == 1:
@@ -457,30 +494,49 @@ class Queue:
         # The enqueue time is read before the lock: records stay self-consistent (a job's
         # due time is its own `at`), and encoding happens outside the lock.
         now = self._now_ms()
+        jobs = builtins.list(jobs)
         built = [self._build(j, now) for j in jobs]
-        ids: list[str] = []
+        deps = [getattr(j, "_deps", None) for j in jobs]
+        order = range(len(jobs)) if not any(deps) else _parents_first(jobs, deps)
+        ids: list[str] = [""] * len(jobs)
         lsn = 0
         with self._lock:
             self._check_open()
             state = self._state
-            recs = []
+            recs: list = []
             encoded = []
             taken: dict[str, str] = {}
-            seen: set[str] = set()
-            for rec, payload in built:
+            seen: dict[str, str] = {}          # id in this batch -> the id it stands for
+            written: set[str] = set()          # ids this batch enqueues
+            for k in order:
+                rec, payload = built[k]
                 ukey = rec.unique_key
+                owner = None
                 if ukey is not None:
                     owner = taken.get(ukey) or state.unique_owner(ukey)
-                    if owner is not None:
-                        ids.append(owner)
-                        continue
-                    taken[ukey] = rec.id
-                if rec.id in state.jobs or rec.id in seen:
+                if owner is None and (rec.id in state.jobs or rec.id in seen):
                     raise ValueError(f"a job with id {rec.id!r} already exists")
-                seen.add(rec.id)
+                if deps[k] is not None:
+                    parents = tuple(seen.get(p, p) for p in deps[k][0])
+                    for p in parents:
+                        if p not in written and p not in state.jobs:
+                            raise UnknownParentError(rec.id, p)
+                if owner is not None:
+                    ids[k] = seen[rec.id] = owner
+                    continue
+                if ukey is not None:
+                    taken[ukey] = rec.id
+                seen[rec.id] = rec.id
+                written.add(rec.id)
+                if deps[k] is not None:
+                    policy = (R.ON_FAILURE_CANCEL if deps[k][1] == "cancel"
+                              else R.ON_FAILURE_IGNORE)
+                    dep = R.Depends(rec.id, now, parents, policy)
+                    recs.append(dep)
+                    encoded.append(R.encode(dep))
                 recs.append(rec)
                 encoded.append((R.ENQUEUE, payload))
-                ids.append(rec.id)
+                ids[k] = rec.id
             if recs:
                 reserved = self._reserve_apply(recs, encoded)
                 self._cond.notify_all()
@@ -548,6 +604,9 @@ class Queue:
                 if remaining <= 0:
                     return None
                 due = self._state.next_due_ms()
+                free = self._state.next_allowed_ms(now, qs, types)   # a rate limit ends
+                if free is not None and (due is None or free < due):
+                    due = free
                 if due is not None:
                     remaining = min(remaining, max((due - now) / 1000.0, 0.001))
                 self._cond.wait(remaining)
@@ -603,6 +662,8 @@ class Queue:
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
             reserved = self._reserve_apply([rec])
+            if self._state.control.wake_on_finish:   # a limit's slot, or children released
+                self._cond.notify_all()
         self._publish(reserved, "durable" if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
@@ -619,7 +680,7 @@ class Queue:
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
             reserved = self._reserve_apply([rec])
-            if rec.outcome == R.OUTCOME_RETRY:
+            if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
         self._publish(reserved, "durable" if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
@@ -639,6 +700,8 @@ class Queue:
             if rec is None:
                 return JobStatus.RUNNING
             reserved = self._reserve_apply([rec])
+            if self._state.control.wake_on_finish:
+                self._cond.notify_all()
         self._publish(reserved, "durable")
         return JobStatus.CANCELLED if isinstance(rec, R.Cancel) else JobStatus.RUNNING
 
@@ -713,6 +776,8 @@ class Queue:
         while not self._stop.wait(interval):
             try:
                 self.reap()
+                if self._schedules:
+                    self.run_periodic()
             except ClosedError:
                 return
             except Exception:  # a failed log refuses writes until reopened; stop quietly
@@ -730,6 +795,147 @@ class Queue:
         """Make everything appended so far durable (in every durability mode)."""
         self._check_open(write=False)
         self._log.flush()
+
+    # ------------------------------------------------------------------ queue control
+    # Each is a record folded like the others (control.py): durable, replayed, in stats.
+
+    def _control(self, rec) -> None:
+        """Append and fold one control record, wake waiting claims, wait for durability."""
+        with self._cond:
+            self._check_open()
+            reserved = self._reserve_apply([rec])
+            self._cond.notify_all()
+        self._publish(reserved, "durable")
+
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueues still work; running jobs go on)
+        until resume(). Survives restarts. A queue already paused: nothing is written."""
+        check_name(queue, "queue")
+        with self._lock:
+            self._check_open()
+            if queue in self._state.control.paused:
+                return
+        self._control(R.Pause(queue, self._now_ms()))
+
+    def resume(self, queue: str) -> None:
+        """Hand out jobs of ``queue`` again. A queue not paused: nothing is written."""
+        check_name(queue, "queue")
+        with self._lock:
+            self._check_open()
+            if queue not in self._state.control.paused:
+                return
+        self._control(R.Resume(queue, self._now_ms()))
+
+    def set_limit(self, *, queue: str | None = None, job_type: str | None = None,
+                  concurrency: int | None = None,
+                  rate: tuple[int, float] | None = None) -> None:
+        """Limit one queue or one job type (give exactly one): at most ``concurrency``
+        jobs RUNNING at once over all workers, and at most ``rate[0]`` claims per
+        ``rate[1]`` seconds (a sliding window over the claims' own times). A job held back
+        stays pending and is not charged an attempt. Both None removes the limit. The
+        whole limit of that queue/job type is replaced."""
+        if (queue is None) == (job_type is None):
+            raise ValueError("set_limit takes exactly one of queue= or job_type=")
+        scope, name = ((R.SCOPE_QUEUE, queue) if queue is not None
+                       else (R.SCOPE_JOB_TYPE, job_type))
+        check_name(name, "queue" if scope == R.SCOPE_QUEUE else "job_type")
+        conc = 0
+        if concurrency is not None:
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                    or not 1 <= concurrency <= 0xFFFFFFFF:
+                raise ValueError(f"concurrency must be an int >= 1 (or None), got "
+                                 f"{concurrency!r}")
+            conc = concurrency
+        count = period = 0
+        if rate is not None:
+            if not isinstance(rate, tuple) or len(rate) != 2:
+                raise TypeError("rate must be a (count, seconds) tuple")
+            count, seconds = rate
+            if isinstance(count, bool) or not isinstance(count, int) \
+                    or not 1 <= count <= 0xFFFFFFFF:
+                raise ValueError(f"rate count must be an int >= 1, got {count!r}")
+            check_seconds(seconds, "rate period")
+            period = round(seconds * 1000)
+            if period < 1:
+                raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
+        assert name is not None
+        self._control(R.Limit(scope, name, self._now_ms(), conc, count, period))
+
+    def schedule_periodic(self, name: str, cron: str, job: Job, *, tz: str = "UTC",
+                          missed: str = "skip", grace: float = 60.0):
+        """Enqueue a copy of ``job`` (a new id each time) at every due time of the cron
+        expression ``cron`` in time zone ``tz``. Each firing is a PERIODIC_FIRE record in
+        one batch with its enqueue, so a due time fires once however many times the
+        process restarts. ``missed``: "skip" (default: due times older than ``grace``
+        seconds are not run) or "once" (after downtime the latest missed one runs once).
+        The schedule itself lives in this Queue object (register it at startup, like a
+        handler); the reaper thread fires it, or call run_periodic(). Replaces a schedule
+        of the same name. Returns the schedule (aurora_log.local.cron.Periodic)."""
+        from .cron import CronSchedule, Periodic
+        check_name(name, "schedule name")
+        if not isinstance(job, Job):
+            raise TypeError(f"schedule_periodic takes a Job template, not {type(job).__name__}")
+        check_seconds(grace, "grace")
+        sched = Periodic(name, CronSchedule(cron, tz), job.copy(), missed,
+                         round(grace * 1000))
+        self._build(self._firing(sched, self._now_ms()), self._now_ms())   # validates
+        with self._lock:
+            self._check_open(write=False)
+            self._schedules[name] = sched
+        return sched
+
+    def unschedule_periodic(self, name: str) -> bool:
+        """Forget the schedule ``name`` in this process; True if it existed."""
+        with self._lock:
+            return self._schedules.pop(name, None) is not None
+
+    @staticmethod
+    def _firing(sched, now_ms: int) -> Job:
+        """The job one firing enqueues: the template with a new id, created now."""
+        from ..job import from_ms, new_id
+        j = sched.template.copy()
+        j.id = new_id()
+        j.created_at = from_ms(now_ms)
+        return j
+
+    def run_periodic(self, now: datetime | float | None = None) -> builtins.list[str]:
+        """Fire every registered schedule that is due (see schedule_periodic); returns the
+        ids of the jobs enqueued. The reaper thread calls this every reaper_interval."""
+        if not self._schedules:
+            return []
+        fired: builtins.list[str] = []
+        for name in builtins.list(self._schedules):
+            now_ms = self._now_ms() if now is None else self._ms(now)
+            with self._cond:
+                self._check_open()
+                sched = self._schedules.get(name)
+                if sched is None:
+                    continue
+                due = sched.due_to_fire(self._state.control.fired.get(name), now_ms)
+                if due is None:
+                    continue
+                job = self._firing(sched, now_ms)
+                rec, payload = self._build(job, now_ms)
+                owner = (self._state.unique_owner(rec.unique_key)
+                         if rec.unique_key is not None else None)
+                fire = R.PeriodicFire(name, now_ms, due, owner or rec.id)
+                if owner is not None:          # its unique key is taken: fired, no new job
+                    reserved = self._reserve_apply([fire])
+                else:
+                    reserved = self._reserve_apply([fire, rec],
+                                                   [R.encode(fire), (R.ENQUEUE, payload)])
+                    fired.append(rec.id)
+                self._cond.notify_all()
+            self._publish(reserved, "durable")
+        return fired
+
+    @staticmethod
+    def _ms(now: datetime | float) -> int:
+        if isinstance(now, datetime):
+            return to_ms(now, "now")
+        if isinstance(now, (int, float)) and not isinstance(now, bool):
+            return round(now * 1000)
+        raise TypeError("now must be a datetime, epoch seconds or None")
 
     # ------------------------------------------------------------------ reads
 
@@ -768,6 +974,7 @@ class Queue:
             self._check_open(write=False)
             out = self._state.stats()
             out["last_lsn"] = self._state.last_lsn
+            out["control"] = self._state.control.describe()
             return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:

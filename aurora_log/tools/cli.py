@@ -110,6 +110,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> tuple[int, float]:
+    count, sep, period = text.partition("/")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (e.g. 10/60 or 5/1s)")
+    try:
+        n = int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {count!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"rate count must be >= 1: {text!r}")
+    seconds = _seconds(period)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"rate period must be > 0: {text!r}")
+    return n, seconds
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -184,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", metavar="ID")
     sp = cmd("cancel", "cancel a job (a running job is asked to stop)", cmd_cancel)
     sp.add_argument("job_id", metavar="ID")
+
+    sp = cmd("pause", "stop handing out the jobs of a queue (survives restarts)", cmd_pause)
+    sp.add_argument("queue", metavar="QUEUE")
+    sp = cmd("resume", "hand out the jobs of a paused queue again", cmd_resume)
+    sp.add_argument("queue", metavar="QUEUE")
+    sp = cmd("limit", "set (or, with no limit given, remove) the limit of a queue or job type",
+             cmd_limit)
+    _add(sp, "--queue", default=None, help="the queue to limit")
+    _add(sp, "--job-type", default=None, help="the job type to limit")
+    _add(sp, "--concurrency", type=_positive_int, default=None,
+         help="at most this many running at once")
+    _add(sp, "--rate", type=_rate, default=None,
+         help="at most N claims per period, as N/SECONDS (e.g. 10/60, 5/1s, 100/1h)")
 
     sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
     _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
@@ -608,6 +637,36 @@ def cmd_cancel(args) -> int:
         _out(f"{args.job_id}: cancel requested (the job is running; its worker will stop it)")
     else:
         _out(f"{args.job_id}: {_status(status)}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    with _open_store(args.dir, write=True) as q:
+        q.pause(args.queue)
+    _out(f"queue {args.queue}: paused")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    with _open_store(args.dir, write=True) as q:
+        q.resume(args.queue)
+    _out(f"queue {args.queue}: resumed")
+    return 0
+
+
+def cmd_limit(args) -> int:
+    if (args.queue is None) == (args.job_type is None):
+        raise CliError("give exactly one of --queue or --job-type")
+    with _open_store(args.dir, write=True) as q:
+        q.set_limit(queue=args.queue, job_type=args.job_type, concurrency=args.concurrency,
+                    rate=args.rate)
+    what = f"queue {args.queue}" if args.queue is not None else f"job type {args.job_type}"
+    parts = []
+    if args.concurrency is not None:
+        parts.append(f"at most {args.concurrency} running")
+    if args.rate is not None:
+        parts.append(f"at most {args.rate[0]} claims per {args.rate[1]:g} s")
+    _out(f"{what}: {', '.join(parts) if parts else 'no limit'}")
     return 0
 
 
