@@ -24,7 +24,11 @@ _EXPORTS = {
     "benchmark_tasks": "bench", "BenchReport": "bench",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 - kept in _EXPORTS' order
+    "FakeClock", "drain", "RunResult", "next_due", "crash_test", "CrashPoint", "CrashAt",
+    "CrashReport", "crash_and_reopen", "open_queue", "exactly_once", "benchmark_tasks",
+    "BenchReport",
+]
 
 
 def __getattr__(name: str) -> Any:

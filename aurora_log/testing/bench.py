@@ -17,7 +17,8 @@ import dataclasses
 import math
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aurora_log.job import Job
 from aurora_log.tasks import build_job, encode_payload, registry
@@ -70,10 +71,11 @@ def _job_maker(q, task, args, kwargs) -> Callable[[int], Job]:
                              "say which with task=")
         job_type = types[0]
     else:
-        job_type = task if isinstance(task, str) else getattr(task, "job_type", None)
-    if not isinstance(job_type, str) or job_type not in reg:
-        raise ValueError(f"no handler registered on this queue for task {task!r}")
+        found = task if isinstance(task, str) else getattr(task, "job_type", None)
+        job_type = found if isinstance(found, str) else ""
     handler = reg.get(job_type)
+    if handler is None:
+        raise ValueError(f"no handler registered on this queue for task {task!r}")
     if handler.style == "args":
         payload = encode_payload(list(args), dict(kwargs or {}))
         return lambda i: build_job(job_type, payload, **handler.options)
@@ -95,7 +97,8 @@ def benchmark_tasks(q, n: int, concurrency: int, *, task: Any = None, args: tupl
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if isinstance(getattr(q, "_clock", None), FakeClock):
-        raise ValueError("benchmark_tasks needs a queue on the real clock, not a FakeClock")
+        raise ValueError(  # noqa: TRY004 - a wrong queue setup, not a wrong argument type
+            "benchmark_tasks needs a queue on the real clock, not a FakeClock")
     make = make_job if make_job is not None else _job_maker(q, task, args, kwargs)
     latencies: list[float] = []
     counts = {"completed": 0, "dead_letter": 0, "cancelled": 0, "failed": 0}

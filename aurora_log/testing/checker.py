@@ -30,8 +30,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aurora_log.errors import AuroraLogError
 from aurora_log.job import Job
@@ -118,7 +118,7 @@ class RefModel:
             j.status = "dead_letter"
         return j.status
 
-    def reopened(self) -> "RefModel":
+    def reopened(self) -> RefModel:
         """The state a reopen shows: running jobs were reaped ("process died")."""
         m = RefModel()
         m.jobs = {k: copy.copy(j) for k, j in self.jobs.items()}
@@ -189,8 +189,8 @@ class History:
 
     def enqueue(self, q, jobs: list[Job]):
         ids = tuple(j.id for j in jobs)
-        extra = dict(payloads=tuple(canon(j.payload) for j in jobs),
-                     max_retries=tuple(j.max_retries for j in jobs))
+        extra = {"payloads": tuple(canon(j.payload) for j in jobs),
+                 "max_retries": tuple(j.max_retries for j in jobs)}
         fn = (lambda: q.enqueue(jobs[0])) if len(jobs) == 1 else (lambda: q.enqueue_many(jobs))
         op, _ = self._run("enqueue", fn, ids, **extra)
         self.model.apply(op)
@@ -312,6 +312,7 @@ class Checker:
         self.by_fp: dict[int, list[int]] = {}
         for k, fp in enumerate(self.fps):
             self.by_fp.setdefault(fp, []).append(k)
+        self._m, self._mk = RefModel(), 0       # _model_at's incremental model
         self.issued = {}
         for op in history.ops:
             if op.kind == "enqueue":
@@ -320,7 +321,7 @@ class Checker:
 
     def _model_at(self, k: int) -> RefModel:
         """The model after the first k ops (incremental: crash points come in order)."""
-        if getattr(self, "_mk", None) is None or k < self._mk:
+        if k < self._mk:
             self._m, self._mk = RefModel(), 0
         while self._mk < k:
             op = self.h.ops[self._mk]

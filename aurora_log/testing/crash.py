@@ -31,17 +31,25 @@ import tempfile
 import types
 import weakref
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from aurora_log.job import JobStatus
 
 from .checker import Checker, History, all_jobs
 from .clock import FakeClock
-from .runner import JobRunner, RunResult, WORKER_ID, next_due
+from .runner import JobRunner, RunResult, next_due
 
-__all__ = ["CrashPoint", "CrashAt", "CrashReport", "crash_test", "crash_and_reopen",
-           "open_queue", "exactly_once"]
+__all__ = [
+    "CrashAt",
+    "CrashPoint",
+    "CrashReport",
+    "crash_and_reopen",
+    "crash_test",
+    "exactly_once",
+    "open_queue",
+]
 
 WHERES = ("before", "checkpoint", "after")
 
@@ -108,7 +116,7 @@ class _Crash(BaseException):
 
 # ---------------------------------------------------------------- queues it can reopen
 
-_options: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_options: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 #: what the harness and the fixtures open: nothing runs in the background, so a run is
 #: deterministic, and every acknowledged write is on disk
@@ -300,7 +308,8 @@ class _Run:
 def _attempts(results: list[RunResult]) -> str:
     lines = []
     for r in results:
-        how = r.outcome if r.outcome != "crashed" else f"CRASHED ({r.error.split(': ', 1)[-1]})"
+        how = r.outcome if r.outcome != "crashed" else \
+            f"CRASHED ({(r.error or '').split(': ', 1)[-1]})"
         lines.append(f"  job {r.job_id} ({r.job_type}) attempt {r.attempt}: {how}")
     return "\n".join(lines)
 

@@ -10,15 +10,16 @@ the queue's: priority, then due time, then FIFO.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from aurora_log.job import Job, JobStatus
 from aurora_log.worker import Context, Worker
 
 from .clock import FakeClock
 
-__all__ = ["RunResult", "drain", "next_due", "JobRunner"]
+__all__ = ["JobRunner", "RunResult", "drain", "next_due"]
 
 WORKER_ID = "aurora-log-testing"
 

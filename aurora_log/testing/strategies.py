@@ -8,16 +8,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Callable, Sequence
 
 from hypothesis import strategies as st
 
 from aurora_log.job import Job, JobPriority, from_ms
 
-__all__ = ["payloads", "jobs", "crash_schedules", "clock_steps"]
+__all__ = ["clock_steps", "crash_schedules", "jobs", "payloads"]
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 _names = st.text(st.characters(min_codepoint=48, max_codepoint=122,
                                whitelist_categories=("Ll", "Lu", "Nd")), min_size=1, max_size=12)
 

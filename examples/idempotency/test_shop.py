@@ -6,10 +6,9 @@
 import uuid
 
 import pytest
+from shop import Ledger, register_safe, register_unsafe
 
 from aurora_log.testing import crash_test, exactly_once
-
-from shop import Ledger, register_safe, register_unsafe
 
 ORDERS = {"A-1": 1250, "A-2": 990}
 
