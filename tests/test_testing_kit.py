@@ -242,6 +242,19 @@ def test_drain_honours_schedules_and_advances_to_the_next_due_time(aurora_queue,
     assert seen == [("now", t0), ("later", t0 + 90)]
 
 
+def test_drain_waits_out_the_lease_of_a_worker_that_vanished(aurora_queue, aurora_clock):
+    aurora_queue.register_handler("l", lambda job: job.retry_count)
+    aurora_queue.enqueue(Job("l", lease_duration=30))
+    gone = aurora_queue.claim("vanished-worker")      # claimed, never heartbeated again
+    t0 = aurora_clock()
+    (run,) = drain(aurora_queue)
+    assert (run.job_id, run.attempt, run.outcome, run.result) == (gone.id, 2, "completed", 1)
+    # the lease ran out at +30 s (reaped 1 ms later), then the retry waited its 5 s backoff
+    assert aurora_clock() - t0 == pytest.approx(35.001)
+    assert [t.kind for t in aurora_queue.history(gone.id)] == [
+        "enqueue", "claim", "reap", "claim", "complete"]
+
+
 def test_drain_clock_steps_move_time_before_each_claim(aurora_queue, aurora_clock):
     aurora_queue.register_handler("c", lambda job: aurora_clock())
     for _ in range(3):

@@ -51,18 +51,22 @@ class RunResult:
 
 
 def next_due(q) -> float | None:
-    """The earliest time (epoch seconds) a waiting job (scheduled, or a retry after backoff)
-    becomes due, later than the queue's clock now; None if none waits."""
+    """The earliest time (epoch seconds), later than the queue's clock now, at which
+    something becomes due: a scheduled job, a retry after its backoff, or a running job whose
+    lease or timeout runs out (the reaper then gives it back); None if nothing waits."""
     now = q._clock()
-    best = None
+    times = []
     for status in (JobStatus.PENDING, JobStatus.FAILED):
-        for job in q.list(status=status, limit=1 << 30):
-            if job.scheduled_at is None:
-                continue
-            t = job.scheduled_at.timestamp()
-            if t > now and (best is None or t < best):
-                best = t
-    return best
+        times += [j.scheduled_at.timestamp() for j in q.list(status=status, limit=1 << 30)
+                  if j.scheduled_at is not None]
+    for job in q.list(status=JobStatus.RUNNING, limit=1 << 30):
+        # the reaper acts once now > deadline: one millisecond past it
+        if job.lease_deadline is not None:
+            times.append(job.lease_deadline.timestamp() + 0.001)
+        if job.timeout_seconds is not None and job.started_at is not None:
+            times.append(job.started_at.timestamp() + job.timeout_seconds + 0.001)
+    later = [t for t in times if t > now]
+    return min(later) if later else None
 
 
 class JobRunner:
