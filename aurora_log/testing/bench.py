@@ -8,7 +8,8 @@
 
 Jobs are enqueued in one batch before the clock starts; the figure covers claiming, running
 the handler and the durable completion, i.e. what a worker of that concurrency sustains.
-Latency is per job, from its claim to its acknowledged outcome, read on the queue's clock.
+Latency is per job, from its claim to its acknowledged outcome, read on the queue's clock
+(the claim time is kept to the millisecond, so each latency is good to about 0.5 ms).
 """
 
 from __future__ import annotations
