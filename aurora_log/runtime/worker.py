@@ -111,6 +111,8 @@ class Context:
         self._loop = None                        # ... and the worker's loop it runs on
         self._child: subprocess.Popen | None = None
         self._kill_at: float | None = None
+        # set by aurora_log.testing's crash harness: called with (ctx, name) at checkpoints
+        self._checkpoint_hook: Callable[["Context", str], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Context job={self.job_id} attempt={self.attempt} cancelled={self.cancelled}>"
@@ -128,6 +130,14 @@ class Context:
         """Raise JobCancelled (JobTimeout for a timeout) if the job should stop."""
         if self._event.is_set():
             raise _cancel_exc(self._reason or "cancelled")
+
+    def checkpoint(self, name: str) -> None:
+        """Mark a point inside the handler, e.g. ``ctx.checkpoint("charged")`` right after
+        an external side effect. A no-op in a worker; the crash harness of
+        ``aurora_log.testing`` crashes the worker there to show what a redelivery does."""
+        hook = self._checkpoint_hook
+        if hook is not None:
+            hook(self, name)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up and raise JobCancelled as soon as the job should stop."""
@@ -453,23 +463,28 @@ class Worker:
         now = time.monotonic()
         ctx._deadline = now + timeout if timeout else None
         ctx._next_hb = now + lease / 3.0
-        handler = self.registry.get(job.job_type)
         with self._active_lock:
             self._active[job.id] = (ctx, threading.current_thread())
         try:
             log.debug("job %s (%s) attempt %d started", job.id, job.job_type, ctx.attempt)
-            if handler is None:
-                outcome = _Outcome("fail", f"no handler registered for {job.job_type!r}")
-            elif self.isolation == "process":
-                outcome = self._run_process(ctx, handler)
-            elif handler.is_async:
-                outcome = self._run_async(ctx, handler)
-            else:
-                outcome = self._run_inline(ctx, handler)
-            self._finish(ctx, outcome)
+            self._finish(ctx, self._dispatch(ctx))
         finally:
             with self._active_lock:
                 self._active.pop(job.id, None)
+
+    def _dispatch(self, ctx: Context) -> _Outcome:
+        """Run the job's handler (found by job_type) the way this worker runs handlers and
+        say how it ended; nothing is recorded yet (``_finish`` does that). Also the entry
+        point of aurora_log.testing's drain and crash harness, so they run handlers
+        exactly as a worker does."""
+        handler = self.registry.get(ctx.job.job_type)
+        if handler is None:
+            return _Outcome("fail", f"no handler registered for {ctx.job.job_type!r}")
+        if self.isolation == "process":
+            return self._run_process(ctx, handler)
+        if handler.is_async:
+            return self._run_async(ctx, handler)
+        return self._run_inline(ctx, handler)
 
     def _run_inline(self, ctx: Context, handler: _tasks.Handler) -> _Outcome:
         token = _current.set(ctx)
