@@ -66,3 +66,9 @@ class InvalidStateError(AuroraLogError):
 
 class ReadOnlyError(AuroraLogError):
     """A write was attempted on a store opened read_only (or as_of a past moment)."""
+
+
+class RecordError(CorruptionError):
+    """A record payload that does not decode (wrong length, unknown version or type,
+    invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
+
