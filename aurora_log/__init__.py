@@ -9,18 +9,22 @@ from .errors import (
     CorruptionError,
     DurabilityError,
     InvalidStateError,
+    JobCancelled,
     JobNotFoundError,
+    JobTimeout,
     LockedError,
     ReadOnlyError,
     StaleLeaseError,
+    TaskCancelled,
+    TaskFailed,
 )
 
 from .job import Job, JobPriority, JobStatus
 from .local.queue import Queue, open
 from .local.state import Transition
 from .local.verify import VerifyReport, verify
-from .runtime.tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
-from .runtime.worker import Context, JobCancelled, JobTimeout, Worker, current_context
+from .runtime.tasks import TaskHandle, register_handler, task
+from .runtime.worker import Context, Worker, current_context
 
 __version__ = "0.1.0"
 

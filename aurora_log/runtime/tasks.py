@@ -33,7 +33,7 @@ import time
 import weakref
 from typing import Any, Callable
 
-from ..errors import AuroraLogError
+from ..errors import TaskCancelled, TaskFailed
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
@@ -42,24 +42,6 @@ __all__ = [
 
 #: job statuses after which a job never runs again on its own (string values, see job.py)
 _FINAL = {"completed", "dead_letter", "cancelled"}
-
-
-class TaskFailed(AuroraLogError):
-    """``handle.result()`` of a job that ended in the dead-letter queue. ``.error`` holds the
-    last error the handler raised (or "timeout", "no handler registered for 'x'", ...)."""
-
-    def __init__(self, job_id: str, error: str | None):
-        self.job_id = job_id
-        self.error = error
-        super().__init__(f"job {job_id} failed: {error}")
-
-
-class TaskCancelled(AuroraLogError):
-    """``handle.result()`` of a job that was cancelled."""
-
-    def __init__(self, job_id: str):
-        self.job_id = job_id
-        super().__init__(f"job {job_id} was cancelled")
 
 
 @dataclasses.dataclass(frozen=True)

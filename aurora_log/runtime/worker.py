@@ -44,8 +44,8 @@ import uuid
 from typing import Any, Callable
 
 from ..errors import (
-    AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobNotFoundError,
-    ReadOnlyError, StaleLeaseError,
+    AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobCancelled,
+    JobNotFoundError, JobTimeout, ReadOnlyError, StaleLeaseError,
 )
 from . import tasks as _tasks
 
@@ -55,22 +55,6 @@ log = logging.getLogger("aurora_log.worker")
 
 DEFAULT_LEASE = 30.0
 MAX_ERROR_CHARS = 4000
-
-
-class JobCancelled(AuroraLogError):
-    """Raised by ``ctx.check()`` once the running job should stop. ``reason`` is
-    "cancelled" (q.cancel), "timeout", "shutdown" or "lost" (the lease is gone)."""
-
-    def __init__(self, reason: str = "cancelled"):
-        self.reason = reason
-        super().__init__(reason)
-
-
-class JobTimeout(JobCancelled):
-    """The job ran past its timeout_seconds."""
-
-    def __init__(self, reason: str = "timeout"):
-        super().__init__(reason)
 
 
 _current: contextvars.ContextVar["Context | None"] = contextvars.ContextVar(

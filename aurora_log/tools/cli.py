@@ -39,21 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
-                     StaleLeaseError)
+from ..errors import (AuroraLogError, CliError, InvalidStateError, JobNotFoundError,
+                      LockedError, StaleLeaseError)
 
 PROG = "aurora-log"
 EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
 
 log = logging.getLogger("aurora_log.cli")
-
-
-class CliError(Exception):
-    """A failure to report as one line (and exit status ``code``)."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR):
-        self.code = code
-        super().__init__(message)
 
 
 # ------------------------------------------------------------------------ env defaults
