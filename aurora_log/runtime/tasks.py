@@ -37,7 +37,7 @@ from ..errors import TaskCancelled, TaskFailed
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
-    "task", "register_handler", "registry", "encode_payload",
+    "task", "register_handler", "registry", "call_payload",
 ]
 
 #: job statuses after which a job never runs again on its own (string values, see job.py)
@@ -220,17 +220,18 @@ class Task:
         return enqueue
 
     def _enqueue(self, args, kwargs, over) -> "TaskHandle":
-        payload = encode_payload(list(args), dict(kwargs))
+        payload = call_payload(list(args), dict(kwargs))
         opts = {**self.handler.options, **over}
         job = build_job(self.job_type, payload, **opts)
         job_id = self.queue.enqueue(job)
         return TaskHandle(self.queue, job_id)
 
 
-def encode_payload(args: list, kwargs: dict) -> dict:
-    """The JSON payload of a task call. TypeError (before anything is written) if an
-    argument is not JSON-encodable; the payload is what a worker will see after a JSON
-    round trip (tuples become lists)."""
+def call_payload(args: list, kwargs: dict) -> dict:
+    """The payload of a task call, ``{"args": [...], "kwargs": {...}}``, as the worker will
+    see it after a JSON round trip (tuples become lists). TypeError (before anything is
+    written) if an argument is not JSON-encodable. (Not to be confused with
+    ``job.encode_payload``, which turns any payload into the bytes a record stores.)"""
     payload = {"args": args, "kwargs": kwargs}
     try:
         text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
