@@ -48,10 +48,10 @@ import os
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 __all__ = [
-    "Job", "JobPriority", "JobStatus", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT_SECONDS",
+    "Job", "JobPriority", "JobStatus", "STATUS_CODES", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT_SECONDS",
     "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP", "MAX_NAME_CHARS",
     "encode_payload", "encode_json", "decode_json", "to_ms", "from_ms", "now_ms",
     "check_name", "check_text", "new_id",
@@ -107,9 +107,21 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
 
 
-# Small integer codes used inside records and the state (stable: they are on disk).
-_STATUS_CODE = {JobStatus.PENDING: 1, JobStatus.RUNNING: 2, JobStatus.COMPLETED: 3,
-                JobStatus.FAILED: 4, JobStatus.DEAD_LETTER: 5, JobStatus.CANCELLED: 6}
+class StatusCodes(NamedTuple):
+    """The small integer code of each JobStatus, as records and the state's fold store it
+    (stable: they are on disk). Written here and nowhere else: the engine's hot paths
+    compare plain ints, so they unpack ``STATUS_CODES`` (field order = JobStatus order)
+    instead of repeating the numbers."""
+    PENDING: int = 1
+    RUNNING: int = 2
+    COMPLETED: int = 3
+    FAILED: int = 4
+    DEAD_LETTER: int = 5
+    CANCELLED: int = 6
+
+
+STATUS_CODES = StatusCodes()
+_STATUS_CODE: dict[JobStatus, int] = {s: getattr(STATUS_CODES, s.name) for s in JobStatus}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 
 

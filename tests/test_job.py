@@ -246,3 +246,11 @@ def test_cycles_and_deep_nesting_are_rejected_with_a_short_message():
         cur = cur["d"]
     with pytest.raises(ValueError, match="nested"):
         Job("x", deep)
+
+
+def test_status_codes_are_written_once_in_job_order():
+    from aurora_log.job import STATUS_CODES
+    # the engine unpacks STATUS_CODES positionally: its fields follow JobStatus, in order
+    assert STATUS_CODES._fields == tuple(s.name for s in JobStatus)
+    assert tuple(s.code for s in JobStatus) == tuple(STATUS_CODES) == (1, 2, 3, 4, 5, 6)
+    assert all(JobStatus.from_code(s.code) is s for s in JobStatus)
