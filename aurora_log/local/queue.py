@@ -622,7 +622,7 @@ class Queue:
         """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
         finished more than ``older_than`` seconds ago (or before ``before``) from the live
         state, with a PURGE record. Returns how many."""
-        statuses = (3, 5, 6)
+        statuses = tuple(s.code for s in JobStatus if s.is_finished)
         if status is not None:
             st = JobStatus(status)
             if not st.is_finished:

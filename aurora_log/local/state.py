@@ -43,11 +43,11 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import records as R
 from ..errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
+from ..job import STATUS_CODES, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
 
 __all__ = ["State", "Transition", "EXPORT_VERSION"]
 
-PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
+PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = STATUS_CODES
 _WAITING = (PENDING, FAILED)           # claimable once due
 _LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
 _FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
