@@ -27,12 +27,16 @@ from .local.queue import Queue
 from .local.state import Transition
 from .local.verify import VerifyReport, verify
 from .runtime import isolation as _isolation
+from .runtime import tasks as _tasks
 from .runtime.tasks import TaskHandle, register_handler, task
 from .runtime.worker import Context, Worker, current_context
 
 __version__ = "0.1.0"
 
 # This module is the composition root: the one place the layers are wired together.
+# ``q.task`` / ``q.register_handler`` on the engine's Queue forward to the task layer,
+# which sits above the engine; the engine does not import it, it is handed it here.
+_local_queue.bind_task_layer(_tasks)
 
 
 def open(path: Any, **options: Any) -> Queue:  # noqa: A001 - the documented entry point
