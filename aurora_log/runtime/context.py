@@ -13,7 +13,8 @@ import contextvars
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from ..errors import JobCancelled, JobTimeout
 

@@ -34,7 +34,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Literal
+from collections.abc import Callable
 
 from ..errors import JobCancelled
 from . import tasks as _tasks
@@ -79,7 +80,7 @@ class HandlerOnlyQueue:
     def __enter__(self) -> HandlerOnlyQueue:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
     def __getattr__(self, name: str) -> Any:

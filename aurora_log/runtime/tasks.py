@@ -5,7 +5,8 @@ Two styles, one registry per queue:
     @q.task(priority=JobPriority.HIGH, max_retries=5)
     def resize(path, width=800):            # a plain function: resize("a.png") just calls it
         ...
-    h = resize.enqueue("a.png", width=640)  # -> TaskHandle; payload {"args": [...], "kwargs": {...}}
+    h = resize.enqueue("a.png", width=640)  # -> TaskHandle
+    # (its payload: {"args": ["a.png"], "kwargs": {"width": 640}})
     h.result(timeout=30)
 
     def send_email(job):                    # seed style: the handler receives the Job
@@ -31,7 +32,8 @@ import json
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..errors import TaskCancelled, TaskFailed
 
@@ -75,7 +77,7 @@ class Handler:
 class TaskRegistry:
     """job_type -> Handler. Thread-safe; registering the same job_type again replaces it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
 
@@ -102,7 +104,7 @@ class TaskRegistry:
 
 
 # One registry per queue object. Weak keys: a closed, dropped queue takes its registry along.
-_registries: "weakref.WeakKeyDictionary[Any, TaskRegistry]" = weakref.WeakKeyDictionary()
+_registries: weakref.WeakKeyDictionary[Any, TaskRegistry] = weakref.WeakKeyDictionary()
 _registries_by_id: dict[int, tuple[Any, TaskRegistry]] = {}   # for queues without weakref
 _reg_lock = threading.Lock()
 
@@ -135,7 +137,7 @@ def _check_name(name) -> None:
 
 def _is_async(fn) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None))
+        getattr(fn, "__call__", None))   # noqa: B004 - an instance's async __call__
 
 
 def register_handler(q, job_type: str, fn: Callable[..., Any], *,
@@ -199,14 +201,14 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.job_type}>"
 
-    def enqueue(self, *args, **kwargs) -> "TaskHandle":
+    def enqueue(self, *args, **kwargs) -> TaskHandle:
         """Enqueue one run with the task's default options. Durable when it returns (sync mode)."""
         return self._enqueue(args, kwargs, {})
 
     def enqueue_with(self, *, priority=None, delay: float | None = None, at=None,
                      unique_key: str | None = None, max_retries: int | None = None,
                      timeout: float | None = None, queue: str | None = None,
-                     lease: float | None = None) -> Callable[..., "TaskHandle"]:
+                     lease: float | None = None) -> Callable[..., TaskHandle]:
         """``resize.enqueue_with(priority=JobPriority.HIGH, delay=60)("a.png")``: one run
         with options overridden. ``delay`` is seconds from now; ``at`` a datetime (or a Unix
         timestamp); ``unique_key``: at most one live job per key (if the queue supports it)."""
@@ -219,7 +221,7 @@ class Task:
 
         return enqueue
 
-    def _enqueue(self, args, kwargs, over) -> "TaskHandle":
+    def _enqueue(self, args, kwargs, over) -> TaskHandle:
         payload = call_payload(list(args), dict(kwargs))
         opts = {**self.handler.options, **over}
         job = build_job(self.job_type, payload, **opts)
@@ -262,11 +264,11 @@ def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, 
     when = None
     if at is not None:
         when = at if isinstance(at, _dt.datetime) else _dt.datetime.fromtimestamp(
-            float(at), _dt.timezone.utc)
+            float(at), _dt.UTC)
         if when.tzinfo is None:
             raise ValueError("at= must be timezone-aware (or a Unix timestamp)")
     elif delay is not None:
-        when = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=float(delay))
+        when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=float(delay))
     if when is not None:
         fields["scheduled_at"] = when
     return Job(**fields)
@@ -319,7 +321,8 @@ class TaskHandle:
         if state == "completed":
             return True, getattr(job, "result", None)
         if state == "dead_letter":
-            raise TaskFailed(self.id, getattr(job, "error", None) or getattr(job, "last_error", None))
+            error = getattr(job, "error", None) or getattr(job, "last_error", None)
+            raise TaskFailed(self.id, error)
         if state == "cancelled":
             raise TaskCancelled(self.id)
         return False, None

@@ -40,14 +40,15 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import (
     AuroraLogError, ClosedError, DurabilityError, InvalidStateError, JobCancelled,
     JobNotFoundError, JobTimeout, ReadOnlyError, StaleLeaseError,
 )
-from . import isolation
+from . import isolation as _isolation
 from . import tasks as _tasks
 from .context import Context, current_context, reset_current, set_current
 from .event_loop import EventLoopThread, HandlerExit
@@ -60,7 +61,7 @@ log = logging.getLogger("aurora_log.worker")
 DEFAULT_LEASE = 30.0
 
 
-def _seconds(value) -> float | None:
+def _seconds(value: float | _dt.timedelta | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, _dt.timedelta):
@@ -86,7 +87,9 @@ class Worker:
       ("completed", "failed", "dead_letter", "cancelled" as returned by the queue).
     """
 
-    def __init__(self, queue, *, concurrency: int | None = None, queues=None, job_types=None,
+    def __init__(self, queue: Any, *, concurrency: int | None = None,
+                 queues: str | Iterable[str] | None = None,
+                 job_types: str | Iterable[str] | None = None,
                  isolation: str = "thread", shutdown_timeout: float = 30.0,
                  worker_id: str | None = None, poll_interval: float = 0.5,
                  max_result_bytes: int = 256 << 10, registry: _tasks.TaskRegistry | None = None,
@@ -132,7 +135,7 @@ class Worker:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         """Start the threads and return (``run()`` = start + wait for a signal + stop)."""
         if self._started:
             raise RuntimeError("worker already started")
@@ -166,7 +169,8 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _on_signal(self, signum, frame) -> None:     # flag only: no locks, no I/O
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # flag only: no locks, no I/O
         self._signals += 1
 
     def request_stop(self, *, force: bool = False) -> None:
@@ -203,7 +207,8 @@ class Worker:
                 self._forced.set()
                 break
             if time.monotonic() >= deadline:
-                log.warning("shutdown timeout (%.0f s) reached: stopping now", self.shutdown_timeout)
+                log.warning("shutdown timeout (%.0f s) reached: stopping now",
+                            self.shutdown_timeout)
                 self._forced.set()
                 break
             time.sleep(0.05)
@@ -232,7 +237,7 @@ class Worker:
                     continue
                 ctx._final = True
             ctx._request_stop("shutdown")
-            isolation.kill_child(ctx)
+            _isolation.kill_child(ctx)
             if release is not None:
                 try:
                     release(ctx.job_id, ctx.job.token)
@@ -256,8 +261,8 @@ class Worker:
     def _spawn_thread(self) -> None:
         with self._threads_lock:
             self._thread_seq += 1
-            t = threading.Thread(target=self._thread_main, name=f"aurora-log-worker-{self._thread_seq}",
-                                 daemon=True)
+            t = threading.Thread(target=self._thread_main,
+                                 name=f"aurora-log-worker-{self._thread_seq}", daemon=True)
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
 
@@ -305,8 +310,11 @@ class Worker:
 
     # ---------------------------------------------------------------- running a job
 
-    def _run_job(self, job) -> None:
-        ctx = Context(job, sink=lambda f, m, _job=job: self.queue.progress(_job.id, _job.token, f, m))
+    def _run_job(self, job: Any) -> None:
+        def record_progress(fraction: float, message: str | None) -> None:
+            self.queue.progress(job.id, job.token, fraction, message)
+
+        ctx = Context(job, sink=record_progress)
         timeout = _seconds(getattr(job, "timeout_seconds", None))
         lease = _seconds(getattr(job, "lease_duration", None)) or DEFAULT_LEASE
         now = time.monotonic()
@@ -320,7 +328,7 @@ class Worker:
             if handler is None:
                 outcome = Outcome("fail", f"no handler registered for {job.job_type!r}")
             elif self.isolation == "process":
-                outcome = isolation.run_in_child(ctx, handler, self.import_path)
+                outcome = _isolation.run_in_child(ctx, handler, self.import_path)
             elif handler.is_async:
                 outcome = self._event_loop.run_handler(ctx, handler)
             else:
@@ -408,9 +416,11 @@ class Worker:
         if status == "cancelled":
             log.info("job %s (%s) cancelled", job.id, job.job_type)
         elif status == "dead_letter":
-            log.warning("job %s (%s) failed for good (dead letter): %s", job.id, job.job_type, first)
+            log.warning("job %s (%s) failed for good (dead letter): %s", job.id, job.job_type,
+                        first)
         else:
-            log.warning("job %s (%s) attempt %d failed: %s", job.id, job.job_type, ctx.attempt, first)
+            log.warning("job %s (%s) attempt %d failed: %s", job.id, job.job_type, ctx.attempt,
+                        first)
         return status
 
     def _store_failed(self, exc: BaseException) -> None:
@@ -441,7 +451,7 @@ class Worker:
                     if ctx._deadline is not None and now >= ctx._deadline:
                         self._on_timeout(ctx, thread)
                     elif ctx._kill_at is not None and now >= ctx._kill_at:
-                        isolation.kill_child(ctx)
+                        _isolation.kill_child(ctx)
                     elif now >= ctx._next_hb:
                         self._heartbeat(ctx)
                     elif now >= ctx._next_cancel_poll:
@@ -465,7 +475,7 @@ class Worker:
             self._count("lost")
             log.warning("job %s lost its lease (%s); telling the handler to stop", job.id, exc)
             ctx._request_stop("lost")
-            isolation.kill_child(ctx)
+            _isolation.kill_child(ctx)
             return
         except ClosedError:
             return
@@ -496,7 +506,7 @@ class Worker:
         log.info("job %s: cancel requested", ctx.job_id)
         ctx._request_stop("cancelled")
         if ctx._child is not None:
-            isolation.cancel_child(ctx)
+            _isolation.cancel_child(ctx)
             grace = time.monotonic() + self.cancel_grace
             ctx._kill_at = grace if ctx._deadline is None else min(grace, ctx._deadline)
 
@@ -504,22 +514,22 @@ class Worker:
         ctx._request_stop("timeout")
         self._count("timeout")
         if ctx._child is not None:
-            isolation.kill_child(ctx)        # the job's thread sees the child die and settles it
+            _isolation.kill_child(ctx)        # the job's thread sees the child die and settles it
             return
         # A thread cannot be killed: settle the job now, and replace the thread if the
         # handler does not come back by itself shortly.
         log.warning("job %s timed out; its handler was asked to stop", ctx.job_id)
         self._finish(ctx, Outcome("fail", "timeout"))
-        if not self._stopping.is_set():
+        if not self._stopping.is_set() and thread.ident is not None:
             self._retiring.add(thread.ident)
             self._spawn_thread()
 
 
-def _status_str(status) -> str:
+def _status_str(status: object) -> str:
     return str(getattr(status, "value", status)).lower()
 
 
-def _as_list(value) -> list[str] | None:
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
