@@ -27,7 +27,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from aurora_log.errors import AuroraLogError
 from aurora_log.job import Job
@@ -75,7 +75,7 @@ class RefModel:
     def apply(self, op: HOp):
         k = op.kind
         if k == "enqueue":
-            for jid, p, mr in zip(op.ids, op.payloads, op.max_retries):
+            for jid, p, mr in zip(op.ids, op.payloads, op.max_retries, strict=True):
                 if jid not in self.jobs:
                     self.jobs[jid] = MJob(jid, p, mr)
         elif k == "claim":
@@ -110,7 +110,7 @@ class RefModel:
             j.status = "dead_letter"
         return j.status
 
-    def reopened(self) -> "RefModel":
+    def reopened(self) -> RefModel:
         """The state a reopen shows: running jobs were reaped ("process died")."""
         m = RefModel()
         m.jobs = {k: copy.copy(j) for k, j in self.jobs.items()}
@@ -284,7 +284,7 @@ class Checker:
         self.issued = {}
         for op in history.ops:
             if op.kind == "enqueue":
-                for jid, p in zip(op.ids, op.payloads):
+                for jid, p in zip(op.ids, op.payloads, strict=True):
                     self.issued[jid] = p
 
     def _model_at(self, k: int) -> RefModel:
