@@ -32,18 +32,16 @@ import json
 import threading
 import time
 import weakref
-from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, overload
 
-from ..errors import TaskCancelled, TaskFailed
+from ..errors import JobNotFoundError, TaskCancelled, TaskFailed
+from ..job import Job, JobPriority, JobStatus
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
     "task", "register_handler", "registry", "call_payload",
 ]
-
-#: job statuses after which a job never runs again on its own (string values, see job.py)
-_FINAL = {"completed", "dead_letter", "cancelled"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +59,7 @@ class Handler:
     is_async: bool = False
     options: dict = dataclasses.field(default_factory=dict)   # enqueue defaults
 
-    def call_args(self, job, ctx) -> tuple[tuple, dict]:
+    def call_args(self, job: Any, ctx: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The (args, kwargs) to call fn with for this job."""
         lead = (ctx,) if self.context else ()
         if self.style == "job":
@@ -93,7 +91,7 @@ class TaskRegistry:
     def __contains__(self, job_type: str) -> bool:
         return job_type in self._handlers
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(list(self._handlers))
 
     def __len__(self) -> int:
@@ -109,7 +107,7 @@ _registries_by_id: dict[int, tuple[Any, TaskRegistry]] = {}   # for queues witho
 _reg_lock = threading.Lock()
 
 
-def registry(queue) -> TaskRegistry:
+def registry(queue: Any) -> TaskRegistry:
     """The handler registry of ``queue`` (created on first use)."""
     with _reg_lock:
         try:
@@ -130,17 +128,17 @@ def all_registries() -> list[tuple[Any, TaskRegistry]]:
         return list(_registries.items()) + list(_registries_by_id.values())
 
 
-def _check_name(name) -> None:
+def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"job_type must be a non-empty string, not {name!r}")
 
 
-def _is_async(fn) -> bool:
+def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None))   # noqa: B004 - an instance's async __call__
 
 
-def register_handler(q, job_type: str, fn: Callable[..., Any], *,
+def register_handler(q: Any, job_type: str, fn: Callable[..., Any], *,
                      context: bool = False) -> Callable[..., Any]:
     """Seed style: ``fn(job)`` (or ``fn(ctx, job)`` with context=True) runs every job of
     ``job_type``; the Job (built by the caller) carries its own priority, retries and
@@ -160,7 +158,15 @@ def _check_options(options: dict) -> None:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
 
-def task(q, name: str | None = None, *, context: bool = False, **options):
+@overload
+def task(q: Any, name: Callable[..., Any], *, context: bool = False, **options: Any) -> Task: ...
+@overload
+def task(q: Any, name: str | None = None, *, context: bool = False,
+         **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+
+def task(q: Any, name: str | Callable[..., Any] | None = None, *, context: bool = False,
+         **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
     """``@task(q)`` / ``@task(q, "name", priority=..., max_retries=..., timeout=..., queue=...,
     lease=...)``. Also usable bare: ``task(q)(fn)``. The decorated function stays callable as
     before and gains ``.enqueue(*args, **kwargs)``, ``.enqueue_with(...)``, ``.job_type``."""
@@ -168,7 +174,7 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
         return task(q)(name)
     _check_options(options)
 
-    def decorate(fn):
+    def decorate(fn: Callable[..., Any]) -> Task:
         job_type = name or _default_name(fn)
         handler = Handler(job_type, fn, "args", bool(context), _is_async(fn), dict(options))
         registry(q).add(handler)
@@ -177,7 +183,7 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
     return decorate
 
 
-def _default_name(fn) -> str:
+def _default_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or ""
     qual = getattr(fn, "__qualname__", None) or fn.__name__
     if module in ("", "__main__", "__aurora_log_child__"):   # a script (as the process-
@@ -188,24 +194,25 @@ def _default_name(fn) -> str:
 class Task:
     """A decorated function: call it to run it here; ``.enqueue(...)`` to run it on a worker."""
 
-    def __init__(self, queue, handler: Handler):
+    def __init__(self, queue: Any, handler: Handler):
         self.queue = queue
         self.handler = handler
         self.fn = handler.fn
         self.job_type = handler.job_type
         functools.update_wrapper(self, handler.fn)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.job_type}>"
 
-    def enqueue(self, *args, **kwargs) -> TaskHandle:
+    def enqueue(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """Enqueue one run with the task's default options. Durable when it returns (sync mode)."""
         return self._enqueue(args, kwargs, {})
 
-    def enqueue_with(self, *, priority=None, delay: float | None = None, at=None,
+    def enqueue_with(self, *, priority: JobPriority | int | str | None = None,
+                     delay: float | None = None, at: _dt.datetime | float | None = None,
                      unique_key: str | None = None, max_retries: int | None = None,
                      timeout: float | None = None, queue: str | None = None,
                      lease: float | None = None) -> Callable[..., TaskHandle]:
@@ -216,12 +223,13 @@ class Task:
                 "max_retries": max_retries, "timeout": timeout, "queue": queue, "lease": lease}
         over = {k: v for k, v in over.items() if v is not None}
 
-        def enqueue(*args, **kwargs) -> TaskHandle:
+        def enqueue(*args: Any, **kwargs: Any) -> TaskHandle:
             return self._enqueue(args, kwargs, over)
 
         return enqueue
 
-    def _enqueue(self, args, kwargs, over) -> TaskHandle:
+    def _enqueue(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 over: dict[str, Any]) -> TaskHandle:
         payload = call_payload(list(args), dict(kwargs))
         opts = {**self.handler.options, **over}
         job = build_job(self.job_type, payload, **opts)
@@ -242,15 +250,16 @@ def call_payload(args: list, kwargs: dict) -> dict:
     return json.loads(text)
 
 
-def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, timeout=None,
-              queue=None, lease=None, delay=None, at=None, unique_key=None):
+def build_job(job_type: str, payload: dict[str, Any], *,
+              priority: JobPriority | int | str | None = None, max_retries: int | None = None,
+              timeout: float | None = None, queue: str | None = None,
+              lease: float | None = None, delay: float | None = None,
+              at: _dt.datetime | float | None = None, unique_key: str | None = None) -> Job:
     """A Job for the engine from task options (names as in @task) — the one place that knows
     job.py's constructor."""
-    from ..job import Job, JobPriority
-
     fields: dict[str, Any] = {"job_type": job_type, "payload": payload}
     if priority is not None:
-        fields["priority"] = _priority(priority, JobPriority)
+        fields["priority"] = _priority(priority)
     if max_retries is not None:
         fields["max_retries"] = int(max_retries)
     if timeout is not None:
@@ -274,18 +283,18 @@ def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, 
     return Job(**fields)
 
 
-def _priority(value, enum):
-    if isinstance(value, enum):
+def _priority(value: JobPriority | int | str) -> JobPriority:
+    if isinstance(value, JobPriority):
         return value
     if isinstance(value, str):
         try:
-            return enum[value.upper()]
+            return JobPriority[value.upper()]
         except KeyError:
             raise ValueError(f"unknown priority {value!r}") from None
-    return enum(value)
+    return JobPriority(value)
 
 
-def _status_name(job) -> str:
+def _status_name(job: Any) -> str:
     status = job.status
     return str(getattr(status, "value", status)).lower()
 
@@ -297,25 +306,24 @@ class TaskHandle:
 
     __slots__ = ("queue", "id")
 
-    def __init__(self, queue, job_id: str):
+    def __init__(self, queue: Any, job_id: str):
         self.queue = queue
         self.id = job_id
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}>"
 
-    def job(self):
+    def job(self) -> Job | None:
         return self.queue.get(self.id)
 
-    def status(self):
+    def status(self) -> JobStatus | None:
         """The job's current JobStatus (None if the queue no longer knows it)."""
         job = self.queue.get(self.id)
         return None if job is None else job.status
 
-    def _outcome(self):
+    def _outcome(self) -> tuple[bool, Any]:
         job = self.queue.get(self.id)
         if job is None:
-            from ..errors import JobNotFoundError
             raise JobNotFoundError(f"job {self.id} not found")
         state = _status_name(job)
         if state == "completed":
@@ -327,7 +335,7 @@ class TaskHandle:
             raise TaskCancelled(self.id)
         return False, None
 
-    def result(self, timeout: float | None = None, *, poll: float = 0.05):
+    def result(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Block until the job finished; its return value. TaskFailed (dead letter),
         TaskCancelled, TimeoutError after ``timeout`` seconds. A job waiting for a retry is
         not finished: the wait goes on."""
@@ -343,7 +351,7 @@ class TaskHandle:
             time.sleep(wait)
             delay = min(poll * 4, delay * 2)
 
-    async def result_async(self, timeout: float | None = None, *, poll: float = 0.05):
+    async def result_async(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """``result()`` for asyncio code: polls without blocking the event loop."""
         import asyncio
         loop = asyncio.get_running_loop()
@@ -359,7 +367,7 @@ class TaskHandle:
             delay = min(poll * 4, delay * 2)
 
 
-def find_handler(job_type: str, queue=None) -> Handler | None:
+def find_handler(job_type: str, queue: Any = None) -> Handler | None:
     """The handler for job_type: in queue's registry, or (queue=None) in any registry of this
     process."""
     if queue is not None:
