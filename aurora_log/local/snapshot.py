@@ -99,7 +99,6 @@ _IN_CHUNK = 1 << 20               # compressed bytes fed per call
 _BIG_OUT = 4 << 30                # up to this much content: decompressed in one call
 # completed, cancelled (dead letters wait for purge)
 _STATUS_FINISHED_RETAINED = (STATUS_CODES.COMPLETED, STATUS_CODES.CANCELLED)
-_FINISHED = (3, 5, 6)
 
 
 def _mask(crc: int) -> int:
