@@ -9,20 +9,45 @@ from .errors import (
     CorruptionError,
     DurabilityError,
     InvalidStateError,
+    JobCancelled,
     JobNotFoundError,
+    JobTimeout,
     LockedError,
     ReadOnlyError,
     StaleLeaseError,
+    TaskCancelled,
+    TaskFailed,
 )
 
+from typing import Any, cast
+
 from .job import Job, JobPriority, JobStatus
-from .local.queue import Queue, open
+from .local import queue as _local_queue
+from .local.queue import Queue
 from .local.state import Transition
 from .local.verify import VerifyReport, verify
-from .runtime.tasks import TaskCancelled, TaskFailed, TaskHandle, register_handler, task
-from .runtime.worker import Context, JobCancelled, JobTimeout, Worker, current_context
+from .runtime import isolation as _isolation
+from .runtime import tasks as _tasks
+from .runtime.tasks import TaskHandle, register_handler, task
+from .runtime.worker import Context, Worker, current_context
 
 __version__ = "0.1.0"
+
+# This module is the composition root: the one place the layers are wired together.
+# ``q.task`` / ``q.register_handler`` on the engine's Queue forward to the task layer,
+# which sits above the engine; the engine does not import it, it is handed it here.
+_local_queue.bind_task_layer(_tasks)
+
+
+def open(path: Any, **options: Any) -> Queue:  # noqa: A001 - the documented entry point
+    """Open (or create) the queue stored in directory ``path``. See :class:`Queue`.
+
+    Inside a process-isolation child (runtime/isolation.py) the store belongs to the worker
+    process, so this returns a queue that only registers handlers (``@q.task``,
+    ``q.register_handler``): the user's module imports there as it does everywhere."""
+    if _isolation.in_handler_child():
+        return cast(Queue, _isolation.HandlerOnlyQueue(path, **options))
+    return _local_queue.open(path, **options)
 
 __all__ = [
     "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",

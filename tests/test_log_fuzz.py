@@ -88,7 +88,7 @@ def _check_mutated(recs, d):
     try:
         with Log.open(d, segment_bytes=4096) as log:
             assert list(log.scan()) == got
-    except CorruptionError:
-        raise AssertionError("read_only open accepted what a writable open refused")
+    except CorruptionError as exc:
+        raise AssertionError("read_only open accepted what a writable open refused") from exc
     rep2, got2 = check_read_only(d)
     assert not rep2.truncated and got2 == got

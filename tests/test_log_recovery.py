@@ -236,7 +236,7 @@ RECORD_LIES = [
 
 @pytest.mark.parametrize("where", ["old segment", "newest segment"])
 @pytest.mark.parametrize("lie", BATCH_LIES + [("rec",) + r for r in RECORD_LIES],
-                         ids=lambda l: "-".join(str(x) if not callable(x) else "f" for x in l))
+                         ids=lambda lie: "-".join(str(x) if not callable(x) else "f" for x in lie))
 def test_lying_fields_raise_corruption(two_segments, tmp_path, where, lie):
     recs, final = two_segments
     names = sorted(final)

@@ -5,7 +5,7 @@ A fake clock drives time (``open(..., clock=clock)``) and the reaper thread is o
 """
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
@@ -16,7 +16,7 @@ from aurora_log.errors import (ClosedError, DurabilityError, InvalidStateError,
 from aurora_log.job import Job, JobPriority, JobStatus, to_ms
 from fakeclock import FakeClock as Clock
 
-UTC = timezone.utc
+UTC = UTC
 T0 = 1_800_000_000.0   # seconds
 
 
@@ -306,7 +306,7 @@ def test_running_jobs_of_a_dead_process_return_on_one_reopen(opener, clock):
 
 def test_a_job_that_kills_its_process_ends_in_dead_letter(opener, clock):
     jid = None
-    for i in range(2):                      # max_retries=1: two attempts, both kill the process
+    for _i in range(2):                      # max_retries=1: two attempts, both kill the process
         q = opener()
         if jid is None:
             jid = q.enqueue(job(max_retries=1))
@@ -551,7 +551,7 @@ def test_history_records_every_transition(q, clock):
     assert [(t.kind, t.worker, t.attempt, t.error) for t in h] == [
         ("enqueue", None, 1, None), ("claim", "w1", 1, None), ("progress", "w1", 1, "50% half"),
         ("fail", "w1", 1, "boom"), ("claim", "w2", 2, None), ("complete", "w2", 2, None)]
-    assert all(a.lsn < b.lsn for a, b in zip(h, h[1:]))
+    assert all(a.lsn < b.lsn for a, b in zip(h, h[1:], strict=False))
 
 
 def test_history_keeps_the_latest_progress_of_an_attempt(opener, clock):

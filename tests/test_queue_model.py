@@ -71,7 +71,8 @@ class QueueMachine(RuleBasedStateMachine):
     def _model_enqueue(self, j, sched):
         return self.model.enqueue(j.id, j.job_type, j.queue, int(j.priority), j.max_retries,
                                   round(j.lease_duration * 1000),
-                                  None if j.timeout_seconds is None else round(j.timeout_seconds * 1000),
+                                  None if j.timeout_seconds is None
+                                  else round(j.timeout_seconds * 1000),
                                   j.unique_key, j.payload, sched)
 
     @staticmethod

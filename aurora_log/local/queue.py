@@ -62,6 +62,25 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
+# The task layer (runtime/tasks.py: task(q, ...), register_handler(q, ...)) behind
+# Queue.task / Queue.register_handler. It sits above the engine, so the engine does not
+# import it: the composition root, aurora_log/__init__.py, hands it over at import time.
+_task_layer: Any = None
+
+
+def bind_task_layer(layer: Any) -> None:
+    """Make ``Queue.task`` / ``Queue.register_handler`` forward to ``layer``'s
+    ``task(q, name, **options)`` / ``register_handler(q, job_type, fn, context=)``."""
+    global _task_layer
+    _task_layer = layer
+
+
+def _bound_task_layer() -> Any:
+    if _task_layer is None:     # only while aurora_log/__init__.py itself is importing
+        raise RuntimeError("no task layer bound: import aurora_log first")
+    return _task_layer
+
+
 def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
@@ -227,18 +246,18 @@ class Queue:
         return len(recs)
 
     # ------------------------------------------------------------------ handlers
-    # The registry lives in tasks.py (a layer above); these are the documented spellings
-    # ``@q.task(...)`` and ``q.register_handler(...)``. The engine itself never runs handlers.
+    # The registry lives in runtime/tasks.py (a layer above); these are the documented
+    # spellings ``@q.task(...)`` and ``q.register_handler(...)``, forwarded to the task layer
+    # that aurora_log/__init__.py binds (bind_task_layer). The engine never runs handlers.
 
     def task(self, name=None, **options):
-        """Decorator registering a task handler; see :func:`aurora_log.tasks.task`."""
-        from ..runtime.tasks import task
-        return task(self, name, **options)
+        """Decorator registering a task handler; see :func:`aurora_log.runtime.tasks.task`."""
+        return _bound_task_layer().task(self, name, **options)
 
     def register_handler(self, job_type: str, fn, *, context: bool = False):
-        """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
-        from ..runtime.tasks import register_handler
-        return register_handler(self, job_type, fn, context=context)
+        """Seed style ``fn(job)`` handler for ``job_type``; see
+        :func:`aurora_log.runtime.tasks.register_handler`."""
+        return _bound_task_layer().register_handler(self, job_type, fn, context=context)
 
     def close(self) -> None:
         """Stop the reaper, wake blocked claims (they return None), flush and close the log.
@@ -623,7 +642,7 @@ class Queue:
         """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
         finished more than ``older_than`` seconds ago (or before ``before``) from the live
         state, with a PURGE record. Returns how many."""
-        statuses = (3, 5, 6)
+        statuses = tuple(s.code for s in JobStatus if s.is_finished)
         if status is not None:
             st = JobStatus(status)
             if not st.is_finished:

@@ -52,7 +52,7 @@ import math
 import struct
 from typing import NamedTuple, Union
 
-from ..errors import CorruptionError
+from ..errors import RecordError
 
 __all__ = [
     "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",
@@ -95,11 +95,6 @@ REASON_TEXT = {REASON_LEASE_EXPIRED: "lease expired", REASON_TIMEOUT: "timeout",
 VERSION = 1
 _U32 = 0xFFFFFFFF    # leases/timeouts (ms) are u32 in the state
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-
-
-class RecordError(CorruptionError):
-    """A record payload that does not decode (wrong length, unknown version or type,
-    invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
 
 
 # --------------------------------------------------------------------------- record types

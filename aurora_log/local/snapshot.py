@@ -70,6 +70,7 @@ import lz4.frame
 
 from . import records as R
 from ..errors import ClosedError, CorruptionError
+from ..job import STATUS_CODES
 from .log import crc32c, crc_mask, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
@@ -96,8 +97,8 @@ DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming mor
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
 _IN_CHUNK = 1 << 20               # compressed bytes fed per call
 _BIG_OUT = 4 << 30                # up to this much content: decompressed in one call
-_STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait for purge)
-_FINISHED = (3, 5, 6)
+# completed, cancelled (dead letters wait for purge)
+_STATUS_FINISHED_RETAINED = (STATUS_CODES.COMPLETED, STATUS_CODES.CANCELLED)
 
 
 _mask = crc_mask   # the WAL's masked crc (FORMAT.md), defined once, in the C core

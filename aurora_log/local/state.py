@@ -43,11 +43,11 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import records as R
 from ..errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
+from ..job import STATUS_CODES, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
 
 __all__ = ["State", "Transition", "EXPORT_VERSION"]
 
-PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
+PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = STATUS_CODES
 _WAITING = (PENDING, FAILED)           # claimable once due
 _LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
 _FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
@@ -1159,9 +1159,9 @@ class State:
 
     def get(self, job_id: str) -> Job | None:
         v = self.jobs.get(job_id)
-        return None if v is None else self._materialise(job_id, v)
+        return None if v is None else self._job_from_entry(job_id, v)
 
-    def _materialise(self, job_id: str, v) -> Job:
+    def _job_from_entry(self, job_id: str, v) -> Job:
         blob = v if type(v) is bytes else v.blob
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
          lu) = _BLOB.unpack_from(blob)
@@ -1243,7 +1243,7 @@ class State:
         for job_id in self.iter_ids(status=status, queue=queue, job_type=job_type, after=after):
             if len(out) >= limit:
                 break
-            out.append(self._materialise(job_id, self.jobs[job_id]))
+            out.append(self._job_from_entry(job_id, self.jobs[job_id]))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -1270,7 +1270,7 @@ class State:
 
     def fingerprint(self) -> tuple:
         """Everything observable, for tests: equal fingerprints = equal states."""
-        jobs = tuple((i, self._materialise(i, v).to_dict(), tuple(self.history(i)))
+        jobs = tuple((i, self._job_from_entry(i, v).to_dict(), tuple(self.history(i)))
                      for i, v in self.jobs.items())
         return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn)
 

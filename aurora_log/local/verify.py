@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import records as R
 from ..errors import CorruptionError
+from ..job import STATUS_CODES
 from .log import Log
 from .snapshot import list_snapshots, load_snapshot
 from .state import _Rec, State
@@ -174,7 +175,7 @@ def _replay(rep: VerifyReport, logs, snaps, deep_limit: int) -> None:
     rep.base_lsn = base_lsn
     live: dict[str, bytes] = {}          # job id -> live attempt token
     for jid, v in state.jobs.items():
-        if type(v) is _Rec and v.status == 2:
+        if type(v) is _Rec and v.status == STATUS_CODES.RUNNING:
             live[jid] = v.token
     expected = base_lsn + 1
     jobs = state.jobs
@@ -208,7 +209,7 @@ def _replay(rep: VerifyReport, logs, snaps, deep_limit: int) -> None:
         rep._p("invariant", f"record did not apply: {why}", lsn=lsn)
     for jid, tok in live.items():
         v = jobs.get(jid)
-        if type(v) is not _Rec or v.status != 2 or v.token != tok:
+        if type(v) is not _Rec or v.status != STATUS_CODES.RUNNING or v.token != tok:
             rep._p("invariant", f"job {jid}: a lease is live in the records but the job is "
                    "not running under it")
     rep.jobs = len(jobs)

@@ -119,7 +119,7 @@ class JobRunner:
 
     def close(self) -> None:
         """Stop the event loop async handlers ran on (if any)."""
-        self.worker._stop_loop()
+        self.worker._event_loop.stop()
 
 
 def _registry(q):

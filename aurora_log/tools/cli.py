@@ -39,21 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
-                     StaleLeaseError)
+from ..errors import (AuroraLogError, CliError, InvalidStateError, JobNotFoundError,
+                      LockedError, StaleLeaseError)
 
 PROG = "aurora-log"
 EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
 
 log = logging.getLogger("aurora_log.cli")
-
-
-class CliError(Exception):
-    """A failure to report as one line (and exit status ``code``)."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR):
-        self.code = code
-        super().__init__(message)
 
 
 # ------------------------------------------------------------------------ env defaults
@@ -104,7 +96,8 @@ def _seconds(text: str) -> float:
     try:
         value = float(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 1.5s, 10m, 7d)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 30, 1.5s, 10m, 7d)") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
@@ -290,7 +283,7 @@ def _dumps(value) -> str:
 
 def _fmt_time(value) -> str:
     if isinstance(value, _dt.datetime):
-        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+        return value.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
     return "" if value is None else str(value)
 
 
@@ -313,9 +306,10 @@ def _busy(description: str):
     if sys.stderr.isatty():
         try:
             from rich.console import Console
+            have_rich = True
         except ImportError:
-            Console = None
-        if Console is not None:
+            have_rich = False
+        if have_rich:
             with Console(stderr=True).status(description):
                 yield
             return
@@ -341,9 +335,10 @@ def _progress_bar(total: int | None, description: str):
         try:
             from rich.console import Console
             from rich.progress import Progress
+            have_rich = True
         except ImportError:
-            Progress = None
-        if Progress is not None:           # on stderr: stdout may be the data (dump)
+            have_rich = False
+        if have_rich:                      # on stderr: stdout may be the data (dump)
             prog = Progress(transient=True, console=Console(stderr=True),
                             redirect_stdout=False, redirect_stderr=False)
             prog.start()
@@ -459,14 +454,15 @@ def _print_stats(stats: dict) -> None:
     if not all(isinstance(stats.get(c), int) for c in _STATUS_COLUMNS):
         _print_mapping(stats)
         return
-    queues = stats.get("queues") if isinstance(stats.get("queues"), dict) else {}
+    queues = stats["queues"] if isinstance(stats.get("queues"), dict) else {}
     rows = [("QUEUE",) + tuple(c.upper() for c in _STATUS_COLUMNS)]
     for name, counts in sorted(queues.items()):
         rows.append((name,) + tuple(str(counts.get(c, 0)) for c in _STATUS_COLUMNS))
     rows.append(("(all)",) + tuple(str(stats[c]) for c in _STATUS_COLUMNS))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        _out("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        _out("  ".join([r[0].ljust(widths[0])] + cells))
     rest = {k: v for k, v in stats.items() if k not in _STATUS_COLUMNS and k != "queues"}
     if rest:
         _out()
@@ -518,11 +514,12 @@ def cmd_jobs(args) -> int:
     rows = [("ID", "TYPE", "STATUS", "PRI", "QUEUE", "TRY", "CREATED", "ERROR")]
     for j in jobs:
         err = (j.error or "").splitlines()[0][:40] if getattr(j, "error", None) else ""
-        rows.append((j.id, j.job_type, _status(j.status), getattr(j.priority, "name", str(j.priority)),
-                     j.queue, f"{j.retry_count}/{j.max_retries}", _fmt_time(j.created_at), err))
+        priority = getattr(j.priority, "name", str(j.priority))
+        rows.append((j.id, j.job_type, _status(j.status), priority, j.queue,
+                     f"{j.retry_count}/{j.max_retries}", _fmt_time(j.created_at), err))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        _out("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        _out("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
