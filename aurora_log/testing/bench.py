@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aurora_log.job import Job
-from aurora_log.runtime.tasks import build_job, encode_payload, registry
+from aurora_log.runtime.tasks import build_job, call_payload, registry
 from aurora_log.runtime.worker import Worker
 
 from .clock import FakeClock
@@ -78,7 +78,7 @@ def _job_maker(q, task, args, kwargs) -> Callable[[int], Job]:
     if handler is None:
         raise ValueError(f"no handler registered on this queue for task {task!r}")
     if handler.style == "args":
-        payload = encode_payload(list(args), dict(kwargs or {}))
+        payload = call_payload(list(args), dict(kwargs or {}))
         return lambda i: build_job(job_type, payload, **handler.options)
     if args:
         raise ValueError(f"{job_type!r} is a fn(job) handler: pass its payload as kwargs=")
