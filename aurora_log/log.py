@@ -29,7 +29,7 @@ from .errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityErr
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
-    "remove_file", "crc32c",
+    "remove_file", "make_dirs", "crc32c",
 ]
 
 SEG_RE = re.compile(r"^(\d{20})\.seg$")
@@ -211,6 +211,21 @@ def _fsync_dir(path) -> None:
     check_io(lib.au_fsync_dir(os.fsencode(str(path))), "fsync dir", path)
 
 
+def make_dirs(path) -> None:
+    """Create `path` and its missing parents, each 0700 through the syscall table (so fault
+    injection and the crash simulator see them), each made durable by an fsync of its
+    parent before anything is put in it. NotADirectoryError if a component is a file."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.is_dir() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        if _mkdir(d):
+            _fsync_dir(d.parent)
+
+
 # --------------------------------------------------------------------------------------
 # scanning helpers
 
@@ -345,13 +360,7 @@ class Log:
         return self
 
     def _prepare_dirs(self):
-        d = self.directory
-        if not d.exists():
-            d.parent.mkdir(parents=True, exist_ok=True)
-        if _mkdir(d):
-            _fsync_dir(d.parent if str(d.parent) else ".")
-        if _mkdir(self._wal):
-            _fsync_dir(d)
+        make_dirs(self._wal)
 
     def _take_lock(self):
         path = self.directory / "LOCK"
@@ -890,7 +899,7 @@ class Log:
                 remove_file(path, fsync_dir=False)
             else:
                 adir = Path(archive_dir)
-                adir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_dirs(adir)
                 dest = adir / path.name
                 rc = lib.au_rename(os.fsencode(str(path)), os.fsencode(str(dest)))
                 if rc == -_errno.EXDEV:

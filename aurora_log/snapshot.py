@@ -70,7 +70,7 @@ import lz4.frame
 
 from . import records as R
 from .errors import ClosedError, CorruptionError
-from .log import crc32c, read_file, remove_file, write_file_durably
+from .log import crc32c, make_dirs, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
 __all__ = [
@@ -675,13 +675,7 @@ def write_snapshot(snap_dir, data: bytes, lsn: int) -> Path:
 
 
 def _ensure_dir(d: Path) -> None:
-    if not d.is_dir():
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(d.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    make_dirs(d)    # 0700, through the syscall table, each new directory fsynced in its parent
 
 
 def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
