@@ -32,7 +32,7 @@ __all__ = [
     "remove_file", "make_dirs", "crc32c",
 ]
 
-SEG_RE = re.compile(r"^(\d{20})\.seg$")
+SEG_RE = re.compile(r"([0-9]{20})\.seg")    # fullmatch only: ASCII digits, no trailing newline
 UNSYNCED = ".unsynced"      # <segment>.unsynced: see Log._mark_unsynced
 _NOT_IO = (0, _errno.EINVAL, _errno.ETIMEDOUT, _errno.ENOMEM)  # failures that lost no write
 SEG_HDR = lib.AU_SEG_HDR
@@ -382,7 +382,7 @@ class Log:
         except FileNotFoundError:
             return []
         for name in names:
-            m = SEG_RE.match(name)
+            m = SEG_RE.fullmatch(name)
             if m:
                 out.append((int(m.group(1)), self._wal / name))
         out.sort()
@@ -455,7 +455,7 @@ class Log:
         # leftover <20 digits>.seg.tmp: a segment being created, or the spare
         # (00000000000000000000.seg.tmp, see native/FORMAT.md) in any state: never used
         for name in os.listdir(self._wal):
-            if (name.endswith(".seg.tmp") and SEG_RE.match(name[:-4])) or \
+            if (name.endswith(".seg.tmp") and SEG_RE.fullmatch(name[:-4])) or \
                     name.endswith(UNSYNCED + ".tmp"):
                 remove_file(self._wal / name, fsync_dir=False)
                 rep.removed_tmp.append(name)

@@ -153,6 +153,7 @@ class Queue:
         self._lock = YieldingLock()
         self._cond = threading.Condition(self._lock)
         self._closed = False
+        snapshot.check_log_present(path)    # before Log.open creates an empty log
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
