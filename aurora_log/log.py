@@ -408,7 +408,8 @@ class Log:
             ts.bad_off = len(buf)
             ts.reason = f"segment file shorter than its preallocated size ({len(buf)} of {size})"
         if ts.bad_off is not None:
-            ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off)
+            ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off,
+                                              self.max_record_bytes)
             if ev >= 0:
                 raise CorruptionError(
                     f"{ts.reason}; a later batch at offset {ev} shows these bytes were "

@@ -111,7 +111,8 @@ typedef struct {
 size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap);
 int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
-int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x);
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
+                                 uint32_t max_record);
 
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;

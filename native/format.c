@@ -235,19 +235,29 @@ int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
     return -1;
 }
 
-/* A later, 8-aligned batch header with a valid crc and x < durable_end <= its offset proves
- * that the bytes at x had been fdatasynced before: damage there is corruption, not a tear. */
-int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x)
+/* Evidence that the bytes at x had been fdatasynced (FORMAT.md, recovery rule 3): a later
+ * batch that verifies as a whole (header and every record) with x < durable_end <= its
+ * offset, at a position the chain of batch headers reaches from x. Only a header whose
+ * crc holds is followed (its batch_len was written by the writer at a batch boundary), so
+ * bytes inside a payload, which may look like anything, are never taken for a batch. */
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
+                                 uint32_t max_record)
 {
-    uint64_t y = (x + 8) & ~(uint64_t)7;
-    while (y + AU_BATCH_HDR <= limit) {
-        const uint8_t *h = buf + y;
-        uint64_t de = get64(h + 24);
+    uint64_t pos = x;
+    while (pos <= limit && limit - pos >= AU_BATCH_HDR) {
+        const uint8_t *h = buf + pos;
         uint32_t len = get32(h);
-        if (len >= AU_BATCH_HDR && !(len & 7) && de > x && de <= y &&
-            get32(h + 4) == au_batch_hdr_crc(h))
-            return (int64_t)y;
-        y += 8;
+        if (get32(h + 4) != au_batch_hdr_crc(h) || len < AU_BATCH_HDR || (len & 7) ||
+            len > AU_MAX_BATCH || len > limit - pos)
+            return -1;
+        uint32_t blen, n, fl;
+        uint64_t de;
+        if (pos > x &&
+            verify_batch(buf, limit, pos, get64(h + 8), max_record, &blen, &n, &fl, &de) ==
+                AU_R_OK &&
+            de > x && de <= pos)
+            return (int64_t)pos;
+        pos += len;
     }
     return -1;
 }

@@ -27,7 +27,7 @@ def test_scanner_on_arbitrary_bytes(body, max_record):
         assert ts.reason and SEG_HDR <= ts.bad_off <= SEG_HDR + len(body)
     # the evidence search never runs off the buffer either
     buf = HEADER + body
-    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end)
+    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end, max_record)
 
 
 _valid = {}

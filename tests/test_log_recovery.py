@@ -250,6 +250,16 @@ def test_lying_fields_raise_corruption(two_segments, tmp_path, where, lie):
         _lie_batch(buf, pos, lie[0], lie[1])
         reason = lie[2]
     d = lay_out(tmp_path / "s", {**final, name: bytes(buf)})
+    if where == "newest segment" and lie[0] == "len":
+        # A lying batch_len leads the chain of batch lengths off the batches, so open
+        # finds no evidence reachable from it (FORMAT.md rule 3: evidence is only what
+        # the chain reaches, never bytes that could sit inside a payload): it is cut and
+        # kept like a torn tail, reported; a full scan of the kept bytes shows them.
+        rep, got = read_all(d)
+        (cut,) = rep.cuts
+        assert (cut.offset, cut.lsn) == (pos, first) and cut.kept_as
+        assert got == recs[:first - 1]
+        return
     with pytest.raises(CorruptionError) as ei:
         read_all(d)  # newest: open sees later valid batches (durable_end) -> corruption
     e = ei.value
