@@ -238,16 +238,18 @@ def _new_scan(pos: int, next_lsn: int, limit: int, max_record: int):
     return s
 
 
-def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> int:
-    """Verifies a segment header; returns the segment's preallocated size."""
+def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> tuple[int, int]:
+    """Verifies a segment header; returns the segment's preallocated size and the record
+    limit it was written with (the store's own limit, whatever this opener's is)."""
     out = ffi.new("uint64_t[2]")
-    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out, out + 1)
+    limit = ffi.new("uint32_t *")
+    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out, out + 1, limit)
     if r:
         raise CorruptionError(ffi.string(lib.au_reason(r)).decode(), file=str(path), offset=0)
     if out[0] != name_lsn:
         raise CorruptionError(f"segment header first LSN {out[0]} does not match its name",
                               file=str(path), offset=0)
-    return out[1]
+    return out[1], limit[0]
 
 
 @dataclass
@@ -258,6 +260,8 @@ class _TailScan:
     bad_off: int | None = None
     reason: str | None = None
     size: int = 0       # preallocated size from the segment header
+    last_flags: int = 0  # flags of the last verified batch
+    limit: int = 0      # the record limit in the segment header
 
 
 def _unsynced_offset(segment: Path) -> int | None:
@@ -287,7 +291,8 @@ def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
         lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
         if s.status != lib.AU_SCAN_MORE:
             break
-    ts = _TailScan(end=s.pos, next_lsn=s.next_lsn, records=s.next_lsn - first_lsn)
+    ts = _TailScan(end=s.pos, next_lsn=s.next_lsn, records=s.next_lsn - first_lsn,
+                   last_flags=s.last_flags if s.batches else 0)
     if s.status == lib.AU_SCAN_BAD:
         ts.bad_off = s.bad_off
         ts.reason = ffi.string(lib.au_reason(s.reason)).decode()
@@ -322,6 +327,8 @@ class Log:
         self._first_lsn = 1
         self._ro_next_lsn = 1
         self._ro_cut: tuple[int, int] | None = None  # read_only: (segment lsn, cut offset)
+        self._ro_torn_seal: tuple[int, int] | None = None  # read_only: a torn roll SEAL
+        self._continued = False           # read_only: the next segment lives elsewhere
         self.read_only = False
         self.durability = "sync"
         self.max_record_bytes = 16 << 20
@@ -331,7 +338,11 @@ class Log:
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
              segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
-             read_only: bool = False) -> "Log":
+             read_only: bool = False, continued: bool = False) -> "Log":
+        """Open (or create) the log in `directory`; see docs/INTERNALS.md. ``continued``
+        (read_only only): its newest segment's successor lives elsewhere, as in
+        DIR/archive, whose segments continue in DIR/wal; a SEAL announcing it is then
+        not a missing segment."""
         if durability not in MODES:
             raise ValueError(f"durability must be one of {sorted(MODES)}, not {durability!r}")
         if not 1 <= max_record_bytes <= (255 << 20):
@@ -343,7 +354,10 @@ class Log:
         self = cls()
         self.directory = Path(directory)
         self._wal = self.directory / "wal"
+        if continued and not read_only:
+            raise ValueError("continued=True needs read_only=True")
         self.read_only = read_only
+        self._continued = continued
         self.durability = durability
         self.max_record_bytes = int(max_record_bytes)
         self.segment_bytes = (int(segment_bytes) + 7) & ~7
@@ -399,17 +413,26 @@ class Log:
 
     def _analyze_newest(self, lsn: int, path: Path):
         buf = _read_buf(path)
-        size = _check_header(path, buf[:SEG_HDR], lsn)
-        ts = _scan_tail(buf, lsn, self.max_record_bytes)
+        size, limit = _check_header(path, buf[:SEG_HDR], lsn)
+        if len(buf) < size:
+            # header and zeros were fsynced before the file was renamed into place, and
+            # writes never change its size: no crash shortens it, so bytes were lost
+            raise CorruptionError(
+                f"segment file shorter than its preallocated size ({len(buf)} of {size}): "
+                "bytes were lost, this is not a crash shape", file=str(path),
+                offset=len(buf))
+        ts = _scan_tail(buf, lsn, limit)
         ts.size = size
-        if ts.bad_off is None and len(buf) < size:
-            # the size was fsynced at creation, so a short file lost bytes; what is left
-            # verifies, so it is reported like a torn tail (nothing to keep aside)
-            ts.bad_off = len(buf)
-            ts.reason = f"segment file shorter than its preallocated size ({len(buf)} of {size})"
+        if ts.last_flags & lib.AU_FLAG_NEXT and not self._continued:
+            # a roll writes SEAL|NEXT only once the next segment is durable: it is gone
+            raise CorruptionError(
+                f"the newest segment ends with a SEAL announcing a next segment "
+                f"({_seg_name(ts.next_lsn)}), which is missing: records from LSN "
+                f"{ts.next_lsn} on were lost", file=str(path), offset=ts.end - SEG_HDR,
+                lsn=ts.next_lsn)
         if ts.bad_off is not None:
             ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off,
-                                              self.max_record_bytes)
+                                              limit)
             if ev >= 0:
                 raise CorruptionError(
                     f"{ts.reason}; a later batch at offset {ev} shows these bytes were "
@@ -419,14 +442,36 @@ class Log:
         if unsynced is not None and unsynced < ts.end:
             # bytes written after the last good fdatasync of a writer whose next one
             # failed: the page cache may hold what the disk does not; cut them
-            cut = _scan_tail(memoryview(buf)[:unsynced], lsn, self.max_record_bytes)
+            cut = _scan_tail(memoryview(buf)[:unsynced], lsn, limit)
             cut.size = ts.size
             if cut.bad_off is None:
                 cut.bad_off = cut.end
                 cut.reason = ("written after the last successful fdatasync; a later "
                               f"fdatasync of this segment failed ({path.name}{UNSYNCED})")
             ts = cut
+        ts.limit = limit
         return buf, ts
+
+    def _torn_roll_seal(self, segs, ts: _TailScan) -> tuple[Path, int, bytes, str] | None:
+        """A roll makes the next segment durable before it writes SEAL|NEXT into the old
+        one, and writes nothing to the next one until that SEAL is fdatasynced. So when
+        the newest segment holds no batch, the one before it may end with a torn SEAL
+        (FORMAT.md, recovery rule 3a). Returns (segment, offset, bytes after its end of
+        data, reason) when that is all that is wrong there, else None (then Log.scan
+        reports what it finds)."""
+        if len(segs) < 2 or ts.end != SEG_HDR or ts.bad_off is not None:
+            return None
+        lsn, path = segs[-2]
+        buf = _read_buf(path)
+        size, limit = _check_header(path, buf[:SEG_HDR], lsn)
+        prev = _scan_tail(buf, lsn, limit)
+        if prev.bad_off is None or prev.next_lsn != segs[-1][0] or len(buf) != size:
+            return None
+        cbuf = ffi.from_buffer(buf)
+        if lib.au_first_nonzero(cbuf, min(prev.end + lib.AU_BATCH_HDR, size), size) >= 0:
+            return None      # more than one SEAL's bytes: damage, Log.scan reports it
+        return path, prev.end, bytes(buf[prev.end:prev.end + lib.AU_BATCH_HDR]).rstrip(b"\0"), \
+            f"torn SEAL of a roll ({prev.reason}); the next segment exists and is empty"
 
     def _recover_read_only(self):
         if not self.directory.is_dir():
@@ -439,6 +484,11 @@ class Log:
         self._check_headers(segs)
         lsn, path = segs[-1]
         buf, ts = self._analyze_newest(lsn, path)
+        torn = self._torn_roll_seal(segs, ts)
+        if torn is not None:
+            tpath, toff, tbytes, treason = torn
+            rep.cuts.append(TailCut(str(tpath), toff, treason, len(tbytes), lsn, None))
+            self._ro_torn_seal = (segs[-2][0], toff)
         if ts.bad_off is not None:
             last = lib.au_last_nonzero(ffi.from_buffer(buf), ts.bad_off, len(buf))
             nbytes = max(0, last + 1 - ts.bad_off)
@@ -464,7 +514,8 @@ class Log:
             _fsync_dir(self._wal)
         segs = self._list_segments()
         if not segs:
-            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), 1, self.segment_bytes),
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), 1, self.segment_bytes,
+                                           self.max_record_bytes),
                      "create segment", self._wal / _seg_name(1))
             segs = self._list_segments()
         rep.segments = len(segs)
@@ -485,11 +536,30 @@ class Log:
         elif size < target:
             self._zero(path, size, size, target)
         del buf
+        torn = self._torn_roll_seal(segs, ts)
+        if torn is not None:
+            tpath, toff, tbytes, treason = torn
+            kept = self._keep_broken(tpath, tbytes)
+            self._zero(tpath, toff, toff + lib.AU_BATCH_HDR, 0)
+            rep.cuts.append(TailCut(str(tpath), toff, treason, len(tbytes), lsn, kept))
+        rep.tail_records = ts.records
+        if ts.limit < self.max_record_bytes:
+            # this opener may write records the newest segment's header does not allow:
+            # write them to a new segment that records this opener's limit
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), ts.next_lsn,
+                                           self.segment_bytes, self.max_record_bytes),
+                     "create segment", self._wal / _seg_name(ts.next_lsn))
+            segs = self._list_segments()
+            lsn, path = segs[-1]
+            ts = _TailScan(end=SEG_HDR, next_lsn=ts.next_lsn, records=0,
+                           size=_check_header(path, _pread(path, SEG_HDR), lsn)[0],
+                           limit=self.max_record_bytes)
+            target = ts.size
+            rep.segments = len(segs)
         for name in os.listdir(self._wal):       # their cuts are durable now
             if name.endswith(UNSYNCED):
                 remove_file(self._wal / name)
         self._first_lsn = segs[0][0]
-        rep.tail_records = ts.records
         rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
         rep.records = ts.next_lsn - self._first_lsn
         w = ffi.new("au_writer **")
@@ -840,7 +910,7 @@ class Log:
             # the segment being written was checked to its end by open(): read its written
             # part only (the rest is up to 64 MiB of preallocated zeros)
             buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
-            seg_size = _check_header(path, buf[:SEG_HDR], lsn)
+            seg_size, seg_limit = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
                     f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
@@ -849,7 +919,7 @@ class Log:
             if is_bound:
                 limit = min(limit, bound[1])
             cbuf = ffi.from_buffer(buf)
-            s = _new_scan(SEG_HDR, lsn, limit, self.max_record_bytes)
+            s = _new_scan(SEG_HDR, lsn, limit, seg_limit)
             recs = ffi.new("au_rec[]", _SCAN_CHUNK)
             rbuf = ffi.buffer(recs)
             mv = memoryview(buf)
@@ -861,7 +931,7 @@ class Log:
                             yield rlsn, rtype, bytes(mv[off:off + ln])
                 if s.status == lib.AU_SCAN_MORE:
                     continue
-                if s.status == lib.AU_SCAN_BAD:
+                if s.status == lib.AU_SCAN_BAD and (lsn, s.pos) != self._ro_torn_seal:
                     raise CorruptionError(ffi.string(lib.au_reason(s.reason)).decode(),
                                           file=str(path), offset=s.bad_off, lsn=s.next_lsn)
                 break
@@ -875,7 +945,7 @@ class Log:
                         f"segment file shorter than its preallocated size ({len(buf)} of "
                         f"{seg_size})", file=str(path), offset=len(buf), lsn=s.next_lsn)
                 z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
-                if z >= 0:
+                if z >= 0 and (lsn, s.pos) != self._ro_torn_seal:
                     raise CorruptionError(
                         f"non-zero bytes after the end of data (first at offset {z})",
                         file=str(path), offset=s.pos, lsn=s.next_lsn)

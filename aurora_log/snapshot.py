@@ -28,7 +28,7 @@ copy plus the jobs touched while it ran (see ``_capture``): the export, the comp
 the write run outside it. Then: keep the two newest snapshots; retire WAL segments that the
 OLDER kept snapshot covers (so falling back to it still finds its WAL tail); with
 ``archive=True`` retired segments go to DIR/archive/wal/ and retired snapshots to
-DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
+DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True, continued=True)`` reads), which
 ``state_as_of`` uses for time travel.
 
 History beyond compaction (the choice): a snapshot carries each retained job's whole
@@ -1089,7 +1089,7 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
     state = base if base is not None else State()
     logs = []
     if (directory / "archive" / "wal").is_dir():
-        logs.append(Log.open(directory / "archive", read_only=True))
+        logs.append(Log.open(directory / "archive", read_only=True, continued=True))
     logs.append(Log.open(directory, read_only=True))
     expected = base_lsn + 1
     try:

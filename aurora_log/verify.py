@@ -127,7 +127,7 @@ def verify(path, *, deep_limit: int = 100_000) -> VerifyReport:
     try:
         if (root / "archive" / "wal").is_dir():
             try:
-                lg = Log.open(root / "archive", read_only=True)
+                lg = Log.open(root / "archive", read_only=True, continued=True)
                 logs.append(("archive", lg))
                 rep.archived_segments = lg.report.segments
             except CorruptionError as e:

@@ -13,7 +13,7 @@ from aurora_log.log import Log, _scan_tail
 from test_log_support import SEG_HDR, build, check_read_only, fast_dir, lay_out
 
 HEADER = bytearray(SEG_HDR)
-lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096)
+lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096, 1 << 20)
 HEADER = bytes(HEADER)
 
 

@@ -75,7 +75,9 @@ static void one(const uint8_t *data, size_t n)
     memcpy(buf, data, n);
 
     uint64_t first = 1, size = 0;
-    int r = au_segment_header_check(buf, n, &first, &size);
+    uint32_t seg_limit = 0;
+    int r = au_segment_header_check(buf, n, &first, &size, &seg_limit);
+    CHECK(r != 0 || (seg_limit >= 1 && seg_limit <= AU_MAX_RECORD));
     CHECK(au_reason(r) != NULL);
     if (r != 0)
         first = 1 + (n ? buf[0] : 0);  /* scan anyway: the scanner must survive any header */
