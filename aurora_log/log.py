@@ -16,6 +16,7 @@ import array
 import errno as _errno
 import os
 import re
+import stat
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from .errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityErr
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
-    "remove_file", "make_dirs", "crc32c",
+    "remove_file", "make_dirs", "is_file", "crc32c",
 ]
 
 SEG_RE = re.compile(r"([0-9]{20})\.seg")    # fullmatch only: ASCII digits, no trailing newline
@@ -264,6 +265,77 @@ class _TailScan:
     limit: int = 0      # the record limit in the segment header
 
 
+_BROKEN_TMP = re.compile(r"[0-9]{20}\.seg\.broken-[0-9]+\.tmp")
+
+
+def _is_leftover_tmp(name: str) -> bool:
+    """A temporary file of ours in wal/ that never became anything (FORMAT.md, recovery
+    rule 1): a segment being created or the spare (<20 digits>.seg.tmp), a torn tail
+    being kept (<segment>.broken-<n>.tmp), an unsynced marker being written."""
+    return (name.endswith(".seg.tmp") and SEG_RE.fullmatch(name[:-4]) is not None) or \
+        _BROKEN_TMP.fullmatch(name) is not None or \
+        (name.endswith(UNSYNCED + ".tmp") and SEG_RE.fullmatch(name[:-len(UNSYNCED) - 4])
+         is not None)
+
+
+def is_file(path) -> bool:
+    """A regular file (or a symlink to one)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _batch_hdr_crc(h: bytes) -> int:
+    c = crc32c(h[8:32], crc32c(h[0:4]))
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+_BATCH = struct.Struct("<IIQIIQ")  # len, crc, first_lsn, count, flags, durable_end
+
+
+def _announced_next(path: Path, size: int, chunk: int = 64 << 10) -> tuple[int, int] | None:
+    """(offset, first LSN of the next segment) if the segment ends with a valid
+    SEAL|NEXT, else None. Reads backwards from the end to the last non-zero byte, which
+    lies in that SEAL's durable_end (its own offset, never 0): a few KiB for a segment
+    that filled up, more only when a big batch rolled early."""
+    fd = _open(path, os.O_RDONLY)
+    try:
+        end = size
+        while end > SEG_HDR:
+            start = max(SEG_HDR, end - chunk)
+            buf = bytearray(end - start)
+            n = lib.au_pread_full(fd, ffi.from_buffer(buf), len(buf), start)
+            if n < 0:
+                raise os_error(n, path)
+            last = lib.au_last_nonzero(ffi.from_buffer(buf), 0, n)
+            if last >= 0:
+                p = start + last
+                off = (p - 24) & ~7
+                if off < SEG_HDR:
+                    return None
+                h = _pread_at(fd, path, off, lib.AU_BATCH_HDR)
+                if len(h) < lib.AU_BATCH_HDR:
+                    return None
+                blen, crc, first, count, flags, dend = _BATCH.unpack(h)
+                if blen == lib.AU_BATCH_HDR and crc == _batch_hdr_crc(h) and count == 0 \
+                        and flags == lib.AU_FLAG_SEAL | lib.AU_FLAG_NEXT and dend == off:
+                    return off, first
+                return None
+            end = start
+        return None
+    finally:
+        lib.au_close(fd)
+
+
+def _pread_at(fd: int, path, off: int, n: int) -> bytes:
+    buf = bytearray(n)
+    r = lib.au_pread_full(fd, ffi.from_buffer(buf), n, off)
+    if r < 0:
+        raise os_error(r, path)
+    return bytes(buf[:r])
+
+
 def _unsynced_offset(segment: Path) -> int | None:
     """The offset recorded in <segment>.unsynced, or None. Written atomically, so anything
     but a decimal offset in it is damage: CorruptionError."""
@@ -272,6 +344,9 @@ def _unsynced_offset(segment: Path) -> int | None:
         text = read_file(marker)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise CorruptionError("unsynced-offset marker is not a regular file",
+                              file=str(marker), offset=0) from None
     try:
         off = int(text.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -368,8 +443,13 @@ class Log:
                 self._prepare_dirs()
                 self._take_lock()
                 self._recover(MODES[durability], int(interval_ms))
-        except BaseException:
+        except BaseException as e:
             self._release()
+            if not read_only and isinstance(e, (OSError, DurabilityError)) and \
+                    e.errno == _errno.EROFS:
+                raise ReadOnlyError(
+                    f"{self.directory} is on a read-only file system ({e}); open it with "
+                    "read_only=True to read it") from e
             raise
         return self
 
@@ -398,17 +478,32 @@ class Log:
         for name in names:
             m = SEG_RE.fullmatch(name)
             if m:
-                out.append((int(m.group(1)), self._wal / name))
+                path = self._wal / name
+                if not is_file(path):
+                    raise CorruptionError("named like a segment but not a regular file",
+                                          file=str(path))
+                out.append((int(m.group(1)), path))
         out.sort()
         return out
 
     def _check_headers(self, segs):
+        """Every header verified and first LSNs increasing; and LSN continuity where a
+        segment says where it continues: a segment sealed by a roll (SEAL|NEXT) names
+        the next segment's first LSN, which must be the next file's (a deleted or
+        foreign segment in the middle). Log.scan verifies every record as it reads."""
         prev = 0
-        for lsn, path in segs:
+        for i, (lsn, path) in enumerate(segs):
             if lsn <= prev or lsn == 0:
                 raise CorruptionError("segment first LSNs not increasing", file=str(path),
                                       offset=0, lsn=lsn)
-            _check_header(path, _pread(path, SEG_HDR), lsn)
+            size = _check_header(path, _pread(path, SEG_HDR), lsn)[0]
+            if i + 1 < len(segs):
+                nxt = _announced_next(path, size)
+                if nxt is not None and nxt[1] != segs[i + 1][0]:
+                    raise CorruptionError(
+                        f"LSN gap between segments: this one ends sealed for a next segment "
+                        f"at LSN {nxt[1]}, the next file is {segs[i + 1][1].name}",
+                        file=str(path), offset=nxt[0], lsn=nxt[1])
             prev = lsn
 
     def _analyze_newest(self, lsn: int, path: Path):
@@ -506,8 +601,9 @@ class Log:
         # leftover <20 digits>.seg.tmp: a segment being created, or the spare
         # (00000000000000000000.seg.tmp, see native/FORMAT.md) in any state: never used
         for name in os.listdir(self._wal):
-            if (name.endswith(".seg.tmp") and SEG_RE.fullmatch(name[:-4])) or \
-                    name.endswith(UNSYNCED + ".tmp"):
+            # only regular files: we never make a directory (or anything else) by these
+            # names, so such an entry is not a leftover of ours and is left alone
+            if _is_leftover_tmp(name) and is_file(self._wal / name):
                 remove_file(self._wal / name, fsync_dir=False)
                 rep.removed_tmp.append(name)
         if rep.removed_tmp:
@@ -557,7 +653,7 @@ class Log:
             target = ts.size
             rep.segments = len(segs)
         for name in os.listdir(self._wal):       # their cuts are durable now
-            if name.endswith(UNSYNCED):
+            if name.endswith(UNSYNCED) and is_file(self._wal / name):
                 remove_file(self._wal / name)
         self._first_lsn = segs[0][0]
         rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn

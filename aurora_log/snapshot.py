@@ -70,7 +70,7 @@ import lz4.frame
 
 from . import records as R
 from .errors import ClosedError, CorruptionError
-from .log import SEG_RE, crc32c, make_dirs, read_file, remove_file, write_file_durably
+from .log import SEG_RE, crc32c, is_file, make_dirs, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
 __all__ = [
@@ -91,6 +91,7 @@ _U64 = struct.Struct("<Q")
 # version 2 content: u32 meta length, meta JSON, then these sections, each u64 length + bytes
 SECTIONS = ("ids", "heads", "tail_lens", "tails", "rest_lens", "rest", "rest_pos", "runs")
 _HEAD_SIZE = _BLOB.size           # 52: the fixed head of a pending job's blob
+_SNAP_TMP = re.compile(r"[0-9]{20}\.snap(\.broken)?\.tmp")
 SNAP_RE = re.compile(r"([0-9]{20})\.snap")  # fullmatch only: ASCII digits, no trailing newline
 DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
@@ -660,7 +661,11 @@ def list_snapshots(snap_dir) -> list[tuple[int, Path]]:
     for name in names:
         m = SNAP_RE.fullmatch(name)
         if m:
-            out.append((int(m.group(1)), Path(snap_dir) / name))
+            path = Path(snap_dir) / name
+            if not is_file(path):
+                raise CorruptionError("named like a snapshot but not a regular file",
+                                      file=str(path))
+            out.append((int(m.group(1)), path))
     out.sort()
     return out
 
@@ -744,7 +749,9 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
     res = LoadResult(None)
     if not read_only and snap_dir.is_dir():
         for name in os.listdir(snap_dir):
-            if name.endswith(".snap.tmp"):
+            # a snapshot being written, or one being set aside as .broken: never used;
+            # only regular files (we never make anything else by these names)
+            if _SNAP_TMP.fullmatch(name) and is_file(snap_dir / name):
                 remove_file(snap_dir / name)
                 res.removed_tmp.append(name)
     for lsn, path in reversed(list_snapshots(snap_dir)):
