@@ -34,7 +34,7 @@ from .state import _Rec, State
 
 __all__ = ["verify", "VerifyReport", "Problem"]
 
-_ENDS = (R.COMPLETE, R.FAIL, R.REAP)
+_ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
