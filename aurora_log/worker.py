@@ -17,7 +17,8 @@ What it does for every claimed job:
   N), a process handler is killed;
 - stores the return value (JSON, bounded) as the job's result.
 
-Shutdown: the first SIGTERM/SIGINT stops claiming and waits up to ``shutdown_timeout`` for
+Shutdown: the first SIGTERM/SIGINT stops claiming (a job claimed meanwhile, its handler not
+started, is handed back with ``Queue.release``) and waits up to ``shutdown_timeout`` for
 running jobs; a second signal (or the timeout) stops at once: running jobs are left to the
 engine, which returns them to pending (via ``Queue.release`` when the queue has it,
 otherwise when the store is next opened). Signal handlers only bump a counter.
