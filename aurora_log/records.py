@@ -299,7 +299,7 @@ def encode(rec: Record) -> tuple[int, bytes]:
         if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
             i = _s(rec.id)
             return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
-        if rtype == RELEASE:
+        if isinstance(rec, Release):
             if rec.outcome not in _RELEASE_OUTCOMES:
                 raise ValueError(f"release outcome must be 1 or 3, not {rec.outcome}")
             i = _s(rec.id)

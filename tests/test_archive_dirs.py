@@ -18,10 +18,10 @@ def _fill_and_compact(q, rounds=3):
 
 def test_archive_directories_are_private_and_durable(store_dir):
     rec = faults.Recorder()
-    with faults.installed(rec):
-        with aurora_log.open(store_dir, reaper_interval=None, segment_bytes=1 << 16,
-                             auto_compact=False, archive=True) as q:
-            _fill_and_compact(q)
+    with faults.installed(rec), aurora_log.open(
+            store_dir, reaper_interval=None, segment_bytes=1 << 16, auto_compact=False,
+            archive=True) as q:
+        _fill_and_compact(q)
     archive = store_dir / "archive"
     assert sorted(os.listdir(archive / "wal")), "nothing was archived"
     for d in (archive, archive / "wal", archive / "snap"):

@@ -22,9 +22,9 @@ def test_a_failed_close_seal_leaves_the_unsynced_marker(store_dir, op):
     log = Log.open(store_dir, segment_bytes=SEG)
     log.commit([(1, b"one")])
     log.commit([(1, b"two")])
-    with faults.installed(faults.FailNth(1, err=errno.EIO, ops={op})):
-        with pytest.raises(DurabilityError):
-            log.close()
+    with faults.installed(faults.FailNth(1, err=errno.EIO, ops={op})), \
+            pytest.raises(DurabilityError):
+        log.close()
     assert _markers(store_dir) == ["00000000000000000001.seg" + UNSYNCED]
     marked = int((store_dir / "wal" / _markers(store_dir)[0]).read_text())
     with Log.open(store_dir, segment_bytes=SEG) as again:

@@ -7,11 +7,18 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_log_support import (
+    BATCH_HDR,
+    REC_HDR,
+    batches,
+    fix_batch_crc,
+    image,
+    lay_out,
+    payload,
+)
 
 from aurora_log.errors import CorruptionError
 from aurora_log.log import Log
-
-from test_log_support import BATCH_HDR, REC_HDR, batches, fix_batch_crc, image, lay_out, payload
 
 
 def _fake_seal(offset: int, lsn: int) -> bytearray:

@@ -5,15 +5,13 @@ segment exists and is empty) is cut and reported. Issue 14, item 4, and FORMAT.m
 "segments are never recycled" for a roll out of a segment that holds no record."""
 
 import os
-import struct
 from pathlib import Path
 
 import pytest
+from test_log_support import BATCH_HDR, SEG_HDR, batches, image, lay_out, newest
 
 from aurora_log.errors import CorruptionError
 from aurora_log.log import Log
-
-from test_log_support import BATCH_HDR, SEG_HDR, batches, image, lay_out, newest
 
 SEG = 4096
 
@@ -88,9 +86,8 @@ def test_a_torn_seal_is_damage_when_the_next_segment_holds_records(tmp_path):
     torn = bytearray(files[prev])
     torn[seal_off + 12:seal_off + BATCH_HDR] = bytes(BATCH_HDR - 12)
     d = lay_out(tmp_path / "b", {**files, prev: bytes(torn)})
-    with Log.open(d, segment_bytes=SEG) as log:
-        with pytest.raises(CorruptionError):
-            list(log.scan())
+    with Log.open(d, segment_bytes=SEG) as log, pytest.raises(CorruptionError):
+        list(log.scan())
 
 
 def test_a_roll_out_of_a_segment_with_no_record_keeps_the_log_whole(store_dir):

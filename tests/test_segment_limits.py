@@ -5,11 +5,11 @@ Issue 14, item 1."""
 import shutil
 import struct
 
+from test_log_support import fix_segment_crc, image, lay_out
+
 import aurora_log
 from aurora_log import Job
 from aurora_log.log import Log
-
-from test_log_support import fix_segment_crc, image, lay_out
 
 BIG = 20 << 20
 

@@ -29,10 +29,9 @@ def test_a_new_segment_tmp_is_created_exclusively(store_dir):
 
 def test_store_and_snapshot_directories_go_through_the_syscall_table(store_dir):
     rec = faults.Recorder()
-    with faults.installed(rec):
-        with _open_q(store_dir) as q:
-            q.enqueue(Job.new("x"))
-            q.compact()
+    with faults.installed(rec), _open_q(store_dir) as q:
+        q.enqueue(Job.new("x"))
+        q.compact()
     made = {o.path for o in rec.ops if o.name == "mkdir" and o.errno == 0}
     assert {str(store_dir), str(store_dir / "wal"), str(store_dir / "snap")} <= made
     for d in (store_dir, store_dir / "wal", store_dir / "snap"):
@@ -109,9 +108,9 @@ def test_a_directory_named_like_a_segment_or_snapshot_is_named_in_the_error(stor
 
 def test_a_writable_open_on_a_read_only_file_system_is_a_read_only_error(store_dir):
     Log.open(store_dir).close()
-    with faults.installed(faults.FailNth(1, err=errno.EROFS, ops={"open"})):
-        with pytest.raises(ReadOnlyError) as ei:
-            Log.open(store_dir)
+    with faults.installed(faults.FailNth(1, err=errno.EROFS, ops={"open"})), \
+            pytest.raises(ReadOnlyError) as ei:
+        Log.open(store_dir)
     assert str(store_dir) in str(ei.value) and "read_only=True" in str(ei.value)
     with Log.open(store_dir, read_only=True) as ro:
         assert list(ro.scan()) == []
