@@ -1051,7 +1051,9 @@ class Log:
     # ---------------------------------------------------------------- maintenance
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
         """Delete (or move into archive_dir) the oldest sealed segments whose records are
-        all < lsn. Never the segment being written. Returns the original paths."""
+        all < lsn. Never the segment being written. Returns the original paths.
+        Oldest first, each removal made durable (wal/ fsynced) before the next: a crash
+        leaves the remaining segments contiguous, never a gap open() would refuse."""
         w = self._writer("retire_segments_before")
         p = self._tls_ptr()
         lib.au_writer_position(w, p, p + 1, p + 2, p + 3)
@@ -1063,7 +1065,7 @@ class Log:
             if first >= current or segs[i + 1][0] > lsn:
                 break
             if archive_dir is None:
-                remove_file(path, fsync_dir=False)
+                remove_file(path)
             else:
                 adir = Path(archive_dir)
                 make_dirs(adir)
@@ -1075,9 +1077,9 @@ class Log:
                 else:
                     check_io(rc, "rename", path)
                     _fsync_dir(adir)
+                _fsync_dir(self._wal)
             done.append(path)
         if done:
-            _fsync_dir(self._wal)
             self._first_lsn = self._list_segments()[0][0]
         return done
 
