@@ -21,6 +21,8 @@
 #define AU_REC_HDR     17
 #define AU_MAX_BATCH   (256u << 20)
 #define AU_FLAG_SEAL   1u
+#define AU_FLAG_NEXT   2u          /* with SEAL, at a roll: the next segment exists */
+#define AU_MAX_RECORD  (255u << 20) /* the largest max_record_bytes; version 1 segments */
 
 #define AU_MODE_SYNC     0
 #define AU_MODE_INTERVAL 1
@@ -75,10 +77,14 @@ int au_o_cloexec(void);
 int au_o_directory(void);
 
 /* ---- format: segment headers, scanning ---- */
-void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn, uint64_t size);
+void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn, uint64_t size,
+                            uint32_t max_record);
+/* reason; *max_record = the record limit the segment was written with (version 1:
+ * AU_MAX_RECORD, the limit was not recorded) */
 int au_segment_header_check(const uint8_t *hdr, size_t n, uint64_t *first_lsn,
-                            uint64_t *size); /* reason */
-int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size);
+                            uint64_t *size, uint32_t *max_record);
+int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
+                      uint32_t max_record);
 const char *au_reason(int reason);
 
 typedef struct {
@@ -111,7 +117,8 @@ typedef struct {
 size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap);
 int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
-int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x);
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
+                                 uint32_t max_record);
 
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;

@@ -13,7 +13,7 @@ from aurora_log.local.log import Log, _scan_tail
 from test_log_support import SEG_HDR, build, check_read_only, fast_dir, lay_out
 
 HEADER = bytearray(SEG_HDR)
-lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096)
+lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096, 1 << 20)
 HEADER = bytes(HEADER)
 
 
@@ -27,7 +27,7 @@ def test_scanner_on_arbitrary_bytes(body, max_record):
         assert ts.reason and SEG_HDR <= ts.bad_off <= SEG_HDR + len(body)
     # the evidence search never runs off the buffer either
     buf = HEADER + body
-    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end)
+    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end, max_record)
 
 
 _valid = {}

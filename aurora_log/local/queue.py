@@ -172,6 +172,7 @@ class Queue:
         self._lock = YieldingLock()
         self._cond = threading.Condition(self._lock)
         self._closed = False
+        snapshot.check_log_present(path)    # before Log.open creates an empty log
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
@@ -609,6 +610,23 @@ class Queue:
         self._publish(reserved, "durable" if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
+
+    def release(self, job_id: str, token: str) -> JobStatus:
+        """Hand a claimed job back: RUNNING -> PENDING, due now, without spending an
+        attempt (its retry count is unchanged), recorded in the history as "release".
+        For a worker shutting down with jobs whose handlers had not started, or were cut
+        off by the shutdown rather than by the job. Returns PENDING, or CANCELLED if a
+        cancel had been requested. StaleLeaseError if the token no longer holds the
+        job's lease. Durable when it returns (a crash after it does not charge the
+        attempt as "process died")."""
+        job_id, tok = _job_id(job_id), _token_bytes(token)
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_release(job_id, tok, self._now_ms())
+            reserved = self._reserve_apply([rec])
+            self._cond.notify_all()
+        self._publish(reserved, "durable")
+        return JobStatus.CANCELLED if rec.outcome == R.OUTCOME_CANCELLED else JobStatus.PENDING
 
     # ------------------------------------------------------------------ operators
 

@@ -39,11 +39,15 @@ type  name            layout v1 (fixed header, then variable parts)
                                                               reset to 0, due at at_ms)
 11    PURGE           u8 ver, i64 at_ms, u32 count; count x (u16 len id, id)  (drop
                       finished jobs from the state; compaction's retention)
+12    RELEASE         u8 ver, u8 outcome, i64 at_ms, 8s token, u16 len id; id
+                      (RUNNING -> PENDING, due at at_ms, retry_count unchanged: the
+                      attempt is handed back, not spent; Queue.release). outcome: 1 =
+                      pending again, 3 = cancelled (a cancel had been requested)
 ====  ==============  ===================================================================
 
 Every decision that depends on a clock or on chance is *in* the record (the lease
 deadline, the next due time of a retry, the reaper's verdict), so replaying the log gives
-the same state no matter when it is replayed. Type 0 is invalid; 12..255 are free.
+the same state no matter when it is replayed. Type 0 is invalid; 13..255 are free.
 """
 
 from __future__ import annotations
@@ -56,9 +60,9 @@ from ..errors import RecordError
 
 __all__ = [
     "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",
-    "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RECORD_NAMES", "RecordError",
+    "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RELEASE", "RECORD_NAMES", "RecordError",
     "Enqueue", "Claim", "Heartbeat", "Progress", "Complete", "Fail", "Reap", "Cancel",
-    "CancelRequest", "RetryDead", "Purge", "Record",
+    "CancelRequest", "RetryDead", "Purge", "Release", "Record",
     "OUTCOME_RETRY", "OUTCOME_DEAD", "OUTCOME_CANCELLED",
     "REASON_LEASE_EXPIRED", "REASON_TIMEOUT", "REASON_PROCESS_DIED", "REASON_TEXT",
     "encode", "decode",
@@ -75,11 +79,12 @@ CANCEL = 8
 CANCEL_REQUEST = 9
 RETRY_DEAD = 10
 PURGE = 11
+RELEASE = 12
 
 RECORD_NAMES = {ENQUEUE: "enqueue", CLAIM: "claim", HEARTBEAT: "heartbeat",
                 PROGRESS: "progress", COMPLETE: "complete", FAIL: "fail", REAP: "reap",
                 CANCEL: "cancel", CANCEL_REQUEST: "cancel_request",
-                RETRY_DEAD: "retry_dead", PURGE: "purge"}
+                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release"}
 
 OUTCOME_RETRY = 1
 OUTCOME_DEAD = 2
@@ -177,17 +182,25 @@ class RetryDead(NamedTuple):
     at_ms: int
 
 
+class Release(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    outcome: int       # OUTCOME_RETRY (pending again) or OUTCOME_CANCELLED
+
+
 class Purge(NamedTuple):
     at_ms: int
     ids: tuple
 
 
 Record = Union[Enqueue, Claim, Heartbeat, Progress, Complete, Fail, Reap, Cancel,
-               CancelRequest, RetryDead, Purge]
+               CancelRequest, RetryDead, Purge, Release]
 
 _TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROGRESS,
             Complete: COMPLETE, Fail: FAIL, Reap: REAP, Cancel: CANCEL,
-            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE}
+            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE,
+            Release: RELEASE}
 
 # --------------------------------------------------------------------------- layouts
 
@@ -200,6 +213,8 @@ _FAIL = struct.Struct("<BBq8sqHI")
 _REAP = struct.Struct("<BBBq8sqH")
 _SIMPLE = struct.Struct("<BqH")
 _PURGE = struct.Struct("<BqI")
+_REL = struct.Struct("<BBq8sH")
+_RELEASE_OUTCOMES = (OUTCOME_RETRY, OUTCOME_CANCELLED)
 _H = struct.Struct("<H")
 
 _F_SCHED, _F_TIMEOUT, _F_UKEY = 1, 2, 4
@@ -279,6 +294,11 @@ def encode(rec: Record) -> tuple[int, bytes]:
         if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
             i = _s(rec.id)
             return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
+        if isinstance(rec, Release):
+            if rec.outcome not in _RELEASE_OUTCOMES:
+                raise ValueError(f"release outcome must be 1 or 3, not {rec.outcome}")
+            i = _s(rec.id)
+            return rtype, _REL.pack(VERSION, rec.outcome, rec.at_ms, rec.token, len(i)) + i
         # PURGE
         parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
         for job_id in rec.ids:
@@ -437,6 +457,12 @@ def _decode(rtype: int, data: bytes) -> Record:
         (job_id,) = _strs(rtype, data, _SIMPLE.size, (li,))
         cls = {CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}[rtype]
         return cls(_check_id(rtype, job_id), at)
+    if rtype == RELEASE:
+        _, outcome, at, token, li = _head(rtype, _REL, data)
+        if outcome not in _RELEASE_OUTCOMES:
+            raise _bad(rtype, f"unknown outcome {outcome}")
+        (job_id,) = _strs(rtype, data, _REL.size, (li,))
+        return Release(_check_id(rtype, job_id), at, token, outcome)
     if rtype == PURGE:
         _, at, count = _head(rtype, _PURGE, data)
         pos = _PURGE.size

@@ -28,7 +28,7 @@ copy plus the jobs touched while it ran (see ``_capture``): the export, the comp
 the write run outside it. Then: keep the two newest snapshots; retire WAL segments that the
 OLDER kept snapshot covers (so falling back to it still finds its WAL tail); with
 ``archive=True`` retired segments go to DIR/archive/wal/ and retired snapshots to
-DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
+DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True, continued=True)`` reads), which
 ``state_as_of`` uses for time travel.
 
 History beyond compaction (the choice): a snapshot carries each retained job's whole
@@ -71,7 +71,7 @@ import lz4.frame
 from . import records as R
 from ..errors import ClosedError, CorruptionError
 from ..job import STATUS_CODES
-from .log import crc32c, crc_mask, read_file, remove_file, write_file_durably
+from .log import SEG_RE, crc32c, crc_mask, is_file, make_dirs, read_file, remove_file, write_file_durably
 from .state import _BLOB, _Base, _Rec, State
 
 __all__ = [
@@ -92,7 +92,8 @@ _U64 = struct.Struct("<Q")
 # version 2 content: u32 meta length, meta JSON, then these sections, each u64 length + bytes
 SECTIONS = ("ids", "heads", "tail_lens", "tails", "rest_lens", "rest", "rest_pos", "runs")
 _HEAD_SIZE = _BLOB.size           # 52: the fixed head of a pending job's blob
-SNAP_RE = re.compile(r"^(\d{20})\.snap$")
+_SNAP_TMP = re.compile(r"[0-9]{20}\.snap(\.broken)?\.tmp")
+SNAP_RE = re.compile(r"([0-9]{20})\.snap")  # fullmatch only: ASCII digits, no trailing newline
 DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
 _IN_CHUNK = 1 << 20               # compressed bytes fed per call
@@ -658,9 +659,13 @@ def list_snapshots(snap_dir) -> list[tuple[int, Path]]:
     except FileNotFoundError:
         return []
     for name in names:
-        m = SNAP_RE.match(name)
+        m = SNAP_RE.fullmatch(name)
         if m:
-            out.append((int(m.group(1)), Path(snap_dir) / name))
+            path = Path(snap_dir) / name
+            if not is_file(path):
+                raise CorruptionError("named like a snapshot but not a regular file",
+                                      file=str(path))
+            out.append((int(m.group(1)), path))
     out.sort()
     return out
 
@@ -675,13 +680,7 @@ def write_snapshot(snap_dir, data: bytes, lsn: int) -> Path:
 
 
 def _ensure_dir(d: Path) -> None:
-    if not d.is_dir():
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(d.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    make_dirs(d)    # 0700, through the syscall table, each new directory fsynced in its parent
 
 
 def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
@@ -718,6 +717,28 @@ class LoadResult:
     removed_tmp: list[str] = field(default_factory=list)
 
 
+def check_log_present(directory) -> None:
+    """CorruptionError, before anything is opened or written, when DIR/snap holds
+    snapshots but DIR/wal is missing or holds no segment: the store lost its log (a
+    snapshot is only ever written after its log), and opening it would start empty."""
+    directory = Path(directory)
+    snaps = list_snapshots(directory / "snap")
+    if not snaps:
+        return
+    wal = directory / "wal"
+    try:
+        names = os.listdir(wal)
+    except FileNotFoundError:
+        names = None
+    if names is not None and any(SEG_RE.fullmatch(n) for n in names):
+        return
+    what = f"{wal} is missing" if names is None else f"{wal} holds no segment"
+    raise CorruptionError(
+        f"{what}, but {directory / 'snap'} holds {len(snaps)} snapshot(s) (newest "
+        f"{snaps[-1][1].name}): the log was lost; the snapshots were left in place",
+        file=str(wal))
+
+
 def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool = False,
             max_content: int = DEFAULT_MAX_CONTENT) -> LoadResult:
     """Pick the newest usable snapshot for a log holding [log_first_lsn, log_next_lsn).
@@ -728,15 +749,14 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
     res = LoadResult(None)
     if not read_only and snap_dir.is_dir():
         for name in os.listdir(snap_dir):
-            if name.endswith(".snap.tmp"):
+            # a snapshot being written, or one being set aside as .broken: never used;
+            # only regular files (we never make anything else by these names)
+            if _SNAP_TMP.fullmatch(name) and is_file(snap_dir / name):
                 remove_file(snap_dir / name)
                 res.removed_tmp.append(name)
     for lsn, path in reversed(list_snapshots(snap_dir)):
         problem = None
-        if lsn + 1 > log_next_lsn:
-            problem = SnapshotProblem(str(path), f"snapshot LSN {lsn} is past the end of the "
-                                      f"log (next LSN {log_next_lsn})", lsn=lsn)
-        elif lsn + 1 < log_first_lsn:
+        if lsn + 1 < log_first_lsn:
             # older than the WAL we still have; not damaged, just not usable
             res.problems.append(SnapshotProblem(
                 str(path), f"snapshot LSN {lsn} is older than the log's first LSN "
@@ -755,6 +775,14 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
                 res.problems.append(SnapshotProblem(str(path), f"unreadable: {e}", None, lsn))
                 continue
             else:
+                if lsn + 1 > log_next_lsn:
+                    # the log was fdatasynced through `lsn` before this snapshot was
+                    # written, so a log that ends earlier lost durable records: refuse,
+                    # and leave the (valid) snapshot where it is
+                    raise CorruptionError(
+                        f"the log ends at LSN {log_next_lsn - 1} but the valid snapshot "
+                        f"{path.name} holds the state through LSN {lsn}: the log lost "
+                        "records that were durable", file=str(path), lsn=log_next_lsn)
                 res.state, res.lsn, res.path = state, lsn, str(path)
                 res.size, res.max_at_ms = info.size, info.max_at_ms
                 return res
@@ -1068,7 +1096,7 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
     state = base if base is not None else State()
     logs = []
     if (directory / "archive" / "wal").is_dir():
-        logs.append(Log.open(directory / "archive", read_only=True))
+        logs.append(Log.open(directory / "archive", read_only=True, continued=True))
     logs.append(Log.open(directory, read_only=True))
     expected = base_lsn + 1
     try:

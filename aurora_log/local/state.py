@@ -794,6 +794,25 @@ class State:
         self._after_attempt(lsn, p.id, r, p.outcome, p.at_ms, p.next_due_ms, PENDING, R.REAP,
                             reason)
 
+    def _apply_release(self, lsn: int, rel: R.Release) -> None:
+        """A claimed job handed back by its worker (Queue.release): pending again, due
+        now, with the same retry count, so the attempt is not spent; or cancelled when a
+        cancel had been requested (the record says which)."""
+        r = self._running_rec(lsn, rel, "release")
+        if r is None:
+            return
+        attempt = r.retry + 1
+        self._finish_attempt(r)
+        if rel.outcome == R.OUTCOME_CANCELLED:
+            r.completed = rel.at_ms
+            self._set(rel.id, r, CANCELLED)
+        else:
+            r.seq = lsn
+            r.due = rel.at_ms
+            self._set(rel.id, r, PENDING)
+            self._schedule(rel.id, r.blob, rel.at_ms, lsn, rel.at_ms)
+        r.hist.append((lsn, R.RELEASE, rel.at_ms, r.status, r.worker, attempt, None))
+
     def _apply_cancel(self, lsn: int, c: R.Cancel) -> None:
         r = self._rec(c.id)
         if r is None or r.status not in _WAITING:
@@ -1053,6 +1072,12 @@ class State:
         if r.retry < max_retries:
             return R.OUTCOME_RETRY, min(now_ms + delay(r.retry), MAX_DUE_MS)
         return R.OUTCOME_DEAD, 0
+
+    def plan_release(self, job_id: str, token: bytes, now_ms: int) -> R.Release:
+        """StaleLeaseError unless `token` holds the job's lease."""
+        r = self._get_running(job_id, token)
+        outcome = R.OUTCOME_CANCELLED if r.cancel_req else R.OUTCOME_RETRY
+        return R.Release(job_id, now_ms, token, outcome)
 
     def plan_fail(self, job_id: str, token: bytes, now_ms: int, error: str,
                   delay: Callable[[int], int] = retry_delay_ms) -> R.Fail:
@@ -1535,4 +1560,5 @@ _APPLY = {
     R.COMPLETE: State._apply_complete, R.FAIL: State._apply_fail, R.REAP: State._apply_reap,
     R.CANCEL: State._apply_cancel, R.CANCEL_REQUEST: State._apply_cancel_request,
     R.RETRY_DEAD: State._apply_retry_dead, R.PURGE: State._apply_purge,
+    R.RELEASE: State._apply_release,
 }

@@ -35,7 +35,7 @@ from .state import _Rec, State
 
 __all__ = ["verify", "VerifyReport", "Problem"]
 
-_ENDS = (R.COMPLETE, R.FAIL, R.REAP)
+_ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
@@ -128,7 +128,7 @@ def verify(path, *, deep_limit: int = 100_000) -> VerifyReport:
     try:
         if (root / "archive" / "wal").is_dir():
             try:
-                lg = Log.open(root / "archive", read_only=True)
+                lg = Log.open(root / "archive", read_only=True, continued=True)
                 logs.append(("archive", lg))
                 rep.archived_segments = lg.report.segments
             except CorruptionError as e:

@@ -18,7 +18,8 @@ What it does for every claimed job:
   N), a process handler is killed;
 - stores the return value (JSON, bounded) as the job's result.
 
-Shutdown: the first SIGTERM/SIGINT stops claiming and waits up to ``shutdown_timeout`` for
+Shutdown: the first SIGTERM/SIGINT stops claiming (a job claimed meanwhile, its handler not
+started, is handed back with ``Queue.release``) and waits up to ``shutdown_timeout`` for
 running jobs; a second signal (or the timeout) stops at once: running jobs are left to the
 engine, which returns them to pending (via ``Queue.release`` when the queue has it,
 otherwise when the store is next opened). Signal handlers only bump a counter.
@@ -228,7 +229,6 @@ class Worker:
     def _abandon_running(self) -> None:
         """Forced stop: running jobs go back to pending (now if the queue can release a
         lease, otherwise when the store is next opened). Handlers are told to stop."""
-        release = getattr(self.queue, "release", None)
         with self._active_lock:
             running = list(self._active.values())
         for ctx, _thread in running:
@@ -238,15 +238,22 @@ class Worker:
                 ctx._final = True
             ctx._request_stop("shutdown")
             _isolation.kill_child(ctx)
-            if release is not None:
-                try:
-                    release(ctx.job_id, ctx.job.token)
-                    log.info("job %s returned to pending", ctx.job_id)
-                    continue
-                except AuroraLogError as exc:
-                    log.warning("job %s not released: %s", ctx.job_id, exc)
-            log.info("job %s left running; it returns to pending when the store is next "
-                     "opened", ctx.job_id)
+            self._hand_back(ctx.job, "stopped by a forced shutdown")
+
+    def _hand_back(self, job: Any, why: str) -> None:
+        """Queue.release a claimed job whose handler did not start (or was cut off by the
+        shutdown): pending again, no attempt spent. Without release (another queue
+        implementation), or if it fails, recovery returns it when the store reopens."""
+        release = getattr(self.queue, "release", None)
+        if release is not None:
+            try:
+                release(job.id, job.token)
+                log.info("job %s returned to pending (%s)", job.id, why)
+                return
+            except AuroraLogError as exc:
+                log.warning("job %s not released: %s", job.id, exc)
+        log.info("job %s left running; it returns to pending when the store is next "
+                 "opened", job.id)
 
     @property
     def running(self) -> list[str]:
@@ -300,8 +307,11 @@ class Worker:
                 continue
             # Queue.claim hands the claim to the OS before it returns, so a handler that
             # kills this process still spends an attempt (and ends in dead-letter).
-            if self._forced.is_set():
-                break                       # claimed while stopping hard: left for recovery
+            if self._stopping.is_set():
+                # claimed while stopping: its handler never started, so hand it back
+                # without spending an attempt
+                self._hand_back(job, "claimed while stopping; not started")
+                break
             try:
                 self._run_job(job)
             except Exception:               # never lose the thread to a bug in bookkeeping
