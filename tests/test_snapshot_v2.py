@@ -18,7 +18,7 @@ from aurora_log.local import snapshot as S
 from aurora_log.errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
 from aurora_log.job import JobStatus
 from aurora_log.local.state import State
-from aurora_log.local.table import _LazyJobs
+from aurora_log.local.table import LazyJobs
 
 T0 = 1_800_000_000_000
 
@@ -75,12 +75,12 @@ def _pair(seed, width="uuid", touch=True, n=80):
     data = S.encode_state(src, src.last_lsn, now)
     info, lazy = S.decode_snapshot(data, "x.snap")
     eager = State.from_export(list(src.export()))
-    assert info.version == 2 and type(lazy.jobs) is _LazyJobs
+    assert info.version == 2 and type(lazy.jobs) is LazyJobs
     return eager, lazy, now, data
 
 
 def _lazy(s):
-    return type(s.jobs) is _LazyJobs and s.jobs._d is None
+    return type(s.jobs) is LazyJobs and s.jobs._d is None
 
 
 def _ids(s):
@@ -348,7 +348,7 @@ def test_runs_missing_or_repeating_a_job_are_refused():
 
 def test_bad_heads_are_refused():
     src, info, meta, secs = _good()
-    nb, w = meta["base"], F._HEAD_SIZE
+    nb, w = meta["base"], F.HEAD_SIZE
     heads = secs["heads"]
     kinds = heads[:w]
 
@@ -466,7 +466,7 @@ def test_queue_reopens_lazily_and_matches_a_full_replay(tmp_path):
     q.compact()                       # two snapshots: the WAL before the older one retires
     q.close()
     q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
-    assert type(q._state.jobs) is _LazyJobs
+    assert type(q._state.jobs) is LazyJobs
     claimed = [q.claim("w") for _ in range(5)]
     for c in claimed:
         q.complete(c.id, c.token)

@@ -30,8 +30,10 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import records as R
 from .locks import YieldingLock
@@ -40,7 +42,9 @@ from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
                   _check_retries, _check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
-from .state import MAX_DUE_MS, State, Transition
+from .order import MAX_DUE_MS
+from .replay import replay
+from .state import State, Transition
 
 __all__ = ["Queue", "open"]
 
@@ -168,7 +172,7 @@ class Queue:
         self._compactor = None
         if not self._read_only:
             self._compactor = snapshot.Compactor(
-                self, self._log.directory, archive=archive, retain_seconds=retain_seconds,
+                _CompactionLink(self), self._log.directory, archive=archive, retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
             self._compactor.tail_bytes = self._tail_bytes
@@ -198,23 +202,10 @@ class Queue:
         res = snapshot.recover(self._log.directory, self._log.first_lsn, self._log.next_lsn,
                                read_only=self._read_only, max_content=self._max_snapshot)
         self.snapshot_report = res
-        state = res.state if res.state is not None else State()
-        apply, decode = state.apply, R.decode
-        max_at, tail = res.max_at_ms, 0
-        start = res.lsn + 1 if res.state is not None else self._log.first_lsn
-        apply_enqueue = state.apply_enqueue_bytes
-        for lsn, rtype, payload in self._log.scan(start):
-            if rtype == R.ENQUEUE:          # the bulk of any log: a fused decode+fold
-                at = apply_enqueue(lsn, payload)
-            else:
-                rec = decode(rtype, payload)
-                apply(lsn, rtype, rec)
-                at = rec.at_ms
-            if at > max_at:
-                max_at = at
-            tail += len(payload) + 17
-        self._max_at, self._tail_bytes = max_at, tail
-        return state
+        base_lsn = res.lsn if res.state is not None else self._log.first_lsn - 1
+        done = replay(self._log, res.state, base_lsn, base_max_at_ms=res.max_at_ms)
+        self._max_at, self._tail_bytes = done.max_at_ms, done.bytes
+        return done.state
 
     def _recover_running(self) -> int:
         """Jobs left RUNNING by a dead process: back to pending as a spent attempt
@@ -732,3 +723,42 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<aurora_log.Queue {str(self._log.directory)!r}{' closed' if self._closed else ''}>"
+
+
+class _CompactionLink:
+    """The queue as its Compactor sees it (snapshot.CompactionHost): the only way the
+    compactor reaches into a queue."""
+    __slots__ = ("_q",)
+
+    def __init__(self, q: Queue) -> None:
+        self._q = q
+
+    @property
+    def log(self):
+        return self._q._log
+
+    @property
+    def closed(self) -> bool:
+        return self._q._closed
+
+    def now_ms(self) -> int:
+        return self._q._now_ms()
+
+    @contextmanager
+    def locked(self) -> Iterator[State]:
+        with self._q._lock:
+            yield self._q._state
+
+    def track_touched(self) -> None:
+        self._q._touched = {}
+
+    def untrack_touched(self) -> dict[str, None]:
+        touched, self._q._touched = self._q._touched, None
+        return touched or {}
+
+    def append_apply(self, recs: list) -> int:
+        return self._q._append_apply(recs)
+
+    def max_at_ms(self) -> int:
+        return self._q._max_at
+

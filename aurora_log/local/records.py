@@ -196,7 +196,7 @@ _TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROG
 
 # --------------------------------------------------------------------------- layouts
 
-_ENQ = struct.Struct("<BBBxIqqqqqHHHHI")
+ENQUEUE_HEAD = struct.Struct("<BBBxIqqqqqHHHHI")
 _CLAIM = struct.Struct("<Bqq8sHH")
 _HB = struct.Struct("<Bqq8sH")
 _PROG = struct.Struct("<BBq8sdHH")
@@ -228,7 +228,7 @@ def pack_enqueue(job_id: bytes, job_type: bytes, queue: bytes, ukey: bytes | Non
              | (_F_UKEY if ukey is not None else 0))
     if ukey is None:
         ukey = b""
-    return b"".join((_ENQ.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
                                scheduled_ms or 0, timeout_ms or 0, lease_ms, len(job_id),
                                len(job_type), len(queue), len(ukey), len(payload)),
                      job_id, job_type, queue, ukey, payload))
@@ -240,7 +240,7 @@ def encode_enqueue(r: Enqueue) -> bytes:
              | (_F_UKEY if r.unique_key is not None else 0))
     i, t, q = _s(r.id), _s(r.job_type), _s(r.queue)
     u = _s(r.unique_key) if r.unique_key is not None else b""
-    return b"".join((_ENQ.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
                                r.at_ms, r.scheduled_ms or 0, r.timeout_ms or 0, r.lease_ms,
                                len(i), len(t), len(q), len(u), len(r.payload)),
                      i, t, q, u, r.payload))
@@ -331,8 +331,8 @@ def _check_id(rtype: int, job_id: str) -> str:
     return job_id
 
 
-_ENQ_UNPACK = _ENQ.unpack_from
-_ENQ_SIZE = _ENQ.size
+_ENQ_UNPACK = ENQUEUE_HEAD.unpack_from
+_ENQ_SIZE = ENQUEUE_HEAD.size
 _names: dict[bytes, str] = {}   # job_type / queue spellings repeat: decode each once
 
 

@@ -1,6 +1,15 @@
 """The snapshot file format: a State to the bytes of native/FORMAT.md and back.
 
-(Moved verbatim from snapshot.py; see the following commits.)
+Two layers, both here so the format is read in one place:
+
+* the state's export (``export_items`` / ``state_from_items``: version-1 items, one per job;
+  ``export_split`` / ``state_from_split``: the version-2 split into never-touched pending
+  jobs, stored column-wise with their claim order as runs, and every other job as an item);
+* the file (``encode_snapshot`` for version 1, ``encode_state`` for version 2, and
+  ``decode_snapshot`` for both): a 64-byte header and an lz4 frame of that content.
+
+Building the State from decoded jobs is the fold's business (``State.load_jobs``,
+``State.load_split``); the files' life (recovery, compaction, retirement) is snapshot.py's.
 """
 
 from __future__ import annotations
@@ -12,14 +21,17 @@ import json
 import re
 import struct
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Protocol
 
 import lz4.frame
 
 from ..errors import CorruptionError
 from .log import crc32c
-from .state import _BLOB, _Base, State
+from .order import claim_key, enqueue_due, timer_key
+from .state import State
+from .table import AT, HEAD_SIZE, LSN, PAIR, PRIO, Rec, SnapshotBase, unpack_head
 
 MAGIC = b"AURSNAP1"
 VERSION = 2                      # written; versions 1 and 2 are read
@@ -31,13 +43,191 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 # version 2 content: u32 meta length, meta JSON, then these sections, each u64 length + bytes
 SECTIONS = ("ids", "heads", "tail_lens", "tails", "rest_lens", "rest", "rest_pos", "runs")
-_HEAD_SIZE = _BLOB.size           # 52: the fixed head of a pending job's blob
 SNAP_RE = re.compile(r"^(\d{20})\.snap$")
 DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
 _IN_CHUNK = 1 << 20               # compressed bytes fed per call
 _BIG_OUT = 4 << 30                # up to this much content: decompressed in one call
 
+
+EXPORT_VERSION = 1
+_EXPORT_MAGIC = b"AQS\x01"
+_ITEM_R = struct.Struct("<HI")       # an "R" item: id length, blob length
+
+
+class Exportable(Protocol):
+    """What the encoders read of a state (a State, or the compactor's captured view)."""
+    jobs: Mapping[str, bytes | Rec]
+    pairs: list[tuple[str, str]]
+    last_lsn: int
+    applied: int
+
+
+@dataclass
+class StateView:
+    """A captured copy of a state's jobs to encode (the compactor's; see Exportable)."""
+    jobs: dict[str, bytes | Rec]
+    pairs: list[tuple[str, str]]
+    last_lsn: int
+    applied: int
+
+
+# --------------------------------------------------------------------------- the state's export
+
+def export_items(state: Exportable) -> Iterator[bytes]:
+    """The live contents as a sequence of byte strings (a header, then one item per job).
+    ``state_from_items(items)`` rebuilds an equal state (claim order included). The items
+    are self-describing and versioned; the file layer frames and compresses them."""
+    header = {"v": EXPORT_VERSION, "last_lsn": state.last_lsn, "applied": state.applied,
+              "pairs": [list(p) for p in state.pairs], "jobs": len(state.jobs)}
+    yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
+    for job_id, v in state.jobs.items():
+        if type(v) is bytes:
+            i = job_id.encode()
+            yield b"B" + struct.pack("<H", len(i)) + i + v
+        else:
+            assert type(v) is Rec
+            yield export_rec(job_id, v)
+
+
+def export_rec(job_id: str, v: Rec) -> bytes:
+    """The export item of a touched job: "R", id, blob, then its fields as JSON."""
+    i = job_id.encode()
+    meta = json.dumps([
+        v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
+        v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
+        v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
+        v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
+    return b"R" + _ITEM_R.pack(len(i), len(v.blob)) + i + v.blob + meta
+
+
+def _rec_item(item: bytes) -> tuple[str, bytes, list]:
+    li, lb = _ITEM_R.unpack_from(item, 1)
+    job_id = item[7:7 + li].decode()
+    return job_id, bytes(item[7 + li:7 + li + lb]), json.loads(item[7 + li + lb:])
+
+
+def _items(it: Iterator[bytes]) -> Iterator[tuple[str, bytes, list | None]]:
+    for item in it:
+        kind = item[:1]
+        if kind == b"B":
+            li = item[1] | item[2] << 8
+            yield item[3:3 + li].decode(), bytes(item[3 + li:]), None
+        elif kind == b"R":
+            yield _rec_item(item)
+        else:
+            raise ValueError(f"unknown state export item kind {kind!r}")
+
+
+_MALFORMED = (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
+              json.JSONDecodeError)
+
+
+def state_from_items(items: Iterable[bytes]) -> State:
+    """Rebuild a State from ``export_items``' items. ValueError if they are malformed."""
+    it = iter(items)
+    try:
+        head = next(it)
+    except StopIteration:
+        raise ValueError("empty state export") from None
+    if not head.startswith(_EXPORT_MAGIC):
+        raise ValueError("not a state export (bad magic)")
+    try:
+        h = json.loads(head[len(_EXPORT_MAGIC):])
+        if h["v"] != EXPORT_VERSION:
+            raise ValueError(f"unknown state export version {h['v']}")
+        s = State.restore(h["pairs"], h["last_lsn"], h["applied"])
+        n = s.load_jobs(_items(it))
+        if n != h["jobs"]:
+            raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
+        return s
+    except _MALFORMED as e:
+        raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
+
+
+def export_split(state: Exportable, on_progress: Callable[[int], None] | None = None,
+                 every: int = 50_000) -> dict:
+    """The live contents split the way a version-2 snapshot stores them (see
+    native/FORMAT.md): the never-touched pending jobs ("base": ids and blobs in state
+    order, plus claim-order runs of their ranks), and every other job as an export
+    item ("rest", with ``rest_pos`` = how many base jobs come before each). Runs are
+    lists of ``(first_rank, count)`` segments: one per pair (ready jobs in claim order),
+    then one for the timer jobs (due after their enqueue, in timer order).
+    ``state_from_split`` rebuilds a state equal to ``state_from_items(export_items())``."""
+    ids: list[str] = []
+    blobs: list[bytes] = []
+    rest: list[bytes] = []
+    rest_pos: list[int] = []
+    npairs = len(state.pairs)
+    ready: list[list[int]] = [[] for _ in range(npairs)]
+    timers: list[int] = []
+    n = 0
+    for job_id, v in state.jobs.items():
+        n += 1
+        if on_progress is not None and n % every == 0:
+            on_progress(n)
+        if type(v) is not bytes:
+            assert type(v) is Rec
+            rest.append(export_rec(job_id, v))
+            rest_pos.append(len(ids))
+            continue
+        h = unpack_head(v)
+        due, at = enqueue_due(h), h[AT]
+        # key << 32 | rank: one int per job (ints are not tracked by the cyclic GC; a
+        # million tuples would set off full collections in the middle of compaction)
+        rank = len(ids)
+        if due > at:
+            timers.append(timer_key(due, h[LSN]) << 32 | rank)
+        else:
+            ready[h[PAIR]].append(claim_key(h[PRIO], due, h[LSN]) << 32 | rank)
+        ids.append(job_id)
+        blobs.append(v)
+    runs = [_segments(r) for r in ready]
+    runs.append(_segments(timers))
+    meta = {"last_lsn": state.last_lsn, "applied": state.applied,
+            "pairs": [list(p) for p in state.pairs]}
+    return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
+            "runs": runs}
+
+
+def _segments(entries: list[int]) -> list[tuple[int, int]]:
+    """Sort ``key << 32 | rank`` entries (keys are unique: they end in an LSN) and return
+    the ranks as (first, count) segments of consecutive ranks (one segment when key order
+    is rank order, the common case)."""
+    entries.sort()
+    segs: list[tuple[int, int]] = []
+    first = nxt = -1
+    for e in entries:
+        rank = e & 0xFFFFFFFF
+        if rank != nxt:
+            if first >= 0:
+                segs.append((first, nxt - first))
+            first = rank
+        nxt = rank + 1
+    if first >= 0:
+        segs.append((first, nxt - first))
+    return segs
+
+
+def state_from_split(meta: dict, base: SnapshotBase, rest: list[bytes], rest_pos: list[int],
+                     runs: list[list[tuple[int, int]]], pair_counts: list[int],
+                     ukeys: list[tuple[int, str]]) -> State:
+    """The state of a version-2 snapshot, lazily (``State.load_split``): the base jobs
+    stay in ``base``, the ``rest`` items are imported. ValueError if they are malformed."""
+    try:
+        s = State.restore(meta["pairs"], meta["last_lsn"], meta["applied"])
+        recs = []
+        for item in rest:
+            if item[:1] != b"R":
+                raise ValueError(f"unknown state export item kind {item[:1]!r}")
+            recs.append(_rec_item(item))
+        s.load_split(base, recs, rest_pos, runs, pair_counts, ukeys)
+        return s
+    except _MALFORMED as e:
+        raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
+
+
+# --------------------------------------------------------------------------- the file
 
 def _mask(crc: int) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
@@ -176,7 +366,7 @@ def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
     return width, False, [jb + b"\n" for jb in joined]
 
 
-def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
+def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
                  on_progress: Callable[[int, int], None] | None = None,
                  every: int = 50_000) -> bytes:
     """The whole VERSION 2 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md).
@@ -186,13 +376,13 @@ def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
     Built in pieces of _STEP jobs and compressed piece by piece (lz4 releases the GIL):
     no single call holds the GIL for long while the queue runs beside it."""
     total = len(state.jobs)
-    sp = state.export_split(
+    sp = export_split(state,
         None if on_progress is None else (lambda n: on_progress(n, total + 1)), every)
     ids, blobs = sp["ids"], sp["blobs"]
     nb = len(ids)
     width, uuid, ids_sec = _id_pieces(ids)
     del ids
-    hs = _HEAD_SIZE
+    hs = HEAD_SIZE
     steps = range(0, nb, _STEP)
     heads = _planes([b"".join([b[:hs] for b in blobs[k:k + _STEP]]) for k in steps], hs, nb)
     tail_lens = _planes([_u32s([len(b) - hs for b in blobs[k:k + _STEP]]) for k in steps],
@@ -248,7 +438,7 @@ def decode_snapshot(data: bytes, path: str = "?", *,
     """Every check, then the State. CorruptionError (file, offset, reason) on any failure:
     header, body length, body crc, lz4 frame (declared content size checked against the
     header and ``max_content`` BEFORE decompressing; decompressed incrementally with a hard
-    bound; content checksum), item framing and count, State.from_export."""
+    bound; content checksum), item framing and count, state_from_items."""
     info = read_header(data, path)
     body = memoryview(data)[HEADER:]
     if len(body) != info.body_len:
@@ -263,7 +453,7 @@ def decode_snapshot(data: bytes, path: str = "?", *,
     content = _decompress(body, info, path)
     try:
         if info.version == 1:
-            state = State.from_export(_split(content, info, path))
+            state = state_from_items(_split(content, info, path))
         else:
             state = _decode_v2(content, info, path)
     except ValueError as e:
@@ -357,7 +547,7 @@ def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
 
 
 def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
-    """Version 2 content -> a lazily loaded State (State.from_split). Checks everything
+    """Version 2 content -> a lazily loaded State (state_from_split). Checks everything
     that C-speed operations can check without a loop per job: the meta, that the sections
     tile the content exactly, their sizes against the counts, the ids' separators and
     encoding, every head's priority, flags and pair (byte planes), unique keys, the rest
@@ -452,7 +642,7 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
             except UnicodeDecodeError:
                 raise bad(f"id {k} is not UTF-8", id_offs[k]) from None
     # heads and tail lengths: byte planes (see _planes)
-    hs = _HEAD_SIZE
+    hs = HEAD_SIZE
 
     def read_planes(name, width):
         a, ln = secs[name]
@@ -581,5 +771,5 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         expect = a0 + c0
     if expect != nb:
         raise bad(f"the runs hold {expect} pending jobs, the meta {nb}", runs_at)
-    base = _Base(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid)
-    return State.from_split(meta, base, rest, rest_pos, runs, pair_counts, ukeys)
+    base = SnapshotBase(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid)
+    return state_from_split(meta, base, rest, rest_pos, runs, pair_counts, ukeys)

@@ -14,7 +14,7 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
                                    length table then the items back to back.
 
 A version 2 load builds no object per pending job (``_decode_v2`` checks the structure
-with bulk operations, ``State.from_split`` returns a state whose job table is lazy), so
+with bulk operations, ``state_from_split`` returns a state whose job table is lazy), so
 reopen + first claim does not grow with the number of pending jobs beyond reading and
 decompressing the file.
 
@@ -32,7 +32,7 @@ DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read),
 ``state_as_of`` uses for time travel.
 
 History beyond compaction (the choice): a snapshot carries each retained job's whole
-transition list (``_Rec.hist``, part of the state export), so ``history(job_id)`` keeps
+transition list (``Rec.hist``, part of the state export), so ``history(job_id)`` keeps
 working after the job's records have left the WAL, for as long as retention keeps the job
 (completed/cancelled: 24 h or the newest 100,000 by default; dead letters until purged).
 A purged job's history, and the state at any past moment, need ``archive=True``: retired
@@ -40,12 +40,12 @@ segments and snapshots are then kept under DIR/archive/ and ``state_as_of`` (``o
 as_of=..., read_only=True)``) replays them. Without an archive, the past before the older
 kept snapshot is gone by design.
 
-The Compactor works on a *host* (the Queue) through a small duck-typed surface:
-``host._lock`` (the state lock), ``host._state``, ``host._log``, ``host._append_apply(recs)``
-(caller holds the lock), ``host._now_ms()``, ``host._touched`` (None, or an ordered dict the
-host fills with the id of every job a record touches, under the lock) and ``host._max_at``
-(the largest record time applied so far). Every file operation goes through log.py's helpers
-(the C core's syscall table), so fault injection and the power-loss recorder see them.
+The Compactor works on a *host* (the Queue passes one in) through ``CompactionHost``: the
+log, the clock, the live state under the queue's lock, a way to note the jobs touched while a
+capture runs, and appending (purge) records. Every file operation goes through log.py's
+helpers (the C core's syscall table), so fault injection and the power-loss recorder see
+them. The file format (bytes <-> State) is snapfile.py's; the replay after a snapshot is
+replay.py's.
 """
 
 from __future__ import annotations
@@ -57,15 +57,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from . import records as R
 from ..errors import ClosedError, CorruptionError
-from .log import read_file, remove_file, write_file_durably
+from .log import Log, read_file, remove_file, write_file_durably
+from .replay import replay
 from .snapfile import (DEFAULT_MAX_CONTENT, HEADER, MAGIC, READ_VERSIONS, SNAP_RE, VERSION,
                        SnapshotInfo, SnapshotProblem, decode_snapshot, encode_snapshot,
-                       encode_state, read_header)
-from .state import _BLOB, _Rec, State
+                       StateView, encode_state, read_header)
+from .state import State
+from .table import COMPLETED, CANCELLED, LSN, Rec, unpack_head
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER", "SnapshotInfo", "SnapshotProblem", "LoadResult",
@@ -74,8 +78,7 @@ __all__ = [
     "DEFAULT_MAX_CONTENT", "encode_state", "READ_VERSIONS",
 ]
 
-_STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait for purge)
-_FINISHED = (3, 5, 6)
+_RETAINED = (COMPLETED, CANCELLED)  # retention applies (dead letters wait for a purge)
 
 
 def snap_name(lsn: int) -> str:
@@ -212,15 +215,46 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
 
 # --------------------------------------------------------------------------- compaction
 
-def _clone(r: _Rec) -> _Rec:
-    c = _Rec.__new__(_Rec)
+def _clone(r: Rec) -> Rec:
+    c = Rec.__new__(Rec)
     for s in _SLOTS:
         setattr(c, s, getattr(r, s))
     c.hist = list(r.hist)
     return c
 
 
-_SLOTS = _Rec.__slots__
+_SLOTS = Rec.__slots__
+
+
+class CompactionHost(Protocol):
+    """What a Compactor needs of the queue it compacts (the queue passes one in)."""
+
+    @property
+    def log(self) -> Log:
+        """The queue's log: stats, flush, retire_segments_before, failed."""
+
+    @property
+    def closed(self) -> bool:
+        """The queue is closed (the compactor stops)."""
+
+    def now_ms(self) -> int:
+        """The queue's clock, in ms."""
+
+    def locked(self) -> AbstractContextManager[State]:
+        """Hold the queue's lock; the live state."""
+
+    def track_touched(self) -> None:
+        """Lock held: from now on note the id of every job a record touches."""
+
+    def untrack_touched(self) -> dict[str, None]:
+        """Lock held: stop noting; the ids noted since track_touched, in order ({} if
+        it was not noting)."""
+
+    def append_apply(self, recs: list[R.Record]) -> int:
+        """Lock held: append records (one atomic batch) and fold them; the last LSN."""
+
+    def max_at_ms(self) -> int:
+        """Lock held: the largest record time applied so far (the snapshot header's)."""
 
 
 @dataclass
@@ -239,13 +273,13 @@ class CompactionResult:
 class Compactor:
     """Snapshots, retention and retirement for one Queue (the host)."""
 
-    def __init__(self, host, directory, *, archive: bool = False, keep: int = 2,
+    def __init__(self, host: CompactionHost, directory, *, archive: bool = False, keep: int = 2,
                  retain_seconds: float | None = 24 * 3600, retain_count: int | None = 100_000,
                  wal_bytes: int | None = 64 << 20, factor: float | None = 4.0,
                  min_bytes: int = 1 << 20, max_content: int = DEFAULT_MAX_CONTENT):
         if keep < 2:
             raise ValueError("keep must be >= 2 (the older snapshot is the fallback)")
-        self.host = host
+        self.host: CompactionHost | None = host
         self.dir = Path(directory)
         self.snap_dir = self.dir / "snap"
         self.archive = archive
@@ -268,7 +302,7 @@ class Compactor:
 
     # ---------------------------------------------------------------- trigger
     def wal_since(self) -> int:
-        st = self.host._log.stats()
+        st = self._host().log.stats()
         return self.tail_bytes + st.get("bytes", 0) - self._wal_base
 
     def due(self) -> bool:
@@ -308,7 +342,8 @@ class Compactor:
                     self.compact()
             except Exception as e:  # noqa: BLE001 - keep it for the owner; stop on a failed log
                 self.last_error = e
-                if self.host._closed or self.host._log.failed:
+                host = self.host
+                if host is None or host.closed or host.log.failed:
                     return
 
     # ---------------------------------------------------------------- compaction
@@ -318,13 +353,21 @@ class Compactor:
                 raise ClosedError("the queue is closed")
             return self._compact(on_progress)
 
+    def _host(self) -> CompactionHost:
+        host = self.host
+        if host is None:
+            raise ClosedError("the queue is closed")
+        return host
+
     def _compact(self, on_progress):
         t0 = time.perf_counter()
-        host = self.host
-        pauses = []
+        host = self._host()
+        pauses: list[float] = []
         # a lazily loaded state (version 2 snapshot) is materialised by the copy under the
         # lock below; its bulk (pure, from immutable snapshot bytes) is built here, outside
-        prebuild = getattr(host._state.jobs, "prebuild", None)
+        with host.locked() as st:
+            jobs = st.jobs
+        prebuild = getattr(jobs, "prebuild", None)
         if prebuild is not None:
             prebuild()
         view, lsn0 = self._capture_start(pauses)
@@ -334,23 +377,23 @@ class Compactor:
             for jid, v in view.items():
                 if type(v) is not bytes:
                     view[jid] = _clone(v)
-            now = host._now_ms()
+            now = host.now_ms()
             purge_ids = self._retention(view, now)
         except BaseException:
-            with host._lock:
-                host._touched = None
+            with host.locked():
+                host.untrack_touched()
             raise
-        vstate, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
+        vstate, max_at, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
         lsn = vstate.last_lsn
-        wal_mark = host._log.stats().get("bytes", 0)
-        host._log.flush()            # every record <= lsn durable before the snapshot is
+        wal_mark = host.log.stats().get("bytes", 0)
+        host.log.flush()             # every record <= lsn durable before the snapshot is
         total = len(vstate.jobs) + 1
         path = self.snap_dir / snap_name(lsn)
         if path.exists():
             # nothing was logged since that snapshot (written by us or checked at open)
             size = path.stat().st_size
         else:
-            data = encode_state(vstate, lsn, vstate._max_at, on_progress=on_progress,
+            data = encode_state(vstate, lsn, max_at, on_progress=on_progress,
                                 every=self.progress_every)
             size = len(data)
             path = write_snapshot(self.snap_dir, data, lsn)
@@ -368,35 +411,40 @@ class Compactor:
         self.last_result = res
         return res
 
-    def _capture_start(self, pauses):
-        host = self.host
-        with host._lock:
+    def _capture_start(self, pauses: list[float]) -> tuple[dict, int]:
+        host = self._host()
+        with host.locked() as st:
             t = time.perf_counter()
-            host._check_open()
-            st = host._state
+            if host.closed:
+                raise ClosedError("the queue is closed")
             view = st.jobs.copy()
             lsn0 = st.last_lsn
-            host._touched = {}
+            host.track_touched()
             pauses.append(time.perf_counter() - t)
         return view, lsn0
 
-    def _capture_finish(self, view, lsn0, purge_ids, now, pauses):
-        host = self.host
+    def _capture_finish(self, view: dict, lsn0: int, purge_ids: dict, now: int,
+                        pauses: list[float]) -> tuple[StateView, int, int]:
+        """Under the lock: apply retention (PURGE records) and re-read every job touched
+        since the copy. Returns the view to encode, the max record time and how many were
+        purged."""
+        host = self._host()
         purged = 0
-        with host._lock:
+        with host.locked() as st:
             t = time.perf_counter()
             try:
-                st = host._state
                 jobs = st.jobs
                 if purge_ids:
                     # still finished the same way (a re-driven and re-finished job is not)
-                    ids = [i for i, (status, done) in purge_ids.items()
-                           if type(jobs.get(i)) is _Rec and jobs[i].status == status
-                           and jobs[i].completed == done]
+                    ids = []
+                    for i, (status, done) in purge_ids.items():
+                        v = jobs.get(i)
+                        if type(v) is Rec and v.status == status and v.completed == done:
+                            ids.append(i)
                     for k in range(0, len(ids), 50_000):
-                        host._append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
+                        host.append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
                     purged = len(ids)
-                touched = host._touched or {}
+                touched = host.untrack_touched()
                 new = []
                 for jid in touched:
                     v = jobs.get(jid)
@@ -405,24 +453,21 @@ class Compactor:
                         continue
                     blob = v if type(v) is bytes else v.blob
                     c = v if type(v) is bytes else _clone(v)
-                    if _BLOB.unpack_from(blob)[0] > lsn0:     # enqueued after the copy
+                    enqueued = unpack_head(blob)[LSN]
+                    if enqueued > lsn0:               # enqueued after the copy
                         view.pop(jid, None)
-                        new.append((_BLOB.unpack_from(blob)[0], jid, c))
+                        new.append((enqueued, jid, c))
                     else:
                         view[jid] = c
                 new.sort()
                 for _, jid, c in new:
                     view[jid] = c
-                vs = State.__new__(State)
-                vs.jobs = view
-                vs.last_lsn = st.last_lsn
-                vs.applied = st.applied
-                vs._pairs = list(st._pairs)
-                vs._max_at = host._max_at
+                vs = StateView(view, list(st.pairs), st.last_lsn, st.applied)
+                max_at = host.max_at_ms()
             finally:
-                host._touched = None
+                host.untrack_touched()
                 pauses.append(time.perf_counter() - t)
-        return vs, purged
+        return vs, max_at, purged
 
     def _retention(self, view, now: int) -> dict[str, tuple[int, int]]:
         """Finished jobs past their limit: completed/cancelled that finished before
@@ -433,7 +478,7 @@ class Compactor:
             return {}
         fin = []
         for i, (jid, v) in enumerate(view.items()):
-            if type(v) is not bytes and v.status in _STATUS_FINISHED_RETAINED:
+            if type(v) is not bytes and v.status in _RETAINED:
                 fin.append((v.completed, i, jid, v.status))
         out = {}
         if self.retain_ms is not None:
@@ -460,7 +505,7 @@ class Compactor:
         retired = []
         if len(kept) >= 2:
             adir = self.dir / "archive" / "wal" if self.archive else None
-            retired = [str(p) for p in self.host._log.retire_segments_before(
+            retired = [str(p) for p in self._host().log.retire_segments_before(
                 kept[0][0] + 1, archive_dir=adir)]
         return removed, retired
 
@@ -474,7 +519,6 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
     Uses the newest valid snapshot at or before the target (DIR/snap and DIR/archive/snap)
     and the records after it (DIR/archive/wal then DIR/wal). Reads only."""
     from ..job import to_ms
-    from .log import Log
 
     directory = Path(directory)
     if isinstance(target, datetime):
@@ -500,31 +544,12 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
             continue
         base, base_lsn = st, lsn
         break
-    state = base if base is not None else State()
     logs = []
     if (directory / "archive" / "wal").is_dir():
         logs.append(Log.open(directory / "archive", read_only=True))
     logs.append(Log.open(directory, read_only=True))
-    expected = base_lsn + 1
     try:
-        for lg in logs:
-            if lg.next_lsn <= expected:
-                continue
-            if lg.first_lsn > expected:
-                raise CorruptionError(f"history needed from LSN {expected} is not stored "
-                                      f"(this log starts at {lg.first_lsn})",
-                                      file=str(lg.directory), lsn=expected)
-            for lsn, rtype, payload in lg.scan(expected):
-                if t_lsn is not None and lsn > t_lsn:
-                    break
-                rec = R.decode(rtype, payload)
-                if t_ms is not None and rec.at_ms > t_ms:
-                    t_lsn = lsn - 1      # stop for good at the first later record
-                    break
-                state.apply(lsn, rtype, rec)
-                expected = lsn + 1
-            if t_lsn is not None and expected > t_lsn:
-                break
+        state = replay(logs, base, base_lsn, until_lsn=t_lsn, until_ms=t_ms).state
     finally:
         for lg in logs:
             lg.close()

@@ -1,32 +1,31 @@
-"""The pure fold: transition records in, job table and heaps out. No I/O, no clock.
+"""The fold: transition records in, job table out. No I/O, no clock.
 
 ``State.apply(lsn, rtype, record)`` folds one record (``record`` is the payload bytes or the
-decoded record from :mod:`aurora_log.records`). ``queue.py`` appends a record to the log and
-applies the same record here, so replay on open and live operation run the same code.
+decoded record from :mod:`aurora_log.local.records`). The queue appends a record to the log
+and applies the same record here, and ``replay.py`` applies the stored ones, so replay on
+open and live operation run the same code.
 
 The ``plan_*`` methods are the other half: given the state, the caller's arguments and a
 ``now_ms`` they decide what record an operation must write (or raise StaleLeaseError,
 JobNotFoundError, InvalidStateError) without changing anything. Every clock-dependent
 decision (lease deadline, next due time, the reaper's verdict) is thereby in the record.
 
-Memory layout (the point: a pending job is not a Python object)
----------------------------------------------------------------
-* ``jobs``: ``id -> bytes`` for a job that has only been enqueued (the common case: one
-  compact blob, see ``_BLOB``, holding the enqueue LSN, times, limits, priority, unique key
-  and the JSON payload), or ``id -> _Rec`` (a slotted object) once anything else happened to
-  it. Dict order is enqueue order (replacing a value keeps its place), which ``list()`` uses.
-* ready heaps, one per (queue, job_type) pair: ``(key, id)`` with
-  ``key = (4 - priority) << 112 | due_ms << 64 | seq`` -- one int orders by priority desc,
-  due time, then FIFO (``seq`` = LSN of the record that made the job pending).
-* timer heap: ``(due_ms << 64 | seq, id)`` for jobs due in the future (scheduled, retry
-  backoff), moved to a ready heap by ``promote(now_ms)``.
-* lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id, token)``.
-* All heaps use lazy deletion: an entry is live only if the job still is in the state that
-  pushed it (blob => the one enqueue episode; ``_Rec`` => status and ``seq``/token match).
-* After a version-2 snapshot load (``from_split``) the snapshot's never-touched pending
-  jobs are not in the heaps: ``_runs`` (per pair) and ``_trun`` (timers) walk them in key
-  order straight from the snapshot content, beside the heaps, with the same liveness rule;
-  and ``jobs`` is a ``_LazyJobs`` until something needs the whole dict (see that class).
+A claim: ``pick`` (the decision: the claim order of ``order.py`` says which job is next)
+-> ``plan_claim`` (the record) -> the queue appends it -> ``apply`` (the job runs, and the
+claim order drops it).
+
+What the state holds
+--------------------
+* ``jobs``: ``id -> bytes`` for a job that has only been enqueued (one compact blob, see
+  ``table.py``), or ``id -> Rec`` once anything else happened to it. Dict order is enqueue
+  order (replacing a value keeps its place), which ``list()`` uses. After a version-2
+  snapshot load it is a ``table.LazyJobs`` until something needs the whole dict.
+* ``pairs``: the (queue, job_type) pairs met so far; a blob stores its pair's index.
+* ``order``: the claim order of the waiting jobs (``order.ClaimOrder``).
+* the lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id,
+  token)`` the reaper walks, with lazy deletion (an entry is live while the job runs under
+  that token, and for a lease, while the deadline is the job's current one).
+* counts per status (in total and per queue), the holders of unique keys, the running ids.
 
 Lease rule: a lease holds through its deadline; it is expired when ``now > deadline``.
 Likewise a timeout fires when ``now > started + timeout``. A job is due when ``due <= now``.
@@ -35,28 +34,25 @@ Likewise a timeout fires when ``now > started + timeout``. A job is due when ``d
 from __future__ import annotations
 
 import heapq
-import itertools
-import json
-import struct
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import records as R
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
 from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
-from .order import MAX_DUE_MS, _M64, _Run
-from .table import (CANCELLED, COMPLETED, DEAD_LETTER, FAILED, PENDING, RUNNING, _BLOB,
-                    _F_SCHED, _FINISHED, _LIVE, _WAITING, _Base, _LazyJobs, _Rec)
+from .order import MAX_DUE_MS, ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
+from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
+                    FLAGS, HEAD_SIZE, LEASE_MS, LIVE, LSN, MAX_RETRIES, PAIR, PENDING, PRIO,
+                    RUNNING, SCHEDULED, TIMEOUT_MS, UKEY_LEN, WAITING, LazyJobs, Rec,
+                    SnapshotBase, pack_head, unique_key_of, unpack_head)
 
-__all__ = ["State", "Transition", "EXPORT_VERSION"]
+__all__ = ["State", "Transition"]
 
 _STATUS = {s.code: s for s in JobStatus}
 _PRIO = (None,) + tuple(JobPriority)
-_ENQ_UNPACK = R._ENQ.unpack_from
-_ENQ_SIZE = R._ENQ.size
-
-EXPORT_VERSION = 1
-_EXPORT_MAGIC = b"AQS\x01"
+_ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
+_ENQ_SIZE = R.ENQUEUE_HEAD.size
 
 
 class Transition(NamedTuple):
@@ -70,55 +66,47 @@ class Transition(NamedTuple):
     error: str | None          # the error, reap reason or note
 
 
-
 class State:
     """The queue's state; see the module docstring."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, bytes | _Rec] = {}
-        self._pairs: list[tuple[str, str]] = []      # index -> (queue, job_type)
+        self.jobs: dict[str, bytes | Rec] | LazyJobs = {}
+        self.pairs: list[tuple[str, str]] = []       # index -> (queue, job_type)
         self._pair_ix: dict[tuple[str, str], int] = {}
-        self._ready: list[list] = []                 # index -> heap of (key, id)
-        self._timers: list = []
-        self._leases: list = []
-        self._timeouts: list = []
+        self._pair_raw: dict[tuple[int, bytes], int] = {}   # (len type, type+queue) -> pair
+        self.order = ClaimOrder(self)
+        self._leases: list[tuple[int, str, bytes]] = []
+        self._timeouts: list[tuple[int, str, bytes]] = []
         self._running: set[str] = set()
         self._unique: dict[str, str] = {}
         self._counts = [0] * 7                       # by status code
         self._qcounts: dict[str, list[int]] = {}
-        self._pick_cache: dict = {}
-        self._pair_raw: dict = {}                    # (len type, type+queue bytes) -> pair
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
-        # after a version-2 snapshot load: the snapshot's never-touched pending jobs in claim
-        # order, per pair (ready) and for the timers (see _Run); empty otherwise
-        self._runs: dict[int, _Run] = {}
-        self._trun: _Run | None = None
-        self._spills = 0
 
     # ------------------------------------------------------------------ small helpers
 
-    def _count_pending_by_pair(self, counts) -> None:
+    def _count_pending_by_pair(self, counts: list[int]) -> None:
         """Add counts[pair index] pending jobs to the totals (a bulk load's counters)."""
         for ix, c in enumerate(counts):
             if c:
-                queue = self._pairs[ix][0]
+                queue = self.pairs[ix][0]
                 self._counts[PENDING] += c
                 q = self._qcounts.get(queue)
                 if q is None:
                     q = self._qcounts[queue] = [0] * 7
                 q[PENDING] += c
 
-    def _pair(self, queue: str, job_type: str) -> int:
+    def pair_index(self, queue: str, job_type: str) -> int:
+        """The index of the (queue, job_type) pair, added if new."""
         key = (queue, job_type)
         ix = self._pair_ix.get(key)
         if ix is None:
-            ix = len(self._pairs)
-            self._pairs.append(key)
+            ix = len(self.pairs)
+            self.pairs.append(key)
             self._pair_ix[key] = ix
-            self._ready.append([])
-            self._pick_cache.clear()
+            self.order.add_pair()
         return ix
 
     def _count(self, queue: str, old: int, new: int) -> None:
@@ -133,55 +121,33 @@ class State:
             c[new] += 1
             q[new] += 1
 
-    def _anomaly(self, lsn: int, why: str) -> None:
+    def anomaly(self, lsn: int, why: str) -> None:
+        """Note a record that did not apply (or a snapshot run that broke its contract)."""
         if len(self.anomalies) < 100:
             self.anomalies.append((lsn, why))
 
-    def _rec(self, job_id: str) -> _Rec | None:
-        """The job as a _Rec, converting a blob (touching it) if needed."""
+    def _rec(self, job_id: str) -> Rec | None:
+        """The job as a Rec, converting a blob (touching it) if needed."""
         v = self.jobs.get(job_id)
-        if v is None or type(v) is _Rec:
+        if v is None or type(v) is Rec:
             return v
-        r = _Rec(v)
+        r = Rec(v)
         self.jobs[job_id] = r
         return r
 
-    def _live_entry(self, key: int, job_id: str) -> bool:
-        v = self.jobs.get(job_id)
-        if v is None:
-            return False
-        if type(v) is bytes:
-            return True
-        return v.status in _WAITING and v.seq == key & _M64
-
-    def _schedule(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
-        """Put a waiting job into the timer heap, or straight into its ready heap when due
-        is not after the transition's own time (due <= at)."""
-        due = min(max(due, 0), MAX_DUE_MS)
-        tkey = due << 64 | seq
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            h = _BLOB.unpack_from(blob)
-            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
-
-    @staticmethod
-    def _queue_of(blob: bytes, pairs) -> str:
-        return pairs[_BLOB.unpack_from(blob)[7]][0]
-
-    def _set(self, job_id: str, r: _Rec, new: int) -> None:
+    def _set(self, job_id: str, r: Rec, new: int) -> None:
         old = r.status
         if old == new:
             return
-        h = _BLOB.unpack_from(r.blob)
-        self._count(self._pairs[h[7]][0], old, new)
+        h = unpack_head(r.blob)
+        self._count(self.pairs[h[PAIR]][0], old, new)
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
         if new == RUNNING:
             self._running.add(job_id)
-        if new in _FINISHED and h[10]:
-            ukey = r.blob[_BLOB.size:_BLOB.size + h[10]].decode()
+        if new in FINISHED and h[UKEY_LEN]:
+            ukey = r.blob[HEAD_SIZE:HEAD_SIZE + h[UKEY_LEN]].decode()
             if self._unique.get(ukey) == job_id:
                 del self._unique[ukey]
 
@@ -197,7 +163,7 @@ class State:
         self.applied += 1
         fn = _APPLY.get(rtype)
         if fn is None:
-            self._anomaly(lsn, f"unknown record type {rtype}")
+            self.anomaly(lsn, f"unknown record type {rtype}")
             return
         fn(self, lsn, rec)
 
@@ -224,7 +190,7 @@ class State:
         try:
             job_id = data[_ENQ_SIZE:a].decode("utf-8")
             if pair is None:
-                pair = self._pair(data[b:c].decode("utf-8"), data[a:b].decode("utf-8"))
+                pair = self.pair_index(data[b:c].decode("utf-8"), data[a:b].decode("utf-8"))
                 self._pair_raw[key] = pair
             ukey = data[c:c + lu].decode("utf-8") if lu else None
         except UnicodeDecodeError:
@@ -234,27 +200,22 @@ class State:
         self.applied += 1
         jobs = self.jobs
         if job_id in jobs:
-            self._anomaly(lsn, f"enqueue of existing job {job_id}")
+            self.anomaly(lsn, f"enqueue of existing job {job_id}")
             return at
         has_sched = flags & 1
-        blob = _BLOB.pack(lsn, at, created, sched if has_sched else 0,
+        blob = pack_head(lsn, at, created, sched if has_sched else 0,
                           tmo if flags & 2 else 0, lease, maxr, pair, prio,
                           has_sched, lu) + data[c:]
         jobs[job_id] = blob
         self._counts[PENDING] += 1
-        queue = self._pairs[pair][0]
+        queue = self.pairs[pair][0]
         qc = self._qcounts.get(queue)
         if qc is None:
             qc = self._qcounts[queue] = [0] * 7
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
-        due = at if not has_sched else min(max(sched, 0), MAX_DUE_MS)
-        tkey = due << 64 | lsn
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            heapq.heappush(self._ready[pair], ((4 - prio) << 112 | tkey, job_id))
+        self.order.add(job_id, pair, prio, clamp_due(sched) if has_sched else at, lsn, at)
         return at
 
     def _apply_slow(self, lsn: int, data) -> int:
@@ -270,7 +231,7 @@ class State:
         for rtype, rec in records:
             fn = table.get(rtype)
             if fn is None:
-                self._anomaly(lsn, f"unknown record type {rtype}")
+                self.anomaly(lsn, f"unknown record type {rtype}")
             else:
                 fn(self, lsn, rec)
             lsn += 1
@@ -282,18 +243,18 @@ class State:
         jobs = self.jobs
         job_id = e.id
         if job_id in jobs:
-            self._anomaly(lsn, f"enqueue of existing job {job_id}")
+            self.anomaly(lsn, f"enqueue of existing job {job_id}")
             return
         pair = self._pair_ix.get((e.queue, e.job_type))
         if pair is None:
-            pair = self._pair(e.queue, e.job_type)
+            pair = self.pair_index(e.queue, e.job_type)
         ukey = e.unique_key
         u = ukey.encode() if ukey is not None else b""
         sched = e.scheduled_ms
         at = e.at_ms
-        blob = _BLOB.pack(lsn, at, e.created_ms, sched or 0, e.timeout_ms or 0,
+        blob = pack_head(lsn, at, e.created_ms, sched or 0, e.timeout_ms or 0,
                           e.lease_ms, e.max_retries, pair, e.priority,
-                          _F_SCHED if sched is not None else 0, len(u)) + u + e.payload
+                          F_SCHED if sched is not None else 0, len(u)) + u + e.payload
         jobs[job_id] = blob
         self._counts[PENDING] += 1
         qc = self._qcounts.get(e.queue)
@@ -302,24 +263,20 @@ class State:
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
-        due = at if sched is None else min(max(sched, 0), MAX_DUE_MS)
-        tkey = due << 64 | lsn
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            heapq.heappush(self._ready[pair], ((4 - e.priority) << 112 | tkey, job_id))
+        self.order.add(job_id, pair, e.priority, at if sched is None else clamp_due(sched),
+                       lsn, at)
 
-    def _running_rec(self, lsn: int, rec, what: str) -> _Rec | None:
+    def _running_rec(self, lsn: int, rec, what: str) -> Rec | None:
         r = self.jobs.get(rec.id)
-        if type(r) is not _Rec or r.status != RUNNING or r.token != rec.token:
-            self._anomaly(lsn, f"{what} of {rec.id}: not running under that token")
+        if type(r) is not Rec or r.status != RUNNING or r.token != rec.token:
+            self.anomaly(lsn, f"{what} of {rec.id}: not running under that token")
             return None
         return r
 
     def _apply_claim(self, lsn: int, c: R.Claim) -> None:
         r = self._rec(c.id)
-        if r is None or r.status not in _WAITING:
-            self._anomaly(lsn, f"claim of {c.id}: not waiting")
+        if r is None or r.status not in WAITING:
+            self.anomaly(lsn, f"claim of {c.id}: not waiting")
             return
         self._set(c.id, r, RUNNING)
         r.token = c.token
@@ -330,9 +287,10 @@ class State:
         r.cancel_req = False
         r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
-        timeout = _BLOB.unpack_from(r.blob)[4]
-        if timeout:
-            heapq.heappush(self._timeouts, (c.at_ms + timeout, c.id, c.token))
+        h = unpack_head(r.blob)
+        if h[TIMEOUT_MS]:
+            heapq.heappush(self._timeouts, (c.at_ms + h[TIMEOUT_MS], c.id, c.token))
+        self.order.left(c.id, h[PAIR])
 
     def _apply_heartbeat(self, lsn: int, h: R.Heartbeat) -> None:
         r = self._running_rec(lsn, h, "heartbeat")
@@ -359,7 +317,7 @@ class State:
         else:
             r.hist.append(entry)
 
-    def _finish_attempt(self, r: _Rec) -> None:
+    def _finish_attempt(self, r: Rec) -> None:
         r.token = None
         r.lease_dl = 0
 
@@ -374,7 +332,7 @@ class State:
         r.error = None
         r.hist.append((lsn, R.COMPLETE, c.at_ms, COMPLETED, r.worker, r.retry + 1, None))
 
-    def _after_attempt(self, lsn: int, job_id: str, r: _Rec, outcome: int, at: int, due: int,
+    def _after_attempt(self, lsn: int, job_id: str, r: Rec, outcome: int, at: int, due: int,
                        retry_status: int, rtype: int, note: str) -> None:
         attempt = r.retry + 1
         self._finish_attempt(r)
@@ -383,7 +341,7 @@ class State:
             r.seq = lsn
             r.due = due
             self._set(job_id, r, retry_status)
-            self._schedule(job_id, r.blob, due, lsn, at)
+            self.order.add_blob(job_id, r.blob, due, lsn, at)
         else:
             r.completed = at
             self._set(job_id, r, DEAD_LETTER if outcome == R.OUTCOME_DEAD else CANCELLED)
@@ -408,25 +366,26 @@ class State:
 
     def _apply_cancel(self, lsn: int, c: R.Cancel) -> None:
         r = self._rec(c.id)
-        if r is None or r.status not in _WAITING:
-            self._anomaly(lsn, f"cancel of {c.id}: not waiting")
+        if r is None or r.status not in WAITING:
+            self.anomaly(lsn, f"cancel of {c.id}: not waiting")
             return
         self._set(c.id, r, CANCELLED)
         r.completed = c.at_ms
         r.hist.append((lsn, R.CANCEL, c.at_ms, CANCELLED, None, r.retry + 1, None))
+        self.order.left(c.id, unpack_head(r.blob)[PAIR])
 
     def _apply_cancel_request(self, lsn: int, c: R.CancelRequest) -> None:
         r = self.jobs.get(c.id)
-        if type(r) is not _Rec or r.status != RUNNING:
-            self._anomaly(lsn, f"cancel request of {c.id}: not running")
+        if type(r) is not Rec or r.status != RUNNING:
+            self.anomaly(lsn, f"cancel request of {c.id}: not running")
             return
         r.cancel_req = True
         r.hist.append((lsn, R.CANCEL_REQUEST, c.at_ms, RUNNING, r.worker, r.retry + 1, None))
 
     def _apply_retry_dead(self, lsn: int, c: R.RetryDead) -> None:
         r = self.jobs.get(c.id)
-        if type(r) is not _Rec or r.status != DEAD_LETTER:
-            self._anomaly(lsn, f"retry_dead of {c.id}: not dead-lettered")
+        if type(r) is not Rec or r.status != DEAD_LETTER:
+            self.anomaly(lsn, f"retry_dead of {c.id}: not dead-lettered")
             return
         r.retry = 0
         r.seq = lsn
@@ -434,201 +393,51 @@ class State:
         r.completed = 0
         r.cancel_req = False
         self._set(c.id, r, PENDING)
-        ukey = self._ukey(r.blob)
+        ukey = unique_key_of(r.blob)
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = c.id
-        self._schedule(c.id, r.blob, c.at_ms, lsn, c.at_ms)
+        self.order.add_blob(c.id, r.blob, c.at_ms, lsn, c.at_ms)
         r.hist.append((lsn, R.RETRY_DEAD, c.at_ms, PENDING, None, 1, None))
 
     def _apply_purge(self, lsn: int, p: R.Purge) -> None:
         for job_id in p.ids:
             r = self.jobs.get(job_id)
-            if type(r) is not _Rec or r.status not in _FINISHED:
-                self._anomaly(lsn, f"purge of {job_id}: not finished")
+            if type(r) is not Rec or r.status not in FINISHED:
+                self.anomaly(lsn, f"purge of {job_id}: not finished")
                 continue
-            self._count(self._queue_of(r.blob, self._pairs), r.status, 0)
+            self._count(self.pairs[unpack_head(r.blob)[PAIR]][0], r.status, 0)
             del self.jobs[job_id]
 
-    @staticmethod
-    def _ukey(blob: bytes) -> str | None:
-        n = _BLOB.unpack_from(blob)[10]
-        return blob[_BLOB.size:_BLOB.size + n].decode() if n else None
-
-    # ------------------------------------------------------------------ time-driven reads
-
-    def promote(self, now_ms: int) -> int:
-        """Move timer entries that are due (due <= now) into their ready heaps."""
-        timers = self._timers
-        n = 0
-        limit = (now_ms + 1) << 64
-        trun = self._trun
-        while True:
-            head = self._run_head(trun) if trun is not None else None
-            if timers and timers[0][0] < limit and (head is None or timers[0][0] < head[0]):
-                tkey, job_id = heapq.heappop(timers)
-                if not self._live_entry(tkey, job_id):
-                    continue
-            elif head is not None and head[0] < limit:
-                tkey, job_id = head
-                trun.head = None                  # consumed: it moves to a ready heap
-            else:
-                break
-            v = self.jobs[job_id]
-            h = _BLOB.unpack_from(v if type(v) is bytes else v.blob)
-            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
-            n += 1
-        return n
-
-    def next_due_ms(self) -> int | None:
-        """The due time of the earliest scheduled job or retry (None if none)."""
-        # the run first: one that has to be spilled goes into the heap below
-        head = self._run_head(self._trun) if self._trun is not None else None
-        timers = self._timers
-        while timers and not self._live_entry(timers[0][0], timers[0][1]):
-            heapq.heappop(timers)
-        best = timers[0][0] if timers else None
-        if head is not None and (best is None or head[0] < best):
-            best = head[0]
-        return (best >> 64) if best is not None else None
-
-    def _candidates(self, queues, job_types) -> list[int]:
-        ck = (queues, job_types)
-        c = self._pick_cache.get(ck)
-        if c is None:
-            c = [i for i, (q, t) in enumerate(self._pairs)
-                 if (queues is None or q in queues) and (job_types is None or t in job_types)]
-            if len(self._pick_cache) > 256:
-                self._pick_cache.clear()
-            self._pick_cache[ck] = c
-        return c
+    # ------------------------------------------------------------------ the claim decision
 
     def pick(self, now_ms: int, queues: frozenset | None = None,
              job_types: frozenset | None = None) -> str | None:
-        """The id of the best due job (priority desc, due time, FIFO), or None. Changes
-        nothing observable (promotes due timers and drops dead heap entries)."""
-        spills = self._spills
-        self.promote(now_ms)
-        best = None
-        best_id = None
-        ready = self._ready
-        runs = self._runs
-        for ix in self._candidates(queues, job_types):
-            if runs:        # first: a run that has to be spilled goes into the heap below
-                run = runs.get(ix)
-                if run is not None:
-                    head = self._run_head(run)
-                    if head is not None and (best is None or head[0] < best):
-                        best, best_id = head
-            heap = ready[ix]
-            while heap:
-                key, job_id = heap[0]
-                if self._live_entry(key, job_id):
-                    if best is None or key < best:
-                        best, best_id = key, job_id
-                    break
-                heapq.heappop(heap)
-        if self._spills != spills:
-            return self.pick(now_ms, queues, job_types)     # the runs are heaps now: again
-        return best_id
+        """Which job a claim at ``now_ms`` takes: the id of the best due job (priority
+        desc, due time, FIFO) of these queues and job types, or None. Changes no job: the
+        clock's effect on the claim order comes first (timers due by now become ready),
+        then the choice is a pure read (``ClaimOrder.best``). The claim itself happens when
+        its record is applied."""
+        self.order.promote(now_ms)
+        return self.order.best(self.order.candidates(queues, job_types))
 
-    # ------------------------------------------------------------------ snapshot runs
-
-    def _run_head(self, run: "_Run"):
-        """(key, id) of the first live entry of a snapshot run, or None when it is spent.
-        Dead entries (claimed, cancelled, re-queued under a new seq, purged) are skipped,
-        as a heap drops its stale entries. Each entry's key is computed from the job's own
-        blob (the truth); the run only supplies the order. An entry that does not belong
-        in this run, or comes out of key order, means the writer broke its contract: the
-        rest of the run is pushed into the ordinary heaps (so every job stays claimable in
-        the right order from here on) and the event is noted in ``anomalies``."""
-        while True:
-            head = run.head
-            if head is not None:
-                if self._live_entry(head[0], head[1]):
-                    return head
-                run.head = None
-            k = next(run.ranks, None)
-            if k is None:
-                self._drop_run(run)
-                return None
-            jobs = self.jobs
-            base = run.base
-            job_id = base.id(k)
-            if type(jobs) is _LazyJobs:
-                jobs.note(job_id, k)
-            v = jobs.get(job_id)
-            if v is None:
-                continue                          # purged since
-            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = _BLOB.unpack_from(
-                v if type(v) is bytes else v.blob)
-            due = sched if flags & _F_SCHED else at
-            if due < 0 or due > MAX_DUE_MS:
-                due = 0 if due < 0 else MAX_DUE_MS
-            if run.pair is None:
-                key = due << 64 | lsn
-                fits = due > at
-            else:
-                key = (4 - prio) << 112 | due << 64 | lsn
-                fits = due <= at and pair == run.pair
-            if not fits or key < run.last:
-                self._spill(run, k)
-                return None
-            run.last = key
-            run.head = (key, job_id)
-
-    def _drop_run(self, run: "_Run") -> None:
-        if run.pair is None:
-            self._trun = None
-        else:
-            self._runs.pop(run.pair, None)
-
-    def _spill(self, run: "_Run", first: int) -> None:
-        """A run broke its contract: none of them is trusted any more. Move what is left
-        of every run (from rank ``first`` in ``run``) into the heaps, each entry placed
-        from its own blob exactly as from_export places a pending job."""
-        self._anomaly(self.last_lsn, f"snapshot {run.base.where}: claim-order run "
-                      f"{'timers' if run.pair is None else run.pair} is not in key order or "
-                      f"holds a job that does not belong to it (rank {first}); every run "
-                      "rebuilt as a heap")
-        self._spills += 1
-        rest = [(r, ()) for r in self._runs.values() if r is not run]
-        if self._trun is not None and self._trun is not run:
-            rest.append((self._trun, ()))
-        rest.append((run, (first,)))
-        self._runs = {}
-        self._trun = None
-        jobs = self.jobs
-        for r, extra in rest:
-            if r.head is not None:
-                key, job_id = r.head
-                heapq.heappush(self._timers if r.pair is None else self._ready[r.pair],
-                               (key, job_id))
-                r.head = None
-            for k in itertools.chain(extra, r.ranks):
-                job_id = r.base.id(k)
-                if type(jobs) is _LazyJobs:
-                    jobs.note(job_id, k)
-                v = jobs.get(job_id)
-                if v is None:
-                    continue
-                blob = v if type(v) is bytes else v.blob
-                h = _BLOB.unpack_from(blob)
-                self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
+    def next_due_ms(self) -> int | None:
+        """The due time of the earliest scheduled job or retry (None if none)."""
+        return self.order.next_due_ms()
 
     def materialize(self) -> None:
         """Turn a lazily loaded job table (after a version-2 snapshot) into a plain dict now.
         Every operation that needs it does this by itself; this is for callers that want
         the cost paid at a time of their choosing."""
-        if type(self.jobs) is _LazyJobs:
+        if type(self.jobs) is LazyJobs:
             self.jobs.materialize()
 
     # ------------------------------------------------------------------ planners
 
-    def _get_running(self, job_id: str, token: bytes) -> _Rec:
+    def _get_running(self, job_id: str, token: bytes) -> Rec:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if type(v) is not _Rec or v.status != RUNNING or v.token != token:
+        if type(v) is not Rec or v.status != RUNNING or v.token != token:
             status = _STATUS[PENDING if type(v) is bytes else v.status]
             raise StaleLeaseError(f"job {job_id} is {status.value}; the attempt token "
                                   "does not hold its lease")
@@ -636,17 +445,17 @@ class State:
 
     def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
         v = self.jobs[job_id]
-        lease = _BLOB.unpack_from(v if type(v) is bytes else v.blob)[5]
+        lease = unpack_head(v if type(v) is bytes else v.blob)[LEASE_MS]
         return R.Claim(job_id, now_ms, token, now_ms + lease, worker)
 
     def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
         r = self._get_running(job_id, token)
-        lease = _BLOB.unpack_from(r.blob)[5]
+        lease = unpack_head(r.blob)[LEASE_MS]
         return R.Heartbeat(job_id, now_ms, token, max(now_ms + lease, r.lease_dl))
 
     def cancel_requested(self, job_id: str) -> bool:
         v = self.jobs.get(job_id)
-        return type(v) is _Rec and v.cancel_req
+        return type(v) is Rec and v.cancel_req
 
     def plan_progress(self, job_id: str, token: bytes, now_ms: int, fraction: float,
                       message: str | None) -> R.Progress:
@@ -658,10 +467,10 @@ class State:
         self._get_running(job_id, token)
         return R.Complete(job_id, now_ms, token, result)
 
-    def _verdict(self, r: _Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
+    def _verdict(self, r: Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
         if r.cancel_req:
             return R.OUTCOME_CANCELLED, 0
-        max_retries = _BLOB.unpack_from(r.blob)[6]
+        max_retries = unpack_head(r.blob)[MAX_RETRIES]
         if r.retry < max_retries:
             return R.OUTCOME_RETRY, min(now_ms + delay(r.retry), MAX_DUE_MS)
         return R.OUTCOME_DEAD, 0
@@ -686,7 +495,7 @@ class State:
                 entry = heapq.heappop(heap)
                 deadline, job_id, token = entry
                 r = self.jobs.get(job_id)
-                if type(r) is not _Rec or r.status != RUNNING or r.token != token:
+                if type(r) is not Rec or r.status != RUNNING or r.token != token:
                     continue                      # stale entry: drop it
                 if reason == R.REASON_LEASE_EXPIRED and r.lease_dl != deadline:
                     continue                      # superseded by a heartbeat
@@ -716,7 +525,7 @@ class State:
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         status = PENDING if type(v) is bytes else v.status
-        if status in _WAITING:
+        if status in WAITING:
             return R.Cancel(job_id, now_ms)
         if status == RUNNING:
             return None if v.cancel_req else R.CancelRequest(job_id, now_ms)
@@ -730,19 +539,19 @@ class State:
         status = PENDING if type(v) is bytes else v.status
         if status != DEAD_LETTER:
             raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}, not dead_letter")
-        ukey = self._ukey(v.blob)
+        ukey = unique_key_of(v.blob)
         if ukey is not None and ukey in self._unique:
             raise InvalidStateError(f"job {self._unique[ukey]} with the same unique_key "
                                     f"{ukey!r} is live; cannot re-drive {job_id}")
         return R.RetryDead(job_id, now_ms)
 
-    def plan_purge(self, before_ms: int, now_ms: int, statuses=_FINISHED,
+    def plan_purge(self, before_ms: int, now_ms: int, statuses=FINISHED,
                    limit: int = 100_000) -> R.Purge | None:
         """PURGE of finished jobs (of ``statuses``) that finished before ``before_ms``."""
         ids = []
-        statuses = tuple(s for s in statuses if s in _FINISHED)
+        statuses = tuple(s for s in statuses if s in FINISHED)
         for job_id, v in self.jobs.items():
-            if type(v) is _Rec and v.status in statuses and v.completed < before_ms:
+            if type(v) is Rec and v.status in statuses and v.completed < before_ms:
                 ids.append(job_id)
                 if len(ids) >= limit:
                     break
@@ -776,14 +585,14 @@ class State:
     def _materialise(self, job_id: str, v) -> Job:
         blob = v if type(v) is bytes else v.blob
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
-         lu) = _BLOB.unpack_from(blob)
-        queue, job_type = self._pairs[pair]
+         lu) = unpack_head(blob)
+        queue, job_type = self.pairs[pair]
         j = Job._raw()
         j.id = job_id
         j.job_type = job_type
         j.queue = queue
-        pos = _BLOB.size + lu
-        j.unique_key = blob[_BLOB.size:pos].decode() if lu else None
+        pos = HEAD_SIZE + lu
+        j.unique_key = blob[HEAD_SIZE:pos].decode() if lu else None
         try:
             j.payload = decode_json(blob[pos:])
         except ValueError:   # JSONDecodeError / UnicodeDecodeError: only a bug can store it
@@ -797,7 +606,7 @@ class State:
         if type(v) is bytes:
             j.status = JobStatus.PENDING
             j.retry_count = 0
-            j.scheduled_at = from_ms(sched) if flags & _F_SCHED else None
+            j.scheduled_at = from_ms(sched) if flags & F_SCHED else None
             j.started_at = j.completed_at = j.last_heartbeat = None
             j.token = j.lease_deadline = j.worker_id = j.error = j.result = None
             j.progress = j.progress_message = None
@@ -807,7 +616,7 @@ class State:
         j.retry_count = v.retry
         j.scheduled_at = from_ms(v.due) if v.due else None
         j.started_at = started = from_ms(v.started) if v.started else None
-        j.completed_at = from_ms(v.completed) if v.completed and v.status in _FINISHED else None
+        j.completed_at = from_ms(v.completed) if v.completed and v.status in FINISHED else None
         j.last_heartbeat = (started if v.hb == v.started else from_ms(v.hb)) if v.hb else None
         running = v.status == RUNNING
         j.token = v.token.hex() if running else None
@@ -826,7 +635,7 @@ class State:
         code = status.code if status is not None else None
         pairs = None
         if queue is not None or job_type is not None:
-            pairs = {i for i, (q, t) in enumerate(self._pairs)
+            pairs = {i for i, (q, t) in enumerate(self.pairs)
                      if (queue is None or q == queue) and (job_type is None or t == job_type)}
             if not pairs:
                 return
@@ -841,12 +650,12 @@ class State:
             if type(v) is bytes:
                 if code is not None and code != PENDING:
                     continue
-                if pairs is not None and _BLOB.unpack_from(v)[7] not in pairs:
+                if pairs is not None and unpack_head(v)[PAIR] not in pairs:
                     continue
             else:
                 if code is not None and v.status != code:
                     continue
-                if pairs is not None and _BLOB.unpack_from(v.blob)[7] not in pairs:
+                if pairs is not None and unpack_head(v.blob)[PAIR] not in pairs:
                     continue
             yield job_id
 
@@ -873,8 +682,8 @@ class State:
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         if type(v) is bytes:
-            h = _BLOB.unpack_from(v)
-            hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
+            h = unpack_head(v)
+            hist = [(h[LSN], R.ENQUEUE, h[AT], PENDING, None, 1, None)]
         else:
             hist = v.hist
         return [Transition(lsn, R.RECORD_NAMES[rt], from_ms(at), _STATUS[st], w, a, note)
@@ -886,205 +695,98 @@ class State:
                      for i, v in self.jobs.items())
         return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn)
 
-    # ------------------------------------------------------------------ snapshot support
-
-    def export(self) -> Iterator[bytes]:
-        """The live contents as a sequence of byte strings (a header, then one item per job).
-        ``State.from_export(items)`` rebuilds an equal state (heaps included). The items are
-        self-describing and versioned; the snapshot layer frames and compresses them."""
-        header = {"v": EXPORT_VERSION, "last_lsn": self.last_lsn, "applied": self.applied,
-                  "pairs": [list(p) for p in self._pairs], "jobs": len(self.jobs)}
-        yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
-        for job_id, v in self.jobs.items():
-            if type(v) is bytes:
-                i = job_id.encode()
-                yield b"B" + struct.pack("<H", len(i)) + i + v
-            else:
-                yield _export_rec(job_id, v)
-
-    def export_split(self, on_progress: Callable[[int], None] | None = None,
-                     every: int = 50_000) -> dict:
-        """The live contents split the way a version-2 snapshot stores them (see
-        native/FORMAT.md): the never-touched pending jobs ("base": ids and blobs in state
-        order, plus claim-order runs of their ranks), and every other job as an export
-        item ("rest", with ``rest_pos`` = how many base jobs come before each). Runs are
-        lists of ``(first_rank, count)`` segments: one per pair (ready jobs in heap-key
-        order), then one for the timer jobs (due after their enqueue, in timer-key order).
-        ``State.from_split`` rebuilds a state equal to ``from_export(export())``."""
-        ids: list[str] = []
-        blobs: list[bytes] = []
-        rest: list[bytes] = []
-        rest_pos: list[int] = []
-        npairs = len(self._pairs)
-        ready: list[list] = [[] for _ in range(npairs)]
-        timers: list = []
-        unpack = _BLOB.unpack_from
-        n = 0
-        for job_id, v in self.jobs.items():
-            n += 1
-            if on_progress is not None and n % every == 0:
-                on_progress(n)
-            if type(v) is not bytes:
-                rest.append(_export_rec(job_id, v))
-                rest_pos.append(len(ids))
-                continue
-            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = unpack(v)
-            due = sched if flags & _F_SCHED else at
-            if due < 0 or due > MAX_DUE_MS:
-                due = 0 if due < 0 else MAX_DUE_MS
-            # key << 32 | rank: one int per job (ints are not tracked by the cyclic GC; a
-            # million tuples would set off full collections in the middle of compaction)
-            rank = len(ids)
-            if due > at:
-                timers.append((due << 64 | lsn) << 32 | rank)
-            else:
-                ready[pair].append(((4 - prio) << 112 | due << 64 | lsn) << 32 | rank)
-            ids.append(job_id)
-            blobs.append(v)
-        runs = [_segments(r) for r in ready]
-        runs.append(_segments(timers))
-        meta = {"last_lsn": self.last_lsn, "applied": self.applied,
-                "pairs": [list(p) for p in self._pairs]}
-        return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
-                "runs": runs}
+    # ------------------------------------------------------------------ loading a snapshot
+    # (the bytes are snapfile.py's; these build the state from the jobs it decoded)
 
     @classmethod
-    def from_split(cls, meta: dict, base: _Base, rest: list, rest_pos: list[int],
-                   runs: list, pair_counts: list[int], ukeys: list) -> "State":
-        """The state of a version-2 snapshot, lazily: the base jobs stay in ``base`` (no
-        object per job), the rest are imported as by from_export. The caller (snapshot.py)
-        has checked the byte-level structure: every rank in exactly one run, ``pair_counts``
-        = base jobs per pair, ``ukeys`` = [(rank, unique_key)] of base jobs that have one,
-        ``rest_pos`` non-decreasing and <= base.n. ValueError if the items are malformed."""
+    def restore(cls, pairs: Iterable[Iterable[str]], last_lsn: int, applied: int) -> State:
+        """An empty state at ``last_lsn`` with these (queue, job_type) pairs, to load into."""
         s = cls()
-        try:
-            for q, t in meta["pairs"]:
-                s._pair(q, t)
-            s.last_lsn = meta["last_lsn"]
-            s.applied = meta["applied"]
-            over: dict = {}
-            s.jobs = over
-            rest_ids = []
-            for item in rest:
-                if item[:1] != b"R":
-                    raise ValueError(f"unknown state export item kind {item[:1]!r}")
-                li, lb = struct.unpack_from("<HI", item, 1)
-                job_id = item[7:7 + li].decode()
-                if job_id in over:
-                    raise ValueError(f"job {job_id} is stored twice")
-                blob = bytes(item[7 + li:7 + li + lb])
-                s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
-                rest_ids.append(job_id)
-        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
-                json.JSONDecodeError) as e:
-            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
-        if len(runs) != len(s._pairs) + 1 or len(pair_counts) != len(s._pairs):
+        for q, t in pairs:
+            s.pair_index(q, t)
+        s.last_lsn = last_lsn
+        s.applied = applied
+        return s
+
+    def load_jobs(self, items: Iterable[tuple[str, bytes, list | None]]) -> int:
+        """Add jobs in order as a snapshot stores them: ``(id, blob, None)`` for a
+        never-touched pending job, ``(id, blob, meta)`` for any other (``meta`` as
+        ``snapfile.export_rec`` writes it). Returns how many. ValueError (or the
+        KeyError/IndexError/TypeError of a malformed item) if one does not fit.
+
+        Never-touched jobs (the common case at scale) take a bulk path: their claim-order
+        entries are collected and heapified once, counts added once per pair; the same
+        result as ``import_job(job_id, blob, None)`` for each (issue 4: reopen time)."""
+        jobs, unique = self.jobs, self._unique
+        pend = [0] * len(self.pairs)
+        ready_add: list[list[tuple[int, str]]] = [[] for _ in self.pairs]
+        timers_add: list[tuple[int, str]] = []
+        n = 0
+        for job_id, blob, meta in items:
+            n += 1
+            if meta is not None:
+                self.import_job(job_id, blob, meta)
+                continue
+            h = unpack_head(blob)
+            prio, pair, lu = h[PRIO], h[PAIR], h[UKEY_LEN]
+            if not 1 <= prio <= 4:
+                raise ValueError(f"malformed state export item for job {job_id}")
+            pend[pair] += 1
+            jobs[job_id] = blob
+            if lu:
+                unique.setdefault(blob[HEAD_SIZE:HEAD_SIZE + lu].decode(), job_id)
+            due, at = enqueue_due(h), h[AT]
+            if due > at:
+                timers_add.append((timer_key(due, h[LSN]), job_id))
+            else:
+                ready_add[pair].append((claim_key(prio, due, h[LSN]), job_id))
+        self.order.load_heaps(ready_add, timers_add)
+        self._count_pending_by_pair(pend)
+        return n
+
+    def load_split(self, base: SnapshotBase, rest: list[tuple[str, bytes, list]],
+                   rest_pos: list[int], runs: list[list[tuple[int, int]]],
+                   pair_counts: list[int], ukeys: list[tuple[int, str]]) -> None:
+        """Load a version-2 snapshot lazily: the base jobs stay in ``base`` (no object per
+        job) and are walked in claim order by ``runs``; the ``rest`` are imported as by
+        ``import_job``. The caller (snapfile.py) has checked the byte-level structure:
+        every rank in exactly one run, ``pair_counts`` = base jobs per pair, ``ukeys`` =
+        [(rank, unique_key)] of base jobs that have one, ``rest_pos`` (base jobs before
+        each rest job) non-decreasing and <= base.n. ValueError if they do not fit."""
+        over: dict[str, bytes | Rec] = {}
+        self.jobs = over
+        for job_id, blob, meta in rest:
+            if job_id in over:
+                raise ValueError(f"job {job_id} is stored twice")
+            self.import_job(job_id, blob, meta)
+        if len(runs) != len(self.pairs) + 1 or len(pair_counts) != len(self.pairs):
             raise ValueError("snapshot runs do not match the pairs")
         if ukeys:
             # the holder of a unique key is the first live job with it in state order, as
-            # from_export's setdefault in item order
+            # load_jobs' setdefault in item order
             order = [(rank, 1, 0, u, base.id(rank)) for rank, u in ukeys]
-            for j, (job_id, p) in enumerate(zip(rest_ids, rest_pos)):
+            for j, ((job_id, _, _), p) in enumerate(zip(rest, rest_pos)):
                 r = over[job_id]
-                u = s._ukey(r.blob)
-                if u is not None and r.status in _LIVE:
+                assert type(r) is Rec
+                u = unique_key_of(r.blob)
+                if u is not None and r.status in LIVE:
                     order.append((p, 0, j, u, job_id))
             order.sort()
-            s._unique = {}
+            self._unique = {}
             for _, _, _, u, job_id in order:
-                s._unique.setdefault(u, job_id)
-        s._count_pending_by_pair(pair_counts)
-        s.jobs = _LazyJobs(s, base, over, rest_pos)
-        s._runs = {ix: _Run(base, ix, segs) for ix, segs in enumerate(runs[:-1]) if segs}
-        s._trun = _Run(base, None, runs[-1]) if runs[-1] else None
-        return s
+                self._unique.setdefault(u, job_id)
+        self._count_pending_by_pair(pair_counts)
+        self.jobs = LazyJobs(self, base, over, rest_pos)
+        self.order.load_runs(base, runs)
 
-    @classmethod
-    def from_export(cls, items: Iterable[bytes]) -> "State":
-        """Rebuild a State from ``export()``'s items. ValueError if they are malformed."""
-        it = iter(items)
-        try:
-            head = next(it)
-        except StopIteration:
-            raise ValueError("empty state export") from None
-        if not head.startswith(_EXPORT_MAGIC):
-            raise ValueError("not a state export (bad magic)")
-        try:
-            h = json.loads(head[len(_EXPORT_MAGIC):])
-            if h["v"] != EXPORT_VERSION:
-                raise ValueError(f"unknown state export version {h['v']}")
-            s = cls()
-            for q, t in h["pairs"]:
-                s._pair(q, t)
-            s.last_lsn = h["last_lsn"]
-            s.applied = h["applied"]
-            n = 0
-            # Bulk path for never-touched jobs (blobs, the common case at scale): their heap
-            # entries are collected and heapified once, counts added once per pair. Same
-            # result as _import_job(job_id, blob, None) per item (issue 4: reopen time).
-            jobs, unique = s.jobs, s._unique
-            unpack = _BLOB.unpack_from
-            pend = [0] * len(s._pairs)
-            ready_add: list[list] = [[] for _ in s._pairs]
-            timers_add = []
-            for item in it:
-                n += 1
-                kind = item[:1]
-                if kind == b"B":
-                    li = item[1] | item[2] << 8
-                    job_id = item[3:3 + li].decode()
-                    blob = bytes(item[3 + li:])
-                    lsn, at, _, sched, _, _, _, pair, prio, flags, lu = unpack(blob)
-                    if not 1 <= prio <= 4:
-                        raise ValueError(f"malformed state export item for job {job_id}")
-                    pend[pair] += 1
-                    jobs[job_id] = blob
-                    if lu:
-                        unique.setdefault(blob[_BLOB.size:_BLOB.size + lu].decode(), job_id)
-                    due = sched if flags & _F_SCHED else at
-                    if due < 0 or due > MAX_DUE_MS:
-                        due = 0 if due < 0 else MAX_DUE_MS
-                    if due > at:
-                        timers_add.append((due << 64 | lsn, job_id))
-                    else:
-                        ready_add[pair].append(((4 - prio) << 112 | due << 64 | lsn, job_id))
-                elif kind == b"R":
-                    li, lb = struct.unpack_from("<HI", item, 1)
-                    job_id = item[7:7 + li].decode()
-                    blob = bytes(item[7 + li:7 + li + lb])
-                    s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
-                else:
-                    raise ValueError(f"unknown state export item kind {kind!r}")
-            if n != h["jobs"]:
-                raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
-            for ix, add in enumerate(ready_add):
-                if add:
-                    heap = s._ready[ix]
-                    heap.extend(add)
-                    heapq.heapify(heap)
-            if timers_add:
-                s._timers.extend(timers_add)
-                heapq.heapify(s._timers)
-            s._count_pending_by_pair(pend)
-            return s
-        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
-                json.JSONDecodeError) as e:
-            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
-
-    def _import_job(self, job_id: str, blob: bytes, meta: list | None) -> None:
-        h = _BLOB.unpack_from(blob)
-        if h[7] >= len(self._pairs) or not 1 <= h[8] <= 4:
+    def import_job(self, job_id: str, blob: bytes, meta: list) -> None:
+        """Add one touched job as a snapshot stores it (see ``load_jobs``)."""
+        h = unpack_head(blob)
+        if h[PAIR] >= len(self.pairs) or not 1 <= h[PRIO] <= 4:
             raise ValueError(f"malformed state export item for job {job_id}")
-        queue = self._pairs[h[7]][0]
-        ukey = self._ukey(blob)
-        if meta is None:
-            self.jobs[job_id] = blob
-            self._count(queue, 0, PENDING)
-            if ukey is not None:
-                self._unique.setdefault(ukey, job_id)
-            self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
-            return
-        r = _Rec(blob)
+        queue = self.pairs[h[PAIR]][0]
+        ukey = unique_key_of(blob)
+        r = Rec(blob)
         (r.status, r.retry, r.seq, r.due, token, r.worker, r.lease_dl, r.started, r.hb,
          r.completed, r.error, result, r.progress, r.pmsg, r.cancel_req, hist) = meta
         if r.status not in _STATUS:
@@ -1094,47 +796,33 @@ class State:
         r.hist = [tuple(e) for e in hist]
         self.jobs[job_id] = r
         self._count(queue, 0, r.status)
-        if ukey is not None and r.status in _LIVE:
+        if ukey is not None and r.status in LIVE:
             self._unique.setdefault(ukey, job_id)
-        if r.status in _WAITING:
+        if r.status in WAITING:
             # the ready/timer split is recomputed by promote(); `at` = the last transition
-            at = r.hist[-1][2] if r.hist else h[1]
-            due = r.due if r.due else (h[3] if h[9] & _F_SCHED and r.seq == h[0] else at)
-            self._schedule(job_id, blob, due, r.seq, at)
+            at = r.hist[-1][2] if r.hist else h[AT]
+            due = r.due if r.due else \
+                (h[SCHEDULED] if h[FLAGS] & F_SCHED and r.seq == h[LSN] else at)
+            self.order.add_blob(job_id, blob, due, r.seq, at)
         elif r.status == RUNNING:
             self._running.add(job_id)
             heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
-            if h[4]:
-                heapq.heappush(self._timeouts, (r.started + h[4], job_id, r.token))
+            if h[TIMEOUT_MS]:
+                heapq.heappush(self._timeouts, (r.started + h[TIMEOUT_MS], job_id, r.token))
 
+    # the snapshot encoding lives in snapfile.py; these two keep the state's own spelling
+    # for tools and tests that copy a state (imported here: snapfile imports this module)
 
-def _export_rec(job_id: str, v: _Rec) -> bytes:
-    i = job_id.encode()
-    meta = json.dumps([
-        v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
-        v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
-        v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
-        v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
-    return b"R" + struct.pack("<HI", len(i), len(v.blob)) + i + v.blob + meta
+    def export(self) -> Iterator[bytes]:
+        """The live contents as version-1 export items (see ``snapfile.export_items``)."""
+        from .snapfile import export_items
+        return export_items(self)
 
-
-def _segments(entries: list) -> list[tuple[int, int]]:
-    """Sort ``key << 32 | rank`` entries (keys are unique: they end in an LSN) and return
-    the ranks as (first, count) segments of consecutive ranks (one segment when key order
-    is rank order, the common case)."""
-    entries.sort()
-    segs: list[tuple[int, int]] = []
-    first = nxt = -1
-    for e in entries:
-        rank = e & 0xFFFFFFFF
-        if rank != nxt:
-            if first >= 0:
-                segs.append((first, nxt - first))
-            first = rank
-        nxt = rank + 1
-    if first >= 0:
-        segs.append((first, nxt - first))
-    return segs
+    @classmethod
+    def from_export(cls, items: Iterable[bytes]) -> State:
+        """Rebuild a State from ``export()``'s items (see ``snapfile.state_from_items``)."""
+        from .snapfile import state_from_items
+        return state_from_items(items)
 
 
 def _secs(ms: int):

@@ -1,13 +1,22 @@
-"""The job table: how a job is held in memory, and the lazily loaded table of a snapshot.
+"""The job table: how a job is held in memory.
 
-(Moved verbatim from state.py; see the following commits.)
+A job that has only been enqueued (the common case) is one ``bytes`` blob, not an object: a
+fixed head (``JOB_HEAD``: the enqueue's LSN and times, limits, pair index, priority, flags,
+unique key length) then the unique key and the JSON payload. Read a head with
+``unpack_head(blob)`` and index it with the field names below (``h[PAIR]``, ``h[LEASE_MS]``):
+one struct call for every field, and a name for each. A job that anything else happened to
+becomes a ``Rec`` (a slotted object holding the blob plus its status, attempt and history).
+
+After a version-2 snapshot load the state's ``jobs`` is a ``LazyJobs`` over a
+``SnapshotBase`` (the snapshot's never-touched pending jobs, read straight from its bytes)
+until something needs the whole dict.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import records as R
 from ..errors import CorruptionError
@@ -15,48 +24,73 @@ from ..errors import CorruptionError
 if TYPE_CHECKING:
     from .state import State
 
+__all__ = [
+    "PENDING", "RUNNING", "COMPLETED", "FAILED", "DEAD_LETTER", "CANCELLED", "WAITING",
+    "LIVE", "FINISHED", "JOB_HEAD", "HEAD_SIZE", "unpack_head", "unique_key_of", "Rec",
+    "SnapshotBase", "LazyJobs", "uuid_bytes",
+]
+
+# status codes (JobStatus.code)
 PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
-_WAITING = (PENDING, FAILED)           # claimable once due
-_LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
-_FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
+WAITING = (PENDING, FAILED)            # claimable once due
+LIVE = (PENDING, RUNNING, FAILED)      # holds its unique key
+FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
+
+# The blob head (52 bytes; its byte planes are stored in version-2 snapshots, FORMAT.md).
+JOB_HEAD = struct.Struct("<qqqqIIIIBBH")
+HEAD_SIZE = JOB_HEAD.size
+unpack_head = JOB_HEAD.unpack_from
+pack_head = JOB_HEAD.pack
+# field indexes of unpack_head(blob)
+LSN = 0            # the enqueue record's LSN (the job's first claim-order seq)
+AT = 1             # the enqueue record's time (ms)
+CREATED = 2        # job.created_at (ms)
+SCHEDULED = 3      # job.scheduled_at (ms), valid if FLAGS & F_SCHED
+TIMEOUT_MS = 4     # 0 = none
+LEASE_MS = 5
+MAX_RETRIES = 6
+PAIR = 7           # index of (queue, job_type) in State.pairs
+PRIO = 8           # 1..4 (JobPriority)
+FLAGS = 9
+UKEY_LEN = 10      # bytes of the unique key after the head (0 = none)
+F_SCHED = 1        # FLAGS bit: the job has a scheduled time
 
 
-# lsn, at, created, scheduled, timeout_ms (0 = none), lease_ms, max_retries, pair, prio,
-# flags (1 = has scheduled), len(unique_key); then unique_key, payload
-_BLOB = struct.Struct("<qqqqIIIIBBH")
-_F_SCHED = 1
+def unique_key_of(blob: bytes) -> str | None:
+    """The unique key stored in a job's blob (None if it has none)."""
+    n = unpack_head(blob)[UKEY_LEN]
+    return blob[HEAD_SIZE:HEAD_SIZE + n].decode() if n else None
 
 
-class _Rec:
-    """A job that has been touched after its enqueue."""
+class Rec:
+    """A job that has been touched after its enqueue (its blob, status, attempt, history)."""
     __slots__ = ("blob", "status", "retry", "seq", "due", "token", "worker", "lease_dl",
                  "started", "hb", "completed", "error", "result", "progress", "pmsg",
                  "cancel_req", "hist")
 
     def __init__(self, blob: bytes):
-        h = _BLOB.unpack_from(blob)
+        h = unpack_head(blob)
         self.blob = blob
         self.status = PENDING
         self.retry = 0
-        self.seq = h[0]
-        self.due = h[3] if h[9] & _F_SCHED else 0
-        self.token = None
-        self.worker = None
+        self.seq: int = h[LSN]
+        self.due: int = h[SCHEDULED] if h[FLAGS] & F_SCHED else 0
+        self.token: bytes | None = None
+        self.worker: str | None = None
         self.lease_dl = 0
         self.started = 0
         self.hb = 0
         self.completed = 0
-        self.error = None
-        self.result = None
-        self.progress = None
-        self.pmsg = None
+        self.error: str | None = None
+        self.result: bytes | None = None
+        self.progress: float | None = None
+        self.pmsg: str | None = None
         self.cancel_req = False
         # (lsn, rtype, at_ms, status, worker, attempt, note)
-        self.hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
+        self.hist: list[tuple[Any, ...]] = [(h[LSN], R.ENQUEUE, h[AT], PENDING, None, 1, None)]
 
 
-
-class _Base:
+class SnapshotBase:
     """The never-touched pending jobs of a version-2 snapshot, read straight from the
     decompressed content (no object per job) until the job table is materialised.
     ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
@@ -156,7 +190,7 @@ class _Base:
             raise RuntimeError("snapshot base already materialised")
         ids = self.all_ids()
         mv = memoryview(c)
-        size = _BLOB.size
+        size = HEAD_SIZE
         heads_rows = bytearray(size * n)
         for j, pl in enumerate(planes):
             if type(pl) is bytes:
@@ -206,7 +240,7 @@ def uuid_bytes(job_id) -> bytes | None:
 _PROBES = 16                  # id scans before a lazy table builds its id index
 
 
-class _LazyJobs:
+class LazyJobs:
     """``State.jobs`` after a version-2 snapshot load, until it is materialised: the
     snapshot's other jobs, every job touched since and every job added since in ``over``
     (a dict: its order is theirs), the never-touched pending ones in ``base``.
@@ -221,7 +255,7 @@ class _LazyJobs:
     __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
                  "_rest_ids", "_n", "_d", "_pre")
 
-    def __init__(self, st: "State", base: _Base, over: dict, rest_pos: list[int]) -> None:
+    def __init__(self, st: "State", base: SnapshotBase, over: dict, rest_pos: list[int]) -> None:
         self._st = st
         self._base = base
         self._over = over
@@ -321,7 +355,7 @@ class _LazyJobs:
         return self.materialize().copy()
 
     def __eq__(self, other):
-        return self.materialize() == (other.materialize() if type(other) is _LazyJobs else other)
+        return self.materialize() == (other.materialize() if type(other) is LazyJobs else other)
 
     def __getattr__(self, name):
         # any other dict method (setdefault, update, clear, ...): on the materialised dict
