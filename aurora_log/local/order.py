@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from .table import (AT, F_SCHED, FLAGS, LSN, PAIR, PRIO, SCHEDULED, WAITING, LazyJobs,
-                    unpack_head)
+from .table import (AT, F_SCHED, FLAGS, LSN, PAIR, PRIO, SCHEDULED, WAITING, LazyJobs, Rec,
+                    blob_of, unpack_head)
 
 if TYPE_CHECKING:
     from .state import State
@@ -128,25 +128,23 @@ class ClaimOrder:
             self.timers.extend(timers)
             heapq.heapify(self.timers)
 
-    def load_runs(self, base: SnapshotBase, runs: list[list[tuple[int, int]]]) -> None:
+    def load_runs(self, base: SnapshotBase, runs: Sequence[Sequence[tuple[int, int]]]) -> None:
         """A version-2 snapshot's runs (one per pair, then the timers): walked from here on
         beside the heaps. Each run's head is found now, so the heads are live from the start."""
         self.runs = {ix: Run(base, ix, segs) for ix, segs in enumerate(runs[:-1]) if segs}
         self.trun = Run(base, None, runs[-1]) if runs[-1] else None
         for run in list(self.runs.values()) + ([self.trun] if self.trun else []):
-            if self.runs.get(run.pair) is run or self.trun is run:   # not spilled meanwhile
-                self._advance(run)
+            if run is self.trun or (run.pair is not None and self.runs.get(run.pair) is run):
+                self._advance(run)            # (unless a spill took the runs meanwhile)
 
     # ------------------------------------------------------------------ liveness
 
     def live(self, key: int, job_id: str) -> bool:
         """Whether a heap entry still stands for a waiting episode of its job."""
         v = self.st.jobs.get(job_id)
-        if v is None:
-            return False
-        if type(v) is bytes:
-            return True
-        return v.status in WAITING and v.seq == key & SEQ_MASK
+        if type(v) is Rec:
+            return v.status in WAITING and v.seq == key & SEQ_MASK
+        return v is not None                  # a blob: never touched, always waiting
 
     def _drop_dead(self, heap: list[Entry]) -> None:
         live = self.live
@@ -213,13 +211,13 @@ class ClaimOrder:
             if timers and timers[0][0] < limit and (head is None or timers[0][0] < head[0]):
                 tkey, job_id = heapq.heappop(timers)
                 self._drop_dead(timers)
-            elif head is not None and head[0] < limit:
+            elif trun is not None and head is not None and head[0] < limit:
                 tkey, job_id = head
                 self._advance(trun)               # consumed: it moves to a ready heap
             else:
                 break
             v = jobs[job_id]
-            h = unpack_head(v if type(v) is bytes else v.blob)
+            h = unpack_head(blob_of(v))
             heapq.heappush(self.ready[h[PAIR]],
                            (claim_key(h[PRIO], tkey >> 64, tkey & SEQ_MASK), job_id))
             n += 1
@@ -257,7 +255,7 @@ class ClaimOrder:
             v = jobs.get(job_id)
             if v is None:
                 continue                          # purged since
-            h = unpack_head(v if type(v) is bytes else v.blob)
+            h = unpack_head(blob_of(v))
             due, at = enqueue_due(h), h[AT]
             if run.pair is None:
                 key = timer_key(due, h[LSN])
@@ -306,7 +304,7 @@ class ClaimOrder:
                 v = jobs.get(job_id)
                 if v is None:
                     continue
-                blob = v if type(v) is bytes else v.blob
+                blob = blob_of(v)
                 h = unpack_head(blob)
                 self.add_blob(job_id, blob, enqueue_due(h), h[LSN], h[AT])
         # entries of jobs that no longer wait went in too: keep every head live

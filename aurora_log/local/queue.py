@@ -43,6 +43,7 @@ from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
                   _check_retries, _check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
 from .order import MAX_DUE_MS
+from .table import FINISHED
 from .replay import replay
 from .state import State, Transition
 
@@ -66,7 +67,7 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
-def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
+def open(path, **options) -> Queue:  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
 
@@ -122,7 +123,7 @@ class Queue:
     and the log's ``segment_bytes`` / ``max_record_bytes``.
     """
 
-    _touched = None          # compaction capture: ids touched since it began
+    _touched: dict[str, None] | None = None   # compaction capture: ids touched since
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
@@ -155,7 +156,8 @@ class Queue:
         self._retry = (retry_base, retry_cap, retry_jitter)
         self._read_only = bool(read_only)
         self._lock = YieldingLock()
-        self._cond = threading.Condition(self._lock)
+        # YieldingLock has the lock protocol Condition uses (typeshed names only its own)
+        self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
@@ -172,7 +174,8 @@ class Queue:
         self._compactor = None
         if not self._read_only:
             self._compactor = snapshot.Compactor(
-                _CompactionLink(self), self._log.directory, archive=archive, retain_seconds=retain_seconds,
+                _CompactionLink(self), self._log.directory, archive=archive,
+                retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
             self._compactor.tail_bytes = self._tail_bytes
@@ -226,7 +229,8 @@ class Queue:
         return task(self, name, **options)
 
     def register_handler(self, job_type: str, fn, *, context: bool = False):
-        """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
+        """Seed style ``fn(job)`` handler for ``job_type``; see
+        :func:`aurora_log.runtime.tasks.register_handler`."""
         from ..runtime.tasks import register_handler
         return register_handler(self, job_type, fn, context=context)
 
@@ -246,7 +250,7 @@ class Queue:
             self._reaper.join()
         self._log.close()
 
-    def __enter__(self) -> "Queue":
+    def __enter__(self) -> Queue:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -313,7 +317,7 @@ class Queue:
                 self._state.apply(first, encoded[0][0], recs[0])
             else:
                 self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                               zip(recs, encoded)])
+                                               zip(recs, encoded, strict=True)])
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded, checked=checked)
@@ -361,12 +365,12 @@ class Queue:
         if job.status is not JobStatus.PENDING or job.retry_count != 0:
             raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
                              f"{job.status}, retry_count {job.retry_count})")
-        created = job.created_at
-        if type(created) is datetime and created.tzinfo is not None \
-                and created.microsecond % 1000 == 0:
-            created = round(created.timestamp() * 1000)     # exact for ms-precision times
+        created_at = job.created_at
+        if type(created_at) is datetime and created_at.tzinfo is not None \
+                and created_at.microsecond % 1000 == 0:
+            created = round(created_at.timestamp() * 1000)  # exact for ms-precision times
         else:
-            created = to_ms(created, "created_at")
+            created = to_ms(created_at, "created_at")
         sched = None
         if job.scheduled_at is not None:
             sched = to_ms(job.scheduled_at, "scheduled_at")
@@ -380,18 +384,18 @@ class Queue:
                       None if timeout is None else round(timeout * 1000))
         lease_ms = 30_000 if lease is DEFAULT_LEASE_SECONDS else round(lease * 1000)
         ukey = job.unique_key
-        prio = int(prio)
+        prio_code = int(prio)
         try:
             data = R.pack_enqueue(job.id.encode(), job.job_type.encode(), job.queue.encode(),
-                                  None if ukey is None else ukey.encode(), prio,
+                                  None if ukey is None else ukey.encode(), prio_code,
                                   job.max_retries, created, now, sched, timeout_ms, lease_ms,
                                   payload)
         except struct.error as e:
             raise ValueError(f"job {job.id}: a field does not fit the record: {e}") from None
         # tuple.__new__ skips the NamedTuple constructor's Python-level wrapper (~3x faster)
-        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio, job.max_retries,
-                                      created, now, sched, timeout_ms, lease_ms, ukey,
-                                      payload)), data
+        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio_code,
+                                      job.max_retries, created, now, sched, timeout_ms,
+                                      lease_ms, ukey, payload)), data
 
     # ------------------------------------------------------------------ producers
 
@@ -613,7 +617,7 @@ class Queue:
         """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
         finished more than ``older_than`` seconds ago (or before ``before``) from the live
         state, with a PURGE record. Returns how many."""
-        statuses = (3, 5, 6)
+        statuses: tuple[int, ...] = FINISHED
         if status is not None:
             st = JobStatus(status)
             if not st.is_finished:

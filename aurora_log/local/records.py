@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ..errors import CorruptionError
 
@@ -187,12 +188,11 @@ class Purge(NamedTuple):
     ids: tuple
 
 
-Record = Union[Enqueue, Claim, Heartbeat, Progress, Complete, Fail, Reap, Cancel,
-               CancelRequest, RetryDead, Purge]
+Record = (Enqueue | Claim | Heartbeat | Progress | Complete | Fail | Reap | Cancel
+          | CancelRequest | RetryDead | Purge)
 
-_TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROGRESS,
-            Complete: COMPLETE, Fail: FAIL, Reap: REAP, Cancel: CANCEL,
-            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE}
+_SIMPLE_TYPES: dict[int, type[Cancel | CancelRequest | RetryDead]] = {
+    CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}
 
 # --------------------------------------------------------------------------- layouts
 
@@ -246,51 +246,77 @@ def encode_enqueue(r: Enqueue) -> bytes:
                      i, t, q, u, r.payload))
 
 
+def _encode_claim(rec: Claim) -> bytes:
+    i, w = _s(rec.id), _s(rec.worker)
+    return _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                       len(i), len(w)) + i + w
+
+
+def _encode_heartbeat(rec: Heartbeat) -> bytes:
+    i = _s(rec.id)
+    return _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token, len(i)) + i
+
+
+def _encode_progress(rec: Progress) -> bytes:
+    i = _s(rec.id)
+    m = _s(rec.message) if rec.message is not None else b""
+    return _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
+                      rec.token, rec.fraction, len(i), len(m)) + i + m
+
+
+def _encode_complete(rec: Complete) -> bytes:
+    i = _s(rec.id)
+    res = rec.result if rec.result is not None else b""
+    return _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
+                      rec.token, len(i), len(res)) + i + res
+
+
+def _encode_fail(rec: Fail) -> bytes:
+    i = _s(rec.id)
+    e = rec.error.encode("utf-8")
+    return _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i), len(e)) + i + e
+
+
+def _encode_reap(rec: Reap) -> bytes:
+    i = _s(rec.id)
+    return _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i)) + i
+
+
+def _encode_simple(rec: Cancel | CancelRequest | RetryDead) -> bytes:
+    i = _s(rec.id)
+    return _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
+
+
+def _encode_purge(rec: Purge) -> bytes:
+    parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
+    for job_id in rec.ids:
+        i = _s(job_id)
+        parts.append(_H.pack(len(i)))
+        parts.append(i)
+    return b"".join(parts)
+
+
+# record class -> (type byte, its encoder): one lookup per record
+_ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    Enqueue: (ENQUEUE, encode_enqueue), Claim: (CLAIM, _encode_claim),
+    Heartbeat: (HEARTBEAT, _encode_heartbeat), Progress: (PROGRESS, _encode_progress),
+    Complete: (COMPLETE, _encode_complete), Fail: (FAIL, _encode_fail),
+    Reap: (REAP, _encode_reap), Cancel: (CANCEL, _encode_simple),
+    CancelRequest: (CANCEL_REQUEST, _encode_simple), RetryDead: (RETRY_DEAD, _encode_simple),
+    Purge: (PURGE, _encode_purge),
+}
+
+
 def encode(rec: Record) -> tuple[int, bytes]:
     """(rtype, payload) for a record. ValueError for values that do not fit the layout."""
-    rtype = _TYPE_OF.get(type(rec))
-    if rtype is None:
+    entry = _ENCODERS.get(type(rec))
+    if entry is None:
         raise TypeError(f"not a record: {type(rec).__name__}")
+    rtype, encoder = entry
     try:
-        if rtype == ENQUEUE:
-            return rtype, encode_enqueue(rec)
-        if rtype == CLAIM:
-            i, w = _s(rec.id), _s(rec.worker)
-            return rtype, _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                      len(i), len(w)) + i + w
-        if rtype == HEARTBEAT:
-            i = _s(rec.id)
-            return rtype, _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                   len(i)) + i
-        if rtype == PROGRESS:
-            i = _s(rec.id)
-            m = _s(rec.message) if rec.message is not None else b""
-            return rtype, _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
-                                     rec.token, rec.fraction, len(i), len(m)) + i + m
-        if rtype == COMPLETE:
-            i = _s(rec.id)
-            res = rec.result if rec.result is not None else b""
-            return rtype, _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
-                                     rec.token, len(i), len(res)) + i + res
-        if rtype == FAIL:
-            i = _s(rec.id)
-            e = rec.error.encode("utf-8")
-            return rtype, _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i), len(e)) + i + e
-        if rtype == REAP:
-            i = _s(rec.id)
-            return rtype, _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i)) + i
-        if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
-            i = _s(rec.id)
-            return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
-        # PURGE
-        parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
-        for job_id in rec.ids:
-            i = _s(job_id)
-            parts.append(_H.pack(len(i)))
-            parts.append(i)
-        return rtype, b"".join(parts)
+        return rtype, encoder(rec)
     except struct.error as e:
         raise ValueError(f"{RECORD_NAMES[rtype]} record field out of range: {e}") from None
 
@@ -440,7 +466,7 @@ def _decode(rtype: int, data: bytes) -> Record:
     if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
         _, at, li = _head(rtype, _SIMPLE, data)
         (job_id,) = _strs(rtype, data, _SIMPLE.size, (li,))
-        cls = {CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}[rtype]
+        cls: type[Cancel | CancelRequest | RetryDead] = _SIMPLE_TYPES[rtype]
         return cls(_check_id(rtype, job_id), at)
     if rtype == PURGE:
         _, at, count = _head(rtype, _PURGE, data)

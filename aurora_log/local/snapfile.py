@@ -57,10 +57,18 @@ _ITEM_R = struct.Struct("<HI")       # an "R" item: id length, blob length
 
 class Exportable(Protocol):
     """What the encoders read of a state (a State, or the compactor's captured view)."""
-    jobs: Mapping[str, bytes | Rec]
-    pairs: list[tuple[str, str]]
-    last_lsn: int
-    applied: int
+
+    @property
+    def jobs(self) -> Mapping[str, bytes | Rec]: ...
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]: ...
+
+    @property
+    def last_lsn(self) -> int: ...
+
+    @property
+    def applied(self) -> int: ...
 
 
 @dataclass
@@ -337,17 +345,18 @@ def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
     if not nb:
         return 0, False, []
     width = len(ids[0])
-    joined = []
+    joined: list[bytes] = []
+    fixed = True                       # every id ASCII, of one width, without "\n"
     for k in range(0, nb, _STEP):
         part = ids[k:k + _STEP]
         j = "\n".join(part)
         jb = j.encode()
         if not (width and set(map(len, part)) == {width} and len(jb) == len(j)
                 and jb.count(b"\n") == len(part) - 1):
-            joined = None
+            fixed = False
             break
         joined.append(jb)
-    if joined is None:
+    if not fixed:
         enc = [i.encode() for i in ids]
         return 0, False, [_u32s(map(len, enc))] + [b"".join(enc[k:k + _STEP])
                                                   for k in range(0, nb, _STEP)]
@@ -543,7 +552,7 @@ def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
                               f"content holds {len(content) - tbl}", file=path, offset=HEADER,
                               lsn=info.lsn)
     ends = list(itertools.accumulate(lens, initial=tbl))
-    return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None)))
+    return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None), strict=False))
 
 
 def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
@@ -735,7 +744,7 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
     if sum(rl) != rest_len:
         raise bad("rest item lengths do not add up to the rest section", rest_at)
     ends = list(itertools.accumulate(rl, initial=rest_at))
-    rest = [content[a:b] for a, b in zip(ends, ends[1:])]
+    rest = [content[a:b] for a, b in zip(ends, ends[1:], strict=False)]
     rest_pos = u32s("rest_pos", nr).tolist()
     if rest_pos != sorted(rest_pos) or (rest_pos and rest_pos[-1] > nb):
         raise bad("rest positions are not ordered within the base jobs", secs["rest_pos"][0])
@@ -757,7 +766,7 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         if sys.byteorder != "little":
             a.byteswap()
         p += 8 * m
-        segs = list(zip(a[0::2], a[1::2]))
+        segs = list(zip(a[0::2], a[1::2], strict=True))
         runs.append(segs)
         allsegs += segs
     if p != end:

@@ -69,7 +69,7 @@ from .snapfile import (DEFAULT_MAX_CONTENT, HEADER, MAGIC, READ_VERSIONS, SNAP_R
                        SnapshotInfo, SnapshotProblem, decode_snapshot, encode_snapshot,
                        StateView, encode_state, read_header)
 from .state import State
-from .table import COMPLETED, CANCELLED, LSN, Rec, unpack_head
+from .table import CANCELLED, COMPLETED, LSN, Rec, blob_of, unpack_head
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER", "SnapshotInfo", "SnapshotProblem", "LoadResult",
@@ -359,7 +359,7 @@ class Compactor:
             raise ClosedError("the queue is closed")
         return host
 
-    def _compact(self, on_progress):
+    def _compact(self, on_progress: Callable[[int, int], None] | None) -> CompactionResult:
         t0 = time.perf_counter()
         host = self._host()
         pauses: list[float] = []
@@ -451,8 +451,8 @@ class Compactor:
                     if v is None:
                         view.pop(jid, None)
                         continue
-                    blob = v if type(v) is bytes else v.blob
-                    c = v if type(v) is bytes else _clone(v)
+                    c = _clone(v) if type(v) is Rec else v
+                    blob = blob_of(v)
                     enqueued = unpack_head(blob)[LSN]
                     if enqueued > lsn0:               # enqueued after the copy
                         view.pop(jid, None)
@@ -495,7 +495,7 @@ class Compactor:
         covers (all its records <= that LSN)."""
         snaps = list_snapshots(self.snap_dir)
         removed = []
-        for lsn, path in snaps[:-self.keep]:
+        for _, path in snaps[:-self.keep]:
             if self.archive:
                 _move(path, self.dir / "archive" / "snap" / path.name)
             else:

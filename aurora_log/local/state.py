@@ -33,10 +33,11 @@ Likewise a timeout fires when ``now > started + timeout``. A job is due when ``d
 
 from __future__ import annotations
 
+import builtins
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from . import records as R
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
@@ -45,7 +46,7 @@ from .order import MAX_DUE_MS, ClaimOrder, clamp_due, claim_key, enqueue_due, ti
 from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
                     FLAGS, HEAD_SIZE, LEASE_MS, LIVE, LSN, MAX_RETRIES, PAIR, PENDING, PRIO,
                     RUNNING, SCHEDULED, TIMEOUT_MS, UKEY_LEN, WAITING, LazyJobs, Rec,
-                    SnapshotBase, pack_head, unique_key_of, unpack_head)
+                    SnapshotBase, blob_of, pack_head, unique_key_of, unpack_head)
 
 __all__ = ["State", "Transition"]
 
@@ -53,6 +54,13 @@ _STATUS = {s.code: s for s in JobStatus}
 _PRIO = (None,) + tuple(JobPriority)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
+
+
+# A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
+# fields as snapfile.export_rec writes them); runs of ranks as (first, count) segments.
+StoredJob = tuple[str, bytes, "list[Any] | None"]
+TouchedJob = tuple[str, bytes, list[Any]]
+Segments = list[tuple[int, int]]
 
 
 class Transition(NamedTuple):
@@ -70,13 +78,15 @@ class State:
     """The queue's state; see the module docstring."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, bytes | Rec] | LazyJobs = {}
+        # a dict, or after a version-2 snapshot load a LazyJobs standing in for it (the
+        # same interface by delegation, typed as the dict it becomes)
+        self.jobs: dict[str, bytes | Rec] = {}
         self.pairs: list[tuple[str, str]] = []       # index -> (queue, job_type)
         self._pair_ix: dict[tuple[str, str], int] = {}
         self._pair_raw: dict[tuple[int, bytes], int] = {}   # (len type, type+queue) -> pair
         self.order = ClaimOrder(self)
-        self._leases: list[tuple[int, str, bytes]] = []
-        self._timeouts: list[tuple[int, str, bytes]] = []
+        self._leases: list[tuple[int, str, bytes | None]] = []
+        self._timeouts: list[tuple[int, str, bytes | None]] = []
         self._running: set[str] = set()
         self._unique: dict[str, str] = {}
         self._counts = [0] * 7                       # by status code
@@ -87,7 +97,7 @@ class State:
 
     # ------------------------------------------------------------------ small helpers
 
-    def _count_pending_by_pair(self, counts: list[int]) -> None:
+    def _count_pending_by_pair(self, counts: Sequence[int]) -> None:
         """Add counts[pair index] pending jobs to the totals (a bulk load's counters)."""
         for ix, c in enumerate(counts):
             if c:
@@ -129,7 +139,7 @@ class State:
     def _rec(self, job_id: str) -> Rec | None:
         """The job as a Rec, converting a blob (touching it) if needed."""
         v = self.jobs.get(job_id)
-        if v is None or type(v) is Rec:
+        if v is None or isinstance(v, Rec):
             return v
         r = Rec(v)
         self.jobs[job_id] = r
@@ -438,14 +448,14 @@ class State:
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         if type(v) is not Rec or v.status != RUNNING or v.token != token:
-            status = _STATUS[PENDING if type(v) is bytes else v.status]
+            status = _STATUS[v.status if type(v) is Rec else PENDING]
             raise StaleLeaseError(f"job {job_id} is {status.value}; the attempt token "
                                   "does not hold its lease")
         return v
 
     def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
         v = self.jobs[job_id]
-        lease = unpack_head(v if type(v) is bytes else v.blob)[LEASE_MS]
+        lease = unpack_head(blob_of(v))[LEASE_MS]
         return R.Claim(job_id, now_ms, token, now_ms + lease, worker)
 
     def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
@@ -495,7 +505,8 @@ class State:
                 entry = heapq.heappop(heap)
                 deadline, job_id, token = entry
                 r = self.jobs.get(job_id)
-                if type(r) is not Rec or r.status != RUNNING or r.token != token:
+                if type(r) is not Rec or r.status != RUNNING or token is None \
+                        or r.token != token:
                     continue                      # stale entry: drop it
                 if reason == R.REASON_LEASE_EXPIRED and r.lease_dl != deadline:
                     continue                      # superseded by a heartbeat
@@ -509,13 +520,18 @@ class State:
                 heapq.heappush(heap, entry)
         return out
 
-    def plan_recover(self, now_ms: int, delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
+    def plan_recover(self, now_ms: int,
+                     delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
         """On open: every job left RUNNING by a dead process, as a "process died" reap."""
-        out = []
-        for job_id in sorted(self._running, key=lambda i: (self.jobs[i].started, i)):
+        running: builtins.list[tuple[int, str, Rec, bytes]] = []
+        for job_id in self._running:
             r = self.jobs[job_id]
+            assert type(r) is Rec and r.token is not None      # running: touched, leased
+            running.append((r.started, job_id, r, r.token))
+        out = []
+        for _, job_id, r, token in sorted(running, key=lambda e: e[:2]):
             outcome, due = self._verdict(r, now_ms, delay)
-            out.append(R.Reap(job_id, now_ms, r.token, R.REASON_PROCESS_DIED, outcome, due))
+            out.append(R.Reap(job_id, now_ms, token, R.REASON_PROCESS_DIED, outcome, due))
         return out
 
     def plan_cancel(self, job_id: str, now_ms: int) -> R.Cancel | R.CancelRequest | None:
@@ -524,10 +540,10 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        status = PENDING if type(v) is bytes else v.status
+        status = v.status if type(v) is Rec else PENDING
         if status in WAITING:
             return R.Cancel(job_id, now_ms)
-        if status == RUNNING:
+        if type(v) is Rec and status == RUNNING:
             return None if v.cancel_req else R.CancelRequest(job_id, now_ms)
         raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}; only pending, "
                                 "scheduled, failed or running jobs can be cancelled")
@@ -536,8 +552,8 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        status = PENDING if type(v) is bytes else v.status
-        if status != DEAD_LETTER:
+        if type(v) is not Rec or v.status != DEAD_LETTER:
+            status = v.status if type(v) is Rec else PENDING
             raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}, not dead_letter")
         ukey = unique_key_of(v.blob)
         if ukey is not None and ukey in self._unique:
@@ -573,7 +589,7 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             return None
-        return JobStatus.PENDING if type(v) is bytes else _STATUS[v.status]
+        return _STATUS[v.status] if type(v) is Rec else JobStatus.PENDING
 
     def running_ids(self) -> set[str]:
         return set(self._running)
@@ -582,8 +598,8 @@ class State:
         v = self.jobs.get(job_id)
         return None if v is None else self._materialise(job_id, v)
 
-    def _materialise(self, job_id: str, v) -> Job:
-        blob = v if type(v) is bytes else v.blob
+    def _materialise(self, job_id: str, v: bytes | Rec) -> Job:
+        blob = blob_of(v)
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
          lu) = unpack_head(blob)
         queue, job_type = self.pairs[pair]
@@ -603,7 +619,7 @@ class State:
         j.created_at = from_ms(created)
         j.timeout_seconds = _secs(timeout) if timeout else None
         j.lease_duration = _secs(lease)
-        if type(v) is bytes:
+        if type(v) is not Rec:
             j.status = JobStatus.PENDING
             j.retry_count = 0
             j.scheduled_at = from_ms(sched) if flags & F_SCHED else None
@@ -619,7 +635,7 @@ class State:
         j.completed_at = from_ms(v.completed) if v.completed and v.status in FINISHED else None
         j.last_heartbeat = (started if v.hb == v.started else from_ms(v.hb)) if v.hb else None
         running = v.status == RUNNING
-        j.token = v.token.hex() if running else None
+        j.token = v.token.hex() if running and v.token is not None else None
         j.lease_deadline = from_ms(v.lease_dl) if running else None
         j.worker_id = v.worker
         j.error = v.error
@@ -652,15 +668,17 @@ class State:
                     continue
                 if pairs is not None and unpack_head(v)[PAIR] not in pairs:
                     continue
-            else:
+            elif type(v) is Rec:
                 if code is not None and v.status != code:
                     continue
                 if pairs is not None and unpack_head(v.blob)[PAIR] not in pairs:
                     continue
             yield job_id
 
-    def list(self, *, status=None, queue=None, job_type=None, limit=100, after=None) -> list[Job]:
-        out = []
+    def list(self, *, status: JobStatus | None = None, queue: str | None = None,
+             job_type: str | None = None, limit: int = 100,
+             after: str | None = None) -> builtins.list[Job]:
+        out: builtins.list[Job] = []
         for job_id in self.iter_ids(status=status, queue=queue, job_type=job_type, after=after):
             if len(out) >= limit:
                 break
@@ -677,19 +695,19 @@ class State:
         out["queues"] = {q: block(c) for q, c in sorted(self._qcounts.items()) if sum(c)}
         return out
 
-    def history(self, job_id: str) -> list[Transition]:
+    def history(self, job_id: str) -> builtins.list[Transition]:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if type(v) is bytes:
-            h = unpack_head(v)
-            hist = [(h[LSN], R.ENQUEUE, h[AT], PENDING, None, 1, None)]
-        else:
+        if type(v) is Rec:
             hist = v.hist
+        else:
+            h = unpack_head(blob_of(v))
+            hist = [(h[LSN], R.ENQUEUE, h[AT], PENDING, None, 1, None)]
         return [Transition(lsn, R.RECORD_NAMES[rt], from_ms(at), _STATUS[st], w, a, note)
                 for lsn, rt, at, st, w, a, note in hist]
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple[Any, ...]:
         """Everything observable, for tests: equal fingerprints = equal states."""
         jobs = tuple((i, self._materialise(i, v).to_dict(), tuple(self.history(i)))
                      for i, v in self.jobs.items())
@@ -708,7 +726,7 @@ class State:
         s.applied = applied
         return s
 
-    def load_jobs(self, items: Iterable[tuple[str, bytes, list | None]]) -> int:
+    def load_jobs(self, items: Iterable[StoredJob]) -> int:
         """Add jobs in order as a snapshot stores them: ``(id, blob, None)`` for a
         never-touched pending job, ``(id, blob, meta)`` for any other (``meta`` as
         ``snapfile.export_rec`` writes it). Returns how many. ValueError (or the
@@ -719,8 +737,8 @@ class State:
         result as ``import_job(job_id, blob, None)`` for each (issue 4: reopen time)."""
         jobs, unique = self.jobs, self._unique
         pend = [0] * len(self.pairs)
-        ready_add: list[list[tuple[int, str]]] = [[] for _ in self.pairs]
-        timers_add: list[tuple[int, str]] = []
+        ready_add: builtins.list[builtins.list[tuple[int, str]]] = [[] for _ in self.pairs]
+        timers_add: builtins.list[tuple[int, str]] = []
         n = 0
         for job_id, blob, meta in items:
             n += 1
@@ -744,9 +762,10 @@ class State:
         self._count_pending_by_pair(pend)
         return n
 
-    def load_split(self, base: SnapshotBase, rest: list[tuple[str, bytes, list]],
-                   rest_pos: list[int], runs: list[list[tuple[int, int]]],
-                   pair_counts: list[int], ukeys: list[tuple[int, str]]) -> None:
+    def load_split(self, base: SnapshotBase, rest: Sequence[TouchedJob],
+                   rest_pos: Sequence[int],
+                   runs: Sequence[Segments], pair_counts: Sequence[int],
+                   ukeys: Sequence[tuple[int, str]]) -> None:
         """Load a version-2 snapshot lazily: the base jobs stay in ``base`` (no object per
         job) and are walked in claim order by ``runs``; the ``rest`` are imported as by
         ``import_job``. The caller (snapfile.py) has checked the byte-level structure:
@@ -765,7 +784,7 @@ class State:
             # the holder of a unique key is the first live job with it in state order, as
             # load_jobs' setdefault in item order
             order = [(rank, 1, 0, u, base.id(rank)) for rank, u in ukeys]
-            for j, ((job_id, _, _), p) in enumerate(zip(rest, rest_pos)):
+            for j, ((job_id, _, _), p) in enumerate(zip(rest, rest_pos, strict=True)):
                 r = over[job_id]
                 assert type(r) is Rec
                 u = unique_key_of(r.blob)
@@ -776,10 +795,10 @@ class State:
             for _, _, _, u, job_id in order:
                 self._unique.setdefault(u, job_id)
         self._count_pending_by_pair(pair_counts)
-        self.jobs = LazyJobs(self, base, over, rest_pos)
+        self.jobs = cast("dict[str, bytes | Rec]", LazyJobs(self, base, over, rest_pos))
         self.order.load_runs(base, runs)
 
-    def import_job(self, job_id: str, blob: bytes, meta: list) -> None:
+    def import_job(self, job_id: str, blob: bytes, meta: Sequence[Any]) -> None:
         """Add one touched job as a snapshot stores it (see ``load_jobs``)."""
         h = unpack_head(blob)
         if h[PAIR] >= len(self.pairs) or not 1 <= h[PRIO] <= 4:
@@ -829,7 +848,8 @@ def _secs(ms: int):
     return ms // 1000 if ms % 1000 == 0 else ms / 1000
 
 
-_APPLY = {
+# record type -> the fold's method for it
+_APPLY: dict[int, Callable[[State, int, Any], None]] = {
     R.ENQUEUE: State._apply_enqueue, R.CLAIM: State._apply_claim,
     R.HEARTBEAT: State._apply_heartbeat, R.PROGRESS: State._apply_progress,
     R.COMPLETE: State._apply_complete, R.FAIL: State._apply_fail, R.REAP: State._apply_reap,

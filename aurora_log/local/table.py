@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import records as R
@@ -54,6 +55,11 @@ PRIO = 8           # 1..4 (JobPriority)
 FLAGS = 9
 UKEY_LEN = 10      # bytes of the unique key after the head (0 = none)
 F_SCHED = 1        # FLAGS bit: the job has a scheduled time
+
+
+def blob_of(v: bytes | Rec) -> bytes:
+    """A job table value's blob (the value itself for a never-touched job)."""
+    return v.blob if isinstance(v, Rec) else v
 
 
 def unique_key_of(blob: bytes) -> str | None:
@@ -255,18 +261,19 @@ class LazyJobs:
     __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
                  "_rest_ids", "_n", "_d", "_pre")
 
-    def __init__(self, st: "State", base: SnapshotBase, over: dict, rest_pos: list[int]) -> None:
-        self._st = st
+    def __init__(self, st: State, base: SnapshotBase, over: dict,
+                 rest_pos: Sequence[int]) -> None:
+        self._st: State | None = st
         self._base = base
         self._over = over
         self._known: dict[str, int] = {}      # id -> rank, base jobs met so far
         self._index: dict[str, int] | None = None
         self._probes = _PROBES if base.id_width else 0
-        self._rest_pos = rest_pos             # for each of over's first jobs: base jobs before it
+        self._rest_pos = list(rest_pos)       # per rest job: base jobs before it
         self._rest_ids = list(over)
         self._n = base.n + len(over)          # jobs held (base + over, minus base ids in over)
-        self._d = None
-        self._pre = None                      # the bulk of the dict, built ahead (prebuild)
+        self._d: dict | None = None
+        self._pre: dict | None = None         # the bulk of the dict, built ahead (prebuild)
 
     def note(self, job_id: str, k: int) -> None:
         if self._d is None:
@@ -354,7 +361,7 @@ class LazyJobs:
     def copy(self) -> dict:
         return self.materialize().copy()
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return self.materialize() == (other.materialize() if type(other) is LazyJobs else other)
 
     def __getattr__(self, name):
@@ -363,7 +370,7 @@ class LazyJobs:
             raise AttributeError(name)
         return getattr(self.materialize(), name)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dict it stands for
 
     def __repr__(self) -> str:
         if self._d is not None:
@@ -393,7 +400,7 @@ class LazyJobs:
             all_ids: list = []
             vals: list = []
             prev = 0
-            for rid, p in zip(rest_ids, rest_pos):
+            for rid, p in zip(rest_ids, rest_pos, strict=True):
                 if p > prev:
                     all_ids += ids[prev:p]
                     vals += blobs[prev:p]
@@ -404,7 +411,7 @@ class LazyJobs:
             vals += blobs[prev:]
         else:
             all_ids, vals = ids, blobs
-        d = dict(zip(all_ids, vals))
+        d = dict(zip(all_ids, vals, strict=True))
         if len(d) != base.n + len(rest_ids):
             raise CorruptionError(f"snapshot holds {base.n + len(rest_ids)} jobs but only "
                                   f"{len(d)} distinct ids", file=base.where, offset=64)
@@ -419,9 +426,10 @@ class LazyJobs:
         d.update(self._over)  # replaced values in place, then the added jobs in their order
         self._d = d
         self._base.finish(self._base.build()[0] if self._base.ids is None else self._base.ids)
-        self._over = self._known = self._index = None
-        self._rest_ids = self._rest_pos = None
-        if self._st.jobs is self:
+        # drop what only the lazy table needed (every call goes to the dict from now on)
+        self._over, self._known, self._index = {}, {}, None
+        self._rest_ids, self._rest_pos = [], []
+        if self._st is not None and self._st.jobs is self:
             self._st.jobs = d
         self._st = None
         return d

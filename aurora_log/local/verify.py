@@ -100,7 +100,7 @@ def verify(path, *, deep_limit: int = 100_000) -> VerifyReport:
         return rep
 
     # ---- snapshots: every one, fully decoded
-    snaps = {}
+    snaps: dict[int, tuple[Path, State]] = {}
     for where in (root / "snap", root / "archive" / "snap"):
         for lsn, p in list_snapshots(where):
             rep.snapshots += 1
