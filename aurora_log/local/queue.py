@@ -40,7 +40,7 @@ from .locks import YieldingLock
 from ..errors import ClosedError, ReadOnlyError
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
-                  _check_retries, _check_seconds, check_name, check_text, encode_json,
+                  check_retries, check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
 from .order import MAX_DUE_MS
 from .table import FINISHED
@@ -147,7 +147,7 @@ class Queue:
                 or max_payload_bytes <= 0:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         if reaper_interval is not None:
-            _check_seconds(reaper_interval, "reaper_interval")
+            check_seconds(reaper_interval, "reaper_interval")
         retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
         if not callable(clock):
             raise TypeError("clock must be a callable returning seconds since the epoch")
@@ -355,13 +355,13 @@ class Queue:
                                               or not 1 <= prio <= 4):
             raise ValueError(f"priority must be a JobPriority, got {prio!r}")
         if job.max_retries is not DEFAULT_MAX_RETRIES:
-            _check_retries(job.max_retries, "max_retries")
+            check_retries(job.max_retries, "max_retries")
         timeout = job.timeout_seconds
         if timeout is not DEFAULT_TIMEOUT_SECONDS:
-            _check_seconds(timeout, "timeout_seconds", allow_none=True)
+            check_seconds(timeout, "timeout_seconds", allow_none=True)
         lease = job.lease_duration
         if lease is not DEFAULT_LEASE_SECONDS:
-            _check_seconds(lease, "lease_duration")
+            check_seconds(lease, "lease_duration")
         if job.status is not JobStatus.PENDING or job.retry_count != 0:
             raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
                              f"{job.status}, retry_count {job.retry_count})")

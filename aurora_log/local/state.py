@@ -41,7 +41,8 @@ from typing import Any, NamedTuple, cast
 
 from . import records as R
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
+from ..job import (Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
+                   unfilled_job)
 from .order import MAX_DUE_MS, ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
 from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
                     FLAGS, HEAD_SIZE, LEASE_MS, LIVE, LSN, MAX_RETRIES, PAIR, PENDING, PRIO,
@@ -603,7 +604,7 @@ class State:
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
          lu) = unpack_head(blob)
         queue, job_type = self.pairs[pair]
-        j = Job._raw()
+        j = unfilled_job()
         j.id = job_id
         j.job_type = job_type
         j.queue = queue
