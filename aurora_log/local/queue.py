@@ -490,13 +490,13 @@ class Queue:
                 if self._read_only:
                     raise ReadOnlyError("the queue was opened read_only")
                 now = self._now_ms()
-                job_id = self._state.pick(now, qs, types)
+                job_id = self._state.pick(now, qs, types)     # the decision (order.py)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
                     if self._out_of_space():
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
-                    reserved = self._reserve_apply([rec])
+                    reserved = self._reserve_apply([rec])     # append + apply (the fold)
                     try:
                         return self._state.get(job_id), reserved
                     except BaseException:
