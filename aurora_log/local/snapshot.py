@@ -1,6 +1,7 @@
-"""Compaction: lz4 snapshots of the live state, recovery from them, retention, retirement.
+"""Snapshot files: recovery from them, time travel, compaction (retention, retirement).
 
-The byte format is in native/FORMAT.md ("Snapshot format"). In short:
+The byte format is in native/FORMAT.md ("Snapshot format") and its code in snapfile.py.
+In short:
 
     DIR/snap/<20-digit lsn>.snap   64-byte header (magic, version, LSN, item count, body
                                    length, content length, max record time, body crc, header
@@ -13,8 +14,8 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
                                    Version 1 (still read): the state export's items, a u32
                                    length table then the items back to back.
 
-A version 2 load builds no object per pending job (``_decode_v2`` checks the structure
-with bulk operations, ``state_from_split`` returns a state whose job table is lazy), so
+A version 2 load builds no object per pending job (snapfile's decoder checks the structure
+with bulk operations, ``State.load_split`` makes a state whose job table is lazy), so
 reopen + first claim does not grow with the number of pending jobs beyond reading and
 decompressing the file.
 
@@ -24,12 +25,12 @@ previous one (and a longer replay) is used. With none usable and the log no long
 at LSN 1: CorruptionError naming the files -- never an empty queue by accident.
 
 Compaction (``Compactor.compact``) never holds the queue lock for more than a dictionary
-copy plus the jobs touched while it ran (see ``_capture``): the export, the compression and
-the write run outside it. Then: keep the two newest snapshots; retire WAL segments that the
-OLDER kept snapshot covers (so falling back to it still finds its WAL tail); with
-``archive=True`` retired segments go to DIR/archive/wal/ and retired snapshots to
-DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
-``state_as_of`` uses for time travel.
+copy plus the jobs touched while it ran (``_capture_start``, ``_capture_finish``): the
+export, the compression and the write run outside it. Then: keep the two newest
+snapshots; retire WAL segments that the OLDER kept snapshot covers (so falling back to it
+still finds its WAL tail); with ``archive=True`` retired segments go to DIR/archive/wal/
+and retired snapshots to DIR/archive/snap/ (a layout ``Log.open(DIR/archive,
+read_only=True)`` can read), which ``state_as_of`` uses for time travel.
 
 History beyond compaction (the choice): a snapshot carries each retained job's whole
 transition list (``Rec.hist``, part of the state export), so ``history(job_id)`` keeps
