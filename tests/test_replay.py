@@ -4,8 +4,7 @@ import pytest
 
 from aurora_log.errors import CorruptionError
 from aurora_log.local import records as R
-from aurora_log.local._binding import lib
-from aurora_log.local.log import Log
+from aurora_log.local.log import REC_HDR, Log
 from aurora_log.local.replay import replay
 from aurora_log.local.state import State
 
@@ -48,7 +47,7 @@ def test_replay_equals_the_fold_of_every_record(store):
     assert done.state.fingerprint() == _folded(recs).fingerprint()
     assert done.next_lsn == len(recs) + 1
     assert done.max_at_ms == max(r.at_ms for r in recs)
-    assert done.bytes == sum(len(R.encode(r)[1]) + lib.AU_REC_HDR for r in recs)
+    assert done.bytes == sum(len(R.encode(r)[1]) + REC_HDR for r in recs)
 
 
 def test_replay_from_a_base_state_and_until_an_lsn_or_a_time(store):

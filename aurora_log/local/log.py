@@ -36,6 +36,7 @@ SEG_RE = re.compile(r"^(\d{20})\.seg$")
 UNSYNCED = ".unsynced"      # <segment>.unsynced: see Log._mark_unsynced
 _NOT_IO = (0, _errno.EINVAL, _errno.ETIMEDOUT, _errno.ENOMEM)  # failures that lost no write
 SEG_HDR = lib.AU_SEG_HDR
+REC_HDR = lib.AU_REC_HDR      # bytes stored before each record's payload
 _SCAN_CHUNK = 4096
 _REC = struct.Struct("=QQII")  # au_rec: lsn, payload offset, len, type
 _ZEROS = bytes(1 << 20)

@@ -14,8 +14,7 @@ from typing import Protocol
 
 from . import records as R
 from ..errors import CorruptionError
-from ._binding import lib
-from .log import Log
+from .log import REC_HDR, Log
 from .state import State
 
 __all__ = ["replay", "Replayed", "ReplayCheck"]
@@ -61,7 +60,6 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
     nbytes = 0
     # replay's hot path: an ENQUEUE folded straight from its bytes (no record object)
     fused = check is None and until_ms is None
-    header = lib.AU_REC_HDR
     stop = False
     for lg in logs:
         if until_lsn is not None and expected > until_lsn:
@@ -98,7 +96,7 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
                     check.after(state, lsn, rtype, rec)
             if at > max_at:
                 max_at = at
-            nbytes += len(payload) + header
+            nbytes += len(payload) + REC_HDR
             expected = lsn + 1
         if stop:
             break
