@@ -317,12 +317,12 @@ def decode_json(data: bytes) -> Any:
 
 
 @overload
-def _check_seconds(value: Any, what: str, allow_none: Literal[False] = False) -> float: ...
+def check_seconds(value: Any, what: str, allow_none: Literal[False] = False) -> float: ...
 @overload
-def _check_seconds(value: Any, what: str, allow_none: bool) -> float | None: ...
+def check_seconds(value: Any, what: str, allow_none: bool) -> float | None: ...
 
 
-def _check_seconds(value: Any, what: str, allow_none: bool = False) -> float | None:
+def check_seconds(value: Any, what: str, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -337,7 +337,7 @@ def _check_seconds(value: Any, what: str, allow_none: bool = False) -> float | N
     return value
 
 
-def _check_retries(value: Any, what: str) -> int:
+def check_retries(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if not 0 <= value <= MAX_RETRIES_LIMIT:
@@ -443,20 +443,20 @@ class Job:
                          else _check_priority(priority))
         self.status = JobStatus.PENDING if status is JobStatus.PENDING else _check_status(status)
         self.max_retries = (DEFAULT_MAX_RETRIES if max_retries is DEFAULT_MAX_RETRIES
-                            else _check_retries(max_retries, "max_retries"))
+                            else check_retries(max_retries, "max_retries"))
         self.retry_count = (0 if type(retry_count) is int and retry_count == 0
-                            else _check_retries(retry_count, "retry_count"))
+                            else check_retries(retry_count, "retry_count"))
         self.created_at = _now(None) if created_at is None else _norm_dt(created_at, "created_at")
         self.scheduled_at = None if scheduled_at is None else _norm_dt(scheduled_at, "scheduled_at")
         self.started_at = None if started_at is None else _norm_dt(started_at, "started_at")
         self.completed_at = None if completed_at is None else _norm_dt(completed_at, "completed_at")
         self.timeout_seconds = (
             DEFAULT_TIMEOUT_SECONDS if timeout_seconds is DEFAULT_TIMEOUT_SECONDS
-            else _check_seconds(timeout_seconds, "timeout_seconds", allow_none=True))
+            else check_seconds(timeout_seconds, "timeout_seconds", allow_none=True))
         self.last_heartbeat = (None if last_heartbeat is None
                                else _norm_dt(last_heartbeat, "last_heartbeat"))
         self.lease_duration = (DEFAULT_LEASE_SECONDS if lease_duration is DEFAULT_LEASE_SECONDS
-                               else _check_seconds(lease_duration, "lease_duration"))
+                               else check_seconds(lease_duration, "lease_duration"))
         self.queue = "default" if queue == "default" else check_name(queue, "queue")
         self.unique_key = (None if unique_key is None
                            else check_text(unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS))
@@ -505,16 +505,16 @@ class Job:
 
     def with_max_retries(self, max_retries: int) -> Job:
         """Retries after the first attempt: 0 means a failure goes straight to dead-letter."""
-        self.max_retries = _check_retries(max_retries, "max_retries")
+        self.max_retries = check_retries(max_retries, "max_retries")
         return self
 
     def with_timeout(self, seconds: float | None) -> Job:
         """A running job older than this is failed by the reaper with "timeout"; None = never."""
-        self.timeout_seconds = _check_seconds(seconds, "timeout_seconds", allow_none=True)
+        self.timeout_seconds = check_seconds(seconds, "timeout_seconds", allow_none=True)
         return self
 
     def with_lease_duration(self, seconds: float) -> Job:
-        self.lease_duration = _check_seconds(seconds, "lease_duration")
+        self.lease_duration = check_seconds(seconds, "lease_duration")
         return self
 
     def schedule_at(self, at: datetime) -> Job:
@@ -661,3 +661,9 @@ def jobs_from(items: Iterable[Job]) -> list[Job]:
         if not isinstance(j, Job):
             raise TypeError(f"expected Job objects, got {type(j).__name__}")
     return out
+
+
+def unfilled_job() -> Job:
+    """An empty Job for the engine to fill from its state (no validation: the state holds
+    only values that were validated before they were written)."""
+    return Job._raw()

@@ -38,6 +38,7 @@ import shutil
 from pathlib import Path
 
 from aurora_log.testing import faults
+
 MODES = ("drop", "keep", "subset", "torn")
 
 

@@ -6,11 +6,12 @@ import os
 import stat
 
 import aurora_log
-from aurora_log import Job, faults
+from aurora_log import Job
+from aurora_log.testing import faults
 
 
 def _fill_and_compact(q, rounds=3):
-    for r in range(rounds):
+    for _ in range(rounds):
         for i in range(60):
             q.enqueue(Job.new("x").add_field("i", i).add_field("pad", "p" * 2000))
         q.compact()

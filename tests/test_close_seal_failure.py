@@ -6,9 +6,9 @@ import errno
 
 import pytest
 
-from aurora_log import faults
+from aurora_log.testing import faults
 from aurora_log.errors import DurabilityError
-from aurora_log.log import UNSYNCED, Log
+from aurora_log.local.log import UNSYNCED, Log
 
 SEG = 1 << 20
 

@@ -18,7 +18,7 @@ from test_log_support import (
 )
 
 from aurora_log.errors import CorruptionError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 
 def _fake_seal(offset: int, lsn: int) -> bytearray:

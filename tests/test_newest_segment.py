@@ -11,7 +11,7 @@ import pytest
 from test_log_support import BATCH_HDR, SEG_HDR, batches, image, lay_out, newest
 
 from aurora_log.errors import CorruptionError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 SEG = 4096
 

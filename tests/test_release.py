@@ -8,7 +8,8 @@ import time
 import pytest
 
 import aurora_log
-from aurora_log import Job, JobStatus, Worker, tasks
+from aurora_log import Job, JobStatus, Worker
+from aurora_log.runtime import tasks
 from aurora_log.errors import StaleLeaseError
 
 

@@ -9,7 +9,7 @@ from test_log_support import fix_segment_crc, image, lay_out
 
 import aurora_log
 from aurora_log import Job
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 BIG = 20 << 20
 

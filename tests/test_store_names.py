@@ -10,9 +10,10 @@ import os
 import pytest
 
 import aurora_log
-from aurora_log import Job, faults
+from aurora_log import Job
+from aurora_log.testing import faults
 from aurora_log.errors import CorruptionError, ReadOnlyError
-from aurora_log.log import Log
+from aurora_log.local.log import Log
 
 
 def _open_q(path, **kw):

@@ -378,7 +378,7 @@ def test_generated_jobs_are_valid_and_round_trip(tmp_path_factory, batch):
     q = open_queue(tmp_path_factory.mktemp("j") / "q", FakeClock(1_700_000_000.0))
     try:
         ids = q.enqueue_many(batch)
-        for job, job_id in zip(batch, ids):
+        for job, job_id in zip(batch, ids, strict=True):
             got = q.get(job_id)
             assert got.payload == job.payload and got.priority == job.priority
             assert got.scheduled_at == job.scheduled_at and got.max_retries == job.max_retries

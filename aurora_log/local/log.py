@@ -21,7 +21,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
@@ -419,7 +419,7 @@ class Log:
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
              segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
-             read_only: bool = False, continued: bool = False) -> "Log":
+             read_only: bool = False, continued: bool = False) -> Log:
         """Open (or create) the log in `directory`; see docs/INTERNALS.md. ``continued``
         (read_only only): its newest segment's successor lives elsewhere, as in
         DIR/archive, whose segments continue in DIR/wal; a SEAL announcing it is then
@@ -1121,7 +1121,7 @@ class Log:
         except Exception:
             pass
 
-    def __enter__(self) -> "Log":
+    def __enter__(self) -> Log:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,17 +30,22 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import records as R
 from .locks import YieldingLock
 from ..errors import ClosedError, ReadOnlyError
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
-                  _check_retries, _check_seconds, check_name, check_text, encode_json,
+                  check_retries, check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
-from .state import MAX_DUE_MS, State, Transition
+from .order import MAX_DUE_MS
+from .table import FINISHED
+from .replay import replay
+from .state import State, Transition
 
 __all__ = ["Queue", "open"]
 
@@ -81,7 +86,7 @@ def _bound_task_layer() -> Any:
     return _task_layer
 
 
-def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
+def open(path, **options) -> Queue:  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
 
@@ -137,7 +142,7 @@ class Queue:
     and the log's ``segment_bytes`` / ``max_record_bytes``.
     """
 
-    _touched = None          # compaction capture: ids touched since it began
+    _touched: dict[str, None] | None = None   # compaction capture: ids touched since
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
@@ -161,7 +166,7 @@ class Queue:
                 or max_payload_bytes <= 0:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         if reaper_interval is not None:
-            _check_seconds(reaper_interval, "reaper_interval")
+            check_seconds(reaper_interval, "reaper_interval")
         retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
         if not callable(clock):
             raise TypeError("clock must be a callable returning seconds since the epoch")
@@ -170,7 +175,8 @@ class Queue:
         self._retry = (retry_base, retry_cap, retry_jitter)
         self._read_only = bool(read_only)
         self._lock = YieldingLock()
-        self._cond = threading.Condition(self._lock)
+        # YieldingLock has the lock protocol Condition uses (typeshed names only its own)
+        self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         snapshot.check_log_present(path)    # before Log.open creates an empty log
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
@@ -188,7 +194,8 @@ class Queue:
         self._compactor = None
         if not self._read_only:
             self._compactor = snapshot.Compactor(
-                self, self._log.directory, archive=archive, retain_seconds=retain_seconds,
+                _CompactionLink(self), self._log.directory, archive=archive,
+                retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
             self._compactor.tail_bytes = self._tail_bytes
@@ -209,7 +216,6 @@ class Queue:
         reports bad ones in ``snapshot_report``; CorruptionError if none is usable and the
         log does not start at LSN 1). ``as_of``: the state at that LSN/datetime instead."""
         from . import snapshot
-        from .log import REC_HDR
         if as_of is not None:
             state, info = snapshot.state_as_of(self._log.directory, as_of,
                                                max_content=self._max_snapshot)
@@ -219,23 +225,10 @@ class Queue:
         res = snapshot.recover(self._log.directory, self._log.first_lsn, self._log.next_lsn,
                                read_only=self._read_only, max_content=self._max_snapshot)
         self.snapshot_report = res
-        state = res.state if res.state is not None else State()
-        apply, decode = state.apply, R.decode
-        max_at, tail = res.max_at_ms, 0
-        start = res.lsn + 1 if res.state is not None else self._log.first_lsn
-        apply_enqueue = state.apply_enqueue_bytes
-        for lsn, rtype, payload in self._log.scan(start):
-            if rtype == R.ENQUEUE:          # the bulk of any log: a fused decode+fold
-                at = apply_enqueue(lsn, payload)
-            else:
-                rec = decode(rtype, payload)
-                apply(lsn, rtype, rec)
-                at = rec.at_ms
-            if at > max_at:
-                max_at = at
-            tail += len(payload) + REC_HDR
-        self._max_at, self._tail_bytes = max_at, tail
-        return state
+        base_lsn = res.lsn if res.state is not None else self._log.first_lsn - 1
+        done = replay(self._log, res.state, base_lsn, base_max_at_ms=res.max_at_ms)
+        self._max_at, self._tail_bytes = done.max_at_ms, done.bytes
+        return done.state
 
     def _recover_running(self) -> int:
         """Jobs left RUNNING by a dead process: back to pending as a spent attempt
@@ -276,7 +269,7 @@ class Queue:
             self._reaper.join()
         self._log.close()
 
-    def __enter__(self) -> "Queue":
+    def __enter__(self) -> Queue:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -343,7 +336,7 @@ class Queue:
                 self._state.apply(first, encoded[0][0], recs[0])
             else:
                 self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                               zip(recs, encoded)])
+                                               zip(recs, encoded, strict=True)])
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded, checked=checked)
@@ -381,22 +374,22 @@ class Queue:
                                               or not 1 <= prio <= 4):
             raise ValueError(f"priority must be a JobPriority, got {prio!r}")
         if job.max_retries is not DEFAULT_MAX_RETRIES:
-            _check_retries(job.max_retries, "max_retries")
+            check_retries(job.max_retries, "max_retries")
         timeout = job.timeout_seconds
         if timeout is not DEFAULT_TIMEOUT_SECONDS:
-            _check_seconds(timeout, "timeout_seconds", allow_none=True)
+            check_seconds(timeout, "timeout_seconds", allow_none=True)
         lease = job.lease_duration
         if lease is not DEFAULT_LEASE_SECONDS:
-            _check_seconds(lease, "lease_duration")
+            check_seconds(lease, "lease_duration")
         if job.status is not JobStatus.PENDING or job.retry_count != 0:
             raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
                              f"{job.status}, retry_count {job.retry_count})")
-        created = job.created_at
-        if type(created) is datetime and created.tzinfo is not None \
-                and created.microsecond % 1000 == 0:
-            created = round(created.timestamp() * 1000)     # exact for ms-precision times
+        created_at = job.created_at
+        if type(created_at) is datetime and created_at.tzinfo is not None \
+                and created_at.microsecond % 1000 == 0:
+            created = round(created_at.timestamp() * 1000)  # exact for ms-precision times
         else:
-            created = to_ms(created, "created_at")
+            created = to_ms(created_at, "created_at")
         sched = None
         if job.scheduled_at is not None:
             sched = to_ms(job.scheduled_at, "scheduled_at")
@@ -410,18 +403,18 @@ class Queue:
                       None if timeout is None else round(timeout * 1000))
         lease_ms = 30_000 if lease is DEFAULT_LEASE_SECONDS else round(lease * 1000)
         ukey = job.unique_key
-        prio = int(prio)
+        prio_code = int(prio)
         try:
             data = R.pack_enqueue(job.id.encode(), job.job_type.encode(), job.queue.encode(),
-                                  None if ukey is None else ukey.encode(), prio,
+                                  None if ukey is None else ukey.encode(), prio_code,
                                   job.max_retries, created, now, sched, timeout_ms, lease_ms,
                                   payload)
         except struct.error as e:
             raise ValueError(f"job {job.id}: a field does not fit the record: {e}") from None
         # tuple.__new__ skips the NamedTuple constructor's Python-level wrapper (~3x faster)
-        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio, job.max_retries,
-                                      created, now, sched, timeout_ms, lease_ms, ukey,
-                                      payload)), data
+        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio_code,
+                                      job.max_retries, created, now, sched, timeout_ms,
+                                      lease_ms, ukey, payload)), data
 
     # ------------------------------------------------------------------ producers
 
@@ -516,13 +509,13 @@ class Queue:
                 if self._read_only:
                     raise ReadOnlyError("the queue was opened read_only")
                 now = self._now_ms()
-                job_id = self._state.pick(now, qs, types)
+                job_id = self._state.pick(now, qs, types)     # the decision (order.py)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
                     if self._out_of_space():
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
-                    reserved = self._reserve_apply([rec])
+                    reserved = self._reserve_apply([rec])     # append + apply (the fold)
                     try:
                         return self._state.get(job_id), reserved
                     except BaseException:
@@ -660,7 +653,7 @@ class Queue:
         """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
         finished more than ``older_than`` seconds ago (or before ``before``) from the live
         state, with a PURGE record. Returns how many."""
-        statuses = tuple(s.code for s in JobStatus if s.is_finished)
+        statuses: tuple[int, ...] = FINISHED
         if status is not None:
             st = JobStatus(status)
             if not st.is_finished:
@@ -770,3 +763,42 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<aurora_log.Queue {str(self._log.directory)!r}{' closed' if self._closed else ''}>"
+
+
+class _CompactionLink:
+    """The queue as its Compactor sees it (snapshot.CompactionHost): the only way the
+    compactor reaches into a queue."""
+    __slots__ = ("_q",)
+
+    def __init__(self, q: Queue) -> None:
+        self._q = q
+
+    @property
+    def log(self):
+        return self._q._log
+
+    @property
+    def closed(self) -> bool:
+        return self._q._closed
+
+    def now_ms(self) -> int:
+        return self._q._now_ms()
+
+    @contextmanager
+    def locked(self) -> Iterator[State]:
+        with self._q._lock:
+            yield self._q._state
+
+    def track_touched(self) -> None:
+        self._q._touched = {}
+
+    def untrack_touched(self) -> dict[str, None]:
+        touched, self._q._touched = self._q._touched, None
+        return touched or {}
+
+    def append_apply(self, recs: list) -> int:
+        return self._q._append_apply(recs)
+
+    def max_at_ms(self) -> int:
+        return self._q._max_at
+

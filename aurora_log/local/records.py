@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from ..errors import RecordError
 
@@ -194,17 +195,15 @@ class Purge(NamedTuple):
     ids: tuple
 
 
-Record = Union[Enqueue, Claim, Heartbeat, Progress, Complete, Fail, Reap, Cancel,
-               CancelRequest, RetryDead, Purge, Release]
+Record = (Enqueue | Claim | Heartbeat | Progress | Complete | Fail | Reap | Cancel
+          | CancelRequest | RetryDead | Purge | Release)
 
-_TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROGRESS,
-            Complete: COMPLETE, Fail: FAIL, Reap: REAP, Cancel: CANCEL,
-            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE,
-            Release: RELEASE}
+_SIMPLE_TYPES: dict[int, type[Cancel | CancelRequest | RetryDead]] = {
+    CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}
 
 # --------------------------------------------------------------------------- layouts
 
-_ENQ = struct.Struct("<BBBxIqqqqqHHHHI")
+ENQUEUE_HEAD = struct.Struct("<BBBxIqqqqqHHHHI")
 _CLAIM = struct.Struct("<Bqq8sHH")
 _HB = struct.Struct("<Bqq8sH")
 _PROG = struct.Struct("<BBq8sdHH")
@@ -238,7 +237,7 @@ def pack_enqueue(job_id: bytes, job_type: bytes, queue: bytes, ukey: bytes | Non
              | (_F_UKEY if ukey is not None else 0))
     if ukey is None:
         ukey = b""
-    return b"".join((_ENQ.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
                                scheduled_ms or 0, timeout_ms or 0, lease_ms, len(job_id),
                                len(job_type), len(queue), len(ukey), len(payload)),
                      job_id, job_type, queue, ukey, payload))
@@ -250,62 +249,90 @@ def encode_enqueue(r: Enqueue) -> bytes:
              | (_F_UKEY if r.unique_key is not None else 0))
     i, t, q = _s(r.id), _s(r.job_type), _s(r.queue)
     u = _s(r.unique_key) if r.unique_key is not None else b""
-    return b"".join((_ENQ.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
                                r.at_ms, r.scheduled_ms or 0, r.timeout_ms or 0, r.lease_ms,
                                len(i), len(t), len(q), len(u), len(r.payload)),
                      i, t, q, u, r.payload))
 
 
+def _encode_claim(rec: Claim) -> bytes:
+    i, w = _s(rec.id), _s(rec.worker)
+    return _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                       len(i), len(w)) + i + w
+
+
+def _encode_heartbeat(rec: Heartbeat) -> bytes:
+    i = _s(rec.id)
+    return _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token, len(i)) + i
+
+
+def _encode_progress(rec: Progress) -> bytes:
+    i = _s(rec.id)
+    m = _s(rec.message) if rec.message is not None else b""
+    return _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
+                      rec.token, rec.fraction, len(i), len(m)) + i + m
+
+
+def _encode_complete(rec: Complete) -> bytes:
+    i = _s(rec.id)
+    res = rec.result if rec.result is not None else b""
+    return _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
+                      rec.token, len(i), len(res)) + i + res
+
+
+def _encode_fail(rec: Fail) -> bytes:
+    i = _s(rec.id)
+    e = rec.error.encode("utf-8")
+    return _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i), len(e)) + i + e
+
+
+def _encode_reap(rec: Reap) -> bytes:
+    i = _s(rec.id)
+    return _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i)) + i
+
+
+def _encode_simple(rec: Cancel | CancelRequest | RetryDead) -> bytes:
+    i = _s(rec.id)
+    return _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
+
+
+def _encode_purge(rec: Purge) -> bytes:
+    parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
+    for job_id in rec.ids:
+        i = _s(job_id)
+        parts.append(_H.pack(len(i)))
+        parts.append(i)
+    return b"".join(parts)
+
+
+def _encode_release(rec: Release) -> bytes:
+    if rec.outcome not in _RELEASE_OUTCOMES:
+        raise ValueError(f"release outcome must be 1 or 3, not {rec.outcome}")
+    i = _s(rec.id)
+    return _REL.pack(VERSION, rec.outcome, rec.at_ms, rec.token, len(i)) + i
+
+
+# record class -> (type byte, its encoder): one lookup per record
+_ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    Enqueue: (ENQUEUE, encode_enqueue), Claim: (CLAIM, _encode_claim),
+    Heartbeat: (HEARTBEAT, _encode_heartbeat), Progress: (PROGRESS, _encode_progress),
+    Complete: (COMPLETE, _encode_complete), Fail: (FAIL, _encode_fail),
+    Reap: (REAP, _encode_reap), Cancel: (CANCEL, _encode_simple),
+    CancelRequest: (CANCEL_REQUEST, _encode_simple), RetryDead: (RETRY_DEAD, _encode_simple),
+    Purge: (PURGE, _encode_purge), Release: (RELEASE, _encode_release),
+}
+
+
 def encode(rec: Record) -> tuple[int, bytes]:
     """(rtype, payload) for a record. ValueError for values that do not fit the layout."""
-    rtype = _TYPE_OF.get(type(rec))
-    if rtype is None:
+    entry = _ENCODERS.get(type(rec))
+    if entry is None:
         raise TypeError(f"not a record: {type(rec).__name__}")
+    rtype, encoder = entry
     try:
-        if rtype == ENQUEUE:
-            return rtype, encode_enqueue(rec)
-        if rtype == CLAIM:
-            i, w = _s(rec.id), _s(rec.worker)
-            return rtype, _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                      len(i), len(w)) + i + w
-        if rtype == HEARTBEAT:
-            i = _s(rec.id)
-            return rtype, _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                   len(i)) + i
-        if rtype == PROGRESS:
-            i = _s(rec.id)
-            m = _s(rec.message) if rec.message is not None else b""
-            return rtype, _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
-                                     rec.token, rec.fraction, len(i), len(m)) + i + m
-        if rtype == COMPLETE:
-            i = _s(rec.id)
-            res = rec.result if rec.result is not None else b""
-            return rtype, _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
-                                     rec.token, len(i), len(res)) + i + res
-        if rtype == FAIL:
-            i = _s(rec.id)
-            e = rec.error.encode("utf-8")
-            return rtype, _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i), len(e)) + i + e
-        if rtype == REAP:
-            i = _s(rec.id)
-            return rtype, _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i)) + i
-        if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
-            i = _s(rec.id)
-            return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
-        if isinstance(rec, Release):
-            if rec.outcome not in _RELEASE_OUTCOMES:
-                raise ValueError(f"release outcome must be 1 or 3, not {rec.outcome}")
-            i = _s(rec.id)
-            return rtype, _REL.pack(VERSION, rec.outcome, rec.at_ms, rec.token, len(i)) + i
-        # PURGE
-        parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
-        for job_id in rec.ids:
-            i = _s(job_id)
-            parts.append(_H.pack(len(i)))
-            parts.append(i)
-        return rtype, b"".join(parts)
+        return rtype, encoder(rec)
     except struct.error as e:
         raise ValueError(f"{RECORD_NAMES[rtype]} record field out of range: {e}") from None
 
@@ -346,8 +373,8 @@ def _check_id(rtype: int, job_id: str) -> str:
     return job_id
 
 
-_ENQ_UNPACK = _ENQ.unpack_from
-_ENQ_SIZE = _ENQ.size
+_ENQ_UNPACK = ENQUEUE_HEAD.unpack_from
+_ENQ_SIZE = ENQUEUE_HEAD.size
 _names: dict[bytes, str] = {}   # job_type / queue spellings repeat: decode each once
 
 
@@ -455,7 +482,7 @@ def _decode(rtype: int, data: bytes) -> Record:
     if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
         _, at, li = _head(rtype, _SIMPLE, data)
         (job_id,) = _strs(rtype, data, _SIMPLE.size, (li,))
-        cls = {CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}[rtype]
+        cls: type[Cancel | CancelRequest | RetryDead] = _SIMPLE_TYPES[rtype]
         return cls(_check_id(rtype, job_id), at)
     if rtype == RELEASE:
         _, outcome, at, token, li = _head(rtype, _REL, data)

@@ -80,7 +80,7 @@ class RefModel:
     def apply(self, op: HOp):
         k = op.kind
         if k == "enqueue":
-            for jid, p, mr in zip(op.ids, op.payloads, op.max_retries):
+            for jid, p, mr in zip(op.ids, op.payloads, op.max_retries, strict=True):
                 if jid not in self.jobs:
                     self.jobs[jid] = MJob(jid, p, mr)
         elif k == "claim":
@@ -316,7 +316,7 @@ class Checker:
         self.issued = {}
         for op in history.ops:
             if op.kind == "enqueue":
-                for jid, p in zip(op.ids, op.payloads):
+                for jid, p in zip(op.ids, op.payloads, strict=True):
                     self.issued[jid] = p
 
     def _model_at(self, k: int) -> RefModel:
