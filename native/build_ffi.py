@@ -15,7 +15,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["crc32c.c", "sys.c", "format.c", "writer.c"]
+SOURCES = ["crc32c.c", "sys.c", "format.c", "writer.c", "shm.c"]
 
 HEADER = os.path.join(HERE, "aurora.h")
 

@@ -1,0 +1,444 @@
+"""Many processes, one store: the two families of issue 19, measured side by side.
+
+    python bench/xproc/xproc.py [--seconds 3] [--procs 1,4,16,64] [--dir DIR] [--only a,b]
+
+Every point runs N fresh processes (fork) that each commit ~100-byte records durably in a
+loop for `--seconds`; per point it reports commits/s, records per fdatasync, and CPU per
+commit (user+sys of every process involved, owner included, measured over the timed window
+by each process itself). Variants, all in one run on the same disk:
+
+  floor      the bare fdatasync loop of one process (bench/floors.py), the disk's rate
+  shm        family (a), shared log: native/shm.c (compiled here with cffi, API mode): a
+             robust process-shared append mutex and sync mutex in a mapped control page;
+             a leader fdatasyncs for everyone written before it, covered committers return
+             at once, the others sleep on their own futex word and only covered ones wake
+  flock      the naive shared log: flock(LOCK_EX); pwrite at the shared tail; fdatasync;
+             unlock (one fdatasync per commit)
+  owner      family (b): an owner process (elected by flock on a lock file) serves the N
+             processes over a Unix socket; it reads every queued request, writes them in
+             one pwrite and answers after one fdatasync (pure Python, as the engine is)
+  sqlite     SQLite WAL, synchronous=FULL, one connection per process, one INSERT of a
+             100-byte blob per transaction
+
+Then the fold cost: decode + fold of real queue records (enqueue, claim, complete) by
+aurora_log's State, per record; in family (a) every process folds every record, so the
+fold CPU per commit is about N x that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import selectors
+import shutil
+import socket
+import sqlite3
+import struct
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+NATIVE = os.path.join(ROOT, "native")
+sys.path.insert(0, os.path.dirname(HERE))
+import floors  # noqa: E402
+
+RECORD = 100
+FILE_BYTES = 64 << 20        # preallocated log file (shm: never wraps in a short run)
+CTX = mp.get_context("fork")
+
+
+# ------------------------------------------------------------------ the shm module
+
+def build_shm(tmpdir: str):
+    """Compile native/shm.c (with the crc and syscall-table files it uses) into a cffi
+    module in `tmpdir`; its cdef is the shm part of native/aurora.h."""
+    import cffi
+
+    text = open(os.path.join(NATIVE, "aurora.h")).read()
+    part = text[text.index("/* ---- the shared control page"):text.rindex("#endif")]
+    part = re.sub(r"/\*.*?\*/", "", part, flags=re.S)
+    part = re.sub(r"#define\s+(AU_\w+)\s+\S.*", r"#define \1 ...", part)
+    ffi = cffi.FFI()
+    ffi.cdef(part)
+    ffi.set_source("_xproc_shm", '#include "aurora.h"\n',
+                   sources=[os.path.join(NATIVE, s) for s in ("crc32c.c", "sys.c", "shm.c")],
+                   include_dirs=[NATIVE],
+                   extra_compile_args=["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L",
+                                       "-pthread"],
+                   extra_link_args=["-pthread"])
+    path = ffi.compile(tmpdir=tmpdir, verbose=False)
+    spec = importlib.util.spec_from_file_location("_xproc_shm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def preallocate(path: str, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    zeros = bytes(1 << 20)
+    off = 0
+    while off < size:
+        off += os.pwrite(fd, zeros, off)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def until_start(start: float) -> None:
+    while time.time() < start:
+        time.sleep(min(0.01, max(0.0, start - time.time())))
+
+
+# ------------------------------------------------------------------ workers
+# Each returns (commits, cpu seconds) over [start, start + seconds) through `out`.
+
+def w_shm(shm_so_dir, log_path, page_path, start, seconds, out):
+    mod = load_shm(shm_so_dir)
+    ffi, lib = mod.ffi, mod.lib
+    fd = os.open(log_path, os.O_WRONLY)
+    h = ffi.new("au_shm **")
+    r = lib.au_shm_open(h, page_path.encode(), fd, 0)
+    assert r == 0, r
+    buf = ffi.from_buffer(os.urandom(RECORD))
+    end = ffi.new("uint64_t *")
+    commit = lib.au_shm_commit
+    handle = h[0]
+    until_start(start)
+    c0, t_end, n = cpu(), start + seconds, 0
+    while time.time() < t_end:
+        if end[0] + RECORD > FILE_BYTES:        # the file is sized to never get here
+            raise RuntimeError("log file full: raise FILE_BYTES")
+        r = commit(handle, fd, buf, RECORD, end)
+        assert r == 0, r
+        n += 1
+    out.put((n, cpu() - c0))
+    lib.au_shm_close(handle)
+    os.close(fd)
+
+
+def w_flock(log_path, lock_path, start, seconds, out):
+    fd = os.open(log_path, os.O_WRONLY)
+    lk = os.open(lock_path, os.O_RDWR)
+    rec = os.urandom(RECORD)
+    until_start(start)
+    c0, t_end, n = cpu(), start + seconds, 0
+    while time.time() < t_end:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        off = struct.unpack("<Q", os.pread(lk, 8, 0).ljust(8, b"\0"))[0]
+        if off + RECORD > FILE_BYTES:
+            off = 0
+        os.pwrite(fd, rec, off)
+        os.fdatasync(fd)
+        os.pwrite(lk, struct.pack("<Q", off + RECORD), 0)
+        fcntl.flock(lk, fcntl.LOCK_UN)
+        n += 1
+    out.put((n, cpu() - c0))
+
+
+def w_owner_server(log_path, lock_path, sock_path, start, seconds, out, ready):
+    """The owner: holds the election lock, accepts the clients, batches what is queued."""
+    lk = os.open(lock_path, os.O_RDWR)
+    fcntl.flock(lk, fcntl.LOCK_EX | fcntl.LOCK_NB)      # elected (nobody else runs for it)
+    fd = os.open(log_path, os.O_WRONLY)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    srv.listen(1024)
+    sel = selectors.DefaultSelector()
+    sel.register(srv, selectors.EVENT_READ)
+    ready.set()
+    bufs: dict = {}
+    off = 0
+    syncs = records = 0
+    c0 = None
+    while True:
+        now = time.time()
+        if c0 is None and now >= start:
+            c0 = cpu()
+        if now > start + seconds + 1.0 and not bufs:
+            break
+        batch, who = [], []
+        for key, _ in sel.select(timeout=0.05):
+            s = key.fileobj
+            if s is srv:
+                c, _ = srv.accept()
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+                bufs[c] = b""
+                continue
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                sel.unregister(s)
+                s.close()
+                del bufs[s]
+                continue
+            b = bufs[s] + data
+            while len(b) >= 4:
+                k = struct.unpack_from("<I", b)[0]
+                if len(b) < 4 + k:
+                    break
+                batch.append(b[4:4 + k])
+                who.append(s)
+                b = b[4 + k:]
+            bufs[s] = b
+        if not batch:
+            continue
+        blob = b"".join(batch)
+        if off + len(blob) > FILE_BYTES:
+            off = 0
+        os.pwrite(fd, blob, off)
+        off += len(blob)
+        os.fdatasync(fd)
+        syncs += 1
+        records += len(batch)
+        for s in who:
+            s.send(b"\x01")
+    out.put(("owner", syncs, records, cpu() - (c0 or cpu())))
+
+
+def w_owner_client(sock_path, start, seconds, out):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(sock_path)
+    msg = struct.pack("<I", RECORD) + os.urandom(RECORD)
+    until_start(start)
+    c0, t_end, n = cpu(), start + seconds, 0
+    while time.time() < t_end:
+        c.sendall(msg)
+        if c.recv(1) != b"\x01":
+            raise RuntimeError("owner went away")
+        n += 1
+    out.put((n, cpu() - c0))
+    c.close()
+
+
+def w_sqlite(db_path, start, seconds, out):
+    con = sqlite3.connect(db_path, timeout=60, isolation_level=None)
+    con.execute("PRAGMA synchronous=FULL")
+    blob = os.urandom(RECORD)
+    until_start(start)
+    c0, t_end, n = cpu(), start + seconds, 0
+    while time.time() < t_end:
+        con.execute("INSERT INTO jobs(payload) VALUES (?)", (blob,))
+        n += 1
+    out.put((n, cpu() - c0))
+    con.close()
+
+
+_shm_cache: dict = {}
+
+
+def load_shm(so_dir: str):
+    if so_dir not in _shm_cache:
+        path = next(os.path.join(so_dir, f) for f in os.listdir(so_dir)
+                    if f.startswith("_xproc_shm") and f.endswith(".so"))
+        spec = importlib.util.spec_from_file_location("_xproc_shm", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _shm_cache[so_dir] = mod
+    return _shm_cache[so_dir]
+
+
+# ------------------------------------------------------------------ one point
+
+def run_point(variant: str, n: int, seconds: float, work: str, shm_dir: str) -> dict:
+    d = tempfile.mkdtemp(prefix=f"xproc-{variant}-", dir=work)
+    try:
+        return _run_point(variant, n, seconds, d, shm_dir)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _run_point(variant, n, seconds, d, shm_dir) -> dict:
+    out = CTX.Queue()
+    log_path = os.path.join(d, "log")
+    start = time.time() + 0.5 + 0.01 * n     # everyone forked and attached before it
+    procs = []
+    extra = {}
+    if variant in ("shm", "flock", "owner"):
+        preallocate(log_path, FILE_BYTES)
+    if variant == "shm":
+        mod = load_shm(shm_dir)
+        page = os.path.join(d, "shm")
+        fd = os.open(log_path, os.O_WRONLY)
+        h = mod.ffi.new("au_shm **")
+        assert mod.lib.au_shm_open(h, page.encode(), fd, 0) == 0   # the first attach
+        extra["handle"], extra["fd"] = h[0], fd
+        args = lambda: (shm_dir, log_path, page, start, seconds, out)  # noqa: E731
+        target = w_shm
+    elif variant == "flock":
+        lock = os.path.join(d, "lock")
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
+        args = lambda: (log_path, lock, start, seconds, out)  # noqa: E731
+        target = w_flock
+    elif variant == "owner":
+        lock = os.path.join(d, "owner.lock")
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
+        sock = os.path.join(d, "owner.sock")
+        ready = CTX.Event()
+        srv = CTX.Process(target=w_owner_server,
+                          args=(log_path, lock, sock, start, seconds, out, ready))
+        srv.start()
+        procs.append(srv)
+        ready.wait(10)
+        args = lambda: (sock, start, seconds, out)  # noqa: E731
+        target = w_owner_client
+    elif variant == "sqlite":
+        db = os.path.join(d, "q.db")
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE jobs(id INTEGER PRIMARY KEY, payload BLOB)")
+        con.close()
+        args = lambda: (db, start, seconds, out)  # noqa: E731
+        target = w_sqlite
+    else:
+        raise ValueError(variant)
+    for _ in range(n):
+        p = CTX.Process(target=target, args=args())
+        p.start()
+        procs.append(p)
+    results = [out.get(timeout=seconds + 60) for _ in range(len(procs))]
+    for p in procs:
+        p.join(30)
+    commits = sum(r[0] for r in results if r[0] != "owner")
+    cpu_s = sum(r[-1] for r in results)
+    row = {"variant": variant, "procs": n, "commits_s": commits / seconds,
+           "cpu_us_per_commit": 1e6 * cpu_s / max(1, commits)}
+    if variant == "shm":
+        st = extra_stats(load_shm(shm_dir), extra["handle"])
+        row["recs_per_sync"] = st["appends"] / max(1, st["fdatasyncs"])
+        row["syncs_s"] = st["fdatasyncs"] / seconds
+        row["wakeups_per_commit"] = st["wakeups"] / max(1, st["appends"])
+        row["covered_at_once"] = st["covered"] / max(1, st["appends"])
+        load_shm(shm_dir).lib.au_shm_close(extra["handle"])
+        os.close(extra["fd"])
+    elif variant == "owner":
+        o = next(r for r in results if r[0] == "owner")
+        row["recs_per_sync"] = o[2] / max(1, o[1])
+        row["syncs_s"] = o[1] / seconds
+    elif variant == "flock":
+        row["recs_per_sync"] = 1.0
+        row["syncs_s"] = row["commits_s"]
+    return row
+
+
+def extra_stats(mod, handle) -> dict:
+    s = mod.ffi.new("au_shm_stats *")
+    mod.lib.au_shm_info(handle, s)
+    return {k: getattr(s, k) for k in ("appends", "fdatasyncs", "covered", "wakeups",
+                                       "timeouts", "owner_died", "leader_died")}
+
+
+# ------------------------------------------------------------------ fold cost
+
+def fold_cost(work: str, jobs: int = 3000) -> dict:
+    """Decode + fold of real queue records, per record (us), by aurora_log's State: the
+    work every process of family (a) does for each record another process appended."""
+    sys.path.insert(0, ROOT)
+    import aurora_log
+    from aurora_log.log import Log
+    from aurora_log.state import State
+
+    d = tempfile.mkdtemp(prefix="xproc-fold-", dir=work)
+    try:
+        q = aurora_log.open(d, durability="os", reaper_interval=None, auto_compact=False)
+        payload = {"user": 12345, "email": "someone@example.com", "kind": "welcome"}
+        for i in range(jobs):
+            q.enqueue(aurora_log.Job("send_email", payload), durable=False)
+        for i in range(jobs):
+            j = q.claim("w1")
+            q.complete(j.id, j.token, {"ok": True}, durable=False)
+        q.close()
+        log = Log.open(d, read_only=True)
+        recs = list(log.scan(1))
+        log.close()
+        best = {}
+        for _ in range(3):
+            st = State()
+            t = {}
+            for lsn, rtype, data in recs:
+                t0 = time.perf_counter()
+                st.apply(lsn, rtype, data)
+                t.setdefault(rtype, []).append(time.perf_counter() - t0)
+            for k, v in t.items():
+                us = 1e6 * sorted(v)[len(v) // 2]
+                best[k] = min(best.get(k, us), us)
+        st = State()
+        t0 = time.perf_counter()
+        for lsn, rtype, data in recs:
+            st.apply(lsn, rtype, data)
+        mean = 1e6 * (time.perf_counter() - t0) / len(recs)
+        return {"median_us_by_type": best, "mean_us": mean, "records": len(recs)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--procs", default="1,4,16,64")
+    ap.add_argument("--dir", default=None, help="where the files go (default: a tmp dir)")
+    ap.add_argument("--only", default="shm,flock,owner,sqlite")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="xproc-", dir=a.dir)
+    try:
+        shm_dir = os.path.join(work, "build")
+        os.makedirs(shm_dir)
+        build_shm(shm_dir)
+        counts = [int(x) for x in a.procs.split(",")]
+        rows = []
+        floor = floors.fdatasync_loop(work, a.seconds)
+        rows.append({"variant": "floor", "procs": 1, "commits_s": floor,
+                     "recs_per_sync": 1.0, "syncs_s": floor})
+        print(f"fdatasync floor (1 process, 100 B writes): {floor:,.0f}/s", flush=True)
+        for n in counts:
+            for v in a.only.split(","):
+                row = run_point(v, n, a.seconds, work, shm_dir)
+                rows.append(row)
+                print(fmt(row), flush=True)
+        fc = fold_cost(work)
+        print(f"fold (decode+apply) per record: mean {fc['mean_us']:.1f} us over "
+              f"{fc['records']} records; median by type "
+              + ", ".join(f"{k}: {v:.1f} us" for k, v in sorted(fc["median_us_by_type"].items())))
+        for n in counts:
+            per = n * fc["mean_us"]
+            print(f"  family (a) fold CPU per commit at {n:>2} processes ~ {per:,.0f} us "
+                  f"(2 cores: cap ~ {2e6 / per:,.0f} commits/s from folding alone)")
+        if a.json:
+            print(json.dumps({"rows": rows, "fold": fc}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def fmt(r: dict) -> str:
+    s = f"{r['variant']:>7} x{r['procs']:<3} {r['commits_s']:>9,.0f} commits/s"
+    if "recs_per_sync" in r:
+        s += f"  {r['recs_per_sync']:5.1f} rec/sync  {r['syncs_s']:>7,.0f} syncs/s"
+    else:
+        s += " " * 37
+    if "cpu_us_per_commit" in r:
+        s += f"  cpu {r['cpu_us_per_commit']:6.0f} us/commit"
+    if "wakeups_per_commit" in r:
+        s += f"  wakeups/commit {r['wakeups_per_commit']:.2f}  covered-at-once {r['covered_at_once']:.2f}"
+    return s
+
+
+if __name__ == "__main__":
+    main()
