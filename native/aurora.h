@@ -202,5 +202,6 @@ int au_shm_wait_synced(au_shm *h, int fd, uint64_t end);
 int au_shm_commit(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
 void au_shm_info(au_shm *h, au_shm_stats *s);
 int au_shm_test_hold_sync(au_shm *h);          /* tests: take the sync lock and keep it */
+int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target);  /* tests: then finish */
 
 #endif

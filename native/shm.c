@@ -145,7 +145,8 @@ static int rebuild(au_shm *h, int log_fd, uint64_t log_end)
 {
     uint64_t gen = *U64(h, OFF_GENERATION);
     if (memcmp(h->page + OFF_MAGIC, MAGIC, 8) != 0) gen = 0;
-    if (log_fd >= 0 && au_fdatasync(log_fd) < 0) return -errno ? -errno : -EIO;
+    int r = log_fd >= 0 ? au_fdatasync(log_fd) : 0;
+    if (r < 0) return r;
     memset(h->page, 0, AU_SHM_BYTES);
     memcpy(h->page + OFF_MAGIC, MAGIC, 8);
     *U32(h, OFF_VERSION) = AU_SHM_VERSION;
@@ -154,7 +155,7 @@ static int rebuild(au_shm *h, int log_fd, uint64_t log_end)
     *U32(h, OFF_ABI) = abi_tag();
     *U64(h, OFF_GENERATION) = gen + 1;
     *U32(h, OFF_HDR_CRC) = au_crc_mask(au_crc32c(0, h->page, OFF_HDR_CRC));
-    int r = init_mutex(APPEND_MU(h));
+    r = init_mutex(APPEND_MU(h));
     if (!r) r = init_mutex(SYNC_MU(h));
     if (r) return r;
     *U64(h, OFF_WRITE_END) = log_end;
@@ -398,7 +399,7 @@ static void wake_covered(au_shm *h)
 /* Try to lead: take sync_mu without blocking. 1 = we synced (or found it covered), 0 = busy,
  * < 0 = error. A leader that died mid-fdatasync left sync_mu EOWNERDEAD: its sync never
  * finished, so synced_end was not advanced; we simply sync again. */
-static int try_lead(au_shm *h, int fd, uint64_t end)
+static int try_lead(au_shm *h, int fd, uint64_t end, int my_slot)
 {
     int r = pthread_mutex_trylock(SYNC_MU(h));
     if (r == EBUSY) return 0;
@@ -408,6 +409,9 @@ static int try_lead(au_shm *h, int fd, uint64_t end)
     } else if (r) {
         return -r;
     }
+    /* leading: nobody needs to wake us (and our own scan must not count us) */
+    if (my_slot >= 0)
+        __atomic_store_n(slot_target(h, (uint32_t)my_slot), UINT64_MAX, __ATOMIC_RELAXED);
     int failed = __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE);
     if (failed) {
         pthread_mutex_unlock(SYNC_MU(h));
@@ -448,10 +452,12 @@ int au_shm_wait_synced(au_shm *h, int fd, uint64_t end)
         }
         int failed = __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE);
         if (failed) { r = -failed; break; }
-        if (sl >= 0) __atomic_store_n(slot_word(h, (uint32_t)sl), SLOT_WAITING,
-                                      __ATOMIC_SEQ_CST);
+        if (sl >= 0) {
+            __atomic_store_n(slot_word(h, (uint32_t)sl), SLOT_WAITING, __ATOMIC_SEQ_CST);
+            __atomic_store_n(slot_target(h, (uint32_t)sl), end, __ATOMIC_SEQ_CST);
+        }
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        r = try_lead(h, fd, end);
+        r = try_lead(h, fd, end, sl);
         if (r != 0) break;            /* 1: done; < 0: error */
         if (sl < 0) {
             sl = slot_take(h, end);
@@ -509,4 +515,20 @@ int au_shm_test_hold_sync(au_shm *h)
     else if (r) return -r;
     __atomic_store_n(U32(h, OFF_LEADER_PID), (uint32_t)h->pid, __ATOMIC_RELAXED);
     return 0;
+}
+
+/* Tests only: finish a sync started with au_shm_test_hold_sync as a leader would, with an
+ * explicit `target` (<= write_end): fdatasync, publish synced_end, unlock, wake. */
+int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target)
+{
+    if (target > ld(U64(h, OFF_WRITE_END))) return AU_E_INVAL;
+    int s = au_fdatasync(fd);
+    if (s == 0) {
+        count(h, C_FDATASYNCS);
+        if (target > ld(U64(h, OFF_SYNCED_END))) st(U64(h, OFF_SYNCED_END), target);
+    }
+    pthread_mutex_unlock(SYNC_MU(h));
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    wake_covered(h);
+    return s;
 }
