@@ -200,6 +200,27 @@ def test_commits_from_many_processes_land_whole_in_order(store):
     first.close()
 
 
+@child_exit
+def _commit_many_no_poll(log, page, tag, n):
+    a = Attached(log, page, poll_ms=60_000)   # a lost wake-up would hang for a minute
+    for seq in range(n):
+        a.commit(record(tag, seq))
+        if seq % 7 == 0:
+            time.sleep(0.0002 * (tag % 3))     # vary the interleavings
+    a.close()
+
+
+def test_no_waiter_depends_on_its_poll_to_get_out(store):
+    log, page = store
+    first = Attached(log, page)
+    procs = [run(_commit_many_no_poll, log, page, tag, 150) for tag in range(16)]
+    join_ok(procs, timeout=30)
+    st = first.stats()
+    assert st["appends"] == 16 * 150 and st["timeouts"] == 0
+    assert st["synced_end"] == st["write_end"] == 16 * 150 * REC
+    first.close()
+
+
 # ------------------------------------------------------------------ a holder killed
 
 @child_exit
