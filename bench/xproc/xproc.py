@@ -19,6 +19,7 @@ by each process itself). Variants, all in one run on the same disk:
   owner      family (b): an owner process (elected by flock on a lock file) serves the N
              processes over a Unix socket; it reads every queued request, writes them in
              one pwrite and answers after one fdatasync (pure Python, as the engine is)
+  owner-fold the same with real ENQUEUE records, folded once, by the owner
   sqlite     SQLite WAL, synchronous=FULL, one connection per process, one INSERT of a
              100-byte blob per transaction
 
@@ -137,10 +138,7 @@ def w_shm_fold(shm_so_dir, log_path, page_path, start, seconds, out):
     from where it left off up to its own (others' records included): the catch-up every
     process of a shared log pays. The state is reset every FOLD_RESET records to bound the
     memory of 64 processes (a dict insert costs the same at 20k entries as at 1M)."""
-    import uuid
-
-    from aurora_log import records as R       # imported by the parent before the fork
-    from aurora_log.state import State
+    from aurora_log.state import State       # imported by the parent before the fork
 
     mod = load_shm(shm_so_dir)
     ffi, lib = mod.ffi, mod.lib
@@ -150,15 +148,12 @@ def w_shm_fold(shm_so_dir, log_path, page_path, start, seconds, out):
     handle = h[0]
     end = ffi.new("uint64_t *")
     commit = lib.au_shm_commit
-    body = b'{"user": 12345, "kind": "welcome"}'
     state, lsn, pos, folded = State(), 0, 0, 0
     unpack = struct.Struct("<I").unpack_from
     until_start(start)
     c0, t_end, n = cpu(), start + seconds, 0
     while time.time() < t_end:
-        now = int(time.time() * 1000)
-        rec = R.pack_enqueue(str(uuid.uuid4()).encode(), b"send_email", b"default", None,
-                             2, 3, now, now, None, 300_000, 30_000, body)
+        rec = enqueue_record()
         frame = struct.pack("<I", len(rec)) + rec
         r = commit(handle, fd, frame, len(frame), end)
         assert r == 0, r
@@ -198,8 +193,23 @@ def w_flock(log_path, lock_path, start, seconds, out):
     out.put((n, cpu() - c0))
 
 
-def w_owner_server(log_path, lock_path, sock_path, start, seconds, out, ready):
-    """The owner: holds the election lock, accepts the clients, batches what is queued."""
+def enqueue_record() -> bytes:
+    """A real ENQUEUE record payload (~150 bytes), as the queue writes it."""
+    import uuid
+
+    from aurora_log import records as R
+    now = int(time.time() * 1000)
+    return R.pack_enqueue(str(uuid.uuid4()).encode(), b"send_email", b"default", None,
+                          2, 3, now, now, None, 300_000, 30_000,
+                          b'{"user": 12345, "kind": "welcome"}')
+
+
+def w_owner_server(log_path, lock_path, sock_path, start, seconds, out, ready, fold=False):
+    """The owner: holds the election lock, accepts the clients, batches what is queued.
+    With `fold`, it folds every record it writes (once: the owner is the only state)."""
+    if fold:
+        from aurora_log.state import State
+        state, lsn = State(), 0
     lk = os.open(lock_path, os.O_RDWR)
     fcntl.flock(lk, fcntl.LOCK_EX | fcntl.LOCK_NB)      # elected (nobody else runs for it)
     fd = os.open(log_path, os.O_WRONLY)
@@ -257,18 +267,27 @@ def w_owner_server(log_path, lock_path, sock_path, start, seconds, out, ready):
         os.fdatasync(fd)
         syncs += 1
         records += len(batch)
+        if fold:
+            for rec in batch:
+                lsn += 1
+                state.apply_enqueue_bytes(lsn, rec)
+                if lsn % FOLD_RESET == 0:
+                    state = State()
         for s in who:
             s.send(b"\x01")
     out.put(("owner", syncs, records, cpu() - (c0 or cpu())))
 
 
-def w_owner_client(sock_path, start, seconds, out):
+def w_owner_client(sock_path, start, seconds, out, fold=False):
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     c.connect(sock_path)
     msg = struct.pack("<I", RECORD) + os.urandom(RECORD)
     until_start(start)
     c0, t_end, n = cpu(), start + seconds, 0
     while time.time() < t_end:
+        if fold:                                # build a real record per request
+            rec = enqueue_record()
+            msg = struct.pack("<I", len(rec)) + rec
         c.sendall(msg)
         if c.recv(1) != b"\x01":
             raise RuntimeError("owner went away")
@@ -317,13 +336,14 @@ def run_point(variant: str, n: int, seconds: float, work: str, shm_dir: str) -> 
 def _run_point(variant, n, seconds, d, shm_dir) -> dict:
     out = CTX.Queue()
     log_path = os.path.join(d, "log")
-    if variant == "shm-fold":                # import before forking: children inherit it
+    if variant.endswith("-fold"):             # import before forking: children inherit it
         sys.path.insert(0, ROOT)
+        import aurora_log.records  # noqa: F401
         import aurora_log.state  # noqa: F401
     start = time.time() + 1.0 + 0.02 * n     # everyone forked and attached before it
     procs = []
     extra = {}
-    if variant in ("shm", "shm-fold", "flock", "owner"):
+    if variant in ("shm", "shm-fold", "flock", "owner", "owner-fold"):
         preallocate(log_path, FILE_BYTES)
     if variant in ("shm", "shm-fold"):
         mod = load_shm(shm_dir)
@@ -339,17 +359,18 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
         args = lambda: (log_path, lock, start, seconds, out)  # noqa: E731
         target = w_flock
-    elif variant == "owner":
+    elif variant in ("owner", "owner-fold"):
+        fold = variant == "owner-fold"
         lock = os.path.join(d, "owner.lock")
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
         sock = os.path.join(d, "owner.sock")
         ready = CTX.Event()
         srv = CTX.Process(target=w_owner_server,
-                          args=(log_path, lock, sock, start, seconds, out, ready))
+                          args=(log_path, lock, sock, start, seconds, out, ready, fold))
         srv.start()
         procs.append(srv)
         ready.wait(10)
-        args = lambda: (sock, start, seconds, out)  # noqa: E731
+        args = lambda: (sock, start, seconds, out, fold)  # noqa: E731
         target = w_owner_client
     elif variant == "sqlite":
         db = os.path.join(d, "q.db")
@@ -383,7 +404,7 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
         row["poll_timeouts"] = st["timeouts"]
         load_shm(shm_dir).lib.au_shm_close(extra["handle"])
         os.close(extra["fd"])
-    elif variant == "owner":
+    elif variant in ("owner", "owner-fold"):
         o = next(r for r in results if r[0] == "owner")
         row["recs_per_sync"] = o[2] / max(1, o[1])
         row["syncs_s"] = o[1] / seconds
@@ -451,7 +472,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--procs", default="1,4,16,64")
     ap.add_argument("--dir", default=None, help="where the files go (default: a tmp dir)")
-    ap.add_argument("--only", default="shm,shm-fold,flock,owner,sqlite")
+    ap.add_argument("--only", default="shm,shm-fold,flock,owner,owner-fold,sqlite")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="xproc-", dir=a.dir)
