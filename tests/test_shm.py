@@ -98,7 +98,7 @@ def read_within(fd: int, n: int, timeout: float = 10.0) -> bytes:
     return os.read(fd, n)
 
 
-_started: list[mp.Process] = []
+_started: list = []
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def _no_child_outlives_its_test():
         p.join(10)
 
 
-def run(target, *args) -> mp.Process:
+def run(target, *args):
     p = CTX.Process(target=target, args=args)
     p.start()
     _started.append(p)
@@ -336,7 +336,7 @@ def test_only_covered_waiters_are_released_and_one_uncovered_leads(store):
     procs = []
     for tag in (1, 2, 3):                               # three waiters, in this order
         procs.append(run(_commit_one, log, page, tag, done_w))
-        wait_for(lambda: leader.stats()["waiting"] == tag)
+        wait_for(lambda n=tag: leader.stats()["waiting"] == n)
     st = leader.stats()
     assert st["write_end"] == 3 * REC and st["synced_end"] == 0
     # the "leader" finishes a sync that covered the first two records only
