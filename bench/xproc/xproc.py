@@ -426,6 +426,73 @@ def extra_stats(mod, handle) -> dict:
                                        "timeouts", "owner_died", "leader_died")}
 
 
+# ------------------------------------------------------------------ dead holders
+
+def _hold_and_wait(shm_dir, log_path, page, what, ready_w):
+    mod = load_shm(shm_dir)
+    fd = os.open(log_path, os.O_RDWR)
+    h = mod.ffi.new("au_shm **")
+    assert mod.lib.au_shm_open(h, page.encode(), fd, 0) == 0
+    if what == "append":
+        assert mod.lib.au_shm_lock(h[0]) == 0
+    else:
+        assert mod.lib.au_shm_test_hold_sync(h[0]) == 0
+    os.write(ready_w, b"x")
+    time.sleep(60)
+
+
+def dead_holder_stall(work: str, shm_dir: str, kills: int = 10) -> dict:
+    """How long a process waits after the one holding the append lock (or the sync lock,
+    mid-"fdatasync") is SIGKILLed -> {"append": [ms...], "sync": [ms...]}: an append for
+    the first (the lock and the tail repair), a whole commit for the second (the poll that
+    finds the dead leader, and its own fdatasync)."""
+    import signal
+    import threading
+
+    mod = load_shm(shm_dir)
+    ffi, lib = mod.ffi, mod.lib
+    d = tempfile.mkdtemp(prefix="xproc-stall-", dir=work)
+    log_path, page = os.path.join(d, "log"), os.path.join(d, "shm")
+    preallocate(log_path, 1 << 20)
+    fd = os.open(log_path, os.O_RDWR)
+    h = ffi.new("au_shm **")
+    assert lib.au_shm_open(h, page.encode(), fd, 0) == 0
+    out: dict = {"append": [], "sync": []}
+    rec = os.urandom(RECORD)
+    try:
+        for what, times in out.items():
+            for _ in range(kills):
+                r, w = os.pipe()
+                p = CTX.Process(target=_hold_and_wait, args=(shm_dir, log_path, page, what, w))
+                p.start()
+                os.read(r, 1)
+                done: dict = {}
+
+                def commit(done=done, what=what):
+                    # append lock: the append alone (no fdatasync in the figure);
+                    # sync lock: the whole commit, whose wait the dead leader blocks
+                    end = ffi.new("uint64_t *")
+                    call = lib.au_shm_append if what == "append" else lib.au_shm_commit
+                    assert call(h[0], fd, rec, RECORD, end) == 0
+                    done["t"] = time.perf_counter()
+
+                t = threading.Thread(target=commit)
+                t.start()
+                time.sleep(0.05)                 # it is blocked on the holder by now
+                t0 = time.perf_counter()
+                os.kill(p.pid, signal.SIGKILL)
+                t.join(10)
+                p.join(10)
+                os.close(r)
+                os.close(w)
+                times.append(1e3 * (done["t"] - t0))
+    finally:
+        lib.au_shm_close(h[0])
+        os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 # ------------------------------------------------------------------ fold cost
 
 def fold_cost(work: str, jobs: int = 3000) -> dict:
@@ -450,6 +517,12 @@ def fold_cost(work: str, jobs: int = 3000) -> dict:
         q.close()
         log = Log.open(d, read_only=True)
         recs = list(log.scan(1))
+        scans = []
+        for _ in range(5):                  # reading + verifying the bytes, C scanner
+            t0 = time.perf_counter()
+            for _rec in log.scan(1):
+                pass
+            scans.append(1e6 * (time.perf_counter() - t0) / len(recs))
         log.close()
         best: dict = {}
         for _ in range(3):
@@ -475,7 +548,8 @@ def fold_cost(work: str, jobs: int = 3000) -> dict:
                     st.apply(lsn, rtype, data)
             passes.append(1e6 * (time.perf_counter() - t0) / len(recs))
         mean = min(passes)
-        return {"median_us_by_type": best, "mean_us": mean, "records": len(recs)}
+        return {"median_us_by_type": best, "mean_us": mean, "records": len(recs),
+                "scan_us": min(scans)}
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -506,16 +580,22 @@ def main(argv=None) -> None:
                 row = run_point(v, n, a.seconds, work, shm_dir)
                 rows.append(row)
                 print(fmt(row), flush=True)
+        stall = dead_holder_stall(work, shm_dir)
+        for what, ms in stall.items():
+            ms.sort()
+            print(f"dead {what}-lock holder (SIGKILL): the blocked committer went on after "
+                  f"{ms[len(ms) // 2]:.2f} ms median, {ms[-1]:.2f} ms max ({len(ms)} kills)")
         fc = fold_cost(work)
         print(f"fold (decode+apply) per record: {fc['mean_us']:.1f} us (best whole pass) over "
               f"{fc['records']} records; median by type "
-              + ", ".join(f"{k}: {v:.1f} us" for k, v in sorted(fc["median_us_by_type"].items())))
+              + ", ".join(f"{k}: {v:.1f} us" for k, v in sorted(fc["median_us_by_type"].items()))
+              + f"; reading them (Log.scan, crcs checked): {fc['scan_us']:.2f} us per record")
         for n in counts:
             per = n * fc["mean_us"]
             print(f"  family (a) fold CPU per commit at {n:>2} processes ~ {per:,.0f} us "
                   f"(2 cores: cap ~ {2e6 / per:,.0f} commits/s from folding alone)")
         if a.json:
-            print(json.dumps({"rows": rows, "fold": fc}))
+            print(json.dumps({"rows": rows, "fold": fc, "stall_ms": stall}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
