@@ -169,6 +169,7 @@ void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_o
 #define AU_SHM_SLOTS       448   /* waiter slots: (8192 - 1024) / 16 */
 #define AU_SHM_POLL_MS     20    /* a waiter checks its leader is alive this often */
 #define AU_SHM_OWNER_DIED  3     /* au_shm_lock: locked, but the previous holder died */
+#define AU_SHM_BUSY        4     /* au_shm_trylock: held by someone else */
 #define AU_E_SHM_CORRUPT   (-10005)  /* invalid page while other processes are attached */
 #define AU_E_SHM_FORKED    (-10006)  /* handle used in a child of the process that opened it */
 
@@ -192,6 +193,13 @@ void au_shm_set_poll_ms(au_shm *h, uint32_t ms);
  * bytes [write_end, writing_end) are repaired by the next au_shm_append), or < 0. */
 int au_shm_lock(au_shm *h);
 void au_shm_unlock(au_shm *h);
+/* The same lock for a caller holding a GIL: au_shm_trylock never blocks (call it with the
+ * GIL kept: ctypes.PyDLL); when busy, drop the GIL in au_shm_wait_unlock(seen = the
+ * au_shm_unlock_seq read before the trylock, ms = the poll that notices a dead holder),
+ * take the GIL back and try again. Nobody then holds the lock while waiting for a GIL. */
+int au_shm_trylock(au_shm *h);       /* 0, AU_SHM_OWNER_DIED, AU_SHM_BUSY, or < 0 */
+uint32_t au_shm_unlock_seq(au_shm *h);
+int au_shm_wait_unlock(au_shm *h, uint32_t seen, uint32_t ms);   /* 0, -ETIMEDOUT, < 0 */
 int au_shm_reserve(au_shm *h, uint32_t len, uint64_t *off);  /* under the lock */
 void au_shm_publish(au_shm *h, uint64_t end);                 /* under the lock */
 int au_shm_set_tail(au_shm *h, uint64_t write_end);  /* under the lock: rebuild from the log */

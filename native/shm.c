@@ -49,6 +49,8 @@
 #define OFF_WRITE_END    192  /* u64  bytes written and published (under append_mu) */
 #define OFF_WRITING_END  200  /* u64  end of the write in progress (under append_mu) */
 #define OFF_FAILED       208  /* i32  0, or the errno of a failed fdatasync (never retried) */
+#define OFF_UNLOCK_SEQ   212  /* u32  futex word: +1 at every append_mu unlock */
+#define OFF_LOCK_WAITERS 216  /* u32  threads sleeping in au_shm_wait_unlock */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -263,7 +265,55 @@ int au_shm_lock(au_shm *h)
     return -r;
 }
 
-void au_shm_unlock(au_shm *h) { pthread_mutex_unlock(APPEND_MU(h)); }
+void au_shm_unlock(au_shm *h)
+{
+    pthread_mutex_unlock(APPEND_MU(h));
+    /* Dekker with au_shm_wait_unlock: it counts itself in, then rechecks the sequence */
+    __atomic_fetch_add(U32(h, OFF_UNLOCK_SEQ), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_LOCK_WAITERS), __ATOMIC_SEQ_CST))
+        futex_wake(U32(h, OFF_UNLOCK_SEQ), 1);
+}
+
+/* The append lock for callers that hold a GIL (docs/MULTIPROCESS.md, "The GIL and
+ * append_mu"): never blocks. Called with the GIL kept (ctypes.PyDLL), so the lock is only
+ * ever taken by a thread that can run at once: nobody holds append_mu while waiting for
+ * its own process's GIL. 0, AU_SHM_OWNER_DIED, AU_SHM_BUSY, or < 0. */
+int au_shm_trylock(au_shm *h)
+{
+    int r = check(h);
+    if (r) return r;
+    r = pthread_mutex_trylock(APPEND_MU(h));
+    if (r == 0) return 0;
+    if (r == EBUSY) return AU_SHM_BUSY;
+    if (r == EOWNERDEAD) {
+        pthread_mutex_consistent(APPEND_MU(h));
+        count(h, C_OWNER_DIED);
+        return AU_SHM_OWNER_DIED;
+    }
+    return -r;
+}
+
+uint32_t au_shm_unlock_seq(au_shm *h)
+{
+    return __atomic_load_n(U32(h, OFF_UNLOCK_SEQ), __ATOMIC_SEQ_CST);
+}
+
+/* Sleep (call it with the GIL dropped) until append_mu is unlocked after `seen` was read
+ * (au_shm_unlock_seq, before the au_shm_trylock that failed), or `ms` pass: a holder that
+ * dies never unlocks, and the caller's next au_shm_trylock then gets AU_SHM_OWNER_DIED.
+ * 0 = unlocked since (or woken), -ETIMEDOUT, or < 0. */
+int au_shm_wait_unlock(au_shm *h, uint32_t seen, uint32_t ms)
+{
+    int r = check(h);
+    if (r) return r;
+    __atomic_fetch_add(U32(h, OFF_LOCK_WAITERS), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_UNLOCK_SEQ), __ATOMIC_SEQ_CST) == seen) {
+        r = futex_wait(U32(h, OFF_UNLOCK_SEQ), seen, ms);
+        if (r == -EAGAIN || r == -EINTR) r = 0;   /* the word moved, or a signal: retry */
+    }
+    __atomic_fetch_sub(U32(h, OFF_LOCK_WAITERS), 1, __ATOMIC_SEQ_CST);
+    return r;
+}
 
 int au_shm_reserve(au_shm *h, uint32_t len, uint64_t *off)
 {

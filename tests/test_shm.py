@@ -288,6 +288,87 @@ def test_lock_reports_a_dead_holder_to_the_next_locker(store):
     first.close()
 
 
+# ------------------------------------------------------------------ the GIL-aware lock
+
+@child_exit
+def _hold_until_told(log, page, ready_w, go_r):
+    a = Attached(log, page)
+    assert lib.au_shm_lock(a.h) == 0
+    os.write(ready_w, b"x")
+    read_within(go_r, 1, 30)
+    lib.au_shm_unlock(a.h)
+    a.close()
+
+
+def test_trylock_and_wait_unlock_hand_the_lock_over_across_processes(store):
+    log, page = store
+    me = Attached(log, page)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    holder = run(_hold_until_told, log, page, ready_w, go_r)
+    read_within(ready_r, 1)
+    seen = lib.au_shm_unlock_seq(me.h)
+    assert lib.au_shm_trylock(me.h) == lib.AU_SHM_BUSY
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", lib.au_shm_wait_unlock(me.h, seen, 60_000)), daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert t.is_alive()                        # asleep while the other process holds it
+    os.write(go_w, b"x")
+    t.join(10)
+    assert not t.is_alive() and result["r"] == 0   # woken by the unlock, not the minute
+    assert lib.au_shm_trylock(me.h) == 0
+    lib.au_shm_unlock(me.h)
+    join_ok([holder])
+    me.close()
+
+
+def test_wait_unlock_after_the_holder_died_times_out_and_trylock_reports_it(store):
+    log, page = store
+    me = Attached(log, page)
+    ready_r, ready_w = os.pipe()
+    holder = run(_die_holding_lock, log, page, ready_w)
+    read_within(ready_r, 1)
+    seen = lib.au_shm_unlock_seq(me.h)
+    assert lib.au_shm_trylock(me.h) == lib.AU_SHM_BUSY
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    assert lib.au_shm_wait_unlock(me.h, seen, 50) == -errno.ETIMEDOUT   # nobody unlocked
+    assert lib.au_shm_trylock(me.h) == lib.AU_SHM_OWNER_DIED
+    lib.au_shm_unlock(me.h)
+    me.close()
+
+
+def test_wait_unlock_returns_at_once_when_the_lock_moved_since_seen(store):
+    log, page = store
+    me = Attached(log, page)
+    seen = lib.au_shm_unlock_seq(me.h)
+    assert lib.au_shm_lock(me.h) == 0
+    lib.au_shm_unlock(me.h)
+    t0 = time.monotonic()
+    assert lib.au_shm_wait_unlock(me.h, seen, 60_000) == 0
+    assert time.monotonic() - t0 < 5
+    me.close()
+
+
+def test_trylock_works_called_keeping_the_gil(store):
+    """The phase-2 caller keeps the GIL through ctypes.PyDLL, as for au_append_now1."""
+    import ctypes
+
+    from aurora_log import _native
+    fn = ctypes.PyDLL(_native.__file__).au_shm_trylock
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_int
+    log, page = store
+    me = Attached(log, page)
+    assert fn(int(ffi.cast("uintptr_t", me.h))) == 0
+    assert lib.au_shm_trylock(me.h) == lib.AU_SHM_BUSY     # it really took the lock
+    lib.au_shm_unlock(me.h)
+    assert fn(int(ffi.cast("uintptr_t", me.h))) == 0
+    lib.au_shm_unlock(me.h)
+    me.close()
+
+
 # ------------------------------------------------------------------ leaders and waiters
 
 @child_exit
