@@ -203,7 +203,10 @@ int au_shm_wait_unlock(au_shm *h, uint32_t seen, uint32_t ms);   /* 0, -ETIMEDOU
 int au_shm_reserve(au_shm *h, uint32_t len, uint64_t *off);  /* under the lock */
 void au_shm_publish(au_shm *h, uint64_t end);                 /* under the lock */
 int au_shm_set_tail(au_shm *h, uint64_t write_end);  /* under the lock: rebuild from the log */
-/* lock, write `buf` at the shared tail of `fd`, publish, unlock; *end = its end offset */
+/* Under the lock: repair a dead holder's tail if needed, write `buf` at the shared tail of
+ * `fd`, publish; *end = its end offset. (Callable keeping the GIL: no waits.) */
+int au_shm_write_locked(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
+/* lock, au_shm_write_locked, unlock */
 int au_shm_append(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
 /* return once every byte below `end` is fdatasynced, by us (leader) or another process */
 int au_shm_wait_synced(au_shm *h, int fd, uint64_t end);

@@ -352,31 +352,35 @@ static int repair_tail(au_shm *h, int fd)
     return 0;
 }
 
-int au_shm_append(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end)
+int au_shm_write_locked(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end)
 {
-    int r = au_shm_lock(h);
-    if (r < 0) return r;
+    int r;
     /* writing_end above write_end after the lock means a holder died mid-write (whoever
      * got EOWNERDEAD may have been au_shm_open, which has no fd to repair with) */
     if (ld(U64(h, OFF_WRITING_END)) != ld(U64(h, OFF_WRITE_END)) &&
-        (r = repair_tail(h, fd)) < 0) {
-        au_shm_unlock(h);
+        (r = repair_tail(h, fd)) < 0)
         return r;
-    }
     uint64_t off;
     au_shm_reserve(h, len, &off);
     int64_t w = au_pwrite_full(fd, buf, len, (int64_t)off);
     if (w < 0) {
         /* nothing published; the next appender writes over whatever landed */
         st(U64(h, OFF_WRITING_END), off);
-        au_shm_unlock(h);
         return (int)w;
     }
     au_shm_publish(h, off + len);
-    au_shm_unlock(h);
     count(h, C_COMMITS);
     *end = off + len;
     return 0;
+}
+
+int au_shm_append(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end)
+{
+    int r = au_shm_lock(h);
+    if (r < 0) return r;
+    r = au_shm_write_locked(h, fd, buf, len, end);
+    au_shm_unlock(h);
+    return r;
 }
 
 /* Slots: a waiter claims a free slot (pid 0 -> its pid), publishes its target and sleeps on

@@ -14,6 +14,11 @@ by each process itself). Variants, all in one run on the same disk:
              at once, the others sleep on their own futex word and only covered ones wake
   shm-fold   the same, each commit a real ENQUEUE record, and each process then folds
              (aurora_log State) every record appended since its last commit, others' too
+  gil-naive  shm with Python (an encode) inside the critical section, in processes whose
+             other thread runs Python all the time (a web app): the lock is taken and
+             used through cffi, which drops the GIL, so its holder waits for its own GIL
+  gil-aware  the same with the GIL-aware protocol (au_shm_trylock / au_shm_wait_unlock /
+             au_shm_write_locked kept under the GIL through ctypes.PyDLL)
   flock      the naive shared log: flock(LOCK_EX); pwrite at the shared tail; fdatasync;
              unlock (one fdatasync per commit)
   owner      family (b): an owner process (elected by flock on a lock file) serves the N
@@ -181,6 +186,74 @@ def w_shm_fold(shm_so_dir, log_path, page_path, start, seconds, out):
     os.close(fd)
 
 
+def _app_thread() -> None:
+    """What a web app's other threads do to the GIL: run Python, all the time."""
+    import threading
+
+    def spin():
+        x = 0
+        while True:
+            x += 1
+
+    threading.Thread(target=spin, daemon=True).start()
+
+
+def w_shm_gil(shm_so_dir, log_path, page_path, start, seconds, out, aware):
+    """A critical section with Python in it (an encode), in a process whose other thread
+    runs Python. aware=False: the lock is taken by a blocking cffi call (GIL dropped) and
+    every call under it drops the GIL too, so the holder waits for its own GIL while it
+    holds the cross-process lock. aware=True: the protocol of docs/MULTIPROCESS.md: the
+    lock is taken, written under and released only by calls that keep the GIL (ctypes
+    PyDLL), and a busy lock is waited for without the GIL and without holding it."""
+    import ctypes
+
+    mod = load_shm(shm_so_dir)
+    ffi, lib = mod.ffi, mod.lib
+    fd = os.open(log_path, os.O_RDWR)
+    h = ffi.new("au_shm **")
+    assert lib.au_shm_open(h, page_path.encode(), fd, 0) == 0
+    handle = h[0]
+    addr = int(ffi.cast("uintptr_t", handle))
+    dll = ctypes.PyDLL(mod.__file__)
+    trylock, unlock_seq, write_locked, unlock = (
+        dll.au_shm_trylock, dll.au_shm_unlock_seq, dll.au_shm_write_locked, dll.au_shm_unlock)
+    for f in (trylock, unlock_seq, unlock):
+        f.argtypes = [ctypes.c_void_p]
+    trylock.restype, unlock_seq.restype, unlock.restype = ctypes.c_int, ctypes.c_uint32, None
+    write_locked.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                             ctypes.c_void_p]
+    write_locked.restype = ctypes.c_int
+    end = ffi.new("uint64_t *")
+    end_addr = int(ffi.cast("uintptr_t", end))
+    busy = lib.AU_SHM_BUSY
+    _app_thread()
+    until_start(start)
+    c0, t_end, n = cpu(), start + seconds, 0
+    while time.time() < t_end:
+        if aware:
+            while True:
+                seen = unlock_seq(addr)
+                r = trylock(addr)
+                if r != busy:
+                    break
+                lib.au_shm_wait_unlock(handle, seen, 20)
+            assert r >= 0, r
+            rec = enqueue_record()                      # the decision, in Python
+            assert write_locked(addr, fd, rec, len(rec), end_addr) == 0
+            unlock(addr)
+        else:
+            assert lib.au_shm_lock(handle) >= 0
+            rec = enqueue_record()
+            assert lib.au_shm_write_locked(handle, fd, rec, len(rec), end) == 0
+            lib.au_shm_unlock(handle)
+        assert lib.au_shm_wait_synced(handle, fd, end[0]) == 0
+        n += 1
+    out.put((n, cpu() - c0))
+    out.close()
+    out.join_thread()  # flushed before the hard exit below
+    os._exit(0)        # no interpreter teardown racing the spinning thread
+
+
 def w_flock(log_path, lock_path, start, seconds, out):
     fd = os.open(log_path, os.O_WRONLY)
     lk = os.open(lock_path, os.O_RDWR)
@@ -341,16 +414,17 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
     target: Callable[..., None]
     out = CTX.Queue()
     log_path = os.path.join(d, "log")
-    if variant.endswith("-fold"):             # import before forking: children inherit it
+    if variant.endswith("-fold") or variant.startswith("gil-"):   # import before forking
         sys.path.insert(0, ROOT)
         import aurora_log.records
         import aurora_log.state  # noqa: F401
     start = time.time() + 1.0 + 0.02 * n     # everyone forked and attached before it
     procs = []
     extra = {}
-    if variant in ("shm", "shm-fold", "flock", "owner", "owner-fold"):
+    if variant in ("shm", "shm-fold", "flock", "owner", "owner-fold", "gil-naive",
+                   "gil-aware"):
         preallocate(log_path, FILE_BYTES)
-    if variant in ("shm", "shm-fold"):
+    if variant in ("shm", "shm-fold", "gil-naive", "gil-aware"):
         mod = load_shm(shm_dir)
         page = os.path.join(d, "shm")
         fd = os.open(log_path, os.O_WRONLY)
@@ -358,7 +432,11 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
         assert mod.lib.au_shm_open(h, page.encode(), fd, 0) == 0   # the first attach
         extra["handle"], extra["fd"] = h[0], fd
         args: tuple = (shm_dir, log_path, page, start, seconds, out)
-        target = w_shm if variant == "shm" else w_shm_fold
+        if variant.startswith("gil-"):
+            args = args + (variant == "gil-aware",)
+            target = w_shm_gil
+        else:
+            target = w_shm if variant == "shm" else w_shm_fold
     elif variant == "flock":
         lock = os.path.join(d, "lock")
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
@@ -400,7 +478,7 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
            "cpu_us_per_commit": 1e6 * cpu_s / max(1, commits)}
     if variant == "shm-fold":
         row["folded_per_commit"] = sum(r[2] for r in results) / max(1, commits)
-    if variant in ("shm", "shm-fold"):
+    if variant in ("shm", "shm-fold", "gil-naive", "gil-aware"):
         st = extra_stats(load_shm(shm_dir), extra["handle"])
         row["recs_per_sync"] = st["appends"] / max(1, st["fdatasyncs"])
         row["syncs_s"] = st["fdatasyncs"] / seconds
