@@ -557,6 +557,7 @@ def dead_holder_stall(work: str, shm_dir: str, kills: int = 10) -> dict:
                 t = threading.Thread(target=commit)
                 t.start()
                 time.sleep(0.05)                 # it is blocked on the holder by now
+                assert p.pid is not None
                 t0 = time.perf_counter()
                 os.kill(p.pid, signal.SIGKILL)
                 t.join(10)
