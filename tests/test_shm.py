@@ -433,6 +433,30 @@ def test_only_covered_waiters_are_released_and_one_uncovered_leads(store):
     leader.close()
 
 
+def test_slots_left_by_dead_waiters_are_taken_back(store):
+    """Waiters killed while asleep leave their slots taken; a waiter that finds no free
+    slot takes back the ones whose process is gone."""
+    log, page = store
+    leader = Attached(log, page, poll_ms=60_000)
+    dead = CTX.Process(target=os._exit, args=(0,))
+    dead.start()
+    dead.join(10)                                   # a pid that no longer exists
+    with open(page, "r+b") as f:                    # every slot held by it
+        for i in range(lib.AU_SHM_SLOTS):
+            f.seek(1024 + 16 * i)
+            f.write(struct.pack("<IIQ", 0, dead.pid, 1 << 40))
+    assert leader.stats()["waiting"] == lib.AU_SHM_SLOTS
+    assert lib.au_shm_test_hold_sync(leader.h) == 0
+    done_r, done_w = os.pipe()
+    p = run(_commit_one, log, page, 1, done_w)
+    wait_for(lambda: leader.stats()["slot_reclaims"] == 1)
+    assert lib.au_shm_test_finish_sync(leader.h, leader.fd, REC) == 0
+    assert read_within(done_r, 1) == b"\x01"       # released by the wake-up, not a poll
+    join_ok([p])
+    assert leader.stats()["timeouts"] == 0
+    leader.close()
+
+
 @child_exit
 def _commit_expect_eio(log, page, done_w):
     a = Attached(log, page)

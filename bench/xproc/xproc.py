@@ -446,7 +446,9 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
         fold = variant == "owner-fold"
         lock = os.path.join(d, "owner.lock")
         os.close(os.open(lock, os.O_RDWR | os.O_CREAT, 0o600))
-        sock = os.path.join(d, "owner.sock")
+        # sun_path holds ~107 bytes: the socket lives in a short private dir of its own
+        sock_dir = tempfile.mkdtemp(prefix="xproc-sock-")
+        sock = os.path.join(sock_dir, "owner.sock")
         ready = CTX.Event()
         srv = CTX.Process(target=w_owner_server,
                           args=(log_path, lock, sock, start, seconds, out, ready, fold))
@@ -488,6 +490,7 @@ def _run_point(variant, n, seconds, d, shm_dir) -> dict:
         load_shm(shm_dir).lib.au_shm_close(extra["handle"])
         os.close(extra["fd"])
     elif variant in ("owner", "owner-fold"):
+        shutil.rmtree(sock_dir, ignore_errors=True)
         o = next(r for r in results if r[0] == "owner")
         row["recs_per_sync"] = o[2] / max(1, o[1])
         row["syncs_s"] = o[1] / seconds
@@ -641,6 +644,7 @@ def main(argv=None) -> None:
     ap.add_argument("--procs", default="1,4,16,64")
     ap.add_argument("--dir", default=None, help="where the files go (default: a tmp dir)")
     ap.add_argument("--only", default="shm,shm-fold,flock,owner,owner-fold,sqlite")
+    ap.add_argument("--kills", type=int, default=10, help="SIGKILLs per dead-holder figure")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="xproc-", dir=a.dir)
@@ -659,7 +663,7 @@ def main(argv=None) -> None:
                 row = run_point(v, n, a.seconds, work, shm_dir)
                 rows.append(row)
                 print(fmt(row), flush=True)
-        stall = dead_holder_stall(work, shm_dir)
+        stall = dead_holder_stall(work, shm_dir, a.kills)
         for what, ms in stall.items():
             ms.sort()
             print(f"dead {what}-lock holder (SIGKILL): the blocked committer went on after "
