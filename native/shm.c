@@ -57,6 +57,9 @@
 #define OFF_SLOTS        1024 /* AU_SHM_SLOTS x 16 B: u32 word, u32 pid, u64 target */
 #define SLOT_BYTES       16
 
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "a mutex must fit its 64-byte field");
+_Static_assert(OFF_SLOTS + SLOT_BYTES * AU_SHM_SLOTS <= AU_SHM_BYTES, "slots fit the page");
+
 enum { C_FDATASYNCS, C_COMMITS, C_COVERED, C_WAKEUPS, C_OWNER_DIED, C_LEADER_DIED,
        C_TIMEOUTS, C_SLOT_RECLAIMS };
 
@@ -234,7 +237,10 @@ void au_shm_close(au_shm *h)
 {
     if (!h) return;
     if (h->page) munmap(h->page, AU_SHM_BYTES);
-    if (h->pid == getpid()) au_close(h->page_fd);  /* releases LOCK_SH (last fd of it) */
+    /* releases LOCK_SH once no fd of this open file description is left (in a forked
+     * child, closing its copy leaves the parent's lock alone; never LOCK_UN, which would
+     * release it for both) */
+    au_close(h->page_fd);
     free(h);
 }
 

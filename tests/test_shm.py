@@ -586,10 +586,15 @@ def test_handle_used_after_fork_is_refused(store):
                  lib.au_shm_append(a.h, a.fd, record(1, 0), REC, end),
                  lib.au_shm_wait_synced(a.h, a.fd, 0))
         os.write(w_, struct.pack("<3i", *codes))
+        lib.au_shm_close(a.h)                      # closes the child's copies only
         os._exit(0)
     os.waitpid(pid, 0)
     codes = struct.unpack("<3i", os.read(r_, 12))
     assert codes == (lib.AU_E_SHM_FORKED,) * 3
     assert a.stats()["write_end"] == 0             # the child wrote nothing
     a.commit(record(1, 0))                         # the parent's handle still works
+    b = Attached(log, page)                        # the parent is still attached:
+    assert lib.au_shm_rebuilt(b.h) == 0            # validated, not rebuilt
+    assert b.stats()["write_end"] == REC
+    b.close()
     a.close()
