@@ -180,6 +180,8 @@ typedef struct {
     uint64_t slot_reclaims, waiting;
     int32_t failed;
     uint32_t leader_pid;
+    uint32_t standby_pid;   /* the waiter blocked on the sync lock (0 = none) */
+    uint32_t pad_;
 } au_shm_stats;
 
 /* Map (creating it 0600 if missing) the page file at `path`. The first process to attach

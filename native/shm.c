@@ -51,6 +51,7 @@
 #define OFF_FAILED       208  /* i32  0, or the errno of a failed fdatasync (never retried) */
 #define OFF_UNLOCK_SEQ   212  /* u32  futex word: +1 at every append_mu unlock */
 #define OFF_LOCK_WAITERS 216  /* u32  threads sleeping in au_shm_wait_unlock */
+#define OFF_STANDBY      220  /* u32  pid of the waiter blocked on sync_mu (0 = none) */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -456,29 +457,30 @@ static void wake_covered(au_shm *h)
     }
 }
 
-/* Try to lead: take sync_mu without blocking. 1 = we synced (or found it covered), 0 = busy,
- * < 0 = error. A leader that died mid-fdatasync left sync_mu EOWNERDEAD: its sync never
- * finished, so synced_end was not advanced; we simply sync again. */
-static int try_lead(au_shm *h, int fd, uint64_t end, int my_slot)
+/* Every release of sync_mu goes through here. Dekker with the waiter: it stores its slot,
+ * fences, then tries sync_mu; we unlock, fence, then scan the slots: one of the two sees
+ * the other. (A release that skipped the scan, e.g. by a leader that found itself
+ * covered, would leave a waiter that failed its trylock meanwhile asleep until its poll.) */
+static void release_sync(au_shm *h)
 {
-    int r = pthread_mutex_trylock(SYNC_MU(h));
-    if (r == EBUSY) return 0;
-    if (r == EOWNERDEAD) {
-        pthread_mutex_consistent(SYNC_MU(h));
-        count(h, C_LEADER_DIED);
-    } else if (r) {
-        return -r;
-    }
+    pthread_mutex_unlock(SYNC_MU(h));
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    wake_covered(h);
+}
+
+/* Lead, holding sync_mu: 1 = synced (or found covered), < 0 = error. Releases sync_mu. */
+static int lead_locked(au_shm *h, int fd, uint64_t end, int my_slot)
+{
     /* leading: nobody needs to wake us (and our own scan must not count us) */
     if (my_slot >= 0)
         __atomic_store_n(slot_target(h, (uint32_t)my_slot), UINT64_MAX, __ATOMIC_RELAXED);
     int failed = __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE);
     if (failed) {
-        pthread_mutex_unlock(SYNC_MU(h));
+        release_sync(h);
         return -failed;
     }
     if (ld(U64(h, OFF_SYNCED_END)) >= end) {
-        pthread_mutex_unlock(SYNC_MU(h));
+        release_sync(h);
         count(h, C_COVERED);
         return 1;
     }
@@ -492,12 +494,54 @@ static int try_lead(au_shm *h, int fd, uint64_t end, int my_slot)
         count(h, C_FDATASYNCS);
         if (target > ld(U64(h, OFF_SYNCED_END))) st(U64(h, OFF_SYNCED_END), target);
     }
-    pthread_mutex_unlock(SYNC_MU(h));
-    /* Dekker with the waiter: it stores its slot, fences, then tries sync_mu; we unlock,
-     * fence, then scan slots: one of the two sees the other */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    wake_covered(h);
+    release_sync(h);
     return s < 0 ? s : 1;
+}
+
+/* A leader that died mid-fdatasync left sync_mu EOWNERDEAD: its sync never finished, so
+ * synced_end was not advanced; the next holder simply syncs again. */
+static int took_sync(au_shm *h, int r)
+{
+    if (r == EOWNERDEAD) {
+        pthread_mutex_consistent(SYNC_MU(h));
+        count(h, C_LEADER_DIED);
+        return 0;
+    }
+    return r;
+}
+
+/* Try to lead: take sync_mu without blocking. 1 = done, 0 = busy, < 0 = error. */
+static int try_lead(au_shm *h, int fd, uint64_t end, int my_slot)
+{
+    int r = pthread_mutex_trylock(SYNC_MU(h));
+    if (r == EBUSY) return 0;
+    if ((r = took_sync(h, r))) return -r;
+    return lead_locked(h, fd, end, my_slot);
+}
+
+/* The standby: one waiter at a time blocks in pthread_mutex_lock(sync_mu) instead of on its
+ * slot, so a leader that dies mid-fdatasync is noticed at once (the kernel hands the
+ * standby the lock with EOWNERDEAD) instead of after a poll. 1 = done, 0 = someone else is
+ * the standby (sleep on the slot), < 0 = error. A standby whose process died is replaced
+ * by the first waiter whose poll runs out. */
+static int standby_lead(au_shm *h, int fd, uint64_t end, int my_slot)
+{
+    uint32_t none = 0, me = (uint32_t)h->pid;
+    uint32_t *sb = U32(h, OFF_STANDBY);
+    if (!__atomic_compare_exchange_n(sb, &none, me, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+        return 0;
+    int r = took_sync(h, pthread_mutex_lock(SYNC_MU(h)));
+    __atomic_store_n(sb, 0, __ATOMIC_SEQ_CST);
+    if (r) return -r;
+    return lead_locked(h, fd, end, my_slot);
+}
+
+static void standby_check(au_shm *h)
+{
+    uint32_t *sb = U32(h, OFF_STANDBY);
+    uint32_t pid = __atomic_load_n(sb, __ATOMIC_ACQUIRE);
+    if (pid && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        __atomic_compare_exchange_n(sb, &pid, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
 }
 
 int au_shm_wait_synced(au_shm *h, int fd, uint64_t end)
@@ -527,10 +571,14 @@ int au_shm_wait_synced(au_shm *h, int fd, uint64_t end)
             }
             continue;                 /* recheck after publishing the slot */
         }
-        /* sleep until a leader wakes us or poll_ms passes (then we check that the leader
-         * is alive by trying sync_mu again: the bound on a dead leader's stall) */
-        if (futex_wait(slot_word(h, (uint32_t)sl), SLOT_WAITING, h->poll_ms) == -ETIMEDOUT)
+        r = standby_lead(h, fd, end, sl);
+        if (r != 0) break;
+        /* sleep until a leader wakes us or poll_ms passes (then we try sync_mu again and
+         * replace a dead standby: the bound on a dead leader's stall without a standby) */
+        if (futex_wait(slot_word(h, (uint32_t)sl), SLOT_WAITING, h->poll_ms) == -ETIMEDOUT) {
             count(h, C_TIMEOUTS);
+            standby_check(h);
+        }
     }
     if (sl >= 0) slot_free(h, sl);
     return r < 0 ? r : 0;
@@ -551,6 +599,8 @@ void au_shm_info(au_shm *h, au_shm_stats *s)
     s->synced_end = ld(U64(h, OFF_SYNCED_END));
     s->failed = __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE);
     s->leader_pid = __atomic_load_n(U32(h, OFF_LEADER_PID), __ATOMIC_RELAXED);
+    s->standby_pid = __atomic_load_n(U32(h, OFF_STANDBY), __ATOMIC_RELAXED);
+    s->pad_ = 0;
     uint64_t c[8];
     for (int i = 0; i < 8; i++)
         c[i] = __atomic_load_n(U64(h, OFF_COUNTERS + 8 * i), __ATOMIC_RELAXED);
@@ -587,8 +637,6 @@ int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target)
         count(h, C_FDATASYNCS);
         if (target > ld(U64(h, OFF_SYNCED_END))) st(U64(h, OFF_SYNCED_END), target);
     }
-    pthread_mutex_unlock(SYNC_MU(h));
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    wake_covered(h);
+    release_sync(h);
     return s;
 }
