@@ -155,10 +155,33 @@ static int write_at(au_writer *w, const uint8_t *buf, size_t n)
     return 0;
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+_Static_assert(sizeof(((au_stats *)0)->fdatasync_hist) == AU_SYNC_BUCKETS * sizeof(uint64_t),
+               "au_stats.fdatasync_hist must have AU_SYNC_BUCKETS entries");
+
+/* count one fdatasync and its duration (the stats the dashboard's metrics export) */
+static void count_sync(au_writer *w, uint64_t started_ns)
+{
+    uint64_t ns = now_ns() - started_ns;
+    int b = 0;
+    while (b < AU_SYNC_BUCKETS - 1 && ns > ((uint64_t)64000 << b))
+        b++;
+    w->st.fdatasyncs++;
+    w->st.fdatasync_ns += ns;
+    w->st.fdatasync_hist[b]++;
+}
+
 static int datasync(au_writer *w)
 {
+    uint64_t t0 = now_ns();
     int r = au_fdatasync(w->fd);
-    w->st.fdatasyncs++;
+    count_sync(w, t0);
     if (r < 0)
         return r;
     w->durable_off = w->write_off;
@@ -378,10 +401,11 @@ static void sync_stage(au_writer *w)
     int fd = w->pub_fd;
     uint64_t lsn = w->written_lsn, off = w->pub_write_off;
     pthread_mutex_unlock(&w->mu);
+    uint64_t t0 = now_ns();
     int r = au_fdatasync(fd);
     pthread_mutex_lock(&w->mu);
     w->syncing = 0;
-    w->st.fdatasyncs++;
+    count_sync(w, t0);
     if (r < 0) {
         if (!w->failed)
             w->failed = -r;
