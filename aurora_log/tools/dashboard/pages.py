@@ -68,7 +68,9 @@ _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the
+    # POSTs, which the CSRF check refuses
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
