@@ -37,6 +37,11 @@ RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
                300.0, 900.0, 3600.0)
 
 _I64 = struct.Struct("<q")
+# the ENQUEUE header (records.py): read the id and times without decoding the payload; the
+# log checked the record's checksum and the queue replayed it already
+_ENQ = R._ENQ
+_ENQ_SIZE = _ENQ.size
+_HAS_SCHEDULED = 1
 # where at_ms sits in each record type's payload (records.py's layouts)
 _AT_OFFSET = {R.ENQUEUE: 16, R.CLAIM: 1, R.HEARTBEAT: 1, R.PROGRESS: 2, R.COMPLETE: 2,
               R.FAIL: 2, R.REAP: 3, R.CANCEL: 1, R.CANCEL_REQUEST: 1, R.RETRY_DEAD: 1,
@@ -131,13 +136,16 @@ class ActivityTracker:
     def _fold(self, q: Any, rtype: int, payload: bytes) -> None:
         if rtype == R.HEARTBEAT or rtype == R.PROGRESS:
             return                                   # the bulk of a busy log: skip fast
-        at = _I64.unpack_from(payload, _AT_OFFSET[rtype])[0]
-        if rtype == R.ENQUEUE:
+        if rtype == R.ENQUEUE:              # the other bulk: the fixed header only
+            head = _ENQ.unpack_from(payload)
+            at, sched, id_len = head[5], head[6], head[9]
             self.enqueued_total += 1
             self._bump(at, 0)
-            e = R.decode(rtype, payload)
-            self._remember_due(e.id, max(at, e.scheduled_ms or 0))
-        elif rtype == R.CLAIM:
+            job_id = payload[_ENQ_SIZE:_ENQ_SIZE + id_len].decode()
+            self._remember_due(job_id, max(at, sched) if head[1] & _HAS_SCHEDULED else at)
+            return
+        at = _I64.unpack_from(payload, _AT_OFFSET[rtype])[0]
+        if rtype == R.CLAIM:
             c = R.decode(rtype, payload)
             due = self._due.pop(c.id, None)
             if due is None:

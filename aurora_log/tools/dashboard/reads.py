@@ -70,19 +70,26 @@ def parse_cursor(text: str | None) -> tuple[int, str] | None:
     return int(pos), job_id
 
 
-def _start_after(jobs: Any, cursor: tuple[int, str] | None) -> int:
-    """The position just after the cursor's job."""
+def _seek(jobs: Any, cursor: tuple[int, str] | None) -> tuple[int, Iterator]:
+    """(position, an iterator of the (id, value) items from there): the items just after
+    the cursor's job. The skip is itertools' C loop: no copy, nothing sorted."""
+    it = iter(jobs.items())
     if cursor is None:
-        return 0
+        return 0, it
     pos, job_id = cursor
     if pos < len(jobs):
-        at = next(itertools.islice(iter(jobs), pos, None), None)
-        if at == job_id:
-            return pos + 1
+        next(itertools.islice(it, pos, pos), None)        # advance pos items
+        at = next(it, None)
+        if at is not None and at[0] == job_id:
+            return pos + 1, it
     # the table shifted (a purge) or the cursor is stale: find the id (C speed)
     if job_id in jobs:
-        return list(jobs).index(job_id) + 1
-    return min(pos + 1, len(jobs))   # the job itself was purged: close enough
+        start = list(jobs).index(job_id) + 1
+    else:
+        start = min(pos + 1, len(jobs))   # the job itself was purged: close enough
+    it = iter(jobs.items())
+    next(itertools.islice(it, start, start), None)
+    return start, it
 
 
 def _pairs_matching(state: Any, flt: JobFilter) -> set[int] | None:
@@ -119,11 +126,11 @@ def job_page(q: Any, flt: JobFilter = JobFilter(), *, cursor: tuple[int, str] | 
         state = q._state
         jobs = state.jobs
         total = len(jobs)
-        start = _start_after(jobs, cursor)
         pairs = _pairs_matching(state, flt)
         if pairs is not None and not pairs:
             return JobPage([], None, 0, total, total)
-        window = itertools.islice(iter(jobs.items()), start, start + scan_budget)
+        start, items = _seek(jobs, cursor)
+        window = itertools.islice(items, scan_budget)
         shown: list[tuple[int, str, Any]] = []
         more = False
         for n, job_id, v in _matches(window, code, pairs):
@@ -141,7 +148,7 @@ def job_page(q: Any, flt: JobFilter = JobFilter(), *, cursor: tuple[int, str] | 
             end = pos + 1
         elif end < total:                      # the budget ran out before the table did
             budget_hit = True
-            last_id = next(itertools.islice(iter(jobs), end - 1, None))
+            last_id = next(itertools.islice(iter(jobs), end - 1, None))  # C-speed skip
             next_cursor = f"{end - 1}:{last_id}"
     return JobPage(page, next_cursor, end - start, end, total, budget_hit)
 
