@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections import OrderedDict
 import threading
 import time
 from collections import deque
@@ -74,8 +75,11 @@ class ActivityTracker:
         self._lock = threading.Lock()
         self.next_lsn = 1
         self._minutes: dict[int, list[int]] = {}      # minute -> [enq, done, failed]
-        self._due: dict[str, int] = {}                # id -> due ms (newest first out)
-        self._claimed: dict[str, int] = {}            # id -> claim ms of the open attempt
+        # id -> due ms, and id -> claim ms of the open attempt; bounded, oldest dropped
+        # first (OrderedDict: dropping a plain dict's first key again and again is
+        # quadratic, the dict has to skip its deleted slots each time)
+        self._due: OrderedDict[str, int] = OrderedDict()
+        self._claimed: OrderedDict[str, int] = OrderedDict()
         self._waits: deque = deque(maxlen=SAMPLES)    # (at ms, seconds)
         self._runs: deque = deque(maxlen=SAMPLES)
         # running totals since the tracker started reading (Prometheus counters)
@@ -121,7 +125,7 @@ class ActivityTracker:
         due = self._due
         due[job_id] = due_ms
         if len(due) > MAX_DUE_REMEMBERED:
-            del due[next(iter(due))]
+            due.popitem(last=False)
 
     def _end_attempt(self, job_id: str, at_ms: int) -> None:
         started = self._claimed.pop(job_id, None)
@@ -154,7 +158,7 @@ class ActivityTracker:
                 self._waits.append((at, max(0, at - due) / 1000.0))
             self._claimed[c.id] = at
             if len(self._claimed) > MAX_OPEN_ATTEMPTS:     # lost attempts never end here
-                del self._claimed[next(iter(self._claimed))]
+                self._claimed.popitem(last=False)
         elif rtype == R.COMPLETE:
             self.completed_total += 1
             self._bump(at, 1)
