@@ -4,25 +4,28 @@ read-only refusal, paging, and a store locked by another process."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 
 import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
-import warnings  # noqa: E402
+import warnings
+
 warnings.filterwarnings("ignore", message="Using `httpx`")
 
-from starlette.testclient import TestClient  # noqa: E402
+from dashboard_store import XSS, fill
+from starlette.testclient import TestClient
 
-import aurora_log  # noqa: E402
-from aurora_log import Job, JobStatus  # noqa: E402
-from aurora_log.dashboard import app, directory_app  # noqa: E402
-from aurora_log.tools.dashboard import reads  # noqa: E402
-
-from dashboard_store import XSS, fill  # noqa: E402
+import aurora_log
+from aurora_log import Job, JobStatus
+from aurora_log.dashboard import app, directory_app
+from aurora_log.tools.dashboard import reads
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx`:DeprecationWarning")
 
@@ -59,7 +62,7 @@ def test_every_page_renders(store):
 
 
 def test_overview_counts_and_activity(store):
-    q, ids = store
+    q, _ = store
     with client(q) as c:
         html = c.get("/").text
     stats = q.stats()
@@ -124,7 +127,7 @@ def test_job_list_filters(store):
         by_queue = c.get("/jobs", params={"queue": "mail"}).text
         by_type = c.get("/jobs", params={"type": "flaky"}).text
         bad = c.get("/jobs", params={"status": "nope"})
-    listed = lambda html: set(re.findall(r'class="job-link">([^<]+)<', html))  # noqa: E731
+    listed = lambda html: set(re.findall(r'class="job-link">([^<]+)<', html))
     assert listed(by_status) == {ids[f"pending{n}"] for n in range(5)}
     assert listed(by_queue) == {ids[f"pending{n}"] for n in range(5)}
     assert listed(by_type) == {ids["retry"]}
@@ -342,3 +345,46 @@ def test_a_local_store_never_imports_the_web_dependencies():
             "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_dashboard_serves_on_loopback_read_only(store_dir):
+    with aurora_log.open(store_dir, reaper_interval=None) as q:
+        fill(q)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "aurora_log", "dashboard", str(store_dir),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "read-only" in proc.stdout.readline()
+        body = None
+        for _ in range(100):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                              timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None and 'aurora_jobs{queue="mail",status="pending"} 5.0' in body
+        # bound to 127.0.0.1 only: another local address of this host is refused
+        addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        for addr in addrs - {"127.0.0.1"}:
+            if addr.startswith("127."):
+                continue
+            with pytest.raises(OSError):
+                urllib.request.urlopen(f"http://{addr}:{port}/metrics", timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_cli_dashboard_and_worker_flags(tmp_path):
+    from aurora_log.cli import build_parser, main
+    args = build_parser().parse_args(["worker", "m:q", "--metrics-port", "9108"])
+    assert args.metrics_port == 9108
+    args = build_parser().parse_args(["dashboard", "DIR"])
+    assert (args.host, args.port, args.allow_actions) == ("127.0.0.1", 8600, False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dashboard", "DIR", "--port", "70000"])
+    assert main(["dashboard", str(tmp_path / "nope")]) == 1

@@ -13,14 +13,13 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("starlette")
 warnings.filterwarnings("ignore", message="Using `httpx`")
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from dashboard_store import fill
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
-import aurora_log  # noqa: E402
-from aurora_log import Job, Worker  # noqa: E402
-from aurora_log.dashboard import app  # noqa: E402
-
-from dashboard_store import fill  # noqa: E402
+import aurora_log
+from aurora_log import Job, Worker
+from aurora_log.dashboard import app
 
 
 def samples(text: str) -> dict:
@@ -66,13 +65,13 @@ def test_metrics_match_the_store(store_dir):
 
 
 def test_counters_follow_new_records(store_dir):
-    with aurora_log.open(store_dir, reaper_interval=None, durability="os") as q:
-        with TestClient(app(q), base_url="http://127.0.0.1") as c:
-            before = samples(c.get("/metrics").text)
-            q.enqueue_many([Job("t", {}) for _ in range(7)])
-            job = q.claim("w")
-            q.complete(job.id, job.token)
-            after = samples(c.get("/metrics").text)
+    with aurora_log.open(store_dir, reaper_interval=None, durability="os") as q, \
+            TestClient(app(q), base_url="http://127.0.0.1") as c:
+        before = samples(c.get("/metrics").text)
+        q.enqueue_many([Job("t", {}) for _ in range(7)])
+        job = q.claim("w")
+        q.complete(job.id, job.token)
+        after = samples(c.get("/metrics").text)
     assert value(before, "aurora_jobs_enqueued_total") == 0
     assert value(after, "aurora_jobs_enqueued_total") == 7
     assert value(after, "aurora_jobs_completed_total") == 1
@@ -82,9 +81,9 @@ def test_counters_follow_new_records(store_dir):
 def test_a_read_only_store_has_no_writer_metrics(store_dir):
     with aurora_log.open(store_dir, reaper_interval=None) as q:
         fill(q)
-    with aurora_log.open(store_dir, read_only=True, reaper_interval=None) as ro:
-        with TestClient(app(ro), base_url="http://127.0.0.1") as c:
-            found = samples(c.get("/metrics").text)
+    with aurora_log.open(store_dir, read_only=True, reaper_interval=None) as ro, \
+            TestClient(app(ro), base_url="http://127.0.0.1") as c:
+        found = samples(c.get("/metrics").text)
     assert value(found, "aurora_jobs_enqueued_total") == 10
     assert not any(name.startswith("aurora_fdatasync") for name, _ in found)
 

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections import OrderedDict
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aurora_log import records as R
 
-__all__ = ["ActivityTracker", "ActivitySnapshot", "RUN_BUCKETS"]
+__all__ = ["RUN_BUCKETS", "ActivitySnapshot", "ActivityTracker"]
 
 WINDOW_MINUTES = 60
 SAMPLES = 10_000                      # newest wait/run samples kept for percentiles
@@ -102,11 +101,9 @@ class ActivityTracker:
             start = max(self.next_lsn, log.first_lsn)
             if start >= log.next_lsn:
                 return True
-            n = 0
-            for lsn, rtype, payload in log.scan(start):
+            for n, (lsn, rtype, payload) in enumerate(log.scan(start), 1):
                 self._fold(q, rtype, payload)
                 self.next_lsn = lsn + 1
-                n += 1
                 if max_records is not None and n >= max_records:
                     break
             self._prune()
@@ -150,7 +147,7 @@ class ActivityTracker:
             return
         at = _I64.unpack_from(payload, _AT_OFFSET[rtype])[0]
         if rtype == R.CLAIM:
-            c = R.decode(rtype, payload)
+            c = cast(R.Claim, R.decode(rtype, payload))
             due = self._due.pop(c.id, None)
             if due is None:
                 due = self._due_from_state(q, c.id)
@@ -162,16 +159,16 @@ class ActivityTracker:
         elif rtype == R.COMPLETE:
             self.completed_total += 1
             self._bump(at, 1)
-            self._end_attempt(R.decode(rtype, payload).id, at)
+            self._end_attempt(cast(R.Complete, R.decode(rtype, payload)).id, at)
         elif rtype == R.FAIL or rtype == R.REAP:
-            rec = R.decode(rtype, payload)
+            rec = cast("R.Fail | R.Reap", R.decode(rtype, payload))
             self.failed_total += 1
             self._bump(at, 2)
             self._end_attempt(rec.id, at)
             if rec.outcome == R.OUTCOME_RETRY:
                 self._remember_due(rec.id, rec.next_due_ms)
         elif rtype == R.RETRY_DEAD:
-            self._remember_due(R.decode(rtype, payload).id, at)
+            self._remember_due(cast(R.RetryDead, R.decode(rtype, payload)).id, at)
 
     @staticmethod
     def _due_from_state(q: Any, job_id: str) -> int | None:

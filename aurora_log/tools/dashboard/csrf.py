@@ -14,7 +14,7 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["COOKIE", "FIELD", "CsrfError", "token_for", "set_cookie", "check"]
+__all__ = ["COOKIE", "FIELD", "CsrfError", "check", "set_cookie", "token_for"]
 
 COOKIE = "aurora_csrf"
 FIELD = "csrf"

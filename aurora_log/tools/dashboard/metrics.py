@@ -23,11 +23,16 @@ This module needs prometheus_client only (no web framework): the worker uses it 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from aurora_log import JobStatus
@@ -35,7 +40,7 @@ from aurora_log import JobStatus
 from .activity import RUN_BUCKETS, ActivityTracker
 from .reads import wal_bytes
 
-__all__ = ["QueueCollector", "make_registry", "render", "serve_metrics", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "QueueCollector", "make_registry", "render", "serve_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

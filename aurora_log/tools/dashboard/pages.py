@@ -8,7 +8,7 @@ in, so a page updates without a reload.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -17,13 +17,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from aurora_log import (AuroraLogError, InvalidStateError, JobNotFoundError, JobStatus)
+from aurora_log import AuroraLogError, InvalidStateError, JobNotFoundError, JobStatus
 
 from . import csrf, reads
 from .source import ActionsLockedError
 from .state import Dashboard
 
-__all__ = ["Pages", "ActionRefused"]
+__all__ = ["ActionRefused", "Pages"]
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -35,7 +35,7 @@ class ActionRefused(Exception):
 def _fmt_time(value: datetime | None) -> str:
     if value is None:
         return "-"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def _fmt_seconds(value: float | None) -> str:
@@ -102,7 +102,7 @@ class Pages:
                        title=title, csrf_token=token, csrf_field=csrf.FIELD,
                        allow_actions=self.dash.allow_actions,
                        store_read_only=self.dash.source.read_only, store_path=str(q.path),
-                       now=datetime.now(timezone.utc), statuses=[s.value for s in JobStatus])
+                       now=datetime.now(UTC), statuses=[s.value for s in JobStatus])
         live = f"{page}_live.html"
         if request.headers.get("x-live") == "1":
             html = self.env.get_template(live).render(context)

@@ -3,10 +3,11 @@ metrics registry, the background poller and the last verify run."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aurora_log import verify
@@ -16,6 +17,8 @@ from .metrics import make_registry
 from .source import StoreSource
 
 __all__ = ["Dashboard", "VerifyRun"]
+
+log = logging.getLogger("aurora_log.dashboard")
 
 # records one request folds in before answering (the poller does the rest): keeps the
 # first overview of a big store fast
@@ -66,8 +69,8 @@ class Dashboard:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:      # a store mid-rewrite: try again next round
-                pass
+            except Exception:
+                log.debug("dashboard poll failed; retrying", exc_info=True)
             self._stop.wait(self.poll_seconds)
 
     def poll_once(self) -> None:
@@ -84,15 +87,15 @@ class Dashboard:
         run = self.verify_run
         if run is not None and run.finished is None:
             return False
-        run = self.verify_run = VerifyRun(datetime.now(timezone.utc))
+        run = self.verify_run = VerifyRun(datetime.now(UTC))
         path = self.source.path
 
         def work() -> None:
             try:
                 run.report = verify(path)
-            except Exception as exc:   # shown on the page; verify reports problems itself
+            except Exception as exc:  # noqa: BLE001 - shown on the page (verify reports problems itself)
                 run.error = f"{type(exc).__name__}: {exc}"
-            run.finished = datetime.now(timezone.utc)
+            run.finished = datetime.now(UTC)
 
         threading.Thread(target=work, daemon=True, name="aurora-log-dashboard-verify").start()
         return True
