@@ -22,11 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from dashboard_store import fill
 
 import aurora_log
 from aurora_log import Job, JobStatus
-
-from dashboard_store import fill
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 IN_CI = os.environ.get("CI", "").lower() == "true"
