@@ -315,8 +315,11 @@ def test_directory_dashboard_acts_when_the_store_is_free_and_sees_other_writers(
         # another process writes; the dashboard re-reads the store
         with aurora_log.open(store_dir, reaper_interval=None) as other:
             new_id = other.enqueue(Job("late", {}))
-        web.state.dashboard.poll_once()
-        assert c.get(f"/jobs/{new_id}").status_code == 200
+        deadline = time.monotonic() + 20       # the poller re-reads the store
+        while c.get(f"/jobs/{new_id}").status_code != 200:
+            assert time.monotonic() < deadline, "the dashboard never saw the new job"
+            web.state.dashboard.poll_once()
+            time.sleep(0.05)
     with aurora_log.open(store_dir, read_only=True) as q:
         assert q.get(ids["dead"]).status is JobStatus.PENDING
 
@@ -388,3 +391,28 @@ def test_cli_dashboard_and_worker_flags(tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["dashboard", "DIR", "--port", "70000"])
     assert main(["dashboard", str(tmp_path / "nope")]) == 1
+
+
+def test_a_slow_reopen_spaces_the_next_one(store_dir):
+    from aurora_log.tools.dashboard.source import DirectorySource
+    with aurora_log.open(store_dir, reaper_interval=None) as q:
+        q.enqueue(Job("t", {}))
+    opens = []
+
+    def slow_open(path, **kw):
+        opens.append(kw)
+        time.sleep(0.3)
+        return aurora_log.open(path, **kw)
+
+    source = DirectorySource(store_dir, refresh_seconds=0, opener=slow_open)
+    try:
+        assert source.open_seconds >= 0.3
+        with aurora_log.open(store_dir, reaper_interval=None) as q:
+            q.enqueue(Job("t", {}))
+        assert source.refresh() is False            # changed, but too soon after a 0.3 s open
+        time.sleep(4 * source.open_seconds)
+        assert source.refresh() is True
+        assert source.queue().stats()["pending"] == 2
+        assert all(kw.get("read_only") for kw in opens)
+    finally:
+        source.close()

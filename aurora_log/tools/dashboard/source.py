@@ -6,7 +6,9 @@ Two sources:
   their open Queue: reads and actions go straight to it.
 * :class:`DirectorySource` -- ``aurora-log dashboard DIR``. A store belongs to one process
   (a running worker holds its lock), so the dashboard opens it ``read_only`` (no lock) and
-  reopens it when the WAL changed, at most every ``refresh_seconds``. An action opens the
+  reopens it when the WAL changed, at most every ``refresh_seconds`` -- and no sooner than
+  four times the last open took, so a big store under a busy worker is not replayed
+  back to back (a reopen replays from the newest snapshot). An action opens the
   store writable just for that action; while another process holds the lock it raises
   :class:`ActionsLockedError` (the UI says so) instead of waiting or crashing.
 """
@@ -102,6 +104,7 @@ class DirectorySource(StoreSource):
         self.refresh_seconds = float(refresh_seconds)
         self._open = opener
         self._lock = threading.Lock()          # one reopen or action at a time
+        self.open_seconds = 0.0                # how long the last (re)open took
         self._queue = self._open_read_only()
         self._signature = _wal_signature(self.path)
         self._checked = time.monotonic()
@@ -110,7 +113,10 @@ class DirectorySource(StoreSource):
         self._retired: Any = None
 
     def _open_read_only(self) -> Any:
-        return self._open(self.path, read_only=True, reaper_interval=None)
+        t0 = time.monotonic()
+        q = self._open(self.path, read_only=True, reaper_interval=None)
+        self.open_seconds = time.monotonic() - t0
+        return q
 
     def queue(self) -> Any:
         return self._queue
@@ -118,7 +124,8 @@ class DirectorySource(StoreSource):
     def refresh(self, *, force: bool = False) -> bool:
         """Reopen when the WAL or snapshots changed (and ``refresh_seconds`` passed)."""
         now = time.monotonic()
-        if not force and now - self._checked < self.refresh_seconds:
+        gap = max(self.refresh_seconds, 4 * self.open_seconds)
+        if not force and now - self._checked < gap:
             return False
         with self._lock:
             self._checked = now
@@ -126,6 +133,7 @@ class DirectorySource(StoreSource):
             if sig == self._signature and not force:
                 return False
             fresh = self._open_read_only()
+            self._checked = time.monotonic()
             if self._retired is not None:
                 self._retired.close()
             self._retired, self._queue, self._signature = self._queue, fresh, sig
