@@ -74,6 +74,7 @@ def build_store(path: Path) -> dict[str, str]:
                 else:
                     q.complete(job.id, job.token, {"bytes": 1000 + n})
         t[0] = now
+        q.compact()                       # a snapshot for the storage page
         return fill(q)
 
 
@@ -180,6 +181,7 @@ def test_click_through_every_page_and_retry_a_dead_letter(server, shots, chromiu
         # storage: files, and a verify run whose result arrives by the live update
         page.click("#nav-storage")
         expect(page.locator("#segments")).to_contain_text(".seg")
+        expect(page.locator("#snapshots")).to_contain_text(".snap")
         page.click("#verify-button")
         expect(page.locator("#verify-verdict")).to_have_text("OK", timeout=30_000)
         page.screenshot(path=str(shots / "dashboard-storage.png"), full_page=True)
