@@ -122,11 +122,16 @@ int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
 
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;
+/* fdatasync durations: bucket i counts calls that took at most 64 us << i; the last bucket
+ * counts the longer ones */
+#define AU_SYNC_BUCKETS 17
 typedef struct {
     uint64_t fdatasyncs, writes, rounds, batches, records, bytes, rolls;
     uint64_t spares;        /* spare segment files prepared (zero-filled + fsynced) */
     uint64_t spare_rolls;   /* rolls that installed a spare instead of creating a file */
     uint64_t spare_errors;  /* spares that failed (prepare or install); never fatal */
+    uint64_t fdatasync_ns;  /* time spent in the writer's fdatasync calls */
+    uint64_t fdatasync_hist[17];   /* AU_SYNC_BUCKETS (cffi wants a literal) */
 } au_stats;
 
 int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,

@@ -160,6 +160,8 @@ void wr_leader_round(au_writer *w, int do_sync);
 /* writer_segment.c */
 int wr_write_at(au_writer *w, const uint8_t *buf, size_t n);
 int wr_datasync(au_writer *w);
+uint64_t wr_now_ns(void);
+void wr_count_sync(au_writer *w, uint64_t started_ns);
 uint64_t wr_seg_size_norm(uint64_t size);
 int wr_write_records(au_writer *w, pendbuf *t);
 /* writer_threads.c */

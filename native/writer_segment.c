@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Write n bytes at write_off of the active segment; write_off advances only when all of
  * them were written. The leader only (or close, after the joins); no mutex. On -errno the
@@ -24,14 +25,41 @@ int wr_write_at(au_writer *w, const uint8_t *buf, size_t n)
     return 0;
 }
 
+/* Monotonic nanoseconds, for the fdatasync timings. Pure. */
+uint64_t wr_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+_Static_assert(sizeof(((au_stats *)0)->fdatasync_hist) == AU_SYNC_BUCKETS * sizeof(uint64_t),
+               "au_stats.fdatasync_hist must have AU_SYNC_BUCKETS entries");
+
+/* Count one fdatasync and its duration in w->st (the stats the dashboard's metrics export).
+ * Called by whoever ran the fdatasync: the sync stage with the mutex held, a roll or close
+ * as the only writer, so the counters have one writer at a time (readers of au_writer_stats
+ * may see a round half counted, as for the other counters). */
+void wr_count_sync(au_writer *w, uint64_t started_ns)
+{
+    uint64_t ns = wr_now_ns() - started_ns;
+    int b = 0;
+    while (b < AU_SYNC_BUCKETS - 1 && ns > ((uint64_t)64000 << b))
+        b++;
+    w->st.fdatasyncs++;
+    w->st.fdatasync_ns += ns;
+    w->st.fdatasync_hist[b]++;
+}
+
 /* fdatasync the active segment; on success durable_off = write_off. Only where no sync
  * stage can run (a roll, after pub_fd = -1; close, after the joins), since it stores
  * durable_off without the atomic. A failure is returned, never retried: the caller fails
  * the writer. */
 int wr_datasync(au_writer *w)
 {
+    uint64_t t0 = wr_now_ns();
     int r = au_fdatasync(w->fd);
-    w->st.fdatasyncs++;
+    wr_count_sync(w, t0);
     if (r < 0)
         return r;
     w->durable_off = w->write_off;

@@ -48,6 +48,10 @@ _WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
          "durable": lib.AU_WAIT_MODE, "synced": lib.AU_WAIT_SYNCED}
 
 
+# upper bounds (seconds) of the writer's fdatasync duration buckets (aurora.h)
+FDATASYNC_BOUNDS = tuple(64e-6 * (1 << i) for i in range(lib.AU_SYNC_BUCKETS - 1))
+
+
 def _plain_record(r) -> bool:
     """A (type, bytes) tuple with a type in range: what the GIL-keeping append takes
     (ctypes would truncate a type over 255 where cffi raises). Anything else goes to
@@ -735,9 +739,15 @@ class Log:
             return {}
         s = ffi.new("au_stats *")
         lib.au_writer_stats(self._w, s)
-        return {k: getattr(s, k) for k in
-                ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls",
-                 "spares", "spare_rolls", "spare_errors")}
+        out = {k: getattr(s, k) for k in
+               ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls",
+                "spares", "spare_rolls", "spare_errors")}
+        # time in fdatasync: total seconds, and per-bucket counts with their upper bounds
+        # (seconds; the last bucket has no bound)
+        out["fdatasync_seconds"] = s.fdatasync_ns / 1e9
+        out["fdatasync_buckets"] = list(s.fdatasync_hist)
+        out["fdatasync_bounds"] = FDATASYNC_BOUNDS
+        return out
 
     def _tls_ptr(self):
         p = getattr(self._tls, "p", None)

@@ -86,6 +86,9 @@ class Worker:
     max_result_bytes: a larger (JSON) result fails the job instead of being stored.
     on_done(job, status, detail): called after the queue acknowledged the job's outcome
       ("completed", "failed", "dead_letter", "cancelled" as returned by the queue).
+    metrics_port: serve Prometheus metrics on http://127.0.0.1:PORT/metrics while the
+      worker runs (0 = any free port, see ``metrics_address``); needs the dashboard extra
+      (prometheus_client), imported only when this is set.
     """
 
     def __init__(self, queue: Any, *, concurrency: int | None = None,
@@ -96,7 +99,12 @@ class Worker:
                  max_result_bytes: int = 256 << 10, registry: _tasks.TaskRegistry | None = None,
                  import_path: str | None = None, cancel_grace: float = 5.0,
                  cancel_poll: float = 0.5,
-                 on_done: Callable[[Any, str, Any], None] | None = None):
+                 on_done: Callable[[Any, str, Any], None] | None = None,
+                 metrics_port: int | None = None):
+        if metrics_port is not None and (isinstance(metrics_port, bool) or
+                                         not isinstance(metrics_port, int) or
+                                         not 0 <= metrics_port <= 65535):
+            raise ValueError(f"metrics_port must be a port number 0..65535, got {metrics_port!r}")
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
         self.queue = queue
@@ -115,6 +123,9 @@ class Worker:
         self.cancel_grace = float(cancel_grace)
         self.cancel_poll = float(cancel_poll)
         self.on_done = on_done
+        self.metrics_port = metrics_port
+        self.metrics_address: tuple[str, int] | None = None   # where /metrics is served
+        self._metrics_server = None
 
         self._signals = 0                 # bumped by signal handlers, read by run()
         self._stopping = threading.Event()
@@ -141,6 +152,12 @@ class Worker:
         if self._started:
             raise RuntimeError("worker already started")
         self._started = True
+        if self.metrics_port is not None:
+            # imported here: a worker without metrics never needs prometheus_client
+            from .metrics import serve_metrics
+            self._metrics_server, _ = serve_metrics(self.queue, self.metrics_port)
+            self.metrics_address = self._metrics_server.server_address[:2]
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self._monitor = threading.Thread(target=self._monitor_loop, name="aurora-log-monitor",
                                          daemon=True)
         self._monitor.start()
@@ -220,6 +237,10 @@ class Worker:
         if self._monitor is not None:
             self._monitor.join(timeout=2)
         self._event_loop.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         c = self.counts
         log.info("worker %s stopped (%s): %d completed, %d failed and will retry, %d dead "
                  "letter, %d cancelled", self.worker_id, "clean" if clean else "forced",

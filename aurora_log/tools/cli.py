@@ -9,6 +9,7 @@
     aurora-log purge ./jobs --status completed --older-than 7d
     aurora-log verify ./jobs ; aurora-log compact ./jobs
     aurora-log dump ./jobs > records.jsonl
+    aurora-log dashboard ./jobs --port 8600      # the web UI (needs the dashboard extra)
 
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
@@ -86,6 +87,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535: {text!r}")
+    return n
+
+
 def _seconds(text: str) -> float:
     """"30", "1.5", "500ms", "90s", "10m", "2h", "7d"."""
     t = text.strip().lower()
@@ -145,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="seconds a graceful stop waits for running jobs (default 30)")
     _add(sp, "--poll-interval", type=_seconds, default=0.5,
          help="how long an idle claim waits (default 0.5 s)")
+    _add(sp, "--metrics-port", type=_port, default=None,
+         help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs the dashboard extra)")
 
     sp = cmd("enqueue", "add a job", cmd_enqueue)
     sp.add_argument("job_type", metavar="JOB_TYPE")
@@ -177,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job_id", metavar="ID")
     sp = cmd("cancel", "cancel a job (a running job is asked to stop)", cmd_cancel)
     sp.add_argument("job_id", metavar="ID")
+
+    sp = cmd("dashboard", "serve the web dashboard for a store (read-only unless "
+             "--allow-actions)", cmd_dashboard)
+    _add(sp, "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    _add(sp, "--port", type=_port, default=8600, help="port (default 8600)")
+    _add(sp, "--allow-actions", action="store_true",
+         help="allow retry, cancel and purge from the web UI")
 
     sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
     _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
@@ -400,7 +420,7 @@ def cmd_worker(args) -> int:
     worker = Worker(queue, concurrency=args.workers, queues=args.queues,
                     job_types=args.job_types, isolation=args.isolation,
                     shutdown_timeout=args.shutdown_timeout, poll_interval=args.poll_interval,
-                    import_path=module_name)
+                    import_path=module_name, metrics_port=args.metrics_port)
     try:
         code = worker.run()
     finally:
@@ -580,6 +600,23 @@ def cmd_cancel(args) -> int:
         _out(f"{args.job_id}: cancel requested (the job is running; its worker will stop it)")
     else:
         _out(f"{args.job_id}: {_status(status)}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    path = Path(args.dir)
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    try:
+        from .dashboard import serve
+    except ImportError as exc:
+        raise CliError(f"the dashboard needs its extra: pip install 'aurora-log[dashboard]' "
+                       f"({exc})") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("dashboard bound to %s: anyone who can reach it sees every job", args.host)
+    _out(f"aurora-log dashboard for {args.dir} on http://{args.host}:{args.port}/ "
+         f"({'actions allowed' if args.allow_actions else 'read-only'})")
+    serve(path, host=args.host, port=args.port, allow_actions=args.allow_actions)
     return 0
 
 
