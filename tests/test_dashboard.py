@@ -383,7 +383,7 @@ def test_cli_dashboard_serves_on_loopback_read_only(store_dir):
 
 
 def test_cli_dashboard_and_worker_flags(tmp_path):
-    from aurora_log.cli import build_parser, main
+    from aurora_log.tools.cli import build_parser, main
     args = build_parser().parse_args(["worker", "m:q", "--metrics-port", "9108"])
     assert args.metrics_port == 9108
     args = build_parser().parse_args(["dashboard", "DIR"])

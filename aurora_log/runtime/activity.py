@@ -39,7 +39,7 @@ RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 _I64 = struct.Struct("<q")
 # the ENQUEUE header (records.py): read the id and times without decoding the payload; the
 # log checked the record's checksum and the queue replayed it already
-_ENQ = R._ENQ
+_ENQ = R.ENQUEUE_HEAD
 _ENQ_SIZE = _ENQ.size
 _HAS_SCHEDULED = 1
 # where at_ms sits in each record type's payload (records.py's layouts)

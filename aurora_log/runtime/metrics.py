@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from aurora_log import JobStatus
+from ..job import JobStatus
 
 from .activity import RUN_BUCKETS, ActivityTracker
 

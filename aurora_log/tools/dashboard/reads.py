@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aurora_log import Job, JobStatus, Transition
+from aurora_log.local.table import JOB_HEAD, PAIR
 
 __all__ = [
     "JobFilter",
@@ -40,9 +41,9 @@ __all__ = [
     "workers",
 ]
 
-# a job's blob in the state (see state._BLOB): the (queue, job_type) pair index is the
-# u32 after four i64 and three u32 fields
-_PAIR_AT = struct.calcsize("<qqqqIII")
+# a job's blob in the state (local/table.py): the (queue, job_type) pair index is the u32
+# at JOB_HEAD's PAIR field, read alone (one field per job on a scan of a million)
+_PAIR_AT = struct.calcsize(JOB_HEAD.format[:1 + PAIR])
 _U32 = struct.Struct("<I")
 _PENDING = JobStatus.PENDING.code
 
@@ -106,7 +107,7 @@ def _seek(jobs: Any, cursor: tuple[int, str] | None) -> tuple[int, Iterator]:
 def _pairs_matching(state: Any, flt: JobFilter) -> set[int] | None:
     if flt.queue is None and flt.job_type is None:
         return None
-    return {i for i, (q, t) in enumerate(state._pairs)
+    return {i for i, (q, t) in enumerate(state.pairs)
             if (flt.queue is None or q == flt.queue) and (flt.job_type is None or t == flt.job_type)}
 
 
@@ -149,7 +150,7 @@ def job_page(q: Any, flt: JobFilter = JobFilter(), *, cursor: tuple[int, str] | 
                 more = True
                 break
             shown.append((start + n, job_id, v))
-        page = [state._materialise(job_id, v) for _, job_id, v in shown]
+        page = [state.get(job_id) for _, job_id, v in shown]
         end = min(start + scan_budget, total)  # where an exhausted scan stopped
         next_cursor = None
         budget_hit = False
@@ -203,7 +204,7 @@ class WorkerInfo:
 def workers(q: Any) -> list[WorkerInfo]:
     """The workers that hold a job right now (from the running jobs' leases)."""
     with q._lock:
-        ids = sorted(q._state._running)
+        ids = sorted(q._state.running_ids())
     by_worker: dict[str, WorkerInfo] = {}
     for job_id in ids:
         job = q.get(job_id)
