@@ -66,3 +66,11 @@ class InvalidStateError(AuroraLogError):
 
 class ReadOnlyError(AuroraLogError):
     """A write was attempted on a store opened read_only (or as_of a past moment)."""
+
+
+class ConnectionLostError(AuroraLogError):
+    """A database-backed queue lost its connection (or the server went away) during an
+    operation. The operation's transaction was rolled back, so nothing of it was applied,
+    unless the cut came while the server was committing, in which case it may have been
+    applied in full (never in part): a retried complete/fail then raises StaleLeaseError,
+    a retried enqueue of the same job id raises ValueError. The next call reconnects."""
