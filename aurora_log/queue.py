@@ -62,8 +62,13 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
-def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
-    """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
+def open(path, **options):  # noqa: A001 - the package's documented entry point
+    """Open (or create) the queue stored in directory ``path`` (a :class:`Queue`), or, for
+    a ``postgresql://`` DSN, the queue in that database (an
+    :class:`aurora_log.postgres.PostgresQueue`; options such as ``schema="aurora"``)."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresQueue     # only here: a local store never imports psycopg
+        return PostgresQueue(path, **options)
     return Queue(path, **options)
 
 
