@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import builtins
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .job import Job, JobStatus
 
@@ -145,7 +146,7 @@ class QueueInterface(abc.ABC):
         from .tasks import register_handler
         return register_handler(self, job_type, fn, context=context)
 
-    def __enter__(self) -> "QueueInterface":
+    def __enter__(self) -> QueueInterface:
         return self
 
     def __exit__(self, *exc: object) -> None:

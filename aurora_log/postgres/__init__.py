@@ -10,4 +10,4 @@ from .connection import is_dsn
 from .queue import PostgresQueue
 from .schema import LATEST_VERSION, migrate
 
-__all__ = ["PostgresQueue", "is_dsn", "migrate", "LATEST_VERSION"]
+__all__ = ["LATEST_VERSION", "PostgresQueue", "is_dsn", "migrate"]

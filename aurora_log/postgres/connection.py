@@ -10,14 +10,14 @@ breaks during an operation is discarded by the pool when it is returned.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import ConnectionLostError
 
-__all__ = ["is_dsn", "make_pool", "connect", "lost"]
+__all__ = ["connect", "is_dsn", "lost", "make_pool"]
 
 _DSN_PREFIXES = ("postgresql://", "postgres://")
 

@@ -26,19 +26,41 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from ..errors import (ClosedError, ConnectionLostError, InvalidStateError, JobNotFoundError,
-                      StaleLeaseError)
+from ..errors import (
+    ClosedError,
+    ConnectionLostError,
+    InvalidStateError,
+    JobNotFoundError,
+    StaleLeaseError,
+)
 from ..interface import QueueInterface
-from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
-                   MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
-                   _check_retries, _check_seconds, check_name, check_text, decode_json,
-                   encode_json, encode_payload, from_ms, retry_delay_ms, to_ms)
+from ..job import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_NAME_CHARS,
+    MAX_UNIQUE_KEY_CHARS,
+    Job,
+    JobPriority,
+    JobStatus,
+    _check_retries,
+    _check_seconds,
+    check_name,
+    check_text,
+    decode_json,
+    encode_json,
+    encode_payload,
+    from_ms,
+    retry_delay_ms,
+    to_ms,
+)
 from ..queue import MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, _job_id, _names, _token_bytes
 from ..state import MAX_DUE_MS, Transition
 from . import schema as S

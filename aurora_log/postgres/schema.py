@@ -19,8 +19,14 @@ import zlib
 
 from psycopg import sql
 
-__all__ = ["MIGRATIONS", "LATEST_VERSION", "check_schema_name", "migrate", "current_version",
-           "channel_name"]
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "channel_name",
+    "check_schema_name",
+    "current_version",
+    "migrate",
+]
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
