@@ -672,8 +672,61 @@ class PostgresQueue(QueueInterface):
         return [Transition(lsn, kind, from_ms(at), _STATUS[st], w, a, note)
                 for lsn, kind, at, st, w, a, note in rows]
 
+    # ------------------------------------------------------------------ copy
+
+    def import_jobs(self, items: Iterable[tuple[Job, builtins.list]]) -> builtins.list[tuple[str, str]]:
+        """Insert jobs as they are (status, retry count, token, lease, result, ...) with
+        their history (new lsns, same order): the destination side of ``aurora-log copy``.
+        Returns (id, "copied" | "exists" | "unique") per job; each job is its own savepoint
+        in one transaction."""
+        self._check_open()
+        out = []
+        with self._tx() as cur:
+            for job, history in items:
+                exists = cur.execute(self._sql.status_of, (job.id,)).fetchone()
+                if exists is not None:
+                    out.append((job.id, "exists"))
+                    continue
+                try:
+                    with cur.connection.transaction():
+                        cur.execute(self._sql.import_job, _import_row(job))
+                        for t in history:
+                            cur.execute(self._sql.import_history, (
+                                job.id, t.kind, to_ms(t.at), t.status.code, t.worker,
+                                t.attempt, t.error))
+                except psycopg.errors.UniqueViolation:
+                    out.append((job.id, "unique"))
+                    continue
+                out.append((job.id, "copied"))
+            cur.execute(self._sql.notify)
+        return out
+
     def __repr__(self) -> str:
         return f"<aurora_log.PostgresQueue {self.path!r}{' closed' if self._closed else ''}>"
+
+
+def _ms(dt: datetime | None) -> int | None:
+    return None if dt is None else to_ms(dt)
+
+
+def _import_row(job: Job) -> dict:
+    """The jobs-table row of a Job read from another queue."""
+    running = job.status is JobStatus.RUNNING
+    sched = _ms(job.scheduled_at)
+    return {
+        "id": job.id, "job_type": job.job_type, "queue": job.queue, "ukey": job.unique_key,
+        "payload": encode_payload(job.payload).decode("utf-8"), "prio": int(job.priority),
+        "max_retries": job.max_retries, "retry": job.retry_count, "status": job.status.code,
+        "created": to_ms(job.created_at), "sched": sched,
+        "due": sched if sched is not None else to_ms(job.created_at),
+        "timeout": None if job.timeout_seconds is None else round(job.timeout_seconds * 1000),
+        "lease": round(job.lease_duration * 1000), "started": _ms(job.started_at),
+        "hb": _ms(job.last_heartbeat), "completed": _ms(job.completed_at),
+        "token": job.token if running else None, "worker": job.worker_id,
+        "lease_dl": _ms(job.lease_deadline) if running else None, "error": job.error,
+        "result": None if job.result is None else encode_json(job.result).decode("utf-8"),
+        "progress": job.progress, "pmsg": job.progress_message,
+        "cancel": bool(job.cancel_requested)}
 
 
 class _Statements:
@@ -824,6 +877,20 @@ class _Statements:
         self.stats = f"SELECT queue, status, count(*) FROM {j} GROUP BY queue, status"
         self.history = (f"SELECT lsn, kind, at_ms, status, worker, attempt, note FROM {h} "
                         "WHERE job_id = %s ORDER BY lsn")
+        self.import_job = f"""
+            WITH n AS (SELECT nextval({lsn}) AS n)
+            INSERT INTO {j} (id, seq, order_seq, job_type, queue, unique_key, payload,
+                priority, max_retries, retry_count, status, created_ms, scheduled_ms, due_ms,
+                timeout_ms, lease_ms, started_ms, hb_ms, completed_ms, token, worker,
+                lease_dl_ms, error, result, progress, progress_message, cancel_requested)
+            SELECT %(id)s, n, n, %(job_type)s, %(queue)s, %(ukey)s, %(payload)s, %(prio)s,
+                %(max_retries)s, %(retry)s, %(status)s, %(created)s, %(sched)s, %(due)s,
+                %(timeout)s, %(lease)s, %(started)s, %(hb)s, %(completed)s, %(token)s,
+                %(worker)s, %(lease_dl)s, %(error)s, %(result)s, %(progress)s, %(pmsg)s,
+                %(cancel)s FROM n"""
+        self.import_history = (f"INSERT INTO {h} (lsn, job_id, kind, at_ms, status, worker, "
+                               f"attempt, note) VALUES (nextval({lsn}), %s, %s, %s, %s, %s, "
+                               "%s, %s)")
         self._claims: dict[str, str] = {}
         self._dues: dict[str, str] = {}
 
