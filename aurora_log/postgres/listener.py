@@ -63,15 +63,16 @@ class Listener:
             self._gen += 1
             self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, poke=None) -> None:
+        """Stop the thread. ``poke()`` (the queue sends a NOTIFY on the channel) ends its
+        wait for a notification at once; without it the wait ends within a second."""
         self._stop.set()
         self.wake_all()
-        conn = self._conn
-        if conn is not None:
+        if poke is not None and self._conn is not None:
             try:
-                conn.cancel_safe(timeout=1.0)   # interrupts the blocking notifies() read
-            except Exception:
-                pass
+                poke()
+            except Exception:   # noqa: BLE001 - best effort: the 1 s wait ends it anyway
+                log.debug("poking the listener failed", exc_info=True)
         self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
@@ -85,7 +86,7 @@ class Listener:
                     self.wake_all()            # notifications may have been lost meanwhile
                     backoff = 0.05
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=5.0, stop_after=1):
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake_all()
             except Exception as e:   # server gone, cancelled on close: reconnect or stop
                 if self._stop.is_set():

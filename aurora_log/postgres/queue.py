@@ -188,10 +188,14 @@ class PostgresQueue(QueueInterface):
         with self._listener_lock:
             listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()
+            listener.close(poke=self._poke_listener)
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join()
         self._pool.close()
+
+    def _poke_listener(self) -> None:
+        with self._pool.connection(timeout=1.0) as conn:
+            conn.execute(self._sql.notify)
 
     @property
     def closed(self) -> bool:
