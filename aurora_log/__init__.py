@@ -6,6 +6,7 @@
 from .errors import (
     AuroraLogError,
     ClosedError,
+    ConnectionLostError,
     CorruptionError,
     DurabilityError,
     InvalidStateError,
@@ -25,7 +26,7 @@ from .worker import Context, JobCancelled, JobTimeout, Worker, current_context
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",
+    "AuroraLogError", "ClosedError", "ConnectionLostError", "CorruptionError", "DurabilityError", "InvalidStateError",
     "JobNotFoundError", "LockedError", "ReadOnlyError", "StaleLeaseError",
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
