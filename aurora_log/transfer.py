@@ -21,8 +21,9 @@ source, or accept that jobs finished on the source after they were copied run ag
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .job import Job, JobStatus, encode_json, encode_payload, to_ms
 

@@ -62,7 +62,7 @@ class Server:
         cmd = [os.path.join(self.bindir, tool), *args]
         if self.user is not None:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if r.returncode != 0:
             raise Unavailable(f"{tool} failed: {r.stderr.strip() or r.stdout.strip()}")
 

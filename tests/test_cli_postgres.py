@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import aurora_log
 from aurora_log import cli
 from aurora_log.job import Job, JobStatus

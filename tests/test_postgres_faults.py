@@ -32,8 +32,8 @@ from aurora_log.errors import ConnectionLostError
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from test_kill9 import CHILD, Knowledge, Tally, _read_until_dead  # noqa: E402
-from test_kill9_child import payload  # noqa: E402
+from test_kill9 import CHILD, Knowledge, Tally, _read_until_dead
+from test_kill9_child import payload
 
 
 def _psql(dsn: str):
@@ -73,10 +73,12 @@ def test_kill9_of_worker_processes(pg_server, pg_schema):
                  for n in range(3)]
         outputs: list[list[str]] = [[] for _ in procs]
 
-        def reader(i: int, p: subprocess.Popen) -> None:
-            outputs[i] = _read_until_dead(p, 30.0, rng.uniform(0.2, 1.0))
+        def reader(i: int, p: subprocess.Popen, outputs: list = outputs,
+                   kill_after: float = 0.0) -> None:
+            outputs[i] = _read_until_dead(p, 30.0, kill_after)
 
-        readers = [threading.Thread(target=reader, args=(i, p)) for i, p in enumerate(procs)]
+        readers = [threading.Thread(target=reader, args=(i, p, outputs, rng.uniform(0.2, 1.0)))
+                   for i, p in enumerate(procs)]
         for r in readers:
             r.start()
         for r in readers:

@@ -57,7 +57,7 @@ def redact(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
     info.pop("password", None)
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 @contextlib.contextmanager

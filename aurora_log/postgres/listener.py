@@ -71,7 +71,7 @@ class Listener:
         if poke is not None and self._conn is not None:
             try:
                 poke()
-            except Exception:   # noqa: BLE001 - best effort: the 1 s wait ends it anyway
+            except Exception:   # best effort: the 1 s wait ends it anyway
                 log.debug("poking the listener failed", exc_info=True)
         self._thread.join(timeout=5.0)
 
@@ -88,7 +88,7 @@ class Listener:
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake_all()
-            except Exception as e:   # server gone, cancelled on close: reconnect or stop
+            except Exception as e:  # noqa: BLE001 - any failure: reconnect (or stop)
                 if self._stop.is_set():
                     break
                 log.warning("LISTEN connection lost (%s); reconnecting", str(e).strip())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -69,6 +70,8 @@ from .listener import Listener
 
 __all__ = ["PostgresQueue"]
 
+log = logging.getLogger("aurora_log.postgres")
+
 PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
 _FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
 _STATUS = {s.code: s for s in JobStatus}
@@ -79,6 +82,13 @@ _COLS = ("id, job_type, queue, unique_key, payload, priority, max_retries, retry
          "status, created_ms, scheduled_ms, timeout_ms, lease_ms, started_ms, hb_ms, "
          "completed_ms, token, worker, lease_dl_ms, error, result, progress, "
          "progress_message, cancel_requested")
+
+
+def _scalar(cur: psycopg.Cursor) -> Any:
+    """The first column of the one row a statement returns."""
+    row = cur.fetchone()
+    assert row is not None, "the statement returns one row"
+    return row[0]
 
 
 def _secs(ms: int) -> float:
@@ -368,7 +378,7 @@ class PostgresQueue(QueueInterface):
             if remaining <= 0:
                 return None
             with self._tx() as cur:
-                due = cur.execute(self._sql.next_due(filters), args).fetchone()[0]
+                due = _scalar(cur.execute(self._sql.next_due(filters), args))
             if due is not None:
                 remaining = min(remaining, max((due - now) / 1000.0, 0.001))
             listener.wait(gen, remaining)
@@ -432,9 +442,9 @@ class PostgresQueue(QueueInterface):
         note = f"{fraction:.0%}" + (f" {message}" if message else "")
         self._check_open()
         with self._tx() as cur:
-            n = cur.execute(self._sql.progress, {"now": self._now_ms(), "id": job_id,
+            n = _scalar(cur.execute(self._sql.progress, {"now": self._now_ms(), "id": job_id,
                                                  "tok": tok, "f": float(fraction),
-                                                 "m": message, "note": note}).fetchone()[0]
+                                                 "m": message, "note": note}))
             if not n:
                 raise self._stale(cur, job_id)
 
@@ -448,9 +458,9 @@ class PostgresQueue(QueueInterface):
                              f"{self._max_payload} (max_payload_bytes)")
         self._check_open()
         with self._tx(durable) as cur:
-            n = cur.execute(self._sql.complete, {
+            n = _scalar(cur.execute(self._sql.complete, {
                 "now": self._now_ms(), "id": job_id, "tok": tok,
-                "res": None if res is None else res.decode("utf-8")}).fetchone()[0]
+                "res": None if res is None else res.decode("utf-8")}))
             if not n:
                 raise self._stale(cur, job_id)
 
@@ -489,10 +499,10 @@ class PostgresQueue(QueueInterface):
         (FAILED for fail, PENDING for reap) waits until due; history rows; NOTIFY if a job
         became waiting. Returns how many applied."""
         cols = list(zip(*ends))
-        n = cur.execute(self._sql.end_attempts, {
+        n = _scalar(cur.execute(self._sql.end_attempts, {
             "ids": list(cols[0]), "toks": list(cols[1]), "sts": list(cols[2]),
             "dues": list(cols[3]), "errs": list(cols[4]), "now": now, "kind": kind}
-        ).fetchone()[0]
+        ))
         if any(st in (FAILED, PENDING) for st in cols[2]):
             cur.execute(self._sql.notify)
         return n
@@ -569,7 +579,7 @@ class PostgresQueue(QueueInterface):
         cut = before_ms if before_ms is not None else \
             now - int((older_than or 0) * 1000) + (0 if older_than else 1)
         with self._tx() as cur:
-            n = cur.execute(self._sql.purge, (statuses, cut)).fetchone()[0]
+            n = _scalar(cur.execute(self._sql.purge, (statuses, cut)))
             if n:
                 cur.execute(self._sql.bump_lsn)     # like the local PURGE record
         return int(n)
@@ -613,8 +623,8 @@ class PostgresQueue(QueueInterface):
                 return
             except ConnectionLostError:
                 continue          # the server restarts: the next round reconnects
-            except Exception:     # pragma: no cover - keep reaping; the next round retries
-                continue
+            except Exception:
+                log.exception("reaping failed")
 
     # ------------------------------------------------------------------ reads
 
@@ -651,7 +661,7 @@ class PostgresQueue(QueueInterface):
         self._check_open()
         with self._tx() as cur:
             rows = cur.execute(self._sql.stats).fetchall()
-            last = cur.execute(self._sql.last_lsn).fetchone()[0]
+            last = _scalar(cur.execute(self._sql.last_lsn))
         per: dict[str, list[int]] = {}
         for queue, status, n in rows:
             per.setdefault(queue, [0] * 7)[status] += n

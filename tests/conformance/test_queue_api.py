@@ -6,6 +6,7 @@ A fake clock drives time (``open(..., clock=clock)``) and the reaper thread is o
 Engine-internal tests of the local store stay in tests/test_queue.py.
 """
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -19,8 +20,6 @@ from aurora_log.errors import (
     StaleLeaseError,
 )
 from aurora_log.job import Job, JobPriority, JobStatus, to_ms
-
-UTC = UTC
 
 
 def job(job_type="t", **kw):
@@ -457,7 +456,7 @@ def test_history_records_every_transition(q, clock):
     assert [(t.kind, t.worker, t.attempt, t.error) for t in h] == [
         ("enqueue", None, 1, None), ("claim", "w1", 1, None), ("progress", "w1", 1, "50% half"),
         ("fail", "w1", 1, "boom"), ("claim", "w2", 2, None), ("complete", "w2", 2, None)]
-    assert all(a.lsn < b.lsn for a, b in zip(h, h[1:]))
+    assert all(a.lsn < b.lsn for a, b in itertools.pairwise(h))
 
 
 def test_history_keeps_the_latest_progress_of_an_attempt(opener, clock):

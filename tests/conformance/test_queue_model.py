@@ -12,15 +12,22 @@ import tempfile
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant,
-                                 multiple, precondition, rule, run_state_machine_as_test)
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from model import Invalid, Model, Stale
 
 import aurora_log
 from aurora_log.errors import InvalidStateError, JobNotFoundError, StaleLeaseError
 from aurora_log.job import Job, from_ms, to_ms
-
-from model import Invalid, Model, Stale
 
 T0 = 1_800_000_000_000  # ms; a fixed start for the fake clock
 
@@ -52,7 +59,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.counter = 0
 
     def _open(self):
-        clock = lambda: self.model.now / 1000  # noqa: E731
+        def clock():
+            return self.model.now / 1000
         if self.dsn is not None:
             return aurora_log.open(self.dsn, schema=self.schema, clock=clock,
                                    reaper_interval=None, pool_size=2)
