@@ -35,7 +35,9 @@ def _bindir() -> str:
 class Server:
     """One cluster in its own directory. ``dsn`` for clients; ``restart()`` / ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """``fsync=False`` (tests): commits are not flushed to disk - a killed server keeps
+        them (the OS has them), a power cut would not. Benchmarks pass True."""
         self.bindir = _bindir()
         self.root = tempfile.mkdtemp(prefix="aurora-pg-")
         os.chmod(self.root, 0o700)
@@ -54,7 +56,8 @@ class Server:
                   "--no-sync", "--locale=C.UTF-8")
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write(f"\nlisten_addresses = ''\nunix_socket_directories = '{self.root}'\n"
-                    "port = 5433\nfsync = off\nfull_page_writes = off\nmax_connections = 200\n"
+                    "port = 5433\nmax_connections = 200\n"
+                    + ("" if fsync else "fsync = off\nfull_page_writes = off\n") +
                     "shared_buffers = 32MB\n")
         self.start()
 

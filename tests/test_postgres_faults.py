@@ -8,7 +8,7 @@
 * a connection cut (pg_terminate_backend from another connection) in the middle of a claim,
   complete, fail and enqueue_many: the operation's transaction is open on the server and
   waits for a lock on the history table (fail has already locked the job row with its
-  first statement; enqueue_many has checked ids); a ConnectionLostError, nothing of the
+  first statement); a ConnectionLostError, nothing of the
   operation applied, and the next call reconnects and goes on.
 * PostgreSQL restarted under load: Worker threads and a producer keep going through a fast
   restart; every acknowledged enqueue is there and ends completed, none completed twice.

@@ -242,6 +242,13 @@ class PostgresQueue(QueueInterface):
                 cur.execute("SET LOCAL synchronous_commit = off")
             yield cur
 
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Cursor]:
+        """A pooled connection in autocommit, for an operation whose write is ONE
+        statement (atomic on its own: no BEGIN/COMMIT round trips) or that only reads."""
+        with lost(), self._pool.connection() as conn:
+            yield conn.cursor()
+
     # ------------------------------------------------------------------ producers
 
     def _row(self, job: Job, now: int) -> tuple:
@@ -307,6 +314,21 @@ class PostgresQueue(QueueInterface):
         self._check_open()
         if not rows:
             return []
+        if durable and all(r[3] is None for r in rows):
+            # the common case, one statement (insert, history, NOTIFY): atomic by itself
+            ids = [r[0] for r in rows]
+            try:
+                with self._conn() as cur:
+                    n = _scalar(cur.execute(self._sql.enqueue_notify,
+                                            [builtins.list(c) for c in zip(*rows)] + [ids, now]))
+                    if n != len(rows):
+                        dup = cur.execute(self._sql.existing_ids, (ids,)).fetchone()
+                        raise ValueError(f"a job with id {dup[0] if dup else '?'!r} "
+                                         "already exists")
+            except psycopg.errors.UniqueViolation as e:   # a concurrent enqueue of that id
+                raise ValueError(f"a job with that id already exists "
+                                 f"({e.diag.message_detail})") from None
+            return ids
         inserted: set[str] = set()
         with self._tx(durable) as cur:
             dup = cur.execute(self._sql.existing_ids, ([r[0] for r in rows],)).fetchone()
@@ -367,7 +389,7 @@ class PostgresQueue(QueueInterface):
             gen = listener.generation if listener is not None else 0
             now = self._now_ms()
             token = os.urandom(8).hex()
-            with self._tx() as cur:
+            with self._conn() as cur:
                 row = cur.execute(self._sql.claim(filters),
                                   {"now": now, "tok": token, "w": worker_id, **args}).fetchone()
             if row is not None:
@@ -377,7 +399,7 @@ class PostgresQueue(QueueInterface):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return None
-            with self._tx() as cur:
+            with self._conn() as cur:
                 due = _scalar(cur.execute(self._sql.next_due(filters), args))
             if due is not None:
                 remaining = min(remaining, max((due - now) / 1000.0, 0.001))
@@ -417,7 +439,7 @@ class PostgresQueue(QueueInterface):
         requested. StaleLeaseError if the token no longer holds the job."""
         job_id, tok = _job_id(job_id), _token_bytes(token).hex()
         self._check_open()
-        with self._tx() as cur:
+        with self._conn() as cur:
             row = cur.execute(self._sql.heartbeat,
                               {"now": self._now_ms(), "id": job_id, "tok": tok}).fetchone()
             if row is None:
@@ -441,7 +463,7 @@ class PostgresQueue(QueueInterface):
             message.encode("utf-8")
         note = f"{fraction:.0%}" + (f" {message}" if message else "")
         self._check_open()
-        with self._tx() as cur:
+        with self._conn() as cur:
             n = _scalar(cur.execute(self._sql.progress, {"now": self._now_ms(), "id": job_id,
                                                  "tok": tok, "f": float(fraction),
                                                  "m": message, "note": note}))
@@ -457,7 +479,7 @@ class PostgresQueue(QueueInterface):
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
                              f"{self._max_payload} (max_payload_bytes)")
         self._check_open()
-        with self._tx(durable) as cur:
+        with (self._conn() if durable else self._tx(False)) as cur:
             n = _scalar(cur.execute(self._sql.complete, {
                 "now": self._now_ms(), "id": job_id, "tok": tok,
                 "res": None if res is None else res.decode("utf-8")}))
@@ -631,7 +653,7 @@ class PostgresQueue(QueueInterface):
     def get(self, job_id: str) -> Job | None:
         job_id = _job_id(job_id)
         self._check_open()
-        with self._tx() as cur:
+        with self._conn() as cur:
             row = cur.execute(self._sql.get, (job_id,)).fetchone()
         return None if row is None else _job_from_row(row)
 
@@ -679,7 +701,7 @@ class PostgresQueue(QueueInterface):
     def history(self, job_id: str) -> builtins.list[Transition]:
         job_id = _job_id(job_id)
         self._check_open()
-        with self._tx() as cur:
+        with self._conn() as cur:
             rows = cur.execute(self._sql.history, (job_id,)).fetchall()
             if not rows and cur.execute(self._sql.status_of, (job_id,)).fetchone() is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
@@ -779,6 +801,17 @@ class _Statements:
                 SELECT seq, id, 'enqueue', %s, 1, NULL, 1, NULL FROM ins
             )
             SELECT id FROM ins"""
+        # the fast path (no unique keys): nothing is inserted, and no lsn drawn, when an id
+        # exists; the NOTIFY rides in the same statement
+        self.enqueue_notify = self.enqueue.replace(
+            "created_ms, scheduled_ms, due_ms, timeout_ms, lease_ms)\n            ), ins AS",
+            "created_ms, scheduled_ms, due_ms, timeout_ms, lease_ms)\n"
+            f"                WHERE NOT EXISTS (SELECT 1 FROM {j} WHERE id = ANY(%s::text[]))\n"
+            "            ), ins AS", 1).replace(
+            "SELECT id FROM ins", f"""SELECT count(*), (SELECT count(*) FROM (
+                    SELECT pg_notify({sql.Literal(S.channel_name(schema)).as_string(None)}, '')
+                    FROM (SELECT 1 FROM ins LIMIT 1) one) n) FROM ins""")
+        assert "NOT EXISTS" in self.enqueue_notify
         self.status_of = f"SELECT status FROM {j} WHERE id = %s"
         self.heartbeat = f"""
             UPDATE {j} SET hb_ms = %(now)s,
