@@ -304,3 +304,14 @@ def test_postgres_restarted_under_load(pg_server, pg_schema):
     assert not producer_errors, producer_errors[:3]
     assert after_restart > 0, "the producer did not go on after the restart"
     assert not lost and not unfinished and not twice, (lost[:5], unfinished[:5], list(twice)[:5])
+
+
+def test_an_operation_that_meets_the_closed_pool_raises_closed_error(pgq):
+    """close() closes the pool under operations still running in other threads: they end
+    with ClosedError (what the Worker stops on), not the pool's own exception."""
+    from aurora_log.errors import ClosedError
+    pgq._pool.close()                      # as close() does, while this call is on its way
+    with pytest.raises(ClosedError):
+        pgq.get("x")
+    with pytest.raises(ClosedError):
+        pgq.claim("w")

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from ..errors import ConnectionLostError
+from ..errors import ClosedError, ConnectionLostError
 
 __all__ = ["connect", "is_dsn", "lost", "make_pool"]
 
@@ -63,9 +63,12 @@ def redact(dsn: str) -> str:
 @contextlib.contextmanager
 def lost() -> Iterator[None]:
     """Turn a cut connection (OperationalError: server gone, admin shutdown, pool timeout)
-    into ConnectionLostError. The transaction it was in is rolled back by the server."""
+    into ConnectionLostError (the transaction it was in is rolled back by the server), and
+    a pool closed under a running operation into ClosedError."""
     try:
         yield
+    except PoolClosed:              # close() ran while this operation waited for a connection
+        raise ClosedError("the queue is closed") from None
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:
         raise ConnectionLostError(f"the PostgreSQL connection was lost: {str(e).strip()}") from e
     except PoolTimeout as e:
