@@ -364,6 +364,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--procs", default="1,4,8")
     ap.add_argument("--only", default=None, help="comma-separated systems")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per figure, the best kept (the disk is shared: fsync rates vary)")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
     procs_list = [int(x) for x in args.procs.split(",")]
@@ -377,25 +379,29 @@ def main(argv=None) -> int:
     notes = []
     try:
         names = args.only.split(",") if args.only else list(SYSTEMS)
-        for name in names:
+        for name in (n for n in names if n in SYSTEMS):
             system = SYSTEMS[name]()
             try:
                 row = {}
                 for wl in ["enqueue", "enqueue_many"] + [f"claim+complete {p}" for p in procs_list]:
-                    target = create_db(dsn, "bench_" + name.replace("-", "_"))
-                    system.setup(target)
-                    if wl.startswith("claim"):
-                        dt = claim_complete(system, target, args.jobs, int(wl.split()[1]))
-                    else:
-                        dt = getattr(system, wl)(target, args.jobs)
-                    row[wl] = args.jobs / dt
+                    best = 0.0
+                    for _ in range(args.repeat):
+                        target = create_db(dsn, "bench_" + name.replace("-", "_"))
+                        system.setup(target)
+                        if wl.startswith("claim"):
+                            dt = claim_complete(system, target, args.jobs, int(wl.split()[1]))
+                        else:
+                            dt = getattr(system, wl)(target, args.jobs)
+                        best = max(best, args.jobs / dt)
+                    row[wl] = best
                     print(f"  {name:<14} {wl:<20} {row[wl]:>9.0f} jobs/s", flush=True)
                 results[name] = row
             except ImportError as e:
                 notes.append(f"{name}: skipped, not installed ({e})")
                 print(f"  {name}: skipped, not installed ({e})", flush=True)
-        if not args.only or "aurora-local" in args.only:
-            results["aurora-local"] = local_figures(args.jobs, procs_list)
+        if "aurora-local" in names or not args.only:
+            local = [local_figures(args.jobs, procs_list) for _ in range(args.repeat)]
+            results["aurora-local"] = {k: max(r[k] for r in local) for k in local[0]}
     finally:
         if server is not None:
             server.destroy()
