@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from pgserver import pg_unavailable  # skip a PostgreSQL test, or fail it in CI
+
 
 @pytest.fixture
 def store_dir(tmp_path):
@@ -20,14 +22,6 @@ def _private_umask():
 
 
 # ------------------------------------------------------------------ PostgreSQL
-
-def pg_unavailable(why: str):
-    """Skip a test that needs PostgreSQL, with its reason; in CI (CI=true) fail instead:
-    a CI run whose server did not start must not pass by skipping."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL is required in CI but unavailable: {why}", pytrace=False)
-    pytest.skip(why)
-
 
 class _ExternalServer:
     """AURORA_TEST_PG_DSN: a server the tests use but do not own (no restart)."""

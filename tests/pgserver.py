@@ -17,6 +17,15 @@ import tempfile
 import time
 
 
+def pg_unavailable(why: str):
+    """Skip a test that needs PostgreSQL, with its reason; in CI (CI=true) fail instead:
+    a CI run whose server did not start must not pass by skipping."""
+    import pytest
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required in CI but unavailable: {why}", pytrace=False)
+    pytest.skip(why)
+
+
 class Unavailable(Exception):
     """No PostgreSQL server could be started; the message says why."""
 

@@ -563,3 +563,39 @@ def test_reaper_thread_reaps_in_the_background(opener, clock):
     assert q.get(jid).status is JobStatus.PENDING and q.get(jid).error == "lease expired"
 
 
+
+
+def test_durable_false_calls_are_applied(q):
+    jid = q.enqueue(job(), durable=False)
+    ids = q.enqueue_many([job(), job(unique_key="k")], durable=False)
+    j = q.claim("w")
+    q.complete(j.id, j.token, {"r": 1}, durable=False)
+    j2 = q.claim("w")
+    assert q.fail(j2.id, j2.token, "x", durable=False) is JobStatus.FAILED
+    q.flush()
+    assert q.get(jid).status is JobStatus.COMPLETED and q.get(ids[0]).status is JobStatus.FAILED
+    assert q.get(ids[1]).unique_key == "k"
+
+
+def test_concurrent_enqueues_of_one_unique_key_make_one_live_job(opener, backend):
+    q = opener()
+    # PostgreSQL: two queue objects, as two machines; a local store is one process's: share it
+    qs = [q, opener()] if backend == "postgres" else [q, q]
+    got, errors = [], []
+    barrier = threading.Barrier(8)
+
+    def enqueue(i):
+        try:
+            barrier.wait()
+            got.append(qs[i % 2].enqueue_many([job(unique_key="report"), job()])[0]
+                       if i % 3 == 0 else qs[i % 2].enqueue(job(unique_key="report")))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=enqueue, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(got)) == 1
+    assert [j.id for j in qs[0].list() if j.unique_key == "report"] == got[:1]
