@@ -3,7 +3,6 @@
 import os
 
 import pytest
-
 from pgserver import pg_unavailable  # skip a PostgreSQL test, or fail it in CI
 
 
