@@ -73,3 +73,19 @@ def test_in_ci_a_missing_server_fails_instead_of_skipping(monkeypatch):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         pg_unavailable("no server")
+
+
+def test_the_claim_walks_the_claim_index_in_order(pg_server, pg_schema):
+    """The claim's ORDER BY is the index's order: an index scan with no sort step."""
+    q = aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None)
+    try:
+        q.enqueue_many([aurora_log.Job("t", {"i": i}) for i in range(50)])
+        sql = q._sql.claim("")
+        with _connect(pg_server.dsn) as conn:
+            conn.execute("SET enable_seqscan = off")      # a 50-row table: make it choose
+            conn.execute(f"ANALYZE {pg_schema}.jobs")
+            plan = "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN " + sql, {"now": 1 << 50, "tok": "00" * 8, "w": "w"}).fetchall())
+    finally:
+        q.close()
+    assert "jobs_claim" in plan and "Sort" not in plan and "LockRows" in plan, plan
