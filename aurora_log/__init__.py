@@ -6,6 +6,7 @@
 from .errors import (
     AuroraLogError,
     ClosedError,
+    ConnectionLostError,
     CorruptionError,
     DurabilityError,
     InvalidStateError,
@@ -21,10 +22,11 @@ from .errors import (
 
 from typing import Any, cast
 
+from . import interface as _interface
+from .interface import QueueInterface, Transition
 from .job import Job, JobPriority, JobStatus
 from .local import queue as _local_queue
 from .local.queue import Queue
-from .local.state import Transition
 from .local.verify import VerifyReport, verify
 from .runtime import isolation as _isolation
 from .runtime import tasks as _tasks
@@ -36,21 +38,27 @@ __version__ = "0.1.0"
 # This module is the composition root: the one place the layers are wired together.
 # ``q.task`` / ``q.register_handler`` on the engine's Queue forward to the task layer,
 # which sits above the engine; the engine does not import it, it is handed it here.
-_local_queue.bind_task_layer(_tasks)
+_interface.bind_task_layer(_tasks)
 
 
-def open(path: Any, **options: Any) -> Queue:  # noqa: A001 - the documented entry point
-    """Open (or create) the queue stored in directory ``path``. See :class:`Queue`.
+def open(path: Any, **options: Any) -> QueueInterface:  # noqa: A001 - the documented entry point
+    """Open (or create) the queue stored in directory ``path`` (a :class:`Queue`), or, for a
+    ``postgresql://`` DSN, the queue in that database (an
+    :class:`aurora_log.postgres.PostgresQueue`; options such as ``schema="aurora"``).
 
     Inside a process-isolation child (runtime/isolation.py) the store belongs to the worker
     process, so this returns a queue that only registers handlers (``@q.task``,
     ``q.register_handler``): the user's module imports there as it does everywhere."""
     if _isolation.in_handler_child():
-        return cast(Queue, _isolation.HandlerOnlyQueue(path, **options))
+        return cast(QueueInterface, _isolation.HandlerOnlyQueue(path, **options))
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresQueue     # only here: a local store never imports psycopg
+        return PostgresQueue(path, **options)
     return _local_queue.open(path, **options)
 
 __all__ = [
-    "AuroraLogError", "ClosedError", "CorruptionError", "DurabilityError", "InvalidStateError",
+    "AuroraLogError", "ClosedError", "ConnectionLostError", "CorruptionError", "DurabilityError",
+    "InvalidStateError", "QueueInterface",
     "JobNotFoundError", "LockedError", "ReadOnlyError", "StaleLeaseError",
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",

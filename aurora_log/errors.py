@@ -68,6 +68,14 @@ class ReadOnlyError(AuroraLogError):
     """A write was attempted on a store opened read_only (or as_of a past moment)."""
 
 
+class ConnectionLostError(AuroraLogError):
+    """A database-backed queue lost its connection (or the server went away) during an
+    operation. The operation's transaction was rolled back, so nothing of it was applied,
+    unless the cut came while the server was committing, in which case it may have been
+    applied in full (never in part): a retried complete/fail then raises StaleLeaseError,
+    a retried enqueue of the same job id raises ValueError. The next call reconnects."""
+
+
 class RecordError(CorruptionError):
     """A record payload that does not decode (wrong length, unknown version or type,
     invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
@@ -118,3 +126,11 @@ class CliError(AuroraLogError):
     def __init__(self, message: str, code: int = 1):
         self.code = code
         super().__init__(message)
+
+
+class CsrfError(AuroraLogError):
+    """A dashboard POST without a valid CSRF token (or from another origin)."""
+
+
+class ActionsLockedError(LockedError):
+    """A dashboard action needs the store's lock, which another process (a worker) holds."""

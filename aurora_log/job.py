@@ -54,12 +54,15 @@ from collections.abc import Iterable, Mapping
 __all__ = [
     "Job", "JobPriority", "JobStatus", "STATUS_CODES", "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT_SECONDS", "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP",
-    "MAX_NAME_CHARS",
+    "MAX_NAME_CHARS", "MAX_DUE_MS",
     "encode_payload", "encode_json", "decode_json", "to_ms", "from_ms", "now_ms",
     "check_name", "check_text", "new_id",
 ]
 
 DEFAULT_MAX_RETRIES = 3
+# the latest due time a job may have (year ~6429): the local engine's claim-order keys hold it
+# in 47 bits, and every backend keeps the same limit so a job moves between them unchanged
+MAX_DUE_MS = (1 << 47) - 1
 DEFAULT_TIMEOUT_SECONDS = 300
 DEFAULT_LEASE_SECONDS = 30
 DEFAULT_RETRY_BASE = 5.0

@@ -5,7 +5,8 @@ the job list answer in under 100 ms).
     AURORA_BENCH_DASHBOARD_JOBS=200000 python -m pytest bench/test_bench_dashboard.py -s
 
 The store is built with enqueue_many in batches of 10,000 (durability "os"), then 22,000
-jobs are run: about 20,000 complete and 2,000 dead-letter (the first of the table). Requests go through
+jobs are run: about 20,000 complete and 2,000 dead-letter (the first of the table). Requests go
+through
 Starlette's TestClient (in-process ASGI, no sockets): the figures are the dashboard's own
 work plus the client's small overhead. The job list is measured on its first page, on a
 page 900,000 jobs deep (keyset cursor), filtered to dead-lettered jobs, and filtered to a
@@ -25,11 +26,11 @@ import pytest
 pytest.importorskip("starlette")
 warnings.filterwarnings("ignore", message="Using `httpx`")
 
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient  # noqa: E402 - after the warnings filter it needs
 
-import aurora_log
-from aurora_log import Job
-from aurora_log.dashboard import app
+import aurora_log  # noqa: E402 - after the warnings filter it needs
+from aurora_log import Job  # noqa: E402 - after the warnings filter it needs
+from aurora_log.dashboard import app  # noqa: E402 - after the warnings filter it needs
 
 N = int(os.environ.get("AURORA_BENCH_DASHBOARD_JOBS", "1000000"))
 TARGET_SECONDS = 0.100

@@ -19,13 +19,13 @@ import warnings
 
 warnings.filterwarnings("ignore", message="Using `httpx`")
 
-from dashboard_store import XSS, fill
-from starlette.testclient import TestClient
+from dashboard_store import XSS, fill  # noqa: E402 - after the warnings filter it needs
+from starlette.testclient import TestClient  # noqa: E402 - after the warnings filter it needs
 
-import aurora_log
-from aurora_log import Job, JobStatus
-from aurora_log.dashboard import app, directory_app
-from aurora_log.tools.dashboard import reads
+import aurora_log  # noqa: E402 - after the warnings filter it needs
+from aurora_log import Job, JobStatus  # noqa: E402 - after the warnings filter it needs
+from aurora_log.dashboard import app, directory_app  # noqa: E402 - after the warnings filter it needs
+from aurora_log.tools.dashboard import reads  # noqa: E402 - after the warnings filter it needs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx`:DeprecationWarning")
 
@@ -127,7 +127,10 @@ def test_job_list_filters(store):
         by_queue = c.get("/jobs", params={"queue": "mail"}).text
         by_type = c.get("/jobs", params={"type": "flaky"}).text
         bad = c.get("/jobs", params={"status": "nope"})
-    listed = lambda html: set(re.findall(r'class="job-link">([^<]+)<', html))
+
+    def listed(html):
+        return set(re.findall(r'class="job-link">([^<]+)<', html))
+
     assert listed(by_status) == {ids[f"pending{n}"] for n in range(5)}
     assert listed(by_queue) == {ids[f"pending{n}"] for n in range(5)}
     assert listed(by_type) == {ids["retry"]}

@@ -97,7 +97,7 @@ def server(tmp_path, chromium_path, playwright_api):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise AssertionError(f"dashboard did not start: {proc.stdout.read()}")
+                raise AssertionError(f"dashboard did not start: {proc.stdout.read()}") from None
             time.sleep(0.1)
     try:
         yield base, store, ids

@@ -13,13 +13,13 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("starlette")
 warnings.filterwarnings("ignore", message="Using `httpx`")
 
-from dashboard_store import fill
-from prometheus_client.parser import text_string_to_metric_families
-from starlette.testclient import TestClient
+from dashboard_store import fill  # noqa: E402 - after the warnings filter it needs
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402 - after the warnings filter it needs
+from starlette.testclient import TestClient  # noqa: E402 - after the warnings filter it needs
 
-import aurora_log
-from aurora_log import Job, Worker
-from aurora_log.dashboard import app
+import aurora_log  # noqa: E402 - after the warnings filter it needs
+from aurora_log import Job, Worker  # noqa: E402 - after the warnings filter it needs
+from aurora_log.dashboard import app  # noqa: E402 - after the warnings filter it needs
 
 
 def samples(text: str) -> dict:

@@ -34,6 +34,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from ..job import MAX_DUE_MS
 from .table import (AT, F_SCHED, FLAGS, LSN, PAIR, PRIO, SCHEDULED, WAITING, LazyJobs, Rec,
                     blob_of, unpack_head)
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClaimOrder", "Run", "claim_key", "timer_key", "MAX_DUE_MS"]
 
-MAX_DUE_MS = (1 << 47) - 1             # year ~6429; keeps keys inside their bit fields
 SEQ_MASK = (1 << 64) - 1
 
 Entry = tuple[int, str]                # (key, job id)

@@ -38,19 +38,18 @@ from typing import Any
 from . import records as R
 from .locks import YieldingLock
 from ..errors import ClosedError, ReadOnlyError
+from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
+                         check_job_id, check_names, token_bytes)
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
-                  MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
+                  MAX_DUE_MS, MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
                   check_retries, check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
-from .order import MAX_DUE_MS
 from .table import FINISHED
 from .replay import replay
-from .state import State, Transition
+from .state import State
 
 __all__ = ["Queue", "open"]
 
-MAX_ERROR_CHARS = 64 * 1024
-MAX_MESSAGE_CHARS = 4096
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
 _new_tuple = tuple.__new__
@@ -67,65 +66,15 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
-# The task layer (runtime/tasks.py: task(q, ...), register_handler(q, ...)) behind
-# Queue.task / Queue.register_handler. It sits above the engine, so the engine does not
-# import it: the composition root, aurora_log/__init__.py, hands it over at import time.
-_task_layer: Any = None
-
-
-def bind_task_layer(layer: Any) -> None:
-    """Make ``Queue.task`` / ``Queue.register_handler`` forward to ``layer``'s
-    ``task(q, name, **options)`` / ``register_handler(q, job_type, fn, context=)``."""
-    global _task_layer
-    _task_layer = layer
-
-
-def _bound_task_layer() -> Any:
-    if _task_layer is None:     # only while aurora_log/__init__.py itself is importing
-        raise RuntimeError("no task layer bound: import aurora_log first")
-    return _task_layer
-
 
 def open(path, **options) -> Queue:  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
 
 
-def _names(value, what: str) -> frozenset | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = (value,)
-    try:
-        items = frozenset(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a str or an iterable of str") from None
-    for v in items:
-        check_name(v, what)
-    if not items:
-        raise ValueError(f"{what} must not be empty (use None for all)")
-    return items
 
 
-def _token_bytes(token: Any) -> bytes:
-    if not isinstance(token, str):
-        raise TypeError(f"token must be the str from job.token, not {type(token).__name__}")
-    try:
-        b = bytes.fromhex(token)
-    except ValueError:
-        b = b""
-    if len(b) != 8:
-        raise ValueError(f"malformed attempt token {token!r}")
-    return b
-
-
-def _job_id(job_id: Any) -> str:
-    if not isinstance(job_id, str):
-        raise TypeError(f"job id must be a str, not {type(job_id).__name__}")
-    return job_id
-
-
-class Queue:
+class Queue(QueueInterface):
     """A durable job queue stored in one directory.
 
     Compaction options (see aurora_log.snapshot): ``auto_compact`` (background snapshots
@@ -239,19 +188,6 @@ class Queue:
             self._log.sync(self._log.next_lsn - 1)
         return len(recs)
 
-    # ------------------------------------------------------------------ handlers
-    # The registry lives in runtime/tasks.py (a layer above); these are the documented
-    # spellings ``@q.task(...)`` and ``q.register_handler(...)``, forwarded to the task layer
-    # that aurora_log/__init__.py binds (bind_task_layer). The engine never runs handlers.
-
-    def task(self, name=None, **options):
-        """Decorator registering a task handler; see :func:`aurora_log.runtime.tasks.task`."""
-        return _bound_task_layer().task(self, name, **options)
-
-    def register_handler(self, job_type: str, fn, *, context: bool = False):
-        """Seed style ``fn(job)`` handler for ``job_type``; see
-        :func:`aurora_log.runtime.tasks.register_handler`."""
-        return _bound_task_layer().register_handler(self, job_type, fn, context=context)
 
     def close(self) -> None:
         """Stop the reaper, wake blocked claims (they return None), flush and close the log.
@@ -480,8 +416,8 @@ class Queue:
         its process ends in dead-letter instead of looping. A power cut may lose the
         claim, which only means the job runs again, uncounted."""
         check_text(worker_id, "worker_id", MAX_NAME_CHARS)
-        types = _names(job_types, "job_types")
-        qs = _names(queues, "queues")
+        types = check_names(job_types, "job_types")
+        qs = check_names(queues, "queues")
         end = None
         if wait is not None:
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
@@ -535,7 +471,7 @@ class Queue:
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
         requested. StaleLeaseError if the token no longer holds the job."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         with self._lock:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
@@ -553,7 +489,7 @@ class Queue:
                  message: str | None = None) -> None:
         """Report progress (0.0..1.0, optional message); counts as a heartbeat for
         last_heartbeat but does not extend the lease."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
         if not 0.0 <= fraction <= 1.0:
@@ -573,7 +509,7 @@ class Queue:
     def complete(self, job_id: str, token: str, result: Any = None, *,
                  durable: bool = True) -> None:
         """Mark the attempt's job COMPLETED with an optional JSON ``result``."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         res = None if result is None else encode_json(result, "result")
         if res is not None and len(res) > self._max_payload:
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
@@ -588,7 +524,7 @@ class Queue:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
         DEAD_LETTER (retries spent) or CANCELLED (a cancel had been requested). Errors over
         64 KiB are truncated."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         if not isinstance(error, str):
             raise TypeError(f"error must be a str, not {type(error).__name__}")
         if len(error) > MAX_ERROR_CHARS:
@@ -612,7 +548,7 @@ class Queue:
         cancel had been requested. StaleLeaseError if the token no longer holds the
         job's lease. Durable when it returns (a crash after it does not charge the
         attempt as "process died")."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         with self._lock:
             self._check_open()
             rec = self._state.plan_release(job_id, tok, self._now_ms())
@@ -628,7 +564,7 @@ class Queue:
         running job, request cancellation (its next heartbeat returns True; a fail or an
         expired lease then ends it CANCELLED) and return RUNNING. InvalidStateError for a
         finished job."""
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open()
             rec = self._state.plan_cancel(job_id, self._now_ms())
@@ -640,7 +576,7 @@ class Queue:
 
     def retry_dead(self, job_id: str) -> None:
         """Re-drive a dead-lettered job: PENDING now, retry_count reset to 0."""
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open()
             rec = self._state.plan_retry_dead(job_id, self._now_ms())
@@ -730,7 +666,7 @@ class Queue:
     # ------------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> Job | None:
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open(write=False)
             return self._state.get(job_id)
@@ -756,7 +692,7 @@ class Queue:
             return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open(write=False)
             return self._state.history(job_id)

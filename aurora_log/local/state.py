@@ -36,14 +36,14 @@ from __future__ import annotations
 import builtins
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from . import records as R
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import (Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
+from ..job import (MAX_DUE_MS, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
                    unfilled_job)
-from .order import MAX_DUE_MS, ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
+from ..interface import Transition
+from .order import ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
 from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
                     FLAGS, HEAD_SIZE, LEASE_MS, LIVE, LSN, MAX_RETRIES, PAIR, PENDING, PRIO,
                     RUNNING, SCHEDULED, TIMEOUT_MS, UKEY_LEN, WAITING, LazyJobs, Rec,
@@ -65,15 +65,6 @@ TouchedJob = tuple[str, bytes, list[Any]]
 Segments = list[tuple[int, int]]
 
 
-class Transition(NamedTuple):
-    """One entry of ``history(id)``."""
-    lsn: int
-    kind: str                  # "enqueue", "claim", "heartbeat", "fail", "reap", ...
-    at: datetime
-    status: JobStatus          # the job's status after this transition
-    worker: str | None         # the worker of the attempt, if any
-    attempt: int               # 1 = first run, 2 = first retry, ...
-    error: str | None          # the error, reap reason or note
 
 
 class State:

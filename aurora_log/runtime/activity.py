@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -69,7 +70,7 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
 class ActivityTracker:
     """Folds the log's records into per-minute counts, samples and totals."""
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.next_lsn = 1

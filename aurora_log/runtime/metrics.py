@@ -23,7 +23,9 @@ This module needs prometheus_client only (no web framework): the worker uses it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -44,9 +46,11 @@ __all__ = ["CONTENT_TYPE", "QueueCollector", "make_registry", "render", "serve_m
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _cumulative(bounds, counts) -> list[tuple[str, float]]:
-    out, acc = [], 0
-    for bound, n in zip(list(bounds) + [float("inf")], counts):
+def _cumulative(bounds: Iterable[float], counts: Iterable[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    acc = 0
+    # one count per bound, then the +Inf bucket's
+    for bound, n in zip([*bounds, float("inf")], counts, strict=True):
         acc += n
         out.append(("+Inf" if bound == float("inf") else repr(float(bound)), acc))
     return out
@@ -105,7 +109,8 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def serve_metrics(queue: Any, port: int, host: str = "127.0.0.1"):
+def serve_metrics(queue: Any, port: int,
+                  host: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
     """Serve ``queue``'s metrics on http://host:port/metrics from a daemon thread (the
     worker's ``metrics_port``). Returns (server, thread); ``server.shutdown()`` stops it."""
     registry = make_registry(lambda: queue, ActivityTracker())

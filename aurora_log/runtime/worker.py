@@ -125,7 +125,7 @@ class Worker:
         self.on_done = on_done
         self.metrics_port = metrics_port
         self.metrics_address: tuple[str, int] | None = None   # where /metrics is served
-        self._metrics_server = None
+        self._metrics_server: Any = None           # a wsgiref server while metrics are served
 
         self._signals = 0                 # bumped by signal handlers, read by run()
         self._stopping = threading.Event()
@@ -155,8 +155,10 @@ class Worker:
         if self.metrics_port is not None:
             # imported here: a worker without metrics never needs prometheus_client
             from .metrics import serve_metrics
-            self._metrics_server, _ = serve_metrics(self.queue, self.metrics_port)
-            self.metrics_address = self._metrics_server.server_address[:2]
+            server, _ = serve_metrics(self.queue, self.metrics_port)
+            self._metrics_server = server
+            host, port = server.server_address[:2]
+            self.metrics_address = (str(host), int(port))
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
         self._monitor = threading.Thread(target=self._monitor_loop, name="aurora-log-monitor",
                                          daemon=True)

@@ -10,6 +10,13 @@
     aurora-log verify ./jobs ; aurora-log compact ./jobs
     aurora-log dump ./jobs > records.jsonl
     aurora-log dashboard ./jobs --port 8600      # the web UI (needs the dashboard extra)
+    aurora-log migrate postgresql://app@db/app --schema aurora
+    aurora-log stats postgresql://app@db/app --schema aurora
+    aurora-log copy ./jobs postgresql://app@db/app --dst-schema aurora
+
+Wherever a command takes DIR it also takes a PostgreSQL DSN (postgresql://...), with
+``--schema`` naming the schema (default aurora_log). dump, verify and compact are about a
+local store's files and refuse a DSN.
 
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
@@ -138,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name, help_text, fn, *, needs_dir=True):
         sp = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if needs_dir:
-            sp.add_argument("dir", metavar="DIR", help="the store directory")
+            sp.add_argument("dir", metavar="DIR",
+                            help="the store directory, or a postgresql:// DSN")
+            _add(sp, "--schema", default="aurora_log",
+                 help="the PostgreSQL schema when DIR is a DSN (default aurora_log)")
         sp.set_defaults(func=fn)
         return sp
 
@@ -214,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
         _add(sp, "--json", action="store_true", help="print JSON")
     if _compaction_api("compact"):
         sp = cmd("compact", "write a snapshot and retire old segments", cmd_compact)
+
+    sp = cmd("migrate", "create or upgrade the queue's tables in a PostgreSQL schema",
+             cmd_migrate, needs_dir=False)
+    sp.add_argument("dsn", metavar="DSN", help="postgresql://user@host/db")
+    _add(sp, "--schema", default="aurora_log", help="the schema (default aurora_log)")
+
+    sp = cmd("copy", "copy live jobs with their history between stores (a directory or a "
+             "postgresql:// DSN each)", cmd_copy, needs_dir=False)
+    sp.add_argument("src", metavar="SRC", help="the source: a store directory or a DSN")
+    sp.add_argument("dst", metavar="DST", help="the destination: a store directory or a DSN")
+    _add(sp, "--src-schema", default="aurora_log", help="the source's schema (a DSN)")
+    _add(sp, "--dst-schema", default="aurora_log", help="the destination's schema (a DSN)")
+    _add(sp, "--include-finished", action="store_true",
+         help="also copy completed, dead-lettered and cancelled jobs")
     return p
 
 
@@ -253,11 +277,39 @@ def _configure_logging(args) -> None:
         logging.getLogger("aurora_log.worker").setLevel(logging.INFO)
 
 
-def _open_store(directory: str, *, write: bool = False):
+def _is_dsn(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def _open_pg(dsn: str, schema: str, *, create: bool = False):
+    """A PostgreSQL queue for a one-shot command (no reaper). The schema must have been
+    migrated (``aurora-log migrate``) unless ``create``."""
+    try:
+        from ..postgres import PostgresQueue
+    except ImportError as exc:
+        raise CliError(f"a DSN needs the PostgreSQL extra: pip install 'aurora-log[postgres]' "
+                       f"({exc})") from None
+    try:
+        return PostgresQueue(dsn, schema=schema, reaper_interval=None, migrate=create,
+                             pool_size=2, connect_timeout=10.0)
+    except InvalidStateError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _local_only(target: str, what: str) -> None:
+    if _is_dsn(target):
+        raise CliError(f"{what} works on a local store's files; {target.split('@')[-1]} "
+                       "is a PostgreSQL DSN")
+
+
+def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
     """Open an existing store for a one-shot command. Reading commands open it read_only:
     that takes no lock, so they work beside a running worker (and see what it has written);
-    writing commands take the lock and fail with exit status 3 while a worker holds it."""
+    writing commands take the lock and fail with exit status 3 while a worker holds it.
+    A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
+    if _is_dsn(directory):
+        return _open_pg(directory, schema)
     path = Path(directory)
     if not path.exists():
         raise CliError(f"no store at {directory}: no such directory")
@@ -441,6 +493,10 @@ def cmd_enqueue(args) -> int:
                         delay=args.delay, unique_key=args.unique_key)
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    if _is_dsn(args.dir):
+        with _open_pg(args.dir, args.schema, create=True) as q:
+            _out(q.enqueue(job))
+        return 0
     path = Path(args.dir)
     if path.exists() and not path.is_dir():
         raise CliError(f"{args.dir} is not a directory")
@@ -457,7 +513,7 @@ def cmd_enqueue(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         stats = q.stats()
     if args.json:
         _out(_dumps(stats))
@@ -522,7 +578,7 @@ def cmd_jobs(args) -> int:
         except ValueError:
             raise CliError(f"unknown status {args.status!r} (pending, running, completed, "
                            "failed, dead_letter, cancelled)") from None
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         jobs = q.list(status=status, queue=args.queue, job_type=args.job_type, limit=args.limit)
     if args.json:
         for job in jobs:
@@ -544,7 +600,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         job = _get_job(q, args.job_id)
     data = job.to_dict() if hasattr(job, "to_dict") else _jsonable(job)
     if args.json:
@@ -559,7 +615,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_history(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         _get_job(q, args.job_id)
         transitions = q.history(args.job_id)
     if args.json:
@@ -585,7 +641,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         _get_job(q, args.job_id)
         q.retry_dead(args.job_id)
     _out(f"{args.job_id}: back to pending")
@@ -593,7 +649,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         _get_job(q, args.job_id)
         status = q.cancel(args.job_id)
     if _status(status) == "running":
@@ -623,6 +679,7 @@ def cmd_dashboard(args) -> int:
 def cmd_dump(args) -> int:
     from ..local import records
     from ..local.log import Log
+    _local_only(args.dir, "dump")
     path = Path(args.dir)
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
@@ -656,7 +713,7 @@ def cmd_dump(args) -> int:
 
 
 def cmd_purge(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         n = q.purge(status=args.status, older_than=args.older_than)
     _out(f"purged {n} job(s)")
     return 0
@@ -665,6 +722,7 @@ def cmd_purge(args) -> int:
 def cmd_verify(args) -> int:
     """Read-only (no lock): works beside a running worker. Exit 1 when a problem is found."""
     verify = _compaction_api("verify")
+    _local_only(args.dir, "verify")
     path = Path(args.dir)
     if not path.is_dir():
         raise CliError(f"no store at {args.dir}: no such directory")
@@ -680,7 +738,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    _local_only(args.dir, "compact")
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         update, done = _progress_bar(None, "compact")
         try:
             report = q.compact(on_progress=lambda n, total: update(n, total))
@@ -688,6 +747,58 @@ def cmd_compact(args) -> int:
             done()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    if not _is_dsn(args.dsn):
+        raise CliError(f"migrate takes a postgresql:// DSN, not {args.dsn!r}", EXIT_USAGE)
+    try:
+        from ..postgres import schema as pg_schema
+        from ..postgres.connection import connect
+    except ImportError as exc:
+        raise CliError(f"migrate needs the PostgreSQL extra: pip install "
+                       f"'aurora-log[postgres]' ({exc})") from None
+    pg_schema.check_schema_name(args.schema)
+    with connect(args.dsn) as conn:
+        applied = pg_schema.migrate(conn, args.schema)
+    if applied:
+        _out(f"schema {args.schema}: applied migration(s) {', '.join(map(str, applied))}; "
+             f"now at version {pg_schema.LATEST_VERSION}")
+    else:
+        _out(f"schema {args.schema}: already at version {pg_schema.LATEST_VERSION}")
+    return 0
+
+
+def _open_for_copy(target: str, schema: str, *, source: bool):
+    import aurora_log
+    if _is_dsn(target):
+        return _open_pg(target, schema, create=not source)
+    if source:
+        return _open_store(target)
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{target} is not a directory")
+    try:
+        return aurora_log.open(path, reaper_interval=None)
+    except LockedError:
+        raise CliError(f"store {target} is in use by another process (a running worker?); "
+                       "stop it first", EXIT_LOCKED) from None
+
+
+def cmd_copy(args) -> int:
+    from .transfer import copy_jobs
+    if args.src == args.dst and (not _is_dsn(args.src) or args.src_schema == args.dst_schema):
+        raise CliError("SRC and DST are the same store", EXIT_USAGE)
+    with _open_for_copy(args.src, args.src_schema, source=True) as src, \
+            _open_for_copy(args.dst, args.dst_schema, source=False) as dst:
+        update, done = _progress_bar(None, "copy")
+        try:
+            report = copy_jobs(src, dst, include_finished=args.include_finished,
+                               on_progress=update)
+        finally:
+            done()
+    _out(str(report))
     return 0
 
 

@@ -57,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 NATIVE = os.path.join(ROOT, "native")
 sys.path.insert(0, os.path.dirname(HERE))
-import floors
+import floors  # noqa: E402 - after the sys.path entry it needs
 
 RECORD = 100
 FILE_BYTES = 64 << 20        # preallocated log file (shm: never wraps in a short run)
@@ -590,9 +590,9 @@ def fold_cost(work: str, jobs: int = 3000) -> dict:
     try:
         q = aurora_log.open(d, durability="os", reaper_interval=None, auto_compact=False)
         payload = {"user": 12345, "email": "someone@example.com", "kind": "welcome"}
-        for i in range(jobs):
+        for _ in range(jobs):
             q.enqueue(aurora_log.Job("send_email", payload), durable=False)
-        for i in range(jobs):
+        for _ in range(jobs):
             j = q.claim("w1")
             assert j is not None and j.token is not None
             q.complete(j.id, j.token, {"ok": True}, durable=False)

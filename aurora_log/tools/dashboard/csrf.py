@@ -14,14 +14,12 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
+from aurora_log.errors import CsrfError
+
 __all__ = ["COOKIE", "FIELD", "CsrfError", "check", "set_cookie", "token_for"]
 
 COOKIE = "aurora_csrf"
 FIELD = "csrf"
-
-
-class CsrfError(Exception):
-    """A POST without a valid CSRF token (or from another origin)."""
 
 
 def token_for(request: Request) -> tuple[str, bool]:

@@ -23,13 +23,9 @@ from . import csrf, reads
 from .source import ActionsLockedError
 from .state import Dashboard
 
-__all__ = ["ActionRefused", "Pages"]
+__all__ = ["Pages"]
 
 TEMPLATES = Path(__file__).with_name("templates")
-
-
-class ActionRefused(Exception):
-    """An action this dashboard does not allow (started without --allow-actions)."""
 
 
 def _fmt_time(value: datetime | None) -> str:

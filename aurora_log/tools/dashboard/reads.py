@@ -108,7 +108,8 @@ def _pairs_matching(state: Any, flt: JobFilter) -> set[int] | None:
     if flt.queue is None and flt.job_type is None:
         return None
     return {i for i, (q, t) in enumerate(state.pairs)
-            if (flt.queue is None or q == flt.queue) and (flt.job_type is None or t == flt.job_type)}
+            if (flt.queue is None or q == flt.queue)
+            and (flt.job_type is None or t == flt.job_type)}
 
 
 def _matches(items: Iterator, code: int | None, pairs: set[int] | None) -> Iterator[tuple]:

@@ -24,14 +24,11 @@ from typing import Any, TypeVar
 
 import aurora_log
 from aurora_log import LockedError, ReadOnlyError
+from aurora_log.errors import ActionsLockedError
 
 __all__ = ["ActionsLockedError", "DirectorySource", "QueueSource", "StoreSource"]
 
 T = TypeVar("T")
-
-
-class ActionsLockedError(LockedError):
-    """An action needs the store's lock, which another process (a worker) holds."""
 
 
 class StoreSource:
