@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench compare soak clean
+.PHONY: venv demo test test-all lint bench compare soak clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check aurora_log tests bench examples
+	$(BIN)/mypy
 
 test-all: venv
 	$(BIN)/python -m pytest -q

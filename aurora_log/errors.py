@@ -68,6 +68,24 @@ class ReadOnlyError(AuroraLogError):
     """A write was attempted on a store opened read_only (or as_of a past moment)."""
 
 
+class ConnectionLostError(AuroraLogError):
+    """A database-backed queue lost its connection (or the server went away) during an
+    operation. The operation's transaction was rolled back, so nothing of it was applied,
+    unless the cut came while the server was committing, in which case it may have been
+    applied in full (never in part): a retried complete/fail then raises StaleLeaseError,
+    a retried enqueue of the same job id raises ValueError. The next call reconnects."""
+
+
+class RecordError(CorruptionError):
+    """A record payload that does not decode (wrong length, unknown version or type,
+    invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
+
+
+class CursorGoneError(AuroraLogError):
+    """A log follower's cursor LSN is older than the oldest stored record (its segment was
+    retired by compaction): the records in between cannot be delivered."""
+
+
 class DependencyError(AuroraLogError, ValueError):
     """A job's dependencies cannot be accepted (raised by enqueue before anything is
     written). A ValueError too: it is bad input."""
@@ -88,3 +106,58 @@ class DependencyCycleError(DependencyError):
     def __init__(self, cycle: list[str]):
         self.cycle = cycle
         super().__init__("dependency cycle: " + " -> ".join(cycle))
+
+
+# ------------------------------------------------------------------------------- runtime
+
+class JobCancelled(AuroraLogError):
+    """Raised by ``ctx.check()`` once the running job should stop. ``reason`` is
+    "cancelled" (q.cancel), "timeout", "shutdown" or "lost" (the lease is gone)."""
+
+    def __init__(self, reason: str = "cancelled"):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class JobTimeout(JobCancelled):
+    """The job ran past its timeout_seconds."""
+
+    def __init__(self, reason: str = "timeout"):
+        super().__init__(reason)
+
+
+class TaskFailed(AuroraLogError):
+    """``handle.result()`` of a job that ended in the dead-letter queue. ``.error`` holds the
+    last error the handler raised (or "timeout", "no handler registered for 'x'", ...)."""
+
+    def __init__(self, job_id: str, error: str | None):
+        self.job_id = job_id
+        self.error = error
+        super().__init__(f"job {job_id} failed: {error}")
+
+
+class TaskCancelled(AuroraLogError):
+    """``handle.result()`` of a job that was cancelled."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was cancelled")
+
+
+# --------------------------------------------------------------------------------- tools
+
+class CliError(AuroraLogError):
+    """A command-line failure the ``aurora-log`` tool reports as one line, exiting with
+    status ``code`` (1 by default; 2 for a usage error)."""
+
+    def __init__(self, message: str, code: int = 1):
+        self.code = code
+        super().__init__(message)
+
+
+class CsrfError(AuroraLogError):
+    """A dashboard POST without a valid CSRF token (or from another origin)."""
+
+
+class ActionsLockedError(LockedError):
+    """A dashboard action needs the store's lock, which another process (a worker) holds."""

@@ -47,17 +47,22 @@ import math
 import os
 import random
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from datetime import datetime, timedelta, UTC
+from typing import Any, Literal, NamedTuple, NoReturn, overload
+from collections.abc import Iterable, Mapping
 
 __all__ = [
-    "Job", "JobPriority", "JobStatus", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT_SECONDS",
-    "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP", "MAX_NAME_CHARS",
+    "Job", "JobPriority", "JobStatus", "STATUS_CODES", "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT_SECONDS", "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP",
+    "MAX_NAME_CHARS", "MAX_DUE_MS",
     "encode_payload", "encode_json", "decode_json", "to_ms", "from_ms", "now_ms",
     "check_name", "check_text", "new_id",
 ]
 
 DEFAULT_MAX_RETRIES = 3
+# the latest due time a job may have (year ~6429): the local engine's claim-order keys hold it
+# in 47 bits, and every backend keeps the same limit so a job moves between them unchanged
+MAX_DUE_MS = (1 << 47) - 1
 DEFAULT_TIMEOUT_SECONDS = 300
 DEFAULT_LEASE_SECONDS = 30
 DEFAULT_RETRY_BASE = 5.0
@@ -67,7 +72,7 @@ MAX_UNIQUE_KEY_CHARS = 1024
 MAX_RETRIES_LIMIT = 2**32 - 1  # the seed's u32
 MAX_SECONDS = 4_294_967  # ~49.7 days: leases/timeouts are kept as u32 milliseconds in memory
 
-UTC = timezone.utc
+UTC = UTC
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -80,7 +85,7 @@ class JobPriority(enum.IntEnum):
     CRITICAL = 4
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(str, enum.Enum):  # noqa: UP042 - StrEnum would be a (tiny) API change
     """A job's lifecycle state. ``FAILED`` means "failed, a retry is pending" (the job carries
     ``error`` and ``retry_count``); ``DEAD_LETTER`` means retries are spent (carries ``error``);
     ``CANCELLED`` is our addition."""
@@ -99,7 +104,7 @@ class JobStatus(str, enum.Enum):
         return _STATUS_CODE[self]
 
     @classmethod
-    def from_code(cls, code: int) -> "JobStatus":
+    def from_code(cls, code: int) -> JobStatus:
         return _CODE_STATUS[code]
 
     @property
@@ -107,9 +112,21 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
 
 
-# Small integer codes used inside records and the state (stable: they are on disk).
-_STATUS_CODE = {JobStatus.PENDING: 1, JobStatus.RUNNING: 2, JobStatus.COMPLETED: 3,
-                JobStatus.FAILED: 4, JobStatus.DEAD_LETTER: 5, JobStatus.CANCELLED: 6}
+class StatusCodes(NamedTuple):
+    """The small integer code of each JobStatus, as records and the state's fold store it
+    (stable: they are on disk). Written here and nowhere else: the engine's hot paths
+    compare plain ints, so they unpack ``STATUS_CODES`` (field order = JobStatus order)
+    instead of repeating the numbers."""
+    PENDING: int = 1
+    RUNNING: int = 2
+    COMPLETED: int = 3
+    FAILED: int = 4
+    DEAD_LETTER: int = 5
+    CANCELLED: int = 6
+
+
+STATUS_CODES = StatusCodes()
+_STATUS_CODE: dict[JobStatus, int] = {s: getattr(STATUS_CODES, s.name) for s in JobStatus}
 _CODE_STATUS = {v: k for k, v in _STATUS_CODE.items()}
 
 
@@ -176,7 +193,7 @@ def check_text(value: Any, what: str, max_chars: int) -> str:
     return value
 
 
-_GOOD_NAMES: set = set()   # names already validated (job types and queues repeat)
+_GOOD_NAMES: set[str] = set()   # names already validated (job types and queues repeat)
 
 
 def check_name(value: Any, what: str) -> str:
@@ -184,14 +201,14 @@ def check_name(value: Any, what: str) -> str:
     never be turned into a path outside the store by a tool that files things by name."""
     if type(value) is str and value in _GOOD_NAMES:
         return value
-    check_text(value, what, MAX_NAME_CHARS)
-    if "/" in value or "\\" in value or value.startswith("."):
-        raise ValueError(f"{what} {value!r} must not contain '/' or '\\' or start with '.'")
-    if value != value.strip():
-        raise ValueError(f"{what} {value!r} must not start or end with whitespace")
+    name = check_text(value, what, MAX_NAME_CHARS)
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"{what} {name!r} must not contain '/' or '\\' or start with '.'")
+    if name != name.strip():
+        raise ValueError(f"{what} {name!r} must not start or end with whitespace")
     if len(_GOOD_NAMES) < 10_000:
-        _GOOD_NAMES.add(value)
-    return value
+        _GOOD_NAMES.add(name)
+    return name
 
 
 _SCALARS = frozenset((str, int, bool, type(None)))
@@ -263,12 +280,14 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _decode = json.JSONDecoder().decode
 
 
-def _not_json(o):
+def _not_json(o: object) -> NoReturn:
     raise TypeError(f"{type(o).__name__} is not JSON")
 
 
 try:  # the C encoder, made once (JSONEncoder.encode builds one per call for containers)
-    from json.encoder import c_encode_basestring as _c_str, c_make_encoder as _c_make
+    # the C halves of json.encoder are private: typeshed does not know them
+    from json.encoder import (  # type: ignore[attr-defined]
+        c_encode_basestring as _c_str, c_make_encoder as _c_make)
     _c_encode = _c_make(None, _not_json, _c_str, None, ":", ",", False, False, False)
 except (ImportError, TypeError):  # pragma: no cover - pure-Python json
     _c_encode = None
@@ -300,7 +319,13 @@ def decode_json(data: bytes) -> Any:
     return _decode(data.decode("utf-8"))
 
 
-def _check_seconds(value: Any, what: str, allow_none: bool = False):
+@overload
+def check_seconds(value: Any, what: str, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_seconds(value: Any, what: str, allow_none: bool) -> float | None: ...
+
+
+def check_seconds(value: Any, what: str, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -315,7 +340,7 @@ def _check_seconds(value: Any, what: str, allow_none: bool = False):
     return value
 
 
-def _check_retries(value: Any, what: str) -> int:
+def check_retries(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if not 0 <= value <= MAX_RETRIES_LIMIT:
@@ -331,7 +356,8 @@ def _check_priority(value: Any) -> JobPriority:
     try:
         return JobPriority[value.upper()] if isinstance(value, str) else JobPriority(value)
     except (KeyError, ValueError):
-        raise ValueError(f"unknown priority {value!r} (LOW=1, NORMAL=2, HIGH=3, CRITICAL=4)") from None
+        raise ValueError(f"unknown priority {value!r} "
+                         "(LOW=1, NORMAL=2, HIGH=3, CRITICAL=4)") from None
 
 
 def _check_status(value: Any) -> JobStatus:
@@ -391,7 +417,7 @@ class Job:
 
     def __init__(self, job_type: str, payload: Mapping[str, Any] | None = None, *,
                  id: str | None = None,
-                 priority: JobPriority | int = JobPriority.NORMAL,
+                 priority: JobPriority | int | str = JobPriority.NORMAL,
                  status: JobStatus | str = JobStatus.PENDING,
                  max_retries: int = DEFAULT_MAX_RETRIES,
                  retry_count: int = 0,
@@ -414,25 +440,28 @@ class Job:
                  cancel_requested: bool = False):
         self.job_type = check_name(job_type, "job_type")
         self.id = new_id() if id is None else check_text(id, "id", MAX_NAME_CHARS)
-        self.payload = {}
+        self.payload: dict[str, Any] = {}
         if payload is not None:
             self.with_payload(payload)
         # each check runs only for a value that is not the default (the common case is fast)
-        self.priority = JobPriority.NORMAL if priority is JobPriority.NORMAL else _check_priority(priority)
+        self.priority = (JobPriority.NORMAL if priority is JobPriority.NORMAL
+                         else _check_priority(priority))
         self.status = JobStatus.PENDING if status is JobStatus.PENDING else _check_status(status)
         self.max_retries = (DEFAULT_MAX_RETRIES if max_retries is DEFAULT_MAX_RETRIES
-                            else _check_retries(max_retries, "max_retries"))
+                            else check_retries(max_retries, "max_retries"))
         self.retry_count = (0 if type(retry_count) is int and retry_count == 0
-                            else _check_retries(retry_count, "retry_count"))
+                            else check_retries(retry_count, "retry_count"))
         self.created_at = _now(None) if created_at is None else _norm_dt(created_at, "created_at")
         self.scheduled_at = None if scheduled_at is None else _norm_dt(scheduled_at, "scheduled_at")
         self.started_at = None if started_at is None else _norm_dt(started_at, "started_at")
         self.completed_at = None if completed_at is None else _norm_dt(completed_at, "completed_at")
-        self.timeout_seconds = (DEFAULT_TIMEOUT_SECONDS if timeout_seconds is DEFAULT_TIMEOUT_SECONDS
-                                else _check_seconds(timeout_seconds, "timeout_seconds", allow_none=True))
-        self.last_heartbeat = None if last_heartbeat is None else _norm_dt(last_heartbeat, "last_heartbeat")
+        self.timeout_seconds = (
+            DEFAULT_TIMEOUT_SECONDS if timeout_seconds is DEFAULT_TIMEOUT_SECONDS
+            else check_seconds(timeout_seconds, "timeout_seconds", allow_none=True))
+        self.last_heartbeat = (None if last_heartbeat is None
+                               else _norm_dt(last_heartbeat, "last_heartbeat"))
         self.lease_duration = (DEFAULT_LEASE_SECONDS if lease_duration is DEFAULT_LEASE_SECONDS
-                               else _check_seconds(lease_duration, "lease_duration"))
+                               else check_seconds(lease_duration, "lease_duration"))
         self.queue = "default" if queue == "default" else check_name(queue, "queue")
         self.unique_key = (None if unique_key is None
                            else check_text(unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS))
@@ -446,7 +475,7 @@ class Job:
         self.cancel_requested = bool(cancel_requested)
 
     @classmethod
-    def _raw(cls) -> "Job":
+    def _raw(cls) -> Job:
         """An empty instance for the state layer to fill (no validation: the state holds
         only values that were validated before they were written)."""
         return cls.__new__(cls)
@@ -454,11 +483,11 @@ class Job:
     # ---- the seed's builders (each returns self) ------------------------------------
 
     @classmethod
-    def new(cls, job_type: str) -> "Job":
+    def new(cls, job_type: str) -> Job:
         """Priority NORMAL, max_retries 3, timeout 300 s, lease 30 s, status PENDING."""
         return cls(job_type)
 
-    def with_payload(self, payload: Mapping[str, Any]) -> "Job":
+    def with_payload(self, payload: Mapping[str, Any]) -> Job:
         """Replace the whole payload (a dict of str -> JSON value; it is copied)."""
         if type(payload) is not dict and not isinstance(payload, Mapping):
             raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
@@ -468,45 +497,46 @@ class Job:
         self.payload = payload
         return self
 
-    def add_field(self, key: str, value: Any) -> "Job":
+    def add_field(self, key: str, value: Any) -> Job:
         if not isinstance(key, str):
             raise TypeError(f"payload keys must be str, not {type(key).__name__}")
         _check_json(value, f"payload[{key!r}]")
         self.payload[key] = value
         return self
 
-    def with_priority(self, priority: JobPriority | int) -> "Job":
+    def with_priority(self, priority: JobPriority | int | str) -> Job:
         self.priority = _check_priority(priority)
         return self
 
-    def with_max_retries(self, max_retries: int) -> "Job":
+    def with_max_retries(self, max_retries: int) -> Job:
         """Retries after the first attempt: 0 means a failure goes straight to dead-letter."""
-        self.max_retries = _check_retries(max_retries, "max_retries")
+        self.max_retries = check_retries(max_retries, "max_retries")
         return self
 
-    def with_timeout(self, seconds: float | None) -> "Job":
+    def with_timeout(self, seconds: float | None) -> Job:
         """A running job older than this is failed by the reaper with "timeout"; None = never."""
-        self.timeout_seconds = _check_seconds(seconds, "timeout_seconds", allow_none=True)
+        self.timeout_seconds = check_seconds(seconds, "timeout_seconds", allow_none=True)
         return self
 
-    def with_lease_duration(self, seconds: float) -> "Job":
-        self.lease_duration = _check_seconds(seconds, "lease_duration")
+    def with_lease_duration(self, seconds: float) -> Job:
+        self.lease_duration = check_seconds(seconds, "lease_duration")
         return self
 
-    def schedule_at(self, at: datetime) -> "Job":
+    def schedule_at(self, at: datetime) -> Job:
         """Run not before ``at`` (the seed's ``scheduled_at`` builder; renamed because the
         field has that name)."""
         self.scheduled_at = _norm_dt(at, "scheduled_at")
         return self
 
-    def with_queue(self, queue: str) -> "Job":
+    def with_queue(self, queue: str) -> Job:
         self.queue = check_name(queue, "queue")
         return self
 
-    def with_unique_key(self, key: str | None) -> "Job":
+    def with_unique_key(self, key: str | None) -> Job:
         """While a live job (pending, scheduled, running, waiting for a retry) has this key,
         enqueueing another job with it returns the live job's id instead."""
-        self.unique_key = None if key is None else check_text(key, "unique_key", MAX_UNIQUE_KEY_CHARS)
+        self.unique_key = (None if key is None
+                           else check_text(key, "unique_key", MAX_UNIQUE_KEY_CHARS))
         return self
 
     # ---- the seed's state helpers (``now`` defaults to the wall clock) ------------------
@@ -518,7 +548,7 @@ class Job:
             return False
         return self.scheduled_at is None or self.scheduled_at <= _now(now)
 
-    def mark_running(self, now: datetime | None = None) -> "Job":
+    def mark_running(self, now: datetime | None = None) -> Job:
         now = _now(now)
         self.status = JobStatus.RUNNING
         self.started_at = now
@@ -526,7 +556,7 @@ class Job:
         self.lease_deadline = now + timedelta(seconds=self.lease_duration)
         return self
 
-    def touch(self, now: datetime | None = None) -> "Job":
+    def touch(self, now: datetime | None = None) -> Job:
         now = _now(now)
         self.last_heartbeat = now
         self.lease_deadline = now + timedelta(seconds=self.lease_duration)
@@ -540,15 +570,15 @@ class Job:
         last = self.last_heartbeat or self.started_at
         if last is None:
             return False
-        return _now(now) > last + timedelta(seconds=self.lease_duration)
+        return bool(_now(now) > last + timedelta(seconds=self.lease_duration))
 
-    def mark_completed(self, now: datetime | None = None) -> "Job":
+    def mark_completed(self, now: datetime | None = None) -> Job:
         self.status = JobStatus.COMPLETED
         self.completed_at = _now(now)
         self.error = None
         return self
 
-    def mark_failed(self, error: str, now: datetime | None = None, **delay_opts) -> "Job":
+    def mark_failed(self, error: str, now: datetime | None = None, **delay_opts: Any) -> Job:
         """Record a failed attempt: FAILED with scheduled_at = now + next_retry_delay() and
         retry_count + 1 while retries remain, else DEAD_LETTER (retry_count unchanged)."""
         if not isinstance(error, str):
@@ -592,7 +622,7 @@ class Job:
             out[name] = v
         return out
 
-    def after(self, *parents: "str | Job", on_parent_failure: str = "cancel") -> "Job":
+    def after(self, *parents: str | Job, on_parent_failure: str = "cancel") -> Job:
         """Make this job wait for ``parents`` (ids or Jobs): it becomes claimable once every
         parent COMPLETED. A parent that ends dead-lettered or cancelled settles it:
         ``on_parent_failure="cancel"`` (default) cancels it with a reason naming the parent;
@@ -628,7 +658,7 @@ class Job:
         deps = getattr(self, "_deps", None)
         return "cancel" if deps is None else deps[1]
 
-    def copy(self) -> "Job":
+    def copy(self) -> Job:
         j = Job._raw()
         for name in _FIELDS:
             setattr(j, name, getattr(self, name))
@@ -643,7 +673,7 @@ class Job:
             return NotImplemented
         return all(getattr(self, n) == getattr(other, n) for n in _FIELDS)
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
 
     def __repr__(self) -> str:
         extra = f", queue={self.queue!r}" if self.queue != "default" else ""
@@ -675,3 +705,9 @@ def jobs_from(items: Iterable[Job]) -> list[Job]:
         if not isinstance(j, Job):
             raise TypeError(f"expected Job objects, got {type(j).__name__}")
     return out
+
+
+def unfilled_job() -> Job:
+    """An empty Job for the engine to fill from its state (no validation: the state holds
+    only values that were validated before they were written)."""
+    return Job._raw()

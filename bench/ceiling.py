@@ -233,7 +233,7 @@ def log_series(directory: str, seconds: float, durability: str = "sync",
         d = tempfile.mkdtemp(dir=directory)
         log = Log.open(d, durability=durability)
         try:
-            out[n] = (run_threads(n, seconds, lambda: log.commit(rec)), None)
+            out[n] = (run_threads(n, seconds, lambda: log.commit(rec)), None)  # noqa: B023 - called at once
         finally:
             log.close()
             shutil.rmtree(d, ignore_errors=True)

@@ -248,7 +248,7 @@ def op_priority(peer, duration: float, prefill: int, mapping: str) -> dict:
     # priority the jobs come out in enqueue order (FIFO).
     key = peers.aurora_level if mapping == "aurora" else (lambda lv: lv)
     inversions = 0
-    for (la, ia), (lb, ib) in zip(seen, seen[1:]):
+    for (la, ia), (lb, ib) in zip(seen, seen[1:], strict=False):
         pa, pb = key(la), key(lb)
         if pb > pa or (pb == pa and ib < ia):
             inversions += 1
@@ -669,7 +669,7 @@ class Runner:
         self.result["config"] = asdict(self.cfg) | {"quick": self.args.quick}
         m = self.result["machine"]
         fs = m["filesystem"]
-        self.log(f"aurora-log comparison  {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}"
+        self.log(f"aurora-log comparison  {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M UTC}"
                  f"  (git {m['git_commit'] or '?'}"
                  f"{', with uncommitted engine changes' if m['git_engine_dirty'] else ''})")
         self.log(f"machine: {m['cpu_model']}, {m['cores']} cores"
@@ -1089,7 +1089,7 @@ class Runner:
 
     # -- files --------------------------------------------------------------------------
     def write_outputs(self):
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         data = json.dumps(self.result, indent=1, default=str)
         path = os.path.join(self.out_dir, f"compare-{stamp}.json")
         with open(path, "w") as f:
@@ -1193,12 +1193,12 @@ def plot(result, path):
     fig, axes = plt.subplots(rows, cols, figsize=(15, 3.3 * rows + 1.0), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (title, data, target) in zip(axes.flat, panels):
+    for ax, (title, data, target) in zip(axes.flat, panels, strict=False):
         labels = [d[0] for d in data]
         vals = [d[1] for d in data]
         # Floors are ceilings, not competitors: grey, whatever the ratio.
         colors = ["#9a9a9a" if lb.startswith("floor:") else
-                  "#2a9d5c" if v >= 1 else "#d1495b" for lb, v in zip(labels, vals)]
+                  "#2a9d5c" if v >= 1 else "#d1495b" for lb, v in zip(labels, vals, strict=True)]
         y = range(len(vals))
         ax.barh(list(y), vals, color=colors)
         ax.set_yticks(list(y))
@@ -1218,7 +1218,7 @@ def plot(result, path):
             ax.axvline(target, color="#1d4e89", linestyle="--", linewidth=1.2)
             ax.text(target * 1.05, len(vals) - 0.55, f"target {target:g}x", fontsize=7,
                     color="#1d4e89", ha="left", va="bottom")
-        for yi, v in zip(y, vals):
+        for yi, v in zip(y, vals, strict=True):
             ax.text(v * 1.08, yi, f"{v:.3g}x" if v < 100 else f"{v:,.0f}x", va="center",
                     fontsize=7)
         ax.set_title(title, fontsize=9)

@@ -285,7 +285,8 @@ def _report_disk(r):
              f"  reopen + first claim: aurora {r['aurora_reopen_claim_s'] * 1000:.0f} ms "
              f"(open {r['aurora_open_s'] * 1000:.0f} ms)"]
     for s in SCHEMAS:
-        lines.append(f"                        sqlite[{s}] {r[f'sqlite_{s}_reopen_claim_s'] * 1000:.1f} ms")
+        reopen_ms = r[f"sqlite_{s}_reopen_claim_s"] * 1000
+        lines.append(f"                        sqlite[{s}] {reopen_ms:.1f} ms")
     if "aurora_materialize_s" in r:
         lines.append(f"  deferred by the lazy load: first enqueue "
                      f"{r['aurora_first_enqueue_s'] * 1000:.1f} ms, whole job table built "

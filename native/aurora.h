@@ -21,6 +21,8 @@
 #define AU_REC_HDR     17
 #define AU_MAX_BATCH   (256u << 20)
 #define AU_FLAG_SEAL   1u
+#define AU_FLAG_NEXT   2u          /* with SEAL, at a roll: the next segment exists */
+#define AU_MAX_RECORD  (255u << 20) /* the largest max_record_bytes; version 1 segments */
 
 #define AU_MODE_SYNC     0
 #define AU_MODE_INTERVAL 1
@@ -75,10 +77,14 @@ int au_o_cloexec(void);
 int au_o_directory(void);
 
 /* ---- format: segment headers, scanning ---- */
-void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn, uint64_t size);
+void au_segment_header_make(uint8_t *hdr32, uint64_t first_lsn, uint64_t size,
+                            uint32_t max_record);
+/* reason; *max_record = the record limit the segment was written with (version 1:
+ * AU_MAX_RECORD, the limit was not recorded) */
 int au_segment_header_check(const uint8_t *hdr, size_t n, uint64_t *first_lsn,
-                            uint64_t *size); /* reason */
-int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size);
+                            uint64_t *size, uint32_t *max_record);
+int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
+                      uint32_t max_record);
 const char *au_reason(int reason);
 
 typedef struct {
@@ -111,15 +117,21 @@ typedef struct {
 size_t au_scan_next(const uint8_t *buf, au_scan *s, au_rec *out, size_t cap);
 int64_t au_first_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
-int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x);
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
+                                 uint32_t max_record);
 
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;
+/* fdatasync durations: bucket i counts calls that took at most 64 us << i; the last bucket
+ * counts the longer ones */
+#define AU_SYNC_BUCKETS 17
 typedef struct {
     uint64_t fdatasyncs, writes, rounds, batches, records, bytes, rolls;
     uint64_t spares;        /* spare segment files prepared (zero-filled + fsynced) */
     uint64_t spare_rolls;   /* rolls that installed a spare instead of creating a file */
     uint64_t spare_errors;  /* spares that failed (prepare or install); never fatal */
+    uint64_t fdatasync_ns;  /* time spent in the writer's fdatasync calls */
+    uint64_t fdatasync_hist[17];   /* AU_SYNC_BUCKETS (cffi wants a literal) */
 } au_stats;
 
 int au_writer_open(au_writer **out, const char *wal_dir, const char *seg_path,
@@ -165,5 +177,60 @@ void au_writer_stats(au_writer *w, au_stats *s);
 void au_writer_durable(au_writer *w, uint64_t *seg_first_lsn, uint64_t *durable_off);
 void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_off,
                         uint64_t *next_lsn, uint64_t *written_lsn);
+
+/* ---- the shared control page (native/shm.c, docs/MULTIPROCESS.md): cross-process
+ * exclusion and group commit. Standalone in phase 1: the writer does not use it yet. ---- */
+#define AU_SHM_VERSION     1
+#define AU_SHM_BYTES       8192
+#define AU_SHM_SLOTS       448   /* waiter slots: (8192 - 1024) / 16 */
+#define AU_SHM_POLL_MS     20    /* a waiter checks its leader is alive this often */
+#define AU_SHM_OWNER_DIED  3     /* au_shm_lock: locked, but the previous holder died */
+#define AU_SHM_BUSY        4     /* au_shm_trylock: held by someone else */
+#define AU_E_SHM_CORRUPT   (-10005)  /* invalid page while other processes are attached */
+#define AU_E_SHM_FORKED    (-10006)  /* handle used in a child of the process that opened it */
+
+typedef struct au_shm au_shm;
+typedef struct {
+    uint64_t generation, write_end, writing_end, synced_end;
+    uint64_t appends, fdatasyncs, covered, wakeups, owner_died, leader_died, timeouts;
+    uint64_t slot_reclaims, waiting;
+    int32_t failed;
+    uint32_t leader_pid;
+    uint32_t standby_pid;   /* the waiter blocked on the sync lock (0 = none) */
+    uint32_t pad_;
+} au_shm_stats;
+
+/* Map (creating it 0600 if missing) the page file at `path`. The first process to attach
+ * rebuilds it from `log_end` (the end of valid data its scan of the log found) after one
+ * fdatasync of `log_fd`; later ones validate it (AU_E_SHM_CORRUPT if invalid). */
+int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end);
+void au_shm_close(au_shm *h);
+int au_shm_rebuilt(au_shm *h);                 /* 1 if this open rebuilt the page */
+void au_shm_set_poll_ms(au_shm *h, uint32_t ms);
+/* The append lock: 0, AU_SHM_OWNER_DIED (locked; the last holder died, its unpublished
+ * bytes [write_end, writing_end) are repaired by the next au_shm_append), or < 0. */
+int au_shm_lock(au_shm *h);
+void au_shm_unlock(au_shm *h);
+/* The same lock for a caller holding a GIL: au_shm_trylock never blocks (call it with the
+ * GIL kept: ctypes.PyDLL); when busy, drop the GIL in au_shm_wait_unlock(seen = the
+ * au_shm_unlock_seq read before the trylock, ms = the poll that notices a dead holder),
+ * take the GIL back and try again. Nobody then holds the lock while waiting for a GIL. */
+int au_shm_trylock(au_shm *h);       /* 0, AU_SHM_OWNER_DIED, AU_SHM_BUSY, or < 0 */
+uint32_t au_shm_unlock_seq(au_shm *h);
+int au_shm_wait_unlock(au_shm *h, uint32_t seen, uint32_t ms);   /* 0, -ETIMEDOUT, < 0 */
+int au_shm_reserve(au_shm *h, uint32_t len, uint64_t *off);  /* under the lock */
+void au_shm_publish(au_shm *h, uint64_t end);                 /* under the lock */
+int au_shm_set_tail(au_shm *h, uint64_t write_end);  /* under the lock: rebuild from the log */
+/* Under the lock: repair a dead holder's tail if needed, write `buf` at the shared tail of
+ * `fd`, publish; *end = its end offset. (Callable keeping the GIL: no waits.) */
+int au_shm_write_locked(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
+/* lock, au_shm_write_locked, unlock */
+int au_shm_append(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
+/* return once every byte below `end` is fdatasynced, by us (leader) or another process */
+int au_shm_wait_synced(au_shm *h, int fd, uint64_t end);
+int au_shm_commit(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
+void au_shm_info(au_shm *h, au_shm_stats *s);
+int au_shm_test_hold_sync(au_shm *h);          /* tests: take the sync lock and keep it */
+int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target);  /* tests: then finish */
 
 #endif

@@ -35,26 +35,31 @@ const char *au_reason(int r)
     case AU_R_PADDING: return "bad batch padding";
     case AU_R_SEAL_RECORDS: return "SEAL batch carries records";
     case AU_R_TRAILING: return "non-zero bytes after the end of data";
+    case AU_R_SEG_LIMIT: return "bad record limit in segment header";
     default: return "unknown reason";
     }
 }
 
-/* The 32-byte segment header (FORMAT.md): magic, version, flags 0, first LSN, size / 8,
- * and the masked crc of the 28 bytes before it. */
-void au_segment_header_make(uint8_t *h, uint64_t first_lsn, uint64_t size)
+/* The 32-byte segment header (FORMAT.md): magic, version (2), flags 0, the record limit
+ * the segment is written with (max_record), first LSN, size / 8, and the masked crc of the
+ * 28 bytes before it. */
+void au_segment_header_make(uint8_t *h, uint64_t first_lsn, uint64_t size,
+                            uint32_t max_record)
 {
     memcpy(h, MAGIC, 8);
     put32(h + 8, AU_FORMAT_VERSION);
-    put32(h + 12, 0);
+    put32(h + 12, max_record);   /* version 2: the store's limit travels with its segments */
     put64(h + 16, first_lsn);
     put32(h + 24, (uint32_t)(size / 8));
     put32(h + 28, au_crc_mask(au_crc32c(0, h, 28)));
 }
 
-/* Verify a segment header: AU_R_OK with *first_lsn and *size filled, or the first reason
- * it fails, outputs untouched. The crc is checked before the version, so damage reads as
- * a crc mismatch, not as an unsupported version. */
-int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uint64_t *size)
+/* Verify a segment header: AU_R_OK with *first_lsn, *size and *max_record filled (a
+ * version 1 header recorded no limit: AU_MAX_RECORD), or the first reason it fails, outputs
+ * untouched. The crc is checked before the version, so damage reads as a crc mismatch, not
+ * as an unsupported version. */
+int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uint64_t *size,
+                            uint32_t *max_record)
 {
     if (n < AU_SEG_HDR)
         return AU_R_SEG_SHORT;
@@ -62,12 +67,18 @@ int au_segment_header_check(const uint8_t *h, size_t n, uint64_t *first_lsn, uin
         return AU_R_SEG_MAGIC;
     if (get32(h + 28) != au_crc_mask(au_crc32c(0, h, 28)))
         return AU_R_SEG_CRC;
-    if (get32(h + 8) != AU_FORMAT_VERSION || get32(h + 12) != 0)
+    uint32_t version = get32(h + 8), limit = get32(h + 12);
+    if (version == 1 && limit == 0)       /* version 1: flags, always 0; no limit recorded */
+        limit = AU_MAX_RECORD;
+    else if (version != 2)
         return AU_R_SEG_VERSION;
+    else if (limit == 0 || limit > AU_MAX_RECORD)
+        return AU_R_SEG_LIMIT;
     if ((uint64_t)get32(h + 24) * 8 < 2 * AU_SEG_HDR)
         return AU_R_SEG_SIZE;
     *first_lsn = get64(h + 16);
     *size = (uint64_t)get32(h + 24) * 8;
+    *max_record = limit;
     return AU_R_OK;
 }
 
@@ -125,7 +136,7 @@ static int verify_batch(const uint8_t *buf, uint64_t limit, uint64_t pos, uint64
     uint64_t first = get64(h + 8);
     uint32_t n = get32(h + 16);
     uint32_t fl = get32(h + 20);
-    if (fl & ~AU_FLAG_SEAL)
+    if ((fl & ~(AU_FLAG_SEAL | AU_FLAG_NEXT)) || fl == AU_FLAG_NEXT)
         return AU_R_FLAGS;
     if (first > expected)
         return AU_R_LSN_GAP;
@@ -258,30 +269,41 @@ int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit)
     return -1;
 }
 
-/* A later, 8-aligned batch header with a valid crc and x < durable_end <= its offset proves
- * that the bytes at x had been fdatasynced before: damage there is corruption, not a tear. */
-int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x)
+/* Evidence that the bytes at x had been fdatasynced (FORMAT.md, recovery rule 3): a later
+ * batch that verifies as a whole (header and every record) with x < durable_end <= its
+ * offset, at a position the chain of batch headers reaches from x. Only a header whose
+ * crc holds is followed (its batch_len was written by the writer at a batch boundary), so
+ * bytes inside a payload, which may look like anything, are never taken for a batch. */
+int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
+                                 uint32_t max_record)
 {
-    uint64_t y = (x + 8) & ~(uint64_t)7;
-    while (y + AU_BATCH_HDR <= limit) {
-        const uint8_t *h = buf + y;
-        uint64_t de = get64(h + 24);
+    uint64_t pos = x;
+    while (pos <= limit && limit - pos >= AU_BATCH_HDR) {
+        const uint8_t *h = buf + pos;
         uint32_t len = get32(h);
-        if (len >= AU_BATCH_HDR && !(len & 7) && de > x && de <= y &&
-            get32(h + 4) == au_batch_hdr_crc(h))
-            return (int64_t)y;
-        y += 8;
+        if (get32(h + 4) != au_batch_hdr_crc(h) || len < AU_BATCH_HDR || (len & 7) ||
+            len > AU_MAX_BATCH || len > limit - pos)
+            return -1;
+        uint32_t blen, n, fl;
+        uint64_t de;
+        if (pos > x &&
+            verify_batch(buf, limit, pos, get64(h + 8), max_record, &blen, &n, &fl, &de) ==
+                AU_R_OK &&
+            de > x && de <= pos)
+            return (int64_t)pos;
+        pos += len;
     }
     return -1;
 }
 
-/* Create <wal_dir>/<first_lsn>.seg: write .tmp (header + zeros), fsync, rename, fsync the
- * directory, so the name appears only once the file is complete and durable. On failure
- * the .tmp is unlinked (if the process dies first, recovery rule 1 deletes it); a failure
- * after the rename (the directory fsync) leaves the segment in place and returns -errno.
- * The size is normalized (at least two headers, a multiple of 8); -EFBIG past what the
- * header can say. */
-int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
+/* Create <wal_dir>/<first_lsn>.seg: write .tmp (O_EXCL; header + zeros), fsync, rename,
+ * fsync the directory, so the name appears only once the file is complete and durable. On
+ * failure the .tmp is unlinked (if the process dies first, recovery rule 1 deletes it); a
+ * failure after the rename (the directory fsync) leaves the segment in place and returns
+ * -errno. The size is normalized (at least two headers, a multiple of 8); -EFBIG past what
+ * the header can say. */
+int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
+                      uint32_t max_record)
 {
     char tmp[4112], fin[4096];
     if ((size_t)snprintf(fin, sizeof fin, "%s/%020llu.seg", wal_dir,
@@ -293,12 +315,13 @@ int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size)
     size = (size + 7) & ~(uint64_t)7;
     if (size / 8 > UINT32_MAX)
         return -EFBIG;
-    int fd = au_open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* O_EXCL: open deletes every leftover .seg.tmp, so one that exists is not ours */
+    int fd = au_open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return fd;
     static const uint8_t zeros[65536];
     uint8_t hdr[AU_SEG_HDR];
-    au_segment_header_make(hdr, first_lsn, size);
+    au_segment_header_make(hdr, first_lsn, size, max_record);
     int64_t r = au_pwrite_full(fd, hdr, AU_SEG_HDR, 0);
     for (uint64_t off = AU_SEG_HDR; r >= 0 && off < size;) {
         size_t n = size - off > sizeof zeros ? sizeof zeros : (size_t)(size - off);
@@ -362,14 +385,14 @@ int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *ca
  * creates the segment the usual way), or -errno when the rename was done but the
  * directory fsync failed (the writer fails, as with au_segment_create). */
 int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
-                     uint64_t size)
+                     uint64_t size, uint32_t max_record)
 {
     char fin[4096];
     if ((size_t)snprintf(fin, sizeof fin, "%s/%020llu.seg", wal_dir,
                          (unsigned long long)first_lsn) >= sizeof fin)
         return AU_SPARE_UNUSED;
     uint8_t hdr[AU_SEG_HDR];
-    au_segment_header_make(hdr, first_lsn, size);
+    au_segment_header_make(hdr, first_lsn, size, max_record);
     if (au_pwrite_full(fd, hdr, AU_SEG_HDR, 0) < 0 || au_fsync(fd) < 0 ||
         au_rename(spare_path, fin) < 0)
         return AU_SPARE_UNUSED;

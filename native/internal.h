@@ -4,14 +4,14 @@
 
 #include <stdint.h>
 
-#define AU_FORMAT_VERSION 1u
+#define AU_FORMAT_VERSION 2u      /* written; version 1 segments are still read */
 
 enum {
     AU_R_OK = 0,
     AU_R_SEG_SHORT, AU_R_SEG_MAGIC, AU_R_SEG_CRC, AU_R_SEG_VERSION, AU_R_SEG_SIZE,
     AU_R_SHORT_HEADER, AU_R_HDR_CRC, AU_R_BATCH_LEN, AU_R_BATCH_PAST_EOF, AU_R_FLAGS,
     AU_R_LSN_GAP, AU_R_LSN_BACK, AU_R_REC_TOO_BIG, AU_R_REC_PAST_BATCH, AU_R_REC_TYPE,
-    AU_R_REC_CRC, AU_R_REC_LSN, AU_R_PADDING, AU_R_SEAL_RECORDS, AU_R_TRAILING,
+    AU_R_REC_CRC, AU_R_REC_LSN, AU_R_PADDING, AU_R_SEAL_RECORDS, AU_R_TRAILING, AU_R_SEG_LIMIT,
 };
 
 /* Little-endian stores and loads, byte by byte: every integer on disk is little-endian
@@ -51,7 +51,7 @@ uint32_t au_crc32c_frame_copy(uint8_t *dst, const uint8_t *src, size_t len, uint
 #define AU_SPARE_UNUSED 1
 int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *cancel);
 int au_spare_install(int fd, const char *spare_path, const char *wal_dir, uint64_t first_lsn,
-                     uint64_t size);
+                     uint64_t size, uint32_t max_record);
 
 /* ---- the writer (native/writer*.c): its state and what its files share. Functions
  * named wr_* are the writer's own, shared between its files (not in aurora.h) ---- */
@@ -160,6 +160,8 @@ void wr_leader_round(au_writer *w, int do_sync);
 /* writer_segment.c */
 int wr_write_at(au_writer *w, const uint8_t *buf, size_t n);
 int wr_datasync(au_writer *w);
+uint64_t wr_now_ns(void);
+void wr_count_sync(au_writer *w, uint64_t started_ns);
 uint64_t wr_seg_size_norm(uint64_t size);
 int wr_write_records(au_writer *w, pendbuf *t);
 /* writer_threads.c */

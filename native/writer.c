@@ -253,8 +253,15 @@ int au_writer_close(au_writer *w)
         int r = wr_write_at(w, seal, sizeof seal);
         if (!r)
             r = wr_datasync(w);
-        if (r)
+        if (r) {
+            /* as on the commit path: a failed write/fdatasync fails the writer, so the
+             * caller leaves the .unsynced marker (fsyncgate, FORMAT.md rule 3) */
             rc = r;
+            pthread_mutex_lock(&w->mu);
+            if (!w->failed)
+                w->failed = -r;
+            pthread_mutex_unlock(&w->mu);
+        }
     }
     if (rc == AU_E_FAILED || (rc == 0 && w->failed))
         rc = -(w->failed ? w->failed : EIO);

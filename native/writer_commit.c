@@ -79,10 +79,11 @@ static void sync_stage(au_writer *w)
     int fd = w->pub_fd;
     uint64_t lsn = w->written_lsn, off = w->pub_write_off;
     pthread_mutex_unlock(&w->mu);
+    uint64_t t0 = wr_now_ns();
     int r = au_fdatasync(fd);
     pthread_mutex_lock(&w->mu);
     w->syncing = 0;
-    w->st.fdatasyncs++;
+    wr_count_sync(w, t0);
     if (r < 0) {
         if (!w->failed)
             w->failed = -r;

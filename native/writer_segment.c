@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Write n bytes at write_off of the active segment; write_off advances only when all of
  * them were written. The leader only (or close, after the joins); no mutex. On -errno the
@@ -24,14 +25,41 @@ int wr_write_at(au_writer *w, const uint8_t *buf, size_t n)
     return 0;
 }
 
+/* Monotonic nanoseconds, for the fdatasync timings. Pure. */
+uint64_t wr_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+_Static_assert(sizeof(((au_stats *)0)->fdatasync_hist) == AU_SYNC_BUCKETS * sizeof(uint64_t),
+               "au_stats.fdatasync_hist must have AU_SYNC_BUCKETS entries");
+
+/* Count one fdatasync and its duration in w->st (the stats the dashboard's metrics export).
+ * Called by whoever ran the fdatasync: the sync stage with the mutex held, a roll or close
+ * as the only writer, so the counters have one writer at a time (readers of au_writer_stats
+ * may see a round half counted, as for the other counters). */
+void wr_count_sync(au_writer *w, uint64_t started_ns)
+{
+    uint64_t ns = wr_now_ns() - started_ns;
+    int b = 0;
+    while (b < AU_SYNC_BUCKETS - 1 && ns > ((uint64_t)64000 << b))
+        b++;
+    w->st.fdatasyncs++;
+    w->st.fdatasync_ns += ns;
+    w->st.fdatasync_hist[b]++;
+}
+
 /* fdatasync the active segment; on success durable_off = write_off. Only where no sync
  * stage can run (a roll, after pub_fd = -1; close, after the joins), since it stores
  * durable_off without the atomic. A failure is returned, never retried: the caller fails
  * the writer. */
 int wr_datasync(au_writer *w)
 {
+    uint64_t t0 = wr_now_ns();
     int r = au_fdatasync(w->fd);
-    w->st.fdatasyncs++;
+    wr_count_sync(w, t0);
     if (r < 0)
         return r;
     w->durable_off = w->write_off;
@@ -74,7 +102,7 @@ static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
     pthread_mutex_unlock(&w->mu);
     if (sfd < 0)
         return 0;
-    int r = au_spare_install(sfd, w->sp_path, w->wal_dir, lsn, w->sp_size);
+    int r = au_spare_install(sfd, w->sp_path, w->wal_dir, lsn, w->sp_size, w->max_record);
     pthread_mutex_lock(&w->mu);
     if (r == 0)
         w->st.spare_rolls++;
@@ -95,15 +123,18 @@ static int take_spare(au_writer *w, uint64_t lsn, uint64_t size, int *fd)
     return 0;
 }
 
-/* Seal the active segment and switch to a new one of `size` bytes starting at `lsn`. The
- * leader only; the mutex is held only to wait and switch pub_fd. First it waits for the sync
- * stage in flight and sets pub_fd = -1, so none uses the old fd until the round publishes
- * the new one; if that sync failed the writer, it stops there (no fdatasync may follow a
- * failed one). Then: fdatasync what is unsynced, a SEAL batch if there is room, fdatasync;
- * the new file from the spare or created (header and zeros fsynced, renamed, directory
- * fsynced); open it; close the old fd; reset the position. On -errno the writer fails with
- * the old segment still active; left behind may be its SEAL and a new segment file holding
- * no batch, which recovery reads as an empty newest segment. */
+/* Switch to a new segment of `size` bytes starting at `lsn`. The leader only; the mutex is
+ * held only to wait and switch pub_fd. First it waits for the sync stage in flight and sets
+ * pub_fd = -1, so none uses the old fd until the round publishes the new one; if that sync
+ * failed the writer, it stops there (no fdatasync may follow a failed one). Then: fdatasync
+ * what is unsynced; the new file from the spare or created (header and zeros fsynced,
+ * renamed, directory fsynced) and opened; only then a SEAL|NEXT batch in the old segment (if
+ * there is room), fdatasynced, so a durable NEXT always has its successor on disk: open
+ * refuses a newest segment that announces one (FORMAT.md, recovery rules). A segment that
+ * holds no record (lsn == its first LSN) is replaced instead: the new file is renamed over
+ * it and it gets no SEAL. Then close the old fd and reset the position. On -errno the writer
+ * fails with the old segment still active; left behind may be a new segment file holding no
+ * batch (which recovery reads as an empty newest segment) and a SEAL|NEXT torn or whole. */
 static int roll(au_writer *w, uint64_t lsn, uint64_t size)
 {
     int r;
@@ -118,23 +149,25 @@ static int roll(au_writer *w, uint64_t lsn, uint64_t size)
         return -failed;
     if (w->durable_off < w->write_off && (r = wr_datasync(w)))
         return r;
-    if (w->write_off + AU_BATCH_HDR <= w->seg_size) {
-        uint8_t seal[AU_BATCH_HDR];
-        au_batch_header(seal, AU_BATCH_HDR, lsn, 0, AU_FLAG_SEAL, w->write_off);
-        if ((r = wr_write_at(w, seal, sizeof seal)) || (r = wr_datasync(w)))
-            return r;
-    }
     int fd = -1;
     if ((r = take_spare(w, lsn, size, &fd)))
         return r;
     if (fd < 0) {
-        if ((r = au_segment_create(w->wal_dir, lsn, size)))
+        if ((r = au_segment_create(w->wal_dir, lsn, size, w->max_record)))
             return r;
         char path[4096];
         snprintf(path, sizeof path, "%s/%020llu.seg", w->wal_dir, (unsigned long long)lsn);
         fd = au_open(path, O_RDWR | O_CLOEXEC, 0600);
         if (fd < 0)
             return fd;
+    }
+    if (lsn != w->seg_first && w->write_off + AU_BATCH_HDR <= w->seg_size) {
+        uint8_t seal[AU_BATCH_HDR];
+        au_batch_header(seal, AU_BATCH_HDR, lsn, 0, AU_FLAG_SEAL | AU_FLAG_NEXT, w->write_off);
+        if ((r = wr_write_at(w, seal, sizeof seal)) || (r = wr_datasync(w))) {
+            au_close(fd);
+            return r;
+        }
     }
     au_close(w->fd);
     w->fd = fd;

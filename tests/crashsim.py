@@ -38,6 +38,7 @@ import shutil
 from pathlib import Path
 
 from aurora_log.testing import faults
+
 MODES = ("drop", "keep", "subset", "torn")
 
 
@@ -73,7 +74,7 @@ def _snapshot_tree(root: str):
     out = {}
     if not os.path.isdir(root):
         return out
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         if rel != ".":
             out[rel] = None
@@ -345,7 +346,7 @@ class DiskModel:
             _, off, data = ch
             cuts = sorted({0, len(data), *(rng.randrange(len(data) + 1)
                                            for _ in range(rng.randint(1, 4)))})
-            for a, b in zip(cuts, cuts[1:]):
+            for a, b in zip(cuts, cuts[1:], strict=False):
                 kind = rng.randrange(4)
                 if kind == 0:
                     piece = data[a:b]

@@ -1,7 +1,7 @@
 """archive=True keeps retired segments and snapshots; open(as_of=LSN|datetime, read_only=True)
 rebuilds the state as it was then, equal to the state recorded at that moment."""
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -76,7 +76,7 @@ def test_as_of_lsn_equals_recorded_state(history):
 def test_as_of_datetime_equals_recorded_state(history):
     d, clock, points, final = history
     for lsn, t, fp in points:
-        when = datetime.fromtimestamp(t, timezone.utc)
+        when = datetime.fromtimestamp(t, UTC)
         q = aurora_log.open(d, as_of=when, read_only=True, reaper_interval=None)
         assert q._state.fingerprint() == fp, (lsn, when)
         q.close()
@@ -89,7 +89,8 @@ def test_as_of_intermediate_lsns_match_a_full_replay(history):
     from aurora_log.local.state import State
     recs = []
     for root in (d / "archive", d):
-        with Log.open(root, read_only=True) as lg:
+        # the archive's newest segment announces its successor, which is in DIR/wal
+        with Log.open(root, read_only=True, continued=root.name == "archive") as lg:
             recs.extend(lg.scan(lg.first_lsn))
     assert [r[0] for r in recs] == list(range(1, len(recs) + 1))
     st = State()
@@ -121,7 +122,7 @@ def test_before_anything_and_after_everything(history):
     q = aurora_log.open(d, as_of=0, read_only=True, reaper_interval=None)
     assert len(q._state.jobs) == 0
     q.close()
-    q = aurora_log.open(d, as_of=datetime.fromtimestamp(clock.t + 10**6, timezone.utc),
+    q = aurora_log.open(d, as_of=datetime.fromtimestamp(clock.t + 10**6, UTC),
                         read_only=True, reaper_interval=None)
     assert q._state.fingerprint() == final
     q.close()

@@ -21,7 +21,8 @@ def test_compare_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, MPLBACKEND="Agg")
     p = subprocess.run(
-        [sys.executable, str(COMPARE), "--quick", "--out", str(out), "--dir", str(tmp_path / "work")],
+        [sys.executable, str(COMPARE), "--quick", "--out", str(out),
+         "--dir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=170, cwd=REPO, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     latest = out / "compare-latest.json"

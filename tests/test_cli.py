@@ -251,7 +251,8 @@ def test_every_flag_names_its_environment_variable(capsys):
     for name, sp in sub.choices.items():
         for action in sp._actions:
             if action.option_strings and action.dest not in ("help",):
-                assert f"AURORA_LOG_{action.dest.upper()}" in (action.help or ""), (name, action.dest)
+                env = f"AURORA_LOG_{action.dest.upper()}"
+                assert env in (action.help or ""), (name, action.dest)
 
 
 @pytest.mark.parametrize("target, message", [

@@ -13,7 +13,7 @@ this machine checks compaction against the engine itself.)
 import shutil
 import struct
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from hypothesis import settings, strategies as st
@@ -72,10 +72,10 @@ class CompactionMachine(RuleBasedStateMachine):
           delay=st.sampled_from([None, 0, 3, 20]), unique=st.sampled_from([None, "u1", "u2"]))
     def enqueue(self, prio, retries, delay, unique):
         self.n += 1
-        sched = None if delay is None else datetime.fromtimestamp(self.t + delay, timezone.utc)
+        sched = None if delay is None else datetime.fromtimestamp(self.t + delay, UTC)
         job = Job("t", {"n": self.n}, id=f"j{self.n}", priority=prio, max_retries=retries,
                   scheduled_at=sched, lease_duration=10, unique_key=unique,
-                  created_at=datetime.fromtimestamp(T0, timezone.utc))
+                  created_at=datetime.fromtimestamp(T0, UTC))
         ia, ib = self.both(lambda q: q.enqueue(job, durable=False))
         assert ia == ib
 

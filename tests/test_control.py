@@ -99,4 +99,5 @@ def test_export_round_trip():
     assert d.export() == c.export()
     assert d.blocked("p", "t", 0) and d.hold("c")
     with pytest.raises(ValueError):
-        Control.from_export({"paused": []})
+        Control.from_export({"limits": [[1, "q"]]})
+    assert Control.from_export({}).export() == Control().export()

@@ -114,7 +114,7 @@ def test_crash_during_recovery_of_torn_tails(tmp_path):
     picks = _damaged_images(tmp_path, rc, want=6, seed=11)
     assert len(picks) >= 4
     points = images = nested = 0
-    for n, (i, img, cut, tmp_left) in enumerate(picks):
+    for n, (_i, img, _cut, _tmp_left) in enumerate(picks):
         p, im, ne = _crash_the_recovery(tmp_path, img, nested=(n == 0))
         points, images, nested = points + p, images + im, nested + ne
     assert nested > 0
@@ -129,7 +129,7 @@ def test_crash_during_recovery_after_roll_crash(tmp_path):
     picks = _damaged_images(tmp_path, rc, want=8, seed=12, mode="keep", need_tmp=True)
     assert picks, "no crash image left a .seg.tmp behind"
     points = images = 0
-    for i, img, cut, tmp_left in picks[:3]:
+    for _i, img, _cut, _tmp_left in picks[:3]:
         p, im, _ = _crash_the_recovery(tmp_path, img)
         points, images = points + p, images + im
     print(f"\n[crash-recovery] {len(picks[:3])} stores with a leftover .seg.tmp, {points} "
@@ -144,7 +144,7 @@ def test_crash_during_recovery_with_snapshots(tmp_path):
              if any(k.endswith(".snap") for k in p[1])][:4]
     assert picks, "no damaged image with a snapshot"
     points = images = 0
-    for i, img, cut, tmp_left in picks:
+    for _i, img, _cut, _tmp_left in picks:
         p, im, _ = _crash_the_recovery(tmp_path, img)
         points, images = points + p, images + im
     print(f"\n[crash-recovery] {len(picks)} damaged stores with snapshots, {points} crash "

@@ -123,20 +123,20 @@ def workload(store, tr: Trace, compact=False):
                 jobs = [_job(i + k) for k in range(3)]
                 for j in jobs:
                     tr.intents[j.id] = canon(j.payload)
-                tr.run("enqueue", tuple(j.id for j in jobs), lambda: q.enqueue_many(jobs))
+                tr.run("enqueue", tuple(j.id for j in jobs), lambda: q.enqueue_many(jobs))  # noqa: B023 - called at once
             else:
                 j = _job(i)
                 tr.intents[j.id] = canon(j.payload)
-                tr.run("enqueue", (j.id,), lambda: q.enqueue(j))
+                tr.run("enqueue", (j.id,), lambda: q.enqueue(j))  # noqa: B023 - called at once
             c = q.claim("w")
             if c is not None:
                 if step % 4 == 1:
-                    tr.run("fail", (c.id,), lambda: q.fail(c.id, c.token, "x"))
+                    tr.run("fail", (c.id,), lambda: q.fail(c.id, c.token, "x"))  # noqa: B023 - called at once
                 elif step % 5 == 2:
-                    tr.run("cancel", (c.id,), lambda: q.cancel(c.id))
-                    tr.run("fail", (c.id,), lambda: q.fail(c.id, c.token, "cancelled"))
+                    tr.run("cancel", (c.id,), lambda: q.cancel(c.id))  # noqa: B023 - called at once
+                    tr.run("fail", (c.id,), lambda: q.fail(c.id, c.token, "cancelled"))  # noqa: B023 - called at once
                 else:
-                    tr.run("complete", (c.id,), lambda: q.complete(c.id, c.token, {"s": step}))
+                    tr.run("complete", (c.id,), lambda: q.complete(c.id, c.token, {"s": step}))  # noqa: B023 - called at once
             if step % 6 == 5:
                 tr.run("flush", (), q.flush)
             if compact and step % 4 == 3:
@@ -172,7 +172,7 @@ def _check_after(store, tr: Trace, fail: _Fail | None, where: str):
     # I9: the op during which an fsync failed was not acknowledged
     if fail is not None and fail.first_at is not None and \
             fail.fired_names[0] in ("fsync", "fdatasync"):
-        for kind, ids, inv, acked, err in tr.ops:
+        for kind, ids, inv, acked, _err in tr.ops:
             if kind in MUTATING and acked is not None and inv < fail.first_at <= acked:
                 problems.append(f"{kind} {ids} acknowledged across a failed "
                                 f"{fail.fired_names[0]} (call {fail.first_at})")
@@ -230,7 +230,7 @@ def test_fail_every_nth_call(tmp_path, err, compact):
             store = tmp_path / f"s-{int(persistent)}-{n}"
             _seed_store(store)
             fail = _Fail(n, err=err, persistent=persistent)
-            tr = Trace(lambda: fail.calls)
+            tr = Trace(lambda: fail.calls)  # noqa: B023 - called at once
             unexpected = None
             with faults.installed(fail):
                 try:

@@ -1,13 +1,13 @@
 """Job model: the seed's own tests ported, plus validation (bad input raises at once)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 import pytest
 
 from aurora_log.job import (Job, JobPriority, JobStatus, MAX_SECONDS, encode_payload,
                             from_ms, new_id, retry_delay_ms, to_ms)
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -44,7 +44,8 @@ def test_builders_chain_like_the_seed_example():
          .with_max_retries(5).with_timeout(600).schedule_at(at).with_lease_duration(60)
          .with_queue("video").with_unique_key("vid-123"))
     assert j.payload == {"video_id": "vid-123", "resolution": "1080p"}
-    assert (j.priority, j.max_retries, j.timeout_seconds, j.scheduled_at) == (JobPriority.HIGH, 5, 600, at)
+    assert (j.priority, j.max_retries, j.timeout_seconds, j.scheduled_at) == \
+        (JobPriority.HIGH, 5, 600, at)
     assert (j.lease_duration, j.queue, j.unique_key) == (60, "video", "vid-123")
 
 
@@ -246,3 +247,11 @@ def test_cycles_and_deep_nesting_are_rejected_with_a_short_message():
         cur = cur["d"]
     with pytest.raises(ValueError, match="nested"):
         Job("x", deep)
+
+
+def test_status_codes_are_written_once_in_job_order():
+    from aurora_log.job import STATUS_CODES
+    # the engine unpacks STATUS_CODES positionally: its fields follow JobStatus, in order
+    assert STATUS_CODES._fields == tuple(s.name for s in JobStatus)
+    assert tuple(s.code for s in JobStatus) == tuple(STATUS_CODES) == (1, 2, 3, 4, 5, 6)
+    assert all(JobStatus.from_code(s.code) is s for s in JobStatus)

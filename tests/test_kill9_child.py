@@ -2,6 +2,8 @@
 
     python tests/test_kill9_child.py STORE CYCLE SEED DURABILITY
 
+STORE may be a postgresql:// DSN (schema from AURORA_KILL9_SCHEMA; DURABILITY is ignored).
+
 Opens the store, starts producer and worker threads, and reports on stdout, one line per
 event, each with ONE write() (under PIPE_BUF, so lines never interleave):
     READY                 the queue is open
@@ -38,8 +40,16 @@ def main(argv):
     import aurora_log
     from aurora_log.job import Job
 
-    q = aurora_log.open(store, durability=durability, retry_base=0.0, retry_cap=0.0,
-                        reaper_interval=0.2)
+    lease = {}
+    if store.startswith("postgresql://"):
+        # several children share the database; their reapers must not take live jobs
+        # from each other on a loaded machine, so leases are longer than any handler here
+        q = aurora_log.open(store, schema=os.environ["AURORA_KILL9_SCHEMA"], retry_base=0.0,
+                            retry_cap=0.0, reaper_interval=0.2, pool_size=4)
+        lease = {"lease_duration": 5}
+    else:
+        q = aurora_log.open(store, durability=durability, retry_base=0.0, retry_cap=0.0,
+                            reaper_interval=0.2)
     say("READY")
 
     def producer(t):
@@ -51,14 +61,14 @@ def main(argv):
                 ids = [f"c{cycle}-p{t}-{n}-{k}" for k in range(3)]
                 for i in ids:
                     say("I " + i)
-                q.enqueue_many([Job("k", payload(i), id=i, max_retries=8) for i in ids])
+                q.enqueue_many([Job("k", payload(i), id=i, max_retries=8, **lease) for i in ids])
                 for i in ids:
                     say("E " + i)
             else:
                 i = f"c{cycle}-p{t}-{n}"
                 say("I " + i)
                 q.enqueue(Job("k", payload(i), id=i, max_retries=8,
-                              priority=rng.randrange(1, 5)))
+                              priority=rng.randrange(1, 5), **lease))
                 say("E " + i)
             if rng.random() < 0.3:
                 time.sleep(0.001)

@@ -238,7 +238,8 @@ def test_a_claim_style_append_that_needs_a_roll_leaves_it_to_a_gil_free_wait(sto
     not do it holding the GIL (the thread releasing the fdatasync could never run, and
     nothing in that process could either: so it runs in a child with a deadline)."""
     code = ("import pathlib, sys; sys.path.insert(0, sys.argv[1]); "
-            "import test_log_concurrency as t; t.roll_under_a_held_fdatasync(pathlib.Path(sys.argv[2]))")
+            "import test_log_concurrency as t; "
+            "t.roll_under_a_held_fdatasync(pathlib.Path(sys.argv[2]))")
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent),
                                str(store_dir)], capture_output=True, text=True, timeout=60)

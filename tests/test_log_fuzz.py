@@ -13,7 +13,7 @@ from aurora_log.local.log import Log, _scan_tail
 from test_log_support import SEG_HDR, build, check_read_only, fast_dir, lay_out
 
 HEADER = bytearray(SEG_HDR)
-lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096)
+lib.au_segment_header_make(ffi.from_buffer(HEADER), 1, 4096, 1 << 20)
 HEADER = bytes(HEADER)
 
 
@@ -27,7 +27,7 @@ def test_scanner_on_arbitrary_bytes(body, max_record):
         assert ts.reason and SEG_HDR <= ts.bad_off <= SEG_HDR + len(body)
     # the evidence search never runs off the buffer either
     buf = HEADER + body
-    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end)
+    lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.end, max_record)
 
 
 _valid = {}
@@ -88,7 +88,7 @@ def _check_mutated(recs, d):
     try:
         with Log.open(d, segment_bytes=4096) as log:
             assert list(log.scan()) == got
-    except CorruptionError:
-        raise AssertionError("read_only open accepted what a writable open refused")
+    except CorruptionError as exc:
+        raise AssertionError("read_only open accepted what a writable open refused") from exc
     rep2, got2 = check_read_only(d)
     assert not rep2.truncated and got2 == got

@@ -40,7 +40,8 @@ def test_reopen_succeeds_at_once_after_sigkill_of_owner(store_dir):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
-    with Log.open(store_dir, segment_bytes=SEG) as log:       # no waiting, no stale-lock cleanup needed
+    # no waiting, no stale-lock cleanup needed
+    with Log.open(store_dir, segment_bytes=SEG) as log:
         assert list(log.scan()) == [(1, 1, b"from the child")]
 
 

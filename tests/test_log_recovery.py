@@ -54,6 +54,15 @@ def _torn(recs, data, name, bl, start, end, d, variant):
     for off in range(start, end + 1):
         img = data[:off] if variant == "truncated" else data[:off] + bytes(len(data) - off)
         lay_out(d, {name: img})
+        if variant == "truncated":
+            # a segment is preallocated and fsynced before it is used, and writes never
+            # change its size: a short newest segment lost bytes, it is not a torn tail
+            for ro in (True, False):
+                with pytest.raises(CorruptionError) as ei:
+                    Log.open(d, segment_bytes=8192, read_only=ro)
+                assert "shorter than its preallocated size" in ei.value.reason
+                assert ei.value.offset == off
+            continue
         # a batch survives if all its bytes are there (zeroed variant: a tear inside its zero
         # padding changes nothing)
         whole = [b for b in bl if img[b[0]:b[0] + b[1]] == data[b[0]:b[0] + b[1]]]
@@ -236,7 +245,7 @@ RECORD_LIES = [
 
 @pytest.mark.parametrize("where", ["old segment", "newest segment"])
 @pytest.mark.parametrize("lie", BATCH_LIES + [("rec",) + r for r in RECORD_LIES],
-                         ids=lambda l: "-".join(str(x) if not callable(x) else "f" for x in l))
+                         ids=lambda lie: "-".join(str(x) if not callable(x) else "f" for x in lie))
 def test_lying_fields_raise_corruption(two_segments, tmp_path, where, lie):
     recs, final = two_segments
     names = sorted(final)
@@ -250,6 +259,16 @@ def test_lying_fields_raise_corruption(two_segments, tmp_path, where, lie):
         _lie_batch(buf, pos, lie[0], lie[1])
         reason = lie[2]
     d = lay_out(tmp_path / "s", {**final, name: bytes(buf)})
+    if where == "newest segment" and lie[0] == "len":
+        # A lying batch_len leads the chain of batch lengths off the batches, so open
+        # finds no evidence reachable from it (FORMAT.md rule 3: evidence is only what
+        # the chain reaches, never bytes that could sit inside a payload): it is cut and
+        # kept like a torn tail, reported; a full scan of the kept bytes shows them.
+        rep, got = read_all(d)
+        (cut,) = rep.cuts
+        assert (cut.offset, cut.lsn) == (pos, first) and cut.kept_as
+        assert got == recs[:first - 1]
+        return
     with pytest.raises(CorruptionError) as ei:
         read_all(d)  # newest: open sees later valid batches (durable_end) -> corruption
     e = ei.value
@@ -263,10 +282,16 @@ def test_segment_header_lies(two_segments, tmp_path):
     _recs, final = two_segments
     names = sorted(final)
     for name in names:
-        for lie in ("version", "first", "size", "magic", "truncated"):
+        for lie in ("version", "limit", "v1 flags", "first", "size", "magic", "truncated"):
             buf = bytearray(final[name])
             if lie == "version":
-                struct.pack_into("<I", buf, 8, 2)
+                struct.pack_into("<I", buf, 8, 3)
+                fix_segment_crc(buf)
+            elif lie == "limit":                 # over the largest max_record_bytes
+                struct.pack_into("<I", buf, 12, (255 << 20) + 1)
+                fix_segment_crc(buf)
+            elif lie == "v1 flags":              # version 1 kept flags there, always 0
+                struct.pack_into("<II", buf, 8, 1, 1 << 20)
                 fix_segment_crc(buf)
             elif lie == "first":
                 struct.pack_into("<Q", buf, 16, int(name[:20]) + 1)
@@ -302,10 +327,12 @@ def test_missing_middle_segment_is_an_lsn_gap(tmp_path):
     assert len(names) >= 3
     del final[names[1]]
     d = lay_out(tmp_path / "s", final)
-    with pytest.raises(CorruptionError) as ei:
-        read_all(d)
-    assert "LSN gap between segments" in ei.value.reason
-    assert ei.value.file.endswith(names[2]) and ei.value.lsn == int(names[1][:20])
+    for ro in (False, True):
+        # found at open: the segment before the gap is sealed for the missing one
+        with pytest.raises(CorruptionError) as ei:
+            Log.open(d, read_only=ro)
+        assert "LSN gap between segments" in ei.value.reason
+        assert ei.value.file.endswith(names[0]) and ei.value.lsn == int(names[1][:20])
 
 
 def test_damage_before_a_later_durable_batch_is_corruption_not_a_tear(tmp_path):

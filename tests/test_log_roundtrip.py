@@ -209,7 +209,7 @@ def test_interval_mode_background_fdatasync(store_dir):
 def test_os_mode_never_fsyncs_until_flush(store_dir):
     with Log.open(store_dir, segment_bytes=SEG, durability="os", interval_ms=1) as log:
         base = log.stats()["fdatasyncs"]
-        for i in range(20):
+        for _i in range(20):
             log.sync(log.append(1, b"a"))
         log.append(1, b"unsynced")              # the background thread writes it
         _wait_for(lambda: log.stats()["records"] == 21)

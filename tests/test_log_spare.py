@@ -398,7 +398,7 @@ def test_fused_frame_crc_matches_the_scanners_reference_crc(store_dir):
     payloads = [bytes((i * 7 + k) & 0xFF for k in range(n)) for i, n in enumerate(range(81))]
     (store_dir / "wal").mkdir(parents=True, mode=0o700)
     base = 0x0123456789AB                            # a log that starts at a high LSN
-    assert lib.au_segment_create(os.fsencode(str(store_dir / "wal")), base, 1 << 20) == 0
+    assert lib.au_segment_create(os.fsencode(str(store_dir / "wal")), base, 1 << 20, 16 << 20) == 0
     with Log.open(store_dir, segment_bytes=1 << 20) as log:
         assert log.next_lsn == base
         for shift in range(8):

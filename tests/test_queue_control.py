@@ -177,8 +177,9 @@ def test_rate_limit_holds_back_without_charging_an_attempt(opener, clock):
     assert [t.kind for t in q.history(ids[2])] == ["enqueue"]
     clock.advance(9.999)
     assert q.claim("w") is None
-    clock.advance(0.001)                                     # a's claim left the window
+    clock.advance(0.001)                             # a's and b's claims left the window
     assert q.claim("w").id == ids[2]
+    assert q.claim("w").id == ids[3]
     assert q.claim("w") is None
     q.close()
     q = opener()                                             # replay rebuilds the window

@@ -26,6 +26,8 @@ SAMPLES = [
     R.RetryDead("id-1", 13),
     R.Purge(14, ("a", "bb", "ccc")),
     R.Purge(15, ()),
+    R.Release("id-1", 16, TOKEN, R.OUTCOME_RETRY),
+    R.Release("id-1", 17, TOKEN, R.OUTCOME_CANCELLED),
 ]
 
 
@@ -40,7 +42,7 @@ def test_round_trip(rec):
 
 def test_type_bytes_are_stable():
     assert [R.ENQUEUE, R.CLAIM, R.HEARTBEAT, R.PROGRESS, R.COMPLETE, R.FAIL, R.REAP, R.CANCEL,
-            R.CANCEL_REQUEST, R.RETRY_DEAD, R.PURGE] == list(range(1, 12))
+            R.CANCEL_REQUEST, R.RETRY_DEAD, R.PURGE, R.RELEASE] == list(range(1, 13))
 
 
 @pytest.mark.parametrize("rec", SAMPLES, ids=lambda r: type(r).__name__)
@@ -79,6 +81,11 @@ def test_bad_enum_values_are_rejected():
     rtype, payload = R.encode(SAMPLES[8])
     bad = bytearray(payload)
     bad[1] = 7                       # outcome
+    with pytest.raises(R.RecordError, match="outcome"):
+        R.decode(rtype, bytes(bad))
+    rtype, payload = R.encode(R.Release("id-1", 16, TOKEN, R.OUTCOME_RETRY))
+    bad = bytearray(payload)
+    bad[1] = R.OUTCOME_DEAD          # a release never dead-letters
     with pytest.raises(R.RecordError, match="outcome"):
         R.decode(rtype, bytes(bad))
 

@@ -72,7 +72,7 @@ def test_every_file_and_directory_is_private_under_umask_000(store_dir):
     finally:
         os.umask(old)
     seen = 0
-    for root, dirs, files in os.walk(store_dir):
+    for root, _dirs, files in os.walk(store_dir):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for f in files:
             path = os.path.join(root, f)

@@ -7,6 +7,7 @@ import lz4.frame
 import pytest
 
 from aurora_log.local import records as R
+from aurora_log.local import snapfile as F
 from aurora_log.local import snapshot as S
 from aurora_log.errors import CorruptionError
 from aurora_log.local.state import State
@@ -88,9 +89,9 @@ def test_1000_bit_flips_all_detected(version):
 
 
 def _rehead(body, lsn, items, clen, max_at=0, *, version):
-    head = S._HEAD.pack(S.MAGIC, version, 0, lsn, items, len(body), clen, max_at,
-                        S._mask(S.crc32c(body)))
-    return head + struct.pack("<I", S._mask(S.crc32c(head))) + body
+    head = F._HEAD.pack(S.MAGIC, version, 0, lsn, items, len(body), clen, max_at,
+                        F._mask(F.crc32c(body)))
+    return head + struct.pack("<I", F._mask(F.crc32c(head))) + body
 
 
 def _xxh32(data: bytes, seed: int = 0) -> int:
@@ -215,16 +216,16 @@ def test_multi_megabyte_frame_fed_in_pieces():
     items = [rnd.randbytes(3000) + bytes(3000) for _ in range(900)]  # > 2 MiB compressed
     data = S.encode_snapshot(items, 7)
     info = S.read_header(data)
-    assert info.body_len > 2 * S._IN_CHUNK
-    content = S._decompress(memoryview(data)[64:], info, "x")
-    assert list(S._split(content, info, "x")) == items
+    assert info.body_len > 2 * F._IN_CHUNK
+    content = F._decompress(memoryview(data)[64:], info, "x")
+    assert list(F._split(content, info, "x")) == items
     # junk after the frame (crcs recomputed): refused
     bad = _rehead(data[64:] + b"\x00junk", info.lsn, info.items, info.content_len,
                   version=info.version)
     with pytest.raises(CorruptionError, match="after the lz4 frame"):
-        S._decompress(memoryview(bad)[64:], S.read_header(bad), "x")
+        F._decompress(memoryview(bad)[64:], S.read_header(bad), "x")
     # a frame cut in its middle piece: refused
-    cut = _rehead(data[64:64 + S._IN_CHUNK + 100], info.lsn, info.items, info.content_len,
+    cut = _rehead(data[64:64 + F._IN_CHUNK + 100], info.lsn, info.items, info.content_len,
                   version=info.version)
     with pytest.raises(CorruptionError):
-        S._decompress(memoryview(cut)[64:], S.read_header(cut), "x")
+        F._decompress(memoryview(cut)[64:], S.read_header(cut), "x")

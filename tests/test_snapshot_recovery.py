@@ -149,7 +149,7 @@ def test_no_usable_snapshot_and_log_not_at_1_is_an_error(store):
     from aurora_log.local.log import Log
     with Log.open(d, read_only=True) as lg:
         assert lg.first_lsn > 1           # the fixture retired segments
-    for lsn, p in S.list_snapshots(d / "snap"):
+    for _lsn, p in S.list_snapshots(d / "snap"):
         b = bytearray(p.read_bytes())
         b[-3] ^= 1
         p.write_bytes(bytes(b))

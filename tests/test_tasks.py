@@ -75,13 +75,13 @@ def test_enqueue_with_overrides_and_schedules(q):
     def later():
         pass
 
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     h = later.enqueue_with(priority="critical", delay=60)()
     job = q.get(h.id)
     assert job.priority == JobPriority.CRITICAL
     assert job.scheduled_at >= before + dt.timedelta(seconds=59)
 
-    at = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     assert q.get(later.enqueue_with(at=at)().id).scheduled_at == at
 
 

@@ -9,6 +9,7 @@ import pytest
 import aurora_log
 from aurora_log.runtime import tasks
 from aurora_log.job import Job, JobStatus
+from aurora_log.testing import drain
 from aurora_log.runtime.worker import Context, JobCancelled, JobTimeout, Worker, current_context
 
 
@@ -49,11 +50,15 @@ def wait_status(q, job_id, statuses, timeout=15.0):
 FINISHED = (JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELLED)
 
 
-def test_non_json_result_fails_the_job(q, start):
-    tasks.register_handler(q, "bad_result", lambda job: {1, 2})
-    job_id = q.enqueue(Job("bad_result", max_retries=0))
-    start()
-    job = wait_status(q, job_id, FINISHED)
+# Outcome rules do not need threads: drain (the testing kit) runs the worker's own dispatch
+# and outcome code in the test's thread, on a fake clock.
+
+def test_non_json_result_fails_the_job(aurora_queue):
+    tasks.register_handler(aurora_queue, "bad_result", lambda job: {1, 2})
+    job_id = aurora_queue.enqueue(Job("bad_result", max_retries=0))
+    (run,) = drain(aurora_queue)
+    assert run.outcome == "dead_letter"
+    job = aurora_queue.get(job_id)
     assert job.status is JobStatus.DEAD_LETTER
     assert job.error.startswith("result is not JSON-encodable")
 
@@ -67,33 +72,36 @@ def test_oversized_result_fails_the_job(q, start):
     assert "result too large" in job.error
 
 
-def test_exception_text_names_type_message_and_place(q, start):
+def test_exception_text_names_type_message_and_place(aurora_queue):
     def handler(job):
         raise KeyError("missing")
 
-    tasks.register_handler(q, "raises", handler)
-    job_id = q.enqueue(Job("raises", max_retries=0))
-    start()
-    job = wait_status(q, job_id, FINISHED)
+    tasks.register_handler(aurora_queue, "raises", handler)
+    job_id = aurora_queue.enqueue(Job("raises", max_retries=0))
+    drain(aurora_queue)
+    job = aurora_queue.get(job_id)
     assert job.error.startswith("KeyError: 'missing'")
     assert "in handler" in job.error
 
 
-def test_failures_follow_the_retry_rules(q, start):
+def test_failures_follow_the_retry_rules(aurora_queue, aurora_clock):
     attempts = []
 
     def handler(job):
-        attempts.append(job.retry_count)
+        attempts.append((job.retry_count, aurora_clock()))
         if job.retry_count < 2:
             raise RuntimeError("not yet")
         return "ok"
 
-    tasks.register_handler(q, "third_time", handler)
-    job_id = q.enqueue(Job("third_time", max_retries=3))
-    start()
-    job = wait_status(q, job_id, FINISHED)
+    tasks.register_handler(aurora_queue, "third_time", handler)
+    job_id = aurora_queue.enqueue(Job("third_time", max_retries=3))
+    t0 = aurora_clock()
+    runs = drain(aurora_queue)
+    assert [r.outcome for r in runs] == ["failed", "failed", "completed"]
+    job = aurora_queue.get(job_id)
     assert job.status is JobStatus.COMPLETED and job.result == "ok"
-    assert attempts == [0, 1, 2]
+    # each retry waited out its backoff (5 s, then 10 s) and not a millisecond less
+    assert attempts == [(0, t0), (1, t0 + 5), (2, t0 + 15)]
 
 
 def test_job_types_and_queues_filters(q, start):
@@ -364,3 +372,16 @@ def test_process_handler_sees_the_cancel_and_stops_cooperatively(tmp_path, monke
     finally:
         q.close()
         sys.modules.pop("pmod_cancel", None)
+
+
+def test_checkpoint_is_a_no_op_in_a_worker(q, start):
+    def handler(ctx, job):
+        ctx.checkpoint("charged")
+        return "ok"
+
+    tasks.register_handler(q, "marks", handler, context=True)
+    job_id = q.enqueue(Job("marks", max_retries=0))
+    start()
+    job = wait_status(q, job_id, FINISHED)
+    assert job.status is JobStatus.COMPLETED and job.result == "ok"
+    assert Context(job).checkpoint("outside a worker") is None

@@ -63,7 +63,8 @@ APP = textwrap.dedent('''
         current_context().progress(0.5, "awaited")
         await asyncio.sleep(0.05)
         mark("done-aio")
-        return {"async": True, "x": job.payload["x"], "loop": type(asyncio.get_running_loop()).__name__}
+        loop = type(asyncio.get_running_loop()).__name__
+        return {"async": True, "x": job.payload["x"], "loop": loop}
 
     def canceller(job):
         # an operator's cancel from inside the process that owns the store

@@ -193,6 +193,11 @@ class Control:
         w = self.waiting.get(job_id)
         return () if w is None else tuple(w[2])
 
+    def policy_of(self, job_id: str) -> str:
+        """"cancel" or "ignore": what a failed parent does to the job."""
+        w = self.waiting.get(job_id)
+        return "ignore" if w is not None and w[1] == R.ON_FAILURE_IGNORE else "cancel"
+
     def on_finished(self, job_id: str, status: int) -> tuple[list[str], list[tuple[str, str]]]:
         """A job reached a final status (code). Returns (children now free to run,
         [(child, reason)] to cancel). A parent re-driven later does not un-cancel them."""
@@ -257,23 +262,23 @@ class Control:
         """The inverse of export(). ValueError for anything malformed."""
         c = cls()
         try:
-            c.paused = {str(q) for q in data["paused"]}
-            for s, n, conc, count, period in data["limits"]:
+            c.paused = {str(q) for q in data.get("paused", ())}
+            for s, n, conc, count, period in data.get("limits", ()):
                 c.apply_limit(R.Limit(int(s), str(n), 0, int(conc), int(count), int(period)))
-            for s, n, times in data["windows"]:
+            for s, n, times in data.get("windows", ()):
                 w = c.windows.get((int(s), str(n)))
                 if w is None:
                     raise ValueError(f"rate window without a rate limit: {s}/{n}")
                 w.extend(int(t) for t in times)
-            for name, due, job_id in data["fired"]:
+            for name, due, job_id in data.get("fired", ()):
                 c.fired[str(name)] = int(due)
                 if job_id is not None:
                     c.fired_jobs[str(name)] = str(job_id)
-            for child, n, policy, parents in data["waiting"]:
+            for child, n, policy, parents in data.get("waiting", ()):
                 c.waiting[str(child)] = [int(n), int(policy), tuple(map(str, parents))]
-            for parent, kids in data["children"]:
+            for parent, kids in data.get("children", ()):
                 c.children[str(parent)] = [str(k) for k in kids]
-            for child, why in data["settled"]:
+            for child, why in data.get("settled", ()):
                 c.settled[str(child)] = str(why)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed control state: {e}") from None

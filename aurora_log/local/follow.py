@@ -23,6 +23,7 @@ it resumes from.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -34,18 +35,13 @@ from collections.abc import Callable, Iterator
 from . import records as R
 from .log import (SEG_HDR, check_segment_header, close_fd, list_segment_files, open_read,
                   pread_at, scan_window)
-from ..errors import AuroraLogError, CorruptionError
+from ..errors import CorruptionError, CursorGoneError
 
 __all__ = ["LogEntry", "Follower", "follow", "CursorGoneError", "entry_from_record"]
 
 _WINDOW = 1 << 20            # bytes read per step; grows to fit a bigger batch
 _MAX_BATCH = 256 << 20
 _U32 = struct.Struct("<I")
-
-
-class CursorGoneError(AuroraLogError):
-    """The cursor's LSN is older than the oldest stored record (its segment was retired
-    by compaction): the follower cannot deliver the records in between."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +107,7 @@ class Follower:
         self._pos = 0                    # offset in the segment of the next batch
         self._next = 0                   # the LSN expected there
         self._window = _WINDOW
+        self._seg_limit = max_record_bytes
 
     @property
     def next_lsn(self) -> int | None:
@@ -141,13 +138,24 @@ class Follower:
     def _open_segment(self, first_lsn: int, path: Path) -> None:
         fd = open_read(path)
         try:
-            check_segment_header(path, pread_at(fd, SEG_HDR, 0, path), first_lsn)
+            _, limit = check_segment_header(path, pread_at(fd, SEG_HDR, 0, path), first_lsn)
         except BaseException:
             close_fd(fd)
             raise
         self.close()
         self._fd, self._seg = fd, (first_lsn, path)
         self._pos, self._next = SEG_HDR, first_lsn
+        # the segment's own record limit (a version 1 header has none: the opener's)
+        self._seg_limit = limit or self._max_record
+
+    def _replaced(self) -> bool:
+        """The segment file at our path is no longer the one we read: a roll out of a
+        segment that held no record renames its successor over it (same name)."""
+        assert self._seg is not None
+        try:
+            return os.stat(self._seg[1]).st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return False            # retired: what it held is still readable through _fd
 
     def _locate(self) -> bool:
         """Open the segment that holds the cursor. False: the store has no segment yet."""
@@ -179,7 +187,7 @@ class Follower:
             assert self._seg is not None
             seg_lsn, path = self._seg
             buf = pread_at(self._fd, self._window, self._pos, path)
-            ws = scan_window(buf, self._next, self._max_record)
+            ws = scan_window(buf, self._next, self._seg_limit)
             want = self._want or 1
             out.extend(r for r in ws.records if r[0] >= want)
             self._pos += ws.end
@@ -194,6 +202,9 @@ class Follower:
                     self._window = blen               # a batch bigger than the window
                     continue
             # end of what is written here: a batch being written, or zeros
+            if self._next == seg_lsn and self._replaced():
+                self._open_segment(seg_lsn, path)     # an empty segment rolled over
+                continue
             newer = [s for s in list_segment_files(self._wal) if s[0] > seg_lsn]
             if not newer:
                 return out
@@ -201,7 +212,9 @@ class Follower:
                 rechecked = True
                 continue
             nxt_lsn, nxt_path = newer[0]
-            if not ws.complete:
+            # A roll writes the next segment first, then the old one's SEAL: a bad batch
+            # here while the next segment continues exactly is that SEAL being written.
+            if not ws.complete and nxt_lsn != self._next:
                 raise CorruptionError(f"bad batch in a sealed segment: {ws.reason}",
                                       file=str(path), offset=self._pos, lsn=self._next)
             if nxt_lsn != self._next:

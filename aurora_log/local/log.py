@@ -16,11 +16,12 @@ import array
 import errno as _errno
 import os
 import re
+import stat
 import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
@@ -29,11 +30,12 @@ from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityEr
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
-    "remove_file", "crc32c", "crc_mask", "REC_HDR", "SEG_HDR", "WindowScan", "scan_window",
-    "list_segment_files", "check_segment_header", "open_read", "pread_at", "close_fd",
+    "remove_file", "make_dirs", "is_file", "crc32c", "crc_mask", "REC_HDR", "SEG_HDR",
+    "WindowScan", "scan_window", "list_segment_files", "check_segment_header", "open_read",
+    "pread_at", "close_fd",
 ]
 
-SEG_RE = re.compile(r"^(\d{20})\.seg$")
+SEG_RE = re.compile(r"([0-9]{20})\.seg")    # fullmatch only: ASCII digits, no trailing newline
 UNSYNCED = ".unsynced"      # <segment>.unsynced: see Log._mark_unsynced
 _NOT_IO = (0, _errno.EINVAL, _errno.ETIMEDOUT, _errno.ENOMEM)  # failures that lost no write
 SEG_HDR = lib.AU_SEG_HDR
@@ -46,6 +48,10 @@ _NO_WAIT = lib.AU_WAIT_NONE
 _WRITTEN = lib.AU_WAIT_WRITTEN
 _WAIT = {"none": lib.AU_WAIT_NONE, "written": lib.AU_WAIT_WRITTEN,
          "durable": lib.AU_WAIT_MODE, "synced": lib.AU_WAIT_SYNCED}
+
+
+# upper bounds (seconds) of the writer's fdatasync duration buckets (aurora.h)
+FDATASYNC_BOUNDS = tuple(64e-6 * (1 << i) for i in range(lib.AU_SYNC_BUCKETS - 1))
 
 
 def _plain_record(r) -> bool:
@@ -218,6 +224,21 @@ def _fsync_dir(path) -> None:
     check_io(lib.au_fsync_dir(os.fsencode(str(path))), "fsync dir", path)
 
 
+def make_dirs(path) -> None:
+    """Create `path` and its missing parents, each 0700 through the syscall table (so fault
+    injection and the crash simulator see them), each made durable by an fsync of its
+    parent before anything is put in it. NotADirectoryError if a component is a file."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.is_dir() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        if _mkdir(d):
+            _fsync_dir(d.parent)
+
+
 # --------------------------------------------------------------------------------------
 # scanning helpers
 
@@ -230,16 +251,18 @@ def _new_scan(pos: int, next_lsn: int, limit: int, max_record: int):
     return s
 
 
-def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> int:
-    """Verifies a segment header; returns the segment's preallocated size."""
+def _check_header(path: Path, hdr: bytes | bytearray, name_lsn: int) -> tuple[int, int]:
+    """Verifies a segment header; returns the segment's preallocated size and the record
+    limit it was written with (the store's own limit, whatever this opener's is)."""
     out = ffi.new("uint64_t[2]")
-    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out, out + 1)
+    limit = ffi.new("uint32_t *")
+    r = lib.au_segment_header_check(ffi.from_buffer(hdr), len(hdr), out, out + 1, limit)
     if r:
         raise CorruptionError(ffi.string(lib.au_reason(r)).decode(), file=str(path), offset=0)
     if out[0] != name_lsn:
         raise CorruptionError(f"segment header first LSN {out[0]} does not match its name",
                               file=str(path), offset=0)
-    return out[1]
+    return out[1], limit[0]
 
 
 @dataclass
@@ -250,6 +273,79 @@ class _TailScan:
     bad_off: int | None = None
     reason: str | None = None
     size: int = 0       # preallocated size from the segment header
+    last_flags: int = 0  # flags of the last verified batch
+    limit: int = 0      # the record limit in the segment header
+
+
+_BROKEN_TMP = re.compile(r"[0-9]{20}\.seg\.broken-[0-9]+\.tmp")
+
+
+def _is_leftover_tmp(name: str) -> bool:
+    """A temporary file of ours in wal/ that never became anything (FORMAT.md, recovery
+    rule 1): a segment being created or the spare (<20 digits>.seg.tmp), a torn tail
+    being kept (<segment>.broken-<n>.tmp), an unsynced marker being written."""
+    return (name.endswith(".seg.tmp") and SEG_RE.fullmatch(name[:-4]) is not None) or \
+        _BROKEN_TMP.fullmatch(name) is not None or \
+        (name.endswith(UNSYNCED + ".tmp") and SEG_RE.fullmatch(name[:-len(UNSYNCED) - 4])
+         is not None)
+
+
+def is_file(path) -> bool:
+    """A regular file (or a symlink to one)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _batch_hdr_crc(h: bytes) -> int:
+    c = crc32c(h[8:32], crc32c(h[0:4]))
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+_BATCH = struct.Struct("<IIQIIQ")  # len, crc, first_lsn, count, flags, durable_end
+
+
+def _announced_next(path: Path, size: int, chunk: int = 64 << 10) -> tuple[int, int] | None:
+    """(offset, first LSN of the next segment) if the segment ends with a valid
+    SEAL|NEXT, else None. Reads backwards from the end to the last non-zero byte, which
+    lies in that SEAL's durable_end (its own offset, never 0): a few KiB for a segment
+    that filled up, more only when a big batch rolled early."""
+    fd = _open(path, os.O_RDONLY)
+    try:
+        end = size
+        while end > SEG_HDR:
+            start = max(SEG_HDR, end - chunk)
+            buf = bytearray(end - start)
+            n = lib.au_pread_full(fd, ffi.from_buffer(buf), len(buf), start)
+            if n < 0:
+                raise os_error(n, path)
+            last = lib.au_last_nonzero(ffi.from_buffer(buf), 0, n)
+            if last >= 0:
+                p = start + last
+                off = (p - 24) & ~7
+                if off < SEG_HDR:
+                    return None
+                h = _pread_at(fd, path, off, lib.AU_BATCH_HDR)
+                if len(h) < lib.AU_BATCH_HDR:
+                    return None
+                blen, crc, first, count, flags, dend = _BATCH.unpack(h)
+                if blen == lib.AU_BATCH_HDR and crc == _batch_hdr_crc(h) and count == 0 \
+                        and flags == lib.AU_FLAG_SEAL | lib.AU_FLAG_NEXT and dend == off:
+                    return off, first
+                return None
+            end = start
+        return None
+    finally:
+        lib.au_close(fd)
+
+
+def _pread_at(fd: int, path, off: int, n: int) -> bytes:
+    buf = bytearray(n)
+    r = lib.au_pread_full(fd, ffi.from_buffer(buf), n, off)
+    if r < 0:
+        raise os_error(r, path)
+    return bytes(buf[:r])
 
 
 def _unsynced_offset(segment: Path) -> int | None:
@@ -260,6 +356,9 @@ def _unsynced_offset(segment: Path) -> int | None:
         text = read_file(marker)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise CorruptionError("unsynced-offset marker is not a regular file",
+                              file=str(marker), offset=0) from None
     try:
         off = int(text.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
@@ -279,7 +378,8 @@ def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
         lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
         if s.status != lib.AU_SCAN_MORE:
             break
-    ts = _TailScan(end=s.pos, next_lsn=s.next_lsn, records=s.next_lsn - first_lsn)
+    ts = _TailScan(end=s.pos, next_lsn=s.next_lsn, records=s.next_lsn - first_lsn,
+                   last_flags=s.last_flags if s.batches else 0)
     if s.status == lib.AU_SCAN_BAD:
         ts.bad_off = s.bad_off
         ts.reason = ffi.string(lib.au_reason(s.reason)).decode()
@@ -332,11 +432,12 @@ def list_segment_files(wal: Path) -> list[tuple[int, Path]]:
     except FileNotFoundError:
         return []
     return sorted((int(m.group(1)), wal / name) for name in names
-                  if (m := SEG_RE.match(name)))
+                  if (m := SEG_RE.fullmatch(name)))
 
 
-def check_segment_header(path: Path, header: bytes, first_lsn: int) -> int:
-    """Verify a segment header (CorruptionError); returns the preallocated size."""
+def check_segment_header(path: Path, header: bytes, first_lsn: int) -> tuple[int, int]:
+    """Verify a segment header (CorruptionError); returns the preallocated size and the
+    record limit the segment was written with."""
     return _check_header(path, header, first_lsn)
 
 
@@ -382,6 +483,8 @@ class Log:
         self._first_lsn = 1
         self._ro_next_lsn = 1
         self._ro_cut: tuple[int, int] | None = None  # read_only: (segment lsn, cut offset)
+        self._ro_torn_seal: tuple[int, int] | None = None  # read_only: a torn roll SEAL
+        self._continued = False           # read_only: the next segment lives elsewhere
         self.read_only = False
         self.durability = "sync"
         self.max_record_bytes = 16 << 20
@@ -391,7 +494,11 @@ class Log:
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
              segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
-             read_only: bool = False) -> "Log":
+             read_only: bool = False, continued: bool = False) -> Log:
+        """Open (or create) the log in `directory`; see docs/INTERNALS.md. ``continued``
+        (read_only only): its newest segment's successor lives elsewhere, as in
+        DIR/archive, whose segments continue in DIR/wal; a SEAL announcing it is then
+        not a missing segment."""
         if durability not in MODES:
             raise ValueError(f"durability must be one of {sorted(MODES)}, not {durability!r}")
         if not 1 <= max_record_bytes <= (255 << 20):
@@ -403,7 +510,10 @@ class Log:
         self = cls()
         self.directory = Path(directory)
         self._wal = self.directory / "wal"
+        if continued and not read_only:
+            raise ValueError("continued=True needs read_only=True")
         self.read_only = read_only
+        self._continued = continued
         self.durability = durability
         self.max_record_bytes = int(max_record_bytes)
         self.segment_bytes = (int(segment_bytes) + 7) & ~7
@@ -414,19 +524,18 @@ class Log:
                 self._prepare_dirs()
                 self._take_lock()
                 self._recover(MODES[durability], int(interval_ms))
-        except BaseException:
+        except BaseException as e:
             self._release()
+            if not read_only and isinstance(e, (OSError, DurabilityError)) and \
+                    e.errno == _errno.EROFS:
+                raise ReadOnlyError(
+                    f"{self.directory} is on a read-only file system ({e}); open it with "
+                    "read_only=True to read it") from e
             raise
         return self
 
     def _prepare_dirs(self):
-        d = self.directory
-        if not d.exists():
-            d.parent.mkdir(parents=True, exist_ok=True)
-        if _mkdir(d):
-            _fsync_dir(d.parent if str(d.parent) else ".")
-        if _mkdir(self._wal):
-            _fsync_dir(d)
+        make_dirs(self._wal)
 
     def _take_lock(self):
         path = self.directory / "LOCK"
@@ -448,33 +557,58 @@ class Log:
         except FileNotFoundError:
             return []
         for name in names:
-            m = SEG_RE.match(name)
+            m = SEG_RE.fullmatch(name)
             if m:
-                out.append((int(m.group(1)), self._wal / name))
+                path = self._wal / name
+                if not is_file(path):
+                    raise CorruptionError("named like a segment but not a regular file",
+                                          file=str(path))
+                out.append((int(m.group(1)), path))
         out.sort()
         return out
 
     def _check_headers(self, segs):
+        """Every header verified and first LSNs increasing; and LSN continuity where a
+        segment says where it continues: a segment sealed by a roll (SEAL|NEXT) names
+        the next segment's first LSN, which must be the next file's (a deleted or
+        foreign segment in the middle). Log.scan verifies every record as it reads."""
         prev = 0
-        for lsn, path in segs:
+        for i, (lsn, path) in enumerate(segs):
             if lsn <= prev or lsn == 0:
                 raise CorruptionError("segment first LSNs not increasing", file=str(path),
                                       offset=0, lsn=lsn)
-            _check_header(path, _pread(path, SEG_HDR), lsn)
+            size = _check_header(path, _pread(path, SEG_HDR), lsn)[0]
+            if i + 1 < len(segs):
+                nxt = _announced_next(path, size)
+                if nxt is not None and nxt[1] != segs[i + 1][0]:
+                    raise CorruptionError(
+                        f"LSN gap between segments: this one ends sealed for a next segment "
+                        f"at LSN {nxt[1]}, the next file is {segs[i + 1][1].name}",
+                        file=str(path), offset=nxt[0], lsn=nxt[1])
             prev = lsn
 
     def _analyze_newest(self, lsn: int, path: Path):
         buf = _read_buf(path)
-        size = _check_header(path, buf[:SEG_HDR], lsn)
-        ts = _scan_tail(buf, lsn, self.max_record_bytes)
+        size, limit = _check_header(path, buf[:SEG_HDR], lsn)
+        if len(buf) < size:
+            # header and zeros were fsynced before the file was renamed into place, and
+            # writes never change its size: no crash shortens it, so bytes were lost
+            raise CorruptionError(
+                f"segment file shorter than its preallocated size ({len(buf)} of {size}): "
+                "bytes were lost, this is not a crash shape", file=str(path),
+                offset=len(buf))
+        ts = _scan_tail(buf, lsn, limit)
         ts.size = size
-        if ts.bad_off is None and len(buf) < size:
-            # the size was fsynced at creation, so a short file lost bytes; what is left
-            # verifies, so it is reported like a torn tail (nothing to keep aside)
-            ts.bad_off = len(buf)
-            ts.reason = f"segment file shorter than its preallocated size ({len(buf)} of {size})"
+        if ts.last_flags & lib.AU_FLAG_NEXT and not self._continued:
+            # a roll writes SEAL|NEXT only once the next segment is durable: it is gone
+            raise CorruptionError(
+                f"the newest segment ends with a SEAL announcing a next segment "
+                f"({_seg_name(ts.next_lsn)}), which is missing: records from LSN "
+                f"{ts.next_lsn} on were lost", file=str(path), offset=ts.end - SEG_HDR,
+                lsn=ts.next_lsn)
         if ts.bad_off is not None:
-            ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off)
+            ev = lib.au_find_durable_evidence(ffi.from_buffer(buf), len(buf), ts.bad_off,
+                                              limit)
             if ev >= 0:
                 raise CorruptionError(
                     f"{ts.reason}; a later batch at offset {ev} shows these bytes were "
@@ -484,14 +618,36 @@ class Log:
         if unsynced is not None and unsynced < ts.end:
             # bytes written after the last good fdatasync of a writer whose next one
             # failed: the page cache may hold what the disk does not; cut them
-            cut = _scan_tail(memoryview(buf)[:unsynced], lsn, self.max_record_bytes)
+            cut = _scan_tail(memoryview(buf)[:unsynced], lsn, limit)
             cut.size = ts.size
             if cut.bad_off is None:
                 cut.bad_off = cut.end
                 cut.reason = ("written after the last successful fdatasync; a later "
                               f"fdatasync of this segment failed ({path.name}{UNSYNCED})")
             ts = cut
+        ts.limit = limit
         return buf, ts
+
+    def _torn_roll_seal(self, segs, ts: _TailScan) -> tuple[Path, int, bytes, str] | None:
+        """A roll makes the next segment durable before it writes SEAL|NEXT into the old
+        one, and writes nothing to the next one until that SEAL is fdatasynced. So when
+        the newest segment holds no batch, the one before it may end with a torn SEAL
+        (FORMAT.md, recovery rule 3a). Returns (segment, offset, bytes after its end of
+        data, reason) when that is all that is wrong there, else None (then Log.scan
+        reports what it finds)."""
+        if len(segs) < 2 or ts.end != SEG_HDR or ts.bad_off is not None:
+            return None
+        lsn, path = segs[-2]
+        buf = _read_buf(path)
+        size, limit = _check_header(path, buf[:SEG_HDR], lsn)
+        prev = _scan_tail(buf, lsn, limit)
+        if prev.bad_off is None or prev.next_lsn != segs[-1][0] or len(buf) != size:
+            return None
+        cbuf = ffi.from_buffer(buf)
+        if lib.au_first_nonzero(cbuf, min(prev.end + lib.AU_BATCH_HDR, size), size) >= 0:
+            return None      # more than one SEAL's bytes: damage, Log.scan reports it
+        return path, prev.end, bytes(buf[prev.end:prev.end + lib.AU_BATCH_HDR]).rstrip(b"\0"), \
+            f"torn SEAL of a roll ({prev.reason}); the next segment exists and is empty"
 
     def _recover_read_only(self):
         if not self.directory.is_dir():
@@ -504,6 +660,11 @@ class Log:
         self._check_headers(segs)
         lsn, path = segs[-1]
         buf, ts = self._analyze_newest(lsn, path)
+        torn = self._torn_roll_seal(segs, ts)
+        if torn is not None:
+            tpath, toff, tbytes, treason = torn
+            rep.cuts.append(TailCut(str(tpath), toff, treason, len(tbytes), lsn, None))
+            self._ro_torn_seal = (segs[-2][0], toff)
         if ts.bad_off is not None:
             last = lib.au_last_nonzero(ffi.from_buffer(buf), ts.bad_off, len(buf))
             nbytes = max(0, last + 1 - ts.bad_off)
@@ -521,15 +682,17 @@ class Log:
         # leftover <20 digits>.seg.tmp: a segment being created, or the spare
         # (00000000000000000000.seg.tmp, see native/FORMAT.md) in any state: never used
         for name in os.listdir(self._wal):
-            if (name.endswith(".seg.tmp") and SEG_RE.match(name[:-4])) or \
-                    name.endswith(UNSYNCED + ".tmp"):
+            # only regular files: we never make a directory (or anything else) by these
+            # names, so such an entry is not a leftover of ours and is left alone
+            if _is_leftover_tmp(name) and is_file(self._wal / name):
                 remove_file(self._wal / name, fsync_dir=False)
                 rep.removed_tmp.append(name)
         if rep.removed_tmp:
             _fsync_dir(self._wal)
         segs = self._list_segments()
         if not segs:
-            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), 1, self.segment_bytes),
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), 1, self.segment_bytes,
+                                           self.max_record_bytes),
                      "create segment", self._wal / _seg_name(1))
             segs = self._list_segments()
         rep.segments = len(segs)
@@ -550,11 +713,30 @@ class Log:
         elif size < target:
             self._zero(path, size, size, target)
         del buf
+        torn = self._torn_roll_seal(segs, ts)
+        if torn is not None:
+            tpath, toff, tbytes, treason = torn
+            kept = self._keep_broken(tpath, tbytes)
+            self._zero(tpath, toff, toff + lib.AU_BATCH_HDR, 0)
+            rep.cuts.append(TailCut(str(tpath), toff, treason, len(tbytes), lsn, kept))
+        rep.tail_records = ts.records
+        if ts.limit < self.max_record_bytes:
+            # this opener may write records the newest segment's header does not allow:
+            # write them to a new segment that records this opener's limit
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), ts.next_lsn,
+                                           self.segment_bytes, self.max_record_bytes),
+                     "create segment", self._wal / _seg_name(ts.next_lsn))
+            segs = self._list_segments()
+            lsn, path = segs[-1]
+            ts = _TailScan(end=SEG_HDR, next_lsn=ts.next_lsn, records=0,
+                           size=_check_header(path, _pread(path, SEG_HDR), lsn)[0],
+                           limit=self.max_record_bytes)
+            target = ts.size
+            rep.segments = len(segs)
         for name in os.listdir(self._wal):       # their cuts are durable now
-            if name.endswith(UNSYNCED):
+            if name.endswith(UNSYNCED) and is_file(self._wal / name):
                 remove_file(self._wal / name)
         self._first_lsn = segs[0][0]
-        rep.tail_records = ts.records
         rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
         rep.records = ts.next_lsn - self._first_lsn
         w = ffi.new("au_writer **")
@@ -628,9 +810,15 @@ class Log:
             return {}
         s = ffi.new("au_stats *")
         lib.au_writer_stats(self._w, s)
-        return {k: getattr(s, k) for k in
-                ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls",
-                 "spares", "spare_rolls", "spare_errors")}
+        out = {k: getattr(s, k) for k in
+               ("fdatasyncs", "writes", "rounds", "batches", "records", "bytes", "rolls",
+                "spares", "spare_rolls", "spare_errors")}
+        # time in fdatasync: total seconds, and per-bucket counts with their upper bounds
+        # (seconds; the last bucket has no bound)
+        out["fdatasync_seconds"] = s.fdatasync_ns / 1e9
+        out["fdatasync_buckets"] = list(s.fdatasync_hist)
+        out["fdatasync_bounds"] = FDATASYNC_BOUNDS
+        return out
 
     def _tls_ptr(self):
         p = getattr(self._tls, "p", None)
@@ -905,7 +1093,7 @@ class Log:
             # the segment being written was checked to its end by open(): read its written
             # part only (the rest is up to 64 MiB of preallocated zeros)
             buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
-            seg_size = _check_header(path, buf[:SEG_HDR], lsn)
+            seg_size, seg_limit = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
                     f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
@@ -914,7 +1102,7 @@ class Log:
             if is_bound:
                 limit = min(limit, bound[1])
             cbuf = ffi.from_buffer(buf)
-            s = _new_scan(SEG_HDR, lsn, limit, self.max_record_bytes)
+            s = _new_scan(SEG_HDR, lsn, limit, seg_limit)
             recs = ffi.new("au_rec[]", _SCAN_CHUNK)
             rbuf = ffi.buffer(recs)
             mv = memoryview(buf)
@@ -926,7 +1114,7 @@ class Log:
                             yield rlsn, rtype, bytes(mv[off:off + ln])
                 if s.status == lib.AU_SCAN_MORE:
                     continue
-                if s.status == lib.AU_SCAN_BAD:
+                if s.status == lib.AU_SCAN_BAD and (lsn, s.pos) != self._ro_torn_seal:
                     raise CorruptionError(ffi.string(lib.au_reason(s.reason)).decode(),
                                           file=str(path), offset=s.bad_off, lsn=s.next_lsn)
                 break
@@ -940,7 +1128,7 @@ class Log:
                         f"segment file shorter than its preallocated size ({len(buf)} of "
                         f"{seg_size})", file=str(path), offset=len(buf), lsn=s.next_lsn)
                 z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
-                if z >= 0:
+                if z >= 0 and (lsn, s.pos) != self._ro_torn_seal:
                     raise CorruptionError(
                         f"non-zero bytes after the end of data (first at offset {z})",
                         file=str(path), offset=s.pos, lsn=s.next_lsn)
@@ -950,7 +1138,9 @@ class Log:
     # ---------------------------------------------------------------- maintenance
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
         """Delete (or move into archive_dir) the oldest sealed segments whose records are
-        all < lsn. Never the segment being written. Returns the original paths."""
+        all < lsn. Never the segment being written. Returns the original paths.
+        Oldest first, each removal made durable (wal/ fsynced) before the next: a crash
+        leaves the remaining segments contiguous, never a gap open() would refuse."""
         w = self._writer("retire_segments_before")
         p = self._tls_ptr()
         lib.au_writer_position(w, p, p + 1, p + 2, p + 3)
@@ -962,10 +1152,10 @@ class Log:
             if first >= current or segs[i + 1][0] > lsn:
                 break
             if archive_dir is None:
-                remove_file(path, fsync_dir=False)
+                remove_file(path)
             else:
                 adir = Path(archive_dir)
-                adir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_dirs(adir)
                 dest = adir / path.name
                 rc = lib.au_rename(os.fsencode(str(path)), os.fsencode(str(dest)))
                 if rc == -_errno.EXDEV:
@@ -974,9 +1164,9 @@ class Log:
                 else:
                     check_io(rc, "rename", path)
                     _fsync_dir(adir)
+                _fsync_dir(self._wal)
             done.append(path)
         if done:
-            _fsync_dir(self._wal)
             self._first_lsn = self._list_segments()[0][0]
         return done
 
@@ -1012,7 +1202,7 @@ class Log:
         except Exception:
             pass
 
-    def __enter__(self) -> "Log":
+    def __enter__(self) -> Log:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,23 +30,28 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import records as R
 from .locks import YieldingLock
 from ..errors import ClosedError, DependencyCycleError, ReadOnlyError, UnknownParentError
+from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
+                         check_job_id, check_names, token_bytes)
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
-                  MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
-                  _check_retries, _check_seconds, check_name, check_text, encode_json,
+                  MAX_DUE_MS, MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
+                  check_retries, check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
-from .state import MAX_DUE_MS, State, Transition
+from .table import FINISHED
+from .replay import replay
+from .state import State
 
 __all__ = ["Queue", "open"]
 
-MAX_ERROR_CHARS = 64 * 1024
-_JOBLESS = (R.Pause, R.Resume, R.Limit)
-MAX_MESSAGE_CHARS = 4096
+_JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
+
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
 _new_tuple = tuple.__new__
@@ -63,43 +68,12 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
-def open(path, **options) -> "Queue":  # noqa: A001 - the package's documented entry point
+
+def open(path, **options) -> Queue:  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
 
 
-def _names(value, what: str) -> frozenset | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = (value,)
-    try:
-        items = frozenset(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a str or an iterable of str") from None
-    for v in items:
-        check_name(v, what)
-    if not items:
-        raise ValueError(f"{what} must not be empty (use None for all)")
-    return items
-
-
-def _token_bytes(token: Any) -> bytes:
-    if not isinstance(token, str):
-        raise TypeError(f"token must be the str from job.token, not {type(token).__name__}")
-    try:
-        b = bytes.fromhex(token)
-    except ValueError:
-        b = b""
-    if len(b) != 8:
-        raise ValueError(f"malformed attempt token {token!r}")
-    return b
-
-
-def _job_id(job_id: Any) -> str:
-    if not isinstance(job_id, str):
-        raise TypeError(f"job id must be a str, not {type(job_id).__name__}")
-    return job_id
 
 
 def _parents_first(jobs: list[Job], deps: list) -> list[int]:
@@ -134,7 +108,7 @@ def _parents_first(jobs: list[Job], deps: list) -> list[int]:
     return out
 
 
-class Queue:
+class Queue(QueueInterface):
     """A durable job queue stored in one directory.
 
     Compaction options (see aurora_log.snapshot): ``auto_compact`` (background snapshots
@@ -151,7 +125,7 @@ class Queue:
     and the log's ``segment_bytes`` / ``max_record_bytes``.
     """
 
-    _touched = None          # compaction capture: ids touched since it began
+    _touched: dict[str, None] | None = None   # compaction capture: ids touched since
     _schedules: dict = {}    # name -> cron.Periodic (per object, set in __init__)
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
@@ -176,7 +150,7 @@ class Queue:
                 or max_payload_bytes <= 0:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         if reaper_interval is not None:
-            _check_seconds(reaper_interval, "reaper_interval")
+            check_seconds(reaper_interval, "reaper_interval")
         retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
         if not callable(clock):
             raise TypeError("clock must be a callable returning seconds since the epoch")
@@ -185,8 +159,10 @@ class Queue:
         self._retry = (retry_base, retry_cap, retry_jitter)
         self._read_only = bool(read_only)
         self._lock = YieldingLock()
-        self._cond = threading.Condition(self._lock)
+        # YieldingLock has the lock protocol Condition uses (typeshed names only its own)
+        self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
+        snapshot.check_log_present(path)    # before Log.open creates an empty log
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
@@ -202,7 +178,8 @@ class Queue:
         self._compactor = None
         if not self._read_only:
             self._compactor = snapshot.Compactor(
-                self, self._log.directory, archive=archive, retain_seconds=retain_seconds,
+                _CompactionLink(self), self._log.directory, archive=archive,
+                retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
             self._compactor.tail_bytes = self._tail_bytes
@@ -234,23 +211,10 @@ class Queue:
         res = snapshot.recover(self._log.directory, self._log.first_lsn, self._log.next_lsn,
                                read_only=self._read_only, max_content=self._max_snapshot)
         self.snapshot_report = res
-        state = res.state if res.state is not None else State()
-        apply, decode = state.apply, R.decode
-        max_at, tail = res.max_at_ms, 0
-        start = res.lsn + 1 if res.state is not None else self._log.first_lsn
-        apply_enqueue = state.apply_enqueue_bytes
-        for lsn, rtype, payload in self._log.scan(start):
-            if rtype == R.ENQUEUE:          # the bulk of any log: a fused decode+fold
-                at = apply_enqueue(lsn, payload)
-            else:
-                rec = decode(rtype, payload)
-                apply(lsn, rtype, rec)
-                at = rec.at_ms
-            if at > max_at:
-                max_at = at
-            tail += len(payload) + REC_HDR
-        self._max_at, self._tail_bytes = max_at, tail
-        return state
+        base_lsn = res.lsn if res.state is not None else self._log.first_lsn - 1
+        done = replay(self._log, res.state, base_lsn, base_max_at_ms=res.max_at_ms)
+        self._max_at, self._tail_bytes = done.max_at_ms, done.bytes
+        return done.state
 
     def _recover_running(self) -> int:
         """Jobs left RUNNING by a dead process: back to pending as a spent attempt
@@ -261,26 +225,6 @@ class Queue:
             self._log.sync(self._log.next_lsn - 1)
         return len(recs)
 
-    # ------------------------------------------------------------------ handlers
-    # The registry lives in tasks.py (a layer above); these are the documented spellings
-    # ``@q.task(...)`` and ``q.register_handler(...)``. The engine itself never runs handlers.
-
-    def task(self, name=None, **options):
-        """Decorator registering a task handler; see :func:`aurora_log.tasks.task`."""
-        from ..runtime.tasks import task
-        return task(self, name, **options)
-
-    def periodic(self, cron: str, *, tz: str = "UTC", missed: str = "skip",
-                 grace: float = 60.0, name: str | None = None, **options):
-        """Decorator: run a task at every due time of ``cron``; see
-        :func:`aurora_log.runtime.tasks.periodic` and :meth:`schedule_periodic`."""
-        from ..runtime.tasks import periodic
-        return periodic(self, cron, tz=tz, missed=missed, grace=grace, name=name, **options)
-
-    def register_handler(self, job_type: str, fn, *, context: bool = False):
-        """Seed style ``fn(job)`` handler for ``job_type``; see :func:`aurora_log.tasks.register_handler`."""
-        from ..runtime.tasks import register_handler
-        return register_handler(self, job_type, fn, context=context)
 
     def close(self) -> None:
         """Stop the reaper, wake blocked claims (they return None), flush and close the log.
@@ -298,7 +242,7 @@ class Queue:
             self._reaper.join()
         self._log.close()
 
-    def __enter__(self) -> "Queue":
+    def __enter__(self) -> Queue:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -367,7 +311,7 @@ class Queue:
                 self._state.apply(first, encoded[0][0], recs[0])
             else:
                 self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                               zip(recs, encoded)])
+                                               zip(recs, encoded, strict=True)])
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded, checked=checked)
@@ -405,22 +349,22 @@ class Queue:
                                               or not 1 <= prio <= 4):
             raise ValueError(f"priority must be a JobPriority, got {prio!r}")
         if job.max_retries is not DEFAULT_MAX_RETRIES:
-            _check_retries(job.max_retries, "max_retries")
+            check_retries(job.max_retries, "max_retries")
         timeout = job.timeout_seconds
         if timeout is not DEFAULT_TIMEOUT_SECONDS:
-            _check_seconds(timeout, "timeout_seconds", allow_none=True)
+            check_seconds(timeout, "timeout_seconds", allow_none=True)
         lease = job.lease_duration
         if lease is not DEFAULT_LEASE_SECONDS:
-            _check_seconds(lease, "lease_duration")
+            check_seconds(lease, "lease_duration")
         if job.status is not JobStatus.PENDING or job.retry_count != 0:
             raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
                              f"{job.status}, retry_count {job.retry_count})")
-        created = job.created_at
-        if type(created) is datetime and created.tzinfo is not None \
-                and created.microsecond % 1000 == 0:
-            created = round(created.timestamp() * 1000)     # exact for ms-precision times
+        created_at = job.created_at
+        if type(created_at) is datetime and created_at.tzinfo is not None \
+                and created_at.microsecond % 1000 == 0:
+            created = round(created_at.timestamp() * 1000)  # exact for ms-precision times
         else:
-            created = to_ms(created, "created_at")
+            created = to_ms(created_at, "created_at")
         sched = None
         if job.scheduled_at is not None:
             sched = to_ms(job.scheduled_at, "scheduled_at")
@@ -434,18 +378,18 @@ class Queue:
                       None if timeout is None else round(timeout * 1000))
         lease_ms = 30_000 if lease is DEFAULT_LEASE_SECONDS else round(lease * 1000)
         ukey = job.unique_key
-        prio = int(prio)
+        prio_code = int(prio)
         try:
             data = R.pack_enqueue(job.id.encode(), job.job_type.encode(), job.queue.encode(),
-                                  None if ukey is None else ukey.encode(), prio,
+                                  None if ukey is None else ukey.encode(), prio_code,
                                   job.max_retries, created, now, sched, timeout_ms, lease_ms,
                                   payload)
         except struct.error as e:
             raise ValueError(f"job {job.id}: a field does not fit the record: {e}") from None
         # tuple.__new__ skips the NamedTuple constructor's Python-level wrapper (~3x faster)
-        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio, job.max_retries,
-                                      created, now, sched, timeout_ms, lease_ms, ukey,
-                                      payload)), data
+        return _new_tuple(R.Enqueue, (job.id, job.job_type, job.queue, prio_code,
+                                      job.max_retries, created, now, sched, timeout_ms,
+                                      lease_ms, ukey, payload)), data
 
     # ------------------------------------------------------------------ producers
 
@@ -557,8 +501,8 @@ class Queue:
         its process ends in dead-letter instead of looping. A power cut may lose the
         claim, which only means the job runs again, uncounted."""
         check_text(worker_id, "worker_id", MAX_NAME_CHARS)
-        types = _names(job_types, "job_types")
-        qs = _names(queues, "queues")
+        types = check_names(job_types, "job_types")
+        qs = check_names(queues, "queues")
         end = None
         if wait is not None:
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
@@ -586,13 +530,13 @@ class Queue:
                 if self._read_only:
                     raise ReadOnlyError("the queue was opened read_only")
                 now = self._now_ms()
-                job_id = self._state.pick(now, qs, types)
+                job_id = self._state.pick(now, qs, types)     # the decision (order.py)
                 if job_id is not None:
                     rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
                     if self._out_of_space():
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
-                    reserved = self._reserve_apply([rec])
+                    reserved = self._reserve_apply([rec])     # append + apply (the fold)
                     try:
                         return self._state.get(job_id), reserved
                     except BaseException:
@@ -615,7 +559,7 @@ class Queue:
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
         requested. StaleLeaseError if the token no longer holds the job."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         with self._lock:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
@@ -633,7 +577,7 @@ class Queue:
                  message: str | None = None) -> None:
         """Report progress (0.0..1.0, optional message); counts as a heartbeat for
         last_heartbeat but does not extend the lease."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
         if not 0.0 <= fraction <= 1.0:
@@ -653,7 +597,7 @@ class Queue:
     def complete(self, job_id: str, token: str, result: Any = None, *,
                  durable: bool = True) -> None:
         """Mark the attempt's job COMPLETED with an optional JSON ``result``."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         res = None if result is None else encode_json(result, "result")
         if res is not None and len(res) > self._max_payload:
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
@@ -670,7 +614,7 @@ class Queue:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
         DEAD_LETTER (retries spent) or CANCELLED (a cancel had been requested). Errors over
         64 KiB are truncated."""
-        job_id, tok = _job_id(job_id), _token_bytes(token)
+        job_id, tok = check_job_id(job_id), token_bytes(token)
         if not isinstance(error, str):
             raise TypeError(f"error must be a str, not {type(error).__name__}")
         if len(error) > MAX_ERROR_CHARS:
@@ -686,6 +630,23 @@ class Queue:
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
 
+    def release(self, job_id: str, token: str) -> JobStatus:
+        """Hand a claimed job back: RUNNING -> PENDING, due now, without spending an
+        attempt (its retry count is unchanged), recorded in the history as "release".
+        For a worker shutting down with jobs whose handlers had not started, or were cut
+        off by the shutdown rather than by the job. Returns PENDING, or CANCELLED if a
+        cancel had been requested. StaleLeaseError if the token no longer holds the
+        job's lease. Durable when it returns (a crash after it does not charge the
+        attempt as "process died")."""
+        job_id, tok = check_job_id(job_id), token_bytes(token)
+        with self._lock:
+            self._check_open()
+            rec = self._state.plan_release(job_id, tok, self._now_ms())
+            reserved = self._reserve_apply([rec])
+            self._cond.notify_all()
+        self._publish(reserved, "durable")
+        return JobStatus.CANCELLED if rec.outcome == R.OUTCOME_CANCELLED else JobStatus.PENDING
+
     # ------------------------------------------------------------------ operators
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -693,7 +654,7 @@ class Queue:
         running job, request cancellation (its next heartbeat returns True; a fail or an
         expired lease then ends it CANCELLED) and return RUNNING. InvalidStateError for a
         finished job."""
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open()
             rec = self._state.plan_cancel(job_id, self._now_ms())
@@ -707,7 +668,7 @@ class Queue:
 
     def retry_dead(self, job_id: str) -> None:
         """Re-drive a dead-lettered job: PENDING now, retry_count reset to 0."""
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open()
             rec = self._state.plan_retry_dead(job_id, self._now_ms())
@@ -720,7 +681,7 @@ class Queue:
         """Drop finished jobs (completed, dead-lettered, cancelled; or only ``status``) that
         finished more than ``older_than`` seconds ago (or before ``before``) from the live
         state, with a PURGE record. Returns how many."""
-        statuses = (3, 5, 6)
+        statuses: tuple[int, ...] = FINISHED
         if status is not None:
             st = JobStatus(status)
             if not st.is_finished:
@@ -951,7 +912,7 @@ class Queue:
                       stop=lambda: self._closed, max_record_bytes=self._log.max_record_bytes)
 
     def get(self, job_id: str) -> Job | None:
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open(write=False)
             return self._state.get(job_id)
@@ -978,10 +939,49 @@ class Queue:
             return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:
-        job_id = _job_id(job_id)
+        job_id = check_job_id(job_id)
         with self._lock:
             self._check_open(write=False)
             return self._state.history(job_id)
 
     def __repr__(self) -> str:
         return f"<aurora_log.Queue {str(self._log.directory)!r}{' closed' if self._closed else ''}>"
+
+
+class _CompactionLink:
+    """The queue as its Compactor sees it (snapshot.CompactionHost): the only way the
+    compactor reaches into a queue."""
+    __slots__ = ("_q",)
+
+    def __init__(self, q: Queue) -> None:
+        self._q = q
+
+    @property
+    def log(self):
+        return self._q._log
+
+    @property
+    def closed(self) -> bool:
+        return self._q._closed
+
+    def now_ms(self) -> int:
+        return self._q._now_ms()
+
+    @contextmanager
+    def locked(self) -> Iterator[State]:
+        with self._q._lock:
+            yield self._q._state
+
+    def track_touched(self) -> None:
+        self._q._touched = {}
+
+    def untrack_touched(self) -> dict[str, None]:
+        touched, self._q._touched = self._q._touched, None
+        return touched or {}
+
+    def append_apply(self, recs: list) -> int:
+        return self._q._append_apply(recs)
+
+    def max_at_ms(self) -> int:
+        return self._q._max_at
+

@@ -39,6 +39,10 @@ type  name            layout v1 (fixed header, then variable parts)
                                                               reset to 0, due at at_ms)
 11    PURGE           u8 ver, i64 at_ms, u32 count; count x (u16 len id, id)  (drop
                       finished jobs from the state; compaction's retention)
+12    RELEASE         u8 ver, u8 outcome, i64 at_ms, 8s token, u16 len id; id
+                      (RUNNING -> PENDING, due at at_ms, retry_count unchanged: the
+                      attempt is handed back, not spent; Queue.release). outcome: 1 =
+                      pending again, 3 = cancelled (a cancel had been requested)
 20    PAUSE           u8 ver, i64 at_ms, u16 len queue; queue    (claims skip the queue)
 21    RESUME          u8 ver, i64 at_ms, u16 len queue; queue    (undoes PAUSE)
 22    LIMIT           u8 ver, u8 scope (1 = queue, 2 = job_type), i64 at_ms,
@@ -56,7 +60,7 @@ type  name            layout v1 (fixed header, then variable parts)
 
 Every decision that depends on a clock or on chance is *in* the record (the lease
 deadline, the next due time of a retry, the reaper's verdict), so replaying the log gives
-the same state no matter when it is replayed. Type 0 is invalid; 12..19 and 25..255 are
+the same state no matter when it is replayed. Type 0 is invalid; 13..19 and 25..255 are
 free. Queue control (20..24) is folded by ``control.py``: rate limits decide from the
 CLAIM records' own times, so replay makes the same decisions.
 """
@@ -65,15 +69,16 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from ..errors import CorruptionError
+from ..errors import RecordError
 
 __all__ = [
     "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",
-    "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RECORD_NAMES", "RecordError",
+    "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RELEASE", "RECORD_NAMES", "RecordError",
     "Enqueue", "Claim", "Heartbeat", "Progress", "Complete", "Fail", "Reap", "Cancel",
-    "CancelRequest", "RetryDead", "Purge", "Record",
+    "CancelRequest", "RetryDead", "Purge", "Release", "Record",
     "PAUSE", "RESUME", "LIMIT", "PERIODIC_FIRE", "DEPENDS", "CONTROL_TYPES",
     "Pause", "Resume", "Limit", "PeriodicFire", "Depends",
     "SCOPE_QUEUE", "SCOPE_JOB_TYPE", "ON_FAILURE_CANCEL", "ON_FAILURE_IGNORE",
@@ -93,6 +98,7 @@ CANCEL = 8
 CANCEL_REQUEST = 9
 RETRY_DEAD = 10
 PURGE = 11
+RELEASE = 12
 PAUSE = 20
 RESUME = 21
 LIMIT = 22
@@ -103,8 +109,9 @@ CONTROL_TYPES = (PAUSE, RESUME, LIMIT, PERIODIC_FIRE, DEPENDS)
 RECORD_NAMES = {ENQUEUE: "enqueue", CLAIM: "claim", HEARTBEAT: "heartbeat",
                 PROGRESS: "progress", COMPLETE: "complete", FAIL: "fail", REAP: "reap",
                 CANCEL: "cancel", CANCEL_REQUEST: "cancel_request",
-                RETRY_DEAD: "retry_dead", PURGE: "purge", PAUSE: "pause", RESUME: "resume",
-                LIMIT: "limit", PERIODIC_FIRE: "periodic_fire", DEPENDS: "depends"}
+                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release",
+                PAUSE: "pause", RESUME: "resume", LIMIT: "limit",
+                PERIODIC_FIRE: "periodic_fire", DEPENDS: "depends"}
 
 SCOPE_QUEUE = 1
 SCOPE_JOB_TYPE = 2
@@ -125,11 +132,6 @@ REASON_TEXT = {REASON_LEASE_EXPIRED: "lease expired", REASON_TIMEOUT: "timeout",
 VERSION = 1
 _U32 = 0xFFFFFFFF    # leases/timeouts (ms) are u32 in the state
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-
-
-class RecordError(CorruptionError):
-    """A record payload that does not decode (wrong length, unknown version or type,
-    invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
 
 
 # --------------------------------------------------------------------------- record types
@@ -212,6 +214,13 @@ class RetryDead(NamedTuple):
     at_ms: int
 
 
+class Release(NamedTuple):
+    id: str
+    at_ms: int
+    token: bytes
+    outcome: int       # OUTCOME_RETRY (pending again) or OUTCOME_CANCELLED
+
+
 class Purge(NamedTuple):
     at_ms: int
     ids: tuple
@@ -250,18 +259,16 @@ class Depends(NamedTuple):
     on_parent_failure: int      # ON_FAILURE_CANCEL or ON_FAILURE_IGNORE
 
 
-Record = Union[Enqueue, Claim, Heartbeat, Progress, Complete, Fail, Reap, Cancel,
-               CancelRequest, RetryDead, Purge, Pause, Resume, Limit, PeriodicFire, Depends]
+Record = (Enqueue | Claim | Heartbeat | Progress | Complete | Fail | Reap | Cancel
+          | CancelRequest | RetryDead | Purge | Release | Pause | Resume | Limit
+          | PeriodicFire | Depends)
 
-_TYPE_OF = {Enqueue: ENQUEUE, Claim: CLAIM, Heartbeat: HEARTBEAT, Progress: PROGRESS,
-            Complete: COMPLETE, Fail: FAIL, Reap: REAP, Cancel: CANCEL,
-            CancelRequest: CANCEL_REQUEST, RetryDead: RETRY_DEAD, Purge: PURGE,
-            Pause: PAUSE, Resume: RESUME, Limit: LIMIT, PeriodicFire: PERIODIC_FIRE,
-            Depends: DEPENDS}
+_SIMPLE_TYPES: dict[int, type[Cancel | CancelRequest | RetryDead]] = {
+    CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}
 
 # --------------------------------------------------------------------------- layouts
 
-_ENQ = struct.Struct("<BBBxIqqqqqHHHHI")
+ENQUEUE_HEAD = struct.Struct("<BBBxIqqqqqHHHHI")
 _CLAIM = struct.Struct("<Bqq8sHH")
 _HB = struct.Struct("<Bqq8sH")
 _PROG = struct.Struct("<BBq8sdHH")
@@ -270,6 +277,8 @@ _FAIL = struct.Struct("<BBq8sqHI")
 _REAP = struct.Struct("<BBBq8sqH")
 _SIMPLE = struct.Struct("<BqH")
 _PURGE = struct.Struct("<BqI")
+_REL = struct.Struct("<BBq8sH")
+_RELEASE_OUTCOMES = (OUTCOME_RETRY, OUTCOME_CANCELLED)
 _H = struct.Struct("<H")
 _LIMIT = struct.Struct("<BBqIIqH")
 _FIRE = struct.Struct("<BqqHH")
@@ -296,7 +305,7 @@ def pack_enqueue(job_id: bytes, job_type: bytes, queue: bytes, ukey: bytes | Non
              | (_F_UKEY if ukey is not None else 0))
     if ukey is None:
         ukey = b""
-    return b"".join((_ENQ.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
                                scheduled_ms or 0, timeout_ms or 0, lease_ms, len(job_id),
                                len(job_type), len(queue), len(ukey), len(payload)),
                      job_id, job_type, queue, ukey, payload))
@@ -308,76 +317,119 @@ def encode_enqueue(r: Enqueue) -> bytes:
              | (_F_UKEY if r.unique_key is not None else 0))
     i, t, q = _s(r.id), _s(r.job_type), _s(r.queue)
     u = _s(r.unique_key) if r.unique_key is not None else b""
-    return b"".join((_ENQ.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
+    return b"".join((ENQUEUE_HEAD.pack(VERSION, flags, r.priority, r.max_retries, r.created_ms,
                                r.at_ms, r.scheduled_ms or 0, r.timeout_ms or 0, r.lease_ms,
                                len(i), len(t), len(q), len(u), len(r.payload)),
                      i, t, q, u, r.payload))
 
 
+def _encode_claim(rec: Claim) -> bytes:
+    i, w = _s(rec.id), _s(rec.worker)
+    return _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                       len(i), len(w)) + i + w
+
+
+def _encode_heartbeat(rec: Heartbeat) -> bytes:
+    i = _s(rec.id)
+    return _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token, len(i)) + i
+
+
+def _encode_progress(rec: Progress) -> bytes:
+    i = _s(rec.id)
+    m = _s(rec.message) if rec.message is not None else b""
+    return _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
+                      rec.token, rec.fraction, len(i), len(m)) + i + m
+
+
+def _encode_complete(rec: Complete) -> bytes:
+    i = _s(rec.id)
+    res = rec.result if rec.result is not None else b""
+    return _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
+                      rec.token, len(i), len(res)) + i + res
+
+
+def _encode_fail(rec: Fail) -> bytes:
+    i = _s(rec.id)
+    e = rec.error.encode("utf-8")
+    return _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i), len(e)) + i + e
+
+
+def _encode_reap(rec: Reap) -> bytes:
+    i = _s(rec.id)
+    return _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
+                      rec.next_due_ms, len(i)) + i
+
+
+def _encode_simple(rec: Cancel | CancelRequest | RetryDead) -> bytes:
+    i = _s(rec.id)
+    return _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
+
+
+def _encode_purge(rec: Purge) -> bytes:
+    parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
+    for job_id in rec.ids:
+        i = _s(job_id)
+        parts.append(_H.pack(len(i)))
+        parts.append(i)
+    return b"".join(parts)
+
+
+def _encode_release(rec: Release) -> bytes:
+    if rec.outcome not in _RELEASE_OUTCOMES:
+        raise ValueError(f"release outcome must be 1 or 3, not {rec.outcome}")
+    i = _s(rec.id)
+    return _REL.pack(VERSION, rec.outcome, rec.at_ms, rec.token, len(i)) + i
+
+
+def _encode_queue_name(rec: Pause | Resume) -> bytes:
+    n = _s(rec.queue)
+    return _SIMPLE.pack(VERSION, rec.at_ms, len(n)) + n
+
+
+def _encode_limit(rec: Limit) -> bytes:
+    n = _s(rec.name)
+    return _LIMIT.pack(VERSION, rec.scope, rec.at_ms, rec.concurrency, rec.rate_count,
+                       rec.rate_period_ms, len(n)) + n
+
+
+def _encode_fire(rec: PeriodicFire) -> bytes:
+    n, i = _s(rec.name), _s(rec.id)
+    return _FIRE.pack(VERSION, rec.at_ms, rec.due_ms, len(n), len(i)) + n + i
+
+
+def _encode_depends(rec: Depends) -> bytes:
+    i = _s(rec.id)
+    parts = [_DEPS.pack(VERSION, rec.on_parent_failure, rec.at_ms, len(i), len(rec.parents)), i]
+    for parent in rec.parents:
+        b = _s(parent)
+        parts.append(_H.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+# record class -> (type byte, its encoder): one lookup per record
+_ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    Enqueue: (ENQUEUE, encode_enqueue), Claim: (CLAIM, _encode_claim),
+    Heartbeat: (HEARTBEAT, _encode_heartbeat), Progress: (PROGRESS, _encode_progress),
+    Complete: (COMPLETE, _encode_complete), Fail: (FAIL, _encode_fail),
+    Reap: (REAP, _encode_reap), Cancel: (CANCEL, _encode_simple),
+    CancelRequest: (CANCEL_REQUEST, _encode_simple), RetryDead: (RETRY_DEAD, _encode_simple),
+    Purge: (PURGE, _encode_purge), Release: (RELEASE, _encode_release),
+    Pause: (PAUSE, _encode_queue_name), Resume: (RESUME, _encode_queue_name),
+    Limit: (LIMIT, _encode_limit), PeriodicFire: (PERIODIC_FIRE, _encode_fire),
+    Depends: (DEPENDS, _encode_depends),
+}
+
+
 def encode(rec: Record) -> tuple[int, bytes]:
     """(rtype, payload) for a record. ValueError for values that do not fit the layout."""
-    rtype = _TYPE_OF.get(type(rec))
-    if rtype is None:
+    entry = _ENCODERS.get(type(rec))
+    if entry is None:
         raise TypeError(f"not a record: {type(rec).__name__}")
+    rtype, encoder = entry
     try:
-        if rtype == ENQUEUE:
-            return rtype, encode_enqueue(rec)
-        if rtype == CLAIM:
-            i, w = _s(rec.id), _s(rec.worker)
-            return rtype, _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                      len(i), len(w)) + i + w
-        if rtype == HEARTBEAT:
-            i = _s(rec.id)
-            return rtype, _HB.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
-                                   len(i)) + i
-        if rtype == PROGRESS:
-            i = _s(rec.id)
-            m = _s(rec.message) if rec.message is not None else b""
-            return rtype, _PROG.pack(VERSION, 1 if rec.message is not None else 0, rec.at_ms,
-                                     rec.token, rec.fraction, len(i), len(m)) + i + m
-        if rtype == COMPLETE:
-            i = _s(rec.id)
-            res = rec.result if rec.result is not None else b""
-            return rtype, _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
-                                     rec.token, len(i), len(res)) + i + res
-        if rtype == FAIL:
-            i = _s(rec.id)
-            e = rec.error.encode("utf-8")
-            return rtype, _FAIL.pack(VERSION, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i), len(e)) + i + e
-        if rtype == REAP:
-            i = _s(rec.id)
-            return rtype, _REAP.pack(VERSION, rec.reason, rec.outcome, rec.at_ms, rec.token,
-                                     rec.next_due_ms, len(i)) + i
-        if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
-            i = _s(rec.id)
-            return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(i)) + i
-        if rtype in (PAUSE, RESUME):
-            n = _s(rec.queue)
-            return rtype, _SIMPLE.pack(VERSION, rec.at_ms, len(n)) + n
-        if rtype == LIMIT:
-            n = _s(rec.name)
-            return rtype, _LIMIT.pack(VERSION, rec.scope, rec.at_ms, rec.concurrency,
-                                      rec.rate_count, rec.rate_period_ms, len(n)) + n
-        if rtype == PERIODIC_FIRE:
-            n, i = _s(rec.name), _s(rec.id)
-            return rtype, _FIRE.pack(VERSION, rec.at_ms, rec.due_ms, len(n), len(i)) + n + i
-        if rtype == DEPENDS:
-            i = _s(rec.id)
-            parts = [_DEPS.pack(VERSION, rec.on_parent_failure, rec.at_ms, len(i),
-                                len(rec.parents)), i]
-            for parent in rec.parents:
-                b = _s(parent)
-                parts.append(_H.pack(len(b)))
-                parts.append(b)
-            return rtype, b"".join(parts)
-        # PURGE
-        parts = [_PURGE.pack(VERSION, rec.at_ms, len(rec.ids))]
-        for job_id in rec.ids:
-            i = _s(job_id)
-            parts.append(_H.pack(len(i)))
-            parts.append(i)
-        return rtype, b"".join(parts)
+        return rtype, encoder(rec)
     except struct.error as e:
         raise ValueError(f"{RECORD_NAMES[rtype]} record field out of range: {e}") from None
 
@@ -418,8 +470,8 @@ def _check_id(rtype: int, job_id: str) -> str:
     return job_id
 
 
-_ENQ_UNPACK = _ENQ.unpack_from
-_ENQ_SIZE = _ENQ.size
+_ENQ_UNPACK = ENQUEUE_HEAD.unpack_from
+_ENQ_SIZE = ENQUEUE_HEAD.size
 _names: dict[bytes, str] = {}   # job_type / queue spellings repeat: decode each once
 
 
@@ -527,8 +579,14 @@ def _decode(rtype: int, data: bytes) -> Record:
     if rtype in (CANCEL, CANCEL_REQUEST, RETRY_DEAD):
         _, at, li = _head(rtype, _SIMPLE, data)
         (job_id,) = _strs(rtype, data, _SIMPLE.size, (li,))
-        cls = {CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}[rtype]
+        cls: type[Cancel | CancelRequest | RetryDead] = _SIMPLE_TYPES[rtype]
         return cls(_check_id(rtype, job_id), at)
+    if rtype == RELEASE:
+        _, outcome, at, token, li = _head(rtype, _REL, data)
+        if outcome not in _RELEASE_OUTCOMES:
+            raise _bad(rtype, f"unknown outcome {outcome}")
+        (job_id,) = _strs(rtype, data, _REL.size, (li,))
+        return Release(_check_id(rtype, job_id), at, token, outcome)
     if rtype in (PAUSE, RESUME):
         _, at, ln = _head(rtype, _SIMPLE, data)
         (queue,) = _strs(rtype, data, _SIMPLE.size, (ln,))

@@ -1,6 +1,7 @@
-"""Compaction: lz4 snapshots of the live state, recovery from them, retention, retirement.
+"""Snapshot files: recovery from them, time travel, compaction (retention, retirement).
 
-The byte format is in native/FORMAT.md ("Snapshot format"). In short:
+The byte format is in native/FORMAT.md ("Snapshot format") and its code in snapfile.py.
+In short:
 
     DIR/snap/<20-digit lsn>.snap   64-byte header (magic, version, LSN, item count, body
                                    length, content length, max record time, body crc, header
@@ -13,8 +14,8 @@ The byte format is in native/FORMAT.md ("Snapshot format"). In short:
                                    Version 1 (still read): the state export's items, a u32
                                    length table then the items back to back.
 
-A version 2 load builds no object per pending job (``_decode_v2`` checks the structure
-with bulk operations, ``State.from_split`` returns a state whose job table is lazy), so
+A version 2 load builds no object per pending job (snapfile's decoder checks the structure
+with bulk operations, ``State.load_split`` makes a state whose job table is lazy), so
 reopen + first claim does not grow with the number of pending jobs beyond reading and
 decompressing the file.
 
@@ -24,15 +25,15 @@ previous one (and a longer replay) is used. With none usable and the log no long
 at LSN 1: CorruptionError naming the files -- never an empty queue by accident.
 
 Compaction (``Compactor.compact``) never holds the queue lock for more than a dictionary
-copy plus the jobs touched while it ran (see ``_capture``): the export, the compression and
-the write run outside it. Then: keep the two newest snapshots; retire WAL segments that the
-OLDER kept snapshot covers (so falling back to it still finds its WAL tail); with
-``archive=True`` retired segments go to DIR/archive/wal/ and retired snapshots to
-DIR/archive/snap/ (a layout ``Log.open(DIR/archive, read_only=True)`` can read), which
-``state_as_of`` uses for time travel.
+copy plus the jobs touched while it ran (``_capture_start``, ``_capture_finish``): the
+export, the compression and the write run outside it. Then: keep the two newest
+snapshots; retire WAL segments that the OLDER kept snapshot covers (so falling back to it
+still finds its WAL tail); with ``archive=True`` retired segments go to DIR/archive/wal/
+and retired snapshots to DIR/archive/snap/ (a layout ``Log.open(DIR/archive,
+read_only=True, continued=True)`` reads), which ``state_as_of`` uses for time travel.
 
 History beyond compaction (the choice): a snapshot carries each retained job's whole
-transition list (``_Rec.hist``, part of the state export), so ``history(job_id)`` keeps
+transition list (``Rec.hist``, part of the state export), so ``history(job_id)`` keeps
 working after the job's records have left the WAL, for as long as retention keeps the job
 (completed/cancelled: 24 h or the newest 100,000 by default; dead letters until purged).
 A purged job's history, and the state at any past moment, need ``archive=True``: retired
@@ -40,38 +41,37 @@ segments and snapshots are then kept under DIR/archive/ and ``state_as_of`` (``o
 as_of=..., read_only=True)``) replays them. Without an archive, the past before the older
 kept snapshot is gone by design.
 
-The Compactor works on a *host* (the Queue) through a small duck-typed surface:
-``host._lock`` (the state lock), ``host._state``, ``host._log``, ``host._append_apply(recs)``
-(caller holds the lock), ``host._now_ms()``, ``host._touched`` (None, or an ordered dict the
-host fills with the id of every job a record touches, under the lock) and ``host._max_at``
-(the largest record time applied so far). Every file operation goes through log.py's helpers
-(the C core's syscall table), so fault injection and the power-loss recorder see them.
+The Compactor works on a *host* (the Queue passes one in) through ``CompactionHost``: the
+log, the clock, the live state under the queue's lock, a way to note the jobs touched while a
+capture runs, and appending (purge) records. Every file operation goes through log.py's
+helpers (the C core's syscall table), so fault injection and the power-loss recorder see
+them. The file format (bytes <-> State) is snapfile.py's; the replay after a snapshot is
+replay.py's.
 """
 
 from __future__ import annotations
 
-import array
-import collections
 import gc
-import itertools
-import json
-import os
 import re
-import struct
-import sys
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-import lz4.frame
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from . import records as R
 from ..errors import ClosedError, CorruptionError
-from .log import crc32c, crc_mask, read_file, remove_file, write_file_durably
-from .state import _BLOB, _Base, _Rec, State
+from .log import SEG_RE, Log, is_file, make_dirs, read_file, remove_file, write_file_durably
+from .replay import replay
+from .snapfile import (DEFAULT_MAX_CONTENT, HEADER, MAGIC, READ_VERSIONS, SNAP_RE, VERSION,
+                       SnapshotInfo, SnapshotProblem, decode_snapshot, encode_snapshot,
+                       StateView, encode_state, read_header)
+from .state import State
+from .table import CANCELLED, COMPLETED, LSN, Rec, blob_of, unpack_head
 
 __all__ = [
     "MAGIC", "VERSION", "HEADER", "SnapshotInfo", "SnapshotProblem", "LoadResult",
@@ -80,571 +80,14 @@ __all__ = [
     "DEFAULT_MAX_CONTENT", "encode_state", "READ_VERSIONS",
 ]
 
-MAGIC = b"AURSNAP1"
-VERSION = 2                      # written; versions 1 and 2 are read
-READ_VERSIONS = (1, 2)
-# magic, version, flags, lsn, items, body_len, content_len, max_at_ms, body crc | hdr crc
-_HEAD = struct.Struct("<8sIIQQQQqI")
-HEADER = _HEAD.size + 4          # 64
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-# version 2 content: u32 meta length, meta JSON, then these sections, each u64 length + bytes
-SECTIONS = ("ids", "heads", "tail_lens", "tails", "rest_lens", "rest", "rest_pos", "runs")
-_HEAD_SIZE = _BLOB.size           # 52: the fixed head of a pending job's blob
-SNAP_RE = re.compile(r"^(\d{20})\.snap$")
-DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming more than this
-_CHUNK = 16 << 20                 # most output bytes one decompression call may produce
-_IN_CHUNK = 1 << 20               # compressed bytes fed per call
-_BIG_OUT = 4 << 30                # up to this much content: decompressed in one call
-_STATUS_FINISHED_RETAINED = (3, 6)  # completed, cancelled (dead letters wait for purge)
-_FINISHED = (3, 5, 6)
-
-
-_mask = crc_mask   # the WAL's masked crc (FORMAT.md), defined once, in the C core
+_RETAINED = (COMPLETED, CANCELLED)  # retention applies (dead letters wait for a purge)
+# a snapshot being written, or one being set aside as broken: never used, removed at open
+_SNAP_TMP = re.compile(r"[0-9]{20}\.snap(\.broken)?\.tmp")
 
 
 def snap_name(lsn: int) -> str:
     return f"{lsn:020d}.snap"
 
-
-# --------------------------------------------------------------------------- encode/decode
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    path: str
-    lsn: int
-    version: int
-    items: int
-    body_len: int
-    content_len: int
-    max_at_ms: int
-    size: int
-
-
-@dataclass(frozen=True)
-class SnapshotProblem:
-    """A snapshot that failed a check (or could not be used)."""
-    file: str
-    reason: str
-    offset: int | None = None
-    lsn: int | None = None
-    moved_to: str | None = None
-
-    def __str__(self) -> str:
-        where = f" at offset {self.offset}" if self.offset is not None else ""
-        return f"{self.file}{where}: {self.reason}"
-
-
-def encode_snapshot(items: Iterable[bytes], lsn: int, max_at_ms: int = -1, *,
-                    total: int | None = None,
-                    on_progress: Callable[[int, int], None] | None = None,
-                    every: int = 50_000) -> bytes:
-    """A VERSION 1 snapshot file for the export ``items`` (header item first) at ``lsn``
-    (compaction writes version 2, see ``encode_state``; this stays for tools and for the
-    tests that check version 1 files are still read).
-    Content = a table of one u32 length per item, then the items back to back (a loader
-    finds every boundary with C-speed array operations instead of a loop over prefixes)."""
-    data = bytearray()
-    lens = array.array("I")
-    n = 0
-    for item in items:
-        lens.append(len(item))
-        data += item
-        n += 1
-        if on_progress is not None and n % every == 0:
-            on_progress(n, total if total is not None else n)
-    if sys.byteorder != "little":
-        lens.byteswap()
-    table = lens.tobytes()
-    # independent blocks: measured a little smaller and faster to decode than linked ones
-    # on snapshot content (job blobs repeat field-wise, not across long distances)
-    comp = lz4.frame.LZ4FrameCompressor(block_linked=False, content_checksum=True)
-    clen = len(table) + len(data)
-    body = b"".join((comp.begin(source_size=clen), comp.compress(table), comp.compress(data),
-                     comp.flush()))
-    del data, table
-    return _frame(1, lsn, n, body, clen, max_at_ms)
-
-
-def _frame(version: int, lsn: int, items: int, body: bytes, clen: int, max_at_ms: int) -> bytes:
-    head = _HEAD.pack(MAGIC, version, 0, lsn, items, len(body), clen, max_at_ms,
-                      _mask(crc32c(body)))
-    return head + _U32.pack(_mask(crc32c(head))) + body
-
-
-def _u32s(values) -> bytes:
-    a = array.array("I", values)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a.tobytes()
-
-
-_STEP = 1 << 15    # jobs per piece: keeps every bulk C call (join, slice, encode) to ~1 ms,
-#                    so a compaction running beside the queue holds the GIL in short turns
-
-
-def _planes(chunks: list[bytes], width: int, n: int) -> list[bytes]:
-    """Fixed-width rows (given as chunks of whole rows) as byte planes (byte j of every
-    row together), a plane whose bytes are all equal stored as that one byte: kinds
-    (W bytes, 0 = stored, 1 = constant), constants (W bytes, 0 for stored planes), then
-    the stored planes, n bytes each. Returned as pieces (their concatenation)."""
-    kinds = bytearray(width)
-    consts = bytearray(width)
-    stored: list[bytes] = []
-    for j in range(width):
-        pieces = [c[j::width] for c in chunks]
-        v = pieces[0][0] if n else 0
-        if all(pc.count(v) == len(pc) for pc in pieces):
-            kinds[j] = 1
-            consts[j] = v
-        else:
-            stored += pieces
-    return [bytes(kinds), bytes(consts)] + stored
-
-
-def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
-    """The ids section as pieces, in the first form every id fits (FORMAT.md): canonical
-    UUIDs as 16 raw bytes; fixed-width ASCII + "\\n"; else u32 lengths + UTF-8."""
-    nb = len(ids)
-    if not nb:
-        return 0, False, []
-    width = len(ids[0])
-    joined = []
-    for k in range(0, nb, _STEP):
-        part = ids[k:k + _STEP]
-        j = "\n".join(part)
-        jb = j.encode()
-        if not (width and set(map(len, part)) == {width} and len(jb) == len(j)
-                and jb.count(b"\n") == len(part) - 1):
-            joined = None
-            break
-        joined.append(jb)
-    if joined is None:
-        enc = [i.encode() for i in ids]
-        return 0, False, [_u32s(map(len, enc))] + [b"".join(enc[k:k + _STEP])
-                                                  for k in range(0, nb, _STEP)]
-    if width == 36:
-        raw = []
-        for jb in joined:
-            m = jb.count(b"\n") + 1
-            if not all(jb[p::37] == b"-" * m for p in (8, 13, 18, 23)):
-                break
-            hx = jb.translate(None, b"-\n")
-            if len(hx) != 32 * m or hx.translate(None, b"0123456789abcdef"):
-                break
-            raw.append(bytes.fromhex(hx.decode()))
-        else:
-            return 36, True, raw
-    return width, False, [jb + b"\n" for jb in joined]
-
-
-def encode_state(state: State, lsn: int, max_at_ms: int = -1, *,
-                 on_progress: Callable[[int, int], None] | None = None,
-                 every: int = 50_000) -> bytes:
-    """The whole VERSION 2 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md).
-    The never-touched pending jobs are stored column-wise (ids, byte planes of their
-    fixed heads, tails) with their claim order as runs of ranks, so a load needs no
-    per-job work before the first claim; every other job is a version-1 export item.
-    Built in pieces of _STEP jobs and compressed piece by piece (lz4 releases the GIL):
-    no single call holds the GIL for long while the queue runs beside it."""
-    total = len(state.jobs)
-    sp = state.export_split(
-        None if on_progress is None else (lambda n: on_progress(n, total + 1)), every)
-    ids, blobs = sp["ids"], sp["blobs"]
-    nb = len(ids)
-    width, uuid, ids_sec = _id_pieces(ids)
-    del ids
-    hs = _HEAD_SIZE
-    steps = range(0, nb, _STEP)
-    heads = _planes([b"".join([b[:hs] for b in blobs[k:k + _STEP]]) for k in steps], hs, nb)
-    tail_lens = _planes([_u32s([len(b) - hs for b in blobs[k:k + _STEP]]) for k in steps],
-                        4, nb)
-    tails = [b"".join([b[hs:] for b in blobs[k:k + _STEP]]) for k in steps]
-    del blobs
-    rest = sp["rest"]
-    runs = bytearray()
-    for segs in sp["runs"]:
-        runs += _U32.pack(len(segs))
-        runs += _u32s(itertools.chain.from_iterable(segs))
-    meta = json.dumps({"v": 2, "last_lsn": sp["meta"]["last_lsn"],
-                       "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
-                       "jobs": nb + len(rest), "base": nb, "rest": len(rest),
-                       "id_width": width, "uuid": uuid}, separators=(",", ":")).encode()
-    parts = [_U32.pack(len(meta)), meta]
-    for sec in (ids_sec, heads, tail_lens, tails, [_u32s(map(len, rest))], rest,
-                [_u32s(sp["rest_pos"])], [bytes(runs)]):
-        parts.append(_U64.pack(sum(map(len, sec))))
-        parts += sec
-    del ids_sec, heads, tails, sp
-    clen = sum(map(len, parts))
-    comp = lz4.frame.LZ4FrameCompressor(block_linked=False, content_checksum=True)
-    out = [comp.begin(source_size=clen)]
-    for part in parts:
-        if part:
-            out.append(comp.compress(part))
-    out.append(comp.flush())
-    del parts
-    body = b"".join(out)
-    return _frame(2, lsn, total + 1, body, clen, max_at_ms)
-
-
-def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
-    """Check and parse the 64-byte header (not the body). CorruptionError."""
-    if len(data) < HEADER:
-        raise CorruptionError(f"snapshot shorter than its {HEADER}-byte header "
-                              f"({len(data)} bytes)", file=path, offset=0)
-    magic, ver, flags, lsn, items, blen, clen, max_at, bcrc = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise CorruptionError("bad snapshot magic", file=path, offset=0)
-    (hcrc,) = _U32.unpack_from(data, _HEAD.size)
-    if hcrc != _mask(crc32c(data[:_HEAD.size])):
-        raise CorruptionError("snapshot header crc mismatch", file=path, offset=_HEAD.size)
-    if ver not in READ_VERSIONS or flags != 0:
-        raise CorruptionError(f"unsupported snapshot version {ver} / flags {flags:#x}",
-                              file=path, offset=8)
-    return SnapshotInfo(path, lsn, ver, items, blen, clen, max_at, len(data))
-
-
-def decode_snapshot(data: bytes, path: str = "?", *,
-                    max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
-    """Every check, then the State. CorruptionError (file, offset, reason) on any failure:
-    header, body length, body crc, lz4 frame (declared content size checked against the
-    header and ``max_content`` BEFORE decompressing; decompressed incrementally with a hard
-    bound; content checksum), item framing and count, State.from_export."""
-    info = read_header(data, path)
-    body = memoryview(data)[HEADER:]
-    if len(body) != info.body_len:
-        raise CorruptionError(f"snapshot body is {len(body)} bytes, header says "
-                              f"{info.body_len}", file=path, offset=HEADER, lsn=info.lsn)
-    if _mask(crc32c(body)) != _HEAD.unpack_from(data)[8]:
-        raise CorruptionError("snapshot body crc mismatch", file=path, offset=HEADER,
-                              lsn=info.lsn)
-    if info.content_len > max_content:
-        raise CorruptionError(f"snapshot content of {info.content_len} bytes is over the "
-                              f"limit ({max_content})", file=path, offset=40, lsn=info.lsn)
-    content = _decompress(body, info, path)
-    try:
-        if info.version == 1:
-            state = State.from_export(_split(content, info, path))
-        else:
-            state = _decode_v2(content, info, path)
-    except ValueError as e:
-        raise CorruptionError(f"snapshot state does not rebuild: {e}", file=path,
-                              offset=HEADER, lsn=info.lsn) from None
-    if state.last_lsn != info.lsn:
-        raise CorruptionError(f"snapshot state is at LSN {state.last_lsn}, header says "
-                              f"{info.lsn}", file=path, offset=16, lsn=info.lsn)
-    return info, state
-
-
-def _decompress(body, info: SnapshotInfo, path: str) -> bytes:
-    try:
-        fi = lz4.frame.get_frame_info(body)
-    except (RuntimeError, ValueError) as e:
-        raise CorruptionError(f"bad lz4 frame header: {e}", file=path, offset=HEADER,
-                              lsn=info.lsn) from None
-    if not fi.get("content_checksum") or fi.get("content_size") != info.content_len:
-        raise CorruptionError(f"lz4 frame declares {fi.get('content_size')} content bytes "
-                              f"(checksum {'on' if fi.get('content_checksum') else 'off'}); "
-                              f"the header says {info.content_len}", file=path, offset=HEADER,
-                              lsn=info.lsn)
-    want = info.content_len
-    n = len(body)
-    if want > 256 * n + (64 << 10):
-        # an LZ4 sequence turns one input byte into at most ~255 output bytes
-        raise CorruptionError(f"lz4 frame of {n} bytes cannot hold the declared {want} "
-                              "content bytes", file=path, offset=HEADER, lsn=info.lsn)
-    d = lz4.frame.LZ4FrameDecompressor()
-    parts = []
-    got = 0
-    trailing = 0
-    # One call for the whole body when the output fits in _BIG_OUT (the output buffer is
-    # then allocated once, bounded by the check above, and nothing is joined): a load of a
-    # big snapshot is dominated by this. Beyond that, pieces: the decompressor copies the
-    # input it has not consumed on every call, so the input goes in 1 MiB pieces.
-    in_chunk = n if want < _BIG_OUT else _IN_CHUNK
-    out_chunk = want + 1 if want < _BIG_OUT else _CHUNK
-    try:
-        for pos in range(0, n, in_chunk):
-            data = body[pos:pos + in_chunk]
-            while True:
-                out = d.decompress(data, max_length=min(out_chunk, want + 1 - got))
-                data = b""
-                if out:
-                    parts.append(out)
-                    got += len(out)
-                    if got > want:
-                        raise CorruptionError(f"lz4 frame holds more than the declared {want}"
-                                              " bytes", file=path, offset=HEADER + pos,
-                                              lsn=info.lsn)
-                if d.eof or d.needs_input:
-                    break
-            if d.eof:
-                trailing = len(d.unused_data or b"") + max(0, n - (pos + in_chunk))
-                break
-    except RuntimeError as e:   # lz4 reports checksum/format errors as RuntimeError
-        raise CorruptionError(f"lz4 frame does not decode: {e}", file=path, offset=HEADER,
-                              lsn=info.lsn) from None
-    if not d.eof:
-        raise CorruptionError("lz4 frame is truncated (no end mark)", file=path,
-                              offset=HEADER + info.body_len, lsn=info.lsn)
-    if trailing:
-        raise CorruptionError(f"{trailing} bytes after the lz4 frame", file=path,
-                              offset=HEADER + info.body_len - trailing, lsn=info.lsn)
-    if got != want:
-        raise CorruptionError(f"lz4 frame holds {got} bytes, declared {want}", file=path,
-                              offset=HEADER, lsn=info.lsn)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
-    """The items: the length table must hold ``items`` lengths that add up exactly to the
-    rest of the content."""
-    count = info.items
-    tbl = 4 * count
-    if tbl > len(content):
-        raise CorruptionError(f"snapshot content of {len(content)} bytes cannot hold a "
-                              f"length table for {count} items", file=path, offset=HEADER,
-                              lsn=info.lsn)
-    lens = array.array("I")
-    lens.frombytes(content[:tbl])
-    if sys.byteorder != "little":
-        lens.byteswap()
-    if tbl + sum(lens) != len(content):
-        raise CorruptionError(f"snapshot item lengths add up to {sum(lens)} bytes, the "
-                              f"content holds {len(content) - tbl}", file=path, offset=HEADER,
-                              lsn=info.lsn)
-    ends = list(itertools.accumulate(lens, initial=tbl))
-    return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None)))
-
-
-def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
-    """Version 2 content -> a lazily loaded State (State.from_split). Checks everything
-    that C-speed operations can check without a loop per job: the meta, that the sections
-    tile the content exactly, their sizes against the counts, the ids' separators and
-    encoding, every head's priority, flags and pair (byte planes), unique keys, the rest
-    items, and that the runs hold every base job exactly once. What only a job's own
-    blob can tell (its run, its key order) is checked as the run is walked (_run_head)."""
-    lsn = info.lsn
-    clen = len(content)
-
-    def bad(reason, at=None):
-        where = f" (content offset {at})" if at is not None else ""
-        return CorruptionError(f"snapshot content: {reason}{where}", file=path,
-                               offset=HEADER, lsn=lsn)
-
-    if clen < 4:
-        raise bad("shorter than its meta length")
-    (mlen,) = _U32.unpack_from(content)
-    if 4 + mlen > clen:
-        raise bad(f"meta of {mlen} bytes overruns the content", 0)
-    try:
-        meta = json.loads(content[4:4 + mlen])
-        if type(meta) is not dict or meta.get("v") != 2:
-            raise ValueError("not a version 2 meta")
-        nb, nr, total = meta["base"], meta["rest"], meta["jobs"]
-        width, pairs, uuid = meta["id_width"], meta["pairs"], meta["uuid"]
-        if type(uuid) is not bool or (uuid and width != 36):
-            raise ValueError("bad id form")
-        for x in (nb, nr, total, width, meta["last_lsn"], meta["applied"]):
-            if type(x) is not int or x < 0:
-                raise ValueError(f"bad count {x!r}")
-        if total != nb + nr or type(pairs) is not list:
-            raise ValueError("job counts disagree")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise bad(f"bad meta: {e}", 4) from None
-    if total + 1 != info.items:
-        raise bad(f"meta says {total} jobs, the header's item count {info.items} says "
-                  f"{info.items - 1}")
-    pos = 4 + mlen
-    secs = {}
-    for name in SECTIONS:
-        if pos + 8 > clen:
-            raise bad(f"section {name!r} missing", pos)
-        (ln,) = _U64.unpack_from(content, pos)
-        if pos + 8 + ln > clen:
-            raise bad(f"section {name!r} of {ln} bytes overruns the content", pos)
-        secs[name] = (pos + 8, ln)
-        pos += 8 + ln
-    if pos != clen:
-        raise bad(f"{clen - pos} bytes after the last section", pos)
-
-    def sec(name):
-        a, ln = secs[name]
-        return content[a:a + ln]
-
-    def u32s(name, count):
-        a, ln = secs[name]
-        if ln != 4 * count:
-            raise bad(f"section {name!r} is {ln} bytes, expected {4 * count}", a)
-        arr = array.array("I")
-        arr.frombytes(content[a:a + ln])
-        if sys.byteorder != "little":
-            arr.byteswap()
-        return arr
-
-    # ids
-    ids_at, ids_len = secs["ids"]
-    id_offs = None
-    if uuid:
-        if ids_len != 16 * nb:
-            raise bad(f"ids section is {ids_len} bytes, expected {nb} x 16", ids_at)
-    elif width:
-        if ids_len != nb * (width + 1):
-            raise bad(f"ids section is {ids_len} bytes, expected {nb} x {width + 1}", ids_at)
-        raw = sec("ids")
-        if raw[width::width + 1] != b"\n" * nb or raw.count(b"\n") != nb:
-            raise bad("ids are not each followed by one newline", ids_at)
-        if not raw.isascii():
-            raise bad("fixed-width ids are not ASCII", ids_at)
-        del raw
-    else:
-        if ids_len < 4 * nb:
-            raise bad("ids section shorter than its length table", ids_at)
-        lens = array.array("I")
-        lens.frombytes(content[ids_at:ids_at + 4 * nb])
-        if sys.byteorder != "little":
-            lens.byteswap()
-        if sum(lens) != ids_len - 4 * nb or (nb and min(lens) == 0):
-            raise bad("id lengths do not add up to the ids section", ids_at)
-        id_offs = array.array("Q", itertools.accumulate(lens, initial=ids_at + 4 * nb))
-        for k in range(nb):
-            try:
-                content[id_offs[k]:id_offs[k + 1]].decode()
-            except UnicodeDecodeError:
-                raise bad(f"id {k} is not UTF-8", id_offs[k]) from None
-    # heads and tail lengths: byte planes (see _planes)
-    hs = _HEAD_SIZE
-
-    def read_planes(name, width):
-        a, ln = secs[name]
-        if ln < 2 * width:
-            raise bad(f"section {name!r} shorter than its plane table", a)
-        kinds, consts = content[a:a + width], content[a + width:a + 2 * width]
-        if kinds.translate(None, b"\x00\x01"):
-            raise bad(f"section {name!r}: bad plane kind", a)
-        out = []
-        p = a + 2 * width
-        for j in range(width):
-            if kinds[j]:
-                out.append(consts[j:j + 1])
-            elif consts[j]:
-                raise bad(f"section {name!r}: stored plane {j} with a constant", a + width + j)
-            else:
-                out.append(p)
-                p += nb
-        if p != a + ln:
-            raise bad(f"section {name!r} is {ln} bytes, its planes need {p - a}", a)
-        return out
-
-    def plane_bytes(pl):
-        return pl * nb if type(pl) is bytes else content[pl:pl + nb]
-
-    planes = read_planes("heads", hs)
-    heads_at = secs["heads"][0]
-
-    def plane(j):
-        return plane_bytes(planes[j])
-
-    npairs = len(pairs)
-    if nb:
-        if plane(48).translate(None, b"\x01\x02\x03\x04"):
-            raise bad("a pending job's priority is not 1..4", heads_at)
-        if plane(49).translate(None, b"\x00\x01"):
-            raise bad("a pending job's flags are not 0 or 1", heads_at)
-        if npairs == 0:
-            raise bad("pending jobs but no (queue, job_type) pairs", heads_at)
-        if npairs <= 256:
-            p0 = plane(44)
-            if p0.translate(None, bytes(range(npairs))) or any(
-                    plane(j).translate(None, b"\x00") for j in (45, 46, 47)):
-                raise bad("a pending job's pair index is out of range", heads_at)
-            pair_counts = [p0.count(ix) for ix in range(npairs)]
-        else:
-            col = bytearray(4 * nb)
-            for j in range(4):
-                col[j::4] = plane(44 + j)
-            pc = array.array("I", bytes(col))
-            if sys.byteorder != "little":
-                pc.byteswap()
-            if max(pc) >= npairs:
-                raise bad("a pending job's pair index is out of range", heads_at)
-            cnt = collections.Counter(pc)
-            pair_counts = [cnt.get(ix, 0) for ix in range(npairs)]
-    else:
-        pair_counts = [0] * npairs
-    # tails
-    col = bytearray(4 * nb)
-    for j, pl in enumerate(read_planes("tail_lens", 4)):
-        col[j::4] = plane_bytes(pl)
-    tl = array.array("I", bytes(col))
-    if sys.byteorder != "little":
-        tl.byteswap()
-    del col
-    tails_at, tails_len = secs["tails"]
-    if sum(tl) != tails_len:
-        raise bad("tail lengths do not add up to the tails section", tails_at)
-    tail_offs = array.array("Q", itertools.accumulate(tl, initial=tails_at))
-    # unique keys (u16 at head bytes 50..51): rare, so found by a scan for non-zero bytes
-    ukeys = []
-    if nb:
-        lo, hi = plane(50), plane(51)
-        if lo.translate(None, b"\x00") or hi.translate(None, b"\x00"):
-            ranks = sorted({m.start() for p in (lo, hi) for m in re.finditer(rb"[^\x00]", p)})
-            for k in ranks:
-                lu = lo[k] | hi[k] << 8
-                if lu > tl[k]:
-                    raise bad(f"pending job {k}: unique key longer than its tail",
-                              tail_offs[k])
-                try:
-                    ukeys.append((k, content[tail_offs[k]:tail_offs[k] + lu].decode()))
-                except UnicodeDecodeError:
-                    raise bad(f"pending job {k}: unique key is not UTF-8",
-                              tail_offs[k]) from None
-    # the rest: version 1 export items, with their places among the base jobs
-    rl = u32s("rest_lens", nr)
-    rest_at, rest_len = secs["rest"]
-    if sum(rl) != rest_len:
-        raise bad("rest item lengths do not add up to the rest section", rest_at)
-    ends = list(itertools.accumulate(rl, initial=rest_at))
-    rest = [content[a:b] for a, b in zip(ends, ends[1:])]
-    rest_pos = u32s("rest_pos", nr).tolist()
-    if rest_pos != sorted(rest_pos) or (rest_pos and rest_pos[-1] > nb):
-        raise bad("rest positions are not ordered within the base jobs", secs["rest_pos"][0])
-    # runs: one per pair, then the timers; together every base rank exactly once
-    runs_at, runs_len = secs["runs"]
-    p = runs_at
-    end = runs_at + runs_len
-    runs = []
-    allsegs = []
-    for r in range(npairs + 1):
-        if p + 4 > end:
-            raise bad(f"run {r} missing", p)
-        (m,) = _U32.unpack_from(content, p)
-        p += 4
-        if p + 8 * m > end:
-            raise bad(f"run {r} of {m} segments overruns the runs section", p)
-        a = array.array("I")
-        a.frombytes(content[p:p + 8 * m])
-        if sys.byteorder != "little":
-            a.byteswap()
-        p += 8 * m
-        segs = list(zip(a[0::2], a[1::2]))
-        runs.append(segs)
-        allsegs += segs
-    if p != end:
-        raise bad(f"{end - p} bytes after the last run", p)
-    allsegs.sort()
-    expect = 0
-    for a0, c0 in allsegs:
-        if a0 != expect or c0 == 0:
-            raise bad(f"the runs do not hold every pending job exactly once (rank {expect})",
-                      runs_at)
-        expect = a0 + c0
-    if expect != nb:
-        raise bad(f"the runs hold {expect} pending jobs, the meta {nb}", runs_at)
-    base = _Base(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid)
-    return State.from_split(meta, base, rest, rest_pos, runs, pair_counts, ukeys)
 
 
 # --------------------------------------------------------------------------- files
@@ -657,9 +100,13 @@ def list_snapshots(snap_dir) -> list[tuple[int, Path]]:
     except FileNotFoundError:
         return []
     for name in names:
-        m = SNAP_RE.match(name)
+        m = SNAP_RE.fullmatch(name)
         if m:
-            out.append((int(m.group(1)), Path(snap_dir) / name))
+            path = Path(snap_dir) / name
+            if not is_file(path):
+                raise CorruptionError("named like a snapshot but not a regular file",
+                                      file=str(path))
+            out.append((int(m.group(1)), path))
     out.sort()
     return out
 
@@ -674,13 +121,7 @@ def write_snapshot(snap_dir, data: bytes, lsn: int) -> Path:
 
 
 def _ensure_dir(d: Path) -> None:
-    if not d.is_dir():
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(d.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    make_dirs(d)    # 0700, through the syscall table, each new directory fsynced in its parent
 
 
 def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
@@ -717,6 +158,28 @@ class LoadResult:
     removed_tmp: list[str] = field(default_factory=list)
 
 
+def check_log_present(directory) -> None:
+    """CorruptionError, before anything is opened or written, when DIR/snap holds
+    snapshots but DIR/wal is missing or holds no segment: the store lost its log (a
+    snapshot is only ever written after its log), and opening it would start empty."""
+    directory = Path(directory)
+    snaps = list_snapshots(directory / "snap")
+    if not snaps:
+        return
+    wal = directory / "wal"
+    try:
+        names = os.listdir(wal)
+    except FileNotFoundError:
+        names = None
+    if names is not None and any(SEG_RE.fullmatch(n) for n in names):
+        return
+    what = f"{wal} is missing" if names is None else f"{wal} holds no segment"
+    raise CorruptionError(
+        f"{what}, but {directory / 'snap'} holds {len(snaps)} snapshot(s) (newest "
+        f"{snaps[-1][1].name}): the log was lost; the snapshots were left in place",
+        file=str(wal))
+
+
 def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool = False,
             max_content: int = DEFAULT_MAX_CONTENT) -> LoadResult:
     """Pick the newest usable snapshot for a log holding [log_first_lsn, log_next_lsn).
@@ -727,15 +190,14 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
     res = LoadResult(None)
     if not read_only and snap_dir.is_dir():
         for name in os.listdir(snap_dir):
-            if name.endswith(".snap.tmp"):
+            # a snapshot being written, or one being set aside as .broken: never used;
+            # only regular files (we never make anything else by these names)
+            if _SNAP_TMP.fullmatch(name) and is_file(snap_dir / name):
                 remove_file(snap_dir / name)
                 res.removed_tmp.append(name)
     for lsn, path in reversed(list_snapshots(snap_dir)):
         problem = None
-        if lsn + 1 > log_next_lsn:
-            problem = SnapshotProblem(str(path), f"snapshot LSN {lsn} is past the end of the "
-                                      f"log (next LSN {log_next_lsn})", lsn=lsn)
-        elif lsn + 1 < log_first_lsn:
+        if lsn + 1 < log_first_lsn:
             # older than the WAL we still have; not damaged, just not usable
             res.problems.append(SnapshotProblem(
                 str(path), f"snapshot LSN {lsn} is older than the log's first LSN "
@@ -754,6 +216,14 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
                 res.problems.append(SnapshotProblem(str(path), f"unreadable: {e}", None, lsn))
                 continue
             else:
+                if lsn + 1 > log_next_lsn:
+                    # the log was fdatasynced through `lsn` before this snapshot was
+                    # written, so a log that ends earlier lost durable records: refuse,
+                    # and leave the (valid) snapshot where it is
+                    raise CorruptionError(
+                        f"the log ends at LSN {log_next_lsn - 1} but the valid snapshot "
+                        f"{path.name} holds the state through LSN {lsn}: the log lost "
+                        "records that were durable", file=str(path), lsn=log_next_lsn)
                 res.state, res.lsn, res.path = state, lsn, str(path)
                 res.size, res.max_at_ms = info.size, info.max_at_ms
                 return res
@@ -776,15 +246,46 @@ def recover(directory, log_first_lsn: int, log_next_lsn: int, *, read_only: bool
 
 # --------------------------------------------------------------------------- compaction
 
-def _clone(r: _Rec) -> _Rec:
-    c = _Rec.__new__(_Rec)
+def _clone(r: Rec) -> Rec:
+    c = Rec.__new__(Rec)
     for s in _SLOTS:
         setattr(c, s, getattr(r, s))
     c.hist = list(r.hist)
     return c
 
 
-_SLOTS = _Rec.__slots__
+_SLOTS = Rec.__slots__
+
+
+class CompactionHost(Protocol):
+    """What a Compactor needs of the queue it compacts (the queue passes one in)."""
+
+    @property
+    def log(self) -> Log:
+        """The queue's log: stats, flush, retire_segments_before, failed."""
+
+    @property
+    def closed(self) -> bool:
+        """The queue is closed (the compactor stops)."""
+
+    def now_ms(self) -> int:
+        """The queue's clock, in ms."""
+
+    def locked(self) -> AbstractContextManager[State]:
+        """Hold the queue's lock; the live state."""
+
+    def track_touched(self) -> None:
+        """Lock held: from now on note the id of every job a record touches."""
+
+    def untrack_touched(self) -> dict[str, None]:
+        """Lock held: stop noting; the ids noted since track_touched, in order ({} if
+        it was not noting)."""
+
+    def append_apply(self, recs: list[R.Record]) -> int:
+        """Lock held: append records (one atomic batch) and fold them; the last LSN."""
+
+    def max_at_ms(self) -> int:
+        """Lock held: the largest record time applied so far (the snapshot header's)."""
 
 
 @dataclass
@@ -803,13 +304,13 @@ class CompactionResult:
 class Compactor:
     """Snapshots, retention and retirement for one Queue (the host)."""
 
-    def __init__(self, host, directory, *, archive: bool = False, keep: int = 2,
+    def __init__(self, host: CompactionHost, directory, *, archive: bool = False, keep: int = 2,
                  retain_seconds: float | None = 24 * 3600, retain_count: int | None = 100_000,
                  wal_bytes: int | None = 64 << 20, factor: float | None = 4.0,
                  min_bytes: int = 1 << 20, max_content: int = DEFAULT_MAX_CONTENT):
         if keep < 2:
             raise ValueError("keep must be >= 2 (the older snapshot is the fallback)")
-        self.host = host
+        self.host: CompactionHost | None = host
         self.dir = Path(directory)
         self.snap_dir = self.dir / "snap"
         self.archive = archive
@@ -832,7 +333,7 @@ class Compactor:
 
     # ---------------------------------------------------------------- trigger
     def wal_since(self) -> int:
-        st = self.host._log.stats()
+        st = self._host().log.stats()
         return self.tail_bytes + st.get("bytes", 0) - self._wal_base
 
     def due(self) -> bool:
@@ -872,7 +373,8 @@ class Compactor:
                     self.compact()
             except Exception as e:  # noqa: BLE001 - keep it for the owner; stop on a failed log
                 self.last_error = e
-                if self.host._closed or self.host._log.failed:
+                host = self.host
+                if host is None or host.closed or host.log.failed:
                     return
 
     # ---------------------------------------------------------------- compaction
@@ -882,13 +384,21 @@ class Compactor:
                 raise ClosedError("the queue is closed")
             return self._compact(on_progress)
 
-    def _compact(self, on_progress):
-        t0 = time.perf_counter()
+    def _host(self) -> CompactionHost:
         host = self.host
-        pauses = []
+        if host is None:
+            raise ClosedError("the queue is closed")
+        return host
+
+    def _compact(self, on_progress: Callable[[int, int], None] | None) -> CompactionResult:
+        t0 = time.perf_counter()
+        host = self._host()
+        pauses: list[float] = []
         # a lazily loaded state (version 2 snapshot) is materialised by the copy under the
         # lock below; its bulk (pure, from immutable snapshot bytes) is built here, outside
-        prebuild = getattr(host._state.jobs, "prebuild", None)
+        with host.locked() as st:
+            jobs = st.jobs
+        prebuild = getattr(jobs, "prebuild", None)
         if prebuild is not None:
             prebuild()
         view, lsn0 = self._capture_start(pauses)
@@ -898,23 +408,23 @@ class Compactor:
             for jid, v in view.items():
                 if type(v) is not bytes:
                     view[jid] = _clone(v)
-            now = host._now_ms()
+            now = host.now_ms()
             purge_ids = self._retention(view, now)
         except BaseException:
-            with host._lock:
-                host._touched = None
+            with host.locked():
+                host.untrack_touched()
             raise
-        vstate, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
+        vstate, max_at, purged = self._capture_finish(view, lsn0, purge_ids, now, pauses)
         lsn = vstate.last_lsn
-        wal_mark = host._log.stats().get("bytes", 0)
-        host._log.flush()            # every record <= lsn durable before the snapshot is
+        wal_mark = host.log.stats().get("bytes", 0)
+        host.log.flush()             # every record <= lsn durable before the snapshot is
         total = len(vstate.jobs) + 1
         path = self.snap_dir / snap_name(lsn)
         if path.exists():
             # nothing was logged since that snapshot (written by us or checked at open)
             size = path.stat().st_size
         else:
-            data = encode_state(vstate, lsn, vstate._max_at, on_progress=on_progress,
+            data = encode_state(vstate, lsn, max_at, on_progress=on_progress,
                                 every=self.progress_every)
             size = len(data)
             path = write_snapshot(self.snap_dir, data, lsn)
@@ -932,61 +442,64 @@ class Compactor:
         self.last_result = res
         return res
 
-    def _capture_start(self, pauses):
-        host = self.host
-        with host._lock:
+    def _capture_start(self, pauses: list[float]) -> tuple[dict, int]:
+        host = self._host()
+        with host.locked() as st:
             t = time.perf_counter()
-            host._check_open()
-            st = host._state
+            if host.closed:
+                raise ClosedError("the queue is closed")
             view = st.jobs.copy()
             lsn0 = st.last_lsn
-            host._touched = {}
+            host.track_touched()
             pauses.append(time.perf_counter() - t)
         return view, lsn0
 
-    def _capture_finish(self, view, lsn0, purge_ids, now, pauses):
-        host = self.host
+    def _capture_finish(self, view: dict, lsn0: int, purge_ids: dict, now: int,
+                        pauses: list[float]) -> tuple[StateView, int, int]:
+        """Under the lock: apply retention (PURGE records) and re-read every job touched
+        since the copy. Returns the view to encode, the max record time and how many were
+        purged."""
+        host = self._host()
         purged = 0
-        with host._lock:
+        with host.locked() as st:
             t = time.perf_counter()
             try:
-                st = host._state
                 jobs = st.jobs
                 if purge_ids:
                     # still finished the same way (a re-driven and re-finished job is not)
-                    ids = [i for i, (status, done) in purge_ids.items()
-                           if type(jobs.get(i)) is _Rec and jobs[i].status == status
-                           and jobs[i].completed == done]
+                    ids = []
+                    for i, (status, done) in purge_ids.items():
+                        v = jobs.get(i)
+                        if type(v) is Rec and v.status == status and v.completed == done:
+                            ids.append(i)
                     for k in range(0, len(ids), 50_000):
-                        host._append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
+                        host.append_apply([R.Purge(now, tuple(ids[k:k + 50_000]))])
                     purged = len(ids)
-                touched = host._touched or {}
+                touched = host.untrack_touched()
                 new = []
                 for jid in touched:
                     v = jobs.get(jid)
                     if v is None:
                         view.pop(jid, None)
                         continue
-                    blob = v if type(v) is bytes else v.blob
-                    c = v if type(v) is bytes else _clone(v)
-                    if _BLOB.unpack_from(blob)[0] > lsn0:     # enqueued after the copy
+                    c = _clone(v) if type(v) is Rec else v
+                    blob = blob_of(v)
+                    enqueued = unpack_head(blob)[LSN]
+                    if enqueued > lsn0:               # enqueued after the copy
                         view.pop(jid, None)
-                        new.append((_BLOB.unpack_from(blob)[0], jid, c))
+                        new.append((enqueued, jid, c))
                     else:
                         view[jid] = c
                 new.sort()
                 for _, jid, c in new:
                     view[jid] = c
-                vs = State.__new__(State)
-                vs.jobs = view
-                vs.last_lsn = st.last_lsn
-                vs.applied = st.applied
-                vs._pairs = list(st._pairs)
-                vs._max_at = host._max_at
+                vs = StateView(view, list(st.pairs), st.last_lsn, st.applied,
+                               st.control.export())
+                max_at = host.max_at_ms()
             finally:
-                host._touched = None
+                host.untrack_touched()
                 pauses.append(time.perf_counter() - t)
-        return vs, purged
+        return vs, max_at, purged
 
     def _retention(self, view, now: int) -> dict[str, tuple[int, int]]:
         """Finished jobs past their limit: completed/cancelled that finished before
@@ -997,7 +510,7 @@ class Compactor:
             return {}
         fin = []
         for i, (jid, v) in enumerate(view.items()):
-            if type(v) is not bytes and v.status in _STATUS_FINISHED_RETAINED:
+            if type(v) is not bytes and v.status in _RETAINED:
                 fin.append((v.completed, i, jid, v.status))
         out = {}
         if self.retain_ms is not None:
@@ -1014,7 +527,7 @@ class Compactor:
         covers (all its records <= that LSN)."""
         snaps = list_snapshots(self.snap_dir)
         removed = []
-        for lsn, path in snaps[:-self.keep]:
+        for _, path in snaps[:-self.keep]:
             if self.archive:
                 _move(path, self.dir / "archive" / "snap" / path.name)
             else:
@@ -1024,7 +537,7 @@ class Compactor:
         retired = []
         if len(kept) >= 2:
             adir = self.dir / "archive" / "wal" if self.archive else None
-            retired = [str(p) for p in self.host._log.retire_segments_before(
+            retired = [str(p) for p in self._host().log.retire_segments_before(
                 kept[0][0] + 1, archive_dir=adir)]
         return removed, retired
 
@@ -1038,7 +551,6 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
     Uses the newest valid snapshot at or before the target (DIR/snap and DIR/archive/snap)
     and the records after it (DIR/archive/wal then DIR/wal). Reads only."""
     from ..job import to_ms
-    from .log import Log
 
     directory = Path(directory)
     if isinstance(target, datetime):
@@ -1064,31 +576,12 @@ def state_as_of(directory, target, *, max_content: int = DEFAULT_MAX_CONTENT
             continue
         base, base_lsn = st, lsn
         break
-    state = base if base is not None else State()
     logs = []
     if (directory / "archive" / "wal").is_dir():
-        logs.append(Log.open(directory / "archive", read_only=True))
+        logs.append(Log.open(directory / "archive", read_only=True, continued=True))
     logs.append(Log.open(directory, read_only=True))
-    expected = base_lsn + 1
     try:
-        for lg in logs:
-            if lg.next_lsn <= expected:
-                continue
-            if lg.first_lsn > expected:
-                raise CorruptionError(f"history needed from LSN {expected} is not stored "
-                                      f"(this log starts at {lg.first_lsn})",
-                                      file=str(lg.directory), lsn=expected)
-            for lsn, rtype, payload in lg.scan(expected):
-                if t_lsn is not None and lsn > t_lsn:
-                    break
-                rec = R.decode(rtype, payload)
-                if t_ms is not None and rec.at_ms > t_ms:
-                    t_lsn = lsn - 1      # stop for good at the first later record
-                    break
-                state.apply(lsn, rtype, rec)
-                expected = lsn + 1
-            if t_lsn is not None and expected > t_lsn:
-                break
+        state = replay(logs, base, base_lsn, until_lsn=t_lsn, until_ms=t_ms).state
     finally:
         for lg in logs:
             lg.close()

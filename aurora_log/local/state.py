@@ -1,32 +1,31 @@
-"""The pure fold: transition records in, job table and heaps out. No I/O, no clock.
+"""The fold: transition records in, job table out. No I/O, no clock.
 
 ``State.apply(lsn, rtype, record)`` folds one record (``record`` is the payload bytes or the
-decoded record from :mod:`aurora_log.records`). ``queue.py`` appends a record to the log and
-applies the same record here, so replay on open and live operation run the same code.
+decoded record from :mod:`aurora_log.local.records`). The queue appends a record to the log
+and applies the same record here, and ``replay.py`` applies the stored ones, so replay on
+open and live operation run the same code.
 
 The ``plan_*`` methods are the other half: given the state, the caller's arguments and a
 ``now_ms`` they decide what record an operation must write (or raise StaleLeaseError,
 JobNotFoundError, InvalidStateError) without changing anything. Every clock-dependent
 decision (lease deadline, next due time, the reaper's verdict) is thereby in the record.
 
-Memory layout (the point: a pending job is not a Python object)
----------------------------------------------------------------
-* ``jobs``: ``id -> bytes`` for a job that has only been enqueued (the common case: one
-  compact blob, see ``_BLOB``, holding the enqueue LSN, times, limits, priority, unique key
-  and the JSON payload), or ``id -> _Rec`` (a slotted object) once anything else happened to
-  it. Dict order is enqueue order (replacing a value keeps its place), which ``list()`` uses.
-* ready heaps, one per (queue, job_type) pair: ``(key, id)`` with
-  ``key = (4 - priority) << 112 | due_ms << 64 | seq`` -- one int orders by priority desc,
-  due time, then FIFO (``seq`` = LSN of the record that made the job pending).
-* timer heap: ``(due_ms << 64 | seq, id)`` for jobs due in the future (scheduled, retry
-  backoff), moved to a ready heap by ``promote(now_ms)``.
-* lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id, token)``.
-* All heaps use lazy deletion: an entry is live only if the job still is in the state that
-  pushed it (blob => the one enqueue episode; ``_Rec`` => status and ``seq``/token match).
-* After a version-2 snapshot load (``from_split``) the snapshot's never-touched pending
-  jobs are not in the heaps: ``_runs`` (per pair) and ``_trun`` (timers) walk them in key
-  order straight from the snapshot content, beside the heaps, with the same liveness rule;
-  and ``jobs`` is a ``_LazyJobs`` until something needs the whole dict (see that class).
+A claim: ``pick`` (the decision: the claim order of ``order.py`` says which job is next)
+-> ``plan_claim`` (the record) -> the queue appends it -> ``apply`` (the job runs, and the
+claim order drops it).
+
+What the state holds
+--------------------
+* ``jobs``: ``id -> bytes`` for a job that has only been enqueued (one compact blob, see
+  ``table.py``), or ``id -> Rec`` once anything else happened to it. Dict order is enqueue
+  order (replacing a value keeps its place), which ``list()`` uses. After a version-2
+  snapshot load it is a ``table.LazyJobs`` until something needs the whole dict.
+* ``pairs``: the (queue, job_type) pairs met so far; a blob stores its pair's index.
+* ``order``: the claim order of the waiting jobs (``order.ClaimOrder``).
+* the lease heap ``(deadline_ms, id, token)`` and timeout heap ``(started + timeout, id,
+  token)`` the reaper walks, with lazy deletion (an entry is live while the job runs under
+  that token, and for a lease, while the deadline is the job's current one).
+* counts per status (in total and per queue), the holders of unique keys, the running ids.
 
 Lease rule: a lease holds through its deadline; it is expired when ``now > deadline``.
 Likewise a timeout fires when ``now > started + timeout``. A job is due when ``due <= now``.
@@ -34,479 +33,85 @@ Likewise a timeout fires when ``now > started + timeout``. A job is due when ``d
 
 from __future__ import annotations
 
+import builtins
 import heapq
-import itertools
-import json
-import struct
-from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 
 from . import records as R
-from ..errors import CorruptionError, InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms
+from .control import Control
+from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
+from ..job import (MAX_DUE_MS, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
+                   unfilled_job)
+from ..interface import Transition
+from .order import ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
+from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
+                    FLAGS, HEAD_SIZE, LEASE_MS, LIVE, LSN, MAX_RETRIES, PAIR, PENDING, PRIO,
+                    RUNNING, SCHEDULED, TIMEOUT_MS, UKEY_LEN, WAITING, LazyJobs, Rec,
+                    SnapshotBase, blob_of, pack_head, unique_key_of, unpack_head)
 
-__all__ = ["State", "Transition", "EXPORT_VERSION"]
+__all__ = ["State", "Transition"]
 
-PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTER, CANCELLED = 1, 2, 3, 4, 5, 6
-_WAITING = (PENDING, FAILED)           # claimable once due
-_LIVE = (PENDING, RUNNING, FAILED)     # holds its unique key
-_FINISHED = (COMPLETED, DEAD_LETTER, CANCELLED)
 _STATUS = {s.code: s for s in JobStatus}
 _PRIO = (None,) + tuple(JobPriority)
-_M64 = (1 << 64) - 1
-MAX_DUE_MS = (1 << 47) - 1             # year ~6429; keeps heap keys inside their bit fields
-
-# lsn, at, created, scheduled, timeout_ms (0 = none), lease_ms, max_retries, pair, prio,
-# flags (1 = has scheduled), len(unique_key); then unique_key, payload
-_BLOB = struct.Struct("<qqqqIIIIBBH")
-_F_SCHED = 1
-_ENQ_UNPACK = R._ENQ.unpack_from
-_ENQ_SIZE = R._ENQ.size
-
-EXPORT_VERSION = 1
-_EXPORT_MAGIC = b"AQS\x01"
+_ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
+_ENQ_SIZE = R.ENQUEUE_HEAD.size
 
 
-class Transition(NamedTuple):
-    """One entry of ``history(id)``."""
-    lsn: int
-    kind: str                  # "enqueue", "claim", "heartbeat", "fail", "reap", ...
-    at: datetime
-    status: JobStatus          # the job's status after this transition
-    worker: str | None         # the worker of the attempt, if any
-    attempt: int               # 1 = first run, 2 = first retry, ...
-    error: str | None          # the error, reap reason or note
+# A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
+# fields as snapfile.export_rec writes them); runs of ranks as (first, count) segments.
+StoredJob = tuple[str, bytes, "list[Any] | None"]
+TouchedJob = tuple[str, bytes, list[Any]]
+Segments = list[tuple[int, int]]
 
 
-class _Rec:
-    """A job that has been touched after its enqueue."""
-    __slots__ = ("blob", "status", "retry", "seq", "due", "token", "worker", "lease_dl",
-                 "started", "hb", "completed", "error", "result", "progress", "pmsg",
-                 "cancel_req", "hist")
-
-    def __init__(self, blob: bytes):
-        h = _BLOB.unpack_from(blob)
-        self.blob = blob
-        self.status = PENDING
-        self.retry = 0
-        self.seq = h[0]
-        self.due = h[3] if h[9] & _F_SCHED else 0
-        self.token = None
-        self.worker = None
-        self.lease_dl = 0
-        self.started = 0
-        self.hb = 0
-        self.completed = 0
-        self.error = None
-        self.result = None
-        self.progress = None
-        self.pmsg = None
-        self.cancel_req = False
-        # (lsn, rtype, at_ms, status, worker, attempt, note)
-        self.hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
-
-
-class _Run:
-    """One claim-order run of a version-2 snapshot: the ranks (positions among the
-    snapshot's never-touched pending jobs) of one pair's ready jobs, or of the timer jobs,
-    sorted by heap key. Consumed front to back like a sorted heap; ``head`` caches the
-    current entry ``(key, id)``, ``last`` the last key handed out (order check)."""
-    __slots__ = ("base", "pair", "ranks", "head", "last")
-
-    def __init__(self, base: "_Base", pair: int | None, segments) -> None:
-        self.base = base
-        self.pair = pair                      # None: the timer run
-        self.ranks = itertools.chain.from_iterable(
-            itertools.starmap(range, ((a, a + c) for a, c in segments)))
-        self.head = None
-        self.last = -1
-
-
-class _Base:
-    """The never-touched pending jobs of a version-2 snapshot, read straight from the
-    decompressed content (no object per job) until the job table is materialised.
-    ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
-    its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
-    __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
-                 "ids", "built", "where", "_template", "_stored", "uuid")
-
-    def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
-                 uuid=False):
-        self.n = n
-        self.content = content
-        self.uuid = uuid                      # ids are 16 raw bytes each (canonical UUIDs)
-        self.id_at = id_at                    # offset of the ids section in content
-        self.id_width = id_width              # > 0: each id is that many bytes + "\n"
-        self.id_offs = id_offs                # id_width == 0: n + 1 offsets into content
-        self.planes = planes                  # per head byte j: int offset of its plane of
-        #                                       n bytes in content, or bytes (its constant)
-        self.tail_offs = tail_offs            # n + 1 offsets into content
-        self.ids = None                       # list of ids, once materialised
-        self.built = None                     # (ids, blobs), built ahead (prebuild)
-        self.where = where                    # the snapshot file, for error messages
-        self._template = b"".join(b if type(b) is bytes else b"\x00" for b in planes)
-        self._stored = [(j, b) for j, b in enumerate(planes) if type(b) is int]
-
-    def id(self, k: int) -> str:
-        ids = self.ids
-        if ids is not None:
-            return ids[k]
-        if self.uuid:
-            a = self.id_at + 16 * k
-            h = self.content[a:a + 16].hex()
-            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        w = self.id_width
-        if w:
-            a = self.id_at + k * (w + 1)
-            return self.content[a:a + w].decode()
-        o = self.id_offs
-        return self.content[o[k]:o[k + 1]].decode()
-
-    def blob(self, k: int) -> bytes:
-        c, t = self.content, self.tail_offs
-        head = bytearray(self._template)
-        for j, off in self._stored:
-            head[j] = c[off + k]
-        return bytes(head) + c[t[k]:t[k + 1]]
-
-    def find(self, job_id: str) -> int | None:
-        """The rank of ``job_id``, or None: a scan of the ids section (a few ms per million
-        jobs). Fixed-width ids only (the caller builds an index otherwise)."""
-        if self.uuid:
-            raw = uuid_bytes(job_id)
-            if raw is None:
-                return None
-            c, a = self.content, self.id_at
-            end = a + 16 * self.n
-            p = c.find(raw, a, end)
-            while p >= 0 and (p - a) % 16:
-                p = c.find(raw, p + 1, end)
-            return None if p < 0 else (p - a) // 16
-        w = self.id_width
-        b = job_id.encode()
-        if len(b) != w or b"\n" in b:
-            return None
-        p = self.content.find(b + b"\n", self.id_at, self.id_at + self.n * (w + 1))
-        return None if p < 0 else (p - self.id_at) // (w + 1)
-
-    def all_ids(self) -> list:
-        c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
-        if self.uuid:
-            # 16 raw bytes -> "8-4-4-4-12" lowercase hex + "\n", by strided copies
-            h = c[id_at:id_at + 16 * n].hex().encode()
-            out = bytearray(37 * n)
-            for j, d in enumerate(_UUID_HEX_AT):
-                out[d::37] = h[j::32]
-            dashes = b"-" * n
-            for d in (8, 13, 18, 23):
-                out[d::37] = dashes
-            out[36::37] = b"\n" * n
-            ids = out.decode().split("\n")
-            ids.pop()
-            return ids
-        if width:
-            ids = c[id_at:id_at + n * (width + 1)].decode().split("\n")
-            ids.pop()                          # after the last "\n"
-            return ids
-        return [c[o[k]:o[k + 1]].decode() for k in range(n)]
-
-    def build(self) -> tuple[list, list]:
-        """Every id and blob, in order (C-speed bulk operations, no loop per job in Python
-        bytecode for fixed-width ids). Pure: safe to run outside the state's lock."""
-        built = self.built
-        if built is not None:
-            return built
-        # locals only: a prebuild outside the lock may race with finish()
-        c, n, planes, t = self.content, self.n, self.planes, self.tail_offs
-        if c is None:
-            raise RuntimeError("snapshot base already materialised")
-        ids = self.all_ids()
-        mv = memoryview(c)
-        size = _BLOB.size
-        heads_rows = bytearray(size * n)
-        for j, pl in enumerate(planes):
-            if type(pl) is bytes:
-                if pl != b"\x00":
-                    heads_rows[j::size] = pl * n
-            else:
-                heads_rows[j::size] = mv[pl:pl + n]
-        heads: list = []
-        step = 4096
-        full = struct.Struct(f"{size}s" * step)
-        end = (n // step) * step * size
-        for tup in full.iter_unpack(memoryview(heads_rows)[:end]):
-            heads.extend(tup)
-        rest = n - len(heads)
-        if rest:
-            heads.extend(struct.unpack_from(f"{size}s" * rest, heads_rows, end))
-        del heads_rows, mv
-        tails = map(c.__getitem__, map(slice, itertools.islice(t, n), itertools.islice(t, 1, None)))
-        blobs = list(map(bytes.__add__, heads, tails))
-        built = (ids, blobs)
-        if self.content is c:
-            self.built = built
-        return built
-
-    def finish(self, ids: list) -> None:
-        """Materialised: keep only the ids (the runs still walk ranks), drop the content."""
-        self.ids = ids
-        self.content = self.id_offs = self.tail_offs = self.built = None
-
-
-_MISSING = object()
-_UUID_HEX_AT = tuple(i for i in range(36) if i not in (8, 13, 18, 23))
-_HEX = b"0123456789abcdef"
-
-
-def uuid_bytes(job_id) -> bytes | None:
-    """The 16 bytes of a canonical UUID string (lowercase 8-4-4-4-12 hex), else None."""
-    if type(job_id) is not str or len(job_id) != 36:
-        return None
-    b = job_id.encode("ascii", "replace")
-    if b[8:9] + b[13:14] + b[18:19] + b[23:24] != b"----":
-        return None
-    hx = b[:8] + b[9:13] + b[14:18] + b[19:23] + b[24:]
-    if hx.translate(None, _HEX):
-        return None
-    return bytes.fromhex(hx.decode())
-_PROBES = 16                  # id scans before a lazy table builds its id index
-
-
-class _LazyJobs:
-    """``State.jobs`` after a version-2 snapshot load, until it is materialised: the
-    snapshot's other jobs, every job touched since and every job added since in ``over``
-    (a dict: its order is theirs), the never-touched pending ones in ``base``.
-    A lookup is answered from ``over``, then from the ranks of base jobs already met
-    (``known``: surfaced by a run or found before), then by finding the id in the base:
-    a scan of the ids for the first few unknown ids, then an id -> rank index built once.
-    Adding an id the base does not hold and replacing a value are done in place; deleting,
-    iterating or copying first materialises the plain dict in the original order (base
-    and snapshot jobs in snapshot order, then the added ones), swaps it into the state,
-    and from then on every call is delegated to it (a reference held elsewhere keeps
-    working)."""
-    __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
-                 "_rest_ids", "_n", "_d", "_pre")
-
-    def __init__(self, st: "State", base: _Base, over: dict, rest_pos: list[int]) -> None:
-        self._st = st
-        self._base = base
-        self._over = over
-        self._known: dict[str, int] = {}      # id -> rank, base jobs met so far
-        self._index: dict[str, int] | None = None
-        self._probes = _PROBES if base.id_width else 0
-        self._rest_pos = rest_pos             # for each of over's first jobs: base jobs before it
-        self._rest_ids = list(over)
-        self._n = base.n + len(over)          # jobs held (base + over, minus base ids in over)
-        self._d = None
-        self._pre = None                      # the bulk of the dict, built ahead (prebuild)
-
-    def note(self, job_id: str, k: int) -> None:
-        if self._d is None:
-            self._known[job_id] = k
-
-    def _rank(self, job_id) -> int | None:
-        """The base rank of an id not in ``over`` (None: the base does not hold it)."""
-        if type(job_id) is not str:
-            return None                       # base ids are str
-        k = self._known.get(job_id)
-        if k is not None:
-            return k
-        ix = self._index
-        if ix is None:
-            if self._probes > 0:
-                self._probes -= 1
-                k = self._base.find(job_id)
-                if k is not None:
-                    self._known[job_id] = k
-                return k
-            ix = self._index = dict(zip(self._base.all_ids(), itertools.count()))
-            if len(ix) != self._base.n:
-                raise CorruptionError(f"snapshot holds {self._base.n} pending jobs but only "
-                                      f"{len(ix)} distinct ids", file=self._base.where,
-                                      offset=64)
-        return ix.get(job_id)
-
-    def get(self, job_id, default=None):
-        d = self._d
-        if d is not None:
-            return d.get(job_id, default)
-        v = self._over.get(job_id)
-        if v is not None:
-            return v
-        k = self._rank(job_id)
-        return default if k is None else self._base.blob(k)
-
-    def __getitem__(self, job_id):
-        v = self.get(job_id, _MISSING)
-        if v is _MISSING:
-            raise KeyError(job_id)
-        return v
-
-    def __contains__(self, job_id) -> bool:
-        d = self._d
-        if d is not None:
-            return job_id in d
-        return job_id in self._over or self._rank(job_id) is not None
-
-    def __setitem__(self, job_id, value) -> None:
-        d = self._d
-        if d is not None:
-            d[job_id] = value
-            return
-        over = self._over
-        if job_id not in over:
-            k = self._rank(job_id)
-            if k is None:
-                self._n += 1                  # a new id: it goes after every snapshot job
-            else:
-                self._known[job_id] = k       # a base job replaced: same count
-        over[job_id] = value
-
-    def __delitem__(self, job_id) -> None:
-        del self.materialize()[job_id]
-
-    def pop(self, *args):
-        return self.materialize().pop(*args)
-
-    def __len__(self) -> int:
-        return len(self._d) if self._d is not None else self._n
-
-    def __iter__(self):
-        return iter(self.materialize())
-
-    def keys(self):
-        return self.materialize().keys()
-
-    def values(self):
-        return self.materialize().values()
-
-    def items(self):
-        return self.materialize().items()
-
-    def copy(self) -> dict:
-        return self.materialize().copy()
-
-    def __eq__(self, other):
-        return self.materialize() == (other.materialize() if type(other) is _LazyJobs else other)
-
-    def __getattr__(self, name):
-        # any other dict method (setdefault, update, clear, ...): on the materialised dict
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.materialize(), name)
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        if self._d is not None:
-            return repr(self._d)
-        return f"<lazy job table: {self._n} jobs, {len(self._over)} loaded>"
-
-    def prebuild(self) -> None:
-        """Build the bulk of the plain dict now, outside the state's lock (the compactor
-        does): everything but the changes made since, which materialize() applies. Pure
-        reads of immutable snapshot bytes plus lookups of the snapshot's own rest jobs,
-        whose values are never replaced (they are mutated in place), so no lock needed."""
-        if self._d is None and self._pre is None:
-            try:
-                pre = self._bulk()
-            except (RuntimeError, TypeError):  # materialised meanwhile
-                return
-            if self._d is None:
-                self._pre = pre
-
-    def _bulk(self) -> dict:
-        """The snapshot's jobs as a dict, in the snapshot's order (base jobs by rank, each
-        rest job before rank rest_pos); values as loaded, except rest jobs (the objects)."""
-        base = self._base
-        ids, blobs = base.build()
-        over, rest_ids, rest_pos = self._over, self._rest_ids, self._rest_pos
-        if rest_ids:
-            all_ids: list = []
-            vals: list = []
-            prev = 0
-            for rid, p in zip(rest_ids, rest_pos):
-                if p > prev:
-                    all_ids += ids[prev:p]
-                    vals += blobs[prev:p]
-                    prev = p
-                all_ids.append(rid)
-                vals.append(over[rid])
-            all_ids += ids[prev:]
-            vals += blobs[prev:]
-        else:
-            all_ids, vals = ids, blobs
-        d = dict(zip(all_ids, vals))
-        if len(d) != base.n + len(rest_ids):
-            raise CorruptionError(f"snapshot holds {base.n + len(rest_ids)} jobs but only "
-                                  f"{len(d)} distinct ids", file=base.where, offset=64)
-        return d
-
-    def materialize(self) -> dict:
-        d = self._d
-        if d is not None:
-            return d
-        d = self._pre if self._pre is not None else self._bulk()
-        self._pre = None
-        d.update(self._over)  # replaced values in place, then the added jobs in their order
-        self._d = d
-        self._base.finish(self._base.build()[0] if self._base.ids is None else self._base.ids)
-        self._over = self._known = self._index = None
-        self._rest_ids = self._rest_pos = None
-        if self._st.jobs is self:
-            self._st.jobs = d
-        self._st = None
-        return d
 
 
 class State:
     """The queue's state; see the module docstring."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, bytes | _Rec] = {}
-        self._pairs: list[tuple[str, str]] = []      # index -> (queue, job_type)
+        # a dict, or after a version-2 snapshot load a LazyJobs standing in for it (the
+        # same interface by delegation, typed as the dict it becomes)
+        self.jobs: dict[str, bytes | Rec] = {}
+        self.pairs: list[tuple[str, str]] = []       # index -> (queue, job_type)
         self._pair_ix: dict[tuple[str, str], int] = {}
-        self._ready: list[list] = []                 # index -> heap of (key, id)
-        self._timers: list = []
-        self._leases: list = []
-        self._timeouts: list = []
+        self._pair_raw: dict[tuple[int, bytes], int] = {}   # (len type, type+queue) -> pair
+        self.order = ClaimOrder(self)
+        self._leases: list[tuple[int, str, bytes | None]] = []
+        self._timeouts: list[tuple[int, str, bytes | None]] = []
         self._running: set[str] = set()
         self._unique: dict[str, str] = {}
         self._counts = [0] * 7                       # by status code
         self._qcounts: dict[str, list[int]] = {}
-        self._pick_cache: dict = {}
-        self._pair_raw: dict = {}                    # (len type, type+queue bytes) -> pair
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
-        # after a version-2 snapshot load: the snapshot's never-touched pending jobs in claim
-        # order, per pair (ready) and for the timers (see _Run); empty otherwise
-        self._runs: dict[int, _Run] = {}
-        self._trun: _Run | None = None
-        self._spills = 0
+        # queue control (pause, limits, periodic firings, dependencies): control.py
+        self.control = Control()
 
     # ------------------------------------------------------------------ small helpers
 
-    def _count_pending_by_pair(self, counts) -> None:
+    def _count_pending_by_pair(self, counts: Sequence[int]) -> None:
         """Add counts[pair index] pending jobs to the totals (a bulk load's counters)."""
         for ix, c in enumerate(counts):
             if c:
-                queue = self._pairs[ix][0]
+                queue = self.pairs[ix][0]
                 self._counts[PENDING] += c
                 q = self._qcounts.get(queue)
                 if q is None:
                     q = self._qcounts[queue] = [0] * 7
                 q[PENDING] += c
 
-    def _pair(self, queue: str, job_type: str) -> int:
+    def pair_index(self, queue: str, job_type: str) -> int:
+        """The index of the (queue, job_type) pair, added if new."""
         key = (queue, job_type)
         ix = self._pair_ix.get(key)
         if ix is None:
-            ix = len(self._pairs)
-            self._pairs.append(key)
+            ix = len(self.pairs)
+            self.pairs.append(key)
             self._pair_ix[key] = ix
-            self._ready.append([])
-            self._pick_cache.clear()
+            self.order.add_pair()
         return ix
 
     def _count(self, queue: str, old: int, new: int) -> None:
@@ -521,55 +126,35 @@ class State:
             c[new] += 1
             q[new] += 1
 
-    def _anomaly(self, lsn: int, why: str) -> None:
+    def anomaly(self, lsn: int, why: str) -> None:
+        """Note a record that did not apply (or a snapshot run that broke its contract)."""
         if len(self.anomalies) < 100:
             self.anomalies.append((lsn, why))
 
-    def _rec(self, job_id: str) -> _Rec | None:
-        """The job as a _Rec, converting a blob (touching it) if needed."""
+    def _rec(self, job_id: str) -> Rec | None:
+        """The job as a Rec, converting a blob (touching it) if needed."""
         v = self.jobs.get(job_id)
-        if v is None or type(v) is _Rec:
+        if v is None or isinstance(v, Rec):
             return v
-        r = _Rec(v)
+        r = Rec(v)
         self.jobs[job_id] = r
         return r
 
-    def _live_entry(self, key: int, job_id: str) -> bool:
-        v = self.jobs.get(job_id)
-        if v is None:
-            return False
-        if type(v) is bytes:
-            return True
-        return v.status in _WAITING and v.seq == key & _M64
-
-    def _schedule(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
-        """Put a waiting job into the timer heap, or straight into its ready heap when due
-        is not after the transition's own time (due <= at)."""
-        due = min(max(due, 0), MAX_DUE_MS)
-        tkey = due << 64 | seq
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            h = _BLOB.unpack_from(blob)
-            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
-
-    @staticmethod
-    def _queue_of(blob: bytes, pairs) -> str:
-        return pairs[_BLOB.unpack_from(blob)[7]][0]
-
-    def _set(self, job_id: str, r: _Rec, new: int) -> None:
+    def _set(self, job_id: str, r: Rec, new: int) -> None:
         old = r.status
         if old == new:
             return
-        h = _BLOB.unpack_from(r.blob)
-        self._count(self._pairs[h[7]][0], old, new)
+        h = unpack_head(r.blob)
+        self._count(self.pairs[h[PAIR]][0], old, new)
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
+            self.control.on_running(*self.pairs[h[PAIR]], -1)
         if new == RUNNING:
             self._running.add(job_id)
-        if new in _FINISHED and h[10]:
-            ukey = r.blob[_BLOB.size:_BLOB.size + h[10]].decode()
+            self.control.on_running(*self.pairs[h[PAIR]], +1)
+        if new in FINISHED and h[UKEY_LEN]:
+            ukey = r.blob[HEAD_SIZE:HEAD_SIZE + h[UKEY_LEN]].decode()
             if self._unique.get(ukey) == job_id:
                 del self._unique[ukey]
 
@@ -585,7 +170,7 @@ class State:
         self.applied += 1
         fn = _APPLY.get(rtype)
         if fn is None:
-            self._anomaly(lsn, f"unknown record type {rtype}")
+            self.anomaly(lsn, f"unknown record type {rtype}")
             return
         fn(self, lsn, rec)
 
@@ -612,7 +197,7 @@ class State:
         try:
             job_id = data[_ENQ_SIZE:a].decode("utf-8")
             if pair is None:
-                pair = self._pair(data[b:c].decode("utf-8"), data[a:b].decode("utf-8"))
+                pair = self.pair_index(data[b:c].decode("utf-8"), data[a:b].decode("utf-8"))
                 self._pair_raw[key] = pair
             ukey = data[c:c + lu].decode("utf-8") if lu else None
         except UnicodeDecodeError:
@@ -622,27 +207,25 @@ class State:
         self.applied += 1
         jobs = self.jobs
         if job_id in jobs:
-            self._anomaly(lsn, f"enqueue of existing job {job_id}")
+            self.anomaly(lsn, f"enqueue of existing job {job_id}")
             return at
         has_sched = flags & 1
-        blob = _BLOB.pack(lsn, at, created, sched if has_sched else 0,
+        blob = pack_head(lsn, at, created, sched if has_sched else 0,
                           tmo if flags & 2 else 0, lease, maxr, pair, prio,
                           has_sched, lu) + data[c:]
         jobs[job_id] = blob
         self._counts[PENDING] += 1
-        queue = self._pairs[pair][0]
+        queue = self.pairs[pair][0]
         qc = self._qcounts.get(queue)
         if qc is None:
             qc = self._qcounts[queue] = [0] * 7
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
-        due = at if not has_sched else min(max(sched, 0), MAX_DUE_MS)
-        tkey = due << 64 | lsn
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            heapq.heappush(self._ready[pair], ((4 - prio) << 112 | tkey, job_id))
+        if self.control.waiting and job_id in self.control.waiting:
+            self._enqueue_dependent(lsn, job_id, at)
+            return at
+        self.order.add(job_id, pair, prio, clamp_due(sched) if has_sched else at, lsn, at)
         return at
 
     def _apply_slow(self, lsn: int, data) -> int:
@@ -658,7 +241,7 @@ class State:
         for rtype, rec in records:
             fn = table.get(rtype)
             if fn is None:
-                self._anomaly(lsn, f"unknown record type {rtype}")
+                self.anomaly(lsn, f"unknown record type {rtype}")
             else:
                 fn(self, lsn, rec)
             lsn += 1
@@ -670,18 +253,18 @@ class State:
         jobs = self.jobs
         job_id = e.id
         if job_id in jobs:
-            self._anomaly(lsn, f"enqueue of existing job {job_id}")
+            self.anomaly(lsn, f"enqueue of existing job {job_id}")
             return
         pair = self._pair_ix.get((e.queue, e.job_type))
         if pair is None:
-            pair = self._pair(e.queue, e.job_type)
+            pair = self.pair_index(e.queue, e.job_type)
         ukey = e.unique_key
         u = ukey.encode() if ukey is not None else b""
         sched = e.scheduled_ms
         at = e.at_ms
-        blob = _BLOB.pack(lsn, at, e.created_ms, sched or 0, e.timeout_ms or 0,
+        blob = pack_head(lsn, at, e.created_ms, sched or 0, e.timeout_ms or 0,
                           e.lease_ms, e.max_retries, pair, e.priority,
-                          _F_SCHED if sched is not None else 0, len(u)) + u + e.payload
+                          F_SCHED if sched is not None else 0, len(u)) + u + e.payload
         jobs[job_id] = blob
         self._counts[PENDING] += 1
         qc = self._qcounts.get(e.queue)
@@ -690,24 +273,72 @@ class State:
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
-        due = at if sched is None else min(max(sched, 0), MAX_DUE_MS)
-        tkey = due << 64 | lsn
-        if due > at:
-            heapq.heappush(self._timers, (tkey, job_id))
-        else:
-            heapq.heappush(self._ready[pair], ((4 - e.priority) << 112 | tkey, job_id))
+        if self.control.waiting and job_id in self.control.waiting:
+            self._enqueue_dependent(lsn, job_id, at)
+            return
+        self.order.add(job_id, pair, e.priority, at if sched is None else clamp_due(sched),
+                       lsn, at)
 
-    def _running_rec(self, lsn: int, rec, what: str) -> _Rec | None:
+    # ------------------------------------------------------------------ dependencies
+
+    def _enqueue_dependent(self, lsn: int, job_id: str, at: int) -> None:
+        """The ENQUEUE of a job whose DEPENDS came first. It is touched at once (a Rec:
+        a snapshot then stores it with its fields, never in a claim-order run), and put
+        in the claim order only when its parents allow: now, when they are done already;
+        never, when one failed first (it is cancelled here)."""
+        r = self._rec(job_id)
+        assert r is not None
+        reason = self.control.settled_reason(job_id)
+        if reason is not None:
+            self._settle_cancel(lsn, at, job_id, r, reason)
+        elif not self.control.hold(job_id):
+            self._release(job_id, r, at)
+
+    def _release(self, job_id: str, r: Rec, at: int) -> None:
+        """A waiting child's parents are done: it enters the claim order at its own place
+        (its enqueue due time and FIFO position), as if it had waited there all along."""
+        if r.status != PENDING:
+            return                          # cancelled meanwhile
+        h = unpack_head(r.blob)
+        self.order.add_blob(job_id, r.blob, enqueue_due(h), r.seq, at)
+
+    def _settle_cancel(self, lsn: int, at: int, job_id: str, r: Rec, reason: str) -> None:
+        """A parent failed: the waiting child ends CANCELLED with the reason (a transition
+        of its own in history, at the record that decided it), and its own children follow."""
+        if r.status != PENDING:
+            return
+        self._set(job_id, r, CANCELLED)
+        r.completed = at
+        r.error = reason
+        r.hist.append((lsn, R.CANCEL, at, CANCELLED, None, r.retry + 1, reason))
+        self.order.left(job_id, unpack_head(r.blob)[PAIR])
+        self._finished(lsn, at, job_id, CANCELLED)
+
+    def _finished(self, lsn: int, at: int, job_id: str, status: int) -> None:
+        """``job_id`` reached a final status: settle the children waiting for it."""
+        if not self.control.children:
+            return
+        release, cancel = self.control.on_finished(job_id, status)
+        for child in release:
+            r = self._rec(child)
+            if r is not None:
+                self._release(child, r, at)
+        for child, reason in cancel:
+            r = self._rec(child)
+            if r is not None:
+                self._settle_cancel(lsn, at, child, r, reason)
+
+    def _running_rec(self, lsn: int, rec, what: str) -> Rec | None:
         r = self.jobs.get(rec.id)
-        if type(r) is not _Rec or r.status != RUNNING or r.token != rec.token:
-            self._anomaly(lsn, f"{what} of {rec.id}: not running under that token")
+        if type(r) is not Rec or r.status != RUNNING or r.token != rec.token:
+            self.anomaly(lsn, f"{what} of {rec.id}: not running under that token")
             return None
         return r
 
     def _apply_claim(self, lsn: int, c: R.Claim) -> None:
         r = self._rec(c.id)
-        if r is None or r.status not in _WAITING:
-            self._anomaly(lsn, f"claim of {c.id}: not waiting")
+        if r is None or r.status not in WAITING:
+            self.anomaly(lsn, f"claim of {c.id}: not waiting")
             return
         self._set(c.id, r, RUNNING)
         r.token = c.token
@@ -718,9 +349,12 @@ class State:
         r.cancel_req = False
         r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
-        timeout = _BLOB.unpack_from(r.blob)[4]
-        if timeout:
-            heapq.heappush(self._timeouts, (c.at_ms + timeout, c.id, c.token))
+        h = unpack_head(r.blob)
+        if self.control.windows:
+            self.control.on_claim(*self.pairs[h[PAIR]], c.at_ms)
+        if h[TIMEOUT_MS]:
+            heapq.heappush(self._timeouts, (c.at_ms + h[TIMEOUT_MS], c.id, c.token))
+        self.order.left(c.id, h[PAIR])
 
     def _apply_heartbeat(self, lsn: int, h: R.Heartbeat) -> None:
         r = self._running_rec(lsn, h, "heartbeat")
@@ -747,7 +381,7 @@ class State:
         else:
             r.hist.append(entry)
 
-    def _finish_attempt(self, r: _Rec) -> None:
+    def _finish_attempt(self, r: Rec) -> None:
         r.token = None
         r.lease_dl = 0
 
@@ -761,8 +395,9 @@ class State:
         r.result = c.result
         r.error = None
         r.hist.append((lsn, R.COMPLETE, c.at_ms, COMPLETED, r.worker, r.retry + 1, None))
+        self._finished(lsn, c.at_ms, c.id, COMPLETED)
 
-    def _after_attempt(self, lsn: int, job_id: str, r: _Rec, outcome: int, at: int, due: int,
+    def _after_attempt(self, lsn: int, job_id: str, r: Rec, outcome: int, at: int, due: int,
                        retry_status: int, rtype: int, note: str) -> None:
         attempt = r.retry + 1
         self._finish_attempt(r)
@@ -771,11 +406,13 @@ class State:
             r.seq = lsn
             r.due = due
             self._set(job_id, r, retry_status)
-            self._schedule(job_id, r.blob, due, lsn, at)
+            self.order.add_blob(job_id, r.blob, due, lsn, at)
         else:
             r.completed = at
             self._set(job_id, r, DEAD_LETTER if outcome == R.OUTCOME_DEAD else CANCELLED)
         r.hist.append((lsn, rtype, at, r.status, r.worker, attempt, note))
+        if outcome != R.OUTCOME_RETRY:
+            self._finished(lsn, at, job_id, r.status)
 
     def _apply_fail(self, lsn: int, f: R.Fail) -> None:
         r = self._running_rec(lsn, f, "fail")
@@ -794,27 +431,50 @@ class State:
         self._after_attempt(lsn, p.id, r, p.outcome, p.at_ms, p.next_due_ms, PENDING, R.REAP,
                             reason)
 
+    def _apply_release(self, lsn: int, rel: R.Release) -> None:
+        """A claimed job handed back by its worker (Queue.release): pending again, due
+        now, with the same retry count, so the attempt is not spent; or cancelled when a
+        cancel had been requested (the record says which)."""
+        r = self._running_rec(lsn, rel, "release")
+        if r is None:
+            return
+        attempt = r.retry + 1
+        self._finish_attempt(r)
+        if rel.outcome == R.OUTCOME_CANCELLED:
+            r.completed = rel.at_ms
+            self._set(rel.id, r, CANCELLED)
+        else:
+            r.seq = lsn
+            r.due = rel.at_ms
+            self._set(rel.id, r, PENDING)
+            self.order.add_blob(rel.id, r.blob, rel.at_ms, lsn, rel.at_ms)
+        r.hist.append((lsn, R.RELEASE, rel.at_ms, r.status, r.worker, attempt, None))
+        if r.status == CANCELLED:
+            self._finished(lsn, rel.at_ms, rel.id, CANCELLED)
+
     def _apply_cancel(self, lsn: int, c: R.Cancel) -> None:
         r = self._rec(c.id)
-        if r is None or r.status not in _WAITING:
-            self._anomaly(lsn, f"cancel of {c.id}: not waiting")
+        if r is None or r.status not in WAITING:
+            self.anomaly(lsn, f"cancel of {c.id}: not waiting")
             return
         self._set(c.id, r, CANCELLED)
         r.completed = c.at_ms
         r.hist.append((lsn, R.CANCEL, c.at_ms, CANCELLED, None, r.retry + 1, None))
+        self.order.left(c.id, unpack_head(r.blob)[PAIR])
+        self._finished(lsn, c.at_ms, c.id, CANCELLED)
 
     def _apply_cancel_request(self, lsn: int, c: R.CancelRequest) -> None:
         r = self.jobs.get(c.id)
-        if type(r) is not _Rec or r.status != RUNNING:
-            self._anomaly(lsn, f"cancel request of {c.id}: not running")
+        if type(r) is not Rec or r.status != RUNNING:
+            self.anomaly(lsn, f"cancel request of {c.id}: not running")
             return
         r.cancel_req = True
         r.hist.append((lsn, R.CANCEL_REQUEST, c.at_ms, RUNNING, r.worker, r.retry + 1, None))
 
     def _apply_retry_dead(self, lsn: int, c: R.RetryDead) -> None:
         r = self.jobs.get(c.id)
-        if type(r) is not _Rec or r.status != DEAD_LETTER:
-            self._anomaly(lsn, f"retry_dead of {c.id}: not dead-lettered")
+        if type(r) is not Rec or r.status != DEAD_LETTER:
+            self.anomaly(lsn, f"retry_dead of {c.id}: not dead-lettered")
             return
         r.retry = 0
         r.seq = lsn
@@ -822,219 +482,112 @@ class State:
         r.completed = 0
         r.cancel_req = False
         self._set(c.id, r, PENDING)
-        ukey = self._ukey(r.blob)
+        ukey = unique_key_of(r.blob)
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = c.id
-        self._schedule(c.id, r.blob, c.at_ms, lsn, c.at_ms)
+        self.order.add_blob(c.id, r.blob, c.at_ms, lsn, c.at_ms)
         r.hist.append((lsn, R.RETRY_DEAD, c.at_ms, PENDING, None, 1, None))
 
     def _apply_purge(self, lsn: int, p: R.Purge) -> None:
         for job_id in p.ids:
             r = self.jobs.get(job_id)
-            if type(r) is not _Rec or r.status not in _FINISHED:
-                self._anomaly(lsn, f"purge of {job_id}: not finished")
+            if type(r) is not Rec or r.status not in FINISHED:
+                self.anomaly(lsn, f"purge of {job_id}: not finished")
                 continue
-            self._count(self._queue_of(r.blob, self._pairs), r.status, 0)
+            self._count(self.pairs[unpack_head(r.blob)[PAIR]][0], r.status, 0)
             del self.jobs[job_id]
+            self.control.forget(job_id)
 
-    @staticmethod
-    def _ukey(blob: bytes) -> str | None:
-        n = _BLOB.unpack_from(blob)[10]
-        return blob[_BLOB.size:_BLOB.size + n].decode() if n else None
+    def _apply_pause(self, lsn: int, p: R.Pause) -> None:
+        self.control.apply_pause(p)
 
-    # ------------------------------------------------------------------ time-driven reads
+    def _apply_resume(self, lsn: int, p: R.Resume) -> None:
+        self.control.apply_resume(p)
 
-    def promote(self, now_ms: int) -> int:
-        """Move timer entries that are due (due <= now) into their ready heaps."""
-        timers = self._timers
-        n = 0
-        limit = (now_ms + 1) << 64
-        trun = self._trun
-        while True:
-            head = self._run_head(trun) if trun is not None else None
-            if timers and timers[0][0] < limit and (head is None or timers[0][0] < head[0]):
-                tkey, job_id = heapq.heappop(timers)
-                if not self._live_entry(tkey, job_id):
-                    continue
-            elif head is not None and head[0] < limit:
-                tkey, job_id = head
-                trun.head = None                  # consumed: it moves to a ready heap
-            else:
-                break
-            v = self.jobs[job_id]
-            h = _BLOB.unpack_from(v if type(v) is bytes else v.blob)
-            heapq.heappush(self._ready[h[7]], ((4 - h[8]) << 112 | tkey, job_id))
-            n += 1
-        return n
+    def _apply_limit(self, lsn: int, p: R.Limit) -> None:
+        self.control.apply_limit(p)
 
-    def next_due_ms(self) -> int | None:
-        """The due time of the earliest scheduled job or retry (None if none)."""
-        # the run first: one that has to be spilled goes into the heap below
-        head = self._run_head(self._trun) if self._trun is not None else None
-        timers = self._timers
-        while timers and not self._live_entry(timers[0][0], timers[0][1]):
-            heapq.heappop(timers)
-        best = timers[0][0] if timers else None
-        if head is not None and (best is None or head[0] < best):
-            best = head[0]
-        return (best >> 64) if best is not None else None
+    def _apply_periodic_fire(self, lsn: int, p: R.PeriodicFire) -> None:
+        self.control.apply_fire(p)
 
-    def _candidates(self, queues, job_types) -> list[int]:
-        ck = (queues, job_types)
-        c = self._pick_cache.get(ck)
-        if c is None:
-            c = [i for i, (q, t) in enumerate(self._pairs)
-                 if (queues is None or q in queues) and (job_types is None or t in job_types)]
-            if len(self._pick_cache) > 256:
-                self._pick_cache.clear()
-            self._pick_cache[ck] = c
-        return c
+    def _apply_depends(self, lsn: int, d: R.Depends) -> None:
+        if d.id in self.jobs:
+            self.anomaly(lsn, f"depends of existing job {d.id}")
+            return
+
+        def status_of(job_id: str) -> int | None:
+            v = self.jobs.get(job_id)
+            return None if v is None else (v.status if type(v) is Rec else PENDING)
+
+        self.control.apply_depends(d, status_of)
+
+    # ------------------------------------------------------------------ the claim decision
 
     def pick(self, now_ms: int, queues: frozenset | None = None,
              job_types: frozenset | None = None) -> str | None:
-        """The id of the best due job (priority desc, due time, FIFO), or None. Changes
-        nothing observable (promotes due timers and drops dead heap entries)."""
-        spills = self._spills
-        self.promote(now_ms)
+        """Which job a claim at ``now_ms`` takes: the id of the best due job (priority
+        desc, due time, FIFO) of these queues and job types, or None. Changes no job: the
+        clock's effect on the claim order comes first (timers due by now become ready),
+        then the choice is a pure read (``ClaimOrder.best``). The claim itself happens when
+        its record is applied."""
+        self.order.promote(now_ms)
+        cands = self.order.candidates(queues, job_types)
+        control = self.control
+        if control.active:          # paused queues and reached limits are not looked at
+            pairs = self.pairs
+            cands = [ix for ix in cands if not control.blocked(*pairs[ix], now_ms)]
+        return self.order.best(cands)
+
+    def next_allowed_ms(self, now_ms: int, queues: frozenset | None = None,
+                        job_types: frozenset | None = None) -> int | None:
+        """When a rate limit that now holds back some of these pairs lets a claim through
+        (the claim wait sleeps until then), or None."""
+        control = self.control
+        if not control.windows:
+            return None
         best = None
-        best_id = None
-        ready = self._ready
-        runs = self._runs
-        for ix in self._candidates(queues, job_types):
-            if runs:        # first: a run that has to be spilled goes into the heap below
-                run = runs.get(ix)
-                if run is not None:
-                    head = self._run_head(run)
-                    if head is not None and (best is None or head[0] < best):
-                        best, best_id = head
-            heap = ready[ix]
-            while heap:
-                key, job_id = heap[0]
-                if self._live_entry(key, job_id):
-                    if best is None or key < best:
-                        best, best_id = key, job_id
-                    break
-                heapq.heappop(heap)
-        if self._spills != spills:
-            return self.pick(now_ms, queues, job_types)     # the runs are heaps now: again
-        return best_id
+        for ix in self.order.candidates(queues, job_types):
+            free = control.rate_free_ms(*self.pairs[ix], now_ms)
+            if free is not None and (best is None or free < best):
+                best = free
+        return best
 
-    # ------------------------------------------------------------------ snapshot runs
-
-    def _run_head(self, run: "_Run"):
-        """(key, id) of the first live entry of a snapshot run, or None when it is spent.
-        Dead entries (claimed, cancelled, re-queued under a new seq, purged) are skipped,
-        as a heap drops its stale entries. Each entry's key is computed from the job's own
-        blob (the truth); the run only supplies the order. An entry that does not belong
-        in this run, or comes out of key order, means the writer broke its contract: the
-        rest of the run is pushed into the ordinary heaps (so every job stays claimable in
-        the right order from here on) and the event is noted in ``anomalies``."""
-        while True:
-            head = run.head
-            if head is not None:
-                if self._live_entry(head[0], head[1]):
-                    return head
-                run.head = None
-            k = next(run.ranks, None)
-            if k is None:
-                self._drop_run(run)
-                return None
-            jobs = self.jobs
-            base = run.base
-            job_id = base.id(k)
-            if type(jobs) is _LazyJobs:
-                jobs.note(job_id, k)
-            v = jobs.get(job_id)
-            if v is None:
-                continue                          # purged since
-            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = _BLOB.unpack_from(
-                v if type(v) is bytes else v.blob)
-            due = sched if flags & _F_SCHED else at
-            if due < 0 or due > MAX_DUE_MS:
-                due = 0 if due < 0 else MAX_DUE_MS
-            if run.pair is None:
-                key = due << 64 | lsn
-                fits = due > at
-            else:
-                key = (4 - prio) << 112 | due << 64 | lsn
-                fits = due <= at and pair == run.pair
-            if not fits or key < run.last:
-                self._spill(run, k)
-                return None
-            run.last = key
-            run.head = (key, job_id)
-
-    def _drop_run(self, run: "_Run") -> None:
-        if run.pair is None:
-            self._trun = None
-        else:
-            self._runs.pop(run.pair, None)
-
-    def _spill(self, run: "_Run", first: int) -> None:
-        """A run broke its contract: none of them is trusted any more. Move what is left
-        of every run (from rank ``first`` in ``run``) into the heaps, each entry placed
-        from its own blob exactly as from_export places a pending job."""
-        self._anomaly(self.last_lsn, f"snapshot {run.base.where}: claim-order run "
-                      f"{'timers' if run.pair is None else run.pair} is not in key order or "
-                      f"holds a job that does not belong to it (rank {first}); every run "
-                      "rebuilt as a heap")
-        self._spills += 1
-        rest = [(r, ()) for r in self._runs.values() if r is not run]
-        if self._trun is not None and self._trun is not run:
-            rest.append((self._trun, ()))
-        rest.append((run, (first,)))
-        self._runs = {}
-        self._trun = None
-        jobs = self.jobs
-        for r, extra in rest:
-            if r.head is not None:
-                key, job_id = r.head
-                heapq.heappush(self._timers if r.pair is None else self._ready[r.pair],
-                               (key, job_id))
-                r.head = None
-            for k in itertools.chain(extra, r.ranks):
-                job_id = r.base.id(k)
-                if type(jobs) is _LazyJobs:
-                    jobs.note(job_id, k)
-                v = jobs.get(job_id)
-                if v is None:
-                    continue
-                blob = v if type(v) is bytes else v.blob
-                h = _BLOB.unpack_from(blob)
-                self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
+    def next_due_ms(self) -> int | None:
+        """The due time of the earliest scheduled job or retry (None if none)."""
+        return self.order.next_due_ms()
 
     def materialize(self) -> None:
         """Turn a lazily loaded job table (after a version-2 snapshot) into a plain dict now.
         Every operation that needs it does this by itself; this is for callers that want
         the cost paid at a time of their choosing."""
-        if type(self.jobs) is _LazyJobs:
+        if type(self.jobs) is LazyJobs:
             self.jobs.materialize()
 
     # ------------------------------------------------------------------ planners
 
-    def _get_running(self, job_id: str, token: bytes) -> _Rec:
+    def _get_running(self, job_id: str, token: bytes) -> Rec:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if type(v) is not _Rec or v.status != RUNNING or v.token != token:
-            status = _STATUS[PENDING if type(v) is bytes else v.status]
+        if type(v) is not Rec or v.status != RUNNING or v.token != token:
+            status = _STATUS[v.status if type(v) is Rec else PENDING]
             raise StaleLeaseError(f"job {job_id} is {status.value}; the attempt token "
                                   "does not hold its lease")
         return v
 
     def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
         v = self.jobs[job_id]
-        lease = _BLOB.unpack_from(v if type(v) is bytes else v.blob)[5]
+        lease = unpack_head(blob_of(v))[LEASE_MS]
         return R.Claim(job_id, now_ms, token, now_ms + lease, worker)
 
     def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
         r = self._get_running(job_id, token)
-        lease = _BLOB.unpack_from(r.blob)[5]
+        lease = unpack_head(r.blob)[LEASE_MS]
         return R.Heartbeat(job_id, now_ms, token, max(now_ms + lease, r.lease_dl))
 
     def cancel_requested(self, job_id: str) -> bool:
         v = self.jobs.get(job_id)
-        return type(v) is _Rec and v.cancel_req
+        return type(v) is Rec and v.cancel_req
 
     def plan_progress(self, job_id: str, token: bytes, now_ms: int, fraction: float,
                       message: str | None) -> R.Progress:
@@ -1046,13 +599,19 @@ class State:
         self._get_running(job_id, token)
         return R.Complete(job_id, now_ms, token, result)
 
-    def _verdict(self, r: _Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
+    def _verdict(self, r: Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
         if r.cancel_req:
             return R.OUTCOME_CANCELLED, 0
-        max_retries = _BLOB.unpack_from(r.blob)[6]
+        max_retries = unpack_head(r.blob)[MAX_RETRIES]
         if r.retry < max_retries:
             return R.OUTCOME_RETRY, min(now_ms + delay(r.retry), MAX_DUE_MS)
         return R.OUTCOME_DEAD, 0
+
+    def plan_release(self, job_id: str, token: bytes, now_ms: int) -> R.Release:
+        """StaleLeaseError unless `token` holds the job's lease."""
+        r = self._get_running(job_id, token)
+        outcome = R.OUTCOME_CANCELLED if r.cancel_req else R.OUTCOME_RETRY
+        return R.Release(job_id, now_ms, token, outcome)
 
     def plan_fail(self, job_id: str, token: bytes, now_ms: int, error: str,
                   delay: Callable[[int], int] = retry_delay_ms) -> R.Fail:
@@ -1074,7 +633,8 @@ class State:
                 entry = heapq.heappop(heap)
                 deadline, job_id, token = entry
                 r = self.jobs.get(job_id)
-                if type(r) is not _Rec or r.status != RUNNING or r.token != token:
+                if type(r) is not Rec or r.status != RUNNING or token is None \
+                        or r.token != token:
                     continue                      # stale entry: drop it
                 if reason == R.REASON_LEASE_EXPIRED and r.lease_dl != deadline:
                     continue                      # superseded by a heartbeat
@@ -1088,13 +648,18 @@ class State:
                 heapq.heappush(heap, entry)
         return out
 
-    def plan_recover(self, now_ms: int, delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
+    def plan_recover(self, now_ms: int,
+                     delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
         """On open: every job left RUNNING by a dead process, as a "process died" reap."""
-        out = []
-        for job_id in sorted(self._running, key=lambda i: (self.jobs[i].started, i)):
+        running: builtins.list[tuple[int, str, Rec, bytes]] = []
+        for job_id in self._running:
             r = self.jobs[job_id]
+            assert type(r) is Rec and r.token is not None      # running: touched, leased
+            running.append((r.started, job_id, r, r.token))
+        out = []
+        for _, job_id, r, token in sorted(running, key=lambda e: e[:2]):
             outcome, due = self._verdict(r, now_ms, delay)
-            out.append(R.Reap(job_id, now_ms, r.token, R.REASON_PROCESS_DIED, outcome, due))
+            out.append(R.Reap(job_id, now_ms, token, R.REASON_PROCESS_DIED, outcome, due))
         return out
 
     def plan_cancel(self, job_id: str, now_ms: int) -> R.Cancel | R.CancelRequest | None:
@@ -1103,10 +668,10 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        status = PENDING if type(v) is bytes else v.status
-        if status in _WAITING:
+        status = v.status if type(v) is Rec else PENDING
+        if status in WAITING:
             return R.Cancel(job_id, now_ms)
-        if status == RUNNING:
+        if type(v) is Rec and status == RUNNING:
             return None if v.cancel_req else R.CancelRequest(job_id, now_ms)
         raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}; only pending, "
                                 "scheduled, failed or running jobs can be cancelled")
@@ -1115,22 +680,22 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        status = PENDING if type(v) is bytes else v.status
-        if status != DEAD_LETTER:
+        if type(v) is not Rec or v.status != DEAD_LETTER:
+            status = v.status if type(v) is Rec else PENDING
             raise InvalidStateError(f"job {job_id} is {_STATUS[status].value}, not dead_letter")
-        ukey = self._ukey(v.blob)
+        ukey = unique_key_of(v.blob)
         if ukey is not None and ukey in self._unique:
             raise InvalidStateError(f"job {self._unique[ukey]} with the same unique_key "
                                     f"{ukey!r} is live; cannot re-drive {job_id}")
         return R.RetryDead(job_id, now_ms)
 
-    def plan_purge(self, before_ms: int, now_ms: int, statuses=_FINISHED,
+    def plan_purge(self, before_ms: int, now_ms: int, statuses=FINISHED,
                    limit: int = 100_000) -> R.Purge | None:
         """PURGE of finished jobs (of ``statuses``) that finished before ``before_ms``."""
         ids = []
-        statuses = tuple(s for s in statuses if s in _FINISHED)
+        statuses = tuple(s for s in statuses if s in FINISHED)
         for job_id, v in self.jobs.items():
-            if type(v) is _Rec and v.status in statuses and v.completed < before_ms:
+            if type(v) is Rec and v.status in statuses and v.completed < before_ms:
                 ids.append(job_id)
                 if len(ids) >= limit:
                     break
@@ -1152,26 +717,26 @@ class State:
         v = self.jobs.get(job_id)
         if v is None:
             return None
-        return JobStatus.PENDING if type(v) is bytes else _STATUS[v.status]
+        return _STATUS[v.status] if type(v) is Rec else JobStatus.PENDING
 
     def running_ids(self) -> set[str]:
         return set(self._running)
 
     def get(self, job_id: str) -> Job | None:
         v = self.jobs.get(job_id)
-        return None if v is None else self._materialise(job_id, v)
+        return None if v is None else self._job_from_entry(job_id, v)
 
-    def _materialise(self, job_id: str, v) -> Job:
-        blob = v if type(v) is bytes else v.blob
+    def _job_from_entry(self, job_id: str, v: bytes | Rec) -> Job:
+        blob = blob_of(v)
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
-         lu) = _BLOB.unpack_from(blob)
-        queue, job_type = self._pairs[pair]
-        j = Job._raw()
+         lu) = unpack_head(blob)
+        queue, job_type = self.pairs[pair]
+        j = unfilled_job()
         j.id = job_id
         j.job_type = job_type
         j.queue = queue
-        pos = _BLOB.size + lu
-        j.unique_key = blob[_BLOB.size:pos].decode() if lu else None
+        pos = HEAD_SIZE + lu
+        j.unique_key = blob[HEAD_SIZE:pos].decode() if lu else None
         try:
             j.payload = decode_json(blob[pos:])
         except ValueError:   # JSONDecodeError / UnicodeDecodeError: only a bug can store it
@@ -1182,10 +747,14 @@ class State:
         j.created_at = from_ms(created)
         j.timeout_seconds = _secs(timeout) if timeout else None
         j.lease_duration = _secs(lease)
-        if type(v) is bytes:
+        if self.control.waiting:
+            parents = self.control.parents_of(job_id)
+            if parents:
+                j._deps = (parents, self.control.policy_of(job_id))
+        if type(v) is not Rec:
             j.status = JobStatus.PENDING
             j.retry_count = 0
-            j.scheduled_at = from_ms(sched) if flags & _F_SCHED else None
+            j.scheduled_at = from_ms(sched) if flags & F_SCHED else None
             j.started_at = j.completed_at = j.last_heartbeat = None
             j.token = j.lease_deadline = j.worker_id = j.error = j.result = None
             j.progress = j.progress_message = None
@@ -1195,10 +764,10 @@ class State:
         j.retry_count = v.retry
         j.scheduled_at = from_ms(v.due) if v.due else None
         j.started_at = started = from_ms(v.started) if v.started else None
-        j.completed_at = from_ms(v.completed) if v.completed and v.status in _FINISHED else None
+        j.completed_at = from_ms(v.completed) if v.completed and v.status in FINISHED else None
         j.last_heartbeat = (started if v.hb == v.started else from_ms(v.hb)) if v.hb else None
         running = v.status == RUNNING
-        j.token = v.token.hex() if running else None
+        j.token = v.token.hex() if running and v.token is not None else None
         j.lease_deadline = from_ms(v.lease_dl) if running else None
         j.worker_id = v.worker
         j.error = v.error
@@ -1214,7 +783,7 @@ class State:
         code = status.code if status is not None else None
         pairs = None
         if queue is not None or job_type is not None:
-            pairs = {i for i, (q, t) in enumerate(self._pairs)
+            pairs = {i for i, (q, t) in enumerate(self.pairs)
                      if (queue is None or q == queue) and (job_type is None or t == job_type)}
             if not pairs:
                 return
@@ -1229,21 +798,23 @@ class State:
             if type(v) is bytes:
                 if code is not None and code != PENDING:
                     continue
-                if pairs is not None and _BLOB.unpack_from(v)[7] not in pairs:
+                if pairs is not None and unpack_head(v)[PAIR] not in pairs:
                     continue
-            else:
+            elif type(v) is Rec:
                 if code is not None and v.status != code:
                     continue
-                if pairs is not None and _BLOB.unpack_from(v.blob)[7] not in pairs:
+                if pairs is not None and unpack_head(v.blob)[PAIR] not in pairs:
                     continue
             yield job_id
 
-    def list(self, *, status=None, queue=None, job_type=None, limit=100, after=None) -> list[Job]:
-        out = []
+    def list(self, *, status: JobStatus | None = None, queue: str | None = None,
+             job_type: str | None = None, limit: int = 100,
+             after: str | None = None) -> builtins.list[Job]:
+        out: builtins.list[Job] = []
         for job_id in self.iter_ids(status=status, queue=queue, job_type=job_type, after=after):
             if len(out) >= limit:
                 break
-            out.append(self._materialise(job_id, self.jobs[job_id]))
+            out.append(self._job_from_entry(job_id, self.jobs[job_id]))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -1256,223 +827,118 @@ class State:
         out["queues"] = {q: block(c) for q, c in sorted(self._qcounts.items()) if sum(c)}
         return out
 
-    def history(self, job_id: str) -> list[Transition]:
+    def history(self, job_id: str) -> builtins.list[Transition]:
         v = self.jobs.get(job_id)
         if v is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
-        if type(v) is bytes:
-            h = _BLOB.unpack_from(v)
-            hist = [(h[0], R.ENQUEUE, h[1], PENDING, None, 1, None)]
-        else:
+        if type(v) is Rec:
             hist = v.hist
+        else:
+            h = unpack_head(blob_of(v))
+            hist = [(h[LSN], R.ENQUEUE, h[AT], PENDING, None, 1, None)]
         return [Transition(lsn, R.RECORD_NAMES[rt], from_ms(at), _STATUS[st], w, a, note)
                 for lsn, rt, at, st, w, a, note in hist]
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple[Any, ...]:
         """Everything observable, for tests: equal fingerprints = equal states."""
-        jobs = tuple((i, self._materialise(i, v).to_dict(), tuple(self.history(i)))
+        jobs = tuple((i, self._job_from_entry(i, v).to_dict(), tuple(self.history(i)))
                      for i, v in self.jobs.items())
-        return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn)
+        return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn,
+                repr(self.control.export()), tuple(sorted(self.control.running.items())))
 
-    # ------------------------------------------------------------------ snapshot support
-
-    def export(self) -> Iterator[bytes]:
-        """The live contents as a sequence of byte strings (a header, then one item per job).
-        ``State.from_export(items)`` rebuilds an equal state (heaps included). The items are
-        self-describing and versioned; the snapshot layer frames and compresses them."""
-        header = {"v": EXPORT_VERSION, "last_lsn": self.last_lsn, "applied": self.applied,
-                  "pairs": [list(p) for p in self._pairs], "jobs": len(self.jobs)}
-        yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
-        for job_id, v in self.jobs.items():
-            if type(v) is bytes:
-                i = job_id.encode()
-                yield b"B" + struct.pack("<H", len(i)) + i + v
-            else:
-                yield _export_rec(job_id, v)
-
-    def export_split(self, on_progress: Callable[[int], None] | None = None,
-                     every: int = 50_000) -> dict:
-        """The live contents split the way a version-2 snapshot stores them (see
-        native/FORMAT.md): the never-touched pending jobs ("base": ids and blobs in state
-        order, plus claim-order runs of their ranks), and every other job as an export
-        item ("rest", with ``rest_pos`` = how many base jobs come before each). Runs are
-        lists of ``(first_rank, count)`` segments: one per pair (ready jobs in heap-key
-        order), then one for the timer jobs (due after their enqueue, in timer-key order).
-        ``State.from_split`` rebuilds a state equal to ``from_export(export())``."""
-        ids: list[str] = []
-        blobs: list[bytes] = []
-        rest: list[bytes] = []
-        rest_pos: list[int] = []
-        npairs = len(self._pairs)
-        ready: list[list] = [[] for _ in range(npairs)]
-        timers: list = []
-        unpack = _BLOB.unpack_from
-        n = 0
-        for job_id, v in self.jobs.items():
-            n += 1
-            if on_progress is not None and n % every == 0:
-                on_progress(n)
-            if type(v) is not bytes:
-                rest.append(_export_rec(job_id, v))
-                rest_pos.append(len(ids))
-                continue
-            lsn, at, _, sched, _, _, _, pair, prio, flags, _ = unpack(v)
-            due = sched if flags & _F_SCHED else at
-            if due < 0 or due > MAX_DUE_MS:
-                due = 0 if due < 0 else MAX_DUE_MS
-            # key << 32 | rank: one int per job (ints are not tracked by the cyclic GC; a
-            # million tuples would set off full collections in the middle of compaction)
-            rank = len(ids)
-            if due > at:
-                timers.append((due << 64 | lsn) << 32 | rank)
-            else:
-                ready[pair].append(((4 - prio) << 112 | due << 64 | lsn) << 32 | rank)
-            ids.append(job_id)
-            blobs.append(v)
-        runs = [_segments(r) for r in ready]
-        runs.append(_segments(timers))
-        meta = {"last_lsn": self.last_lsn, "applied": self.applied,
-                "pairs": [list(p) for p in self._pairs]}
-        return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
-                "runs": runs}
+    # ------------------------------------------------------------------ loading a snapshot
+    # (the bytes are snapfile.py's; these build the state from the jobs it decoded)
 
     @classmethod
-    def from_split(cls, meta: dict, base: _Base, rest: list, rest_pos: list[int],
-                   runs: list, pair_counts: list[int], ukeys: list) -> "State":
-        """The state of a version-2 snapshot, lazily: the base jobs stay in ``base`` (no
-        object per job), the rest are imported as by from_export. The caller (snapshot.py)
-        has checked the byte-level structure: every rank in exactly one run, ``pair_counts``
-        = base jobs per pair, ``ukeys`` = [(rank, unique_key)] of base jobs that have one,
-        ``rest_pos`` non-decreasing and <= base.n. ValueError if the items are malformed."""
+    def restore(cls, pairs: Iterable[Iterable[str]], last_lsn: int, applied: int) -> State:
+        """An empty state at ``last_lsn`` with these (queue, job_type) pairs, to load into."""
         s = cls()
-        try:
-            for q, t in meta["pairs"]:
-                s._pair(q, t)
-            s.last_lsn = meta["last_lsn"]
-            s.applied = meta["applied"]
-            over: dict = {}
-            s.jobs = over
-            rest_ids = []
-            for item in rest:
-                if item[:1] != b"R":
-                    raise ValueError(f"unknown state export item kind {item[:1]!r}")
-                li, lb = struct.unpack_from("<HI", item, 1)
-                job_id = item[7:7 + li].decode()
-                if job_id in over:
-                    raise ValueError(f"job {job_id} is stored twice")
-                blob = bytes(item[7 + li:7 + li + lb])
-                s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
-                rest_ids.append(job_id)
-        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
-                json.JSONDecodeError) as e:
-            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
-        if len(runs) != len(s._pairs) + 1 or len(pair_counts) != len(s._pairs):
+        for q, t in pairs:
+            s.pair_index(q, t)
+        s.last_lsn = last_lsn
+        s.applied = applied
+        return s
+
+    def load_jobs(self, items: Iterable[StoredJob]) -> int:
+        """Add jobs in order as a snapshot stores them: ``(id, blob, None)`` for a
+        never-touched pending job, ``(id, blob, meta)`` for any other (``meta`` as
+        ``snapfile.export_rec`` writes it). Returns how many. ValueError (or the
+        KeyError/IndexError/TypeError of a malformed item) if one does not fit.
+
+        Never-touched jobs (the common case at scale) take a bulk path: their claim-order
+        entries are collected and heapified once, counts added once per pair; the same
+        result as ``import_job(job_id, blob, None)`` for each (issue 4: reopen time)."""
+        jobs, unique = self.jobs, self._unique
+        pend = [0] * len(self.pairs)
+        ready_add: builtins.list[builtins.list[tuple[int, str]]] = [[] for _ in self.pairs]
+        timers_add: builtins.list[tuple[int, str]] = []
+        n = 0
+        for job_id, blob, meta in items:
+            n += 1
+            if meta is not None:
+                self.import_job(job_id, blob, meta)
+                continue
+            h = unpack_head(blob)
+            prio, pair, lu = h[PRIO], h[PAIR], h[UKEY_LEN]
+            if not 1 <= prio <= 4:
+                raise ValueError(f"malformed state export item for job {job_id}")
+            pend[pair] += 1
+            jobs[job_id] = blob
+            if lu:
+                unique.setdefault(blob[HEAD_SIZE:HEAD_SIZE + lu].decode(), job_id)
+            due, at = enqueue_due(h), h[AT]
+            if due > at:
+                timers_add.append((timer_key(due, h[LSN]), job_id))
+            else:
+                ready_add[pair].append((claim_key(prio, due, h[LSN]), job_id))
+        self.order.load_heaps(ready_add, timers_add)
+        self._count_pending_by_pair(pend)
+        return n
+
+    def load_split(self, base: SnapshotBase, rest: Sequence[TouchedJob],
+                   rest_pos: Sequence[int],
+                   runs: Sequence[Segments], pair_counts: Sequence[int],
+                   ukeys: Sequence[tuple[int, str]]) -> None:
+        """Load a version-2 snapshot lazily: the base jobs stay in ``base`` (no object per
+        job) and are walked in claim order by ``runs``; the ``rest`` are imported as by
+        ``import_job``. The caller (snapfile.py) has checked the byte-level structure:
+        every rank in exactly one run, ``pair_counts`` = base jobs per pair, ``ukeys`` =
+        [(rank, unique_key)] of base jobs that have one, ``rest_pos`` (base jobs before
+        each rest job) non-decreasing and <= base.n. ValueError if they do not fit."""
+        over: dict[str, bytes | Rec] = {}
+        self.jobs = over
+        for job_id, blob, meta in rest:
+            if job_id in over:
+                raise ValueError(f"job {job_id} is stored twice")
+            self.import_job(job_id, blob, meta)
+        if len(runs) != len(self.pairs) + 1 or len(pair_counts) != len(self.pairs):
             raise ValueError("snapshot runs do not match the pairs")
         if ukeys:
             # the holder of a unique key is the first live job with it in state order, as
-            # from_export's setdefault in item order
+            # load_jobs' setdefault in item order
             order = [(rank, 1, 0, u, base.id(rank)) for rank, u in ukeys]
-            for j, (job_id, p) in enumerate(zip(rest_ids, rest_pos)):
+            for j, ((job_id, _, _), p) in enumerate(zip(rest, rest_pos, strict=True)):
                 r = over[job_id]
-                u = s._ukey(r.blob)
-                if u is not None and r.status in _LIVE:
+                assert type(r) is Rec
+                u = unique_key_of(r.blob)
+                if u is not None and r.status in LIVE:
                     order.append((p, 0, j, u, job_id))
             order.sort()
-            s._unique = {}
+            self._unique = {}
             for _, _, _, u, job_id in order:
-                s._unique.setdefault(u, job_id)
-        s._count_pending_by_pair(pair_counts)
-        s.jobs = _LazyJobs(s, base, over, rest_pos)
-        s._runs = {ix: _Run(base, ix, segs) for ix, segs in enumerate(runs[:-1]) if segs}
-        s._trun = _Run(base, None, runs[-1]) if runs[-1] else None
-        return s
+                self._unique.setdefault(u, job_id)
+        self._count_pending_by_pair(pair_counts)
+        self.jobs = cast("dict[str, bytes | Rec]", LazyJobs(self, base, over, rest_pos))
+        self.order.load_runs(base, runs)
 
-    @classmethod
-    def from_export(cls, items: Iterable[bytes]) -> "State":
-        """Rebuild a State from ``export()``'s items. ValueError if they are malformed."""
-        it = iter(items)
-        try:
-            head = next(it)
-        except StopIteration:
-            raise ValueError("empty state export") from None
-        if not head.startswith(_EXPORT_MAGIC):
-            raise ValueError("not a state export (bad magic)")
-        try:
-            h = json.loads(head[len(_EXPORT_MAGIC):])
-            if h["v"] != EXPORT_VERSION:
-                raise ValueError(f"unknown state export version {h['v']}")
-            s = cls()
-            for q, t in h["pairs"]:
-                s._pair(q, t)
-            s.last_lsn = h["last_lsn"]
-            s.applied = h["applied"]
-            n = 0
-            # Bulk path for never-touched jobs (blobs, the common case at scale): their heap
-            # entries are collected and heapified once, counts added once per pair. Same
-            # result as _import_job(job_id, blob, None) per item (issue 4: reopen time).
-            jobs, unique = s.jobs, s._unique
-            unpack = _BLOB.unpack_from
-            pend = [0] * len(s._pairs)
-            ready_add: list[list] = [[] for _ in s._pairs]
-            timers_add = []
-            for item in it:
-                n += 1
-                kind = item[:1]
-                if kind == b"B":
-                    li = item[1] | item[2] << 8
-                    job_id = item[3:3 + li].decode()
-                    blob = bytes(item[3 + li:])
-                    lsn, at, _, sched, _, _, _, pair, prio, flags, lu = unpack(blob)
-                    if not 1 <= prio <= 4:
-                        raise ValueError(f"malformed state export item for job {job_id}")
-                    pend[pair] += 1
-                    jobs[job_id] = blob
-                    if lu:
-                        unique.setdefault(blob[_BLOB.size:_BLOB.size + lu].decode(), job_id)
-                    due = sched if flags & _F_SCHED else at
-                    if due < 0 or due > MAX_DUE_MS:
-                        due = 0 if due < 0 else MAX_DUE_MS
-                    if due > at:
-                        timers_add.append((due << 64 | lsn, job_id))
-                    else:
-                        ready_add[pair].append(((4 - prio) << 112 | due << 64 | lsn, job_id))
-                elif kind == b"R":
-                    li, lb = struct.unpack_from("<HI", item, 1)
-                    job_id = item[7:7 + li].decode()
-                    blob = bytes(item[7 + li:7 + li + lb])
-                    s._import_job(job_id, blob, json.loads(item[7 + li + lb:]))
-                else:
-                    raise ValueError(f"unknown state export item kind {kind!r}")
-            if n != h["jobs"]:
-                raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
-            for ix, add in enumerate(ready_add):
-                if add:
-                    heap = s._ready[ix]
-                    heap.extend(add)
-                    heapq.heapify(heap)
-            if timers_add:
-                s._timers.extend(timers_add)
-                heapq.heapify(s._timers)
-            s._count_pending_by_pair(pend)
-            return s
-        except (KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
-                json.JSONDecodeError) as e:
-            raise ValueError(f"malformed state export: {type(e).__name__}: {e}") from None
-
-    def _import_job(self, job_id: str, blob: bytes, meta: list | None) -> None:
-        h = _BLOB.unpack_from(blob)
-        if h[7] >= len(self._pairs) or not 1 <= h[8] <= 4:
+    def import_job(self, job_id: str, blob: bytes, meta: Sequence[Any]) -> None:
+        """Add one touched job as a snapshot stores it (see ``load_jobs``)."""
+        h = unpack_head(blob)
+        if h[PAIR] >= len(self.pairs) or not 1 <= h[PRIO] <= 4:
             raise ValueError(f"malformed state export item for job {job_id}")
-        queue = self._pairs[h[7]][0]
-        ukey = self._ukey(blob)
-        if meta is None:
-            self.jobs[job_id] = blob
-            self._count(queue, 0, PENDING)
-            if ukey is not None:
-                self._unique.setdefault(ukey, job_id)
-            self._schedule(job_id, blob, h[3] if h[9] & _F_SCHED else h[1], h[0], h[1])
-            return
-        r = _Rec(blob)
+        queue = self.pairs[h[PAIR]][0]
+        ukey = unique_key_of(blob)
+        r = Rec(blob)
         (r.status, r.retry, r.seq, r.due, token, r.worker, r.lease_dl, r.started, r.hb,
          r.completed, r.error, result, r.progress, r.pmsg, r.cancel_req, hist) = meta
         if r.status not in _STATUS:
@@ -1482,57 +948,50 @@ class State:
         r.hist = [tuple(e) for e in hist]
         self.jobs[job_id] = r
         self._count(queue, 0, r.status)
-        if ukey is not None and r.status in _LIVE:
+        if ukey is not None and r.status in LIVE:
             self._unique.setdefault(ukey, job_id)
-        if r.status in _WAITING:
+        if r.status in WAITING and self.control.hold(job_id):
+            pass                             # waits for its parents, outside the order
+        elif r.status in WAITING:
             # the ready/timer split is recomputed by promote(); `at` = the last transition
-            at = r.hist[-1][2] if r.hist else h[1]
-            due = r.due if r.due else (h[3] if h[9] & _F_SCHED and r.seq == h[0] else at)
-            self._schedule(job_id, blob, due, r.seq, at)
+            at = r.hist[-1][2] if r.hist else h[AT]
+            due = r.due if r.due else \
+                (h[SCHEDULED] if h[FLAGS] & F_SCHED and r.seq == h[LSN] else at)
+            self.order.add_blob(job_id, blob, due, r.seq, at)
         elif r.status == RUNNING:
             self._running.add(job_id)
+            self.control.on_running(*self.pairs[h[PAIR]], +1)
             heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
-            if h[4]:
-                heapq.heappush(self._timeouts, (r.started + h[4], job_id, r.token))
+            if h[TIMEOUT_MS]:
+                heapq.heappush(self._timeouts, (r.started + h[TIMEOUT_MS], job_id, r.token))
 
+    # the snapshot encoding lives in snapfile.py; these two keep the state's own spelling
+    # for tools and tests that copy a state (imported here: snapfile imports this module)
 
-def _export_rec(job_id: str, v: _Rec) -> bytes:
-    i = job_id.encode()
-    meta = json.dumps([
-        v.status, v.retry, v.seq, v.due, v.token.hex() if v.token else None,
-        v.worker, v.lease_dl, v.started, v.hb, v.completed, v.error,
-        v.result.decode() if v.result is not None else None, v.progress, v.pmsg,
-        v.cancel_req, v.hist], separators=(",", ":"), ensure_ascii=False).encode()
-    return b"R" + struct.pack("<HI", len(i), len(v.blob)) + i + v.blob + meta
+    def export(self) -> Iterator[bytes]:
+        """The live contents as version-1 export items (see ``snapfile.export_items``)."""
+        from .snapfile import export_items
+        return export_items(self)
 
-
-def _segments(entries: list) -> list[tuple[int, int]]:
-    """Sort ``key << 32 | rank`` entries (keys are unique: they end in an LSN) and return
-    the ranks as (first, count) segments of consecutive ranks (one segment when key order
-    is rank order, the common case)."""
-    entries.sort()
-    segs: list[tuple[int, int]] = []
-    first = nxt = -1
-    for e in entries:
-        rank = e & 0xFFFFFFFF
-        if rank != nxt:
-            if first >= 0:
-                segs.append((first, nxt - first))
-            first = rank
-        nxt = rank + 1
-    if first >= 0:
-        segs.append((first, nxt - first))
-    return segs
+    @classmethod
+    def from_export(cls, items: Iterable[bytes]) -> State:
+        """Rebuild a State from ``export()``'s items (see ``snapfile.state_from_items``)."""
+        from .snapfile import state_from_items
+        return state_from_items(items)
 
 
 def _secs(ms: int):
     return ms // 1000 if ms % 1000 == 0 else ms / 1000
 
 
-_APPLY = {
+# record type -> the fold's method for it
+_APPLY: dict[int, Callable[[State, int, Any], None]] = {
     R.ENQUEUE: State._apply_enqueue, R.CLAIM: State._apply_claim,
     R.HEARTBEAT: State._apply_heartbeat, R.PROGRESS: State._apply_progress,
     R.COMPLETE: State._apply_complete, R.FAIL: State._apply_fail, R.REAP: State._apply_reap,
     R.CANCEL: State._apply_cancel, R.CANCEL_REQUEST: State._apply_cancel_request,
     R.RETRY_DEAD: State._apply_retry_dead, R.PURGE: State._apply_purge,
+    R.RELEASE: State._apply_release,
+    R.PAUSE: State._apply_pause, R.RESUME: State._apply_resume, R.LIMIT: State._apply_limit,
+    R.PERIODIC_FIRE: State._apply_periodic_fire, R.DEPENDS: State._apply_depends,
 }

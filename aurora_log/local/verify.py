@@ -29,12 +29,14 @@ from pathlib import Path
 from . import records as R
 from ..errors import CorruptionError
 from .log import Log
+from .replay import replay
 from .snapshot import list_snapshots, load_snapshot
-from .state import _Rec, State
+from .state import State
+from .table import RUNNING, Rec
 
 __all__ = ["verify", "VerifyReport", "Problem"]
 
-_ENDS = (R.COMPLETE, R.FAIL, R.REAP)
+_ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
@@ -98,7 +100,7 @@ def verify(path, *, deep_limit: int = 100_000) -> VerifyReport:
         return rep
 
     # ---- snapshots: every one, fully decoded
-    snaps = {}
+    snaps: dict[int, tuple[Path, State]] = {}
     for where in (root / "snap", root / "archive" / "snap"):
         for lsn, p in list_snapshots(where):
             rep.snapshots += 1
@@ -127,7 +129,7 @@ def verify(path, *, deep_limit: int = 100_000) -> VerifyReport:
     try:
         if (root / "archive" / "wal").is_dir():
             try:
-                lg = Log.open(root / "archive", read_only=True)
+                lg = Log.open(root / "archive", read_only=True, continued=True)
                 logs.append(("archive", lg))
                 rep.archived_segments = lg.report.segments
             except CorruptionError as e:
@@ -172,12 +174,8 @@ def _replay(rep: VerifyReport, logs, snaps, deep_limit: int) -> None:
     if state is None:
         state = State()
     rep.base_lsn = base_lsn
-    live: dict[str, bytes] = {}          # job id -> live attempt token
-    for jid, v in state.jobs.items():
-        if type(v) is _Rec and v.status == 2:
-            live[jid] = v.token
+    # every LSN from the base on must be stored: the logs, in order, continue each other
     expected = base_lsn + 1
-    jobs = state.jobs
     for name, lg in logs:
         if lg.next_lsn <= expected:
             continue
@@ -185,62 +183,82 @@ def _replay(rep: VerifyReport, logs, snaps, deep_limit: int) -> None:
             rep._p("continuity", f"LSN {expected} to {lg.first_lsn - 1} missing before "
                    f"the {name} log", str(lg.directory), lsn=expected)
             return
-        try:
-            for lsn, rtype, payload in lg.scan(expected):
-                rep.records += 1
-                try:
-                    rec = R.decode(rtype, payload)
-                except CorruptionError as e:
-                    rep._p("record", f"record does not decode: {e.reason}", lsn=lsn)
-                    expected = lsn + 1
-                    continue
-                _check_record(rep, state, live, lsn, rtype, rec, jobs)
-                expected = lsn + 1
-                if lsn in snaps:
-                    _compare(rep, state, snaps[lsn], lsn, deep_limit)
-        except CorruptionError as e:
-            rep._p("checksum", e.reason, e.file, e.offset, e.lsn)
-            return
-    if expected != nxt:
-        rep._p("continuity", f"replay ended at LSN {expected - 1}, the log's end is "
-               f"{nxt - 1}", lsn=expected)
+        expected = lg.next_lsn
+    checks = _Checks(rep, state, snaps, deep_limit)
+    try:
+        done = replay([lg for _, lg in logs], state, base_lsn, check=checks)
+    except CorruptionError as e:
+        rep._p("checksum", e.reason, e.file, e.offset, e.lsn)
+        return
+    if done.next_lsn != nxt:
+        rep._p("continuity", f"replay ended at LSN {done.next_lsn - 1}, the log's end is "
+               f"{nxt - 1}", lsn=done.next_lsn)
     for lsn, why in state.anomalies:
         rep._p("invariant", f"record did not apply: {why}", lsn=lsn)
-    for jid, tok in live.items():
+    jobs = state.jobs
+    for jid, tok in checks.live.items():
         v = jobs.get(jid)
-        if type(v) is not _Rec or v.status != 2 or v.token != tok:
+        if type(v) is not Rec or v.status != RUNNING or v.token != tok:
             rep._p("invariant", f"job {jid}: a lease is live in the records but the job is "
                    "not running under it")
     rep.jobs = len(jobs)
 
 
-def _check_record(rep, state, live, lsn, rtype, rec, jobs) -> None:
-    if rtype == R.PURGE:
-        state.apply(lsn, rtype, rec)
-        for jid in rec.ids:
-            if jid in live and jid not in jobs:
-                rep._p("invariant", f"job {jid} purged with a live lease", lsn=lsn)
-                live.pop(jid, None)
-        return
-    jid = rec.id
-    v = jobs.get(jid)
-    before = v.retry if type(v) is _Rec else 0
-    if rtype == R.CLAIM:
-        if jid in live:
-            rep._p("invariant", f"job {jid} claimed while a lease is live (two leases)",
-                   lsn=lsn)
-        live[jid] = rec.token
-    elif rtype in _ENDS or rtype in _ON_ATTEMPT:
-        if live.get(jid) != rec.token:
-            rep._p("invariant", f"{R.RECORD_NAMES[rtype]} of job {jid} names an attempt "
-                   "token that holds no live lease", lsn=lsn)
-        elif rtype in _ENDS:
-            del live[jid]
-    state.apply(lsn, rtype, rec)
-    v = jobs.get(jid)
-    if rtype != R.RETRY_DEAD and type(v) is _Rec and v.retry < before:
-        rep._p("invariant", f"job {jid}: retry count went down ({before} -> {v.retry})",
-               lsn=lsn)
+class _Checks:
+    """verify's checks beside the replay (replay.ReplayCheck): every record counted, the
+    lease and retry invariants, and each snapshot compared with the replay at its LSN."""
+
+    def __init__(self, rep: VerifyReport, state: State, snaps, deep_limit: int) -> None:
+        self.rep = rep
+        self.snaps = snaps
+        self.deep_limit = deep_limit
+        self.live: dict[str, bytes | None] = {}      # job id -> live attempt token
+        for jid, v in state.jobs.items():
+            if type(v) is Rec and v.status == RUNNING:
+                self.live[jid] = v.token
+        self._retry_before = 0
+
+    def undecodable(self, lsn: int, error: CorruptionError) -> None:
+        self.rep.records += 1
+        self.rep._p("record", f"record does not decode: {error.reason}", lsn=lsn)
+
+    def before(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
+        rep, live = self.rep, self.live
+        rep.records += 1
+        if type(rec) is R.Purge:
+            return
+        assert not isinstance(rec, R.Purge)
+        jid = rec.id
+        v = state.jobs.get(jid)
+        self._retry_before = v.retry if type(v) is Rec else 0
+        if type(rec) is R.Claim:
+            if jid in live:
+                rep._p("invariant", f"job {jid} claimed while a lease is live (two leases)",
+                       lsn=lsn)
+            live[jid] = rec.token
+        elif rtype in _ENDS or rtype in _ON_ATTEMPT:
+            assert isinstance(rec, (R.Complete, R.Fail, R.Reap, R.Heartbeat, R.Progress))
+            if live.get(jid) != rec.token:
+                rep._p("invariant", f"{R.RECORD_NAMES[rtype]} of job {jid} names an attempt "
+                       "token that holds no live lease", lsn=lsn)
+            elif rtype in _ENDS:
+                del live[jid]
+
+    def after(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
+        rep, jobs = self.rep, state.jobs
+        if type(rec) is R.Purge:
+            for jid in rec.ids:
+                if jid in self.live and jid not in jobs:
+                    rep._p("invariant", f"job {jid} purged with a live lease", lsn=lsn)
+                    self.live.pop(jid, None)
+        else:
+            assert not isinstance(rec, R.Purge)
+            v = jobs.get(rec.id)
+            if rtype != R.RETRY_DEAD and type(v) is Rec and v.retry < self._retry_before:
+                rep._p("invariant", f"job {rec.id}: retry count went down "
+                       f"({self._retry_before} -> {v.retry})", lsn=lsn)
+        if lsn in self.snaps:
+            _compare(rep, state, self.snaps[lsn], lsn, self.deep_limit)
 
 
 def _compare(rep, state: State, snap, lsn: int, deep_limit: int) -> None:

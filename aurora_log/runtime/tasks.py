@@ -5,7 +5,8 @@ Two styles, one registry per queue:
     @q.task(priority=JobPriority.HIGH, max_retries=5)
     def resize(path, width=800):            # a plain function: resize("a.png") just calls it
         ...
-    h = resize.enqueue("a.png", width=640)  # -> TaskHandle; payload {"args": [...], "kwargs": {...}}
+    h = resize.enqueue("a.png", width=640)  # -> TaskHandle
+    # (its payload: {"args": ["a.png"], "kwargs": {"width": 640}})
     h.result(timeout=30)
 
     def send_email(job):                    # seed style: the handler receives the Job
@@ -31,35 +32,16 @@ import json
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any, overload
 
-from ..errors import AuroraLogError
+from ..errors import JobNotFoundError, TaskCancelled, TaskFailed
+from ..job import Job, JobPriority, JobStatus
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
-    "task", "register_handler", "registry", "encode_payload", "periodic",
+    "task", "register_handler", "registry", "call_payload", "periodic",
 ]
-
-#: job statuses after which a job never runs again on its own (string values, see job.py)
-_FINAL = {"completed", "dead_letter", "cancelled"}
-
-
-class TaskFailed(AuroraLogError):
-    """``handle.result()`` of a job that ended in the dead-letter queue. ``.error`` holds the
-    last error the handler raised (or "timeout", "no handler registered for 'x'", ...)."""
-
-    def __init__(self, job_id: str, error: str | None):
-        self.job_id = job_id
-        self.error = error
-        super().__init__(f"job {job_id} failed: {error}")
-
-
-class TaskCancelled(AuroraLogError):
-    """``handle.result()`` of a job that was cancelled."""
-
-    def __init__(self, job_id: str):
-        self.job_id = job_id
-        super().__init__(f"job {job_id} was cancelled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +59,7 @@ class Handler:
     is_async: bool = False
     options: dict = dataclasses.field(default_factory=dict)   # enqueue defaults
 
-    def call_args(self, job, ctx) -> tuple[tuple, dict]:
+    def call_args(self, job: Any, ctx: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The (args, kwargs) to call fn with for this job."""
         lead = (ctx,) if self.context else ()
         if self.style == "job":
@@ -93,7 +75,7 @@ class Handler:
 class TaskRegistry:
     """job_type -> Handler. Thread-safe; registering the same job_type again replaces it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
 
@@ -109,7 +91,7 @@ class TaskRegistry:
     def __contains__(self, job_type: str) -> bool:
         return job_type in self._handlers
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(list(self._handlers))
 
     def __len__(self) -> int:
@@ -120,12 +102,12 @@ class TaskRegistry:
 
 
 # One registry per queue object. Weak keys: a closed, dropped queue takes its registry along.
-_registries: "weakref.WeakKeyDictionary[Any, TaskRegistry]" = weakref.WeakKeyDictionary()
+_registries: weakref.WeakKeyDictionary[Any, TaskRegistry] = weakref.WeakKeyDictionary()
 _registries_by_id: dict[int, tuple[Any, TaskRegistry]] = {}   # for queues without weakref
 _reg_lock = threading.Lock()
 
 
-def registry(queue) -> TaskRegistry:
+def registry(queue: Any) -> TaskRegistry:
     """The handler registry of ``queue`` (created on first use)."""
     with _reg_lock:
         try:
@@ -146,17 +128,17 @@ def all_registries() -> list[tuple[Any, TaskRegistry]]:
         return list(_registries.items()) + list(_registries_by_id.values())
 
 
-def _check_name(name) -> None:
+def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"job_type must be a non-empty string, not {name!r}")
 
 
-def _is_async(fn) -> bool:
+def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None))
+        getattr(fn, "__call__", None))   # noqa: B004 - an instance's async __call__
 
 
-def register_handler(q, job_type: str, fn: Callable[..., Any], *,
+def register_handler(q: Any, job_type: str, fn: Callable[..., Any], *,
                      context: bool = False) -> Callable[..., Any]:
     """Seed style: ``fn(job)`` (or ``fn(ctx, job)`` with context=True) runs every job of
     ``job_type``; the Job (built by the caller) carries its own priority, retries and
@@ -176,7 +158,15 @@ def _check_options(options: dict) -> None:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
 
-def task(q, name: str | None = None, *, context: bool = False, **options):
+@overload
+def task(q: Any, name: Callable[..., Any], *, context: bool = False, **options: Any) -> Task: ...
+@overload
+def task(q: Any, name: str | None = None, *, context: bool = False,
+         **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+
+def task(q: Any, name: str | Callable[..., Any] | None = None, *, context: bool = False,
+         **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
     """``@task(q)`` / ``@task(q, "name", priority=..., max_retries=..., timeout=..., queue=...,
     lease=...)``. Also usable bare: ``task(q)(fn)``. The decorated function stays callable as
     before and gains ``.enqueue(*args, **kwargs)``, ``.enqueue_with(...)``, ``.job_type``."""
@@ -184,7 +174,7 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
         return task(q)(name)
     _check_options(options)
 
-    def decorate(fn):
+    def decorate(fn: Callable[..., Any]) -> Task:
         job_type = name or _default_name(fn)
         handler = Handler(job_type, fn, "args", bool(context), _is_async(fn), dict(options))
         registry(q).add(handler)
@@ -193,8 +183,9 @@ def task(q, name: str | None = None, *, context: bool = False, **options):
     return decorate
 
 
-def periodic(q, cron: str, *, tz: str = "UTC", missed: str = "skip", grace: float = 60.0,
-             name: str | None = None, **options):
+def periodic(q: Any, cron: str, *, tz: str = "UTC", missed: str = "skip",
+             grace: float = 60.0, name: str | None = None,
+             **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """``@q.periodic("*/5 * * * *", tz="Europe/Paris")`` on a function (it becomes a task,
     as with ``@q.task``; task options such as ``priority=`` or ``queue=`` are accepted) or
     on a Task: the task runs with no arguments at every due time of ``cron``, fired once
@@ -202,18 +193,21 @@ def periodic(q, cron: str, *, tz: str = "UTC", missed: str = "skip", grace: floa
     task's job_type). The schedule lives in this process: register it at startup, as
     handlers are; what was fired is in the log."""
     _check_options(options)
+    schedule = getattr(q, "schedule_periodic", None)
+    if schedule is None:
+        raise NotImplementedError(f"{type(q).__name__} has no periodic schedules yet")
 
-    def decorate(fn):
+    def decorate(fn: Callable[..., Any]) -> Task:
         t = fn if isinstance(fn, Task) else task(q, **options)(fn)
         opts = {**t.handler.options, **options} if isinstance(fn, Task) else t.handler.options
-        job = build_job(t.job_type, encode_payload([], {}), **opts)
-        q.schedule_periodic(name or t.job_type, cron, job, tz=tz, missed=missed, grace=grace)
+        job = build_job(t.job_type, call_payload([], {}), **opts)
+        schedule(name or t.job_type, cron, job, tz=tz, missed=missed, grace=grace)
         return t
 
     return decorate
 
 
-def _default_name(fn) -> str:
+def _default_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or ""
     qual = getattr(fn, "__qualname__", None) or fn.__name__
     if module in ("", "__main__", "__aurora_log_child__"):   # a script (as the process-
@@ -224,27 +218,28 @@ def _default_name(fn) -> str:
 class Task:
     """A decorated function: call it to run it here; ``.enqueue(...)`` to run it on a worker."""
 
-    def __init__(self, queue, handler: Handler):
+    def __init__(self, queue: Any, handler: Handler):
         self.queue = queue
         self.handler = handler
         self.fn = handler.fn
         self.job_type = handler.job_type
         functools.update_wrapper(self, handler.fn)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.job_type}>"
 
-    def enqueue(self, *args, **kwargs) -> "TaskHandle":
+    def enqueue(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """Enqueue one run with the task's default options. Durable when it returns (sync mode)."""
         return self._enqueue(args, kwargs, {})
 
-    def enqueue_with(self, *, priority=None, delay: float | None = None, at=None,
+    def enqueue_with(self, *, priority: JobPriority | int | str | None = None,
+                     delay: float | None = None, at: _dt.datetime | float | None = None,
                      unique_key: str | None = None, max_retries: int | None = None,
                      timeout: float | None = None, queue: str | None = None,
-                     lease: float | None = None) -> Callable[..., "TaskHandle"]:
+                     lease: float | None = None) -> Callable[..., TaskHandle]:
         """``resize.enqueue_with(priority=JobPriority.HIGH, delay=60)("a.png")``: one run
         with options overridden. ``delay`` is seconds from now; ``at`` a datetime (or a Unix
         timestamp); ``unique_key``: at most one live job per key (if the queue supports it)."""
@@ -252,23 +247,24 @@ class Task:
                 "max_retries": max_retries, "timeout": timeout, "queue": queue, "lease": lease}
         over = {k: v for k, v in over.items() if v is not None}
 
-        def enqueue(*args, **kwargs) -> TaskHandle:
+        def enqueue(*args: Any, **kwargs: Any) -> TaskHandle:
             return self._enqueue(args, kwargs, over)
 
         return enqueue
 
-    def _enqueue(self, args, kwargs, over) -> "TaskHandle":
-        payload = encode_payload(list(args), dict(kwargs))
+    def _enqueue(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 over: dict[str, Any]) -> TaskHandle:
+        payload = call_payload(list(args), dict(kwargs))
         opts = {**self.handler.options, **over}
         job = build_job(self.job_type, payload, **opts)
         job_id = self.queue.enqueue(job)
         return TaskHandle(self.queue, job_id)
 
-    async def enqueue_async(self, *args, **kwargs) -> "TaskHandle":
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """``enqueue`` for asyncio code: does not block the event loop while the record
         becomes durable. ``await handle`` (or ``await handle.result_async(timeout)``) then
         waits for the result."""
-        payload = encode_payload(list(args), dict(kwargs))
+        payload = call_payload(list(args), dict(kwargs))
         job = build_job(self.job_type, payload, **self.handler.options)
         enqueue_async = getattr(self.queue, "enqueue_async", None)
         if enqueue_async is not None:
@@ -280,10 +276,11 @@ class Task:
         return TaskHandle(self.queue, job_id)
 
 
-def encode_payload(args: list, kwargs: dict) -> dict:
-    """The JSON payload of a task call. TypeError (before anything is written) if an
-    argument is not JSON-encodable; the payload is what a worker will see after a JSON
-    round trip (tuples become lists)."""
+def call_payload(args: list, kwargs: dict) -> dict:
+    """The payload of a task call, ``{"args": [...], "kwargs": {...}}``, as the worker will
+    see it after a JSON round trip (tuples become lists). TypeError (before anything is
+    written) if an argument is not JSON-encodable. (Not to be confused with
+    ``job.encode_payload``, which turns any payload into the bytes a record stores.)"""
     payload = {"args": args, "kwargs": kwargs}
     try:
         text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
@@ -292,15 +289,16 @@ def encode_payload(args: list, kwargs: dict) -> dict:
     return json.loads(text)
 
 
-def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, timeout=None,
-              queue=None, lease=None, delay=None, at=None, unique_key=None):
+def build_job(job_type: str, payload: dict[str, Any], *,
+              priority: JobPriority | int | str | None = None, max_retries: int | None = None,
+              timeout: float | None = None, queue: str | None = None,
+              lease: float | None = None, delay: float | None = None,
+              at: _dt.datetime | float | None = None, unique_key: str | None = None) -> Job:
     """A Job for the engine from task options (names as in @task) — the one place that knows
     job.py's constructor."""
-    from ..job import Job, JobPriority
-
     fields: dict[str, Any] = {"job_type": job_type, "payload": payload}
     if priority is not None:
-        fields["priority"] = _priority(priority, JobPriority)
+        fields["priority"] = _priority(priority)
     if max_retries is not None:
         fields["max_retries"] = int(max_retries)
     if timeout is not None:
@@ -314,28 +312,28 @@ def build_job(job_type: str, payload: dict, *, priority=None, max_retries=None, 
     when = None
     if at is not None:
         when = at if isinstance(at, _dt.datetime) else _dt.datetime.fromtimestamp(
-            float(at), _dt.timezone.utc)
+            float(at), _dt.UTC)
         if when.tzinfo is None:
             raise ValueError("at= must be timezone-aware (or a Unix timestamp)")
     elif delay is not None:
-        when = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=float(delay))
+        when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=float(delay))
     if when is not None:
         fields["scheduled_at"] = when
     return Job(**fields)
 
 
-def _priority(value, enum):
-    if isinstance(value, enum):
+def _priority(value: JobPriority | int | str) -> JobPriority:
+    if isinstance(value, JobPriority):
         return value
     if isinstance(value, str):
         try:
-            return enum[value.upper()]
+            return JobPriority[value.upper()]
         except KeyError:
             raise ValueError(f"unknown priority {value!r}") from None
-    return enum(value)
+    return JobPriority(value)
 
 
-def _status_name(job) -> str:
+def _status_name(job: Any) -> str:
     status = job.status
     return str(getattr(status, "value", status)).lower()
 
@@ -347,36 +345,36 @@ class TaskHandle:
 
     __slots__ = ("queue", "id")
 
-    def __init__(self, queue, job_id: str):
+    def __init__(self, queue: Any, job_id: str):
         self.queue = queue
         self.id = job_id
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id}>"
 
-    def job(self):
+    def job(self) -> Job | None:
         return self.queue.get(self.id)
 
-    def status(self):
+    def status(self) -> JobStatus | None:
         """The job's current JobStatus (None if the queue no longer knows it)."""
         job = self.queue.get(self.id)
         return None if job is None else job.status
 
-    def _outcome(self):
+    def _outcome(self) -> tuple[bool, Any]:
         job = self.queue.get(self.id)
         if job is None:
-            from ..errors import JobNotFoundError
             raise JobNotFoundError(f"job {self.id} not found")
         state = _status_name(job)
         if state == "completed":
             return True, getattr(job, "result", None)
         if state == "dead_letter":
-            raise TaskFailed(self.id, getattr(job, "error", None) or getattr(job, "last_error", None))
+            error = getattr(job, "error", None) or getattr(job, "last_error", None)
+            raise TaskFailed(self.id, error)
         if state == "cancelled":
             raise TaskCancelled(self.id)
         return False, None
 
-    def result(self, timeout: float | None = None, *, poll: float = 0.05):
+    def result(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Block until the job finished; its return value. TaskFailed (dead letter),
         TaskCancelled, TimeoutError after ``timeout`` seconds. A job waiting for a retry is
         not finished: the wait goes on."""
@@ -392,11 +390,11 @@ class TaskHandle:
             time.sleep(wait)
             delay = min(poll * 4, delay * 2)
 
-    def __await__(self):
+    def __await__(self) -> Any:
         """``await handle``: the job's result (``result_async()`` without a timeout)."""
         return self.result_async().__await__()
 
-    async def result_async(self, timeout: float | None = None, *, poll: float = 0.05):
+    async def result_async(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """``result()`` for asyncio code: polls without blocking the event loop."""
         import asyncio
         loop = asyncio.get_running_loop()
@@ -412,7 +410,7 @@ class TaskHandle:
             delay = min(poll * 4, delay * 2)
 
 
-def find_handler(job_type: str, queue=None) -> Handler | None:
+def find_handler(job_type: str, queue: Any = None) -> Handler | None:
     """The handler for job_type: in queue's registry, or (queue=None) in any registry of this
     process."""
     if queue is not None:

@@ -34,7 +34,7 @@ import errno as _errno
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..local._binding import ffi, lib
 
@@ -83,7 +83,7 @@ class Recorder(Hook):
     """Records every call (after it ran): `ops` in call order, with the bytes of writes."""
     capture_data = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ops: list[Op] = []
 
     def after(self, op: Op) -> None:
@@ -131,7 +131,7 @@ class ShortWrites(Hook):
         self.shortened = 0
 
     def before(self, op: Op):
-        if op.name == "pwrite" and op.size > self.max_bytes:
+        if op.name == "pwrite" and op.size is not None and op.size > self.max_bytes:
             self.shortened += 1
             return Short(self.max_bytes)
         return None
@@ -198,7 +198,7 @@ def _run(op: Op, call, *, short_ok=False):
     size = op.size
     if action is not None:
         if isinstance(action, Short):
-            if not short_ok:
+            if not short_ok or op.size is None:
                 raise TypeError(f"Short() only applies to pwrite/pread, not {op.name}")
             size = max(0, min(action.n, op.size))
             op.injected = True

@@ -1,0 +1,1 @@
+"""Tools around the engine: the command line, the demo and the web dashboard."""

@@ -9,6 +9,14 @@
     aurora-log purge ./jobs --status completed --older-than 7d
     aurora-log verify ./jobs ; aurora-log compact ./jobs
     aurora-log dump ./jobs > records.jsonl
+    aurora-log dashboard ./jobs --port 8600      # the web UI (needs the dashboard extra)
+    aurora-log migrate postgresql://app@db/app --schema aurora
+    aurora-log stats postgresql://app@db/app --schema aurora
+    aurora-log copy ./jobs postgresql://app@db/app --dst-schema aurora
+
+Wherever a command takes DIR it also takes a PostgreSQL DSN (postgresql://...), with
+``--schema`` naming the schema (default aurora_log). dump, verify and compact are about a
+local store's files and refuse a DSN.
 
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
@@ -39,21 +47,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import (AuroraLogError, InvalidStateError, JobNotFoundError, LockedError,
-                     StaleLeaseError)
+from ..errors import (AuroraLogError, CliError, InvalidStateError, JobNotFoundError,
+                      LockedError, StaleLeaseError)
 
 PROG = "aurora-log"
 EXIT_ERROR, EXIT_USAGE, EXIT_LOCKED = 1, 2, 3
 
 log = logging.getLogger("aurora_log.cli")
-
-
-class CliError(Exception):
-    """A failure to report as one line (and exit status ``code``)."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR):
-        self.code = code
-        super().__init__(message)
 
 
 # ------------------------------------------------------------------------ env defaults
@@ -94,6 +94,16 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535: {text!r}")
+    return n
+
+
 def _seconds(text: str) -> float:
     """"30", "1.5", "500ms", "90s", "10m", "2h", "7d"."""
     t = text.strip().lower()
@@ -104,7 +114,8 @@ def _seconds(text: str) -> float:
     try:
         value = float(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 1.5s, 10m, 7d)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 30, 1.5s, 10m, 7d)") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
@@ -150,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name, help_text, fn, *, needs_dir=True):
         sp = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if needs_dir:
-            sp.add_argument("dir", metavar="DIR", help="the store directory")
+            sp.add_argument("dir", metavar="DIR",
+                            help="the store directory, or a postgresql:// DSN")
+            _add(sp, "--schema", default="aurora_log",
+                 help="the PostgreSQL schema when DIR is a DSN (default aurora_log)")
         sp.set_defaults(func=fn)
         return sp
 
@@ -168,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="seconds a graceful stop waits for running jobs (default 30)")
     _add(sp, "--poll-interval", type=_seconds, default=0.5,
          help="how long an idle claim waits (default 0.5 s)")
+    _add(sp, "--metrics-port", type=_port, default=None,
+         help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs the dashboard extra)")
 
     sp = cmd("enqueue", "add a job", cmd_enqueue)
     sp.add_argument("job_type", metavar="JOB_TYPE")
@@ -214,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sp, "--rate", type=_rate, default=None,
          help="at most N claims per period, as N/SECONDS (e.g. 10/60, 5/1s, 100/1h)")
 
+    sp = cmd("dashboard", "serve the web dashboard for a store (read-only unless "
+             "--allow-actions)", cmd_dashboard)
+    _add(sp, "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    _add(sp, "--port", type=_port, default=8600, help="port (default 8600)")
+    _add(sp, "--allow-actions", action="store_true",
+         help="allow retry, cancel and purge from the web UI")
+
     sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
     _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
 
@@ -238,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         _add(sp, "--json", action="store_true", help="print JSON")
     if _compaction_api("compact"):
         sp = cmd("compact", "write a snapshot and retire old segments", cmd_compact)
+
+    sp = cmd("migrate", "create or upgrade the queue's tables in a PostgreSQL schema",
+             cmd_migrate, needs_dir=False)
+    sp.add_argument("dsn", metavar="DSN", help="postgresql://user@host/db")
+    _add(sp, "--schema", default="aurora_log", help="the schema (default aurora_log)")
+
+    sp = cmd("copy", "copy live jobs with their history between stores (a directory or a "
+             "postgresql:// DSN each)", cmd_copy, needs_dir=False)
+    sp.add_argument("src", metavar="SRC", help="the source: a store directory or a DSN")
+    sp.add_argument("dst", metavar="DST", help="the destination: a store directory or a DSN")
+    _add(sp, "--src-schema", default="aurora_log", help="the source's schema (a DSN)")
+    _add(sp, "--dst-schema", default="aurora_log", help="the destination's schema (a DSN)")
+    _add(sp, "--include-finished", action="store_true",
+         help="also copy completed, dead-lettered and cancelled jobs")
     return p
 
 
@@ -277,11 +314,39 @@ def _configure_logging(args) -> None:
         logging.getLogger("aurora_log.worker").setLevel(logging.INFO)
 
 
-def _open_store(directory: str, *, write: bool = False):
+def _is_dsn(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def _open_pg(dsn: str, schema: str, *, create: bool = False):
+    """A PostgreSQL queue for a one-shot command (no reaper). The schema must have been
+    migrated (``aurora-log migrate``) unless ``create``."""
+    try:
+        from ..postgres import PostgresQueue
+    except ImportError as exc:
+        raise CliError(f"a DSN needs the PostgreSQL extra: pip install 'aurora-log[postgres]' "
+                       f"({exc})") from None
+    try:
+        return PostgresQueue(dsn, schema=schema, reaper_interval=None, migrate=create,
+                             pool_size=2, connect_timeout=10.0)
+    except InvalidStateError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _local_only(target: str, what: str) -> None:
+    if _is_dsn(target):
+        raise CliError(f"{what} works on a local store's files; {target.split('@')[-1]} "
+                       "is a PostgreSQL DSN")
+
+
+def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
     """Open an existing store for a one-shot command. Reading commands open it read_only:
     that takes no lock, so they work beside a running worker (and see what it has written);
-    writing commands take the lock and fail with exit status 3 while a worker holds it."""
+    writing commands take the lock and fail with exit status 3 while a worker holds it.
+    A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
+    if _is_dsn(directory):
+        return _open_pg(directory, schema)
     path = Path(directory)
     if not path.exists():
         raise CliError(f"no store at {directory}: no such directory")
@@ -327,7 +392,7 @@ def _dumps(value) -> str:
 
 def _fmt_time(value) -> str:
     if isinstance(value, _dt.datetime):
-        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+        return value.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
     return "" if value is None else str(value)
 
 
@@ -350,9 +415,10 @@ def _busy(description: str):
     if sys.stderr.isatty():
         try:
             from rich.console import Console
+            have_rich = True
         except ImportError:
-            Console = None
-        if Console is not None:
+            have_rich = False
+        if have_rich:
             with Console(stderr=True).status(description):
                 yield
             return
@@ -378,9 +444,10 @@ def _progress_bar(total: int | None, description: str):
         try:
             from rich.console import Console
             from rich.progress import Progress
+            have_rich = True
         except ImportError:
-            Progress = None
-        if Progress is not None:           # on stderr: stdout may be the data (dump)
+            have_rich = False
+        if have_rich:                      # on stderr: stdout may be the data (dump)
             prog = Progress(transient=True, console=Console(stderr=True),
                             redirect_stdout=False, redirect_stderr=False)
             prog.start()
@@ -442,7 +509,7 @@ def cmd_worker(args) -> int:
     worker = Worker(queue, concurrency=args.workers, queues=args.queues,
                     job_types=args.job_types, isolation=args.isolation,
                     shutdown_timeout=args.shutdown_timeout, poll_interval=args.poll_interval,
-                    import_path=module_name)
+                    import_path=module_name, metrics_port=args.metrics_port)
     try:
         code = worker.run()
     finally:
@@ -463,6 +530,10 @@ def cmd_enqueue(args) -> int:
                         delay=args.delay, unique_key=args.unique_key)
     except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    if _is_dsn(args.dir):
+        with _open_pg(args.dir, args.schema, create=True) as q:
+            _out(q.enqueue(job))
+        return 0
     path = Path(args.dir)
     if path.exists() and not path.is_dir():
         raise CliError(f"{args.dir} is not a directory")
@@ -479,7 +550,7 @@ def cmd_enqueue(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         stats = q.stats()
     if args.json:
         _out(_dumps(stats))
@@ -496,14 +567,15 @@ def _print_stats(stats: dict) -> None:
     if not all(isinstance(stats.get(c), int) for c in _STATUS_COLUMNS):
         _print_mapping(stats)
         return
-    queues = stats.get("queues") if isinstance(stats.get("queues"), dict) else {}
+    queues = stats["queues"] if isinstance(stats.get("queues"), dict) else {}
     rows = [("QUEUE",) + tuple(c.upper() for c in _STATUS_COLUMNS)]
     for name, counts in sorted(queues.items()):
         rows.append((name,) + tuple(str(counts.get(c, 0)) for c in _STATUS_COLUMNS))
     rows.append(("(all)",) + tuple(str(stats[c]) for c in _STATUS_COLUMNS))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        _out("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        _out("  ".join([r[0].ljust(widths[0])] + cells))
     rest = {k: v for k, v in stats.items() if k not in _STATUS_COLUMNS and k != "queues"}
     if rest:
         _out()
@@ -543,7 +615,7 @@ def cmd_jobs(args) -> int:
         except ValueError:
             raise CliError(f"unknown status {args.status!r} (pending, running, completed, "
                            "failed, dead_letter, cancelled)") from None
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         jobs = q.list(status=status, queue=args.queue, job_type=args.job_type, limit=args.limit)
     if args.json:
         for job in jobs:
@@ -555,16 +627,17 @@ def cmd_jobs(args) -> int:
     rows = [("ID", "TYPE", "STATUS", "PRI", "QUEUE", "TRY", "CREATED", "ERROR")]
     for j in jobs:
         err = (j.error or "").splitlines()[0][:40] if getattr(j, "error", None) else ""
-        rows.append((j.id, j.job_type, _status(j.status), getattr(j.priority, "name", str(j.priority)),
-                     j.queue, f"{j.retry_count}/{j.max_retries}", _fmt_time(j.created_at), err))
+        priority = getattr(j.priority, "name", str(j.priority))
+        rows.append((j.id, j.job_type, _status(j.status), priority, j.queue,
+                     f"{j.retry_count}/{j.max_retries}", _fmt_time(j.created_at), err))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        _out("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        _out("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_show(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         job = _get_job(q, args.job_id)
     data = job.to_dict() if hasattr(job, "to_dict") else _jsonable(job)
     if args.json:
@@ -579,7 +652,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_history(args) -> int:
-    with _open_store(args.dir) as q:
+    with _open_store(args.dir, schema=args.schema) as q:
         _get_job(q, args.job_id)
         transitions = q.history(args.job_id)
     if args.json:
@@ -622,7 +695,7 @@ def cmd_tail(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         _get_job(q, args.job_id)
         q.retry_dead(args.job_id)
     _out(f"{args.job_id}: back to pending")
@@ -630,7 +703,7 @@ def cmd_retry(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         _get_job(q, args.job_id)
         status = q.cancel(args.job_id)
     if _status(status) == "running":
@@ -641,14 +714,14 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_pause(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         q.pause(args.queue)
     _out(f"queue {args.queue}: paused")
     return 0
 
 
 def cmd_resume(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         q.resume(args.queue)
     _out(f"queue {args.queue}: resumed")
     return 0
@@ -657,7 +730,7 @@ def cmd_resume(args) -> int:
 def cmd_limit(args) -> int:
     if (args.queue is None) == (args.job_type is None):
         raise CliError("give exactly one of --queue or --job-type")
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         q.set_limit(queue=args.queue, job_type=args.job_type, concurrency=args.concurrency,
                     rate=args.rate)
     what = f"queue {args.queue}" if args.queue is not None else f"job type {args.job_type}"
@@ -667,12 +740,28 @@ def cmd_limit(args) -> int:
     if args.rate is not None:
         parts.append(f"at most {args.rate[0]} claims per {args.rate[1]:g} s")
     _out(f"{what}: {', '.join(parts) if parts else 'no limit'}")
+
+def cmd_dashboard(args) -> int:
+    path = Path(args.dir)
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    try:
+        from .dashboard import serve
+    except ImportError as exc:
+        raise CliError(f"the dashboard needs its extra: pip install 'aurora-log[dashboard]' "
+                       f"({exc})") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("dashboard bound to %s: anyone who can reach it sees every job", args.host)
+    _out(f"aurora-log dashboard for {args.dir} on http://{args.host}:{args.port}/ "
+         f"({'actions allowed' if args.allow_actions else 'read-only'})")
+    serve(path, host=args.host, port=args.port, allow_actions=args.allow_actions)
     return 0
 
 
 def cmd_dump(args) -> int:
     from ..local import records
     from ..local.log import Log
+    _local_only(args.dir, "dump")
     path = Path(args.dir)
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
@@ -706,7 +795,7 @@ def cmd_dump(args) -> int:
 
 
 def cmd_purge(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         n = q.purge(status=args.status, older_than=args.older_than)
     _out(f"purged {n} job(s)")
     return 0
@@ -715,6 +804,7 @@ def cmd_purge(args) -> int:
 def cmd_verify(args) -> int:
     """Read-only (no lock): works beside a running worker. Exit 1 when a problem is found."""
     verify = _compaction_api("verify")
+    _local_only(args.dir, "verify")
     path = Path(args.dir)
     if not path.is_dir():
         raise CliError(f"no store at {args.dir}: no such directory")
@@ -730,7 +820,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    with _open_store(args.dir, write=True) as q:
+    _local_only(args.dir, "compact")
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
         update, done = _progress_bar(None, "compact")
         try:
             report = q.compact(on_progress=lambda n, total: update(n, total))
@@ -738,6 +829,58 @@ def cmd_compact(args) -> int:
             done()
     if report is not None:
         _print_mapping(_jsonable(report) if not isinstance(report, dict) else report)
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    if not _is_dsn(args.dsn):
+        raise CliError(f"migrate takes a postgresql:// DSN, not {args.dsn!r}", EXIT_USAGE)
+    try:
+        from ..postgres import schema as pg_schema
+        from ..postgres.connection import connect
+    except ImportError as exc:
+        raise CliError(f"migrate needs the PostgreSQL extra: pip install "
+                       f"'aurora-log[postgres]' ({exc})") from None
+    pg_schema.check_schema_name(args.schema)
+    with connect(args.dsn) as conn:
+        applied = pg_schema.migrate(conn, args.schema)
+    if applied:
+        _out(f"schema {args.schema}: applied migration(s) {', '.join(map(str, applied))}; "
+             f"now at version {pg_schema.LATEST_VERSION}")
+    else:
+        _out(f"schema {args.schema}: already at version {pg_schema.LATEST_VERSION}")
+    return 0
+
+
+def _open_for_copy(target: str, schema: str, *, source: bool):
+    import aurora_log
+    if _is_dsn(target):
+        return _open_pg(target, schema, create=not source)
+    if source:
+        return _open_store(target)
+    path = Path(target)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{target} is not a directory")
+    try:
+        return aurora_log.open(path, reaper_interval=None)
+    except LockedError:
+        raise CliError(f"store {target} is in use by another process (a running worker?); "
+                       "stop it first", EXIT_LOCKED) from None
+
+
+def cmd_copy(args) -> int:
+    from .transfer import copy_jobs
+    if args.src == args.dst and (not _is_dsn(args.src) or args.src_schema == args.dst_schema):
+        raise CliError("SRC and DST are the same store", EXIT_USAGE)
+    with _open_for_copy(args.src, args.src_schema, source=True) as src, \
+            _open_for_copy(args.dst, args.dst_schema, source=False) as dst:
+        update, done = _progress_bar(None, "copy")
+        try:
+            report = copy_jobs(src, dst, include_finished=args.include_finished,
+                               on_progress=update)
+        finally:
+            done()
+    _out(str(report))
     return 0
 
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 PRIORITIES = {"charge_card": "CRITICAL", "send_email": "HIGH", "render_thumbnail": "NORMAL",
@@ -155,7 +155,7 @@ def produce(store: Path, n: int, rng: random.Random) -> tuple[dict, str, float]:
     mix = [("render_thumbnail", 50), ("send_email", 20), ("crunch_analytics", 15),
            ("call_partner_api", 5), ("charge_card", 5), ("send_reminder", 5)]
     types = [t for t, w in mix for _ in range(w)]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     jobs = []
     for i in range(n - 1):
         job_type = rng.choice(types)
@@ -196,7 +196,8 @@ class Show:
     def bar(self, done: int, total: int, extra: str = "") -> None:
         width = 30
         filled = int(width * done / total) if total else width
-        self.say(f"   [{time.monotonic() - self.t0:5.1f}s] |{'#' * filled}{'.' * (width - filled)}| "
+        bar = "#" * filled + "." * (width - filled)
+        self.say(f"   [{time.monotonic() - self.t0:5.1f}s] |{bar}| "
                  f"{done:>5}/{total} finished{extra}")
 
 
@@ -209,7 +210,7 @@ def _start_worker(store: Path, events: Path, workers: int, logf) -> subprocess.P
 def _tally(events_path: Path):
     ev = read_events(events_path)
     final = {}
-    started = collections.Counter()
+    started: collections.Counter[str] = collections.Counter()
     for kind, job_id, extra in ev:
         if kind == "A" and extra in ("completed", "dead_letter", "cancelled"):
             final[job_id] = extra
@@ -231,7 +232,8 @@ def run_demo(base: Path, n: int, workers: int, seed: int | None, show: Show,
     expected, poison_id, secs = produce(store, n, rng)
     by_type = collections.Counter(expected.values())
     show.say(f"1. producer: {n} jobs enqueued in {secs:.2f} s, durable before enqueue returned")
-    show.say("   " + ", ".join(f"{c} {t} ({PRIORITIES[t].lower()})" for t, c in by_type.most_common()))
+    show.say("   " + ", ".join(f"{c} {t} ({PRIORITIES[t].lower()})"
+                               for t, c in by_type.most_common()))
     show.say(f"   {by_type['send_reminder']} reminders are scheduled 2-6 s ahead; "
              f"{by_type['call_partner_api']} partner-API calls fail once and retry; "
              f"1 poison pill ({poison_id[:8]}) can never succeed")
@@ -344,7 +346,7 @@ def verify(store: Path, events: Path, expected: dict, poison_id: str, killed_run
     phantoms = ([j.id for j in everything if j.id not in expected] if everything is not None
                 else [])
     # resurrected: an attempt that started after the job's acknowledgement
-    acked_at = {}
+    acked_at: dict[str, int] = {}
     resurrected = set()
     for pos, (kind, job_id, _extra) in enumerate(ev):
         if kind == "A" and _extra in ("completed", "dead_letter", "cancelled"):
@@ -353,7 +355,8 @@ def verify(store: Path, events: Path, expected: dict, poison_id: str, killed_run
             resurrected.add(job_id)
     retries = sum(j.retry_count for j in jobs.values() if j)
     flaky = [j for j in jobs.values() if j and j.job_type == "call_partner_api"]
-    reran = [i for i in died if started[i] >= 2 or (jobs[i] and jobs[i].status is JobStatus.COMPLETED)]
+    reran = [i for i in died
+             if started[i] >= 2 or (jobs[i] and jobs[i].status is JobStatus.COMPLETED)]
     counted = [i for i in died if jobs.get(i) and jobs[i].retry_count >= 1]
     unrecovered = [i for i in killed_running if i not in died and i not in final
                    and not (jobs.get(i) and jobs[i].status.is_finished)]

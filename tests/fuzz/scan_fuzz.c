@@ -54,7 +54,7 @@ static void scan_all(const uint8_t *buf, size_t n, uint64_t first_lsn, uint32_t 
     if (s.status == AU_SCAN_BAD) {
         CHECK(s.bad_off >= AU_SEG_HDR && s.bad_off <= n);
         CHECK(au_reason(s.reason) != NULL);
-        (void)au_find_durable_evidence(buf, n, s.bad_off);
+        (void)au_find_durable_evidence(buf, n, s.bad_off, max_record);
     } else {
         int64_t z = au_first_nonzero(buf, s.pos < n ? s.pos : n, n);
         CHECK(z == -1 || ((uint64_t)z >= s.pos && (uint64_t)z < n));
@@ -75,7 +75,9 @@ static void one(const uint8_t *data, size_t n)
     memcpy(buf, data, n);
 
     uint64_t first = 1, size = 0;
-    int r = au_segment_header_check(buf, n, &first, &size);
+    uint32_t seg_limit = 0;
+    int r = au_segment_header_check(buf, n, &first, &size, &seg_limit);
+    CHECK(r != 0 || (seg_limit >= 1 && seg_limit <= AU_MAX_RECORD));
     CHECK(au_reason(r) != NULL);
     if (r != 0)
         first = 1 + (n ? buf[0] : 0);  /* scan anyway: the scanner must survive any header */
@@ -89,7 +91,7 @@ static void one(const uint8_t *data, size_t n)
     /* the evidence search from a few places (it is O(n) each) */
     uint64_t xs[5] = {0, AU_SEG_HDR, n / 2, n ? n - 1 : 0, n > 8 ? get_u16(buf + 2) % n : 0};
     for (int i = 0; i < 5; i++)
-        (void)au_find_durable_evidence(buf, n, xs[i]);
+        (void)au_find_durable_evidence(buf, n, xs[i], 1u << 20);
     CHECK(au_crc32c_sw(0, buf, n) == au_crc32c_hw(0, buf, n));
     if (n > 3)
         CHECK(au_crc32c_sw(7, buf + 3, n - 3) == au_crc32c_hw(7, buf + 3, n - 3));

@@ -1,0 +1,112 @@
+"""The claim order (order.py): one key, live heads, a decision that only reads."""
+
+import copy
+import random
+
+from aurora_log.local import records as R
+from aurora_log.local.order import MAX_DUE_MS, claim_key, enqueue_due, timer_key
+from aurora_log.local.state import State
+from aurora_log.local.table import LSN, PRIO, WAITING, Rec, unpack_head
+
+T0 = 1_800_000_000_000
+
+
+def _enqueue(s, job_id, at, prio=2, sched=None, queue="q", job_type="t"):
+    s.apply(s.last_lsn + 1, R.ENQUEUE, R.Enqueue(job_id, job_type, queue, prio, 3, at, at, sched,
+                                                 None, 30_000, None, b"{}"))
+
+
+def test_claim_key_orders_priority_then_due_then_fifo():
+    keys = [claim_key(prio, due, seq) for prio, due, seq in
+            [(4, 10, 9), (4, 10, 10), (4, 11, 1), (3, 0, 0), (1, 0, 0)]]
+    assert keys == sorted(keys)
+    assert claim_key(4, MAX_DUE_MS, (1 << 64) - 1) < claim_key(3, 0, 0)   # fields do not overlap
+    assert timer_key(5, 7) == claim_key(4, 5, 7)         # a timer key has no priority bits
+
+
+def _heads_live(s):
+    order = s.order
+    for heap in order.ready + [order.timers]:
+        if heap:
+            assert order.live(*heap[0]), "a dead entry at a head"
+
+
+def _best_by_scan(s, now):
+    """The job a claim must take, from the job table alone (no heaps)."""
+    best = None
+    for job_id, v in s.jobs.items():
+        if type(v) is Rec:
+            if v.status not in WAITING:
+                continue
+            h = unpack_head(v.blob)
+            # due: the retry's time, else the time of the record that made it wait
+            seq, due = v.seq, v.due or v.hist[-1][2]
+        else:
+            h = unpack_head(v)
+            seq, due = h[LSN], enqueue_due(h)
+        if due > now:
+            continue
+        key = claim_key(h[PRIO], due, seq)
+        if best is None or key < best[0]:
+            best = (key, job_id)
+    return best[1] if best else None
+
+
+def test_heads_stay_live_and_the_decision_only_reads():
+    rnd = random.Random(7)
+    s = State()
+    now = T0
+    tokens = {}
+    n = 0
+    for _ in range(1500):
+        now += rnd.randrange(0, 50)
+        op = rnd.random()
+        if op < 0.4:
+            n += 1
+            sched = now + rnd.randrange(-100, 300) if rnd.random() < 0.3 else None
+            _enqueue(s, f"j{n}", now, prio=rnd.randrange(1, 5), sched=sched,
+                     queue=rnd.choice("ab"))
+        elif op < 0.7:
+            s.order.promote(now)
+            before = (copy.deepcopy(s.order.ready), list(s.order.timers), s.fingerprint())
+            cands = s.order.candidates(None, None)
+            job_id = s.order.best(cands)
+            assert (s.order.ready, s.order.timers, s.fingerprint()) == before   # a pure read
+            assert job_id == _best_by_scan(s, now)
+            if job_id is not None:
+                tok = rnd.randbytes(8)
+                s.apply(s.last_lsn + 1, R.CLAIM, s.plan_claim(job_id, now, tok, "w"))
+                tokens[job_id] = tok
+        elif op < 0.8 and n:
+            job_id = f"j{rnd.randrange(1, n + 1)}"
+            try:
+                rec = s.plan_cancel(job_id, now)
+            except Exception:
+                rec = None
+            if rec is not None:
+                s.apply(s.last_lsn + 1, R.CANCEL if type(rec) is R.Cancel else R.CANCEL_REQUEST,
+                        rec)
+        elif tokens:
+            job_id, tok = tokens.popitem()
+            if s.status_of(job_id).value == "running":
+                s.apply(s.last_lsn + 1, R.FAIL, s.plan_fail(job_id, tok, now, "x",
+                                                          lambda r: rnd.randrange(0, 200)))
+        _heads_live(s)
+    assert not s.anomalies
+
+
+def test_a_claim_removes_the_job_from_the_order():
+    s = State()
+    for i in range(5):
+        _enqueue(s, f"k{i}", T0 + i)
+    s.order.promote(T0 + 10)
+    first = s.pick(T0 + 10)
+    assert first == "k0" and s.order.ready[0][0][1] == "k0"
+    s.apply(s.last_lsn + 1, R.CLAIM, s.plan_claim(first, T0 + 10, b"t" * 8, "w"))
+    assert len(s.order.ready[0]) == 4 and s.order.ready[0][0][1] == "k1"
+    # a cancel of the head drops it too, and a cancel below the head leaves it for later
+    s.apply(s.last_lsn + 1, R.CANCEL, s.plan_cancel("k3", T0 + 11))
+    assert len(s.order.ready[0]) == 4
+    s.apply(s.last_lsn + 1, R.CANCEL, s.plan_cancel("k1", T0 + 11))
+    assert s.order.ready[0][0][1] == "k2" and len(s.order.ready[0]) == 3
+    assert [s.pick(T0 + 20)] == ["k2"]

@@ -1,0 +1,91 @@
+"""The PostgreSQL schema: versioned migrations, concurrent migrators, the schema name, and
+the test fixture's CI rule."""
+
+import threading
+
+import pytest
+
+import aurora_log
+from aurora_log.errors import AuroraLogError, InvalidStateError
+
+
+def _connect(dsn):
+    import psycopg
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def test_concurrent_migrators_apply_each_version_once(pg_server, pg_schema):
+    from aurora_log.postgres import LATEST_VERSION, migrate
+    applied, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def run():
+        try:
+            with _connect(pg_server.dsn) as conn:
+                barrier.wait()
+                applied.append(migrate(conn, pg_schema))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(applied) == [[], [], [], list(range(1, LATEST_VERSION + 1))]
+    with _connect(pg_server.dsn) as conn:
+        rows = conn.execute(f"SELECT version FROM {pg_schema}.aurora_migrations").fetchall()
+    assert [r[0] for r in rows] == list(range(1, LATEST_VERSION + 1))
+
+
+def test_a_schema_newer_than_this_library_is_refused(pg_server, pg_schema):
+    aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None).close()
+    with _connect(pg_server.dsn) as conn:
+        conn.execute(f"INSERT INTO {pg_schema}.aurora_migrations VALUES (999, 0)")
+    with pytest.raises(AuroraLogError, match="newer than this aurora-log"):
+        aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None)
+    with pytest.raises(InvalidStateError, match="aurora-log migrate"):
+        aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None, migrate=False)
+
+
+def test_migrate_false_refuses_an_unmigrated_schema(pg_server, pg_schema):
+    with pytest.raises(InvalidStateError, match="aurora-log migrate"):
+        aurora_log.open(pg_server.dsn, schema=pg_schema, migrate=False)
+    with _connect(pg_server.dsn) as conn:        # and created nothing
+        assert conn.execute("SELECT to_regnamespace(%s)", (pg_schema,)).fetchone()[0] is None
+
+
+@pytest.mark.parametrize("schema, exc", [("Upper", ValueError), ("a-b", ValueError),
+                                         ("1abc", ValueError), ("x" * 49, ValueError),
+                                         ("a; drop", ValueError), (5, TypeError)])
+def test_bad_schema_names_raise_before_connecting(schema, exc):
+    # an unroutable DSN: the error must come before any connection attempt
+    with pytest.raises(exc):
+        aurora_log.open("postgresql://nobody@127.0.0.1:1/none", schema=schema)
+
+
+def test_in_ci_a_missing_server_fails_instead_of_skipping(monkeypatch):
+    from pgserver import pg_unavailable
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="required in CI"):
+        pg_unavailable("no server")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        pg_unavailable("no server")
+
+
+def test_the_claim_walks_the_claim_index_in_order(pg_server, pg_schema):
+    """The claim's ORDER BY is the index's order: an index scan with no sort step."""
+    q = aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None)
+    try:
+        q.enqueue_many([aurora_log.Job("t", {"i": i}) for i in range(50)])
+        sql = q._sql.claim("")
+        with _connect(pg_server.dsn) as conn:
+            conn.execute("SET enable_seqscan = off")      # a 50-row table: make it choose
+            conn.execute(f"ANALYZE {pg_schema}.jobs")
+            plan = "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN " + sql, {"now": 1 << 50, "tok": "00" * 8, "w": "w"}).fetchall())
+    finally:
+        q.close()
+    assert "jobs_claim" in plan and "Sort" not in plan and "LockRows" in plan, plan
