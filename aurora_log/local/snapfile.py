@@ -401,8 +401,10 @@ def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
 
 def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
                  on_progress: Callable[[int, int], None] | None = None,
-                 every: int = 50_000) -> bytes:
-    """The whole VERSION 2 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md).
+                 every: int = 50_000, version: int = VERSION) -> bytes:
+    """The whole VERSION 3 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md;
+    ``version=2`` writes the layout without the control state, for the tests that check
+    version 2 files are still read: ValueError if the state has control to lose).
     The never-touched pending jobs are stored column-wise (ids, byte planes of their
     fixed heads, tails) with their claim order as runs of ranks, so a load needs no
     per-job work before the first claim; every other job is a version-1 export item.
@@ -427,12 +429,16 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     for segs in sp["runs"]:
         runs += _U32.pack(len(segs))
         runs += _u32s(itertools.chain.from_iterable(segs))
-    meta = json.dumps({"v": VERSION, "last_lsn": sp["meta"]["last_lsn"],
-                       "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
-                       "jobs": nb + len(rest), "base": nb, "rest": len(rest),
-                       "id_width": width, "uuid": uuid,
-                       "control": sp["meta"]["control"] or {}},
-                      separators=(",", ":")).encode()
+    control = sp["meta"]["control"] or {}
+    fields = {"v": version, "last_lsn": sp["meta"]["last_lsn"],
+              "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
+              "jobs": nb + len(rest), "base": nb, "rest": len(rest),
+              "id_width": width, "uuid": uuid}
+    if version == 3:
+        fields["control"] = control
+    elif version != 2 or control != Control().export():
+        raise ValueError(f"cannot write this state as a version {version} snapshot")
+    meta = json.dumps(fields, separators=(",", ":")).encode()
     parts = [_U32.pack(len(meta)), meta]
     for sec in (ids_sec, heads, tail_lens, tails, [_u32s(map(len, rest))], rest,
                 [_u32s(sp["rest_pos"])], [bytes(runs)]):
@@ -448,7 +454,7 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     out.append(comp.flush())
     del parts
     body = b"".join(out)
-    return _frame(VERSION, lsn, total + 1, body, clen, max_at_ms)
+    return _frame(version, lsn, total + 1, body, clen, max_at_ms)
 
 
 def read_header(data: bytes, path: str = "?") -> SnapshotInfo:

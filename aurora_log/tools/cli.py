@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
              "beside a running worker)", cmd_tail)
     _add(sp, "--from-lsn", type=_positive_int, default=None,
          help="start at this LSN (default: the oldest stored record)")
-    _add(sp, "--follow", "-f", action="store_true", help="keep waiting for new transitions")
+    _add(sp, "-f", "--follow", action="store_true", help="keep waiting for new transitions")
     _add(sp, "--poll", type=_seconds, default=0.2, help="with --follow: seconds between looks")
     _add(sp, "--json", action="store_true", help="print JSON lines")
 
