@@ -402,3 +402,28 @@ def test_cli_pause_resume_and_limit(store_dir, capsys):
     assert cli.main(["resume", str(store_dir), "emails"]) == 0
     with aurora_log.open(store_dir, reaper_interval=None) as q:
         assert q.claim("w") is not None
+
+
+# ---------------------------------------------------------------- verify
+
+def test_verify_checks_the_control_promises(store_dir):
+    """A log in which a job was claimed from a paused queue and a child before its
+    parent completed (written by hand: the queue never writes one) fails verify."""
+    from aurora_log.local import records as R
+    from aurora_log.local.log import Log
+    with aurora_log.open(store_dir, reaper_interval=None) as q:
+        a = Job("a", {}, queue="p")
+        b = Job("b", {}).after(a)
+        q.enqueue_many([a, b])
+        assert aurora_log.verify(store_dir).ok
+        at = q.get(a.id).created_at
+    ms = round(at.timestamp() * 1000)
+    with Log.open(store_dir) as log:
+        log.commit([R.encode(R.Pause("p", ms)),
+                    R.encode(R.Claim(a.id, ms, b"12345678", ms + 30_000, "w")),
+                    R.encode(R.Claim(b.id, ms, b"87654321", ms + 30_000, "w"))])
+    rep = aurora_log.verify(store_dir)
+    text = " ".join(str(p) for p in rep.problems)
+    assert not rep.ok
+    assert "paused queue or over a limit" in text
+    assert "before its parents completed" in text
