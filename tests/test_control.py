@@ -23,14 +23,14 @@ def test_concurrency_limit_per_queue_and_per_type():
     c = Control()
     c.apply_limit(R.Limit(Q, "reports", 1, 2, 0, 0))
     c.apply_limit(R.Limit(T, "resize", 1, 1, 0, 0))
-    c.on_running("reports", "pdf", +1)
+    c.on_running(("reports", "pdf"), +1)
     assert not c.blocked("reports", "pdf", 0)
-    c.on_running("reports", "csv", +1)
+    c.on_running(("reports", "csv"), +1)
     assert c.blocked("reports", "pdf", 0)          # 2 running in the queue
     assert not c.blocked("default", "pdf", 0)
-    c.on_running("default", "resize", +1)
+    c.on_running(("default", "resize"), +1)
     assert c.blocked("other", "resize", 0)          # 1 resize running anywhere
-    c.on_running("reports", "csv", -1)
+    c.on_running(("reports", "csv"), -1)
     assert not c.blocked("reports", "pdf", 0)
     c.apply_limit(R.Limit(T, "resize", 2, 0, 0, 0))  # removed
     assert not c.blocked("other", "resize", 0)
@@ -39,14 +39,14 @@ def test_concurrency_limit_per_queue_and_per_type():
 def test_rate_limit_sliding_window():
     c = Control()
     c.apply_limit(R.Limit(Q, "api", 1, 0, 2, 1000))
-    c.on_claim("api", "call", 100)
+    c.on_claim(("api", "call"), 100)
     assert not c.blocked("api", "call", 100)
-    c.on_claim("api", "call", 500)
+    c.on_claim(("api", "call"), 500)
     assert c.blocked("api", "call", 600)
     assert c.rate_free_ms("api", "call", 600) == 1100
     assert c.blocked("api", "call", 1099)
     assert not c.blocked("api", "call", 1100)
-    c.on_claim("api", "call", 1100)
+    c.on_claim(("api", "call"), 1100)
     assert c.blocked("api", "call", 1200) and c.rate_free_ms("api", "call", 1200) == 1500
 
 
@@ -92,7 +92,7 @@ def test_export_round_trip():
     c = Control()
     c.apply_pause(R.Pause("p", 1))
     c.apply_limit(R.Limit(Q, "api", 1, 3, 2, 1000))
-    c.on_claim("api", "t", 10)
+    c.on_claim(("api", "t"), 10)
     c.apply_fire(R.PeriodicFire("n", 1, 600, "a"))
     c.apply_depends(R.Depends("c", 1, ("a", "b"), R.ON_FAILURE_IGNORE), {}.get)
     d = Control.from_export(c.export())

@@ -5,10 +5,10 @@ uses comes from a record.
 The job fold (state) owns one ``Control`` and calls it:
 
 - for the control records (PAUSE, RESUME, LIMIT, PERIODIC_FIRE, DEPENDS): ``apply_*``;
-- when a job enters or leaves RUNNING: ``on_running(queue, job_type, +1/-1)`` (the
+- when a job enters or leaves RUNNING: ``on_running((queue, job_type), +1/-1)`` (the
   concurrency counts, kept whether or not a limit exists, so a limit set later is right at
   once);
-- on every CLAIM: ``on_claim(queue, job_type, at_ms)`` (the rate windows: the claim's own
+- on every CLAIM: ``on_claim((queue, job_type), at_ms)`` (the rate windows: the claim's own
   time is the clock decision, so replay rebuilds the same windows);
 - before it considers a (queue, job_type) pair for a claim: ``blocked(queue, job_type,
   now_ms)``;
@@ -118,7 +118,9 @@ class Control:
 
     # ------------------------------------------------------------------ job-fold hooks
 
-    def on_running(self, queue: str, job_type: str, delta: int) -> None:
+    def on_running(self, pair: tuple[str, str], delta: int) -> None:
+        """A job of (queue, job_type) ``pair`` entered (+1) or left (-1) RUNNING."""
+        queue, job_type = pair
         r = self.running
         for key in ((R.SCOPE_QUEUE, queue), (R.SCOPE_JOB_TYPE, job_type)):
             n = r.get(key, 0) + delta
@@ -127,7 +129,9 @@ class Control:
             else:
                 r.pop(key, None)
 
-    def on_claim(self, queue: str, job_type: str, at_ms: int) -> None:
+    def on_claim(self, pair: tuple[str, str], at_ms: int) -> None:
+        """A job of (queue, job_type) ``pair`` was claimed at ``at_ms`` (the record's time)."""
+        queue, job_type = pair
         if self.windows:
             for key in ((R.SCOPE_QUEUE, queue), (R.SCOPE_JOB_TYPE, job_type)):
                 w = self.windows.get(key)

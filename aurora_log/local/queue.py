@@ -201,7 +201,6 @@ class Queue(QueueInterface):
         reports bad ones in ``snapshot_report``; CorruptionError if none is usable and the
         log does not start at LSN 1). ``as_of``: the state at that LSN/datetime instead."""
         from . import snapshot
-        from .log import REC_HDR
         if as_of is not None:
             state, info = snapshot.state_as_of(self._log.directory, as_of,
                                                max_content=self._max_snapshot)
@@ -460,8 +459,9 @@ class Queue(QueueInterface):
                     owner = taken.get(ukey) or state.unique_owner(ukey)
                 if owner is None and (rec.id in state.jobs or rec.id in seen):
                     raise ValueError(f"a job with id {rec.id!r} already exists")
-                if deps[k] is not None:
-                    parents = tuple(seen.get(p, p) for p in deps[k][0])
+                dep = deps[k]
+                if dep is not None:
+                    parents = tuple(seen.get(p, p) for p in dep[0])
                     for p in parents:
                         if p not in written and p not in state.jobs:
                             raise UnknownParentError(rec.id, p)
@@ -472,12 +472,12 @@ class Queue(QueueInterface):
                     taken[ukey] = rec.id
                 seen[rec.id] = rec.id
                 written.add(rec.id)
-                if deps[k] is not None:
-                    policy = (R.ON_FAILURE_CANCEL if deps[k][1] == "cancel"
+                if dep is not None:
+                    policy = (R.ON_FAILURE_CANCEL if dep[1] == "cancel"
                               else R.ON_FAILURE_IGNORE)
-                    dep = R.Depends(rec.id, now, parents, policy)
-                    recs.append(dep)
-                    encoded.append(R.encode(dep))
+                    depends = R.Depends(rec.id, now, parents, policy)
+                    recs.append(depends)
+                    encoded.append(R.encode(depends))
                 recs.append(rec)
                 encoded.append((R.ENQUEUE, payload))
                 ids[k] = rec.id

@@ -149,10 +149,10 @@ class State:
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
-            self.control.on_running(*self.pairs[h[PAIR]], -1)
+            self.control.on_running(self.pairs[h[PAIR]], -1)
         if new == RUNNING:
             self._running.add(job_id)
-            self.control.on_running(*self.pairs[h[PAIR]], +1)
+            self.control.on_running(self.pairs[h[PAIR]], +1)
         if new in FINISHED and h[UKEY_LEN]:
             ukey = r.blob[HEAD_SIZE:HEAD_SIZE + h[UKEY_LEN]].decode()
             if self._unique.get(ukey) == job_id:
@@ -351,7 +351,7 @@ class State:
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
         h = unpack_head(r.blob)
         if self.control.windows:
-            self.control.on_claim(*self.pairs[h[PAIR]], c.at_ms)
+            self.control.on_claim(self.pairs[h[PAIR]], c.at_ms)
         if h[TIMEOUT_MS]:
             heapq.heappush(self._timeouts, (c.at_ms + h[TIMEOUT_MS], c.id, c.token))
         self.order.left(c.id, h[PAIR])
@@ -960,7 +960,7 @@ class State:
             self.order.add_blob(job_id, blob, due, r.seq, at)
         elif r.status == RUNNING:
             self._running.add(job_id)
-            self.control.on_running(*self.pairs[h[PAIR]], +1)
+            self.control.on_running(self.pairs[h[PAIR]], +1)
             heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
             if h[TIMEOUT_MS]:
                 heapq.heappush(self._timeouts, (r.started + h[TIMEOUT_MS], job_id, r.token))

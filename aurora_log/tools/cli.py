@@ -740,6 +740,8 @@ def cmd_limit(args) -> int:
     if args.rate is not None:
         parts.append(f"at most {args.rate[0]} claims per {args.rate[1]:g} s")
     _out(f"{what}: {', '.join(parts) if parts else 'no limit'}")
+    return 0
+
 
 def cmd_dashboard(args) -> int:
     path = Path(args.dir)
