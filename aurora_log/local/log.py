@@ -3,7 +3,7 @@
 The byte format and the recovery rules are in native/FORMAT.md; the C core (native/) does
 framing, checksums, group commit and scanning. This module does directory handling,
 recovery decisions and the typed errors. Every syscall goes through the C core's syscall
-table (so aurora_log.faults can record and fail them), including the file helpers at the end
+table (so aurora_log.testing.faults can record and fail them), including the file helpers at the end
 that the snapshot layer uses.
 
 No Python lock is held while a call waits in C (sync/flush release the GIL and block in C),

@@ -111,7 +111,7 @@ def _parents_first(jobs: list[Job], deps: list) -> list[int]:
 class Queue(QueueInterface):
     """A durable job queue stored in one directory.
 
-    Compaction options (see aurora_log.snapshot): ``auto_compact`` (background snapshots
+    Compaction options (see aurora_log.local.snapshot): ``auto_compact`` (background snapshots
     when the WAL since the last one exceeds ``compact_wal_bytes`` or ``compact_factor`` x
     the last snapshot's size; None disables either), ``retain_seconds`` / ``retain_count``
     (completed and cancelled jobs kept; None = unlimited), ``archive`` (retired segments and

@@ -599,3 +599,40 @@ def test_concurrent_enqueues_of_one_unique_key_make_one_live_job(opener, backend
         t.join()
     assert not errors and len(set(got)) == 1
     assert [j.id for j in qs[0].list() if j.unique_key == "report"] == got[:1]
+
+
+# ------------------------------------------------------------------ release
+
+def test_release_hands_the_job_back_without_spending_an_attempt(q):
+    jid = q.enqueue(job(max_retries=1))
+    j = q.claim("w1")
+    assert q.release(jid, j.token) is JobStatus.PENDING
+    got = q.get(jid)
+    assert (got.status, got.retry_count) == (JobStatus.PENDING, 0)
+    assert [t.kind for t in q.history(jid)] == ["enqueue", "claim", "release"]
+    with pytest.raises(StaleLeaseError):
+        q.complete(jid, j.token)             # the released attempt's token holds nothing
+    j2 = q.claim("w2")
+    assert j2.id == jid and j2.token != j.token
+    q.complete(jid, j2.token)
+    assert q.get(jid).status is JobStatus.COMPLETED
+
+
+def test_release_with_a_stale_token_or_unknown_id_is_refused(q):
+    jid = q.enqueue(job())
+    j = q.claim("w1")
+    q.release(jid, j.token)
+    with pytest.raises(StaleLeaseError):
+        q.release(jid, j.token)
+    with pytest.raises(JobNotFoundError):
+        q.release("no-such-job", j.token)
+    assert [t.kind for t in q.history(jid)] == ["enqueue", "claim", "release"]
+
+
+def test_release_of_a_job_whose_cancel_was_requested_cancels_it(q):
+    jid = q.enqueue(job())
+    j = q.claim("w1")
+    assert q.cancel(jid) is JobStatus.RUNNING
+    assert q.release(jid, j.token) is JobStatus.CANCELLED
+    assert q.get(jid).status is JobStatus.CANCELLED
+    assert q.claim("w2") is None
