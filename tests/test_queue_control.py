@@ -427,3 +427,20 @@ def test_verify_checks_the_control_promises(store_dir):
     assert not rep.ok
     assert "paused queue or over a limit" in text
     assert "before its parents completed" in text
+
+
+# ---------------------------------------------------------------- the other backend
+
+def test_postgres_refuses_dependencies_instead_of_ignoring_them(pg_server, pg_schema):
+    q = aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None)
+    try:
+        parent = q.enqueue(Job("p", {}))
+        with pytest.raises(NotImplementedError):
+            q.enqueue(Job("c", {}).after(parent))
+        with pytest.raises(NotImplementedError):
+            q.enqueue_many(chain(Job("a", {}), Job("b", {})))
+        assert q.stats()["total"] == 1
+        with pytest.raises(NotImplementedError):
+            q.periodic("* * * * *")
+    finally:
+        q.close()
