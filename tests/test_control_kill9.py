@@ -65,6 +65,10 @@ def _run(tmp_path, scenario: str) -> list:
         _cycle(store, scenario, cycle, rnd)
     # a final clean open: recovery of the last kill is in the log too
     aurora_log.open(store, reaper_interval=None).close()
+    # verify replays the log and checks every claim against the control state of its
+    # moment (parents completed, queue not paused, under its limits)
+    report = aurora_log.verify(store)
+    assert report.ok, [str(p) for p in report.problems]
     return _entries(store)
 
 
