@@ -54,6 +54,7 @@ __all__ = ["State", "Transition"]
 
 _STATUS = {s.code: s for s in JobStatus}
 _PRIO = (None,) + tuple(JobPriority)
+# the ENQUEUE record's fixed header, for replay's fused path (apply_enqueue_bytes)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
 
@@ -233,13 +234,12 @@ class State:
         self.apply(lsn, R.ENQUEUE, rec)
         return rec.at_ms
 
-    def apply_many(self, first_lsn: int, records) -> None:
+    def apply_many(self, first_lsn: int, records: Sequence[tuple[int, R.Record]]) -> None:
         """Fold decoded records ``[(rtype, record), ...]`` with consecutive LSNs from
         ``first_lsn`` (one append_many batch); the same as apply() for each."""
         lsn = first_lsn
-        table = _APPLY
         for rtype, rec in records:
-            fn = table.get(rtype)
+            fn = _APPLY.get(rtype)
             if fn is None:
                 self.anomaly(lsn, f"unknown record type {rtype}")
             else:
