@@ -8,6 +8,9 @@ from .errors import (
     ClosedError,
     ConnectionLostError,
     CorruptionError,
+    CursorGoneError,
+    DependencyCycleError,
+    DependencyError,
     DurabilityError,
     InvalidStateError,
     JobCancelled,
@@ -18,6 +21,7 @@ from .errors import (
     StaleLeaseError,
     TaskCancelled,
     TaskFailed,
+    UnknownParentError,
 )
 
 from typing import Any, cast
@@ -25,7 +29,9 @@ from typing import Any, cast
 from . import interface as _interface
 from .interface import QueueInterface, Transition
 from .job import Job, JobPriority, JobStatus
+from .workflows import chain, group
 from .local import queue as _local_queue
+from .local.follow import LogEntry, follow
 from .local.queue import Queue
 from .local.verify import VerifyReport, verify
 from .runtime import isolation as _isolation
@@ -63,4 +69,6 @@ __all__ = [
     "Job", "JobPriority", "JobStatus", "Queue", "Transition", "open", "verify", "VerifyReport",
     "Worker", "Context", "JobCancelled", "JobTimeout", "current_context",
     "TaskHandle", "TaskFailed", "TaskCancelled", "task", "register_handler",
+    "follow", "LogEntry", "CursorGoneError", "chain", "group",
+    "DependencyError", "DependencyCycleError", "UnknownParentError",
 ]

@@ -81,6 +81,33 @@ class RecordError(CorruptionError):
     invalid UTF-8 or enum value). Raised instead of any lower-level exception."""
 
 
+class CursorGoneError(AuroraLogError):
+    """A log follower's cursor LSN is older than the oldest stored record (its segment was
+    retired by compaction): the records in between cannot be delivered."""
+
+
+class DependencyError(AuroraLogError, ValueError):
+    """A job's dependencies cannot be accepted (raised by enqueue before anything is
+    written). A ValueError too: it is bad input."""
+
+
+class UnknownParentError(DependencyError):
+    """A job waits for a parent the queue does not know (nor the same enqueue_many batch)."""
+
+    def __init__(self, job_id: str, parent: str):
+        self.job_id = job_id
+        self.parent = parent
+        super().__init__(f"job {job_id} waits for unknown job {parent}")
+
+
+class DependencyCycleError(DependencyError):
+    """Jobs of one enqueue_many batch wait for each other in a cycle."""
+
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+        super().__init__("dependency cycle: " + " -> ".join(cycle))
+
+
 # ------------------------------------------------------------------------------- runtime
 
 class JobCancelled(AuroraLogError):

@@ -219,6 +219,13 @@ class QueueInterface(abc.ABC):
         """Decorator registering a task handler; see :func:`aurora_log.runtime.tasks.task`."""
         return _bound_task_layer().task(self, name, **options)
 
+    def periodic(self, cron: str, *, tz: str = "UTC", missed: str = "skip",
+                 grace: float = 60.0, name: str | None = None, **options: Any) -> Any:
+        """Decorator: run a task at every due time of ``cron`` (a backend with
+        ``schedule_periodic``); see :func:`aurora_log.runtime.tasks.periodic`."""
+        return _bound_task_layer().periodic(self, cron, tz=tz, missed=missed, grace=grace,
+                                            name=name, **options)
+
     def register_handler(self, job_type: str, fn: Callable[..., Any], *,
                          context: bool = False) -> Any:
         """Seed style ``fn(job)`` handler for ``job_type``; see

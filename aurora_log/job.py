@@ -411,7 +411,9 @@ class Job:
     Every builder validates at once and raises TypeError/ValueError with a clear message.
     """
 
-    __slots__ = _FIELDS
+    # _deps: (parent ids, on_parent_failure) set by after(); not a stored field of the
+    # job, so it is kept out of _FIELDS (to_dict, ==, the state's materialisation)
+    __slots__ = _FIELDS + ("_deps",)
 
     def __init__(self, job_type: str, payload: Mapping[str, Any] | None = None, *,
                  id: str | None = None,
@@ -620,10 +622,49 @@ class Job:
             out[name] = v
         return out
 
+    def after(self, *parents: str | Job, on_parent_failure: str = "cancel") -> Job:
+        """Make this job wait for ``parents`` (ids or Jobs): it becomes claimable once every
+        parent COMPLETED. A parent that ends dead-lettered or cancelled settles it:
+        ``on_parent_failure="cancel"`` (default) cancels it with a reason naming the parent;
+        ``"ignore"`` lets it run once every parent finished, however. Parents must be known
+        to the queue at enqueue (or be in the same enqueue_many batch): otherwise
+        UnknownParentError, and DependencyCycleError for a cycle, before anything is
+        written. Calling after() again adds parents. Returns the job."""
+        if on_parent_failure not in ("cancel", "ignore"):
+            raise ValueError(f"on_parent_failure must be 'cancel' or 'ignore', not "
+                             f"{on_parent_failure!r}")
+        if not parents:
+            raise ValueError("after() needs at least one parent")
+        ids = []
+        for p in parents:
+            pid = p.id if isinstance(p, Job) else p
+            check_text(pid, "parent id", MAX_NAME_CHARS)
+            if pid == self.id:
+                raise ValueError(f"job {self.id} cannot wait for itself")
+            ids.append(pid)
+        old = self.depends_on
+        self._deps = (tuple(dict.fromkeys(old + tuple(ids))), on_parent_failure)
+        return self
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The ids of the jobs this one waits for (empty: none)."""
+        deps = getattr(self, "_deps", None)
+        return () if deps is None else deps[0]
+
+    @property
+    def on_parent_failure(self) -> str:
+        """What a dead-lettered or cancelled parent does to this job: "cancel" or "ignore"."""
+        deps = getattr(self, "_deps", None)
+        return "cancel" if deps is None else deps[1]
+
     def copy(self) -> Job:
         j = Job._raw()
         for name in _FIELDS:
             setattr(j, name, getattr(self, name))
+        deps = getattr(self, "_deps", None)
+        if deps is not None:
+            j._deps = deps
         j.payload = json.loads(json.dumps(self.payload)) if self.payload else {}
         return j
 

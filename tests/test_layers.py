@@ -28,7 +28,8 @@ PACKAGE_DIR = Path(aurora_log.__file__).parent
 ROOT = "aurora_log"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [            # bottom to top
-    ("face-core", ("aurora_log.errors", "aurora_log.job", "aurora_log.interface")),
+    ("face-core", ("aurora_log.errors", "aurora_log.job", "aurora_log.interface",
+                   "aurora_log.workflows")),
     ("backends", ("aurora_log.local", "aurora_log.postgres")),
     ("runtime", ("aurora_log.runtime",)),
     ("tools", ("aurora_log.tools", "aurora_log.testing", "aurora_log.dashboard",

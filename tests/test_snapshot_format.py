@@ -31,13 +31,13 @@ def _state(n=60):
     return st
 
 
-def _snap(st, max_at=6000, version=2):
+def _snap(st, max_at=6000, version=3):
     if version == 1:
         return S.encode_snapshot(st.export(), st.last_lsn, max_at)
-    return S.encode_state(st, st.last_lsn, max_at)
+    return S.encode_state(st, st.last_lsn, max_at, version=version)
 
 
-VERSIONS = pytest.mark.parametrize("version", [1, 2])
+VERSIONS = pytest.mark.parametrize("version", [1, 2, 3])
 
 
 @VERSIONS

@@ -75,7 +75,7 @@ def _pair(seed, width="uuid", touch=True, n=80):
     data = S.encode_state(src, src.last_lsn, now)
     info, lazy = S.decode_snapshot(data, "x.snap")
     eager = State.from_export(list(src.export()))
-    assert info.version == 2 and type(lazy.jobs) is LazyJobs
+    assert info.version == S.VERSION and type(lazy.jobs) is LazyJobs
     return eager, lazy, now, data
 
 
@@ -286,7 +286,7 @@ def _build(meta, secs, tail=b""):
 
 def _reframe(info, content):
     body = lz4.frame.compress(content, content_checksum=True, store_size=True)
-    return F._frame(2, info.lsn, info.items, body, len(content), info.max_at_ms)
+    return F._frame(info.version, info.lsn, info.items, body, len(content), info.max_at_ms)
 
 
 def _runs(raw, npairs):
@@ -376,7 +376,9 @@ def test_bad_sections_and_meta_are_refused():
     _refused(info, content[:-1], "overruns|missing")
     _refused(info, _build(dict(meta, base=meta["base"] + 1, jobs=meta["jobs"] + 1), secs),
              "item count|expected")
-    _refused(info, _build(dict(meta, v=3), secs), "bad meta")
+    _refused(info, _build(dict(meta, v=info.version + 1), secs), "bad meta")
+    _refused(info, _build({k: v for k, v in meta.items() if k != "control"}, secs),
+             "bad meta")
     _refused(info, b"\xff\xff\xff\x7f" + content[4:], "meta")
     ids = bytearray(secs["ids"])
     ids[meta["id_width"]] = ord("x")                 # the first id's newline

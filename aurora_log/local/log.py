@@ -30,7 +30,9 @@ from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityEr
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
-    "remove_file", "make_dirs", "is_file", "crc32c", "crc_mask", "REC_HDR",
+    "remove_file", "make_dirs", "is_file", "crc32c", "crc_mask", "REC_HDR", "SEG_HDR",
+    "WindowScan", "scan_window", "list_segment_files", "check_segment_header", "open_read",
+    "pread_at", "close_fd",
 ]
 
 SEG_RE = re.compile(r"([0-9]{20})\.seg")    # fullmatch only: ASCII digits, no trailing newline
@@ -387,6 +389,75 @@ def _scan_tail(buf, first_lsn: int, max_record: int) -> _TailScan:
             ts.bad_off = s.pos
             ts.reason = "non-zero bytes after the end of data"
     return ts
+
+
+@dataclass
+class WindowScan:
+    """What scan_window found in a window of a segment (offsets relative to the window)."""
+    records: list[tuple[int, int, bytes]]   # (lsn, rtype, payload), every crc verified
+    end: int            # the window offset just after the last valid batch
+    next_lsn: int       # the LSN expected next
+    complete: bool      # True: stopped at zeros (end of written data) or the window's end
+    reason: str | None  # why the batch at ``end`` did not verify (complete=False)
+
+
+def scan_window(buf, next_lsn: int, max_record: int) -> WindowScan:
+    """Verify the batches of ``buf``, a window of a segment starting at a batch boundary,
+    and return their records. The window's last batch may be cut short by the window or
+    still being written: the scan stops before it (the caller reads on from ``end``).
+    The same C scanner as Log.scan; a reader that follows a live log (follow.py) uses it
+    on windows it reads itself, because a read_only Log is a picture taken at open."""
+    cbuf = ffi.from_buffer(buf)
+    s = _new_scan(0, next_lsn, len(buf), max_record)
+    recs = ffi.new("au_rec[]", _SCAN_CHUNK)
+    rbuf = ffi.buffer(recs)
+    mv = memoryview(buf)
+    out: list[tuple[int, int, bytes]] = []
+    while True:
+        n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
+        for rlsn, off, ln, rtype in _REC.iter_unpack(rbuf[:n * _REC.size]):
+            out.append((rlsn, rtype, bytes(mv[off:off + ln])))
+        if s.status != lib.AU_SCAN_MORE:
+            break
+    if s.status == lib.AU_SCAN_BAD:
+        return WindowScan(out, s.bad_off, s.next_lsn, False,
+                          ffi.string(lib.au_reason(s.reason)).decode())
+    return WindowScan(out, s.pos, s.next_lsn, True, None)
+
+
+def list_segment_files(wal: Path) -> list[tuple[int, Path]]:
+    """(first_lsn, path) of every segment in ``wal``, oldest first."""
+    try:
+        names = os.listdir(wal)
+    except FileNotFoundError:
+        return []
+    return sorted((int(m.group(1)), wal / name) for name in names
+                  if (m := SEG_RE.fullmatch(name)))
+
+
+def check_segment_header(path: Path, header: bytes, first_lsn: int) -> tuple[int, int]:
+    """Verify a segment header (CorruptionError); returns the preallocated size and the
+    record limit the segment was written with."""
+    return _check_header(path, header, first_lsn)
+
+
+def open_read(path) -> int:
+    """A read-only descriptor (through the syscall table). FileNotFoundError if missing."""
+    return _open(path, os.O_RDONLY)
+
+
+def pread_at(fd: int, n: int, offset: int, path=None) -> bytes:
+    """Up to n bytes at offset (fewer at the end of the file)."""
+    buf = bytearray(n)
+    r = lib.au_pread_full(fd, ffi.from_buffer(buf), n, offset)
+    if r < 0:
+        raise os_error(r, path)
+    del buf[r:]
+    return bytes(buf)
+
+
+def close_fd(fd: int) -> None:
+    lib.au_close(fd)
 
 
 # --------------------------------------------------------------------------------------

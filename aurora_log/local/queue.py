@@ -37,7 +37,7 @@ from typing import Any
 
 from . import records as R
 from .locks import YieldingLock
-from ..errors import ClosedError, ReadOnlyError
+from ..errors import ClosedError, DependencyCycleError, ReadOnlyError, UnknownParentError
 from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
                          check_job_id, check_names, token_bytes)
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
@@ -49,6 +49,8 @@ from .replay import replay
 from .state import State
 
 __all__ = ["Queue", "open"]
+
+_JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
 
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
@@ -74,6 +76,38 @@ def open(path, **options) -> Queue:  # noqa: A001 - the package's documented ent
 
 
 
+def _parents_first(jobs: list[Job], deps: list) -> list[int]:
+    """The batch's indexes with every job after its parents in the batch (stable
+    otherwise). DependencyCycleError if jobs of the batch wait for each other."""
+    where = {j.id: k for k, j in enumerate(jobs)}
+    out: list[int] = []
+    state = [0] * len(jobs)          # 0 new, 1 on the path, 2 placed
+    for start in range(len(jobs)):
+        if state[start]:
+            continue
+        path = [start]
+        stack = [iter(deps[start][0] if deps[start] else ())]
+        state[start] = 1
+        while stack:
+            parent = next(stack[-1], None)
+            if parent is None:
+                stack.pop()
+                k = path.pop()
+                state[k] = 2
+                out.append(k)
+                continue
+            p = where.get(parent)
+            if p is None or state[p] == 2:
+                continue
+            if state[p] == 1:
+                cycle = [jobs[i].id for i in path[path.index(p):]] + [parent]
+                raise DependencyCycleError(cycle)
+            state[p] = 1
+            path.append(p)
+            stack.append(iter(deps[p][0] if deps[p] else ()))
+    return out
+
+
 class Queue(QueueInterface):
     """A durable job queue stored in one directory.
 
@@ -92,6 +126,7 @@ class Queue(QueueInterface):
     """
 
     _touched: dict[str, None] | None = None   # compaction capture: ids touched since
+    _schedules: dict = {}    # name -> cron.Periodic (per object, set in __init__)
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
@@ -151,6 +186,7 @@ class Queue(QueueInterface):
             self._compactor.last_size = self.snapshot_report.size
             if auto_compact:
                 self._compactor.start()
+        self._schedules = {}
         self._stop = threading.Event()
         self._reaper = None
         if reaper_interval is not None and not self._read_only:
@@ -266,6 +302,8 @@ class Queue(QueueInterface):
                 for r in recs:
                     if type(r) is R.Purge:
                         touched.update(dict.fromkeys(r.ids))
+                    elif type(r) in _JOBLESS:      # control records about no one job
+                        continue
                     else:
                         touched[r.id] = None
             if len(recs) == 1:
@@ -364,45 +402,92 @@ class Queue(QueueInterface):
     def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
         """Add many jobs atomically (all or none, one commit). Returns their ids in order
         (an existing live job's id for a unique_key already taken, also within the batch)."""
+        ids, reserved, lsn = self._enqueue_folded(jobs)
+        if reserved is not None:
+            self._publish(reserved, "durable" if durable else "none")
+        elif lsn > 0 and durable:
+            self._log.sync(lsn)
+        return ids
+
+    async def enqueue_async(self, job: Job, *, durable: bool = True) -> str:
+        """``enqueue`` for asyncio code: the record is appended on the calling thread (no
+        I/O wait), the wait for its durability runs in the loop's default executor, so the
+        event loop keeps running while the group commit's fdatasync is in flight."""
+        return (await self.enqueue_many_async((job,), durable=durable))[0]
+
+    async def enqueue_many_async(self, jobs: Iterable[Job], *,
+                                 durable: bool = True) -> list[str]:
+        """``enqueue_many`` for asyncio code (atomic, one commit); see enqueue_async.
+        Only a full group-commit buffer (backpressure) can hold the loop, as it holds
+        every producer."""
+        import asyncio
+        ids, reserved, lsn = self._enqueue_folded(jobs)
+        if reserved is not None:
+            lsn = self._publish(reserved, "none")
+        if durable and lsn > 0:
+            await asyncio.get_running_loop().run_in_executor(None, self._log.sync, lsn)
+        return ids
+
+    def _enqueue_folded(self, jobs: Iterable[Job]) -> tuple[list[str], Any, int]:
+        """Validate, and under the lock fold the jobs' ENQUEUE records and reserve their
+        LSNs. Returns (ids, reserved records to publish or None, the LSN to wait for when
+        nothing new was added: the unique-key owners' records)."""
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
         # The enqueue time is read before the lock: records stay self-consistent (a job's
         # due time is its own `at`), and encoding happens outside the lock.
         now = self._now_ms()
+        jobs = builtins.list(jobs)
         built = [self._build(j, now) for j in jobs]
-        ids: list[str] = []
+        deps = [getattr(j, "_deps", None) for j in jobs]
+        order = range(len(jobs)) if not any(deps) else _parents_first(jobs, deps)
+        ids: list[str] = [""] * len(jobs)
+        lsn = 0
         with self._lock:
             self._check_open()
             state = self._state
-            recs = []
+            recs: list = []
             encoded = []
             taken: dict[str, str] = {}
-            seen: set[str] = set()
-            for rec, payload in built:
+            seen: dict[str, str] = {}          # id in this batch -> the id it stands for
+            written: set[str] = set()          # ids this batch enqueues
+            for k in order:
+                rec, payload = built[k]
                 ukey = rec.unique_key
+                owner = None
                 if ukey is not None:
                     owner = taken.get(ukey) or state.unique_owner(ukey)
-                    if owner is not None:
-                        ids.append(owner)
-                        continue
-                    taken[ukey] = rec.id
-                if rec.id in state.jobs or rec.id in seen:
+                if owner is None and (rec.id in state.jobs or rec.id in seen):
                     raise ValueError(f"a job with id {rec.id!r} already exists")
-                seen.add(rec.id)
+                dep = deps[k]
+                if dep is not None:
+                    parents = tuple(seen.get(p, p) for p in dep[0])
+                    for p in parents:
+                        if p not in written and p not in state.jobs:
+                            raise UnknownParentError(rec.id, p)
+                if owner is not None:
+                    ids[k] = seen[rec.id] = owner
+                    continue
+                if ukey is not None:
+                    taken[ukey] = rec.id
+                seen[rec.id] = rec.id
+                written.add(rec.id)
+                if dep is not None:
+                    policy = (R.ON_FAILURE_CANCEL if dep[1] == "cancel"
+                              else R.ON_FAILURE_IGNORE)
+                    depends = R.Depends(rec.id, now, parents, policy)
+                    recs.append(depends)
+                    encoded.append(R.encode(depends))
                 recs.append(rec)
                 encoded.append((R.ENQUEUE, payload))
-                ids.append(rec.id)
+                ids[k] = rec.id
             if recs:
                 reserved = self._reserve_apply(recs, encoded)
                 self._cond.notify_all()
             else:
                 reserved = None
                 lsn = self._log.next_lsn - 1   # the owners' records: make sure they are durable
-        if reserved is not None:
-            self._publish(reserved, "durable" if durable else "none")
-        elif lsn > 0 and durable:
-            self._log.sync(lsn)
-        return ids
+        return ids, reserved, lsn
 
     # ------------------------------------------------------------------ workers
 
@@ -463,6 +548,9 @@ class Queue(QueueInterface):
                 if remaining <= 0:
                     return None
                 due = self._state.next_due_ms()
+                free = self._state.next_allowed_ms(now, qs, types)   # a rate limit ends
+                if free is not None and (due is None or free < due):
+                    due = free
                 if due is not None:
                     remaining = min(remaining, max((due - now) / 1000.0, 0.001))
                 self._cond.wait(remaining)
@@ -518,6 +606,8 @@ class Queue(QueueInterface):
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
             reserved = self._reserve_apply([rec])
+            if self._state.control.wake_on_finish:   # a limit's slot, or children released
+                self._cond.notify_all()
         self._publish(reserved, "durable" if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
@@ -534,7 +624,7 @@ class Queue(QueueInterface):
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
             reserved = self._reserve_apply([rec])
-            if rec.outcome == R.OUTCOME_RETRY:
+            if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
         self._publish(reserved, "durable" if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
@@ -571,6 +661,8 @@ class Queue(QueueInterface):
             if rec is None:
                 return JobStatus.RUNNING
             reserved = self._reserve_apply([rec])
+            if self._state.control.wake_on_finish:
+                self._cond.notify_all()
         self._publish(reserved, "durable")
         return JobStatus.CANCELLED if isinstance(rec, R.Cancel) else JobStatus.RUNNING
 
@@ -645,6 +737,8 @@ class Queue(QueueInterface):
         while not self._stop.wait(interval):
             try:
                 self.reap()
+                if self._schedules:
+                    self.run_periodic()
             except ClosedError:
                 return
             except Exception:  # a failed log refuses writes until reopened; stop quietly
@@ -663,7 +757,159 @@ class Queue(QueueInterface):
         self._check_open(write=False)
         self._log.flush()
 
+    # ------------------------------------------------------------------ queue control
+    # Each is a record folded like the others (control.py): durable, replayed, in stats.
+
+    def _control(self, rec) -> None:
+        """Append and fold one control record, wake waiting claims, wait for durability."""
+        with self._cond:
+            self._check_open()
+            reserved = self._reserve_apply([rec])
+            self._cond.notify_all()
+        self._publish(reserved, "durable")
+
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueues still work; running jobs go on)
+        until resume(). Survives restarts. A queue already paused: nothing is written."""
+        check_name(queue, "queue")
+        with self._lock:
+            self._check_open()
+            if queue in self._state.control.paused:
+                return
+        self._control(R.Pause(queue, self._now_ms()))
+
+    def resume(self, queue: str) -> None:
+        """Hand out jobs of ``queue`` again. A queue not paused: nothing is written."""
+        check_name(queue, "queue")
+        with self._lock:
+            self._check_open()
+            if queue not in self._state.control.paused:
+                return
+        self._control(R.Resume(queue, self._now_ms()))
+
+    def set_limit(self, *, queue: str | None = None, job_type: str | None = None,
+                  concurrency: int | None = None,
+                  rate: tuple[int, float] | None = None) -> None:
+        """Limit one queue or one job type (give exactly one): at most ``concurrency``
+        jobs RUNNING at once over all workers, and at most ``rate[0]`` claims per
+        ``rate[1]`` seconds (a sliding window over the claims' own times). A job held back
+        stays pending and is not charged an attempt. Both None removes the limit. The
+        whole limit of that queue/job type is replaced."""
+        if (queue is None) == (job_type is None):
+            raise ValueError("set_limit takes exactly one of queue= or job_type=")
+        scope, name = ((R.SCOPE_QUEUE, queue) if queue is not None
+                       else (R.SCOPE_JOB_TYPE, job_type))
+        check_name(name, "queue" if scope == R.SCOPE_QUEUE else "job_type")
+        conc = 0
+        if concurrency is not None:
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                    or not 1 <= concurrency <= 0xFFFFFFFF:
+                raise ValueError(f"concurrency must be an int >= 1 (or None), got "
+                                 f"{concurrency!r}")
+            conc = concurrency
+        count = period = 0
+        if rate is not None:
+            if not isinstance(rate, tuple) or len(rate) != 2:
+                raise TypeError("rate must be a (count, seconds) tuple")
+            count, seconds = rate
+            if isinstance(count, bool) or not isinstance(count, int) \
+                    or not 1 <= count <= 0xFFFFFFFF:
+                raise ValueError(f"rate count must be an int >= 1, got {count!r}")
+            check_seconds(seconds, "rate period")
+            period = round(seconds * 1000)
+            if period < 1:
+                raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
+        assert name is not None
+        self._control(R.Limit(scope, name, self._now_ms(), conc, count, period))
+
+    def schedule_periodic(self, name: str, cron: str, job: Job, *, tz: str = "UTC",
+                          missed: str = "skip", grace: float = 60.0):
+        """Enqueue a copy of ``job`` (a new id each time) at every due time of the cron
+        expression ``cron`` in time zone ``tz``. Each firing is a PERIODIC_FIRE record in
+        one batch with its enqueue, so a due time fires once however many times the
+        process restarts. ``missed``: "skip" (default: due times older than ``grace``
+        seconds are not run) or "once" (after downtime the latest missed one runs once).
+        The schedule itself lives in this Queue object (register it at startup, like a
+        handler); the reaper thread fires it, or call run_periodic(). Replaces a schedule
+        of the same name. Returns the schedule (aurora_log.local.cron.Periodic)."""
+        from .cron import CronSchedule, Periodic
+        check_name(name, "schedule name")
+        if not isinstance(job, Job):
+            raise TypeError(f"schedule_periodic takes a Job template, not {type(job).__name__}")
+        check_seconds(grace, "grace")
+        sched = Periodic(name, CronSchedule(cron, tz), job.copy(), missed,
+                         round(grace * 1000))
+        self._build(self._firing(sched, self._now_ms()), self._now_ms())   # validates
+        with self._lock:
+            self._check_open(write=False)
+            self._schedules[name] = sched
+        return sched
+
+    def unschedule_periodic(self, name: str) -> bool:
+        """Forget the schedule ``name`` in this process; True if it existed."""
+        with self._lock:
+            return self._schedules.pop(name, None) is not None
+
+    @staticmethod
+    def _firing(sched, now_ms: int) -> Job:
+        """The job one firing enqueues: the template with a new id, created now."""
+        from ..job import from_ms, new_id
+        j = sched.template.copy()
+        j.id = new_id()
+        j.created_at = from_ms(now_ms)
+        return j
+
+    def run_periodic(self, now: datetime | float | None = None) -> builtins.list[str]:
+        """Fire every registered schedule that is due (see schedule_periodic); returns the
+        ids of the jobs enqueued. The reaper thread calls this every reaper_interval."""
+        if not self._schedules:
+            return []
+        fired: builtins.list[str] = []
+        for name in builtins.list(self._schedules):
+            now_ms = self._now_ms() if now is None else self._ms(now)
+            with self._cond:
+                self._check_open()
+                sched = self._schedules.get(name)
+                if sched is None:
+                    continue
+                due = sched.due_to_fire(self._state.control.fired.get(name), now_ms)
+                if due is None:
+                    continue
+                job = self._firing(sched, now_ms)
+                rec, payload = self._build(job, now_ms)
+                owner = (self._state.unique_owner(rec.unique_key)
+                         if rec.unique_key is not None else None)
+                fire = R.PeriodicFire(name, now_ms, due, owner or rec.id)
+                if owner is not None:          # its unique key is taken: fired, no new job
+                    reserved = self._reserve_apply([fire])
+                else:
+                    reserved = self._reserve_apply([fire, rec],
+                                                   [R.encode(fire), (R.ENQUEUE, payload)])
+                    fired.append(rec.id)
+                self._cond.notify_all()
+            self._publish(reserved, "durable")
+        return fired
+
+    @staticmethod
+    def _ms(now: datetime | float) -> int:
+        if isinstance(now, datetime):
+            return to_ms(now, "now")
+        if isinstance(now, (int, float)) and not isinstance(now, bool):
+            return round(now * 1000)
+        raise TypeError("now must be a datetime, epoch seconds or None")
+
     # ------------------------------------------------------------------ reads
+
+    def follow(self, from_lsn: int | None = None, *, poll: float = 0.2, wait: bool = True):
+        """Yield every transition from ``from_lsn`` on (None: the oldest stored) as
+        :class:`aurora_log.local.follow.LogEntry` objects, as they are written, until the
+        queue is closed (or the caller stops iterating; ``wait=False``: until the current
+        end). Resume with ``from_lsn=entry.lsn + 1``. Another process can follow the same
+        store with :func:`aurora_log.follow` (read-only, no lock)."""
+        from .follow import follow
+        self._check_open(write=False)
+        return follow(self._log.directory, from_lsn, poll=poll, wait=wait,
+                      stop=lambda: self._closed, max_record_bytes=self._log.max_record_bytes)
 
     def get(self, job_id: str) -> Job | None:
         job_id = check_job_id(job_id)
@@ -689,6 +935,7 @@ class Queue(QueueInterface):
             self._check_open(write=False)
             out = self._state.stats()
             out["last_lsn"] = self._state.last_lsn
+            out["control"] = self._state.control.describe()
             return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:

@@ -43,11 +43,26 @@ type  name            layout v1 (fixed header, then variable parts)
                       (RUNNING -> PENDING, due at at_ms, retry_count unchanged: the
                       attempt is handed back, not spent; Queue.release). outcome: 1 =
                       pending again, 3 = cancelled (a cancel had been requested)
+20    PAUSE           u8 ver, i64 at_ms, u16 len queue; queue    (claims skip the queue)
+21    RESUME          u8 ver, i64 at_ms, u16 len queue; queue    (undoes PAUSE)
+22    LIMIT           u8 ver, u8 scope (1 = queue, 2 = job_type), i64 at_ms,
+                      u32 concurrency (0 = none), u32 rate_count (0 = none),
+                      i64 rate_period_ms, u16 len name; name
+                      (the whole limit of that queue/job type; all zero removes it)
+23    PERIODIC_FIRE   u8 ver, i64 at_ms, i64 due_ms, u16 len name, u16 len id; name, id
+                      (schedule `name` fired for due time due_ms; always in one batch
+                      with the ENQUEUE of job `id` that follows it)
+24    DEPENDS         u8 ver, u8 on_parent_failure (1 = cancel the child, 2 = ignore),
+                      i64 at_ms, u16 len id, u16 count; id, count x (u16 len, parent id)
+                      (job `id` waits for its parents; always in one batch with the
+                      job's ENQUEUE, which follows it)
 ====  ==============  ===================================================================
 
 Every decision that depends on a clock or on chance is *in* the record (the lease
 deadline, the next due time of a retry, the reaper's verdict), so replaying the log gives
-the same state no matter when it is replayed. Type 0 is invalid; 13..255 are free.
+the same state no matter when it is replayed. Type 0 is invalid; 13..19 and 25..255 are
+free. Queue control (20..24) is folded by ``control.py``: rate limits decide from the
+CLAIM records' own times, so replay makes the same decisions.
 """
 
 from __future__ import annotations
@@ -64,6 +79,9 @@ __all__ = [
     "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RELEASE", "RECORD_NAMES", "RecordError",
     "Enqueue", "Claim", "Heartbeat", "Progress", "Complete", "Fail", "Reap", "Cancel",
     "CancelRequest", "RetryDead", "Purge", "Release", "Record",
+    "PAUSE", "RESUME", "LIMIT", "PERIODIC_FIRE", "DEPENDS", "CONTROL_TYPES",
+    "Pause", "Resume", "Limit", "PeriodicFire", "Depends",
+    "SCOPE_QUEUE", "SCOPE_JOB_TYPE", "ON_FAILURE_CANCEL", "ON_FAILURE_IGNORE",
     "OUTCOME_RETRY", "OUTCOME_DEAD", "OUTCOME_CANCELLED",
     "REASON_LEASE_EXPIRED", "REASON_TIMEOUT", "REASON_PROCESS_DIED", "REASON_TEXT",
     "encode", "decode",
@@ -81,11 +99,24 @@ CANCEL_REQUEST = 9
 RETRY_DEAD = 10
 PURGE = 11
 RELEASE = 12
+PAUSE = 20
+RESUME = 21
+LIMIT = 22
+PERIODIC_FIRE = 23
+DEPENDS = 24
+CONTROL_TYPES = (PAUSE, RESUME, LIMIT, PERIODIC_FIRE, DEPENDS)
 
 RECORD_NAMES = {ENQUEUE: "enqueue", CLAIM: "claim", HEARTBEAT: "heartbeat",
                 PROGRESS: "progress", COMPLETE: "complete", FAIL: "fail", REAP: "reap",
                 CANCEL: "cancel", CANCEL_REQUEST: "cancel_request",
-                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release"}
+                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release",
+                PAUSE: "pause", RESUME: "resume", LIMIT: "limit",
+                PERIODIC_FIRE: "periodic_fire", DEPENDS: "depends"}
+
+SCOPE_QUEUE = 1
+SCOPE_JOB_TYPE = 2
+ON_FAILURE_CANCEL = 1
+ON_FAILURE_IGNORE = 2
 
 OUTCOME_RETRY = 1
 OUTCOME_DEAD = 2
@@ -195,8 +226,42 @@ class Purge(NamedTuple):
     ids: tuple
 
 
+class Pause(NamedTuple):
+    queue: str
+    at_ms: int
+
+
+class Resume(NamedTuple):
+    queue: str
+    at_ms: int
+
+
+class Limit(NamedTuple):
+    scope: int                  # SCOPE_QUEUE or SCOPE_JOB_TYPE
+    name: str
+    at_ms: int
+    concurrency: int            # 0 = no concurrency limit
+    rate_count: int             # 0 = no rate limit
+    rate_period_ms: int
+
+
+class PeriodicFire(NamedTuple):
+    name: str
+    at_ms: int
+    due_ms: int
+    id: str                     # the job this firing enqueues (its ENQUEUE follows)
+
+
+class Depends(NamedTuple):
+    id: str
+    at_ms: int
+    parents: tuple
+    on_parent_failure: int      # ON_FAILURE_CANCEL or ON_FAILURE_IGNORE
+
+
 Record = (Enqueue | Claim | Heartbeat | Progress | Complete | Fail | Reap | Cancel
-          | CancelRequest | RetryDead | Purge | Release)
+          | CancelRequest | RetryDead | Purge | Release | Pause | Resume | Limit
+          | PeriodicFire | Depends)
 
 _SIMPLE_TYPES: dict[int, type[Cancel | CancelRequest | RetryDead]] = {
     CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}
@@ -215,6 +280,9 @@ _PURGE = struct.Struct("<BqI")
 _REL = struct.Struct("<BBq8sH")
 _RELEASE_OUTCOMES = (OUTCOME_RETRY, OUTCOME_CANCELLED)
 _H = struct.Struct("<H")
+_LIMIT = struct.Struct("<BBqIIqH")
+_FIRE = struct.Struct("<BqqHH")
+_DEPS = struct.Struct("<BBqHH")
 
 _F_SCHED, _F_TIMEOUT, _F_UKEY = 1, 2, 4
 
@@ -314,6 +382,32 @@ def _encode_release(rec: Release) -> bytes:
     return _REL.pack(VERSION, rec.outcome, rec.at_ms, rec.token, len(i)) + i
 
 
+def _encode_queue_name(rec: Pause | Resume) -> bytes:
+    n = _s(rec.queue)
+    return _SIMPLE.pack(VERSION, rec.at_ms, len(n)) + n
+
+
+def _encode_limit(rec: Limit) -> bytes:
+    n = _s(rec.name)
+    return _LIMIT.pack(VERSION, rec.scope, rec.at_ms, rec.concurrency, rec.rate_count,
+                       rec.rate_period_ms, len(n)) + n
+
+
+def _encode_fire(rec: PeriodicFire) -> bytes:
+    n, i = _s(rec.name), _s(rec.id)
+    return _FIRE.pack(VERSION, rec.at_ms, rec.due_ms, len(n), len(i)) + n + i
+
+
+def _encode_depends(rec: Depends) -> bytes:
+    i = _s(rec.id)
+    parts = [_DEPS.pack(VERSION, rec.on_parent_failure, rec.at_ms, len(i), len(rec.parents)), i]
+    for parent in rec.parents:
+        b = _s(parent)
+        parts.append(_H.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
 # record class -> (type byte, its encoder): one lookup per record
 _ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     Enqueue: (ENQUEUE, encode_enqueue), Claim: (CLAIM, _encode_claim),
@@ -322,6 +416,9 @@ _ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     Reap: (REAP, _encode_reap), Cancel: (CANCEL, _encode_simple),
     CancelRequest: (CANCEL_REQUEST, _encode_simple), RetryDead: (RETRY_DEAD, _encode_simple),
     Purge: (PURGE, _encode_purge), Release: (RELEASE, _encode_release),
+    Pause: (PAUSE, _encode_queue_name), Resume: (RESUME, _encode_queue_name),
+    Limit: (LIMIT, _encode_limit), PeriodicFire: (PERIODIC_FIRE, _encode_fire),
+    Depends: (DEPENDS, _encode_depends),
 }
 
 
@@ -490,6 +587,52 @@ def _decode(rtype: int, data: bytes) -> Record:
             raise _bad(rtype, f"unknown outcome {outcome}")
         (job_id,) = _strs(rtype, data, _REL.size, (li,))
         return Release(_check_id(rtype, job_id), at, token, outcome)
+    if rtype in (PAUSE, RESUME):
+        _, at, ln = _head(rtype, _SIMPLE, data)
+        (queue,) = _strs(rtype, data, _SIMPLE.size, (ln,))
+        if not queue:
+            raise _bad(rtype, "empty queue name")
+        return (Pause if rtype == PAUSE else Resume)(queue, at)
+    if rtype == LIMIT:
+        _, scope, at, conc, count, period, ln = _head(rtype, _LIMIT, data)
+        if scope not in (SCOPE_QUEUE, SCOPE_JOB_TYPE):
+            raise _bad(rtype, f"unknown scope {scope}")
+        if (count == 0) != (period == 0) or period < 0:
+            raise _bad(rtype, f"rate {count} per {period} ms")
+        (name,) = _strs(rtype, data, _LIMIT.size, (ln,))
+        if not name:
+            raise _bad(rtype, "empty name")
+        return Limit(scope, name, at, conc, count, period)
+    if rtype == PERIODIC_FIRE:
+        _, at, due, ln, li = _head(rtype, _FIRE, data)
+        name, job_id = _strs(rtype, data, _FIRE.size, (ln, li))
+        if not name:
+            raise _bad(rtype, "empty schedule name")
+        return PeriodicFire(name, at, due, _check_id(rtype, job_id))
+    if rtype == DEPENDS:
+        _, policy, at, li, count = _head(rtype, _DEPS, data)
+        if policy not in (ON_FAILURE_CANCEL, ON_FAILURE_IGNORE):
+            raise _bad(rtype, f"unknown on_parent_failure {policy}")
+        pos = _DEPS.size + li
+        if pos > len(data):
+            raise _bad(rtype, "truncated id")
+        (job_id,) = _strs(rtype, data[:pos], _DEPS.size, (li,))
+        parents = []
+        for _ in range(count):
+            if pos + 2 > len(data):
+                raise _bad(rtype, "truncated parent list")
+            (n,) = _H.unpack_from(data, pos)
+            pos += 2
+            if pos + n > len(data):
+                raise _bad(rtype, "truncated parent id")
+            try:
+                parents.append(_check_id(rtype, data[pos:pos + n].decode("utf-8")))
+            except UnicodeDecodeError:
+                raise _bad(rtype, "parent id is not valid UTF-8") from None
+            pos += n
+        if pos != len(data) or not parents:
+            raise _bad(rtype, "trailing bytes or no parents")
+        return Depends(_check_id(rtype, job_id), at, tuple(parents), policy)
     if rtype == PURGE:
         _, at, count = _head(rtype, _PURGE, data)
         pos = _PURGE.size

@@ -28,14 +28,15 @@ from typing import Protocol
 import lz4.frame
 
 from ..errors import CorruptionError
+from .control import Control
 from .log import crc32c, crc_mask
 from .order import claim_key, enqueue_due, timer_key
 from .state import State
 from .table import AT, HEAD_SIZE, LSN, PAIR, PRIO, Rec, SnapshotBase, unpack_head
 
 MAGIC = b"AURSNAP1"
-VERSION = 2                      # written; versions 1 and 2 are read
-READ_VERSIONS = (1, 2)
+VERSION = 3                      # written; versions 1, 2 and 3 are read
+READ_VERSIONS = (1, 2, 3)        # 3 = 2 + the queue-control state in the meta
 # magic, version, flags, lsn, items, body_len, content_len, max_at_ms, body crc | hdr crc
 _HEAD = struct.Struct("<8sIIQQQQqI")
 HEADER = _HEAD.size + 4          # 64
@@ -78,6 +79,25 @@ class StateView:
     pairs: list[tuple[str, str]]
     last_lsn: int
     applied: int
+    control: dict | None = None      # Control.export() at the capture
+
+
+def _control_export(state: object) -> dict | None:
+    """The queue-control state to store: a State's Control, or a view's captured export."""
+    c = getattr(state, "control", None)
+    if isinstance(c, Control):
+        return c.export()
+    return c if isinstance(c, dict) else None
+
+
+def _restore_control(s: State, data: object) -> None:
+    """Put a stored control state into ``s`` before its jobs are loaded (a job waiting
+    for parents stays out of the claim order)."""
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ValueError("control state is not an object")
+    s.control = Control.from_export(data)
 
 
 # --------------------------------------------------------------------------- the state's export
@@ -88,6 +108,9 @@ def export_items(state: Exportable) -> Iterator[bytes]:
     are self-describing and versioned; the file layer frames and compresses them."""
     header = {"v": EXPORT_VERSION, "last_lsn": state.last_lsn, "applied": state.applied,
               "pairs": [list(p) for p in state.pairs], "jobs": len(state.jobs)}
+    control = _control_export(state)
+    if control is not None:
+        header["control"] = control        # optional: exports before issue 17 lack it
     yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
     for job_id, v in state.jobs.items():
         if type(v) is bytes:
@@ -145,6 +168,7 @@ def state_from_items(items: Iterable[bytes]) -> State:
         if h["v"] != EXPORT_VERSION:
             raise ValueError(f"unknown state export version {h['v']}")
         s = State.restore(h["pairs"], h["last_lsn"], h["applied"])
+        _restore_control(s, h.get("control"))
         n = s.load_jobs(_items(it))
         if n != h["jobs"]:
             raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
@@ -193,7 +217,7 @@ def export_split(state: Exportable, on_progress: Callable[[int], None] | None = 
     runs = [_segments(r) for r in ready]
     runs.append(_segments(timers))
     meta = {"last_lsn": state.last_lsn, "applied": state.applied,
-            "pairs": [list(p) for p in state.pairs]}
+            "pairs": [list(p) for p in state.pairs], "control": _control_export(state)}
     return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
             "runs": runs}
 
@@ -224,6 +248,7 @@ def state_from_split(meta: dict, base: SnapshotBase, rest: list[bytes], rest_pos
     stay in ``base``, the ``rest`` items are imported. ValueError if they are malformed."""
     try:
         s = State.restore(meta["pairs"], meta["last_lsn"], meta["applied"])
+        _restore_control(s, meta.get("control"))
         recs = []
         for item in rest:
             if item[:1] != b"R":
@@ -376,8 +401,10 @@ def _id_pieces(ids: list[str]) -> tuple[int, bool, list[bytes]]:
 
 def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
                  on_progress: Callable[[int, int], None] | None = None,
-                 every: int = 50_000) -> bytes:
-    """The whole VERSION 2 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md).
+                 every: int = 50_000, version: int = VERSION) -> bytes:
+    """The whole VERSION 3 snapshot file of ``state`` at ``lsn`` (layout: native/FORMAT.md;
+    ``version=2`` writes the layout without the control state, for the tests that check
+    version 2 files are still read: ValueError if the state has control to lose).
     The never-touched pending jobs are stored column-wise (ids, byte planes of their
     fixed heads, tails) with their claim order as runs of ranks, so a load needs no
     per-job work before the first claim; every other job is a version-1 export item.
@@ -402,10 +429,16 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     for segs in sp["runs"]:
         runs += _U32.pack(len(segs))
         runs += _u32s(itertools.chain.from_iterable(segs))
-    meta = json.dumps({"v": 2, "last_lsn": sp["meta"]["last_lsn"],
-                       "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
-                       "jobs": nb + len(rest), "base": nb, "rest": len(rest),
-                       "id_width": width, "uuid": uuid}, separators=(",", ":")).encode()
+    control = sp["meta"]["control"] or {}
+    fields = {"v": version, "last_lsn": sp["meta"]["last_lsn"],
+              "applied": sp["meta"]["applied"], "pairs": sp["meta"]["pairs"],
+              "jobs": nb + len(rest), "base": nb, "rest": len(rest),
+              "id_width": width, "uuid": uuid}
+    if version == 3:
+        fields["control"] = control
+    elif version != 2 or control != Control().export():
+        raise ValueError(f"cannot write this state as a version {version} snapshot")
+    meta = json.dumps(fields, separators=(",", ":")).encode()
     parts = [_U32.pack(len(meta)), meta]
     for sec in (ids_sec, heads, tail_lens, tails, [_u32s(map(len, rest))], rest,
                 [_u32s(sp["rest_pos"])], [bytes(runs)]):
@@ -421,7 +454,7 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     out.append(comp.flush())
     del parts
     body = b"".join(out)
-    return _frame(2, lsn, total + 1, body, clen, max_at_ms)
+    return _frame(version, lsn, total + 1, body, clen, max_at_ms)
 
 
 def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
@@ -576,8 +609,10 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         raise bad(f"meta of {mlen} bytes overruns the content", 0)
     try:
         meta = json.loads(content[4:4 + mlen])
-        if type(meta) is not dict or meta.get("v") != 2:
-            raise ValueError("not a version 2 meta")
+        if type(meta) is not dict or meta.get("v") != info.version:
+            raise ValueError(f"not a version {info.version} meta")
+        if info.version >= 3 and type(meta.get("control")) is not dict:
+            raise ValueError("a version 3 meta without its control state")
         nb, nr, total = meta["base"], meta["rest"], meta["jobs"]
         width, pairs, uuid = meta["id_width"], meta["pairs"], meta["uuid"]
         if type(uuid) is not bool or (uuid and width != 36):

@@ -493,7 +493,8 @@ class Compactor:
                 new.sort()
                 for _, jid, c in new:
                     view[jid] = c
-                vs = StateView(view, list(st.pairs), st.last_lsn, st.applied)
+                vs = StateView(view, list(st.pairs), st.last_lsn, st.applied,
+                               st.control.export())
                 max_at = host.max_at_ms()
             finally:
                 host.untrack_touched()

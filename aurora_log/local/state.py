@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from . import records as R
+from .control import Control
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
 from ..job import (MAX_DUE_MS, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
                    unfilled_job)
@@ -87,6 +88,8 @@ class State:
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
+        # queue control (pause, limits, periodic firings, dependencies): control.py
+        self.control = Control()
 
     # ------------------------------------------------------------------ small helpers
 
@@ -147,8 +150,10 @@ class State:
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
+            self.control.on_running(self.pairs[h[PAIR]], -1)
         if new == RUNNING:
             self._running.add(job_id)
+            self.control.on_running(self.pairs[h[PAIR]], +1)
         if new in FINISHED and h[UKEY_LEN]:
             ukey = r.blob[HEAD_SIZE:HEAD_SIZE + h[UKEY_LEN]].decode()
             if self._unique.get(ukey) == job_id:
@@ -218,6 +223,9 @@ class State:
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
+        if self.control.waiting and job_id in self.control.waiting:
+            self._enqueue_dependent(lsn, job_id, at)
+            return at
         self.order.add(job_id, pair, prio, clamp_due(sched) if has_sched else at, lsn, at)
         return at
 
@@ -265,8 +273,60 @@ class State:
         qc[PENDING] += 1
         if ukey is not None and ukey not in self._unique:
             self._unique[ukey] = job_id
+        if self.control.waiting and job_id in self.control.waiting:
+            self._enqueue_dependent(lsn, job_id, at)
+            return
         self.order.add(job_id, pair, e.priority, at if sched is None else clamp_due(sched),
                        lsn, at)
+
+    # ------------------------------------------------------------------ dependencies
+
+    def _enqueue_dependent(self, lsn: int, job_id: str, at: int) -> None:
+        """The ENQUEUE of a job whose DEPENDS came first. It is touched at once (a Rec:
+        a snapshot then stores it with its fields, never in a claim-order run), and put
+        in the claim order only when its parents allow: now, when they are done already;
+        never, when one failed first (it is cancelled here)."""
+        r = self._rec(job_id)
+        assert r is not None
+        reason = self.control.settled_reason(job_id)
+        if reason is not None:
+            self._settle_cancel(lsn, at, job_id, r, reason)
+        elif not self.control.hold(job_id):
+            self._release(job_id, r, at)
+
+    def _release(self, job_id: str, r: Rec, at: int) -> None:
+        """A waiting child's parents are done: it enters the claim order at its own place
+        (its enqueue due time and FIFO position), as if it had waited there all along."""
+        if r.status != PENDING:
+            return                          # cancelled meanwhile
+        h = unpack_head(r.blob)
+        self.order.add_blob(job_id, r.blob, enqueue_due(h), r.seq, at)
+
+    def _settle_cancel(self, lsn: int, at: int, job_id: str, r: Rec, reason: str) -> None:
+        """A parent failed: the waiting child ends CANCELLED with the reason (a transition
+        of its own in history, at the record that decided it), and its own children follow."""
+        if r.status != PENDING:
+            return
+        self._set(job_id, r, CANCELLED)
+        r.completed = at
+        r.error = reason
+        r.hist.append((lsn, R.CANCEL, at, CANCELLED, None, r.retry + 1, reason))
+        self.order.left(job_id, unpack_head(r.blob)[PAIR])
+        self._finished(lsn, at, job_id, CANCELLED)
+
+    def _finished(self, lsn: int, at: int, job_id: str, status: int) -> None:
+        """``job_id`` reached a final status: settle the children waiting for it."""
+        if not self.control.children:
+            return
+        release, cancel = self.control.on_finished(job_id, status)
+        for child in release:
+            r = self._rec(child)
+            if r is not None:
+                self._release(child, r, at)
+        for child, reason in cancel:
+            r = self._rec(child)
+            if r is not None:
+                self._settle_cancel(lsn, at, child, r, reason)
 
     def _running_rec(self, lsn: int, rec, what: str) -> Rec | None:
         r = self.jobs.get(rec.id)
@@ -290,6 +350,8 @@ class State:
         r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
         h = unpack_head(r.blob)
+        if self.control.windows:
+            self.control.on_claim(self.pairs[h[PAIR]], c.at_ms)
         if h[TIMEOUT_MS]:
             heapq.heappush(self._timeouts, (c.at_ms + h[TIMEOUT_MS], c.id, c.token))
         self.order.left(c.id, h[PAIR])
@@ -333,6 +395,7 @@ class State:
         r.result = c.result
         r.error = None
         r.hist.append((lsn, R.COMPLETE, c.at_ms, COMPLETED, r.worker, r.retry + 1, None))
+        self._finished(lsn, c.at_ms, c.id, COMPLETED)
 
     def _after_attempt(self, lsn: int, job_id: str, r: Rec, outcome: int, at: int, due: int,
                        retry_status: int, rtype: int, note: str) -> None:
@@ -348,6 +411,8 @@ class State:
             r.completed = at
             self._set(job_id, r, DEAD_LETTER if outcome == R.OUTCOME_DEAD else CANCELLED)
         r.hist.append((lsn, rtype, at, r.status, r.worker, attempt, note))
+        if outcome != R.OUTCOME_RETRY:
+            self._finished(lsn, at, job_id, r.status)
 
     def _apply_fail(self, lsn: int, f: R.Fail) -> None:
         r = self._running_rec(lsn, f, "fail")
@@ -384,6 +449,8 @@ class State:
             self._set(rel.id, r, PENDING)
             self.order.add_blob(rel.id, r.blob, rel.at_ms, lsn, rel.at_ms)
         r.hist.append((lsn, R.RELEASE, rel.at_ms, r.status, r.worker, attempt, None))
+        if r.status == CANCELLED:
+            self._finished(lsn, rel.at_ms, rel.id, CANCELLED)
 
     def _apply_cancel(self, lsn: int, c: R.Cancel) -> None:
         r = self._rec(c.id)
@@ -394,6 +461,7 @@ class State:
         r.completed = c.at_ms
         r.hist.append((lsn, R.CANCEL, c.at_ms, CANCELLED, None, r.retry + 1, None))
         self.order.left(c.id, unpack_head(r.blob)[PAIR])
+        self._finished(lsn, c.at_ms, c.id, CANCELLED)
 
     def _apply_cancel_request(self, lsn: int, c: R.CancelRequest) -> None:
         r = self.jobs.get(c.id)
@@ -428,6 +496,30 @@ class State:
                 continue
             self._count(self.pairs[unpack_head(r.blob)[PAIR]][0], r.status, 0)
             del self.jobs[job_id]
+            self.control.forget(job_id)
+
+    def _apply_pause(self, lsn: int, p: R.Pause) -> None:
+        self.control.apply_pause(p)
+
+    def _apply_resume(self, lsn: int, p: R.Resume) -> None:
+        self.control.apply_resume(p)
+
+    def _apply_limit(self, lsn: int, p: R.Limit) -> None:
+        self.control.apply_limit(p)
+
+    def _apply_periodic_fire(self, lsn: int, p: R.PeriodicFire) -> None:
+        self.control.apply_fire(p)
+
+    def _apply_depends(self, lsn: int, d: R.Depends) -> None:
+        if d.id in self.jobs:
+            self.anomaly(lsn, f"depends of existing job {d.id}")
+            return
+
+        def status_of(job_id: str) -> int | None:
+            v = self.jobs.get(job_id)
+            return None if v is None else (v.status if type(v) is Rec else PENDING)
+
+        self.control.apply_depends(d, status_of)
 
     # ------------------------------------------------------------------ the claim decision
 
@@ -439,7 +531,26 @@ class State:
         then the choice is a pure read (``ClaimOrder.best``). The claim itself happens when
         its record is applied."""
         self.order.promote(now_ms)
-        return self.order.best(self.order.candidates(queues, job_types))
+        cands = self.order.candidates(queues, job_types)
+        control = self.control
+        if control.active:          # paused queues and reached limits are not looked at
+            pairs = self.pairs
+            cands = [ix for ix in cands if not control.blocked(*pairs[ix], now_ms)]
+        return self.order.best(cands)
+
+    def next_allowed_ms(self, now_ms: int, queues: frozenset | None = None,
+                        job_types: frozenset | None = None) -> int | None:
+        """When a rate limit that now holds back some of these pairs lets a claim through
+        (the claim wait sleeps until then), or None."""
+        control = self.control
+        if not control.windows:
+            return None
+        best = None
+        for ix in self.order.candidates(queues, job_types):
+            free = control.rate_free_ms(*self.pairs[ix], now_ms)
+            if free is not None and (best is None or free < best):
+                best = free
+        return best
 
     def next_due_ms(self) -> int | None:
         """The due time of the earliest scheduled job or retry (None if none)."""
@@ -636,6 +747,10 @@ class State:
         j.created_at = from_ms(created)
         j.timeout_seconds = _secs(timeout) if timeout else None
         j.lease_duration = _secs(lease)
+        if self.control.waiting:
+            parents = self.control.parents_of(job_id)
+            if parents:
+                j._deps = (parents, self.control.policy_of(job_id))
         if type(v) is not Rec:
             j.status = JobStatus.PENDING
             j.retry_count = 0
@@ -728,7 +843,8 @@ class State:
         """Everything observable, for tests: equal fingerprints = equal states."""
         jobs = tuple((i, self._job_from_entry(i, v).to_dict(), tuple(self.history(i)))
                      for i, v in self.jobs.items())
-        return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn)
+        return (jobs, self.stats(), tuple(sorted(self._unique.items())), self.last_lsn,
+                repr(self.control.export()), tuple(sorted(self.control.running.items())))
 
     # ------------------------------------------------------------------ loading a snapshot
     # (the bytes are snapfile.py's; these build the state from the jobs it decoded)
@@ -834,7 +950,9 @@ class State:
         self._count(queue, 0, r.status)
         if ukey is not None and r.status in LIVE:
             self._unique.setdefault(ukey, job_id)
-        if r.status in WAITING:
+        if r.status in WAITING and self.control.hold(job_id):
+            pass                             # waits for its parents, outside the order
+        elif r.status in WAITING:
             # the ready/timer split is recomputed by promote(); `at` = the last transition
             at = r.hist[-1][2] if r.hist else h[AT]
             due = r.due if r.due else \
@@ -842,6 +960,7 @@ class State:
             self.order.add_blob(job_id, blob, due, r.seq, at)
         elif r.status == RUNNING:
             self._running.add(job_id)
+            self.control.on_running(self.pairs[h[PAIR]], +1)
             heapq.heappush(self._leases, (r.lease_dl, job_id, r.token))
             if h[TIMEOUT_MS]:
                 heapq.heappush(self._timeouts, (r.started + h[TIMEOUT_MS], job_id, r.token))
@@ -873,4 +992,6 @@ _APPLY: dict[int, Callable[[State, int, Any], None]] = {
     R.CANCEL: State._apply_cancel, R.CANCEL_REQUEST: State._apply_cancel_request,
     R.RETRY_DEAD: State._apply_retry_dead, R.PURGE: State._apply_purge,
     R.RELEASE: State._apply_release,
+    R.PAUSE: State._apply_pause, R.RESUME: State._apply_resume, R.LIMIT: State._apply_limit,
+    R.PERIODIC_FIRE: State._apply_periodic_fire, R.DEPENDS: State._apply_depends,
 }

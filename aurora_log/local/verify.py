@@ -32,11 +32,12 @@ from .log import Log
 from .replay import replay
 from .snapshot import list_snapshots, load_snapshot
 from .state import State
-from .table import RUNNING, Rec
+from .table import PAIR, RUNNING, Rec, blob_of, unpack_head
 
 __all__ = ["verify", "VerifyReport", "Problem"]
 
 _ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
+_JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
@@ -225,9 +226,9 @@ class _Checks:
     def before(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
         rep, live = self.rep, self.live
         rep.records += 1
-        if type(rec) is R.Purge:
+        if type(rec) is R.Purge or type(rec) in _JOBLESS:
             return
-        assert not isinstance(rec, R.Purge)
+        assert not isinstance(rec, (R.Purge, R.Pause, R.Resume, R.Limit))
         jid = rec.id
         v = state.jobs.get(jid)
         self._retry_before = v.retry if type(v) is Rec else 0
@@ -235,6 +236,7 @@ class _Checks:
             if jid in live:
                 rep._p("invariant", f"job {jid} claimed while a lease is live (two leases)",
                        lsn=lsn)
+            self._check_control(state, lsn, rec)
             live[jid] = rec.token
         elif rtype in _ENDS or rtype in _ON_ATTEMPT:
             assert isinstance(rec, (R.Complete, R.Fail, R.Reap, R.Heartbeat, R.Progress))
@@ -244,15 +246,30 @@ class _Checks:
             elif rtype in _ENDS:
                 del live[jid]
 
+    def _check_control(self, state: State, lsn: int, c: R.Claim) -> None:
+        """Queue control's promises, at each claim: never a job waiting for its parents,
+        never a paused queue, never over a concurrency or rate limit."""
+        control, rep = state.control, self.rep
+        if control.hold(c.id):
+            rep._p("invariant", f"job {c.id} claimed before its parents completed", lsn=lsn)
+        v = state.jobs.get(c.id)
+        if v is not None and control.active:
+            queue, job_type = state.pairs[unpack_head(blob_of(v))[PAIR]]
+            if control.blocked(queue, job_type, c.at_ms):
+                rep._p("invariant", f"job {c.id} claimed from a paused queue or over a "
+                       "limit", lsn=lsn)
+
     def after(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
         rep, jobs = self.rep, state.jobs
-        if type(rec) is R.Purge:
+        if type(rec) in _JOBLESS:
+            pass
+        elif type(rec) is R.Purge:
             for jid in rec.ids:
                 if jid in self.live and jid not in jobs:
                     rep._p("invariant", f"job {jid} purged with a live lease", lsn=lsn)
                     self.live.pop(jid, None)
         else:
-            assert not isinstance(rec, R.Purge)
+            assert not isinstance(rec, (R.Purge, R.Pause, R.Resume, R.Limit))
             v = jobs.get(rec.id)
             if rtype != R.RETRY_DEAD and type(v) is Rec and v.retry < self._retry_before:
                 rep._p("invariant", f"job {rec.id}: retry count went down "

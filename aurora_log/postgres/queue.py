@@ -300,6 +300,12 @@ class PostgresQueue(QueueInterface):
         batch)."""
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
+        jobs = list(jobs)
+        for j in jobs:
+            if isinstance(j, Job) and j.depends_on:
+                # refused, not ignored: a job run before its parents is worse than an error
+                raise NotImplementedError("job dependencies (Job.after, chain, group) are not "
+                                          "supported on PostgreSQL yet (issue 17)")
         now = self._now_ms()
         rows = [self._row(j, now) for j in jobs]
         seen: set[str] = set()

@@ -40,7 +40,7 @@ from ..job import Job, JobPriority, JobStatus
 
 __all__ = [
     "Handler", "TaskRegistry", "Task", "TaskHandle", "TaskFailed", "TaskCancelled",
-    "task", "register_handler", "registry", "call_payload",
+    "task", "register_handler", "registry", "call_payload", "periodic",
 ]
 
 
@@ -183,6 +183,30 @@ def task(q: Any, name: str | Callable[..., Any] | None = None, *, context: bool 
     return decorate
 
 
+def periodic(q: Any, cron: str, *, tz: str = "UTC", missed: str = "skip",
+             grace: float = 60.0, name: str | None = None,
+             **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """``@q.periodic("*/5 * * * *", tz="Europe/Paris")`` on a function (it becomes a task,
+    as with ``@q.task``; task options such as ``priority=`` or ``queue=`` are accepted) or
+    on a Task: the task runs with no arguments at every due time of ``cron``, fired once
+    per due time by the queue (see ``Queue.schedule_periodic``; ``name`` defaults to the
+    task's job_type). The schedule lives in this process: register it at startup, as
+    handlers are; what was fired is in the log."""
+    _check_options(options)
+    schedule = getattr(q, "schedule_periodic", None)
+    if schedule is None:
+        raise NotImplementedError(f"{type(q).__name__} has no periodic schedules yet")
+
+    def decorate(fn: Callable[..., Any]) -> Task:
+        t = fn if isinstance(fn, Task) else task(q, **options)(fn)
+        opts = {**t.handler.options, **options} if isinstance(fn, Task) else t.handler.options
+        job = build_job(t.job_type, call_payload([], {}), **opts)
+        schedule(name or t.job_type, cron, job, tz=tz, missed=missed, grace=grace)
+        return t
+
+    return decorate
+
+
 def _default_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or ""
     qual = getattr(fn, "__qualname__", None) or fn.__name__
@@ -234,6 +258,21 @@ class Task:
         opts = {**self.handler.options, **over}
         job = build_job(self.job_type, payload, **opts)
         job_id = self.queue.enqueue(job)
+        return TaskHandle(self.queue, job_id)
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """``enqueue`` for asyncio code: does not block the event loop while the record
+        becomes durable. ``await handle`` (or ``await handle.result_async(timeout)``) then
+        waits for the result."""
+        payload = call_payload(list(args), dict(kwargs))
+        job = build_job(self.job_type, payload, **self.handler.options)
+        enqueue_async = getattr(self.queue, "enqueue_async", None)
+        if enqueue_async is not None:
+            job_id = await enqueue_async(job)
+        else:                       # a queue without it: its blocking enqueue, off the loop
+            import asyncio
+            job_id = await asyncio.get_running_loop().run_in_executor(
+                None, self.queue.enqueue, job)
         return TaskHandle(self.queue, job_id)
 
 
@@ -350,6 +389,10 @@ class TaskHandle:
             wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(wait)
             delay = min(poll * 4, delay * 2)
+
+    def __await__(self) -> Any:
+        """``await handle``: the job's result (``result_async()`` without a timeout)."""
+        return self.result_async().__await__()
 
     async def result_async(self, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """``result()`` for asyncio code: polls without blocking the event loop."""

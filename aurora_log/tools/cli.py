@@ -121,6 +121,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> tuple[int, float]:
+    count, sep, period = text.partition("/")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (e.g. 10/60 or 5/1s)")
+    try:
+        n = int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {count!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"rate count must be >= 1: {text!r}")
+    seconds = _seconds(period)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"rate period must be > 0: {text!r}")
+    return n, seconds
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -201,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("cancel", "cancel a job (a running job is asked to stop)", cmd_cancel)
     sp.add_argument("job_id", metavar="ID")
 
+    sp = cmd("pause", "stop handing out the jobs of a queue (survives restarts)", cmd_pause)
+    sp.add_argument("queue", metavar="QUEUE")
+    sp = cmd("resume", "hand out the jobs of a paused queue again", cmd_resume)
+    sp.add_argument("queue", metavar="QUEUE")
+    sp = cmd("limit", "set (or, with no limit given, remove) the limit of a queue or job type",
+             cmd_limit)
+    _add(sp, "--queue", default=None, help="the queue to limit")
+    _add(sp, "--job-type", default=None, help="the job type to limit")
+    _add(sp, "--concurrency", type=_positive_int, default=None,
+         help="at most this many running at once")
+    _add(sp, "--rate", type=_rate, default=None,
+         help="at most N claims per period, as N/SECONDS (e.g. 10/60, 5/1s, 100/1h)")
+
     sp = cmd("dashboard", "serve the web dashboard for a store (read-only unless "
              "--allow-actions)", cmd_dashboard)
     _add(sp, "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -210,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("dump", "every record of the log as JSON lines", cmd_dump)
     _add(sp, "--from-lsn", type=int, default=1, help="start at this LSN")
+
+    sp = cmd("tail", "print the store's transitions as they are committed (read-only, "
+             "beside a running worker)", cmd_tail)
+    _add(sp, "--from-lsn", type=_positive_int, default=None,
+         help="start at this LSN (default: the oldest stored record)")
+    _add(sp, "-f", "--follow", action="store_true", help="keep waiting for new transitions")
+    _add(sp, "--poll", type=_seconds, default=0.2, help="with --follow: seconds between looks")
+    _add(sp, "--json", action="store_true", help="print JSON lines")
 
     # Compaction-side commands exist only when the engine provides them.
     if _compaction_api("purge"):
@@ -640,6 +677,23 @@ def cmd_history(args) -> int:
     return 0
 
 
+def cmd_tail(args) -> int:
+    from ..local.follow import follow
+    path = Path(args.dir)
+    if not (path / "wal").is_dir():
+        raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
+    for entry in follow(path, args.from_lsn, poll=args.poll, wait=args.follow):
+        if args.json:
+            _out(_dumps(entry.to_json()))
+            continue
+        rest = " ".join(f"{k}={_fmt_value(v)}" for k, v in entry.fields.items()
+                        if v not in (None, "") and k != "payload")
+        _out(f"#{entry.lsn} {_fmt_time(entry.at)}  {entry.type:<14} {entry.job_id or ''} "
+             f"{rest}".rstrip())
+        sys.stdout.flush()
+    return 0
+
+
 def cmd_retry(args) -> int:
     with _open_store(args.dir, write=True, schema=args.schema) as q:
         _get_job(q, args.job_id)
@@ -656,6 +710,36 @@ def cmd_cancel(args) -> int:
         _out(f"{args.job_id}: cancel requested (the job is running; its worker will stop it)")
     else:
         _out(f"{args.job_id}: {_status(status)}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
+        q.pause(args.queue)
+    _out(f"queue {args.queue}: paused")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
+        q.resume(args.queue)
+    _out(f"queue {args.queue}: resumed")
+    return 0
+
+
+def cmd_limit(args) -> int:
+    if (args.queue is None) == (args.job_type is None):
+        raise CliError("give exactly one of --queue or --job-type")
+    with _open_store(args.dir, write=True, schema=args.schema) as q:
+        q.set_limit(queue=args.queue, job_type=args.job_type, concurrency=args.concurrency,
+                    rate=args.rate)
+    what = f"queue {args.queue}" if args.queue is not None else f"job type {args.job_type}"
+    parts = []
+    if args.concurrency is not None:
+        parts.append(f"at most {args.concurrency} running")
+    if args.rate is not None:
+        parts.append(f"at most {args.rate[0]} claims per {args.rate[1]:g} s")
+    _out(f"{what}: {', '.join(parts) if parts else 'no limit'}")
     return 0
 
 
