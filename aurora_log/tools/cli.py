@@ -685,8 +685,6 @@ def cmd_dump(args) -> int:
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
     try:
         wal = Log.open(path, read_only=True)
-    except TypeError:
-        wal = Log.open(path)
     except LockedError:
         raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
                        "stop it first", EXIT_LOCKED) from None
