@@ -10,8 +10,8 @@ Times come from the records (``at_ms``), not from the clock of the reader.
 Definitions: *failed* counts failed attempts (FAIL records and reaped leases/timeouts);
 *run time* is from an attempt's claim to its complete/fail/reap; *wait time* is from the
 moment a job became due (enqueue or scheduled time, a retry's due time, a re-drive, a
-release) to its claim. Due times are remembered for at most ``MAX_DUE_REMEMBERED`` jobs; a claim of an
-older one falls back to the job's created/scheduled time from the state.
+release) to its claim. Due times are remembered for at most ``MAX_DUE_REMEMBERED`` jobs;
+a claim of an older one falls back to the job's created/scheduled time from the state.
 """
 
 from __future__ import annotations
