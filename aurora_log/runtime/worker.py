@@ -108,7 +108,8 @@ class Worker:
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
         self.queue = queue
-        self.concurrency = int(concurrency or os.cpu_count() or 1)
+        # None means the default; 0 is a mistake, refused below rather than read as None
+        self.concurrency = int(os.cpu_count() or 1) if concurrency is None else int(concurrency)
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queues = _as_list(queues)
