@@ -660,6 +660,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    _local_only(args.dir, "dashboard")
     path = Path(args.dir)
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
