@@ -3,6 +3,8 @@
     q = aurora_log.open("./jobs")
 """
 
+from typing import Any, cast
+
 from .errors import (
     AuroraLogError,
     ClosedError,
@@ -23,9 +25,6 @@ from .errors import (
     TaskFailed,
     UnknownParentError,
 )
-
-from typing import Any, cast
-
 from . import interface as _interface
 from .interface import QueueInterface, Transition
 from .job import Job, JobPriority, JobStatus
@@ -61,6 +60,7 @@ def open(path: Any, **options: Any) -> QueueInterface:  # noqa: A001 - the docum
         from .postgres import PostgresQueue     # only here: a local store never imports psycopg
         return PostgresQueue(path, **options)
     return _local_queue.open(path, **options)
+
 
 __all__ = [
     "AuroraLogError", "ClosedError", "ConnectionLostError", "CorruptionError", "DurabilityError",

@@ -17,9 +17,7 @@ import abc
 import builtins
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
-
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .job import Job, JobStatus, check_name
 
@@ -58,6 +56,7 @@ def _bound_task_layer() -> Any:
     if _task_layer is None:     # only while aurora_log/__init__.py itself is importing
         raise RuntimeError("no task layer bound: import aurora_log first")
     return _task_layer
+
 
 def check_names(value: Any, what: str) -> frozenset[str] | None:
     """None, or a non-empty set of valid names (queues, job types) from a str or iterable."""

@@ -49,7 +49,7 @@ import random
 import time
 from datetime import datetime, timedelta, UTC
 from typing import Any, Literal, NamedTuple, NoReturn, overload
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 __all__ = [
     "Job", "JobPriority", "JobStatus", "STATUS_CODES", "DEFAULT_MAX_RETRIES",
@@ -697,14 +697,6 @@ def retry_delay_ms(retry_count: int, *, base: float = DEFAULT_RETRY_BASE,
     if jitter:
         seconds *= 1.0 - jitter * (rng or random).random()
     return int(round(seconds * 1000))
-
-
-def jobs_from(items: Iterable[Job]) -> list[Job]:
-    out = list(items)
-    for j in out:
-        if not isinstance(j, Job):
-            raise TypeError(f"expected Job objects, got {type(j).__name__}")
-    return out
 
 
 def unfilled_job() -> Job:

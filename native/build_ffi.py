@@ -36,7 +36,7 @@ def header_cdef(path: str) -> str:
     return "\n".join(out)
 
 
-# fault injection (aurora_log/faults.py): Python implementations of the table entries
+# fault injection (aurora_log/testing/faults.py): Python implementations of the table entries
 PYTHON_CALLBACKS = r"""
 extern "Python" int _au_py_open(const char *, int, int);
 extern "Python" int _au_py_close(int);

@@ -1,5 +1,5 @@
 /* The syscall table (SQLite os_unix.c pattern). Every syscall the core makes goes through
- * `au_sys`, so tests can swap entries (aurora_log/faults.py) to record operations and inject
+ * `au_sys`, so tests can swap entries (aurora_log/testing/faults.py) to record operations and inject
  * EIO/ENOSPC, short writes and EINTR. The defaults are the plain syscalls. */
 #define _DEFAULT_SOURCE /* flock(), fdatasync() prototypes with glibc */
 #include "aurora.h"
@@ -43,7 +43,7 @@ static int d_mkdir(const char *p, int mode) { return mkdir(p, (mode_t)mode); }
 static int d_flock(int fd, int op) { return flock(fd, op); }
 
 /* au_sys is the table every au_* helper calls; tests point its entries at Python
- * (aurora_log/faults.py) and back at the defaults kept in au_sys_default. */
+ * (aurora_log/testing/faults.py) and back at the defaults kept in au_sys_default. */
 const struct au_sys au_sys_default = {
     d_open, d_close, d_pwrite, d_pread, d_fdatasync, d_fsync,
     d_ftruncate, d_rename, d_unlink, d_mkdir, d_flock,

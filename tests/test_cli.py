@@ -346,3 +346,10 @@ def test_compact(store, capsys):
     with aurora_log.open(path):
         code, _, err = run(capsys, "compact", path)
     assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)
+
+
+@pytest.mark.parametrize("command", ["dump", "verify", "compact", "dashboard"])
+def test_file_commands_refuse_a_dsn_without_echoing_its_password(capsys, command):
+    code, _, err = run(capsys, command, "postgresql://app:s3cret@db.example/app")
+    line = one_line_error(err)
+    assert code != 0 and "PostgreSQL DSN" in line and "s3cret" not in line

@@ -120,3 +120,24 @@ def test_worker_rejects_a_bad_metrics_port(store_dir):
             Worker(q, metrics_port=70000)
         with pytest.raises(ValueError):
             Worker(q, metrics_port="9100")
+
+
+class _StatsOnlyQueue:
+    """What a worker's metrics see of a queue without a local log (PostgresQueue): stats()."""
+
+    def stats(self) -> dict:
+        counts = {"pending": 2, "running": 1, "completed": 0, "failed": 0, "dead_letter": 0,
+                  "cancelled": 0, "total": 3}
+        return {**counts, "queues": {"mail": counts}}
+
+
+def test_a_queue_without_a_log_gets_the_job_gauges_only():
+    from aurora_log.runtime.activity import ActivityTracker
+    from aurora_log.runtime.metrics import make_registry, render
+    q = _StatsOnlyQueue()
+    found = samples(render(make_registry(lambda: q, ActivityTracker())).decode())
+    assert value(found, "aurora_jobs", status="pending", queue="mail") == 2
+    assert value(found, "aurora_jobs", status="running", queue="mail") == 1
+    assert not any(name.startswith(("aurora_wal", "aurora_log_", "aurora_fdatasync",
+                                    "aurora_jobs_enqueued", "aurora_job_duration"))
+                   for name, _ in found)

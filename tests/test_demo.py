@@ -1,6 +1,7 @@
 """The README's main job runs end to end (small size) and proves its claims."""
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ def test_demo_end_to_end(tmp_path):
     assert "dead_letter 1" in text
     assert "aurora-log history" in text or "-m aurora_log history" in text
     assert len(text.splitlines()) < 60            # a few progress lines, not thousands
+    # the directory it made and the worker's log are private to the user
+    assert stat.S_IMODE((tmp_path / "demo").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "demo" / "worker.log").stat().st_mode) == 0o600
     store = tmp_path / "demo" / "store"
     stats = subprocess.run([sys.executable, "-m", "aurora_log", "stats", str(store), "--json"],
                            env=env, capture_output=True, text=True, timeout=60)

@@ -160,6 +160,20 @@ def test_good_raw_history_is_ok(store_dir):
     assert rep.ok, str(rep)
 
 
+def test_released_attempts_end_their_lease(store_dir):
+    a, b, c = b"A" * 8, b"B" * 8, b"C" * 8
+    _raw_store(store_dir, [
+        _enq("j1"), R.Claim("j1", 2000, a, 40_000, "w1"),
+        R.Release("j1", 2001, a, R.OUTCOME_RETRY),            # a worker hands it back
+        R.Claim("j1", 2002, b, 40_000, "w2"),                 # one live lease again, not two
+        R.Release("j1", 2003, b, R.OUTCOME_RETRY),
+        R.Release("j1", 2004, c, R.OUTCOME_RETRY),            # no live lease to release
+    ])
+    rep = verify(store_dir)
+    assert {(p.kind, p.lsn) for p in rep.problems} == {("invariant", 6)}, str(rep)
+    assert "release of job j1 names an attempt token" in rep.problems[0].message
+
+
 def test_not_a_store(tmp_path):
     rep = verify(tmp_path / "nope")
     assert not rep.ok and rep.problems[0].kind == "missing"

@@ -199,6 +199,8 @@ def test_invalid_options():
         Worker(object(), isolation="fork")
     with pytest.raises(ValueError, match="concurrency"):
         Worker(object(), concurrency=-1)
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(object(), concurrency=0)          # not "the default": 0 threads is a mistake
 
 
 # ------------------------------------------------------------------ Context

@@ -239,7 +239,8 @@ class _Checks:
             self._check_control(state, lsn, rec)
             live[jid] = rec.token
         elif rtype in _ENDS or rtype in _ON_ATTEMPT:
-            assert isinstance(rec, (R.Complete, R.Fail, R.Reap, R.Heartbeat, R.Progress))
+            assert isinstance(rec, (R.Complete, R.Fail, R.Reap, R.Release, R.Heartbeat,
+                                   R.Progress))
             if live.get(jid) != rec.token:
                 rep._p("invariant", f"{R.RECORD_NAMES[rtype]} of job {jid} names an attempt "
                        "token that holds no live lease", lsn=lsn)

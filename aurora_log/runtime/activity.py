@@ -9,9 +9,9 @@ Times come from the records (``at_ms``), not from the clock of the reader.
 
 Definitions: *failed* counts failed attempts (FAIL records and reaped leases/timeouts);
 *run time* is from an attempt's claim to its complete/fail/reap; *wait time* is from the
-moment a job became due (enqueue or scheduled time, a retry's due time, a re-drive) to
-its claim. Due times are remembered for at most ``MAX_DUE_REMEMBERED`` jobs; a claim of an
-older one falls back to the job's created/scheduled time from the state.
+moment a job became due (enqueue or scheduled time, a retry's due time, a re-drive, a
+release) to its claim. Due times are remembered for at most ``MAX_DUE_REMEMBERED`` jobs;
+a claim of an older one falls back to the job's created/scheduled time from the state.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _HAS_SCHEDULED = 1
 # where at_ms sits in each record type's payload (records.py's layouts)
 _AT_OFFSET = {R.ENQUEUE: 16, R.CLAIM: 1, R.HEARTBEAT: 1, R.PROGRESS: 2, R.COMPLETE: 2,
               R.FAIL: 2, R.REAP: 3, R.CANCEL: 1, R.CANCEL_REQUEST: 1, R.RETRY_DEAD: 1,
-              R.PURGE: 1}
+              R.PURGE: 1, R.RELEASE: 2}
 
 
 @dataclass
@@ -170,6 +170,12 @@ class ActivityTracker:
                 self._remember_due(rec.id, rec.next_due_ms)
         elif rtype == R.RETRY_DEAD:
             self._remember_due(cast(R.RetryDead, R.decode(rtype, payload)).id, at)
+        elif rtype == R.RELEASE:
+            # handed back unrun (a worker shutting down): not a run; due again from now
+            rel = cast(R.Release, R.decode(rtype, payload))
+            self._claimed.pop(rel.id, None)
+            if rel.outcome == R.OUTCOME_RETRY:
+                self._remember_due(rel.id, at)
 
     @staticmethod
     def _due_from_state(q: Any, job_id: str) -> int | None:

@@ -16,7 +16,8 @@ The counters and the histogram are folded from the log by an ActivityTracker, so
 count what the store recorded (every process's work), from the oldest record the WAL
 still holds when this process started reading; a restart resets them, which Prometheus'
 ``rate()`` handles. The writer's figures exist only where the store is open writable
-(a worker, a mounted dashboard); a read-only dashboard omits them.
+(a worker, a mounted dashboard); a read-only dashboard omits them. A queue without a
+local log (PostgreSQL) gets ``aurora_jobs`` only.
 
 This module needs prometheus_client only (no web framework): the worker uses it too.
 """
@@ -66,13 +67,15 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         q = self._get_queue()
         t = self._tracker
-        t.catch_up(q)
         jobs = GaugeMetricFamily("aurora_jobs", "Jobs in the live state, by status and queue",
                                  labels=["status", "queue"])
         for queue, counts in q.stats()["queues"].items():
             for status in JobStatus:
                 jobs.add_metric([status.value, queue], counts[status.value])
         yield jobs
+        if getattr(q, "log", None) is None:
+            return          # no local log to read (PostgreSQL): the job gauges are all there is
+        t.catch_up(q)
         for name, value, text in (
                 ("aurora_jobs_enqueued", t.enqueued_total, "Jobs enqueued (log records read)"),
                 ("aurora_jobs_completed", t.completed_total, "Jobs completed"),

@@ -108,7 +108,8 @@ class Worker:
         if isolation not in ("thread", "process"):
             raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
         self.queue = queue
-        self.concurrency = int(concurrency or os.cpu_count() or 1)
+        # None means the default; 0 is a mistake, refused below rather than read as None
+        self.concurrency = int(os.cpu_count() or 1) if concurrency is None else int(concurrency)
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queues = _as_list(queues)
@@ -238,7 +239,7 @@ class Worker:
         self._monitor_stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=2)
-        self._event_loop.stop()
+        self.stop_event_loop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -341,6 +342,12 @@ class Worker:
                 log.exception("internal error running job %s", getattr(job, "id", "?"))
         self._retiring.discard(me)
 
+    def stop_event_loop(self) -> None:
+        """Stop the thread async handlers run on (started on demand by ``run_attempt``).
+        ``stop()`` does this; a caller that ran attempts itself without ``start()`` calls
+        it when done."""
+        self._event_loop.stop()
+
     # ---------------------------------------------------------------- running a job
 
     def _run_job(self, job: Any) -> None:
@@ -357,16 +364,17 @@ class Worker:
             self._active[job.id] = (ctx, threading.current_thread())
         try:
             log.debug("job %s (%s) attempt %d started", job.id, job.job_type, ctx.attempt)
-            self._finish(ctx, self._dispatch(ctx))
+            self.record_outcome(ctx, self.run_attempt(ctx))
         finally:
             with self._active_lock:
                 self._active.pop(job.id, None)
 
-    def _dispatch(self, ctx: Context) -> Outcome:
-        """Run the job's handler (found by job_type) the way this worker runs handlers and
-        say how it ended; nothing is recorded yet (``_finish`` does that). Also the entry
-        point of aurora_log.testing's drain and crash harness, so they run handlers
-        exactly as a worker does."""
+    def run_attempt(self, ctx: Context) -> Outcome:
+        """Run a claimed job's handler (found by job_type) in the calling thread, the way
+        this worker's threads run handlers, and say how it ended; nothing is recorded yet
+        (``record_outcome`` does that). With ``record_outcome``, the entry point of
+        aurora_log.testing's drain and crash harness, so they run handlers exactly as a
+        worker does."""
         handler = self.registry.get(ctx.job.job_type)
         if handler is None:
             return Outcome("fail", f"no handler registered for {ctx.job.job_type!r}")
@@ -396,7 +404,10 @@ class Worker:
 
     # ---------------------------------------------------------------- outcomes
 
-    def _finish(self, ctx: Context, outcome: Outcome) -> None:
+    def record_outcome(self, ctx: Context, outcome: Outcome) -> None:
+        """Record what ``run_attempt`` returned (complete or fail, with the result checks)
+        unless the attempt was settled already (timeout, lost lease, forced stop); then
+        count it and call ``on_done``."""
         with ctx._lock:
             if ctx._final:
                 return                      # settled already (timeout, lost lease, forced stop)
@@ -557,7 +568,7 @@ class Worker:
         # A thread cannot be killed: settle the job now, and replace the thread if the
         # handler does not come back by itself shortly.
         log.warning("job %s timed out; its handler was asked to stop", ctx.job_id)
-        self._finish(ctx, Outcome("fail", "timeout"))
+        self.record_outcome(ctx, Outcome("fail", "timeout"))
         if not self._stopping.is_set() and thread.ident is not None:
             self._retiring.add(thread.ident)
             self._spawn_thread()

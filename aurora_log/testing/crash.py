@@ -232,8 +232,7 @@ class _Run:
                 hit = True
                 break
         if hit:
-            ctx._crash = _Crash(p)        # re-raised by the runner if the handler swallows it
-            raise ctx._crash
+            raise _Crash(p)               # re-raised by the runner if the handler swallows it
 
     def _crash(self, point: CrashPoint) -> None:
         self.crashes.append(point)

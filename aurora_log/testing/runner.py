@@ -1,7 +1,7 @@
 """``drain(q)``: run every due job of a queue in the test's own thread, through the handlers
 registered on it, until nothing is due, moving a fake clock to the next due time.
 
-Handlers run through the Worker's own dispatch (``Worker._dispatch`` and ``_finish``): the
+Handlers run through the Worker's own code (``Worker.run_attempt`` and ``record_outcome``): the
 same handler lookup, calling convention, async support, result checks and fail/complete
 calls as a real worker, minus the threads. Jobs come out of ``Queue.claim``, so the order is
 the queue's: priority, then due time, then FIFO.
@@ -24,8 +24,8 @@ __all__ = ["JobRunner", "RunResult", "drain", "next_due"]
 WORKER_ID = "aurora-log-testing"
 
 #: a hook called at each crash point of a run: (ctx, where, checkpoint name or None). A hook
-#: that raises to stop the attempt also sets ``ctx._crash`` to the exception, so the runner
-#: re-raises it even when the handler (or the worker's dispatch) caught it.
+#: raises to stop the attempt; the runner re-raises what a checkpoint hook raised even when
+#: the handler (or the worker's run_attempt) caught it.
 PointHook = Callable[[Context, str, "str | None"], None]
 
 
@@ -95,20 +95,28 @@ class JobRunner:
         """Run one claimed job's handler and record its outcome, as a worker thread does."""
         ctx = Context(job, sink=lambda f, m: self.queue.progress(job.id, job.token, f, m))
         at = job.started_at
+        stopped: list[BaseException] = []     # what a checkpoint hook raised
         if self.hook is not None:
             hook = self.hook
-            ctx._checkpoint_hook = lambda c, name: hook(c, "checkpoint", name)
+
+            def at_checkpoint(c: Context, name: str) -> None:
+                try:
+                    hook(c, "checkpoint", name)
+                except BaseException as exc:
+                    stopped.append(exc)
+                    raise
+
+            ctx._checkpoint_hook = at_checkpoint
             hook(ctx, "before", None)
-        outcome = self.worker._dispatch(ctx)
-        crash = getattr(ctx, "_crash", None)
-        if crash is not None:
-            # the hook stopped the attempt at a checkpoint; the worker's dispatch (or the
-            # handler itself) turned that into a failure, which a dead worker never records
-            raise crash
+        outcome = self.worker.run_attempt(ctx)
+        if stopped:
+            # the hook stopped the attempt at a checkpoint; run_attempt (or the handler
+            # itself) turned that into a failure, which a dead worker never records
+            raise stopped[0]
         if self.hook is not None:
             self.hook(ctx, "after", None)
         self._last = None
-        self.worker._finish(ctx, outcome)
+        self.worker.record_outcome(ctx, outcome)
         if self._last is None:
             return RunResult(job.id, job.job_type, ctx.attempt, "lost", error=str(outcome.value),
                              at=at)
@@ -119,7 +127,7 @@ class JobRunner:
 
     def close(self) -> None:
         """Stop the event loop async handlers ran on (if any)."""
-        self.worker._event_loop.stop()
+        self.worker.stop_event_loop()
 
 
 def _registry(q):

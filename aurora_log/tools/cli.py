@@ -744,6 +744,7 @@ def cmd_limit(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    _local_only(args.dir, "dashboard")
     path = Path(args.dir)
     if not (path / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
@@ -769,8 +770,6 @@ def cmd_dump(args) -> int:
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
     try:
         wal = Log.open(path, read_only=True)
-    except TypeError:
-        wal = Log.open(path)
     except LockedError:
         raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
                        "stop it first", EXIT_LOCKED) from None

@@ -1,4 +1,4 @@
-"""The README's main job: ``python -m aurora_log.demo`` (``make demo``).
+"""The README's main job: ``python -m aurora_log.tools.demo`` (``make demo``).
 
 A producer enqueues a few thousand jobs of several types and priorities (some scheduled,
 some failing once and retrying, one poison pill that ends in the dead-letter queue). A
@@ -81,7 +81,7 @@ def read_events(path):
 # ---------------------------------------------------------------- the worker process
 
 def worker_main(store: str, events_path: str, workers: int) -> int:
-    """``python -m aurora_log.demo --worker-child STORE EVENTS N``: the demo's worker."""
+    """``python -m aurora_log.tools.demo --worker-child STORE EVENTS N``: the demo's worker."""
     import logging
     from ..job import JobStatus
     from ..runtime.tasks import register_handler
@@ -239,7 +239,8 @@ def run_demo(base: Path, n: int, workers: int, seed: int | None, show: Show,
              f"1 poison pill ({poison_id[:8]}) can never succeed")
     show.say()
 
-    with open(logfile, "ab") as logf:
+    log_fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(log_fd, "ab") as logf:
         child = _start_worker(store, events, workers, logf)
         show.say(f"2. worker process {child.pid} started ({workers} threads)")
         deadline = time.monotonic() + time_limit
@@ -437,7 +438,7 @@ def main(argv=None) -> int:
         argv = sys.argv[1:]
     if argv[:1] == ["--worker-child"]:
         return worker_main(argv[1], argv[2], int(argv[3]))
-    p = argparse.ArgumentParser(prog="python -m aurora_log.demo",
+    p = argparse.ArgumentParser(prog="python -m aurora_log.tools.demo",
                                 description="aurora-log survives kill -9: a guided demo")
     p.add_argument("--dir", default=os.environ.get("AURORA_LOG_DEMO_DIR"),
                    help="where to put the store (default: a new temporary directory)")
@@ -451,7 +452,7 @@ def main(argv=None) -> int:
         base = Path(args.dir)
         if base.exists() and any(base.iterdir()):
             p.error(f"{base} is not empty; give a new or empty directory")
-        base.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
     else:
         base = Path(tempfile.mkdtemp(prefix="aurora-log-demo-"))
     try:

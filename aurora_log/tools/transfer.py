@@ -174,6 +174,9 @@ def local_records(job: Job, history: list) -> list:
             recs.append(R.CancelRequest(job.id, at))
         elif t.kind == "retry_dead":
             recs.append(R.RetryDead(job.id, at))
+        elif t.kind == "release":
+            outcome = R.OUTCOME_CANCELLED if t.status is JobStatus.CANCELLED else R.OUTCOME_RETRY
+            recs.append(R.Release(job.id, at, token, outcome))
     return recs
 
 

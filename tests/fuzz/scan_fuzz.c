@@ -1,6 +1,6 @@
 /* Fuzz target for the C core's record scanner (native/format.c) and crc32c.
  *
- * One input = the bytes of a segment file. Exercised exactly as aurora_log/log.py does at
+ * One input = the bytes of a segment file. Exercised exactly as aurora_log/local/log.py does at
  * open and in Log.scan: the segment header check, the batch scanner in chunks (cap 1, 7,
  * 4096 and 0), the zero-tail checks, and the durable-evidence search at the first bad
  * offset and at a few other offsets. The input is copied into a buffer
