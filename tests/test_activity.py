@@ -5,7 +5,6 @@ from __future__ import annotations
 import aurora_log
 from aurora_log import Job
 from aurora_log.local import records as R
-from aurora_log.runtime import activity
 from aurora_log.runtime.activity import ActivityTracker
 
 
@@ -46,7 +45,15 @@ def test_a_released_attempt_is_folded_and_its_job_waits_again_from_the_release(t
         q.close()
 
 
-def test_the_tracker_knows_where_every_record_type_keeps_its_time():
-    # activity.py reads at_ms at fixed offsets (records.py's layouts): a record type added
-    # to records.py must be added there too, or catch_up stops at its first record
-    assert set(activity._AT_OFFSET) == set(R.RECORD_NAMES)
+def test_every_record_type_says_where_it_keeps_its_time():
+    # the activity tracker reads at_ms at fixed offsets (records.AT_OFFSET): a record type
+    # added to records.py without its offset would stop catch_up at its first record
+    assert set(R.AT_OFFSET) == set(R.RECORD_NAMES)
+
+
+def test_at_ms_reads_what_decode_reads():
+    recs = [R.Claim("j", 1_000, b"t" * 8, 2_000, "w"), R.Release("j", 3_000, b"t" * 8, 1),
+            R.Pause("q", 4_000), R.Cancel("j", 5_000), R.Reap("j", 6_000, b"t" * 8, 1, 1, 7_000)]
+    for rec in recs:
+        rtype, payload = R.encode(rec)
+        assert R.at_ms(rtype, payload) == R.decode(rtype, payload).at_ms

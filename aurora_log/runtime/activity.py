@@ -17,7 +17,6 @@ a claim of an older one falls back to the job's created/scheduled time from the 
 from __future__ import annotations
 
 import bisect
-import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,16 +36,11 @@ MAX_OPEN_ATTEMPTS = 200_000
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                300.0, 900.0, 3600.0)
 
-_I64 = struct.Struct("<q")
 # the ENQUEUE header (records.py): read the id and times without decoding the payload; the
 # log checked the record's checksum and the queue replayed it already
 _ENQ = R.ENQUEUE_HEAD
 _ENQ_SIZE = _ENQ.size
 _HAS_SCHEDULED = 1
-# where at_ms sits in each record type's payload (records.py's layouts)
-_AT_OFFSET = {R.ENQUEUE: 16, R.CLAIM: 1, R.HEARTBEAT: 1, R.PROGRESS: 2, R.COMPLETE: 2,
-              R.FAIL: 2, R.REAP: 3, R.CANCEL: 1, R.CANCEL_REQUEST: 1, R.RETRY_DEAD: 1,
-              R.PURGE: 1, R.RELEASE: 2}
 
 
 @dataclass
@@ -146,7 +140,7 @@ class ActivityTracker:
             job_id = payload[_ENQ_SIZE:_ENQ_SIZE + id_len].decode()
             self._remember_due(job_id, max(at, sched) if head[1] & _HAS_SCHEDULED else at)
             return
-        at = _I64.unpack_from(payload, _AT_OFFSET[rtype])[0]
+        at = R.at_ms(rtype, payload)
         if rtype == R.CLAIM:
             c = cast(R.Claim, R.decode(rtype, payload))
             due = self._due.pop(c.id, None)
