@@ -121,9 +121,10 @@ def _matches(items: Iterator, code: int | None, pairs: set[int] | None) -> Itera
         yield n, job_id, v
 
 
-def job_page(q: Any, flt: JobFilter = JobFilter(), *, cursor: tuple[int, str] | None = None,
+def job_page(q: Any, flt: JobFilter | None = None, *, cursor: tuple[int, str] | None = None,
              limit: int = DEFAULT_PAGE, scan_budget: int = DEFAULT_SCAN_BUDGET) -> JobPage:
     """One page of jobs in enqueue order, after ``cursor``."""
+    flt = flt if flt is not None else JobFilter()
     if limit < 1 or scan_budget < 1:
         raise ValueError("limit and scan_budget must be >= 1")
     code = flt.status.code if flt.status is not None else None
