@@ -293,8 +293,21 @@ def test_retry_cancel_and_purge_with_confirmation(store):
         assert r.status_code == 400 and q.get(ids["dead"]) is not None   # no confirmation
         r = c.post("/dead/purge", data={"csrf": token, "confirm": "yes"})
         assert r.status_code == 200 and listed(r.text) == []
+        # an action re-counts at once (the counts are otherwise cached for a few seconds)
+        assert 'id="count-dead_letter">0<' in c.get("/").text
     assert q.get(ids["dead"]) is None
     assert q.get(ids["cancelled"]) is not None           # only the dead letter was purged
+
+
+def test_counts_are_cached_briefly_and_the_poller_recounts(store):
+    from aurora_log.tools.dashboard.pg_reads import PostgresReads
+    q, _ = store
+    reads = PostgresReads(lambda: q)
+    assert reads.stats()["pending"] == 6
+    q.enqueue(Job("t", {}))
+    assert reads.stats()["pending"] == 6              # a count at most seconds old
+    reads.refresh()                                    # the poller: the count was quick
+    assert reads.stats()["pending"] == 7
 
 
 # ---------------------------------------------------------------------- metrics

@@ -4,7 +4,7 @@ aurora_log/runtime/activity.py; the definitions are the same).
 
 * :func:`activity` -- the last hour: enqueued / completed / failed per minute in ONE query
   on the ``history_at`` index (migration 2), and wait / run time p50 and p95 with
-  ``percentile_cont`` over the last hour's rows.
+  ``percentile_cont`` over the last hour's newest SAMPLES claims and outcomes.
 * :class:`HistoryTracker` -- running totals since it started reading (Prometheus counters)
   and the run-time histogram, folded incrementally from the rows past its cursor (the
   primary key ``lsn``), so a scrape reads only what is new.
@@ -35,6 +35,10 @@ __all__ = ["HistoryTracker", "activity"]
 # the rows of the last SETTLE_MS (by their at_ms) and skips those it already folded; a
 # transaction open longer than this may have its rows missed by the counters.
 SETTLE_MS = 10_000
+# the newest claims / outcomes of the last hour the percentiles are taken over: each
+# outcome is paired with its claim by an index lookup, so this bounds the query's cost
+# on a busy queue (the local store keeps its newest 10,000 samples)
+SAMPLES = 5_000
 BATCH = 50_000                       # rows one catch_up call folds at most
 
 
@@ -55,18 +59,21 @@ def _window_sql(schema: str) -> tuple[str, str, str]:
     # it waited for (due_ms <= the claim)
     waits = f"""
         SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY h.at_ms - j.due_ms)
-        FROM {hist} h JOIN {jobs} j ON j.id = h.job_id
-        WHERE h.at_ms >= %s AND h.kind = 'claim' AND j.started_ms = h.at_ms
-          AND j.due_ms <= h.at_ms"""
+        FROM (SELECT job_id, at_ms FROM {hist} WHERE at_ms >= %s AND kind = 'claim'
+              ORDER BY at_ms DESC LIMIT {SAMPLES}) h
+        JOIN {jobs} j ON j.id = h.job_id
+        WHERE j.started_ms = h.at_ms AND j.due_ms <= h.at_ms"""
     # each outcome row with the claim that began its attempt (history_job index)
     runs = f"""
         SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY e.at_ms - c.at_ms),
                count(*)
-        FROM {hist} e CROSS JOIN LATERAL (
+        FROM (SELECT job_id, lsn, at_ms FROM {hist}
+              WHERE at_ms >= %s AND kind IN ('complete', 'fail', 'reap')
+              ORDER BY at_ms DESC LIMIT {SAMPLES}) e
+        CROSS JOIN LATERAL (
             SELECT at_ms FROM {hist} c
             WHERE c.job_id = e.job_id AND c.lsn < e.lsn AND c.kind = 'claim'
-            ORDER BY c.lsn DESC LIMIT 1) c
-        WHERE e.at_ms >= %s AND e.kind IN ('complete', 'fail', 'reap')"""
+            ORDER BY c.lsn DESC LIMIT 1) c"""
     return per_minute, waits, runs
 
 

@@ -212,6 +212,7 @@ class Pages:
             return self.error(request, str(exc), 409)
         except AuroraLogError as exc:
             return self.error(request, f"{type(exc).__name__}: {exc}", 500)
+        self.dash.reads.refresh(force=True)
         self.dash.reads.catch_up()
         return self._done(request, where)
 

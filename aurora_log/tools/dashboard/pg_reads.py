@@ -15,6 +15,7 @@ tables, each page a few indexed queries however many jobs there are.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -42,6 +43,10 @@ __all__ = ["PostgresReads"]
 
 _MAX_SEQ = (1 << 63) - 1
 QUEUE_NAMES_SECONDS = 30.0
+# counting a big jobs table (stats(): a scan of every row) is the dearest read: the pages
+# show a count at most this old, and the poller re-counts no sooner than 4x the last
+# count took, so a slow count does not keep the database busy
+STATS_MAX_AGE = 5.0
 _TABLES = ("jobs", "history", "aurora_migrations")
 
 
@@ -64,6 +69,8 @@ class PostgresReads(StoreReads):
         self.tracker = HistoryTracker()
         self.scan_budget = scan_budget
         self._queue_names: tuple[float, list[str]] | None = None
+        self._stats: tuple[float, float, dict] | None = None    # (when, seconds taken, stats)
+        self._stats_lock = threading.Lock()
         q = get_queue()
         s = sql.Identifier(q.schema).as_string(None)
         self._jobs = f"{s}.jobs"
@@ -77,6 +84,26 @@ class PostgresReads(StoreReads):
         self._last_seq_sql = f"SELECT max(seq) FROM {self._jobs}"
         self._running_sql = (f"SELECT {COLS} FROM {self._jobs} WHERE status = 2 "
                              "ORDER BY worker, id")
+
+    def _count(self) -> dict:
+        with self._stats_lock:
+            t0 = time.monotonic()
+            stats = self.get_queue().stats()
+            self._stats = (time.monotonic(), time.monotonic() - t0, stats)
+            return stats
+
+    def stats(self) -> dict:
+        """The counts, at most STATS_MAX_AGE (or 4x a slow count's time) old."""
+        cached = self._stats
+        if cached is None or time.monotonic() - cached[0] > max(STATS_MAX_AGE,
+                                                                 4 * cached[1]):
+            return self._count()
+        return cached[2]
+
+    def refresh(self, *, force: bool = False) -> None:
+        cached = self._stats
+        if force or cached is None or time.monotonic() - cached[0] >= 4 * cached[1]:
+            self._count()
 
     def queue_names(self) -> list[str]:
         # the filter's choices: counting a big jobs table on every page of the list would

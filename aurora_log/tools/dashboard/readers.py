@@ -128,6 +128,10 @@ class StoreReads(abc.ABC):
     def stats(self) -> dict:
         return self.get_queue().stats()
 
+    def refresh(self, *, force: bool = False) -> None:
+        """The poller's turn (and after an action, ``force``): re-read what the store
+        keeps cached. The local store's reads need nothing here."""
+
     @abc.abstractmethod
     def catch_up(self, max_records: int | None = None, *, wait: bool = True) -> None:
         """Fold what the store recorded since the last call into the tracker."""

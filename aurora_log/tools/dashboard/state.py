@@ -83,6 +83,7 @@ class Dashboard:
 
     def poll_once(self) -> None:
         self.source.refresh()
+        self.reads.refresh()
         self.reads.catch_up()
 
     def fresh_activity(self):
