@@ -131,6 +131,7 @@ class StoreReads(abc.ABC):
     def refresh(self, *, force: bool = False) -> None:
         """The poller's turn (and after an action, ``force``): re-read what the store
         keeps cached. The local store's reads need nothing here."""
+        return None
 
     @abc.abstractmethod
     def catch_up(self, max_records: int | None = None, *, wait: bool = True) -> None:
