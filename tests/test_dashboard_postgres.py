@@ -119,7 +119,7 @@ def test_the_activity_query_can_use_the_time_index(store):
     """Migration 2's history_at index serves the per-minute query (with seqscan off, as
     on a big table, the plan must use it, not a full scan)."""
     q, _ = store
-    from aurora_log.postgres.activity import _window_sql
+    from aurora_log.runtime.pg_activity import _window_sql
     per_minute = _window_sql(q.schema)[0]
     with q._conn() as cur:
         cur.execute("SET enable_seqscan = off")
@@ -361,7 +361,7 @@ def test_a_row_committed_late_with_a_smaller_lsn_is_still_counted(pg_server, pg_
     commit after a bigger one was read. The tracker must not skip it."""
     import psycopg
 
-    from aurora_log.postgres.activity import HistoryTracker
+    from aurora_log.runtime.pg_activity import HistoryTracker
     with open_pg(pg_server, pg_schema) as q:
         tracker = HistoryTracker()
         slow = psycopg.connect(pg_server.dsn)               # a transaction left open

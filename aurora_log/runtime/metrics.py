@@ -14,7 +14,7 @@ Names follow Prometheus conventions (base units, ``_total`` counters):
 
 On a PostgreSQL queue the same names apply except the WAL and fdatasync ones, which are
 omitted (there is no log file; the server's own exporter covers its WAL): the counters and
-the histogram are folded from the history table by aurora_log.postgres.activity's
+the histogram are folded from the history table by aurora_log.runtime.pg_activity's
 HistoryTracker, the gauge comes from ``stats()``.
 
 The counters and the histogram are folded from the log by an ActivityTracker, so they
@@ -110,7 +110,7 @@ def tracker_for(queue: Any) -> Any:
     """The tracker that folds ``queue``'s activity: its log's records (a local store) or
     its history table (a PostgresQueue, which has a ``schema``)."""
     if getattr(queue, "log", None) is None and hasattr(queue, "schema"):
-        from ..postgres.activity import HistoryTracker
+        from .pg_activity import HistoryTracker
         return HistoryTracker()
     return ActivityTracker()
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from psycopg import sql
 
-from aurora_log.postgres import activity as pg_activity
+from aurora_log.runtime import pg_activity
 from aurora_log.postgres import schema as pg_schema
-from aurora_log.postgres.activity import HistoryTracker
+from aurora_log.runtime.pg_activity import HistoryTracker
 from aurora_log.postgres.queue import _job_from_row
 from aurora_log.postgres.statements import COLS
 

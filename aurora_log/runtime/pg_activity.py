@@ -26,7 +26,7 @@ from typing import Any
 
 from psycopg import sql
 
-from ..runtime.activity import RUN_BUCKETS, WINDOW_MINUTES, ActivitySnapshot
+from .activity import RUN_BUCKETS, WINDOW_MINUTES, ActivitySnapshot
 
 __all__ = ["HistoryTracker", "activity"]
 
