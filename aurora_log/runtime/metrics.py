@@ -65,9 +65,13 @@ def _cumulative(bounds: Iterable[float], counts: Iterable[int]) -> list[tuple[st
 class QueueCollector(Collector):
     """Reads the queue (``get_queue()``) and the tracker at every scrape."""
 
-    def __init__(self, get_queue: Callable[[], Any], tracker: Any) -> None:
-        """``tracker``: an ActivityTracker, or a postgres HistoryTracker (same totals)."""
+    def __init__(self, get_queue: Callable[[], Any], tracker: Any,
+                 stats: Callable[[], dict] | None = None) -> None:
+        """``tracker``: an ActivityTracker, or a HistoryTracker (same totals). ``stats``:
+        where the job counts come from (default ``queue.stats()``; the dashboard passes
+        its reads', which on PostgreSQL are a count at most seconds old)."""
         self._get_queue = get_queue
+        self._stats = stats
         self._tracker = tracker
 
     def collect(self) -> Iterator[Metric]:
@@ -76,7 +80,8 @@ class QueueCollector(Collector):
         t.catch_up(q)
         jobs = GaugeMetricFamily("aurora_jobs", "Jobs in the live state, by status and queue",
                                  labels=["status", "queue"])
-        for queue, counts in q.stats()["queues"].items():
+        stats = self._stats() if self._stats is not None else q.stats()
+        for queue, counts in stats["queues"].items():
             for status in JobStatus:
                 jobs.add_metric([status.value, queue], counts[status.value])
         yield jobs
@@ -115,11 +120,12 @@ def tracker_for(queue: Any) -> Any:
     return ActivityTracker()
 
 
-def make_registry(get_queue: Callable[[], Any], tracker: Any) -> CollectorRegistry:
+def make_registry(get_queue: Callable[[], Any], tracker: Any,
+                  stats: Callable[[], dict] | None = None) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one): two dashboards or a
     dashboard and a worker in one process do not collide."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(get_queue, tracker))
+    registry.register(QueueCollector(get_queue, tracker, stats))
     return registry
 
 

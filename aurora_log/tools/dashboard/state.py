@@ -51,7 +51,7 @@ class Dashboard:
         self.poll_seconds = float(poll_seconds)
         self.reads = reads_for(source)
         self.tracker = self.reads.tracker
-        self.registry = make_registry(self.queue, self.tracker)
+        self.registry = make_registry(self.queue, self.tracker, self.reads.stats)
         self.verify_run: VerifyRun | None = None
         self._owns_source = owns_source
         self._stop = threading.Event()
