@@ -182,6 +182,7 @@ class Pages:
                            view=self.dash.reads.storage(), run=self.dash.verify_run)
 
     async def purge_confirm(self, request: Request) -> Response:
+        self.dash.reads.refresh(force=True)            # the number asked about: exact
         count = self.dash.reads.stats()["dead_letter"]
         return self.render(request, "purge", "Purge dead letter", count=count)
 
