@@ -442,3 +442,13 @@ def test_cli_dashboard_serves_a_postgres_store_on_loopback(store, pg_server, pg_
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_purge_confirmation_counts_afresh(store):
+    q, _ = store
+    with client(q, allow_actions=True) as c:
+        assert "Yes, purge 1 job(s)" in c.get("/dead/purge").text
+        q.enqueue(Job("doomed", {}, max_retries=0))
+        job = q.claim("w", job_types=["doomed"])
+        q.fail(job.id, job.token, "boom")
+        assert "Yes, purge 2 job(s)" in c.get("/dead/purge").text
