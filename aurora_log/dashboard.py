@@ -4,6 +4,6 @@ Importing this module imports Starlette, Jinja2 and prometheus_client (the ``das
 extra); ``import aurora_log`` alone never does.
 """
 
-from .tools.dashboard import app, create_app, directory_app, serve
+from .tools.dashboard import app, create_app, directory_app, postgres_app, serve
 
-__all__ = ["app", "create_app", "directory_app", "serve"]
+__all__ = ["app", "create_app", "directory_app", "postgres_app", "serve"]

@@ -42,9 +42,9 @@ def _fill(q):
 
 def test_migrate_creates_then_reports_current(pg_server, pg_schema, capsys):
     code, out, _ = run(capsys, "migrate", pg_server.dsn, "--schema", pg_schema)
-    assert code == 0 and "applied migration(s) 1" in out
+    assert code == 0 and "applied migration(s) 1, 2" in out
     code, out, _ = run(capsys, "migrate", pg_server.dsn, "--schema", pg_schema)
-    assert code == 0 and "already at version 1" in out
+    assert code == 0 and "already at version 2" in out
     code, _, err = run(capsys, "migrate", pg_server.dsn, "--schema", "Bad-Name")
     assert code != 0 and "lower-case SQL identifier" in err
 

@@ -2,6 +2,8 @@
 by its executable path; no browser download) against ``aurora-log dashboard DIR
 --allow-actions`` serving a store with real jobs. It clicks through every page, sees a
 page update without a reload, retries a dead-lettered job from the UI and checks the store.
+A second pass does the same over a PostgreSQL store (``aurora-log dashboard DSN --schema S``,
+the server from tests/pgserver.py).
 
 Screenshots go to $AURORA_SCREENSHOTS (``AURORA_SCREENSHOTS=docs`` refreshes the README's
 docs/dashboard-*.png), else to the test's temporary directory.
@@ -189,6 +191,103 @@ def test_click_through_every_page_and_retry_a_dead_letter(server, shots, chromiu
         # purge asks first
         page.click("#nav-dead")
         expect(page.locator("#job-table tbody tr")).to_have_count(1)  # "No jobs" row
+        page.click("#purge-link")
+        expect(page.locator("#purge-confirm")).to_have_text("Yes, purge 0 job(s)")
+
+        assert errors == [], errors
+        browser.close()
+
+
+@pytest.fixture
+def pg_dashboard(pg_server, pg_schema, chromium_path, playwright_api):
+    """``aurora-log dashboard DSN --schema S --allow-actions`` over a PostgreSQL store with
+    one job per status."""
+    from aurora_log.postgres import PostgresQueue
+    with PostgresQueue(pg_server.dsn, schema=pg_schema, reaper_interval=None) as q:
+        q.enqueue_many([Job("resize", {"img": f"{n}.png"}, queue="images") for n in range(60)])
+        ids = fill(q)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "aurora_log", "dashboard", pg_server.dsn,
+                             "--schema", pg_schema, "--port", str(port), "--allow-actions"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base + "/queues", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"dashboard did not start: {proc.stdout.read()}") from None
+            time.sleep(0.1)
+    try:
+        yield base, pg_server.dsn, pg_schema, ids
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_postgres_store_click_through_and_retry_a_dead_letter(pg_dashboard, shots,
+                                                              chromium_path, playwright_api):
+    from playwright.sync_api import expect
+
+    from aurora_log.postgres import PostgresQueue
+    base, dsn, schema, ids = pg_dashboard
+    with playwright_api() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        page.goto(base + "/")
+        expect(page.locator("#count-dead_letter")).to_have_text("1")
+        expect(page.locator("#count-pending")).to_have_text("65")
+        expect(page.locator("#hour-enqueued")).to_have_text("70")     # from the history table
+
+        page.click("#nav-workers")
+        expect(page.locator("#workers")).to_contain_text("worker-b")
+        page.click("#nav-queues")
+        expect(page.locator("#queues")).to_contain_text("images")
+
+        page.click("#nav-jobs")
+        page.select_option("#filter-status", "pending")
+        page.click("#apply-filters")
+        expect(page.locator("#job-table tbody tr")).to_have_count(50)
+        page.click("#next-page")
+        expect(page.locator("#job-table tbody tr")).to_have_count(15)
+        expect(page.locator("#first-page")).to_be_visible()
+
+        page.click("#nav-storage")
+        expect(page.locator("#pg-tables")).to_contain_text("history")
+        expect(page.locator("#schema-version")).to_contain_text("of")
+        page.screenshot(path=str(shots / "dashboard-postgres-storage.png"), full_page=True)
+
+        # live: a job enqueued by another client shows up without a reload
+        page.click("#nav-overview")
+        with PostgresQueue(dsn, schema=schema, reaper_interval=None) as q:
+            q.enqueue(Job("late", {}))
+        expect(page.locator("#count-pending")).to_have_text("66", timeout=15_000)
+
+        # dead letter -> the job (its <script> payload is text) -> retry
+        page.click("#nav-dead")
+        expect(page.locator("#job-table tbody tr")).to_have_count(1)
+        page.click(f"text={ids['dead']}")
+        expect(page.locator("#payload")).to_contain_text("<script>window.__pwned = 1</script>")
+        assert page.evaluate("window.__pwned") is None
+        page.click("#retry-button")
+        expect(page.locator("#job-status")).to_have_text("pending", timeout=15_000)
+        expect(page.locator("#timeline li").last).to_contain_text("retry_dead")
+        with PostgresQueue(dsn, schema=schema, reaper_interval=None) as q:
+            job = q.get(ids["dead"])
+            assert job.status is JobStatus.PENDING and job.retry_count == 0
+            assert [t.kind for t in q.history(ids["dead"])][-1] == "retry_dead"
+            assert q.stats()["dead_letter"] == 0
+
+        page.click("#nav-dead")
         page.click("#purge-link")
         expect(page.locator("#purge-confirm")).to_have_text("Yes, purge 0 job(s)")
 

@@ -86,6 +86,10 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX history_job ON {s}.history (job_id, lsn)",
     ],
+    # version 2: the dashboard's activity view reads the last hour of history by time
+    [
+        "CREATE INDEX history_at ON {s}.history (at_ms)",
+    ],
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

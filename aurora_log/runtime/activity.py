@@ -52,6 +52,7 @@ class ActivitySnapshot:
     run_p95: float | None
     samples: int
     scanned_to_lsn: int
+    source: str = "the log"                    # where it was read (shown on the overview)
 
 
 def _percentile(sorted_values: list[float], p: float) -> float | None:

@@ -12,6 +12,11 @@ Names follow Prometheus conventions (base units, ``_total`` counters):
 * ``aurora_fdatasyncs_total``                  counter: the writer's fdatasync calls
 * ``aurora_fdatasync_duration_seconds``        histogram: time in fdatasync (C writer)
 
+On a PostgreSQL queue the same names apply except the WAL and fdatasync ones, which are
+omitted (there is no log file; the server's own exporter covers its WAL): the counters and
+the histogram are folded from the history table by aurora_log.runtime.pg_activity's
+HistoryTracker, the gauge comes from ``stats()``.
+
 The counters and the histogram are folded from the log by an ActivityTracker, so they
 count what the store recorded (every process's work), from the oldest record the WAL
 still holds when this process started reading; a restart resets them, which Prometheus'
@@ -42,7 +47,8 @@ from ..job import JobStatus
 
 from .activity import RUN_BUCKETS, ActivityTracker
 
-__all__ = ["CONTENT_TYPE", "QueueCollector", "make_registry", "render", "serve_metrics"]
+__all__ = ["CONTENT_TYPE", "QueueCollector", "make_registry", "render", "serve_metrics",
+           "tracker_for"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -60,8 +66,13 @@ def _cumulative(bounds: Iterable[float], counts: Iterable[int]) -> list[tuple[st
 class QueueCollector(Collector):
     """Reads the queue (``get_queue()``) and the tracker at every scrape."""
 
-    def __init__(self, get_queue: Callable[[], Any], tracker: ActivityTracker) -> None:
+    def __init__(self, get_queue: Callable[[], Any], tracker: Any,
+                 stats: Callable[[], dict] | None = None) -> None:
+        """``tracker``: an ActivityTracker, or a HistoryTracker (same totals). ``stats``:
+        where the job counts come from (default ``queue.stats()``; the dashboard passes
+        its reads', which on PostgreSQL are a count at most seconds old)."""
         self._get_queue = get_queue
+        self._stats = stats
         self._tracker = tracker
 
     def collect(self) -> Iterator[Metric]:
@@ -69,7 +80,8 @@ class QueueCollector(Collector):
         t = self._tracker
         jobs = GaugeMetricFamily("aurora_jobs", "Jobs in the live state, by status and queue",
                                  labels=["status", "queue"])
-        for queue, counts in q.stats()["queues"].items():
+        stats = self._stats() if self._stats is not None else q.stats()
+        for queue, counts in stats["queues"].items():
             for status in JobStatus:
                 jobs.add_metric([status.value, queue], counts[status.value])
         yield jobs
@@ -84,6 +96,8 @@ class QueueCollector(Collector):
         yield HistogramMetricFamily(
             "aurora_job_duration_seconds", "Run time of an attempt, claim to its outcome",
             buckets=_cumulative(RUN_BUCKETS, t.run_bucket_counts), sum_value=t.run_seconds_sum)
+        if getattr(q, "log", None) is None:        # PostgreSQL: no log file, no writer
+            return
         yield GaugeMetricFamily("aurora_wal_bytes", "Bytes of the WAL segment files",
                                 value=sum(seg.size for seg in q.log.segments()))
         yield GaugeMetricFamily("aurora_log_next_lsn", "The LSN the next record gets",
@@ -100,11 +114,21 @@ class QueueCollector(Collector):
                     sum_value=writer["fdatasync_seconds"])
 
 
-def make_registry(get_queue: Callable[[], Any], tracker: ActivityTracker) -> CollectorRegistry:
+def tracker_for(queue: Any) -> Any:
+    """The tracker that folds ``queue``'s activity: its log's records (a local store) or
+    its history table (a PostgresQueue, which has a ``schema``)."""
+    if getattr(queue, "log", None) is None and hasattr(queue, "schema"):
+        from .pg_activity import HistoryTracker
+        return HistoryTracker()
+    return ActivityTracker()
+
+
+def make_registry(get_queue: Callable[[], Any], tracker: Any,
+                  stats: Callable[[], dict] | None = None) -> CollectorRegistry:
     """A registry of its own (not prometheus_client's global one): two dashboards or a
     dashboard and a worker in one process do not collide."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(get_queue, tracker))
+    registry.register(QueueCollector(get_queue, tracker, stats))
     return registry
 
 
@@ -116,5 +140,5 @@ def serve_metrics(queue: Any, port: int,
                   host: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
     """Serve ``queue``'s metrics on http://host:port/metrics from a daemon thread (the
     worker's ``metrics_port``). Returns (server, thread); ``server.shutdown()`` stops it."""
-    registry = make_registry(lambda: queue, ActivityTracker())
+    registry = make_registry(lambda: queue, tracker_for(queue))
     return start_http_server(port, addr=host, registry=registry)

@@ -10,6 +10,7 @@
     aurora-log verify ./jobs ; aurora-log compact ./jobs
     aurora-log dump ./jobs > records.jsonl
     aurora-log dashboard ./jobs --port 8600      # the web UI (needs the dashboard extra)
+    aurora-log dashboard postgresql://app@db/app --schema aurora   # ... on PostgreSQL
     aurora-log migrate postgresql://app@db/app --schema aurora
     aurora-log stats postgresql://app@db/app --schema aurora
     aurora-log copy ./jobs postgresql://app@db/app --dst-schema aurora
@@ -744,9 +745,12 @@ def cmd_limit(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    _local_only(args.dir, "dashboard")
-    path = Path(args.dir)
-    if not (path / "wal").is_dir():
+    schema = getattr(args, "schema", "aurora_log")
+    if _is_dsn(args.dir):
+        # open once here: a wrong DSN or an unmigrated schema is a clear error now, not
+        # a traceback from the server's startup
+        _open_pg(args.dir, schema).close()
+    elif not (Path(args.dir) / "wal").is_dir():
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
     try:
         from .dashboard import serve
@@ -755,9 +759,14 @@ def cmd_dashboard(args) -> int:
                        f"({exc})") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("dashboard bound to %s: anyone who can reach it sees every job", args.host)
-    _out(f"aurora-log dashboard for {args.dir} on http://{args.host}:{args.port}/ "
+    where = args.dir
+    if _is_dsn(args.dir):
+        from ..postgres.connection import redact
+        where = f"{redact(args.dir)} schema {schema}"
+    _out(f"aurora-log dashboard for {where} on http://{args.host}:{args.port}/ "
          f"({'actions allowed' if args.allow_actions else 'read-only'})")
-    serve(path, host=args.host, port=args.port, allow_actions=args.allow_actions)
+    serve(args.dir, host=args.host, port=args.port, allow_actions=args.allow_actions,
+          schema=schema)
     return 0
 
 

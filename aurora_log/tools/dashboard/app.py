@@ -1,7 +1,8 @@
 """The Starlette application: routes to the pages, /metrics, the static files.
 
     from aurora_log.dashboard import app
-    web = app(q)                                   # an ASGI app for your Queue
+    web = app(q)                                   # an ASGI app for your Queue (local or
+                                                   # PostgreSQL: aurora_log.open(dsn))
     starlette_app.mount("/jobs-admin", web)        # or FastAPI: fastapi_app.mount(...)
 """
 
@@ -21,10 +22,10 @@ from starlette.staticfiles import StaticFiles
 
 from ...runtime.metrics import CONTENT_TYPE, render
 from .pages import Pages
-from .source import DirectorySource, QueueSource, StoreSource
+from .source import DirectorySource, PostgresSource, QueueSource, StoreSource
 from .state import Dashboard
 
-__all__ = ["app", "create_app", "directory_app"]
+__all__ = ["app", "create_app", "directory_app", "postgres_app", "serve"]
 
 STATIC = Path(__file__).with_name("static")
 
@@ -69,8 +70,8 @@ def create_app(source: StoreSource, *, allow_actions: bool = False, poll_seconds
 
 
 def app(queue: Any, *, allow_actions: bool = False, poll_seconds: float = 2.0) -> Starlette:
-    """An ASGI app showing ``queue`` (an open aurora_log.Queue, which stays yours to close).
-    Read-only unless ``allow_actions``."""
+    """An ASGI app showing ``queue`` (an open aurora_log.Queue or PostgresQueue, which stays
+    yours to close). Read-only unless ``allow_actions``."""
     return create_app(QueueSource(queue), allow_actions=allow_actions, poll_seconds=poll_seconds)
 
 
@@ -83,9 +84,23 @@ def directory_app(path: str | os.PathLike, *, allow_actions: bool = False,
                       owns_source=True)
 
 
-def serve(path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8600,
-          allow_actions: bool = False, log_level: str = "warning") -> None:
-    """Run the dashboard for the store in ``path`` with uvicorn until interrupted."""
+def postgres_app(dsn: str, *, schema: str = "aurora_log", allow_actions: bool = False,
+                 poll_seconds: float = 2.0) -> Starlette:
+    """An ASGI app for the PostgreSQL queue at ``dsn`` in ``schema`` (what ``aurora-log
+    dashboard postgresql://...`` serves); the app opens the queue and closes it on
+    shutdown. The schema must be at the current migration (``aurora-log migrate``)."""
+    return create_app(PostgresSource(dsn, schema=schema), allow_actions=allow_actions,
+                      poll_seconds=poll_seconds, owns_source=True)
+
+
+def serve(target: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8600,
+          allow_actions: bool = False, log_level: str = "warning",
+          schema: str = "aurora_log") -> None:
+    """Run the dashboard with uvicorn until interrupted, for the store directory ``target``
+    or the PostgreSQL queue at the DSN ``target`` (in ``schema``)."""
     import uvicorn
-    web = directory_app(path, allow_actions=allow_actions)
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        web = postgres_app(str(target), schema=schema, allow_actions=allow_actions)
+    else:
+        web = directory_app(target, allow_actions=allow_actions)
     uvicorn.run(web, host=host, port=port, log_level=log_level)

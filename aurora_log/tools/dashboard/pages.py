@@ -1,4 +1,5 @@
-"""The page handlers: read the store (reads.py), render a template (autoescaped Jinja2).
+"""The page handlers: read the store through the dashboard's reads (readers.StoreReads: the
+local engine's or PostgreSQL's, the same methods), render a template (autoescaped Jinja2).
 
 Every page is a base layout around one "live" template; a request carrying the header
 ``X-Live: 1`` (the page's own polling script) gets only that part, which the script swaps
@@ -19,7 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from aurora_log import AuroraLogError, InvalidStateError, JobNotFoundError, JobStatus
 
-from . import csrf, reads
+from . import csrf, readers
 from .source import ActionsLockedError
 from .state import Dashboard
 
@@ -115,34 +116,38 @@ class Pages:
     # ---------------------------------------------------------------- pages
 
     async def overview(self, request: Request) -> Response:
-        q = self.dash.queue()
-        stats = q.stats()
+        stats = self.dash.reads.stats()
         activity = self.dash.fresh_activity()
         peak = max([max(m[1:]) for m in activity.minutes] + [1])
         return self.render(request, "overview", "Overview", stats=stats, activity=activity,
                            peak=peak)
 
     async def queues(self, request: Request) -> Response:
-        return self.render(request, "queues", "Queues", rows=reads.queue_rows(self.dash.queue()))
+        return self.render(request, "queues", "Queues", rows=self.dash.reads.queue_rows())
 
     async def jobs(self, request: Request, *, dead_letter: bool = False) -> Response:
         params = request.query_params
         q = self.dash.queue()
         find = (params.get("id") or "").strip()
         if find:
-            if q.get(find) is None:
+            try:
+                found = q.get(find)
+            except (TypeError, ValueError) as exc:       # not a possible job id
+                return self.error(request, str(exc), 400)
+            if found is None:
                 return self.error(request, f"no job with id {find!r} in this store", 404)
             return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{find}", 303)
         try:
             status = JobStatus.DEAD_LETTER if dead_letter else _status_param(params.get("status"))
-            flt = reads.JobFilter(status, params.get("queue") or None, params.get("type") or None)
-            cursor = reads.parse_cursor(params.get("cursor"))
-            limit = int(params.get("limit") or reads.DEFAULT_PAGE)
+            flt = readers.JobFilter(status, params.get("queue") or None,
+                                    params.get("type") or None)
+            cursor = params.get("cursor") or None
+            limit = int(params.get("limit") or readers.DEFAULT_PAGE)
             if not 1 <= limit <= 500:
                 raise ValueError("limit must be between 1 and 500")
+            page = self.dash.reads.job_page(flt, cursor, limit)
         except ValueError as exc:
             return self.error(request, str(exc), 400)
-        page = reads.job_page(q, flt, cursor=cursor, limit=limit)
         keep = {k: v for k, v in (("status", flt.status.value if flt.status and not dead_letter
                                    else None), ("queue", flt.queue), ("type", flt.job_type),
                                   ("limit", params.get("limit"))) if v}
@@ -153,28 +158,32 @@ class Pages:
         name = "dead" if dead_letter else "jobs"
         return self.render(request, name, "Dead letter" if dead_letter else "Jobs", flt=flt,
                            jobs_page=page, next_url=next_url, first_url=first_url,
-                           at_start=cursor is None, queues=sorted(q.stats()["queues"]))
+                           at_start=cursor is None, queues=self.dash.reads.queue_names())
 
     async def dead(self, request: Request) -> Response:
         return await self.jobs(request, dead_letter=True)
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        found = reads.job_detail(self.dash.queue(), job_id)
+        try:
+            found = self.dash.reads.job_detail(job_id)
+        except (TypeError, ValueError) as exc:           # not a possible job id
+            return self.error(request, str(exc), 400)
         if found is None:
             return self.error(request, f"no job with id {job_id!r} in this store", 404)
         job, history = found
         return self.render(request, "job", f"Job {job_id}", job=job, history=history)
 
     async def workers(self, request: Request) -> Response:
-        return self.render(request, "workers", "Workers", workers=reads.workers(self.dash.queue()))
+        return self.render(request, "workers", "Workers", workers=self.dash.reads.workers())
 
     async def storage(self, request: Request) -> Response:
         return self.render(request, "storage", "Storage",
-                           info=reads.storage_info(self.dash.queue()), run=self.dash.verify_run)
+                           view=self.dash.reads.storage(), run=self.dash.verify_run)
 
     async def purge_confirm(self, request: Request) -> Response:
-        count = self.dash.queue().stats()["dead_letter"]
+        self.dash.reads.refresh(force=True)            # the number asked about: exact
+        count = self.dash.reads.stats()["dead_letter"]
         return self.render(request, "purge", "Purge dead letter", count=count)
 
     # ---------------------------------------------------------------- actions (POST)
@@ -204,7 +213,8 @@ class Pages:
             return self.error(request, str(exc), 409)
         except AuroraLogError as exc:
             return self.error(request, f"{type(exc).__name__}: {exc}", 500)
-        self.dash.tracker.catch_up(self.dash.queue())
+        self.dash.reads.refresh(force=True)
+        self.dash.reads.catch_up()
         return self._done(request, where)
 
     async def retry(self, request: Request) -> Response:
@@ -235,5 +245,8 @@ class Pages:
         refused = await self._guard(request, needs_actions=False)
         if refused is not None:
             return refused
+        if not self.dash.reads.can_verify:
+            return self.error(request, "this store has no verify run (PostgreSQL checks its "
+                              "own pages)", 404)
         self.dash.start_verify()
         return self._done(request, "/storage")

@@ -1,5 +1,5 @@
-"""What the pages show, read from a Queue: counts, a page of jobs, one job, the workers,
-the files of the store. No HTML here.
+"""The local store's reads (LocalReads, see readers.py): counts, a page of jobs, one job, the
+workers, the files of the store, read from a local Queue. No HTML here.
 
 The job list pages with a keyset cursor over the queue's job table, which keeps enqueue
 order (a Python dict). A cursor is "position:id" of the last job shown; the next page
@@ -20,7 +20,7 @@ import itertools
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,29 @@ from typing import Any
 from aurora_log import Job, JobStatus, Transition
 from aurora_log.local.table import JOB_HEAD, PAIR
 
+from ...runtime.activity import ActivitySnapshot, ActivityTracker
+from .readers import (
+    DEFAULT_PAGE,
+    DEFAULT_SCAN_BUDGET,
+    JobFilter,
+    JobPage,
+    StorageTable,
+    StorageView,
+    StoreReads,
+    WorkerInfo,
+    group_by_worker,
+)
+
 __all__ = [
+    "DEFAULT_PAGE",
     "JobFilter",
     "JobPage",
+    "LocalReads",
     "StorageInfo",
     "WorkerInfo",
     "job_detail",
     "job_page",
     "parse_cursor",
-    "queue_rows",
     "storage_info",
     "workers",
 ]
@@ -46,30 +60,8 @@ __all__ = [
 _PAIR_AT = struct.calcsize(JOB_HEAD.format[:1 + PAIR])
 _U32 = struct.Struct("<I")
 _PENDING = JobStatus.PENDING.code
-
-DEFAULT_PAGE = 50
-DEFAULT_SCAN_BUDGET = 100_000   # jobs one request may examine (~25 ms)
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    status: JobStatus | None = None
-    queue: str | None = None
-    job_type: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status is not None or self.queue is not None or self.job_type is not None
-
-
-@dataclass
-class JobPage:
-    jobs: list[Job]
-    next_cursor: str | None        # None: nothing after this page
-    examined: int                  # jobs looked at for this page
-    position: int                  # where the scan stopped (0-based, in enqueue order)
-    total: int                     # jobs in the table
-    budget_hit: bool = False       # stopped by scan_budget before the page was full
+# records one request folds in before answering (the poller does the rest)
+REQUEST_CATCH_UP = 20_000
 
 
 def parse_cursor(text: str | None) -> tuple[int, str] | None:
@@ -129,9 +121,10 @@ def _matches(items: Iterator, code: int | None, pairs: set[int] | None) -> Itera
         yield n, job_id, v
 
 
-def job_page(q: Any, flt: JobFilter = JobFilter(), *, cursor: tuple[int, str] | None = None,
+def job_page(q: Any, flt: JobFilter | None = None, *, cursor: tuple[int, str] | None = None,
              limit: int = DEFAULT_PAGE, scan_budget: int = DEFAULT_SCAN_BUDGET) -> JobPage:
     """One page of jobs in enqueue order, after ``cursor``."""
+    flt = flt if flt is not None else JobFilter()
     if limit < 1 or scan_budget < 1:
         raise ValueError("limit and scan_budget must be >= 1")
     code = flt.status.code if flt.status is not None else None
@@ -174,46 +167,13 @@ def job_detail(q: Any, job_id: str) -> tuple[Job, list[Transition]] | None:
     return job, q.history(job_id)
 
 
-@dataclass
-class QueueRow:
-    name: str
-    depth: int          # waiting to run: pending + failed (retry scheduled)
-    running: int
-    counts: dict[str, int]
-
-
-def queue_rows(q: Any) -> list[QueueRow]:
-    """One row per queue. (Pause and concurrency limits do not exist in the engine yet.)"""
-    rows = []
-    for name, c in q.stats()["queues"].items():
-        rows.append(QueueRow(name, c["pending"] + c["failed"], c["running"], c))
-    return rows
-
-
-@dataclass
-class WorkerInfo:
-    worker_id: str
-    jobs: list[Job] = field(default_factory=list)
-
-    @property
-    def last_heartbeat(self) -> datetime | None:
-        beats = [b for b in (j.last_heartbeat or j.started_at for j in self.jobs)
-                 if b is not None]
-        return max(beats) if beats else None
-
-
 def workers(q: Any) -> list[WorkerInfo]:
     """The workers that hold a job right now (from the running jobs' leases)."""
     with q._lock:
         ids = sorted(q._state.running_ids())
-    by_worker: dict[str, WorkerInfo] = {}
-    for job_id in ids:
-        job = q.get(job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            continue
-        wid = job.worker_id or "?"
-        by_worker.setdefault(wid, WorkerInfo(wid)).jobs.append(job)
-    return sorted(by_worker.values(), key=lambda w: w.worker_id)
+    running = [job for job in map(q.get, ids)
+               if job is not None and job.status is JobStatus.RUNNING]
+    return group_by_worker(running)
 
 
 @dataclass
@@ -264,3 +224,56 @@ def storage_info(q: Any) -> StorageInfo:
     return StorageInfo(str(path), segs, snaps, archived, sum(s.size for s in segs),
                        snaps[-1].modified if snaps else None, log.first_lsn, log.next_lsn,
                        log.stats())
+
+
+class LocalReads(StoreReads):
+    """The reads of a local store: its state table, its files, and its log's records
+    folded by an ActivityTracker."""
+
+    can_verify = True
+
+    def __init__(self, get_queue: Any) -> None:
+        super().__init__(get_queue)
+        self.tracker = ActivityTracker()
+
+    def catch_up(self, max_records: int | None = None, *, wait: bool = True) -> None:
+        self.tracker.catch_up(self.get_queue(), max_records, wait=wait)
+
+    def activity(self) -> ActivitySnapshot:
+        # fold in a bounded number of new records first (the poller does the rest): keeps
+        # the first overview of a big store fast
+        self.tracker.catch_up(self.get_queue(), REQUEST_CATCH_UP, wait=False)
+        return self.tracker.snapshot()
+
+    def job_page(self, flt: JobFilter, cursor: str | None, limit: int) -> JobPage:
+        page = job_page(self.get_queue(), flt, cursor=parse_cursor(cursor), limit=limit)
+        page.note = (f"looked at jobs up to #{page.position:,} of {page.total:,} "
+                     "(enqueue order)")
+        return page
+
+    def workers(self) -> list[WorkerInfo]:
+        return workers(self.get_queue())
+
+    def storage(self) -> StorageView:
+        info = storage_info(self.get_queue())
+
+        def files(table_id: str, title: str, items: list[FileInfo], when: str,
+                  empty: str) -> StorageTable:
+            return StorageTable(table_id, title, ["File", "bytes", when],
+                                [[f.name, f.size, f.modified] for f in items], empty, {1})
+
+        tables = [files("segments", "Segments", info.segments, "modified", ""),
+                  files("snapshots", "Snapshots", info.snapshots, "written",
+                        "No snapshot yet (the store replays its whole log on open).")]
+        if info.writer:
+            tables.append(StorageTable("writer", "Log writer (this process)", ["", ""],
+                                       [[k, v] for k, v in info.writer.items()], "", {1}))
+        notes = [f"{info.archived} archived segment(s) in archive/wal."] if info.archived \
+            else []
+        return StorageView(
+            cards=[("wal-bytes", info.wal_bytes, f"WAL bytes ({len(info.segments)} segment(s))"),
+                   ("snapshot-count", len(info.snapshots), "snapshots"),
+                   ("lsn-range", f"{info.first_lsn}…{info.next_lsn - 1}", "LSNs in the WAL"),
+                   ("last-compaction", info.last_compaction,
+                    "last compaction (newest snapshot)")],
+            tables=tables, notes=notes, can_verify=True)

@@ -1,6 +1,6 @@
 """Where the dashboard gets its Queue from, and how it runs an action against it.
 
-Two sources:
+Three sources:
 
 * :class:`QueueSource` -- the user mounted the dashboard in their own app and handed it
   their open Queue: reads and actions go straight to it.
@@ -11,6 +11,10 @@ Two sources:
   back to back (a reopen replays from the newest snapshot). An action opens the
   store writable just for that action; while another process holds the lock it raises
   :class:`ActionsLockedError` (the UI says so) instead of waiting or crashing.
+* :class:`PostgresSource` -- ``aurora-log dashboard postgresql://...``: a PostgresQueue the
+  dashboard opens (no reaper: the workers run theirs; no migration: the schema must be
+  current) and closes. The database has no single-writer lock, so reads are always fresh
+  and actions run directly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import aurora_log
 from aurora_log import LockedError, ReadOnlyError
 from aurora_log.errors import ActionsLockedError
 
-__all__ = ["ActionsLockedError", "DirectorySource", "QueueSource", "StoreSource"]
+__all__ = ["ActionsLockedError", "DirectorySource", "PostgresSource", "QueueSource",
+           "StoreSource"]
 
 T = TypeVar("T")
 
@@ -34,7 +39,7 @@ T = TypeVar("T")
 class StoreSource:
     """The interface both sources share."""
 
-    path: Path
+    path: str | Path                 # a directory, or a PostgreSQL queue's "dsn schema=..."
 
     def queue(self) -> Any:
         """The Queue to read from now (do not close it)."""
@@ -63,7 +68,7 @@ class QueueSource(StoreSource):
         if not hasattr(queue, "stats") or not hasattr(queue, "history"):
             raise TypeError(f"dashboard needs an aurora_log.Queue, not {type(queue).__name__}")
         self._queue = queue
-        self.path = Path(queue.path)
+        self.path = queue.path if isinstance(queue.path, str) else Path(queue.path)
 
     def queue(self) -> Any:
         return self._queue
@@ -95,7 +100,7 @@ class DirectorySource(StoreSource):
 
     def __init__(self, path: str | os.PathLike, *, refresh_seconds: float = 2.0,
                  opener: Callable[..., Any] = aurora_log.open) -> None:
-        self.path = Path(path)
+        self.path: Path = Path(path)
         if not (self.path / "wal").is_dir():
             raise FileNotFoundError(f"no aurora-log store at {self.path} (no wal/ directory)")
         self.refresh_seconds = float(refresh_seconds)
@@ -159,3 +164,15 @@ class DirectorySource(StoreSource):
                 if q is not None:
                     q.close()
             self._retired = None
+
+
+class PostgresSource(QueueSource):
+    """A PostgreSQL queue opened (and closed) by the dashboard itself."""
+
+    def __init__(self, dsn: str, *, schema: str = "aurora_log") -> None:
+        from aurora_log.postgres import PostgresQueue
+        super().__init__(PostgresQueue(dsn, schema=schema, reaper_interval=None,
+                                       migrate=False, pool_size=4))
+
+    def close(self) -> None:
+        self._queue.close()

@@ -1,5 +1,6 @@
-"""The dashboard's own state: where the store comes from, the activity tracker, the
-metrics registry, the background poller and the last verify run."""
+"""The dashboard's own state: where the store comes from, the reads for its kind of store
+(with the tracker behind the activity view and /metrics), the metrics registry, the
+background poller and the last verify run."""
 
 from __future__ import annotations
 
@@ -12,17 +13,23 @@ from typing import Any
 
 from aurora_log import verify
 
-from ...runtime.activity import ActivityTracker
 from ...runtime.metrics import make_registry
+from .readers import StoreReads
 from .source import StoreSource
 
-__all__ = ["Dashboard", "VerifyRun"]
+__all__ = ["Dashboard", "VerifyRun", "reads_for"]
 
 log = logging.getLogger("aurora_log.dashboard")
 
-# records one request folds in before answering (the poller does the rest): keeps the
-# first overview of a big store fast
-REQUEST_CATCH_UP = 20_000
+def reads_for(source: StoreSource) -> StoreReads:
+    """The reads for the source's kind of store: a PostgresQueue has a ``schema`` and no
+    ``log``; everything else is the local engine."""
+    q = source.queue()
+    if getattr(q, "log", None) is None and hasattr(q, "schema"):
+        from .pg_reads import PostgresReads
+        return PostgresReads(source.queue)
+    from .reads import LocalReads
+    return LocalReads(source.queue)
 
 
 @dataclass
@@ -42,8 +49,9 @@ class Dashboard:
         self.source = source
         self.allow_actions = bool(allow_actions)
         self.poll_seconds = float(poll_seconds)
-        self.tracker = ActivityTracker()
-        self.registry = make_registry(self.queue, self.tracker)
+        self.reads = reads_for(source)
+        self.tracker = self.reads.tracker
+        self.registry = make_registry(self.queue, self.tracker, self.reads.stats)
         self.verify_run: VerifyRun | None = None
         self._owns_source = owns_source
         self._stop = threading.Event()
@@ -75,15 +83,18 @@ class Dashboard:
 
     def poll_once(self) -> None:
         self.source.refresh()
-        self.tracker.catch_up(self.queue())
+        self.reads.refresh()
+        self.reads.catch_up()
 
     def fresh_activity(self):
-        """The activity snapshot after folding in a bounded number of new records."""
-        self.tracker.catch_up(self.queue(), REQUEST_CATCH_UP, wait=False)
-        return self.tracker.snapshot()
+        """The last hour's activity, as fresh as one request can afford."""
+        return self.reads.activity()
 
     def start_verify(self) -> bool:
-        """Run verify() on the store in a thread; False if one is running."""
+        """Run verify() on the store in a thread; False if one is running or the store has
+        no verify (PostgreSQL)."""
+        if not self.reads.can_verify:
+            return False
         run = self.verify_run
         if run is not None and run.finished is None:
             return False
