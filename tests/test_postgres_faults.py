@@ -315,3 +315,36 @@ def test_an_operation_that_meets_the_closed_pool_raises_closed_error(pgq):
         pgq.get("x")
     with pytest.raises(ClosedError):
         pgq.claim("w")
+
+
+# ------------------------------------------------------------------ the pool's check
+
+def test_sessions_ended_while_idle_are_replaced_before_use(pgq, pg_server, pg_schema):
+    """The server ends every idle pooled session (as a restart or an admin does): the next
+    operations see nothing of it, the pool's check swaps the dead connections out."""
+    pgq.enqueue(Job("t"))
+    with _psql(pg_server.dsn) as admin:
+        pids = [r[0] for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = '' AND "
+            "pid <> pg_backend_pid() AND datname = current_database() AND state = 'idle'"
+        ).fetchall()]
+        assert pids
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    for i in range(4):                   # more than the pool holds: every connection used
+        pgq.enqueue(Job("t", {"i": i}))
+    assert pgq.stats()["pending"] == 5
+
+
+def test_the_check_of_a_quiet_connection_costs_no_round_trip(pgq):
+    """Handing out a live idle connection sends nothing to the server."""
+    from aurora_log.postgres.connection import check_quiet
+    with pgq._pool.connection() as conn:
+        sent = []
+        real = conn.execute
+        conn.execute = lambda *a, **k: sent.append(a) or real(*a, **k)   # type: ignore
+        check_quiet(conn)
+        assert sent == []
+        conn.close()
+        with pytest.raises(Exception):
+            check_quiet(conn)
