@@ -346,5 +346,6 @@ def test_the_check_of_a_quiet_connection_costs_no_round_trip(pgq):
         check_quiet(conn)
         assert sent == []
         conn.close()
-        with pytest.raises(Exception):
+        import psycopg
+        with pytest.raises(psycopg.OperationalError):
             check_quiet(conn)
