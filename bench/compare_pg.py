@@ -14,9 +14,11 @@ Systems (each in its own database on the same server, created fresh):
   aurora-local   a local store beside them (not on the server; claim+complete with N
                  threads in one process: a local store belongs to one process)
 
-Workloads, each timed on its own: "enqueue" (one job per call, one process), "enqueue_many"
-(batches of 100), "claim+complete N" (N processes drain a pre-filled queue, claiming one
-job and completing it per round trip; the time from the start until the queue is empty).
+Workloads, each timed on its own (workload by workload; within a workload the systems take
+turns, --repeat rounds of them, the best run of each kept): "enqueue" (one job per call,
+one process), "enqueue_many" (batches of 100), "claim+complete N" (N processes drain a
+pre-filled queue, claiming one job and completing it per round trip; the time from the
+start until the queue is empty).
 Without --dsn a throwaway server is started (initdb, unix socket, fsync on and
 synchronous_commit on, the default: every acknowledged operation is on disk) and removed;
 if PostgreSQL is not installed, a line says so and the exit status is 0 (for make compare).
@@ -395,26 +397,29 @@ def main(argv=None) -> int:
     notes = []
     try:
         names = args.only.split(",") if args.only else list(SYSTEMS)
-        for name in (n for n in names if n in SYSTEMS):
-            system = SYSTEMS[name]()
-            try:
-                row = {}
-                for wl in ["enqueue", "enqueue_many"] + [f"claim+complete {p}" for p in procs_list]:
-                    best = 0.0
-                    for _ in range(args.repeat):
+        systems = {n: SYSTEMS[n]() for n in names if n in SYSTEMS}
+        # workload-major, the systems taking turns within each repeat: the disk's fsync
+        # rate drifts with the machine's load, and interleaving spreads a drift over all
+        # systems instead of handing it to whichever ran during it
+        for wl in ["enqueue", "enqueue_many"] + [f"claim+complete {p}" for p in procs_list]:
+            for _ in range(args.repeat):
+                for name, system in list(systems.items()):
+                    try:
                         target = create_db(dsn, "bench_" + name.replace("-", "_"))
                         system.setup(target)
                         if wl.startswith("claim"):
                             dt = claim_complete(system, target, args.jobs, int(wl.split()[1]))
                         else:
                             dt = getattr(system, wl)(target, args.jobs)
-                        best = max(best, args.jobs / dt)
-                    row[wl] = best
-                    print(f"  {name:<14} {wl:<20} {row[wl]:>9.0f} jobs/s", flush=True)
-                results[name] = row
-            except ImportError as e:
-                notes.append(f"{name}: skipped, not installed ({e})")
-                print(f"  {name}: skipped, not installed ({e})", flush=True)
+                    except ImportError as e:
+                        notes.append(f"{name}: skipped, not installed ({e})")
+                        print(f"  {name}: skipped, not installed ({e})", flush=True)
+                        del systems[name]
+                        continue
+                    row = results.setdefault(name, {})
+                    row[wl] = max(row.get(wl, 0.0), args.jobs / dt)
+            for name in systems:
+                print(f"  {name:<14} {wl:<20} {results[name][wl]:>9.0f} jobs/s", flush=True)
         if "aurora-local" in names or not args.only:
             local = [local_figures(args.jobs, procs_list) for _ in range(args.repeat)]
             results["aurora-local"] = {k: max(r[k] for r in local) for k in local[0]}
