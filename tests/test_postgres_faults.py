@@ -113,7 +113,15 @@ def test_kill9_of_worker_processes(pg_server, pg_schema):
 def _check_and_drain(dsn: str, schema: str, k: Knowledge, t: Tally) -> None:
     """Every child is dead: the attempts they held are reaped (as the reaper of a live
     machine would once their leases expire: this queue's clock runs an hour ahead), then
-    the checks, then a drain."""
+    the checks, then a drain. A killed child's backend may still be finishing its last
+    statement (a claim commits without its client): wait until those backends are gone."""
+    end = time.monotonic() + 30.0
+    with _psql(dsn) as conn:
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                           "AND query LIKE %s AND pid <> pg_backend_pid()",
+                           (f"%{schema}.%",)).fetchone()[0]:
+            assert time.monotonic() < end, "the killed children's backends did not exit"
+            time.sleep(0.02)
     with aurora_log.open(dsn, schema=schema, reaper_interval=None, retry_base=0.0,
                          retry_cap=0.0, clock=lambda: time.time() + 3600) as q:
         t.recovered_running += q.reap()
