@@ -119,7 +119,7 @@ def _check_and_drain(dsn: str, schema: str, k: Knowledge, t: Tally) -> None:
     with _psql(dsn) as conn:
         while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
                            "AND query LIKE %s AND pid <> pg_backend_pid()",
-                           (f"%{schema}.%",)).fetchone()[0]:
+                           (f"%{schema}%",)).fetchone()[0]:
             assert time.monotonic() < end, "the killed children's backends did not exit"
             time.sleep(0.02)
     with aurora_log.open(dsn, schema=schema, reaper_interval=None, retry_base=0.0,
