@@ -1,7 +1,9 @@
 # Two entry points for a fresh machine with only Python 3.11+, gcc and make:
 #   make demo   - set up a virtualenv, build the C core, run the crash-surviving demo
 #   make test   - set up the same virtualenv and run the test suite
-#   make compare - aurora-log side by side with SQLite-based queues and the disk's fsync rate
+#   make compare - aurora-log side by side with SQLite-based queues and the disk's fsync rate,
+#                  then on PostgreSQL beside procrastinate, PgQueuer and a plain SKIP LOCKED
+#                  table (a throwaway server; skipped with a line if PostgreSQL is missing)
 PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -37,6 +39,7 @@ bench: venv
 compare: venv
 	$(BIN)/python -m pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/compare_pg.py
 
 soak: venv
 	$(BIN)/python bench/soak.py all

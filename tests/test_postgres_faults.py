@@ -113,7 +113,15 @@ def test_kill9_of_worker_processes(pg_server, pg_schema):
 def _check_and_drain(dsn: str, schema: str, k: Knowledge, t: Tally) -> None:
     """Every child is dead: the attempts they held are reaped (as the reaper of a live
     machine would once their leases expire: this queue's clock runs an hour ahead), then
-    the checks, then a drain."""
+    the checks, then a drain. A killed child's backend may still be finishing its last
+    statement (a claim commits without its client): wait until those backends are gone."""
+    end = time.monotonic() + 30.0
+    with _psql(dsn) as conn:
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                           "AND query LIKE %s AND pid <> pg_backend_pid()",
+                           (f"%{schema}%",)).fetchone()[0]:
+            assert time.monotonic() < end, "the killed children's backends did not exit"
+            time.sleep(0.02)
     with aurora_log.open(dsn, schema=schema, reaper_interval=None, retry_base=0.0,
                          retry_cap=0.0, clock=lambda: time.time() + 3600) as q:
         t.recovered_running += q.reap()
@@ -315,3 +323,37 @@ def test_an_operation_that_meets_the_closed_pool_raises_closed_error(pgq):
         pgq.get("x")
     with pytest.raises(ClosedError):
         pgq.claim("w")
+
+
+# ------------------------------------------------------------------ the pool's check
+
+def test_sessions_ended_while_idle_are_replaced_before_use(pgq, pg_server, pg_schema):
+    """The server ends every idle pooled session (as a restart or an admin does): the next
+    operations see nothing of it, the pool's check swaps the dead connections out."""
+    pgq.enqueue(Job("t"))
+    with _psql(pg_server.dsn) as admin:
+        pids = [r[0] for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = '' AND "
+            "pid <> pg_backend_pid() AND datname = current_database() AND state = 'idle'"
+        ).fetchall()]
+        assert pids
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    for i in range(4):                   # more than the pool holds: every connection used
+        pgq.enqueue(Job("t", {"i": i}))
+    assert pgq.stats()["pending"] == 5
+
+
+def test_the_check_of_a_quiet_connection_costs_no_round_trip(pgq):
+    """Handing out a live idle connection sends nothing to the server."""
+    from aurora_log.postgres.connection import check_quiet
+    with pgq._pool.connection() as conn:
+        sent = []
+        real = conn.execute
+        conn.execute = lambda *a, **k: sent.append(a) or real(*a, **k)   # type: ignore
+        check_quiet(conn)
+        assert sent == []
+        conn.close()
+        import psycopg
+        with pytest.raises(psycopg.OperationalError):
+            check_quiet(conn)

@@ -89,3 +89,34 @@ def test_the_claim_walks_the_claim_index_in_order(pg_server, pg_schema):
     finally:
         q.close()
     assert "jobs_claim" in plan and "Sort" not in plan and "LockRows" in plan, plan
+
+
+def test_version_2_keeps_a_version_1_history_with_one_index(pg_server, pg_schema):
+    """A schema made at version 1, with jobs and history in it, migrates to 2: the history
+    is kept and read the same, and history carries one index (job_id, lsn)."""
+    from psycopg import sql
+
+    from aurora_log import Job
+    from aurora_log.postgres import schema as S
+    with _connect(pg_server.dsn) as conn:         # version 1 only, as an old release made it
+        ident = sql.Identifier(pg_schema)
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        conn.execute(sql.SQL("CREATE TABLE {}.aurora_migrations (version int PRIMARY KEY, "
+                             "applied_ms bigint NOT NULL)").format(ident))
+        for statement in S.MIGRATIONS[0]:
+            conn.execute(sql.SQL(statement.replace("{s}", "{}")).format(
+                *([ident] * statement.count("{s}"))))
+        conn.execute(sql.SQL("INSERT INTO {}.aurora_migrations VALUES (1, 0)").format(ident))
+        conn.execute(sql.SQL(
+            "INSERT INTO {}.history VALUES (nextval({}), 'old', 'enqueue', 5, 1, NULL, 1, NULL)"
+        ).format(ident, sql.Literal(f"{pg_schema}.lsn")))
+    with aurora_log.open(pg_server.dsn, schema=pg_schema, reaper_interval=None) as q:
+        jid = q.enqueue(Job("t"))
+        q.complete(jid, q.claim("w").token)
+        assert [t.kind for t in q.history(jid)] == ["enqueue", "claim", "complete"]
+    with _connect(pg_server.dsn) as conn:
+        assert conn.execute(sql.SQL("SELECT lsn, kind FROM {}.history WHERE job_id = 'old'")
+                            .format(ident)).fetchall() == [(1, "enqueue")]
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND "
+                               "tablename = 'history'", (pg_schema,)).fetchall()
+    assert len(indexes) == 1 and "(job_id, lsn)" in indexes[0][0], indexes

@@ -321,8 +321,13 @@ class PostgresQueue(QueueInterface):
             ids = [r[0] for r in rows]
             try:
                 with self._conn() as cur:
-                    columns = [builtins.list(c) for c in zip(*rows, strict=True)]
-                    n = _scalar(cur.execute(self._sql.enqueue_notify, columns + [ids, now]))
+                    if len(rows) == 1:
+                        n = _scalar(cur.execute(self._sql.enqueue_one_notify,
+                                                _one_row_args(rows[0], now)))
+                    else:
+                        columns = [builtins.list(c) for c in zip(*rows, strict=True)]
+                        n = _scalar(cur.execute(self._sql.enqueue_notify,
+                                                columns + [ids, now]))
                     if n != len(rows):
                         dup = cur.execute(self._sql.existing_ids, (ids,)).fetchone()
                         raise ValueError(f"a job with id {dup[0] if dup else '?'!r} "
@@ -758,6 +763,16 @@ class PostgresQueue(QueueInterface):
 
     def __repr__(self) -> str:
         return f"<aurora_log.PostgresQueue {self.path!r}{' closed' if self._closed else ''}>"
+
+
+def _one_row_args(row: tuple, now: int) -> dict:
+    """The parameters of Statements.enqueue_one_notify from a row of PostgresQueue._row
+    (whose unique_key is None)."""
+    (job_id, job_type, queue, _ukey, payload, prio, max_retries, created, sched, due,
+     timeout_ms, lease_ms) = row
+    return {"id": job_id, "job_type": job_type, "queue": queue, "payload": payload,
+            "priority": prio, "max_retries": max_retries, "created": created,
+            "sched": sched, "due": due, "timeout": timeout_ms, "lease": lease_ms, "now": now}
 
 
 def _ms(dt: datetime | None) -> int | None:

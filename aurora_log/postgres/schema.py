@@ -90,6 +90,14 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE INDEX history_at ON {s}.history (at_ms)",
     ],
+    # version 3: one index on history instead of two (every transition inserts a history
+    # row, so each index costs every operation). It is read by job (history(), progress,
+    # purge), never by lsn alone; lsn stays unique (one sequence hands it out).
+    [
+        "DROP INDEX {s}.history_job",
+        "ALTER TABLE {s}.history DROP CONSTRAINT history_pkey",
+        "ALTER TABLE {s}.history ADD CONSTRAINT history_pkey PRIMARY KEY (job_id, lsn)",
+    ],
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

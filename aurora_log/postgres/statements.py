@@ -67,6 +67,28 @@ class Statements:
                     SELECT pg_notify({sql.Literal(S.channel_name(schema)).as_string(None)}, '')
                     FROM (SELECT 1 FROM ins LIMIT 1) one) n) FROM ins""")
         assert "NOT EXISTS" in self.enqueue_notify
+        # the same for one job, with scalar parameters: no twelve one-element arrays to
+        # encode and unnest (Queue.enqueue's common case)
+        self.enqueue_one_notify = f"""
+            WITH r AS (
+                SELECT nextval({lsn}) AS n
+                WHERE NOT EXISTS (SELECT 1 FROM {j} WHERE id = %(id)s::text)
+            ), ins AS (
+                INSERT INTO {j} (id, seq, order_seq, job_type, queue, payload, priority,
+                                 max_retries, created_ms, scheduled_ms, due_ms, timeout_ms,
+                                 lease_ms)
+                SELECT %(id)s::text, n, n, %(job_type)s::text, %(queue)s::text,
+                       %(payload)s::text, %(priority)s::smallint, %(max_retries)s::bigint,
+                       %(created)s::bigint, %(sched)s::bigint, %(due)s::bigint,
+                       %(timeout)s::bigint, %(lease)s::bigint FROM r
+                RETURNING id, seq
+            ), hist AS (
+                INSERT INTO {h} (lsn, job_id, kind, at_ms, status, worker, attempt, note)
+                SELECT seq, id, 'enqueue', %(now)s::bigint, 1, NULL, 1, NULL FROM ins
+            )
+            SELECT count(*), (SELECT count(*) FROM (
+                    SELECT pg_notify({sql.Literal(S.channel_name(schema)).as_string(None)}, '')
+                    FROM (SELECT 1 FROM ins LIMIT 1) one) n) FROM ins"""
         self.status_of = f"SELECT status FROM {j} WHERE id = %s"
         self.heartbeat = f"""
             UPDATE {j} SET hb_ms = %(now)s,
