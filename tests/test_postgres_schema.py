@@ -91,9 +91,10 @@ def test_the_claim_walks_the_claim_index_in_order(pg_server, pg_schema):
     assert "jobs_claim" in plan and "Sort" not in plan and "LockRows" in plan, plan
 
 
-def test_version_2_keeps_a_version_1_history_with_one_index(pg_server, pg_schema):
-    """A schema made at version 1, with jobs and history in it, migrates to 2: the history
-    is kept and read the same, and history carries one index (job_id, lsn)."""
+def test_migrating_keeps_a_version_1_history_and_indexes_it_once_by_job(pg_server, pg_schema):
+    """A schema made at version 1, with jobs and history in it, migrates to the latest: the
+    history is kept and read the same; history carries one index by job, (job_id, lsn), as
+    its primary key (version 3), beside the dashboard's time index (version 2)."""
     from psycopg import sql
 
     from aurora_log import Job
@@ -119,4 +120,7 @@ def test_version_2_keeps_a_version_1_history_with_one_index(pg_server, pg_schema
                             .format(ident)).fetchall() == [(1, "enqueue")]
         indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND "
                                "tablename = 'history'", (pg_schema,)).fetchall()
-    assert len(indexes) == 1 and "(job_id, lsn)" in indexes[0][0], indexes
+    defs = sorted(d for (d,) in indexes)
+    assert len(defs) == 2, defs
+    assert any("history_pkey" in d and "(job_id, lsn)" in d for d in defs), defs
+    assert any("history_at" in d and "(at_ms)" in d for d in defs), defs

@@ -85,9 +85,9 @@ class QueueCollector(Collector):
             for status in JobStatus:
                 jobs.add_metric([status.value, queue], counts[status.value])
         yield jobs
-        if getattr(q, "log", None) is None:
-            return          # no local log to read (PostgreSQL): the job gauges are all there is
-        t.catch_up(q)
+        if isinstance(t, ActivityTracker) and getattr(q, "log", None) is None:
+            return          # a log tracker but no log to read: the job gauges are all there is
+        t.catch_up(q)       # the local log's records, or PostgreSQL's history (tracker_for)
         for name, value, text in (
                 ("aurora_jobs_enqueued", t.enqueued_total, "Jobs enqueued (log records read)"),
                 ("aurora_jobs_completed", t.completed_total, "Jobs completed"),
