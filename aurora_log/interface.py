@@ -21,10 +21,10 @@ from typing import Any
 
 from typing import NamedTuple
 
-from .job import Job, JobStatus, check_name
+from .job import Job, JobStatus, check_name, check_seconds
 
 __all__ = ["QueueInterface", "Transition", "bind_task_layer", "check_names", "token_bytes",
-           "check_job_id", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
+           "check_job_id", "check_limit_args", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
 
 MAX_ERROR_CHARS = 64 * 1024     # a failure's error text is cut there
 MAX_MESSAGE_CHARS = 4096        # a progress message longer than this is refused
@@ -94,6 +94,35 @@ def check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str):
         raise TypeError(f"job id must be a str, not {type(job_id).__name__}")
     return job_id
+
+
+def check_limit_args(queue: Any, job_type: Any, concurrency: Any,
+                     rate: Any) -> tuple[int, str, int, int, int]:
+    """set_limit's arguments checked: (scope 1 queue / 2 job type, name, concurrency or 0,
+    rate count or 0, rate period in ms or 0). TypeError/ValueError."""
+    if (queue is None) == (job_type is None):
+        raise ValueError("set_limit takes exactly one of queue= or job_type=")
+    scope, name = (1, queue) if queue is not None else (2, job_type)
+    check_name(name, "queue" if scope == 1 else "job_type")
+    conc = 0
+    if concurrency is not None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                or not 1 <= concurrency <= 0xFFFFFFFF:
+            raise ValueError(f"concurrency must be an int >= 1 (or None), got {concurrency!r}")
+        conc = concurrency
+    count = period = 0
+    if rate is not None:
+        if not isinstance(rate, tuple) or len(rate) != 2:
+            raise TypeError("rate must be a (count, seconds) tuple")
+        count, seconds = rate
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or not 1 <= count <= 0xFFFFFFFF:
+            raise ValueError(f"rate count must be an int >= 1, got {count!r}")
+        check_seconds(seconds, "rate period")
+        period = round(seconds * 1000)
+        if period < 1:
+            raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
+    return scope, name, conc, count, period
 
 
 class QueueInterface(abc.ABC):
