@@ -140,7 +140,11 @@ class QueueInterface(abc.ABC):
     @abc.abstractmethod
     def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
         """Add many jobs atomically (all or none). Returns their ids in order (an existing
-        live job's id for a unique_key already taken, also within the batch)."""
+        live job's id for a unique_key already taken, also within the batch). Jobs with
+        parents (Job.after, chain, group) wait until every parent completed; a parent
+        dead-lettered or cancelled settles them per ``on_parent_failure``; unknown parents
+        (UnknownParentError) and cycles (DependencyCycleError) are refused before anything
+        is written."""
 
     # ------------------------------------------------------------------ workers
 
@@ -219,6 +223,47 @@ class QueueInterface(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool:
         """True after close()."""
+
+    # ------------------------------------------------------------------ queue control
+    # Decided by the store itself, so they hold over every process (and machine) sharing it.
+
+    @abc.abstractmethod
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueues still work; running jobs go on)
+        until resume(). Survives restarts; every process sharing the store obeys it."""
+
+    @abc.abstractmethod
+    def resume(self, queue: str) -> None:
+        """Hand out jobs of ``queue`` again (wakes waiting claims)."""
+
+    @abc.abstractmethod
+    def set_limit(self, *, queue: str | None = None, job_type: str | None = None,
+                  concurrency: int | None = None,
+                  rate: tuple[int, float] | None = None) -> None:
+        """Limit one queue or one job type (exactly one): at most ``concurrency`` jobs
+        RUNNING at once over all workers and processes, and at most ``rate[0]`` claims per
+        ``rate[1]`` seconds (a sliding window). A job held back stays pending and is not
+        charged an attempt. Both None removes the limit; the whole limit is replaced.
+        TypeError/ValueError (see check_limit_args) before anything is written."""
+
+    @abc.abstractmethod
+    def schedule_periodic(self, name: str, cron: str, job: Job, *, tz: str = "UTC",
+                          missed: str = "skip", grace: float = 60.0) -> Any:
+        """Enqueue a copy of ``job`` (a new id each time) at every due time of the cron
+        expression ``cron`` in time zone ``tz``, once per due time however many processes
+        run the schedule. ``missed``: "skip" (due times older than ``grace`` seconds are
+        not run) or "once" (after downtime the latest missed one runs once). The schedule
+        lives in the queue object (register it at startup); the reaper thread fires it,
+        or run_periodic(). Returns the schedule (aurora_log.local.cron.Periodic)."""
+
+    @abc.abstractmethod
+    def unschedule_periodic(self, name: str) -> bool:
+        """Forget the schedule ``name`` in this queue object; True if it existed."""
+
+    @abc.abstractmethod
+    def run_periodic(self, now: datetime | float | None = None) -> builtins.list[str]:
+        """Fire every registered schedule that is due; returns the ids of the jobs
+        enqueued."""
 
     # ------------------------------------------------------------------ reads
 
