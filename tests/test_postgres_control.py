@@ -122,9 +122,10 @@ def test_a_child_enqueued_while_its_parent_completes_is_never_stranded(queues):
     for _ in range(60):
         parent = a.enqueue(Job("p", {}))
         j = a.claim("w", job_types="p")
-        child = []
-        t1 = threading.Thread(target=lambda: a.complete(j.id, j.token))
-        t2 = threading.Thread(target=lambda: child.append(b.enqueue(Job("c", {}).after(parent))))
+        child: list[str] = []
+        t1 = threading.Thread(target=a.complete, args=(j.id, j.token))
+        t2 = threading.Thread(target=lambda p=parent, out=child: out.append(
+            b.enqueue(Job("c", {}).after(p))))
         t1.start()
         t2.start()
         t1.join(30)

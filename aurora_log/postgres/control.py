@@ -133,6 +133,12 @@ class ControlMixin:
     _ctl: ControlStatements
     _schedules: dict[str, Any]
     _controls_seen: bool
+    # PostgresQueue's own (queue.py): its statements and helpers
+    _sql: Any
+    _tx: Any
+    _now_ms: Any
+    _row: Any
+    _check_open: Any
 
     # ------------------------------------------------------------------ pause, limits
 
@@ -140,19 +146,19 @@ class ControlMixin:
         """Stop handing out jobs of ``queue`` (enqueues still work; running jobs go on)
         until resume(). Stored in the database: every process and restart sees it."""
         check_name(queue, "queue")
-        self._check_open()                                      # type: ignore[attr-defined]
-        with self._tx() as cur:                                 # type: ignore[attr-defined]
+        self._check_open()
+        with self._tx() as cur:
             cur.execute(self._ctl.fence)
-            cur.execute(self._ctl.pause, (queue, self._now_ms()))  # type: ignore[attr-defined]
+            cur.execute(self._ctl.pause, (queue, self._now_ms()))
         self._controls_seen = True
 
     def resume(self, queue: str) -> None:
         """Hand out jobs of ``queue`` again (wakes waiting claims)."""
         check_name(queue, "queue")
-        self._check_open()                                      # type: ignore[attr-defined]
-        with self._tx() as cur:                                 # type: ignore[attr-defined]
+        self._check_open()
+        with self._tx() as cur:
             cur.execute(self._ctl.resume, (queue,))
-            cur.execute(self._sql.notify)                       # type: ignore[attr-defined]
+            cur.execute(self._sql.notify)
 
     def set_limit(self, *, queue: str | None = None, job_type: str | None = None,
                   concurrency: int | None = None,
@@ -162,9 +168,9 @@ class ControlMixin:
         ``rate[1]`` seconds (a sliding window over the claims' times). A job held back
         stays pending and is not charged an attempt. Both None removes the limit."""
         scope, name, conc, count, period = check_limit_args(queue, job_type, concurrency, rate)
-        self._check_open()                                      # type: ignore[attr-defined]
+        self._check_open()
         args = {"scope": scope, "name": name, "conc": conc, "count": count, "period": period}
-        with self._tx() as cur:                                 # type: ignore[attr-defined]
+        with self._tx() as cur:
             cur.execute(self._ctl.fence)
             if not conc and not count:
                 cur.execute(self._ctl.drop_limit, args)
@@ -172,14 +178,14 @@ class ControlMixin:
                 cur.execute(self._ctl.set_limit, args)
             if not count:
                 cur.execute(self._ctl.drop_window, args)
-            cur.execute(self._sql.notify)                       # type: ignore[attr-defined]
+            cur.execute(self._sql.notify)
         self._controls_seen = True
 
     def _claim_row(self, cur: psycopg.Cursor, filters: str, params: dict) -> tuple | None:
         """One claim: the plain statement (guarded: it takes nothing while a pause or a
         limit exists), then the controlled one when that found nothing."""
         if not self._controls_seen:
-            row = cur.execute(self._sql.claim_guarded(filters),  # type: ignore[attr-defined]
+            row = cur.execute(self._sql.claim_guarded(filters),
                               params).fetchone()
             if row is not None:
                 return row
@@ -199,8 +205,8 @@ class ControlMixin:
         outside = sorted({p for j in jobs for p in j.depends_on if p not in batch})
         ids = [""] * len(jobs)
         seen: dict[str, str] = {}
-        sq = self._sql                                          # type: ignore[attr-defined]
-        with self._tx(durable) as cur:                          # type: ignore[attr-defined]
+        sq = self._sql
+        with self._tx(durable) as cur:
             # locked: a parent cannot end between this look and the child's deps rows
             known = dict(cur.execute(self._ctl.lock_parents, (outside,)).fetchall()) \
                 if outside else {}
@@ -229,7 +235,8 @@ class ControlMixin:
 
     def _add_parents(self, cur: psycopg.Cursor, job: Job, parents: list[str],
                      now: int) -> None:
-        status = dict(cur.execute(self._ctl.lock_parents, (parents,)).fetchall())
+        status: dict[str, int] = dict(cur.execute(self._ctl.lock_parents,
+                                                  (parents,)).fetchall())
         policy = _POLICY_CODES[job.on_parent_failure]
         if policy == 0:
             for p in parents:
@@ -270,9 +277,9 @@ class ControlMixin:
         check_seconds(grace, "grace")
         sched = Periodic(name, CronSchedule(cron, tz), job.copy(), missed,
                          round(grace * 1000))
-        now = self._now_ms()                                    # type: ignore[attr-defined]
-        self._row(_firing(sched, now), now)                     # type: ignore[attr-defined]
-        self._check_open()                                      # type: ignore[attr-defined]
+        now = self._now_ms()
+        self._row(_firing(sched, now), now)
+        self._check_open()
         self._schedules[name] = sched
         return sched
 
@@ -284,20 +291,20 @@ class ControlMixin:
         """Fire every registered schedule that is due; returns the ids of the jobs
         enqueued. The reaper thread calls this every reaper_interval."""
         fired: list[str] = []
-        sq = self._sql                                          # type: ignore[attr-defined]
+        sq = self._sql
         for name in list(self._schedules):
             sched = self._schedules.get(name)
             if sched is None:
                 continue
-            now_ms = self._now_ms() if now is None else _ms(now)  # type: ignore[attr-defined]
-            self._check_open()                                  # type: ignore[attr-defined]
-            with self._tx() as cur:                             # type: ignore[attr-defined]
+            now_ms = self._now_ms() if now is None else _ms(now)
+            self._check_open()
+            with self._tx() as cur:
                 last = cur.execute(self._ctl.last_fired, (name,)).fetchone()[0]
                 due = sched.due_to_fire(last, now_ms)
                 if due is None:
                     continue
                 job = _firing(sched, now_ms)
-                row = self._row(job, now_ms)                    # type: ignore[attr-defined]
+                row = self._row(job, now_ms)
                 if cur.execute(self._ctl.fire, (name, due, job.id, now_ms)).fetchone() is None:
                     continue                    # another process fired this due time
                 if cur.execute(sq.enqueue, [[v] for v in row] + [now_ms]).fetchall():
@@ -313,7 +320,9 @@ class ControlMixin:
 
     def _describe(self, cur: psycopg.Cursor) -> dict[str, Any]:
         """stats()["control"], as the local store shows it."""
-        paused, limits, periodic, waiting = cur.execute(self._ctl.describe).fetchone()
+        row = cur.execute(self._ctl.describe).fetchone()
+        assert row is not None, "the statement returns one row"
+        paused, limits, periodic, waiting = row
         out = []
         for scope, name, conc, count, period, running in limits:
             item: dict[str, Any] = {"scope": _SCOPE_NAMES[scope], "name": name}
