@@ -1,6 +1,6 @@
 """Queue control on PostgreSQL across processes: each queue object here has its own pool
 of connections, as a separate process (or machine) would; the database alone decides.
-The single-queue semantics are in tests/conformance/test_queue_control.py."""
+The single-queue semantics are in tests/conformance/test_control_api.py."""
 
 import threading
 

@@ -1,6 +1,6 @@
 """Queue control on the local store, engine-side: crash copies, compaction, the CLI on a
 directory, verify, recovery. The API-level control tests run on every backend in
-tests/conformance/test_queue_control.py. A fake clock drives time, and the reaper thread
+tests/conformance/test_control_api.py. A fake clock drives time, and the reaper thread
 is off unless a test is about it."""
 
 
