@@ -58,6 +58,20 @@ class ControlStatements:
         self.drop_limit = f"DELETE FROM {s}.limits WHERE scope = %(scope)s AND name = %(name)s"
         self.drop_window = (f"DELETE FROM {s}.rate_claims WHERE scope = %(scope)s "
                             "AND name = %(name)s")
+        # a key's ring, oldest claim first (before its limit changes)
+        self.window = f"""
+            SELECT r.at_ms FROM {s}.rate_claims r JOIN {s}.limits l
+                ON l.scope = r.scope AND l.name = r.name
+            WHERE r.scope = %(scope)s AND r.name = %(name)s AND l.rate_count > 0
+            ORDER BY (r.slot - l.rate_next %% l.rate_count + l.rate_count) %% l.rate_count"""
+        self.refill_window = f"""
+            WITH w AS (
+                INSERT INTO {s}.rate_claims (scope, name, slot, at_ms)
+                SELECT %(scope)s, %(name)s, o - 1, t
+                FROM unnest(%(times)s::bigint[]) WITH ORDINALITY AS u(t, o)
+            )
+            UPDATE {s}.limits SET rate_next = cardinality(%(times)s::bigint[])
+            WHERE scope = %(scope)s AND name = %(name)s"""
         self.claim_controlled = (f"SELECT {_cols()} FROM {s}.claim_controlled("
                                  "%(now)s, %(tok)s, %(w)s, %(qs)s, %(ts)s)")
         # when something waiting can next become claimable: a future due time, or the end
@@ -72,7 +86,7 @@ class ControlStatements:
                 (SELECT min(f) FROM (
                     SELECT (SELECT r.at_ms FROM {s}.rate_claims r
                             WHERE r.scope = l.scope AND r.name = l.name
-                            ORDER BY r.at_ms DESC OFFSET l.rate_count - 1 LIMIT 1)
+                              AND r.slot = l.rate_next %% l.rate_count)
                            + l.rate_period_ms AS f
                     FROM {s}.limits l WHERE l.rate_count > 0) x WHERE f > %(now)s))"""
         self.lock_parents = f"SELECT id, status FROM {j} WHERE id = ANY(%s) FOR UPDATE"
@@ -172,12 +186,16 @@ class ControlMixin:
         args = {"scope": scope, "name": name, "conc": conc, "count": count, "period": period}
         with self._tx() as cur:
             cur.execute(self._ctl.fence)
+            # the claims already in the window stay counted (the newest ``count`` of them,
+            # as the local store's deque keeps them), renumbered for the new ring size
+            times = [t for (t,) in cur.execute(self._ctl.window, args).fetchall()]
+            cur.execute(self._ctl.drop_window, args)
             if not conc and not count:
                 cur.execute(self._ctl.drop_limit, args)
             else:
                 cur.execute(self._ctl.set_limit, args)
-            if not count:
-                cur.execute(self._ctl.drop_window, args)
+                if count:
+                    cur.execute(self._ctl.refill_window, {**args, "times": times[-count:]})
             cur.execute(self._sql.notify)
         self._controls_seen = True
 

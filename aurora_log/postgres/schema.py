@@ -46,11 +46,15 @@ CONTROL_MIGRATION: list[str] = [
         concurrency    bigint NOT NULL,
         rate_count     bigint NOT NULL,
         rate_period_ms bigint NOT NULL,
+        rate_next      bigint NOT NULL DEFAULT 0,   -- claims charged: the next ring slot
         PRIMARY KEY (scope, name))""",
-    # the claim times of rate-limited keys (a sliding window; old ones are pruned)
+    # A rate-limited key's last rate_count claim times, a ring: claim n writes slot
+    # n % rate_count, so slot rate_next % rate_count holds the oldest of them and the
+    # check is one lookup (the local store's deque(maxlen=rate_count), in a table).
     """CREATE TABLE {s}.rate_claims (
-        scope smallint NOT NULL, name text NOT NULL, at_ms bigint NOT NULL)""",
-    "CREATE INDEX rate_claims_key ON {s}.rate_claims (scope, name, at_ms)",
+        scope smallint NOT NULL, name text NOT NULL, slot bigint NOT NULL,
+        at_ms bigint NOT NULL,
+        PRIMARY KEY (scope, name, slot))""",
     # running jobs per queue / job type: a concurrency limit counts them under its lock
     "CREATE INDEX jobs_running_queue ON {s}.jobs (queue) WHERE status = 2",
     "CREATE INDEX jobs_running_type ON {s}.jobs (job_type) WHERE status = 2",
@@ -125,8 +129,12 @@ CONTROL_MIGRATION: list[str] = [
                           >= p_conc THEN
             RETURN true;
         END IF;
-        RETURN p_rate > 0 AND (SELECT count(*) FROM {s}.rate_claims WHERE scope = p_scope
-                               AND name = p_name AND at_ms > p_now - p_period) >= p_rate;
+        -- full when the oldest of the last p_rate claims is still inside the period
+        RETURN p_rate > 0 AND coalesce((
+            SELECT r.at_ms FROM {s}.rate_claims r JOIN {s}.limits l
+                ON l.scope = r.scope AND l.name = r.name
+            WHERE r.scope = p_scope AND r.name = p_name AND r.slot = l.rate_next % p_rate),
+            p_now - p_period) > p_now - p_period;
     END $f$""",
     # The claim when a queue is paused or a limit exists. The best due job of a queue not
     # paused and of no full key is taken (SKIP LOCKED); each limited key of it is then
@@ -189,16 +197,16 @@ CONTROL_MIGRATION: list[str] = [
             END LOOP;
             is_first := false;
             IF ok THEN
-                -- charge the rate windows of the keys (and prune what left them)
-                INSERT INTO {s}.rate_claims (scope, name, at_ms)
-                SELECT l.scope, l.name, p_now FROM {s}.limits l
-                WHERE l.rate_count > 0 AND ((l.scope = 1 AND l.name = cand.queue)
-                                            OR (l.scope = 2 AND l.name = cand.job_type));
-                DELETE FROM {s}.rate_claims r USING {s}.limits l
-                WHERE r.scope = l.scope AND r.name = l.name
-                  AND ((l.scope = 1 AND l.name = cand.queue)
-                       OR (l.scope = 2 AND l.name = cand.job_type))
-                  AND r.at_ms <= p_now - l.rate_period_ms;
+                -- charge the rate windows of the keys (the next slot of each ring)
+                WITH l AS (
+                    UPDATE {s}.limits l SET rate_next = l.rate_next + 1
+                    WHERE l.rate_count > 0 AND ((l.scope = 1 AND l.name = cand.queue)
+                                                OR (l.scope = 2 AND l.name = cand.job_type))
+                    RETURNING l.scope, l.name, (l.rate_next - 1) % l.rate_count AS slot
+                )
+                INSERT INTO {s}.rate_claims (scope, name, slot, at_ms)
+                SELECT l.scope, l.name, l.slot, p_now FROM l
+                ON CONFLICT (scope, name, slot) DO UPDATE SET at_ms = EXCLUDED.at_ms;
                 RETURN QUERY
                 WITH u AS (
                     UPDATE {s}.jobs j SET status = 2, token = p_tok, worker = p_worker,

@@ -195,6 +195,27 @@ def test_rate_limit_holds_back_without_charging_an_attempt(opener, clock):
     assert q.claim("w") is not None
 
 
+def test_changing_a_rate_limit_keeps_the_newest_claims_counted(q, clock):
+    for _ in range(8):
+        q.enqueue(Job("api", {}))
+    q.set_limit(job_type="api", rate=(3, 10.0))
+    for _ in range(3):
+        assert q.claim("w") is not None
+        clock.advance(1)
+    assert q.claim("w") is None                      # claims at +0, +1, +2
+    q.set_limit(job_type="api", rate=(2, 10.0))      # keeps +1 and +2
+    clock.advance(7.5)                               # now +10.5
+    assert q.claim("w") is None
+    clock.advance(0.5)                               # +11: the claim at +1 left the window
+    assert q.claim("w") is not None
+    assert q.claim("w") is None
+    q.set_limit(job_type="api", concurrency=10)      # no rate limit any more
+    assert q.claim("w") is not None
+    q.set_limit(job_type="api", rate=(1, 10.0))      # a new window starts empty
+    assert q.claim("w") is not None
+    assert q.claim("w") is None
+
+
 def test_rate_limited_claim_wait_wakes_when_allowed(opener):
     q = opener(clock=time.time)
     for _ in range(2):
