@@ -124,9 +124,13 @@ CONTROL_MIGRATION: list[str] = [
                                       p_rate bigint, p_period bigint, p_now bigint)
     RETURNS boolean LANGUAGE plpgsql AS $f$
     BEGIN
-        IF p_conc > 0 AND (SELECT count(*) FROM {s}.jobs WHERE status = 2 AND
-                           CASE WHEN p_scope = 1 THEN queue ELSE job_type END = p_name)
-                          >= p_conc THEN
+        -- one query per scope, so each walks its partial index of running jobs
+        IF p_conc > 0 AND p_scope = 1 AND (SELECT count(*) FROM {s}.jobs
+                WHERE status = 2 AND queue = p_name) >= p_conc THEN
+            RETURN true;
+        END IF;
+        IF p_conc > 0 AND p_scope = 2 AND (SELECT count(*) FROM {s}.jobs
+                WHERE status = 2 AND job_type = p_name) >= p_conc THEN
             RETURN true;
         END IF;
         -- full when the oldest of the last p_rate claims is still inside the period
@@ -144,7 +148,10 @@ CONTROL_MIGRATION: list[str] = [
     # type key); later ones, holding locks already, only try them (no deadlock).
     """CREATE FUNCTION {s}.claim_controlled(p_now bigint, p_tok text, p_worker text,
                                             p_qs text[], p_ts text[])
-    RETURNS SETOF {s}.jobs LANGUAGE plpgsql AS $f$
+    RETURNS SETOF {s}.jobs LANGUAGE plpgsql
+    -- walk the claim index in order (LIMIT 1), never sort every waiting job: a young
+    -- table's statistics made the planner pick a bitmap scan and a sort
+    SET enable_sort = off AS $f$
     DECLARE
         bq text[] := ARRAY[]::text[];
         bt text[] := ARRAY[]::text[];
@@ -155,6 +162,9 @@ CONTROL_MIGRATION: list[str] = [
         k bigint;
         conc_limited boolean;
     BEGIN
+        -- paused queues are left out like full ones: plain filters keep the candidate
+        -- query a walk of the claim index (an anti-join made the planner sort them all)
+        SELECT coalesce(array_agg(queue), ARRAY[]::text[]) INTO bq FROM {s}.paused_queues;
         FOR lim IN SELECT * FROM {s}.limits LOOP
             IF {s}.limit_full(lim.scope, lim.name, lim.concurrency, lim.rate_count,
                               lim.rate_period_ms, p_now) THEN
@@ -167,7 +177,6 @@ CONTROL_MIGRATION: list[str] = [
               AND (p_qs IS NULL OR j.queue = ANY(p_qs))
               AND (p_ts IS NULL OR j.job_type = ANY(p_ts))
               AND j.queue <> ALL(bq) AND j.job_type <> ALL(bt)
-              AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues p WHERE p.queue = j.queue)
             ORDER BY j.priority DESC, j.due_ms, j.order_seq
             LIMIT 1 FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
