@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from .job import Job, JobStatus, check_name
+from .job import Job, JobStatus, check_name, check_seconds
 
 __all__ = ["QueueInterface", "Transition", "bind_task_layer", "check_names", "token_bytes",
-           "check_job_id", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
+           "check_job_id", "check_limit_args", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
 
 MAX_ERROR_CHARS = 64 * 1024     # a failure's error text is cut there
 MAX_MESSAGE_CHARS = 4096        # a progress message longer than this is refused
@@ -95,6 +95,35 @@ def check_job_id(job_id: Any) -> str:
     return job_id
 
 
+def check_limit_args(queue: Any, job_type: Any, concurrency: Any,
+                     rate: Any) -> tuple[int, str, int, int, int]:
+    """set_limit's arguments checked: (scope 1 queue / 2 job type, name, concurrency or 0,
+    rate count or 0, rate period in ms or 0). TypeError/ValueError."""
+    if (queue is None) == (job_type is None):
+        raise ValueError("set_limit takes exactly one of queue= or job_type=")
+    scope, name = (1, queue) if queue is not None else (2, job_type)
+    check_name(name, "queue" if scope == 1 else "job_type")
+    conc = 0
+    if concurrency is not None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                or not 1 <= concurrency <= 0xFFFFFFFF:
+            raise ValueError(f"concurrency must be an int >= 1 (or None), got {concurrency!r}")
+        conc = concurrency
+    count = period = 0
+    if rate is not None:
+        if not isinstance(rate, tuple) or len(rate) != 2:
+            raise TypeError("rate must be a (count, seconds) tuple")
+        count, seconds = rate
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or not 1 <= count <= 0xFFFFFFFF:
+            raise ValueError(f"rate count must be an int >= 1, got {count!r}")
+        check_seconds(seconds, "rate period")
+        period = round(seconds * 1000)
+        if period < 1:
+            raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
+    return scope, name, conc, count, period
+
+
 class QueueInterface(abc.ABC):
     """What a queue backend offers. ``task``, ``register_handler`` and the context manager
     are implemented here once, on top of the abstract methods."""
@@ -110,7 +139,11 @@ class QueueInterface(abc.ABC):
     @abc.abstractmethod
     def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
         """Add many jobs atomically (all or none). Returns their ids in order (an existing
-        live job's id for a unique_key already taken, also within the batch)."""
+        live job's id for a unique_key already taken, also within the batch). Jobs with
+        parents (Job.after, chain, group) wait until every parent completed; a parent
+        dead-lettered or cancelled settles them per ``on_parent_failure``; unknown parents
+        (UnknownParentError) and cycles (DependencyCycleError) are refused before anything
+        is written."""
 
     # ------------------------------------------------------------------ workers
 
@@ -189,6 +222,47 @@ class QueueInterface(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool:
         """True after close()."""
+
+    # ------------------------------------------------------------------ queue control
+    # Decided by the store itself, so they hold over every process (and machine) sharing it.
+
+    @abc.abstractmethod
+    def pause(self, queue: str) -> None:
+        """Stop handing out jobs of ``queue`` (enqueues still work; running jobs go on)
+        until resume(). Survives restarts; every process sharing the store obeys it."""
+
+    @abc.abstractmethod
+    def resume(self, queue: str) -> None:
+        """Hand out jobs of ``queue`` again (wakes waiting claims)."""
+
+    @abc.abstractmethod
+    def set_limit(self, *, queue: str | None = None, job_type: str | None = None,
+                  concurrency: int | None = None,
+                  rate: tuple[int, float] | None = None) -> None:
+        """Limit one queue or one job type (exactly one): at most ``concurrency`` jobs
+        RUNNING at once over all workers and processes, and at most ``rate[0]`` claims per
+        ``rate[1]`` seconds (a sliding window). A job held back stays pending and is not
+        charged an attempt. Both None removes the limit; the whole limit is replaced.
+        TypeError/ValueError (see check_limit_args) before anything is written."""
+
+    @abc.abstractmethod
+    def schedule_periodic(self, name: str, cron: str, job: Job, *, tz: str = "UTC",
+                          missed: str = "skip", grace: float = 60.0) -> Any:
+        """Enqueue a copy of ``job`` (a new id each time) at every due time of the cron
+        expression ``cron`` in time zone ``tz``, once per due time however many processes
+        run the schedule. ``missed``: "skip" (due times older than ``grace`` seconds are
+        not run) or "once" (after downtime the latest missed one runs once). The schedule
+        lives in the queue object (register it at startup); the reaper thread fires it,
+        or run_periodic(). Returns the schedule (aurora_log.local.cron.Periodic)."""
+
+    @abc.abstractmethod
+    def unschedule_periodic(self, name: str) -> bool:
+        """Forget the schedule ``name`` in this queue object; True if it existed."""
+
+    @abc.abstractmethod
+    def run_periodic(self, now: datetime | float | None = None) -> builtins.list[str]:
+        """Fire every registered schedule that is due; returns the ids of the jobs
+        enqueued."""
 
     # ------------------------------------------------------------------ reads
 

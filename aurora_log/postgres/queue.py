@@ -66,6 +66,7 @@ from ..job import (
 )
 from . import schema as S
 from .connection import is_dsn, lost, make_pool, redact
+from .control import ControlMixin, ControlStatements
 from .listener import Listener
 from .statements import Statements
 
@@ -123,7 +124,7 @@ def _job_from_row(row: tuple) -> Job:
     return j
 
 
-class PostgresQueue(QueueInterface):
+class PostgresQueue(ControlMixin, QueueInterface):
     """A job queue stored in PostgreSQL (schema ``schema``, default "aurora_log").
 
     Options: ``clock`` (seconds since the epoch; every machine's clock must agree),
@@ -161,6 +162,9 @@ class PostgresQueue(QueueInterface):
         self._closed = False
         self._channel = S.channel_name(self.schema)
         self._sql = Statements(self.schema)
+        self._ctl = ControlStatements(self.schema)
+        self._schedules = {}                # name -> local.cron.Periodic (this process)
+        self._controls_seen = False         # the last claim met a pause or a limit
         self._listener: Listener | None = None
         self._listener_lock = threading.Lock()
         self._pool = make_pool(dsn, max_size=pool_size, timeout=connect_timeout)
@@ -301,11 +305,6 @@ class PostgresQueue(QueueInterface):
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
         jobs = list(jobs)
-        for j in jobs:
-            if isinstance(j, Job) and j.depends_on:
-                # refused, not ignored: a job run before its parents is worse than an error
-                raise NotImplementedError("job dependencies (Job.after, chain, group) are not "
-                                          "supported on PostgreSQL yet (issue 17)")
         now = self._now_ms()
         rows = [self._row(j, now) for j in jobs]
         seen: set[str] = set()
@@ -316,6 +315,8 @@ class PostgresQueue(QueueInterface):
         self._check_open()
         if not rows:
             return []
+        if any(j.depends_on for j in jobs):
+            return self._enqueue_with_deps(jobs, rows, now, durable)
         if durable and all(r[3] is None for r in rows):
             # the common case, one statement (insert, history, NOTIFY): atomic by itself
             ids = [r[0] for r in rows]
@@ -397,8 +398,8 @@ class PostgresQueue(QueueInterface):
             now = self._now_ms()
             token = os.urandom(8).hex()
             with self._conn() as cur:
-                row = cur.execute(self._sql.claim(filters),
-                                  {"now": now, "tok": token, "w": worker_id, **args}).fetchone()
+                row = self._claim_row(cur, filters,
+                                      {"now": now, "tok": token, "w": worker_id, **args})
             if row is not None:
                 return _job_from_row(row)
             if end is None or listener is None:
@@ -406,8 +407,9 @@ class PostgresQueue(QueueInterface):
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return None
-            with self._conn() as cur:
-                due = _scalar(cur.execute(self._sql.next_due(filters), args))
+            with self._conn() as cur:   # past due times a pause or a limit holds: not here
+                due = _scalar(cur.execute(self._ctl.next_due, {
+                    "now": now, "qs": args.get("qs"), "ts": args.get("ts")}))
             if due is not None:
                 remaining = min(remaining, max((due - now) / 1000.0, 0.001))
             listener.wait(gen, remaining)
@@ -664,6 +666,8 @@ class PostgresQueue(QueueInterface):
         while not self._stop.wait(interval):
             try:
                 self.reap()
+                if self._schedules:
+                    self.run_periodic()
             except ClosedError:
                 return
             except ConnectionLostError:
@@ -678,7 +682,7 @@ class PostgresQueue(QueueInterface):
         self._check_open()
         with self._conn() as cur:
             row = cur.execute(self._sql.get, (job_id,)).fetchone()
-        return None if row is None else _job_from_row(row)
+            return None if row is None else self._with_deps(cur, _job_from_row(row))
 
     def list(self, status: JobStatus | str | None = None, queue: str | None = None,
              job_type: str | None = None, limit: int = 100,
@@ -707,6 +711,7 @@ class PostgresQueue(QueueInterface):
         with self._tx() as cur:
             rows = cur.execute(self._sql.stats).fetchall()
             last = _scalar(cur.execute(self._sql.last_lsn))
+            control = self._describe(cur)
         per: dict[str, list[int]] = {}
         for queue, status, n in rows:
             per.setdefault(queue, [0] * 7)[status] += n
@@ -719,6 +724,7 @@ class PostgresQueue(QueueInterface):
         out: dict[str, Any] = block(totals)
         out["queues"] = {q: block(c) for q, c in sorted(per.items()) if sum(c)}
         out["last_lsn"] = last
+        out["control"] = control
         return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:

@@ -264,6 +264,21 @@ class Statements:
                 SELECT * FROM u"""
         return q
 
+    def claim_guarded(self, filters: str) -> str:
+        """The claim statement that takes nothing while a queue is paused or a limit
+        exists (queue control, postgres/control.py: the controlled claim runs then)."""
+        key = "guarded" + filters
+        q = self._claims.get(key)
+        if q is None:
+            s = self._j.rsplit(".", 1)[0]
+            plain = self.claim(filters)
+            anchor = f"WHERE status IN (1, 4) AND due_ms <= %(now)s{filters}"
+            assert anchor in plain
+            q = self._claims[key] = plain.replace(anchor, anchor + (
+                f" AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues)"
+                f" AND NOT EXISTS (SELECT 1 FROM {s}.limits)"), 1)
+        return q
+
     def next_due(self, filters: str) -> str:
         """The earliest due time among waiting jobs (bounds a blocked claim's sleep)."""
         q = self._dues.get(filters)

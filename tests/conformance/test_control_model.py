@@ -1,29 +1,23 @@
-"""Queue control joins the model-based test (local store): the conformance state machine
+"""Queue control joins the model-based test, on every backend: the conformance state machine
 (tests/conformance/test_queue_model.py, every rule and invariant) plus pause/resume,
 concurrency and rate limits, dependencies and periodic firing, against the reference
 model (tests/conformance/model.py) with the fake clock.
 
 The machine starts with a concurrency limit on q1 and a rate limit on job type b (the
 set_limit rule changes or removes them): with thirty-odd rules, a limit set only by a
-rule would rarely meet the claims that test it. PostgreSQL has no queue control yet, so
-this runs on the local backend only.
+rule would rarely meet the claims that test it.
 """
-
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
+from model import UnknownParent
+from test_queue_model import QueueMachine, job_specs
 
-from model import UnknownParent  # noqa: E402
-from test_queue_model import QueueMachine, job_specs  # noqa: E402
-
-from aurora_log.errors import UnknownParentError  # noqa: E402
-from aurora_log.job import Job  # noqa: E402
+from aurora_log.errors import UnknownParentError
+from aurora_log.job import Job
 
 SCHEDULES = (("s", "skip"), ("o", "once"))
 
@@ -83,12 +77,12 @@ class ControlMachine(QueueMachine):
 
     @rule()
     def enqueue_unknown_parent(self):
-        lsn = self.q.log.next_lsn
+        lsn = self.q.stats()["last_lsn"]
         with pytest.raises(UnknownParentError):
             self.q.enqueue(Job("a", {}).after("no-such-parent"))
         with pytest.raises(UnknownParent):
             self.model.check_parents(["no-such-parent"])
-        assert self.q.log.next_lsn == lsn
+        assert self.q.stats()["last_lsn"] == lsn
 
     @rule()
     def run_periodic(self):
@@ -105,7 +99,12 @@ class ControlMachine(QueueMachine):
         self.model.now += ms
 
 
-def test_control_model():
-    run_state_machine_as_test(ControlMachine, settings=settings(
-        max_examples=200, stateful_step_count=50, deadline=None,
+def test_control_model(backend, request):
+    machine = type("ControlMachine_" + backend, (ControlMachine,), {})
+    examples = 200
+    if backend == "postgres":
+        machine.dsn = request.getfixturevalue("pg_server").dsn
+        examples = 40
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=50, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
