@@ -348,7 +348,7 @@ def test_compact(store, capsys):
     assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)
 
 
-@pytest.mark.parametrize("command", ["dump", "verify", "compact", "dashboard"])
+@pytest.mark.parametrize("command", ["dump", "verify", "compact"])
 def test_file_commands_refuse_a_dsn_without_echoing_its_password(capsys, command):
     code, _, err = run(capsys, command, "postgresql://app:s3cret@db.example/app")
     line = one_line_error(err)
