@@ -35,18 +35,14 @@ from ._binding import MODES, check_io, ffi, lib, os_error, strerror
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
-                      LockedError)
+                      ForkedError, LockedError)
 
-__all__ = ["SharedLog", "ForkedError", "pos_of", "MAX_SHARED_LSN"]
+__all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
 
 _OFF_BITS = 32
 _OFF_MASK = (1 << _OFF_BITS) - 1
 MAX_SHARED_LSN = (1 << 32) - 1      # positions keep the segment's first LSN in 32 bits
 _POLL_MS = 20                       # a blocked locker rechecks (a dead holder) this often
-
-
-class ForkedError(AuroraLogError):
-    """A store opened before os.fork() was used in the child."""
 
 
 def pos_of(seg_first_lsn: int, off: int) -> int:
@@ -77,6 +73,8 @@ class SharedLog(Log):
         self._interval = None
         self._stop = threading.Event()
         self.rebuilt = False           # this open was alone: it recovered the log
+        self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
+        self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
         self._stats = {"appends": 0, "rolls": 0, "owner_died": 0, "repairs": 0}
 
     @classmethod
@@ -139,6 +137,7 @@ class SharedLog(Log):
                 # tail may be torn; recover exactly as an exclusive open does
                 self._recover(mode, interval_ms)
                 lsn, path, end, next_lsn = self._recovered_tail
+                self.recovered_next_lsn = next_lsn
                 if next_lsn > MAX_SHARED_LSN:
                     raise AuroraLogError("shared mode supports LSNs below 2**32")
                 fd = self._open_segment(lsn, path)
@@ -491,7 +490,10 @@ class SharedLog(Log):
         position."""
         if self._closed:
             raise ClosedError("the log is closed")
-        seg, off = _seg_off(self.published)
+        if self.scan_bound is not None:
+            seg, off = self.scan_bound[0], self.scan_bound[1]
+        else:
+            seg, off = _seg_off(self.published)
         return self._scan(from_lsn, (seg, off))
 
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
