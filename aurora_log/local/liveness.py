@@ -134,6 +134,13 @@ class Liveness:
         os.close(self._fd)        # never LOCK_UN: a forked child's copy shares the lock
         self._fd = -1
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy of the parent's liveness fd, so the lock goes
+        when the parent dies, whether or not the child lives on."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     # ---------------------------------------------------------------- probes
     def probe(self) -> int:
         """Probe every other process's liveness file; report the dead ones. Returns how

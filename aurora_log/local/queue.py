@@ -93,6 +93,11 @@ class Queue(QueueInterface):
     ``reap()`` still works), ``max_payload_bytes`` (also bounds results), ``retry_base`` /
     ``retry_cap`` / ``retry_jitter`` (the backoff, see ``aurora_log.job``), ``read_only``,
     and the log's ``segment_bytes`` / ``max_record_bytes``.
+
+    Processes: by default any number of processes open the same directory at once (shared
+    mode, docs/INTERNALS.md "Shared mode"). ``exclusive=True`` holds the store for this
+    process alone (a second opener gets LockedError) and uses the in-process group-commit
+    writer, which batches many threads of one process into fewer writes.
     """
 
     _touched: dict[str, None] | None = None   # compaction capture: ids touched since
@@ -108,7 +113,7 @@ class Queue(QueueInterface):
                  auto_compact: bool = True, compact_wal_bytes: int | None = 64 << 20,
                  compact_factor: float | None = 4.0, retain_seconds: float | None = 86400.0,
                  retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
-                 **log_options):
+                 exclusive: bool = False, **log_options):
         from .log import Log  # imported here so job/records/state work without the C core
         from . import snapshot
 
@@ -132,6 +137,9 @@ class Queue(QueueInterface):
         self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         snapshot.check_log_present(path)    # before Log.open creates an empty log
+        # shared (the default): any number of processes open the store at once;
+        # exclusive: this process alone, through the in-process C writer (today's path)
+        log_options.setdefault("shared", not exclusive and not read_only)
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
@@ -162,6 +170,8 @@ class Queue(QueueInterface):
                 retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
+            if self._shared:
+                self._compactor.lock_path = self._log.directory / "compact.lock"
             self._compactor.tail_bytes = self._tail_bytes
             self._compactor.last_size = self.snapshot_report.size
             if auto_compact:
@@ -935,9 +945,14 @@ def _after_fork_in_child() -> None:
     """A child of a process with open queues: their locks may have been held by a thread
     that does not exist here; give each fresh ones, so any use raises ForkedError (the
     handle, its writer and its threads are the parent's) instead of hanging."""
+    _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
     for q in list(_OPEN_QUEUES):
         q._lock = YieldingLock()
         q._cond = threading.Condition(q._lock)  # type: ignore[arg-type]
+        if q._shared:
+            if q._liveness is not None:
+                q._liveness.forget_after_fork()
+            q._log.forget_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -75,7 +75,8 @@ class SharedLog(Log):
         self.rebuilt = False           # this open was alone: it recovered the log
         self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
         self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
-        self._stats = {"appends": 0, "rolls": 0, "owner_died": 0, "repairs": 0}
+        self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
+                       "repairs": 0}
 
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
@@ -328,7 +329,7 @@ class SharedLog(Log):
         types, lens, data = checked if checked is not None else self._pack(records)
         n = len(types)
         blen = (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + len(data) + 7) & ~7
-        write, _, next_lsn, _ = self._position()
+        write, _, next_lsn, synced = self._position()
         if first_lsn != next_lsn:
             raise AuroraLogError(f"write_locked: LSN {first_lsn} is not the tail {next_lsn}")
         if next_lsn + n > MAX_SHARED_LSN:
@@ -339,15 +340,23 @@ class SharedLog(Log):
                 raise ValueError(f"a batch of {blen} bytes does not fit a segment of "
                                  f"{self.segment_bytes} bytes (segment_bytes)")
             self._roll(next_lsn)
+        # durable_end: how far this segment is known fdatasynced (FORMAT.md; recovery
+        # tells a torn tail from a damaged record by it). The page's synced position is
+        # read under the append lock: it is <= our offset, and after a roll it is the new
+        # segment's start
+        sseg, soff = _seg_off(synced)
+        durable_off = soff if sseg == self._seg_first else SEG_HDR
         end = ffi.new("uint64_t *")
         rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ffi.from_buffer(types),
                                     ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
-                                    SEG_HDR, end)
+                                    durable_off, end)
         if rc < 0:
             if rc != lib.AU_E_INVAL:
                 self._failed_seen, self._failed_errno = True, -rc
             raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
         self._stats["appends"] += 1
+        self._stats["records"] += n
+        self._stats["bytes"] += blen
         self._tls.last = (first_lsn + n - 1, end[0])
         return end[0]
 
@@ -500,6 +509,21 @@ class SharedLog(Log):
         """Shared mode keeps every segment: another process may not have folded them yet
         (docs/INTERNALS.md, "Shared mode": retention pins are not implemented)."""
         return []
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited copies of the parent's fds and mapping
+        (closing a copy never releases the parent's flocks: they belong to the shared open
+        file description, and the parent keeps its fds), so that the parent's death is
+        seen by everyone even while the child lives. Any later use raises ForkedError."""
+        for fd in self._old_fds + [self._fd]:
+            if fd >= 0:
+                lib.au_close(fd)
+        self._old_fds, self._fd = [], -1
+        if self._shm is not None:
+            shm, self._shm = self._shm, None
+            ffi.gc(shm, None)
+            lib.au_shm_close(shm)
+        self._release()
 
     # ---------------------------------------------------------------- closing
     def close(self) -> None:
