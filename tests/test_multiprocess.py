@@ -104,6 +104,7 @@ def _die_holding_lock_mid_write(path, out):
         lib.au_shm_set_writing(log._shm, write + 4096)      # a batch being written ...
         os.pwrite(fd, b"\xab" * 1000, off)                  # ... and half of it landed
         out.put("holding")
+        time.sleep(0.2)                                     # the queue's feeder thread
         os.kill(os.getpid(), signal.SIGKILL)
 
 

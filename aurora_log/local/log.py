@@ -1084,7 +1084,10 @@ class Log:
         w = self._writer("retire_segments_before")
         p = self._tls_ptr()
         lib.au_writer_position(w, p, p + 1, p + 2, p + 3)
-        current = p[0]
+        return self._retire_before(lsn, p[0], archive_dir)
+
+    def _retire_before(self, lsn: int, current: int, archive_dir) -> list[Path]:
+        """retire_segments_before with ``current`` the segment being written."""
         segs = self._list_segments()
         done: list[Path] = []
         for i in range(len(segs) - 1):

@@ -104,6 +104,7 @@ class Queue(QueueInterface):
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
+    _parked = 0              # shared mode: claims asleep on the page (tests probe it)
 
     def __init__(self, path, *, durability: str = "sync", interval_ms: int = 20,
                  clock: Callable[[], float] = time.time, reaper_interval: float | None = 1.0,
@@ -150,16 +151,19 @@ class Queue(QueueInterface):
         self._pid = os.getpid()
         self._liveness = None
         try:
-            self._state = self._replay(as_of)
-            self.recovered = 0
             if self._shared:
                 self._liveness = Liveness(self)
+                self._liveness.begin()
+                self._log.retention_pin = self._liveness.pin
+            self._state = self._replay(as_of)
+            self.recovered = 0
+            if self._liveness is not None:
                 self.recovered = self._liveness.attach()
             elif not self._read_only:
                 self.recovered = self._recover_running()
         except BaseException:
             if self._liveness is not None:
-                self._liveness.close_file()
+                self._liveness.close_file(unlink=True)
             self._log.close()
             raise
         _OPEN_QUEUES.add(self)
@@ -668,7 +672,11 @@ class Queue(QueueInterface):
                 if due is not None:
                     remaining = min(remaining, max((due - now) / 1000.0, 0.001))
                 seen = self._log.append_seq()      # read under the lock: no lost wake-up
-            self._log.wait_append(seen, min(remaining, 0.1))
+            self._parked += 1
+            try:
+                self._log.wait_append(seen, min(remaining, 0.1))
+            finally:
+                self._parked -= 1
             waited = True
 
     def heartbeat(self, job_id: str, token: str) -> bool:
@@ -850,6 +858,9 @@ class Queue(QueueInterface):
                 if self._liveness is not None:
                     self._liveness.probe()
                 self.reap()
+                if self._liveness is not None:
+                    with self._lock:
+                        self._liveness.publish(self._cursor[2])
             except ClosedError:
                 return
             except Exception:  # a failed log refuses writes until reopened; stop quietly

@@ -27,7 +27,7 @@ import errno as _errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,6 +75,7 @@ class SharedLog(Log):
         self.rebuilt = False           # this open was alone: it recovered the log
         self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
         self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
+        self.retention_pin: Callable[[], int] | None = None  # see retire_segments_before
         self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
                        "repairs": 0}
 
@@ -506,9 +507,14 @@ class SharedLog(Log):
         return self._scan(from_lsn, (seg, off))
 
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
-        """Shared mode keeps every segment: another process may not have folded them yet
-        (docs/INTERNALS.md, "Shared mode": retention pins are not implemented)."""
-        return []
+        """As Log's, but never past the pin: the lowest LSN a live process may still have
+        to read (``retention_pin``, set by the queue from the processes' liveness files;
+        None: retire nothing). Never the segment the page says is being written."""
+        self._h()
+        pin = self.retention_pin() if self.retention_pin is not None else 0
+        if pin <= 1:
+            return []
+        return self._retire_before(min(lsn, pin), self._seg_first, archive_dir)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited copies of the parent's fds and mapping
