@@ -292,8 +292,18 @@ void au_shm_close(au_shm *h)
     /* releases LOCK_SH once no fd of this open file description is left (in a forked
      * child, closing its copy leaves the parent's lock alone; never LOCK_UN, which would
      * release it for both) */
-    au_close(h->page_fd);
+    if (h->page_fd >= 0) au_close(h->page_fd);
     free(h);
+}
+
+/* Leave the page (its flock goes with the fd) but keep the mapping until au_shm_close: a
+ * thread of this process may still be inside a call that uses it (a waiter asleep). */
+void au_shm_detach(au_shm *h)
+{
+    if (h->page_fd >= 0) {
+        au_close(h->page_fd);
+        h->page_fd = -1;
+    }
 }
 
 int au_shm_rebuilt(au_shm *h) { return h->rebuilt; }

@@ -85,7 +85,7 @@ class Liveness:
         recovered the log (nobody else was attached) also returns every job left RUNNING
         by the dead to pending, and deletes their liveness files. Returns how many jobs it
         recovered."""
-        q, log = self._q, self._q._log
+        q, log = self._q, self._q._sl
         if log.rebuilt:
             self._remove_stale()
         tmp = self._tmp
@@ -165,6 +165,7 @@ class Liveness:
                     recs += state.plan_recover(now, q._delay, only=mine.__contains__)
                     reserved = q._reserve_apply(recs)
                 q._publish(reserved, "durable")
+                q.returned_on_close = len(recs) - 1
         finally:
             self.close_file(unlink=True)
 

@@ -419,7 +419,7 @@ class Log:
         self.max_record_bytes = 16 << 20
         self.segment_bytes = 64 << 20
         self._shared = False              # SharedLog: many processes (sharedlog.py)
-        self._recovered_tail: tuple[int, Path, int, int] | None = None
+        self._recovered_tail = None       # (segment LSN, path, end, next LSN) of _recover
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod

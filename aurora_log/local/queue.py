@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import records as R
 from .locks import YieldingLock
@@ -49,6 +49,9 @@ from .table import FINISHED
 from .replay import replay
 from .state import State
 from .liveness import Liveness
+
+if TYPE_CHECKING:
+    from .sharedlog import SharedLog
 
 __all__ = ["Queue", "open"]
 
@@ -105,6 +108,9 @@ class Queue(QueueInterface):
     _compactor = None
     _tail_bytes = 0
     _parked = 0              # shared mode: claims asleep on the page (tests probe it)
+    # shared mode: RUNNING jobs this queue handed back (pending again, an attempt spent)
+    # when it closed, as the next open of an exclusive store would have ("recovered")
+    returned_on_close = 0
 
     def __init__(self, path, *, durability: str = "sync", interval_ms: int = 20,
                  clock: Callable[[], float] = time.time, reaper_interval: float | None = 1.0,
@@ -154,7 +160,7 @@ class Queue(QueueInterface):
             if self._shared:
                 self._liveness = Liveness(self)
                 self._liveness.begin()
-                self._log.retention_pin = self._liveness.pin
+                self._sl.retention_pin = self._liveness.pin
             self._state = self._replay(as_of)
             self.recovered = 0
             if self._liveness is not None:
@@ -215,7 +221,7 @@ class Queue(QueueInterface):
         the rest is folded by catch-up). Only the process that recovered the log (nobody
         else attached) may rename a bad snapshot aside."""
         from . import snapshot
-        log = self._log
+        log = self._sl
         with log.locked():
             cur = log.cursor_at_tail()
         res = snapshot.recover(log.directory, log.first_lsn, cur[2],
@@ -236,6 +242,11 @@ class Queue(QueueInterface):
 
     # ------------------------------------------------------------------ shared mode
 
+    @property
+    def _sl(self) -> SharedLog:
+        """The log, in shared mode (only called on shared-mode paths)."""
+        return cast("SharedLog", self._log)
+
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
             raise ForkedError("this Queue was opened before os.fork(); it belongs to the "
@@ -249,7 +260,7 @@ class Queue(QueueInterface):
         if not self._shared:
             return
         self._check_process()
-        recs, cur = self._log.read_from(self._cursor)
+        recs, cur = self._sl.read_from(self._cursor)
         if recs:
             self._fold(recs)
         self._cursor = cur
@@ -267,8 +278,8 @@ class Queue(QueueInterface):
                 if touched is not None:     # a compaction is capturing: note every job
                     if type(rec) is R.Purge:
                         touched.update(dict.fromkeys(rec.ids))
-                    elif hasattr(rec, "id"):
-                        touched[rec.id] = None
+                    elif (jid := getattr(rec, "id", None)) is not None:
+                        touched[jid] = None
                 state.apply(lsn, rtype, rec)
             if at > max_at:
                 max_at = at
@@ -286,7 +297,7 @@ class Queue(QueueInterface):
                 yield
                 return
             self._check_process()
-            with self._log.locked():
+            with self._sl.locked():
                 self._catch_up()
                 yield
 
@@ -376,8 +387,8 @@ class Queue(QueueInterface):
     def _append_apply(self, recs: list, encoded: list | None = None, wait: str = "none") -> int:
         """Append records (one atomic batch) and fold them, all under the lock (or in
         __init__): for the rare paths (reaper, recovery, compaction). Returns the last LSN."""
-        if self._shared and not self._log.holds_lock():
-            with self._log.locked():
+        if self._shared and not self._sl.holds_lock():
+            with self._sl.locked():
                 self._catch_up()
                 reserved = self._reserve_apply(recs, encoded)
             return self._publish(reserved, wait)
@@ -428,8 +439,8 @@ class Queue(QueueInterface):
         if first != self._cursor[2]:
             raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but the "
                                   f"tail is {first}", file=str(self._log.directory), lsn=first)
-        pos = self._log.write_locked(first, encoded, checked)
-        self._cursor = self._log.cursor_at_tail()
+        pos = self._sl.write_locked(first, encoded, checked)
+        self._cursor = self._sl.cursor_at_tail()
         at = recs[0].at_ms
         if at > self._max_at:
             self._max_at = at
@@ -438,8 +449,8 @@ class Queue(QueueInterface):
             for r in recs:
                 if type(r) is R.Purge:
                     touched.update(dict.fromkeys(r.ids))
-                elif hasattr(r, "id"):
-                    touched[r.id] = None
+                elif (jid := getattr(r, "id", None)) is not None:
+                    touched[jid] = None
         if len(recs) == 1:
             self._state.apply(first, encoded[0][0], recs[0])
         else:
@@ -464,7 +475,7 @@ class Queue(QueueInterface):
     def _publish(self, reserved: tuple[int, list, Any], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
         if self._shared:        # written under the append lock already: only the wait
-            self._log.wait_pos(reserved[2], wait)
+            self._sl.wait_pos(reserved[2], wait)
             return reserved[0] + len(reserved[1]) - 1
         return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
@@ -649,35 +660,49 @@ class Queue(QueueInterface):
         time so a close() here or a due time is noticed."""
         waited = False
         while True:
-            with self._deciding():
-                if self._closed:
-                    if waited:
-                        return None
-                    raise ClosedError("the queue is closed")
-                if self._read_only:
-                    raise ReadOnlyError("the queue was opened read_only")
-                now = self._now_ms()
-                job_id = self._state.pick(now, qs, types)
-                if job_id is not None:
-                    rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
-                    rec = rec._replace(proc=self._liveness.attach_lsn)
-                    reserved = self._reserve_apply([rec])
-                    return self._state.get(job_id), reserved
-                if end is None:
-                    return None
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return None
-                due = self._state.next_due_ms()
-                if due is not None:
-                    remaining = min(remaining, max((due - now) / 1000.0, 0.001))
-                seen = self._log.append_seq()      # read under the lock: no lost wake-up
+            try:
+                claimed = self._claim_shared_once(worker_id, types, qs, end)
+            except ClosedError:
+                if waited:
+                    return None         # closed while we waited: a clean shutdown
+                raise
+            if claimed is None or claimed[0] is not None:
+                return claimed
+            seen, remaining = claimed[1]
             self._parked += 1
             try:
-                self._log.wait_append(seen, min(remaining, 0.1))
+                self._sl.wait_append(seen, min(remaining, 0.1))
+            except ClosedError:
+                return None
             finally:
                 self._parked -= 1
             waited = True
+
+    def _claim_shared_once(self, worker_id, types, qs, end):
+        """One try of _claim_shared: (job, reserved), None (give up), or (None, (the
+        page's append counter, seconds to sleep at most))."""
+        with self._deciding():
+            if self._closed:
+                raise ClosedError("the queue is closed")
+            if self._read_only:
+                raise ReadOnlyError("the queue was opened read_only")
+            now = self._now_ms()
+            job_id = self._state.pick(now, qs, types)
+            if job_id is not None:
+                rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
+                rec = rec._replace(proc=self._liveness.attach_lsn)
+                reserved = self._reserve_apply([rec])
+                return self._state.get(job_id), reserved
+            if end is None:
+                return None
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return None
+            due = self._state.next_due_ms()
+            if due is not None:
+                remaining = min(remaining, max((due - now) / 1000.0, 0.001))
+            # read under the lock: a publish after it changes the counter (no lost wake-up)
+            return None, (self._sl.append_seq(), remaining)
 
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
@@ -959,7 +984,7 @@ def _after_fork_in_child() -> None:
     _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
     for q in list(_OPEN_QUEUES):
         q._lock = YieldingLock()
-        q._cond = threading.Condition(q._lock)  # type: ignore[arg-type]
+        q._cond = threading.Condition(q._lock)
         if q._shared:
             if q._liveness is not None:
                 q._liveness.forget_after_fork()

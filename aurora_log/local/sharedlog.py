@@ -60,7 +60,7 @@ class SharedLog(Log):
     The queue uses ``locked()`` to decide on the newest state and write in one critical
     section; ``read_from(cursor)`` to fold what others appended."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._shared = True
         self._shm = None
@@ -70,7 +70,7 @@ class SharedLog(Log):
         self._seg_size = 0
         self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
         self._holder: int | None = None   # thread id holding the append lock
-        self._interval = None
+        self._interval: threading.Thread | None = None
         self._stop = threading.Event()
         self.rebuilt = False           # this open was alone: it recovered the log
         self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
@@ -138,6 +138,7 @@ class SharedLog(Log):
                 # nobody else is attached: the page may be stale (a crash) and the log's
                 # tail may be torn; recover exactly as an exclusive open does
                 self._recover(mode, interval_ms)
+                assert self._recovered_tail is not None     # set by _recover
                 lsn, path, end, next_lsn = self._recovered_tail
                 self.recovered_next_lsn = next_lsn
                 if next_lsn > MAX_SHARED_LSN:
@@ -521,10 +522,7 @@ class SharedLog(Log):
         (closing a copy never releases the parent's flocks: they belong to the shared open
         file description, and the parent keeps its fds), so that the parent's death is
         seen by everyone even while the child lives. Any later use raises ForkedError."""
-        for fd in self._old_fds + [self._fd]:
-            if fd >= 0:
-                lib.au_close(fd)
-        self._old_fds, self._fd = [], -1
+        self._close_segment_fds()
         if self._shm is not None:
             shm, self._shm = self._shm, None
             ffi.gc(shm, None)
@@ -551,26 +549,33 @@ class SharedLog(Log):
         self._stop.set()
         if self._interval is not None and self._interval is not threading.current_thread():
             self._interval.join()
-        # closing fds only: a forked child's copies never release the parent's flocks
-        for fd in self._old_fds + [self._fd]:
-            if fd >= 0:
-                lib.au_close(fd)
-        self._old_fds, self._fd = [], -1
+        if forked:
+            # closing fds only: a forked child's copies never release the parent's flocks
+            self._close_segment_fds()
+        # else the segment fds go with the object (__del__): a thread of ours asleep in a
+        # group commit may still lead one fdatasync with them (never a closed fd)
         if self._shm is not None:
             if forked:
                 self._shm = None      # the mapping is the parent's: leave it to exit
             else:
-                shm, self._shm = self._shm, None
-                ffi.gc(shm, None)          # no second close by the collector
-                lib.au_shm_close(shm)
+                # the flock goes now; the mapping when the last reference does (a thread
+                # of ours may still be asleep in a call that reads the page)
+                lib.au_shm_detach(self._shm)
         self._release()
         if err is not None:
             raise err
+
+    def _close_segment_fds(self) -> None:
+        for fd in self._old_fds + [self._fd]:
+            if fd >= 0:
+                lib.au_close(fd)
+        self._old_fds, self._fd = [], -1
 
     def __del__(self):
         try:
             if not self._closed and os.getpid() == self._pid and self._shm is not None:
                 self.close()
+            self._close_segment_fds()
         except Exception:
             pass
 
