@@ -249,6 +249,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
                        uint64_t *end);
 int au_shm_roll_begin(au_shm *h);
 void au_shm_roll_end(au_shm *h, uint64_t pos);
+uint32_t au_shm_roll_seq(au_shm *h);
 void au_shm_roll_abort(au_shm *h);
 int au_shm_test_hold_sync(au_shm *h);          /* tests: take the sync lock and keep it */
 int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target);  /* tests: then finish */

@@ -23,7 +23,7 @@ from aurora_log.local import sharedlog
 from aurora_log.local._binding import lib
 
 CTX = mp.get_context("fork")
-FAST = dict(reaper_interval=0.1, auto_compact=False)
+FAST = dict(shared=True, reaper_interval=0.1, auto_compact=False)
 
 
 def _run(target, *args) -> mp.Process:
@@ -78,7 +78,7 @@ def _worker(path, tag, stop_after_idle, out):
 
 
 def _racer(path, barrier, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
     barrier.wait()
     job = q.claim("racer", wait=20)
     out.put((os.getpid(), None if job is None else job.id))
@@ -109,7 +109,8 @@ def _die_holding_lock_mid_write(path, out):
 
 
 def _die_mid_roll(path, where, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False,
+                        segment_bytes=8192)
     real_open, real_is_file = sharedlog.SharedLog._open_segment, sharedlog.is_file
 
     def die():
@@ -133,7 +134,7 @@ def _die_mid_roll(path, where, out):
 
 
 def _die_mid_compaction(path, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
     q.compact(on_progress=lambda done, total: (out.put("compacting"), time.sleep(0.3),
                                                os.kill(os.getpid(), signal.SIGKILL)))
 
@@ -170,7 +171,7 @@ def test_processes_enqueue_claim_complete_concurrently(tmp_path):
             kinds = [t.kind for t in q.history(job_id)]
             assert kinds.count("complete") == 1 and kinds.count("claim") == 1, kinds
     # the log replays to the same state in exclusive mode (every record whole, in order)
-    with aurora_log.open(path, exclusive=True, **FAST) as q:
+    with aurora_log.open(path, reaper_interval=None) as q:
         assert q.stats()["completed"] == len(produced)
 
 
@@ -248,7 +249,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
         assert time.monotonic() - t0 < 1.0      # the next locker repairs and goes on
         assert q.log.stats()["repairs"] == 1
         acked += [q.enqueue(Job("t", {"i": i})) for i in range(5)]
-    with aurora_log.open(path, exclusive=True, **FAST) as q:   # every byte checked again
+    with aurora_log.open(path, **FAST) as q:   # every byte checked again
         assert q.log.report.cuts == []
         assert sorted(j.id for j in q.list(limit=1000)) == sorted(acked)
 
@@ -256,7 +257,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
 @pytest.mark.parametrize("where", ["before_create", "after_seal"])
 def test_killed_mid_roll(tmp_path, where):
     path = str(tmp_path / "s")
-    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=8192)
     aurora_log.open(path, **opts).close()
     out = CTX.Queue()
     p = _run(_die_mid_roll, path, where, out)
@@ -269,7 +270,7 @@ def test_killed_mid_roll(tmp_path, where):
         assert time.monotonic() - t0 < 30
         assert q.log.stats()["repairs"] >= 1
         total = q.stats()["total"]
-    with aurora_log.open(path, exclusive=True, **opts) as q:
+    with aurora_log.open(path, **opts) as q:
         assert q.log.report.cuts == []
         ids = {j.id for j in q.list(limit=100_000)}
         assert set(acked) <= ids and len(ids) == total
@@ -326,13 +327,13 @@ def test_a_damaged_page_beside_a_live_process_is_refused(tmp_path):
 
 def test_exclusive_and_shared_refuse_each_other(tmp_path):
     path = tmp_path / "s"
-    with aurora_log.open(path, exclusive=True):
+    with aurora_log.open(path):                 # not shared: this process alone
         with pytest.raises(LockedError, match="exclusive"):
-            aurora_log.open(path)
-    with aurora_log.open(path):
+            aurora_log.open(path, shared=True)
+    with aurora_log.open(path, shared=True):
         with pytest.raises(LockedError):
-            aurora_log.open(path, exclusive=True)
-        with aurora_log.open(path) as other:     # shared beside shared
+            aurora_log.open(path)
+        with aurora_log.open(path, shared=True) as other:     # shared beside shared
             other.enqueue(Job("t", {}))
 
 
@@ -377,6 +378,6 @@ def test_roll_across_processes_with_small_segments(tmp_path):
     results = [out.get(timeout=120) for _ in procs]
     _join_ok(*procs)
     produced = [i for r in results for i in r[2]]
-    with aurora_log.open(path, exclusive=True, **opts) as q:
+    with aurora_log.open(path, **opts) as q:
         assert len(q.log.segments()) > 3
         assert sorted(j.id for j in q.list(limit=10_000)) == sorted(produced)

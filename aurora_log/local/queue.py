@@ -97,10 +97,11 @@ class Queue(QueueInterface):
     ``retry_cap`` / ``retry_jitter`` (the backoff, see ``aurora_log.job``), ``read_only``,
     and the log's ``segment_bytes`` / ``max_record_bytes``.
 
-    Processes: by default any number of processes open the same directory at once (shared
-    mode, docs/INTERNALS.md "Shared mode"). ``exclusive=True`` holds the store for this
-    process alone (a second opener gets LockedError) and uses the in-process group-commit
-    writer, which batches many threads of one process into fewer writes.
+    Processes: ``shared=True`` lets any number of processes open the same directory at
+    once, each with ``shared=True`` (docs/INTERNALS.md "Shared mode"). The default holds
+    the store for this process alone (a second opener gets LockedError) and uses the
+    in-process group-commit writer, which batches many threads of one process into fewer
+    writes. The two modes refuse each other (LockedError).
     """
 
     _touched: dict[str, None] | None = None   # compaction capture: ids touched since
@@ -120,7 +121,7 @@ class Queue(QueueInterface):
                  auto_compact: bool = True, compact_wal_bytes: int | None = 64 << 20,
                  compact_factor: float | None = 4.0, retain_seconds: float | None = 86400.0,
                  retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
-                 exclusive: bool = False, **log_options):
+                 shared: bool = False, **log_options):
         from .log import Log  # imported here so job/records/state work without the C core
         from . import snapshot
 
@@ -144,9 +145,9 @@ class Queue(QueueInterface):
         self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         snapshot.check_log_present(path)    # before Log.open creates an empty log
-        # shared (the default): any number of processes open the store at once;
-        # exclusive: this process alone, through the in-process C writer (today's path)
-        log_options.setdefault("shared", not exclusive and not read_only)
+        # shared: any number of processes open the store at once; else this process
+        # alone, through the in-process C writer
+        log_options["shared"] = bool(shared) and not read_only
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"

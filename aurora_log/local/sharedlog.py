@@ -69,6 +69,7 @@ class SharedLog(Log):
         self._seg_first = 0
         self._seg_size = 0
         self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
+        self._roll_seq = -1            # the page's roll counter when _fd was opened
         self._holder: int | None = None   # thread id holding the append lock
         self._interval: threading.Thread | None = None
         self._stop = threading.Event()
@@ -169,6 +170,8 @@ class SharedLog(Log):
         if fd < 0:
             raise os_error(fd, path)
         size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
+        if self._shm is not None:
+            self._roll_seq = lib.au_shm_roll_seq(self._shm)
         if self._fd >= 0:
             self._old_fds.append(self._fd)
             while len(self._old_fds) > 2:
@@ -252,7 +255,9 @@ class SharedLog(Log):
         holder that died left half done (a batch being written: zeroed; a roll: redone)."""
         write, writing, next_lsn, _ = self._position()
         seg, _ = _seg_off(write)
-        if seg != self._seg_first:
+        if seg != self._seg_first or lib.au_shm_roll_seq(self._shm) != self._roll_seq:
+            # a roll since we last looked: a new segment, or (a batch bigger than the
+            # segment) a bigger file renamed over an empty one of the same name
             self._open_segment(seg, self._wal / _seg_name(seg))
         if writing != write:
             self._stats["repairs"] += 1
@@ -261,9 +266,11 @@ class SharedLog(Log):
             else:
                 check_io(lib.au_shm_zero_tail(self._shm, self._fd), "repair", self._wal)
 
-    def _roll(self, next_lsn: int) -> None:
+    def _roll(self, next_lsn: int, size: int | None = None) -> None:
         """Under the lock: seal the newest segment and start the next at ``next_lsn``
-        (FORMAT.md "Preallocation, rolling", with the next segment created inline)."""
+        (FORMAT.md "Preallocation, rolling", with the next segment created inline), of
+        ``size`` bytes (default segment_bytes; more for a batch that needs it). A newest
+        segment that holds no record is replaced by the new file of the same name."""
         h = self._shm
         old_fd, old_first = self._fd, self._seg_first
         write = self._position()[0]
@@ -279,7 +286,8 @@ class SharedLog(Log):
             if is_file(tmp):                  # left by a roller that died (under this lock)
                 remove_file(tmp, fsync_dir=False)
             check_io(lib.au_segment_create(os.fsencode(str(self._wal)), next_lsn,
-                                           self.segment_bytes, self.max_record_bytes),
+                                           max(size or 0, self.segment_bytes),
+                                           self.max_record_bytes),
                      "create segment", new_path)
             if next_lsn != old_first and off + SEG_HDR <= self._seg_size:
                 hdr = bytearray(_BATCH.pack(SEG_HDR, 0, next_lsn, 0,
@@ -338,10 +346,11 @@ class SharedLog(Log):
             raise DurabilityError("shared mode supports LSNs below 2**32")
         _, off = _seg_off(write)
         if off + blen + SEG_HDR > self._seg_size:
-            if SEG_HDR + blen + SEG_HDR > self.segment_bytes:
-                raise ValueError(f"a batch of {blen} bytes does not fit a segment of "
-                                 f"{self.segment_bytes} bytes (segment_bytes)")
-            self._roll(next_lsn)
+            need = SEG_HDR + blen + SEG_HDR
+            if need > _OFF_MASK:
+                raise ValueError(f"a batch of {blen} bytes does not fit a segment")
+            # a batch bigger than segment_bytes gets a segment of its own size
+            self._roll(next_lsn, need)
         # durable_end: how far this segment is known fdatasynced (FORMAT.md; recovery
         # tells a torn tail from a damaged record by it). The page's synced position is
         # read under the append lock: it is <= our offset, and after a roll it is the new

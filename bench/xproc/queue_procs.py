@@ -2,7 +2,7 @@
 
     python bench/xproc/queue_procs.py --procs 1,4,16 --seconds 3
 
-Each point: N forked processes, each opening the store itself (shared mode, the default)
+Each point: N forked processes, each opening the store itself with shared=True
 and calling ``q.enqueue(Job(...))`` (sync durability: returns after the fdatasync that
 covers it) in a loop for the timed window. Prints enqueues/s, fdatasyncs/s (from the
 control page's counter), records per fdatasync and CPU us per enqueue (user+sys of every
@@ -30,7 +30,7 @@ CTX = mp.get_context("fork")
 
 
 def _producer(path: str, start: float, stop: float, out) -> None:
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
     while time.time() < start:
         time.sleep(0.001)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -68,7 +68,7 @@ def run_procs(n: int, seconds: float, root: str) -> dict:
 
 def run_exclusive(threads: int, seconds: float, root: str) -> dict:
     path = os.path.join(root, f"x{threads}")
-    q = aurora_log.open(path, exclusive=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     counts = [0] * threads
     stop = time.time() + seconds
 
