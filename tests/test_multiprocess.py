@@ -381,3 +381,40 @@ def test_roll_across_processes_with_small_segments(tmp_path):
     with aurora_log.open(path, **opts) as q:
         assert len(q.log.segments()) > 3
         assert sorted(j.id for j in q.list(limit=10_000)) == sorted(produced)
+
+
+def test_retirement_never_passes_a_live_process_fold(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096,
+                retain_seconds=None, retain_count=None)
+    a = aurora_log.open(path, **opts)
+    b = aurora_log.open(path, **opts)          # folds nothing until it reads
+    b_pin = b._cursor[2]
+    for round_ in range(3):
+        a.enqueue_many([Job("t", {"r": round_, "i": i, "pad": "z" * 100}) for i in range(20)])
+        a.compact()
+    assert a.log.first_lsn <= b_pin            # b's segments are all still there
+    assert min(s.first_lsn for s in a.log.segments()) <= b_pin
+    assert b.stats()["total"] == 60             # b catches up through them
+    b._liveness.publish(b._cursor[2])           # its reaper tick would publish this
+    a._liveness.publish(a._cursor[2])
+    a.enqueue(Job("t", {}))
+    first = a.compact()
+    a.enqueue(Job("t", {}))
+    second = a.compact()
+    assert first.retired_segments + second.retired_segments     # now the old ones go
+    assert b.stats()["total"] == 62
+    b.close()
+    a.close()
+
+
+def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096)
+    with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
+        a.enqueue(Job("t", {}))
+        ids = b.enqueue_many([Job("t", {"i": i, "pad": "q" * 200}) for i in range(40)])
+        a.enqueue(Job("t", {"after": True}))     # a reopens the segment b's roll made
+        assert a.get(ids[-1]) is not None and a.stats()["total"] == 42
+    with aurora_log.open(path, segment_bytes=4096) as q:
+        assert q.stats()["total"] == 42 and q.log.report.cuts == []

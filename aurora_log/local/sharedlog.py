@@ -452,6 +452,13 @@ class SharedLog(Log):
         while (seg, off) < (lseg, loff):
             path = self._wal / _seg_name(seg)
             fd = lib.au_open(os.fsencode(str(path)), os.O_RDONLY | _O_CLOEXEC, 0)
+            if fd == -_errno.ENOENT and seg != lseg and nxt != seg and \
+                    is_file(self._wal / _seg_name(nxt)):
+                # retired: retirement keeps every segment holding a record at or above a
+                # live process's published pin, so all that was left for us here was its
+                # SEAL; the next segment starts at our next LSN
+                seg, off = nxt, SEG_HDR
+                continue
             if fd < 0:
                 raise os_error(fd, path)
             try:
