@@ -29,8 +29,8 @@ it alone: then a writing command answers "in use". The reading commands (stats, 
 show, history, dump, verify) open it read-only and work beside either.
 
 Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
-error, 3 when the store is held by a process that opened it without shared=True. No tracebacks (``--log-level debug``
-logs one for an unexpected error).
+error, 3 when the store is held by a process that opened it without shared=True. No
+tracebacks (``--log-level debug`` logs one for an unexpected error).
 """
 
 from __future__ import annotations
