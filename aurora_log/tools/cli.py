@@ -327,7 +327,8 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
             return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {directory} is in use by a process that opened it "
-                       "without shared=True; open it shared there, or stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def _out(text: str = "") -> None:
@@ -508,7 +509,8 @@ def cmd_enqueue(args) -> int:
         q = aurora_log.open(path, shared=True)       # enqueue may create a new store
     except LockedError:
         raise CliError(f"store {args.dir} is in use by a process that opened it "
-                       "without shared=True; open it shared there, or stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     with q:
         job_id = q.enqueue(job)
     _out(job_id)
@@ -692,7 +694,8 @@ def cmd_dump(args) -> int:
         wal = Log.open(path)
     except LockedError:
         raise CliError(f"store {args.dir} is in use by a process that opened it "
-                       "without shared=True; open it shared there, or stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     try:
         total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
         update, done = _progress_bar(total if total > 10000 else None, "dump")
@@ -786,7 +789,8 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
         return aurora_log.open(path, shared=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {target} is in use by a process that opened it "
-                       "without shared=True; open it shared there, or stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def cmd_copy(args) -> int:
