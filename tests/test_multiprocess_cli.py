@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import aurora_log
@@ -74,7 +74,7 @@ def test_cli_retry_and_cancel_beside_two_running_workers(tmp_path):
             # both workers attached (each holds its liveness file), then the jobs
             _wait(lambda: len(list((store / "procs").glob("*.live"))) == 3)
             dead = q.enqueue(Job("flaky", {}, max_retries=0))
-            later = q.enqueue(Job("hello", {}, scheduled_at=datetime.now(timezone.utc)
+            later = q.enqueue(Job("hello", {}, scheduled_at=datetime.now(UTC)
                                   + timedelta(hours=1)))
             many = q.enqueue_many([Job("hello", {"i": i}) for i in range(20)])
             _wait(lambda: q.get(dead).status is JobStatus.DEAD_LETTER)
