@@ -326,7 +326,7 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
                                        auto_compact=False)
             return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {directory} is in use by a process that opened it "
+        raise CliError(f"store {directory} is in use by another process that opened it "
                        "without shared=True; open it shared there, or stop it first",
                        EXIT_LOCKED) from None
 
@@ -508,7 +508,7 @@ def cmd_enqueue(args) -> int:
     try:
         q = aurora_log.open(path, shared=True)       # enqueue may create a new store
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by a process that opened it "
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
                        "without shared=True; open it shared there, or stop it first",
                        EXIT_LOCKED) from None
     with q:
@@ -693,7 +693,7 @@ def cmd_dump(args) -> int:
     except TypeError:
         wal = Log.open(path)
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by a process that opened it "
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
                        "without shared=True; open it shared there, or stop it first",
                        EXIT_LOCKED) from None
     try:
@@ -788,7 +788,7 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
     try:
         return aurora_log.open(path, shared=True, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {target} is in use by a process that opened it "
+        raise CliError(f"store {target} is in use by another process that opened it "
                        "without shared=True; open it shared there, or stop it first",
                        EXIT_LOCKED) from None
 
