@@ -344,10 +344,13 @@ def test_fork_after_open(tmp_path):
     out = CTX.Queue()
     p = _run(_forked_child_uses_parent_queue, q, path, out)
     msg = out.get(timeout=30)
-    assert msg.startswith("forked: ") and "open the store again" in msg.lower() or \
-        "aurora_log.open" in msg, msg
+    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
     child_job = out.get(timeout=30)
     _join_ok(p)
+    # the child closed only its copies: the parent's liveness lock and page lock stand
+    from aurora_log.local.liveness import Liveness
+    own = tmp_path / "s" / "procs" / f"{q._liveness.attach_lsn:020d}.live"
+    assert own.exists() and not Liveness._unlocked(own)
     assert q.get(child_job) is not None       # the parent sees the child's enqueue
     job = q.claim("parent")
     assert job.id == jid
