@@ -558,7 +558,7 @@ class Queue(QueueInterface):
         built = [self._build(j, now) for j in jobs]
         if self._shared and built and all(
                 rec.unique_key is None and getattr(j, "_auto_id", None) == rec.id
-                for j, (rec, _) in zip(jobs, built)):
+                for j, (rec, _) in zip(jobs, built, strict=True)):
             return self._enqueue_lazily(built, durable)
         ids: list[str] = []
         with self._deciding():
