@@ -439,3 +439,17 @@ def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
             b.enqueue(Job("t", {}, id="chosen"))
         first = a.enqueue(Job("t", {}, unique_key="k"))
         assert b.enqueue(Job("t", {}, unique_key="k")) == first
+
+
+def test_interval_mode_syncs_in_the_background(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False,
+                durability="interval", interval_ms=20)
+    with aurora_log.open(path, **opts) as q:
+        s0 = q.log.stats()["fdatasyncs"]
+        jid = q.enqueue(Job("t", {}))            # returns without waiting for a sync
+        _wait_for(lambda: q.log.stats()["fdatasyncs"] > s0, timeout=5)
+        write = q.log._position()[0]
+        _wait_for(lambda: q.log._position()[3] >= write, timeout=5)
+    with aurora_log.open(path) as q:
+        assert q.get(jid) is not None
