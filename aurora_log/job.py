@@ -393,6 +393,11 @@ def new_id() -> str:
             _more_ids()
 
 
+# a forked child must not hand out the ids its parent (and its siblings) still hold
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
+
+
 # --------------------------------------------------------------------------- Job
 
 _FIELDS = ("id", "job_type", "payload", "priority", "status", "max_retries", "retry_count",
@@ -411,9 +416,11 @@ class Job:
     Every builder validates at once and raises TypeError/ValueError with a clear message.
     """
 
-    # _deps: (parent ids, on_parent_failure) set by after(); not a stored field of the
-    # job, so it is kept out of _FIELDS (to_dict, ==, the state's materialisation)
-    __slots__ = _FIELDS + ("_deps",)
+    # _deps: (parent ids, on_parent_failure) set by after(); _auto_id: the id new_id() drew
+    # for this Job (None if the caller chose one: a shared store's enqueue needs no catch-up
+    # for a job whose id nobody else can hold). Neither is a stored field of the job, so
+    # both are kept out of _FIELDS (to_dict, ==, the state's materialisation)
+    __slots__ = _FIELDS + ("_deps", "_auto_id")
 
     def __init__(self, job_type: str, payload: Mapping[str, Any] | None = None, *,
                  id: str | None = None,
@@ -440,6 +447,7 @@ class Job:
                  cancel_requested: bool = False):
         self.job_type = check_name(job_type, "job_type")
         self.id = new_id() if id is None else check_text(id, "id", MAX_NAME_CHARS)
+        self._auto_id = self.id if id is None else None
         self.payload: dict[str, Any] = {}
         if payload is not None:
             self.with_payload(payload)

@@ -80,6 +80,7 @@ class StateView:
     last_lsn: int
     applied: int
     control: dict | None = None      # Control.export() at the capture
+    procs: dict | None = None        # procs_export() at the capture (shared mode)
 
 
 def _control_export(state: object) -> dict | None:
@@ -88,6 +89,27 @@ def _control_export(state: object) -> dict | None:
     if isinstance(c, Control):
         return c.export()
     return c if isinstance(c, dict) else None
+
+
+def procs_export(state: object) -> dict | None:
+    """Shared mode's process bookkeeping to store (None when there is none): which process
+    (ATTACH LSN) claimed each running job, and the processes known gone. Without it a
+    process that loads the snapshot could not hand back a dead claimer's jobs."""
+    of, gone = getattr(state, "proc_of", None), getattr(state, "procs_gone", None)
+    if isinstance(of, dict) and isinstance(gone, set):
+        return {"of": dict(of), "gone": sorted(gone)} if (of or gone) else None
+    procs = getattr(state, "procs", None)
+    return procs if isinstance(procs, dict) else None
+
+
+def _restore_procs(s: State, data: object) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict) or not isinstance(data.get("of"), dict) \
+            or not isinstance(data.get("gone"), list):
+        raise ValueError("process bookkeeping is not {of: {...}, gone: [...]}")
+    s.proc_of = {str(k): int(v) for k, v in data["of"].items()}
+    s.procs_gone = {int(v) for v in data["gone"]}
 
 
 def _restore_control(s: State, data: object) -> None:
@@ -111,6 +133,9 @@ def export_items(state: Exportable) -> Iterator[bytes]:
     control = _control_export(state)
     if control is not None:
         header["control"] = control        # optional: exports before issue 17 lack it
+    procs = procs_export(state)
+    if procs is not None:
+        header["procs"] = procs            # optional: only a shared store has any
     yield _EXPORT_MAGIC + json.dumps(header, separators=(",", ":")).encode()
     for job_id, v in state.jobs.items():
         if type(v) is bytes:
@@ -169,6 +194,7 @@ def state_from_items(items: Iterable[bytes]) -> State:
             raise ValueError(f"unknown state export version {h['v']}")
         s = State.restore(h["pairs"], h["last_lsn"], h["applied"])
         _restore_control(s, h.get("control"))
+        _restore_procs(s, h.get("procs"))
         n = s.load_jobs(_items(it))
         if n != h["jobs"]:
             raise ValueError(f"state export has {n} jobs, its header says {h['jobs']}")
@@ -217,7 +243,8 @@ def export_split(state: Exportable, on_progress: Callable[[int], None] | None = 
     runs = [_segments(r) for r in ready]
     runs.append(_segments(timers))
     meta = {"last_lsn": state.last_lsn, "applied": state.applied,
-            "pairs": [list(p) for p in state.pairs], "control": _control_export(state)}
+            "pairs": [list(p) for p in state.pairs], "control": _control_export(state),
+            "procs": procs_export(state)}
     return {"meta": meta, "ids": ids, "blobs": blobs, "rest": rest, "rest_pos": rest_pos,
             "runs": runs}
 
@@ -249,6 +276,7 @@ def state_from_split(meta: dict, base: SnapshotBase, rest: list[bytes], rest_pos
     try:
         s = State.restore(meta["pairs"], meta["last_lsn"], meta["applied"])
         _restore_control(s, meta.get("control"))
+        _restore_procs(s, meta.get("procs"))
         recs = []
         for item in rest:
             if item[:1] != b"R":
@@ -436,6 +464,8 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
               "id_width": width, "uuid": uuid}
     if version == 3:
         fields["control"] = control
+        if sp["meta"]["procs"] is not None:
+            fields["procs"] = sp["meta"]["procs"]
     elif version != 2 or control != Control().export():
         raise ValueError(f"cannot write this state as a version {version} snapshot")
     meta = json.dumps(fields, separators=(",", ":")).encode()

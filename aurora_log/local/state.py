@@ -90,6 +90,10 @@ class State:
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
         # queue control (pause, limits, periodic firings, dependencies): control.py
         self.control = Control()
+        # shared mode (docs/INTERNALS.md "Liveness"); stored in snapshots (the meta's
+        # "procs"), so a process that loads one can still hand back a dead claimer's jobs
+        self.proc_of: dict[str, int] = {}    # running job -> its claimer's ATTACH LSN
+        self.procs_gone: set[int] = set()    # ATTACH LSNs detached or found dead
 
     # ------------------------------------------------------------------ small helpers
 
@@ -151,6 +155,7 @@ class State:
         if old == RUNNING:
             self._running.discard(job_id)
             self.control.on_running(self.pairs[h[PAIR]], -1)
+            self.proc_of.pop(job_id, None)
         if new == RUNNING:
             self._running.add(job_id)
             self.control.on_running(self.pairs[h[PAIR]], +1)
@@ -348,6 +353,8 @@ class State:
         r.progress = r.pmsg = None
         r.cancel_req = False
         r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
+        if c.proc:
+            self.proc_of[c.id] = c.proc
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
         h = unpack_head(r.blob)
         if self.control.windows:
@@ -487,6 +494,16 @@ class State:
             self._unique[ukey] = c.id
         self.order.add_blob(c.id, r.blob, c.at_ms, lsn, c.at_ms)
         r.hist.append((lsn, R.RETRY_DEAD, c.at_ms, PENDING, None, 1, None))
+
+    def _apply_attach(self, lsn: int, a: R.Attach) -> None:
+        pass                    # identity only: the process is this record's LSN
+
+    def _apply_detach(self, lsn: int, d: R.Detach | R.ProcGone) -> None:
+        self.procs_gone.add(d.proc)
+
+    def jobs_of_proc(self, proc: int) -> builtins.list[str]:
+        """The RUNNING jobs whose last claim came from the process attached at ``proc``."""
+        return [j for j, p in self.proc_of.items() if p == proc and j in self._running]
 
     def _apply_purge(self, lsn: int, p: R.Purge) -> None:
         for job_id in p.ids:
@@ -649,10 +666,14 @@ class State:
         return out
 
     def plan_recover(self, now_ms: int,
-                     delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
-        """On open: every job left RUNNING by a dead process, as a "process died" reap."""
+                     delay: Callable[[int], int] = retry_delay_ms,
+                     only: Callable[[str], bool] | None = None) -> list[R.Reap]:
+        """On open: every job left RUNNING by a dead process, as a "process died" reap.
+        ``only``: the jobs it accepts (a shared store: one dead process's jobs)."""
         running: builtins.list[tuple[int, str, Rec, bytes]] = []
         for job_id in self._running:
+            if only is not None and not only(job_id):
+                continue
             r = self.jobs[job_id]
             assert type(r) is Rec and r.token is not None      # running: touched, leased
             running.append((r.started, job_id, r, r.token))
@@ -994,4 +1015,6 @@ _APPLY: dict[int, Callable[[State, int, Any], None]] = {
     R.RELEASE: State._apply_release,
     R.PAUSE: State._apply_pause, R.RESUME: State._apply_resume, R.LIMIT: State._apply_limit,
     R.PERIODIC_FIRE: State._apply_periodic_fire, R.DEPENDS: State._apply_depends,
+    R.RELEASE: State._apply_release, R.ATTACH: State._apply_attach,
+    R.DETACH: State._apply_detach, R.PROC_GONE: State._apply_detach,
 }

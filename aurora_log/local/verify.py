@@ -37,7 +37,7 @@ from .table import PAIR, RUNNING, Rec, blob_of, unpack_head
 __all__ = ["verify", "VerifyReport", "Problem"]
 
 _ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
-_JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
+_NO_JOB = (R.Purge, R.Attach, R.Detach, R.ProcGone, R.Pause, R.Resume, R.Limit)  # name no one job
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
@@ -226,9 +226,9 @@ class _Checks:
     def before(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
         rep, live = self.rep, self.live
         rep.records += 1
-        if type(rec) is R.Purge or type(rec) in _JOBLESS:
+        if type(rec) in _NO_JOB:
             return
-        assert not isinstance(rec, (R.Purge, R.Pause, R.Resume, R.Limit))
+        assert not isinstance(rec, _NO_JOB)
         jid = rec.id
         v = state.jobs.get(jid)
         self._retry_before = v.retry if type(v) is Rec else 0
@@ -262,15 +262,13 @@ class _Checks:
 
     def after(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
         rep, jobs = self.rep, state.jobs
-        if type(rec) in _JOBLESS:
-            pass
-        elif type(rec) is R.Purge:
+        if type(rec) is R.Purge:
             for jid in rec.ids:
                 if jid in self.live and jid not in jobs:
                     rep._p("invariant", f"job {jid} purged with a live lease", lsn=lsn)
                     self.live.pop(jid, None)
-        else:
-            assert not isinstance(rec, (R.Purge, R.Pause, R.Resume, R.Limit))
+        elif type(rec) not in _NO_JOB:
+            assert not isinstance(rec, _NO_JOB)
             v = jobs.get(rec.id)
             if rtype != R.RETRY_DEAD and type(v) is Rec and v.retry < self._retry_before:
                 rep._p("invariant", f"job {rec.id}: retry count went down "

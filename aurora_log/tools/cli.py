@@ -22,15 +22,16 @@ local store's files and refuse a DSN.
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
 
-One process owns a store at a time (an exclusive lock on DIR/LOCK). The reading commands
-(stats, jobs, show, history, dump, verify) open the store read-only, which takes no lock:
-they work beside a running worker and show what it has written. The writing commands
-(enqueue, retry, cancel, purge, compact) need the lock and answer "in use" while a worker
-holds it; stop the worker, or do it from the worker's own code (``q.cancel(id)``).
+The writing commands (enqueue, retry, cancel, purge, compact) open the store shared
+(docs/INTERNALS.md, "Shared mode"): they work beside running workers whose code opened the
+store with ``aurora_log.open(path, shared=True)``, and several ``aurora-log worker``
+processes can serve such a store. A process that opened it without ``shared=True`` holds
+it alone: then a writing command answers "in use". The reading commands (stats, jobs,
+show, history, dump, verify) open it read-only and work beside either.
 
 Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
-error, 3 when the store is in use by another process. No tracebacks (``--log-level debug``
-logs one for an unexpected error).
+error, 3 when the store is held by a process that opened it without shared=True. No
+tracebacks (``--log-level debug`` logs one for an unexpected error).
 """
 
 from __future__ import annotations
@@ -341,9 +342,9 @@ def _local_only(target: str, what: str) -> None:
 
 
 def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
-    """Open an existing store for a one-shot command. Reading commands open it read_only:
-    that takes no lock, so they work beside a running worker (and see what it has written);
-    writing commands take the lock and fail with exit status 3 while a worker holds it.
+    """Open an existing store for a one-shot command. Reading commands open it read_only
+    (no lock; they see what running workers have written); writing commands open it
+    shared, and fail with exit status 3 beside a process that holds it alone.
     A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
     if _is_dsn(directory):
@@ -358,11 +359,14 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
     try:
         with _busy(f"opening {directory} (replaying the log)"):
             if write:
-                return aurora_log.open(path)
+                # one command: no reaper or compactor threads of its own
+                return aurora_log.open(path, shared=True, reaper_interval=None,
+                                       auto_compact=False)
             return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {directory} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {directory} is in use by another process that opened it "
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def _out(text: str = "") -> None:
@@ -540,10 +544,11 @@ def cmd_enqueue(args) -> int:
         raise CliError(f"{args.dir} is not a directory")
     import aurora_log
     try:
-        q = aurora_log.open(path)       # enqueue may create a new store
+        q = aurora_log.open(path, shared=True)       # enqueue may create a new store
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     with q:
         job_id = q.enqueue(job)
     _out(job_id)
@@ -780,8 +785,9 @@ def cmd_dump(args) -> int:
     try:
         wal = Log.open(path, read_only=True)
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     try:
         total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
         update, done = _progress_bar(total if total > 10000 else None, "dump")
@@ -872,10 +878,11 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
     if path.exists() and not path.is_dir():
         raise CliError(f"{target} is not a directory")
     try:
-        return aurora_log.open(path, reaper_interval=None)
+        return aurora_log.open(path, shared=True, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {target} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {target} is in use by another process that opened it "
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def cmd_copy(args) -> int:
