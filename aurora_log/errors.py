@@ -34,6 +34,10 @@ class LockedError(AuroraLogError):
     """Another process (or another open Queue/Log in this process) holds the store's lock."""
 
 
+class ForkedError(AuroraLogError):
+    """A store opened before os.fork() was used in the child: open it again there."""
+
+
 class DurabilityError(AuroraLogError):
     """A write or fsync failed. Nothing in the failed batch was acknowledged, and the log
     refuses every further write until it is closed and reopened (fsync is never retried)."""

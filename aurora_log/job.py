@@ -393,6 +393,11 @@ def new_id() -> str:
             _more_ids()
 
 
+# a forked child must not hand out the ids its parent (and its siblings) still hold
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
+
+
 # --------------------------------------------------------------------------- Job
 
 _FIELDS = ("id", "job_type", "payload", "priority", "status", "max_retries", "retry_count",

@@ -204,6 +204,10 @@ typedef struct {
  * rebuilds it from `log_end` (the end of valid data its scan of the log found) after one
  * fdatasync of `log_fd`; later ones validate it (AU_E_SHM_CORRUPT if invalid). */
 int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end);
+/* au_shm_open in two steps (the log is recovered in between, by a process that is alone) */
+int au_shm_attach_begin(au_shm **out, const char *path, int *alone);
+int au_shm_attach_end(au_shm *h, int log_fd, uint64_t log_end, uint64_t next_lsn);
+void au_shm_attach_abort(au_shm *h);
 void au_shm_close(au_shm *h);
 int au_shm_rebuilt(au_shm *h);                 /* 1 if this open rebuilt the page */
 void au_shm_set_poll_ms(au_shm *h, uint32_t ms);
@@ -230,6 +234,21 @@ int au_shm_append(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t 
 int au_shm_wait_synced(au_shm *h, int fd, uint64_t end);
 int au_shm_commit(au_shm *h, int fd, const uint8_t *buf, uint32_t len, uint64_t *end);
 void au_shm_info(au_shm *h, au_shm_stats *s);
+/* the log's shared mode: positions are seg_first_lsn << 32 | offset (aurora_log/local/log.py) */
+void au_shm_position(au_shm *h, uint64_t *write_end, uint64_t *writing_end,
+                     uint64_t *next_lsn, uint64_t *synced_end);
+int au_shm_failed(au_shm *h);
+void au_shm_set_failed(au_shm *h, int err);
+uint32_t au_shm_append_seq(au_shm *h);
+int au_shm_wait_append(au_shm *h, uint32_t seen, uint32_t ms);
+void au_shm_set_writing(au_shm *h, uint64_t writing_end);
+int au_shm_zero_tail(au_shm *h, int fd);
+int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                       const uint32_t *lens, const uint8_t *data, uint64_t durable_off,
+                       uint64_t *end);
+int au_shm_roll_begin(au_shm *h);
+void au_shm_roll_end(au_shm *h, uint64_t pos);
+void au_shm_roll_abort(au_shm *h);
 int au_shm_test_hold_sync(au_shm *h);          /* tests: take the sync lock and keep it */
 int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target);  /* tests: then finish */
 

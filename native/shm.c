@@ -19,6 +19,7 @@
  * _DEFAULT_SOURCE: syscall() for futex(2) (glibc has no wrapper). */
 #define _DEFAULT_SOURCE
 #include "aurora.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,6 +53,8 @@
 #define OFF_UNLOCK_SEQ   212  /* u32  futex word: +1 at every append_mu unlock */
 #define OFF_LOCK_WAITERS 216  /* u32  threads sleeping in au_shm_wait_unlock */
 #define OFF_STANDBY      220  /* u32  pid of the waiter blocked on sync_mu (0 = none) */
+#define OFF_NEXT_LSN     224  /* u64  the log's next LSN (under append_mu; log mode only) */
+#define OFF_APPEND_SEQ   232  /* u32  futex word: +1 at every au_shm_write_batch publish */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -76,6 +79,8 @@ struct au_shm {
     pid_t pid;         /* the process that attached; a forked child must reattach */
     uint32_t poll_ms;  /* how long a waiter sleeps before it checks the leader is alive */
     int rebuilt;       /* this attach rebuilt the page */
+    int gate;          /* the attach gate, held between attach_begin and attach_end */
+    int alone;         /* attach_begin: nobody else is attached (LOCK_EX on the page) */
 };
 
 #define U64(h, off) ((uint64_t *)((h)->page + (off)))
@@ -172,13 +177,19 @@ static int rebuild(au_shm *h, int log_fd, uint64_t log_end)
     return 0;
 }
 
-int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end)
+/* Attach in two steps, so that the log can be recovered in between by the one process
+ * that is alone (docs/INTERNALS.md, "Shared mode"): attach_begin maps the page, takes the
+ * attach gate and tells whether nobody else is attached (*alone); attach_end rebuilds the
+ * page from the log's end (alone) or validates it, and releases the gate. */
+int au_shm_attach_begin(au_shm **out, const char *path, int *alone)
 {
     *out = NULL;
+    *alone = 0;
     au_shm *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
     h->pid = getpid();
     h->poll_ms = AU_SHM_POLL_MS;
+    h->gate = -1;
     int fd = au_open(path, O_RDWR | O_CREAT | au_o_cloexec(), 0600);
     if (fd < 0) { free(h); return fd; }
     h->page_fd = fd;
@@ -201,13 +212,48 @@ int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end)
     free(gate_path);
     if (gate < 0) { r = gate; goto fail; }
     if ((r = au_flock(gate, LOCK_EX)) < 0) { au_close(gate); goto fail; }
-    if (au_flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    h->gate = gate;
+    h->alone = au_flock(fd, LOCK_EX | LOCK_NB) == 0;
+    *alone = h->alone;
+    *out = h;
+    return 0;
+fail:
+    if (h->page) munmap(h->page, AU_SHM_BYTES);
+    au_close(fd);
+    free(h);
+    return r;
+}
+
+static void release_gate(au_shm *h)
+{
+    if (h->gate >= 0) {
+        au_flock(h->gate, LOCK_UN);
+        au_close(h->gate);
+        h->gate = -1;
+    }
+}
+
+/* Give up an attach begun with au_shm_attach_begin (the caller's recovery failed). */
+void au_shm_attach_abort(au_shm *h)
+{
+    if (!h) return;
+    release_gate(h);
+    au_shm_close(h);
+}
+
+int au_shm_attach_end(au_shm *h, int log_fd, uint64_t log_end, uint64_t next_lsn)
+{
+    int r;
+    if (h->alone) {
         r = rebuild(h, log_fd, log_end);
-        if (!r) r = au_flock(fd, LOCK_SH);   /* nobody can take EX meanwhile: gate held */
-    } else {
-        r = au_flock(fd, LOCK_SH);
-        if (!r && !page_valid(h)) r = AU_E_SHM_CORRUPT;  /* damaged while others use it */
         if (!r) {
+            *U64(h, OFF_NEXT_LSN) = next_lsn;
+            r = au_flock(h->page_fd, LOCK_SH);   /* nobody can take EX meanwhile: gate held */
+        }
+    } else {
+        r = au_flock(h->page_fd, LOCK_SH);
+        if (!r && !page_valid(h)) r = AU_E_SHM_CORRUPT;  /* damaged while others use it */
+        if (!r && log_end) {
             /* others attached: the page may know more than our scan (they appended since);
              * it may not know less than the log confirms */
             int lr = au_shm_lock(h);
@@ -222,15 +268,20 @@ int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end)
             }
         }
     }
-    au_flock(gate, LOCK_UN);
-    au_close(gate);
-    if (r) goto fail;
-    *out = h;
-    return 0;
-fail:
-    if (h->page) munmap(h->page, AU_SHM_BYTES);
-    au_close(fd);
-    free(h);
+    release_gate(h);
+    return r;
+}
+
+int au_shm_open(au_shm **out, const char *path, int log_fd, uint64_t log_end)
+{
+    int alone;
+    int r = au_shm_attach_begin(out, path, &alone);
+    if (r) return r;
+    r = au_shm_attach_end(*out, log_fd, log_end, 0);
+    if (r) {
+        au_shm_close(*out);
+        *out = NULL;
+    }
     return r;
 }
 
@@ -640,3 +691,144 @@ int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target)
     release_sync(h);
     return s;
 }
+
+/* ---- the log's positions (shared mode of aurora_log.local.log): a position is
+ * seg_first_lsn << 32 | offset in that segment, so one u64 orders positions across
+ * segments and is read atomically (no seqlock needed for the triple of the draft layout) */
+
+void au_shm_position(au_shm *h, uint64_t *write_end, uint64_t *writing_end,
+                     uint64_t *next_lsn, uint64_t *synced_end)
+{
+    /* write_end is stored last by a publish (release): read it first, then next_lsn; the
+     * pair is exact under append_mu, a hint outside it */
+    *write_end = ld(U64(h, OFF_WRITE_END));
+    *next_lsn = ld(U64(h, OFF_NEXT_LSN));
+    *writing_end = ld(U64(h, OFF_WRITING_END));
+    *synced_end = ld(U64(h, OFF_SYNCED_END));
+}
+
+int au_shm_failed(au_shm *h) { return __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE); }
+
+void au_shm_set_failed(au_shm *h, int err)
+{
+    int32_t zero = 0;
+    __atomic_compare_exchange_n(I32(h, OFF_FAILED), &zero, err, 0, __ATOMIC_SEQ_CST,
+                                __ATOMIC_RELAXED);
+}
+
+uint32_t au_shm_append_seq(au_shm *h)
+{
+    return __atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST);
+}
+
+/* Sleep (GIL dropped) until some process publishes a batch after `seen` was read, or `ms`
+ * pass. 0 or -ETIMEDOUT. */
+int au_shm_wait_append(au_shm *h, uint32_t seen, uint32_t ms)
+{
+    int r = check(h);
+    if (r) return r;
+    if (__atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST) != seen) return 0;
+    r = futex_wait(U32(h, OFF_APPEND_SEQ), seen, ms);
+    return r == -EAGAIN || r == -EINTR ? 0 : r;
+}
+
+/* Under append_mu: mark the end of what is about to be written (a batch, or a roll: then a
+ * position in the next segment), so that a holder dying before the publish is repaired. */
+void au_shm_set_writing(au_shm *h, uint64_t writing_end) { st(U64(h, OFF_WRITING_END), writing_end); }
+
+/* Under append_mu, after EOWNERDEAD within one segment: zero the dead holder's unpublished
+ * bytes [write_end, writing_end) of `fd` (the newest segment), so it is again "batches, then
+ * zeros" (FORMAT.md). */
+int au_shm_zero_tail(au_shm *h, int fd)
+{
+    uint64_t w = ld(U64(h, OFF_WRITE_END)), wi = ld(U64(h, OFF_WRITING_END));
+    static const uint8_t zeros[4096];
+    if ((wi >> 32) == (w >> 32)) {
+        while (wi > w) {
+            size_t k = wi - w > sizeof zeros ? sizeof zeros : (size_t)(wi - w);
+            int64_t r = au_pwrite_full(fd, zeros, k, (int64_t)(w & 0xffffffffu));
+            if (r < 0) return (int)r;
+            w += k;
+        }
+    }
+    st(U64(h, OFF_WRITING_END), ld(U64(h, OFF_WRITE_END)));
+    return 0;
+}
+
+/* Under append_mu: frame records first_lsn.. (n of them; types, lens, concatenated data) as
+ * one batch (FORMAT.md "Batches"; durable_end = `durable_off`), pwrite it at the page's
+ * write position in `fd` (the newest segment), publish position and next_lsn, wake
+ * au_shm_wait_append sleepers. *end = the new position. The caller checked that the batch
+ * fits the segment (else it rolled). AU_E_INVAL if first_lsn is not the page's next_lsn. */
+int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const uint8_t *types,
+                       const uint32_t *lens, const uint8_t *data, uint64_t durable_off,
+                       uint64_t *end)
+{
+    int r = check(h);
+    if (r) return r;
+    if (first_lsn != ld(U64(h, OFF_NEXT_LSN)) || n == 0) return AU_E_INVAL;
+    size_t total = AU_BATCH_HDR;
+    for (uint32_t i = 0; i < n; i++) total += AU_REC_HDR + (size_t)lens[i];
+    size_t blen = (total + 7) & ~(size_t)7;
+    if (blen > AU_MAX_BATCH) return AU_E_INVAL;
+    uint8_t *buf = calloc(1, blen);
+    if (!buf) return -ENOMEM;
+    size_t p = AU_BATCH_HDR, d = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *f = buf + p;
+        uint64_t lsn = first_lsn + i;
+        f[0] = (uint8_t)lens[i]; f[1] = (uint8_t)(lens[i] >> 8);
+        f[2] = (uint8_t)(lens[i] >> 16); f[3] = (uint8_t)(lens[i] >> 24);
+        for (int b = 0; b < 8; b++) f[8 + b] = (uint8_t)(lsn >> (8 * b));
+        f[16] = types[i];
+        memcpy(f + AU_REC_HDR, data + d, lens[i]);
+        uint32_t c = au_record_crc(types[i], lsn, data + d, lens[i]);
+        f[4] = (uint8_t)c; f[5] = (uint8_t)(c >> 8); f[6] = (uint8_t)(c >> 16);
+        f[7] = (uint8_t)(c >> 24);
+        p += AU_REC_HDR + lens[i];
+        d += lens[i];
+    }
+    au_batch_header(buf, (uint32_t)blen, first_lsn, n, 0, durable_off);
+    uint64_t pos = ld(U64(h, OFF_WRITE_END));
+    st(U64(h, OFF_WRITING_END), pos + blen);
+    int64_t w = au_pwrite_full(fd, buf, blen, (int64_t)(pos & 0xffffffffu));
+    free(buf);
+    if (w < 0) {
+        /* nothing published; zero what may have landed before anyone writes after it */
+        au_shm_zero_tail(h, fd);
+        return (int)w;
+    }
+    st(U64(h, OFF_NEXT_LSN), first_lsn + n);
+    st(U64(h, OFF_WRITE_END), pos + blen);
+    st(U64(h, OFF_WRITING_END), pos + blen);
+    count(h, C_COMMITS);
+    __atomic_fetch_add(U32(h, OFF_APPEND_SEQ), 1, __ATOMIC_SEQ_CST);
+    futex_wake(U32(h, OFF_APPEND_SEQ), INT_MAX);
+    *end = pos + blen;
+    return 0;
+}
+
+/* A segment roll, under append_mu: take sync_mu blocking (a leader in flight finishes
+ * first; a dead one's lock is taken over), so no leader reads a position in the next
+ * segment and syncs the old file. 0 or < 0. */
+int au_shm_roll_begin(au_shm *h)
+{
+    int r = check(h);
+    if (r) return r;
+    r = took_sync(h, pthread_mutex_lock(SYNC_MU(h)));
+    return -r;
+}
+
+/* End a roll begun with au_shm_roll_begin: the old segment was fdatasynced and sealed, the
+ * new one is durable; publish `pos` (the new segment's first batch position) as written and
+ * synced, release sync_mu and wake whoever the roll's fdatasync covered. */
+void au_shm_roll_end(au_shm *h, uint64_t pos)
+{
+    st(U64(h, OFF_WRITE_END), pos);
+    st(U64(h, OFF_WRITING_END), pos);
+    if (pos > ld(U64(h, OFF_SYNCED_END))) st(U64(h, OFF_SYNCED_END), pos);
+    release_sync(h);
+}
+
+/* Give up a roll (an error): release sync_mu without publishing anything. */
+void au_shm_roll_abort(au_shm *h) { release_sync(h); }

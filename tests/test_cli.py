@@ -200,9 +200,22 @@ def test_missing_or_foreign_directory(tmp_path, capsys, command):
     assert not (tmp_path / "nope").exists()          # reading never creates a store
 
 
-def test_reading_works_while_the_store_is_held_and_writing_says_in_use(store, capsys):
+def test_reading_and_writing_work_while_the_store_is_open(store, capsys):
     path, ids = store
-    with aurora_log.open(path):                       # as a running worker would
+    with aurora_log.open(path) as q:                  # as a running worker would
+        code, out, _ = run(capsys, "stats", path, "--json")
+        assert code == 0 and json.loads(out)["total"] == 4
+        code, _, err = run(capsys, "retry", path, ids["dead"])
+        assert code == 0, err
+        assert q.get(ids["dead"]).status.value == "pending"    # the worker sees it
+        code, out, err = run(capsys, "enqueue", path, "t")
+        assert code == 0, err
+        assert q.get(out.strip()) is not None
+
+
+def test_writing_says_in_use_beside_an_exclusive_process(store, capsys):
+    path, ids = store
+    with aurora_log.open(path, exclusive=True):
         code, out, _ = run(capsys, "stats", path, "--json")
         assert code == 0 and json.loads(out)["total"] == 4
         code, _, err = run(capsys, "retry", path, ids["dead"])
@@ -280,11 +293,11 @@ def test_entry_points_as_subprocesses(store, tmp_path):
     assert "RuntimeError: config missing" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_worker_on_a_store_another_worker_holds(store, tmp_path):
+def test_worker_on_a_store_an_exclusive_process_holds(store, tmp_path):
     (tmp_path / "held_app.py").write_text(
         f"import aurora_log\nq = aurora_log.open({str(store[0])!r})\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with aurora_log.open(store[0]):
+    with aurora_log.open(store[0], exclusive=True):
         out = subprocess.run([sys.executable, "-m", "aurora_log", "worker", "held_app:q"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == cli.EXIT_LOCKED
@@ -314,7 +327,7 @@ def test_verify_ok_then_corrupt(store, capsys):
     assert json.loads(out)["ok"] is True
     seg = sorted((path / "wal").glob("*.seg"))[0]
     data = bytearray(seg.read_bytes())
-    data[300] ^= 0x40                        # inside an early record, valid ones follow
+    data[data.index(b"a@b.c")] ^= 0x40        # inside an early record, valid ones follow
     seg.write_bytes(bytes(data))
     code, out, _ = run(capsys, "verify", path)
     assert code == 1 and "PROBLEMS" in out
@@ -322,7 +335,8 @@ def test_verify_ok_then_corrupt(store, capsys):
 
 def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkeypatch):
     path = tmp_path / "big"
-    with aurora_log.open(path, durability="os", segment_bytes=4 << 20) as q:
+    with aurora_log.open(path, durability="os", segment_bytes=4 << 20,
+                         exclusive=True) as q:
         for start in range(0, 12000, 2000):
             q.enqueue_many([Job("x", {"i": i}) for i in range(start, start + 2000)])
     code, out, err = run(capsys, "dump", path)          # not a terminal: plain lines
@@ -344,5 +358,8 @@ def test_compact(store, capsys):
     code, out, _ = run(capsys, "show", path, ids["done"], "--json")   # still readable
     assert json.loads(out)["result"] == {"sent": True}
     with aurora_log.open(path):
+        code, _, err = run(capsys, "compact", path)      # beside a shared process: fine
+        assert code == 0, err
+    with aurora_log.open(path, exclusive=True):
         code, _, err = run(capsys, "compact", path)
     assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)

@@ -28,6 +28,10 @@ SAMPLES = [
     R.Purge(15, ()),
     R.Release("id-1", 16, TOKEN, R.OUTCOME_RETRY),
     R.Release("id-1", 17, TOKEN, R.OUTCOME_CANCELLED),
+    R.Claim("id-1", 5, TOKEN, 30_005, "worker-1", 42),        # CLAIM v2: the attach LSN
+    R.Attach(18, 1234, "host-é"),
+    R.Detach(19, 42),
+    R.ProcGone(20, 42, 43),
 ]
 
 
@@ -35,14 +39,15 @@ SAMPLES = [
 def test_round_trip(rec):
     rtype, payload = R.encode(rec)
     assert 1 <= rtype <= 255
-    assert payload[0] == R.VERSION
+    assert payload[0] == (2 if getattr(rec, "proc", 0) and type(rec) is R.Claim else R.VERSION)
     assert R.decode(rtype, payload) == rec
     assert R.decode(rtype, memoryview(payload)) == rec
 
 
 def test_type_bytes_are_stable():
     assert [R.ENQUEUE, R.CLAIM, R.HEARTBEAT, R.PROGRESS, R.COMPLETE, R.FAIL, R.REAP, R.CANCEL,
-            R.CANCEL_REQUEST, R.RETRY_DEAD, R.PURGE, R.RELEASE] == list(range(1, 13))
+            R.CANCEL_REQUEST, R.RETRY_DEAD, R.PURGE, R.RELEASE, R.ATTACH, R.DETACH,
+            R.PROC_GONE] == list(range(1, 16))
 
 
 @pytest.mark.parametrize("rec", SAMPLES, ids=lambda r: type(r).__name__)
@@ -59,7 +64,7 @@ def test_every_truncation_and_extension_is_rejected(rec):
 def test_unknown_layout_version_is_rejected(rec):
     rtype, payload = R.encode(rec)
     with pytest.raises(R.RecordError, match="version"):
-        R.decode(rtype, bytes([2]) + payload[1:])
+        R.decode(rtype, bytes([3]) + payload[1:])
 
 
 def test_unknown_type_is_rejected():
@@ -126,3 +131,12 @@ def test_mutated_records_decode_or_raise_record_error(rec, data):
         R.decode(rtype, bytes(buf))
     except R.RecordError:
         pass
+
+
+def test_claim_v1_decodes_with_no_process_and_v2_carries_it():
+    _, v1 = R.encode(R.Claim("id-1", 5, TOKEN, 30_005, "w"))
+    _, v2 = R.encode(R.Claim("id-1", 5, TOKEN, 30_005, "w", 7))
+    assert v1[0] == 1 and v2[0] == 2 and v2[:1] + v2[1:-8] != v1
+    assert R.decode(R.CLAIM, v1).proc == 0
+    assert R.decode(R.CLAIM, v2).proc == 7
+    assert R.decode(R.CLAIM, v2)._replace(proc=0) == R.decode(R.CLAIM, v1)

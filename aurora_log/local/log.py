@@ -418,16 +418,19 @@ class Log:
         self.durability = "sync"
         self.max_record_bytes = 16 << 20
         self.segment_bytes = 64 << 20
+        self._shared = False              # SharedLog: many processes (sharedlog.py)
+        self._recovered_tail: tuple[int, Path, int, int] | None = None
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
              segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
-             read_only: bool = False, continued: bool = False) -> Log:
+             read_only: bool = False, continued: bool = False, shared: bool = False) -> Log:
         """Open (or create) the log in `directory`; see docs/INTERNALS.md. ``continued``
         (read_only only): its newest segment's successor lives elsewhere, as in
         DIR/archive, whose segments continue in DIR/wal; a SEAL announcing it is then
-        not a missing segment."""
+        not a missing segment. ``shared``: many processes share the log (a SharedLog,
+        docs/INTERNALS.md "Shared mode"); the default holds it exclusively."""
         if durability not in MODES:
             raise ValueError(f"durability must be one of {sorted(MODES)}, not {durability!r}")
         if not 1 <= max_record_bytes <= (255 << 20):
@@ -436,6 +439,11 @@ class Log:
             raise ValueError("segment_bytes must be at least 4096")
         if not 0 <= interval_ms <= 60_000:
             raise ValueError("interval_ms must be between 0 and 60000")
+        if shared and not read_only and cls is Log:
+            from .sharedlog import SharedLog
+            return SharedLog.open(directory, durability=durability, interval_ms=interval_ms,
+                                  segment_bytes=segment_bytes,
+                                  max_record_bytes=max_record_bytes)
         self = cls()
         self.directory = Path(directory)
         self._wal = self.directory / "wal"
@@ -668,6 +676,9 @@ class Log:
         self._first_lsn = segs[0][0]
         rep.first_lsn, rep.next_lsn = self._first_lsn, ts.next_lsn
         rep.records = ts.next_lsn - self._first_lsn
+        self._recovered_tail = (lsn, path, ts.end, ts.next_lsn)
+        if self._shared:          # the shared page's writer takes over (sharedlog.py)
+            return
         w = ffi.new("au_writer **")
         rc = lib.au_writer_open(w, os.fsencode(str(self._wal)), os.fsencode(str(path)), lsn,
                                 ts.end, target, ts.next_lsn, self.segment_bytes,

@@ -30,6 +30,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -37,7 +38,7 @@ from typing import Any
 
 from . import records as R
 from .locks import YieldingLock
-from ..errors import ClosedError, ReadOnlyError
+from ..errors import ClosedError, CorruptionError, ForkedError, ReadOnlyError
 from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
                          check_job_id, check_names, token_bytes)
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
@@ -47,11 +48,14 @@ from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from .table import FINISHED
 from .replay import replay
 from .state import State
+from .liveness import Liveness
 
 __all__ = ["Queue", "open"]
 
 
 _STATUS_CODES = {s: s.code for s in JobStatus}
+# every open Queue of this process: a forked child marks them (register_at_fork below)
+_OPEN_QUEUES: weakref.WeakSet = weakref.WeakSet()
 _new_tuple = tuple.__new__
 _tokens: list[bytes] = []
 
@@ -89,6 +93,11 @@ class Queue(QueueInterface):
     ``reap()`` still works), ``max_payload_bytes`` (also bounds results), ``retry_base`` /
     ``retry_cap`` / ``retry_jitter`` (the backoff, see ``aurora_log.job``), ``read_only``,
     and the log's ``segment_bytes`` / ``max_record_bytes``.
+
+    Processes: by default any number of processes open the same directory at once (shared
+    mode, docs/INTERNALS.md "Shared mode"). ``exclusive=True`` holds the store for this
+    process alone (a second opener gets LockedError) and uses the in-process group-commit
+    writer, which batches many threads of one process into fewer writes.
     """
 
     _touched: dict[str, None] | None = None   # compaction capture: ids touched since
@@ -104,7 +113,7 @@ class Queue(QueueInterface):
                  auto_compact: bool = True, compact_wal_bytes: int | None = 64 << 20,
                  compact_factor: float | None = 4.0, retain_seconds: float | None = 86400.0,
                  retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
-                 **log_options):
+                 exclusive: bool = False, **log_options):
         from .log import Log  # imported here so job/records/state work without the C core
         from . import snapshot
 
@@ -128,18 +137,32 @@ class Queue(QueueInterface):
         self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         snapshot.check_log_present(path)    # before Log.open creates an empty log
+        # shared (the default): any number of processes open the store at once;
+        # exclusive: this process alone, through the in-process C writer (today's path)
+        log_options.setdefault("shared", not exclusive and not read_only)
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
         self._max_snapshot = max_snapshot_bytes
+        # shared mode (many processes, sharedlog.py): the records below _cursor are folded
+        self._shared = bool(getattr(self._log, "_shared", False))
+        self._cursor: tuple[int, int, int] = (0, 0, 0)
+        self._pid = os.getpid()
+        self._liveness = None
         try:
             self._state = self._replay(as_of)
             self.recovered = 0
-            if not self._read_only:
+            if self._shared:
+                self._liveness = Liveness(self)
+                self.recovered = self._liveness.attach()
+            elif not self._read_only:
                 self.recovered = self._recover_running()
         except BaseException:
+            if self._liveness is not None:
+                self._liveness.close_file()
             self._log.close()
             raise
+        _OPEN_QUEUES.add(self)
         self._compactor = None
         if not self._read_only:
             self._compactor = snapshot.Compactor(
@@ -147,6 +170,8 @@ class Queue(QueueInterface):
                 retain_seconds=retain_seconds,
                 retain_count=retain_count, wal_bytes=compact_wal_bytes, factor=compact_factor,
                 max_content=max_snapshot_bytes)
+            if self._shared:
+                self._compactor.lock_path = self._log.directory / "compact.lock"
             self._compactor.tail_bytes = self._tail_bytes
             self._compactor.last_size = self.snapshot_report.size
             if auto_compact:
@@ -171,6 +196,8 @@ class Queue(QueueInterface):
             self.snapshot_report = snapshot.LoadResult(state, info["snapshot_lsn"])
             self.snapshot_report.problems = info["problems"]
             return state
+        if self._shared:
+            return self._replay_shared()
         res = snapshot.recover(self._log.directory, self._log.first_lsn, self._log.next_lsn,
                                read_only=self._read_only, max_content=self._max_snapshot)
         self.snapshot_report = res
@@ -178,6 +205,95 @@ class Queue(QueueInterface):
         done = replay(self._log, res.state, base_lsn, base_max_at_ms=res.max_at_ms)
         self._max_at, self._tail_bytes = done.max_at_ms, done.bytes
         return done.state
+
+    def _replay_shared(self) -> State:
+        """Shared mode: the same replay, up to a tail read once (others keep appending;
+        the rest is folded by catch-up). Only the process that recovered the log (nobody
+        else attached) may rename a bad snapshot aside."""
+        from . import snapshot
+        log = self._log
+        with log.locked():
+            cur = log.cursor_at_tail()
+        res = snapshot.recover(log.directory, log.first_lsn, cur[2],
+                               read_only=not log.rebuilt, max_content=self._max_snapshot)
+        self.snapshot_report = res
+        base_lsn = res.lsn if res.state is not None else log.first_lsn - 1
+        log.scan_bound = cur
+        try:
+            done = replay(log, res.state, base_lsn, base_max_at_ms=res.max_at_ms)
+        finally:
+            log.scan_bound = None
+        if done.next_lsn != cur[2]:
+            raise CorruptionError(f"replay ended at LSN {done.next_lsn}, the tail read was "
+                                  f"{cur[2]}", file=str(log.directory), lsn=done.next_lsn)
+        self._cursor = cur
+        self._max_at, self._tail_bytes = done.max_at_ms, done.bytes
+        return done.state
+
+    # ------------------------------------------------------------------ shared mode
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise ForkedError("this Queue was opened before os.fork(); it belongs to the "
+                              "parent process. Open the store again in the child "
+                              "(aurora_log.open(path) after the fork; with gunicorn "
+                              "--preload, open it in a post_fork hook)")
+
+    def _catch_up(self) -> None:
+        """Shared mode, under the queue lock: fold every record other processes published
+        after our cursor (docs/INTERNALS.md "Catch-up")."""
+        if not self._shared:
+            return
+        self._check_process()
+        recs, cur = self._log.read_from(self._cursor)
+        if recs:
+            self._fold(recs)
+        self._cursor = cur
+
+    def _fold(self, recs) -> None:
+        state = self._state
+        touched = self._touched
+        max_at = self._max_at
+        for lsn, rtype, payload in recs:
+            if rtype == R.ENQUEUE and touched is None:
+                at = state.apply_enqueue_bytes(lsn, payload)
+            else:
+                rec = R.decode(rtype, payload)
+                at = rec.at_ms
+                if touched is not None:     # a compaction is capturing: note every job
+                    if type(rec) is R.Purge:
+                        touched.update(dict.fromkeys(rec.ids))
+                    elif hasattr(rec, "id"):
+                        touched[rec.id] = None
+                state.apply(lsn, rtype, rec)
+            if at > max_at:
+                max_at = at
+        self._max_at = max_at
+        if recs:
+            self._cond.notify_all()
+
+    @contextmanager
+    def _deciding(self) -> Iterator[None]:
+        """The section in which a record is decided from the state and written: the queue
+        lock, and in shared mode also the page's append lock with the state caught up to
+        the log's tail (so the decision sees every other process's records)."""
+        with self._lock:
+            if not self._shared:
+                yield
+                return
+            self._check_process()
+            with self._log.locked():
+                self._catch_up()
+                yield
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The queue lock, with the state caught up to the published tail (shared mode:
+        read-your-writes and everyone else's)."""
+        with self._lock:
+            self._check_open(write=False)
+            self._catch_up()
+            yield
 
     def _recover_running(self) -> int:
         """Jobs left RUNNING by a dead process: back to pending as a spent attempt
@@ -192,6 +308,13 @@ class Queue(QueueInterface):
     def close(self) -> None:
         """Stop the reaper, wake blocked claims (they return None), flush and close the log.
         Idempotent."""
+        if os.getpid() != self._pid:
+            # a forked child's copy: the parent's threads, locks and writer are not ours;
+            # closing our copies of its fds never releases its flocks
+            self._closed = True
+            if self._shared:
+                self._log.close()
+            return
         with self._cond:
             if self._closed:
                 return
@@ -203,7 +326,12 @@ class Queue(QueueInterface):
             self._compactor.stop()
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join()
-        self._log.close()
+        try:
+            if self._liveness is not None:
+                self._liveness.detach()
+        finally:
+            self._log.close()
+            _OPEN_QUEUES.discard(self)
 
     def __enter__(self) -> Queue:
         return self
@@ -234,6 +362,8 @@ class Queue(QueueInterface):
         return retry_delay_ms(retry_count, base=base, cap=cap, jitter=jitter)
 
     def _check_open(self, write: bool = True) -> None:
+        if os.getpid() != self._pid:
+            self._check_process()
         if self._closed:
             raise ClosedError("the queue is closed")
         if write and self._read_only:
@@ -242,6 +372,11 @@ class Queue(QueueInterface):
     def _append_apply(self, recs: list, encoded: list | None = None, wait: str = "none") -> int:
         """Append records (one atomic batch) and fold them, all under the lock (or in
         __init__): for the rare paths (reaper, recovery, compaction). Returns the last LSN."""
+        if self._shared and not self._log.holds_lock():
+            with self._log.locked():
+                self._catch_up()
+                reserved = self._reserve_apply(recs, encoded)
+            return self._publish(reserved, wait)
         return self._publish(self._reserve_apply(recs, encoded), wait)
 
     def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list, Any]:
@@ -256,6 +391,8 @@ class Queue(QueueInterface):
                 self._log.check_records(encoded)     # raises: nothing reserved
         else:
             checked = self._log.check_records(encoded)
+        if self._shared:
+            return self._write_apply(recs, encoded, checked)
         first = self._log.reserve(len(encoded))
         try:
             at = recs[0].at_ms
@@ -279,7 +416,36 @@ class Queue(QueueInterface):
             raise
         return first, encoded, checked
 
+    def _write_apply(self, recs: list, encoded: list, checked) -> tuple[int, list, Any]:
+        """Shared mode, under the append lock with the state caught up: write the records
+        at the page's tail (written before anything is folded: a failed write changes
+        nothing), then fold them. Returns (first LSN, records, position) for _publish."""
+        first = self._log.reserve(len(encoded))
+        if first != self._cursor[2]:
+            raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but the "
+                                  f"tail is {first}", file=str(self._log.directory), lsn=first)
+        pos = self._log.write_locked(first, encoded, checked)
+        self._cursor = self._log.cursor_at_tail()
+        at = recs[0].at_ms
+        if at > self._max_at:
+            self._max_at = at
+        touched = self._touched
+        if touched is not None:
+            for r in recs:
+                if type(r) is R.Purge:
+                    touched.update(dict.fromkeys(r.ids))
+                elif hasattr(r, "id"):
+                    touched[r.id] = None
+        if len(recs) == 1:
+            self._state.apply(first, encoded[0][0], recs[0])
+        else:
+            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
+                                           zip(recs, encoded, strict=True)])
+        return first, encoded, pos
+
     def _out_of_space(self) -> bool:
+        if self._shared:    # no unlogged claims across processes: at most one lease
+            return False
         return self._log.failed_errno == errno.ENOSPC
 
     def _apply_unlogged(self, rec) -> None:
@@ -293,6 +459,9 @@ class Queue(QueueInterface):
 
     def _publish(self, reserved: tuple[int, list, Any], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
+        if self._shared:        # written under the append lock already: only the wait
+            self._log.wait_pos(reserved[2], wait)
+            return reserved[0] + len(reserved[1]) - 1
         return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
     def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:
@@ -371,7 +540,7 @@ class Queue(QueueInterface):
         now = self._now_ms()
         built = [self._build(j, now) for j in jobs]
         ids: list[str] = []
-        with self._lock:
+        with self._deciding():
             self._check_open()
             state = self._state
             recs = []
@@ -423,7 +592,8 @@ class Queue(QueueInterface):
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
                 raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
             end = time.monotonic() + wait
-        claimed = self._claim_locked(worker_id, types, qs, end)
+        claimed = (self._claim_shared if self._shared else self._claim_locked)(
+            worker_id, types, qs, end)
         if claimed is None:
             return None
         job, reserved = claimed
@@ -468,11 +638,44 @@ class Queue(QueueInterface):
                 self._cond.wait(remaining)
                 waited = True
 
+    def _claim_shared(self, worker_id, types, qs, end):
+        """_claim_locked across processes: decided under the append lock on the caught-up
+        state (at most one live lease per job over every process); a blocked claim sleeps
+        on the page's append counter (any process's append wakes it), at most 100 ms at a
+        time so a close() here or a due time is noticed."""
+        waited = False
+        while True:
+            with self._deciding():
+                if self._closed:
+                    if waited:
+                        return None
+                    raise ClosedError("the queue is closed")
+                if self._read_only:
+                    raise ReadOnlyError("the queue was opened read_only")
+                now = self._now_ms()
+                job_id = self._state.pick(now, qs, types)
+                if job_id is not None:
+                    rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
+                    rec = rec._replace(proc=self._liveness.attach_lsn)
+                    reserved = self._reserve_apply([rec])
+                    return self._state.get(job_id), reserved
+                if end is None:
+                    return None
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                due = self._state.next_due_ms()
+                if due is not None:
+                    remaining = min(remaining, max((due - now) / 1000.0, 0.001))
+                seen = self._log.append_seq()      # read under the lock: no lost wake-up
+            self._log.wait_append(seen, min(remaining, 0.1))
+            waited = True
+
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
         requested. StaleLeaseError if the token no longer holds the job."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
             if self._out_of_space():
@@ -500,7 +703,7 @@ class Queue(QueueInterface):
             if len(message) > MAX_MESSAGE_CHARS:
                 raise ValueError(f"message is over {MAX_MESSAGE_CHARS} characters")
             message.encode("utf-8")
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
             reserved = self._reserve_apply([rec])
@@ -514,7 +717,7 @@ class Queue(QueueInterface):
         if res is not None and len(res) > self._max_payload:
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
                              f"{self._max_payload} (max_payload_bytes)")
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
             reserved = self._reserve_apply([rec])
@@ -530,7 +733,7 @@ class Queue(QueueInterface):
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + "... [truncated]"
         error = error.encode("utf-8", "replace").decode("utf-8")
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
             reserved = self._reserve_apply([rec])
@@ -549,7 +752,7 @@ class Queue(QueueInterface):
         job's lease. Durable when it returns (a crash after it does not charge the
         attempt as "process died")."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_release(job_id, tok, self._now_ms())
             reserved = self._reserve_apply([rec])
@@ -565,7 +768,7 @@ class Queue(QueueInterface):
         expired lease then ends it CANCELLED) and return RUNNING. InvalidStateError for a
         finished job."""
         job_id = check_job_id(job_id)
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_cancel(job_id, self._now_ms())
             if rec is None:
@@ -577,7 +780,7 @@ class Queue(QueueInterface):
     def retry_dead(self, job_id: str) -> None:
         """Re-drive a dead-lettered job: PENDING now, retry_count reset to 0."""
         job_id = check_job_id(job_id)
-        with self._lock:
+        with self._deciding():
             self._check_open()
             rec = self._state.plan_retry_dead(job_id, self._now_ms())
             reserved = self._reserve_apply([rec])
@@ -603,7 +806,7 @@ class Queue(QueueInterface):
         before_ms = to_ms(before, "before") if before is not None else None
         total = 0
         while True:
-            with self._lock:
+            with self._deciding():
                 self._check_open()
                 now = self._now_ms()
                 cut = before_ms if before_ms is not None else \
@@ -631,7 +834,7 @@ class Queue(QueueInterface):
             raise TypeError("now must be a datetime, epoch seconds or None")
         total = 0
         while True:
-            with self._lock:
+            with self._deciding():
                 self._check_open()
                 recs = self._state.plan_reap(self._now_ms() if now_ms is None else now_ms,
                                              self._delay, limit=10_000)
@@ -644,6 +847,8 @@ class Queue(QueueInterface):
     def _reaper_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
+                if self._liveness is not None:
+                    self._liveness.probe()
                 self.reap()
             except ClosedError:
                 return
@@ -667,8 +872,7 @@ class Queue(QueueInterface):
 
     def get(self, job_id: str) -> Job | None:
         job_id = check_job_id(job_id)
-        with self._lock:
-            self._check_open(write=False)
+        with self._reading():
             return self._state.get(job_id)
 
     def list(self, status: JobStatus | str | None = None, queue: str | None = None,
@@ -677,24 +881,21 @@ class Queue(QueueInterface):
         st = None if status is None else JobStatus(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        with self._lock:
-            self._check_open(write=False)
+        with self._reading():
             return self._state.list(status=st, queue=queue, job_type=job_type, limit=limit,
                                     after=after)
 
     def stats(self) -> dict:
         """Counts per status (pending, running, completed, failed, dead_letter, cancelled,
         total), and the same per queue under "queues"."""
-        with self._lock:
-            self._check_open(write=False)
+        with self._reading():
             out = self._state.stats()
             out["last_lsn"] = self._state.last_lsn
             return out
 
     def history(self, job_id: str) -> builtins.list[Transition]:
         job_id = check_job_id(job_id)
-        with self._lock:
-            self._check_open(write=False)
+        with self._reading():
             return self._state.history(job_id)
 
     def __repr__(self) -> str:
@@ -723,6 +924,7 @@ class _CompactionLink:
     @contextmanager
     def locked(self) -> Iterator[State]:
         with self._q._lock:
+            self._q._catch_up()
             yield self._q._state
 
     def track_touched(self) -> None:
@@ -738,3 +940,20 @@ class _CompactionLink:
     def max_at_ms(self) -> int:
         return self._q._max_at
 
+
+def _after_fork_in_child() -> None:
+    """A child of a process with open queues: their locks may have been held by a thread
+    that does not exist here; give each fresh ones, so any use raises ForkedError (the
+    handle, its writer and its threads are the parent's) instead of hanging."""
+    _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
+    for q in list(_OPEN_QUEUES):
+        q._lock = YieldingLock()
+        q._cond = threading.Condition(q._lock)  # type: ignore[arg-type]
+        if q._shared:
+            if q._liveness is not None:
+                q._liveness.forget_after_fork()
+            q._log.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

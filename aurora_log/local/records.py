@@ -63,7 +63,8 @@ __all__ = [
     "ENQUEUE", "CLAIM", "HEARTBEAT", "PROGRESS", "COMPLETE", "FAIL", "REAP", "CANCEL",
     "CANCEL_REQUEST", "RETRY_DEAD", "PURGE", "RELEASE", "RECORD_NAMES", "RecordError",
     "Enqueue", "Claim", "Heartbeat", "Progress", "Complete", "Fail", "Reap", "Cancel",
-    "CancelRequest", "RetryDead", "Purge", "Release", "Record",
+    "CancelRequest", "RetryDead", "Purge", "Release", "Record", "ATTACH", "DETACH",
+    "PROC_GONE", "Attach", "Detach", "ProcGone",
     "OUTCOME_RETRY", "OUTCOME_DEAD", "OUTCOME_CANCELLED",
     "REASON_LEASE_EXPIRED", "REASON_TIMEOUT", "REASON_PROCESS_DIED", "REASON_TEXT",
     "encode", "decode",
@@ -81,11 +82,17 @@ CANCEL_REQUEST = 9
 RETRY_DEAD = 10
 PURGE = 11
 RELEASE = 12
+# shared mode (many processes, docs/INTERNALS.md "Liveness"): 13-15; 20-24 are reserved for
+# the queue-control records
+ATTACH = 13
+DETACH = 14
+PROC_GONE = 15
 
 RECORD_NAMES = {ENQUEUE: "enqueue", CLAIM: "claim", HEARTBEAT: "heartbeat",
                 PROGRESS: "progress", COMPLETE: "complete", FAIL: "fail", REAP: "reap",
                 CANCEL: "cancel", CANCEL_REQUEST: "cancel_request",
-                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release"}
+                RETRY_DEAD: "retry_dead", PURGE: "purge", RELEASE: "release",
+                ATTACH: "attach", DETACH: "detach", PROC_GONE: "proc_gone"}
 
 OUTCOME_RETRY = 1
 OUTCOME_DEAD = 2
@@ -126,6 +133,7 @@ class Claim(NamedTuple):
     token: bytes
     lease_deadline_ms: int
     worker: str
+    proc: int = 0       # the claiming process's ATTACH LSN (CLAIM v2); 0 = exclusive mode
 
 
 class Heartbeat(NamedTuple):
@@ -190,13 +198,33 @@ class Release(NamedTuple):
     outcome: int       # OUTCOME_RETRY (pending again) or OUTCOME_CANCELLED
 
 
+class Attach(NamedTuple):
+    """A process attached to a shared store; its identity is this record's LSN."""
+    at_ms: int
+    pid: int
+    host: str
+
+
+class Detach(NamedTuple):
+    """A process closed its shared store cleanly."""
+    at_ms: int
+    proc: int           # its ATTACH LSN
+
+
+class ProcGone(NamedTuple):
+    """Another process found ``proc`` dead (its liveness file unlocked)."""
+    at_ms: int
+    proc: int
+    noticer: int        # the noticing process's ATTACH LSN
+
+
 class Purge(NamedTuple):
     at_ms: int
     ids: tuple
 
 
 Record = (Enqueue | Claim | Heartbeat | Progress | Complete | Fail | Reap | Cancel
-          | CancelRequest | RetryDead | Purge | Release)
+          | CancelRequest | RetryDead | Purge | Release | Attach | Detach | ProcGone)
 
 _SIMPLE_TYPES: dict[int, type[Cancel | CancelRequest | RetryDead]] = {
     CANCEL: Cancel, CANCEL_REQUEST: CancelRequest, RETRY_DEAD: RetryDead}
@@ -215,6 +243,10 @@ _PURGE = struct.Struct("<BqI")
 _REL = struct.Struct("<BBq8sH")
 _RELEASE_OUTCOMES = (OUTCOME_RETRY, OUTCOME_CANCELLED)
 _H = struct.Struct("<H")
+_Q = struct.Struct("<Q")
+_ATTACH = struct.Struct("<BqIH")
+_DETACH = struct.Struct("<BqQ")
+_GONE = struct.Struct("<BqQQ")
 
 _F_SCHED, _F_TIMEOUT, _F_UKEY = 1, 2, 4
 
@@ -257,8 +289,24 @@ def encode_enqueue(r: Enqueue) -> bytes:
 
 def _encode_claim(rec: Claim) -> bytes:
     i, w = _s(rec.id), _s(rec.worker)
+    if rec.proc:        # v2: the claiming process's ATTACH LSN at the end
+        return _CLAIM.pack(2, rec.at_ms, rec.lease_deadline_ms, rec.token,
+                           len(i), len(w)) + i + w + _Q.pack(rec.proc)
     return _CLAIM.pack(VERSION, rec.at_ms, rec.lease_deadline_ms, rec.token,
                        len(i), len(w)) + i + w
+
+
+def _encode_attach(rec: Attach) -> bytes:
+    h = _s(rec.host)
+    return _ATTACH.pack(VERSION, rec.at_ms, rec.pid, len(h)) + h
+
+
+def _encode_detach(rec: Detach) -> bytes:
+    return _DETACH.pack(VERSION, rec.at_ms, rec.proc)
+
+
+def _encode_gone(rec: ProcGone) -> bytes:
+    return _GONE.pack(VERSION, rec.at_ms, rec.proc, rec.noticer)
 
 
 def _encode_heartbeat(rec: Heartbeat) -> bytes:
@@ -322,6 +370,8 @@ _ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     Reap: (REAP, _encode_reap), Cancel: (CANCEL, _encode_simple),
     CancelRequest: (CANCEL_REQUEST, _encode_simple), RetryDead: (RETRY_DEAD, _encode_simple),
     Purge: (PURGE, _encode_purge), Release: (RELEASE, _encode_release),
+    Attach: (ATTACH, _encode_attach), Detach: (DETACH, _encode_detach),
+    ProcGone: (PROC_GONE, _encode_gone),
 }
 
 
@@ -440,9 +490,30 @@ def decode(rtype: int, data: bytes) -> Record:
 def _decode(rtype: int, data: bytes) -> Record:
     """Every record type but ENQUEUE (decode() sends that to _decode_enqueue)."""
     if rtype == CLAIM:
-        _, at, deadline, token, li, lw = _head(rtype, _CLAIM, data)
-        job_id, worker = _strs(rtype, data, _CLAIM.size, (li, lw))
-        return Claim(_check_id(rtype, job_id), at, token, deadline, worker)
+        if data[:1] == b"\x02":      # v2: + u64 the claiming process's ATTACH LSN
+            if len(data) < _CLAIM.size + _Q.size:
+                raise _bad(rtype, "too short")
+            (proc,) = _Q.unpack_from(data, len(data) - _Q.size)
+            body = b"\x01" + data[1:len(data) - _Q.size]
+        else:
+            proc, body = 0, data
+        _, at, deadline, token, li, lw = _head(rtype, _CLAIM, body)
+        job_id, worker = _strs(rtype, body, _CLAIM.size, (li, lw))
+        return Claim(_check_id(rtype, job_id), at, token, deadline, worker, proc)
+    if rtype == ATTACH:
+        _, at, pid, lh = _head(rtype, _ATTACH, data)
+        (host,) = _strs(rtype, data, _ATTACH.size, (lh,))
+        return Attach(at, pid, host)
+    if rtype == DETACH:
+        _, at, proc = _head(rtype, _DETACH, data)
+        if len(data) != _DETACH.size:
+            raise _bad(rtype, "trailing bytes")
+        return Detach(at, proc)
+    if rtype == PROC_GONE:
+        _, at, proc, noticer = _head(rtype, _GONE, data)
+        if len(data) != _GONE.size:
+            raise _bad(rtype, "trailing bytes")
+        return ProcGone(at, proc, noticer)
     if rtype == HEARTBEAT:
         _, at, deadline, token, li = _head(rtype, _HB, data)
         (job_id,) = _strs(rtype, data, _HB.size, (li,))

@@ -51,6 +51,7 @@ replay.py's.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import re
 import os
@@ -64,7 +65,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from . import records as R
-from ..errors import ClosedError, CorruptionError
+from ..errors import ClosedError, CorruptionError, LockedError
 from .log import SEG_RE, Log, is_file, make_dirs, read_file, remove_file, write_file_durably
 from .replay import replay
 from .snapfile import (DEFAULT_MAX_CONTENT, HEADER, MAGIC, READ_VERSIONS, SNAP_RE, VERSION,
@@ -330,6 +331,7 @@ class Compactor:
         self.last_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lock_path: Path | None = None   # shared mode: DIR/compact.lock
 
     # ---------------------------------------------------------------- trigger
     def wal_since(self) -> int:
@@ -382,7 +384,20 @@ class Compactor:
         with self._mutex:
             if self.host is None:
                 raise ClosedError("the queue is closed")
-            return self._compact(on_progress)
+            if self.lock_path is None:
+                return self._compact(on_progress)
+            # a shared store: one compactor at a time over every process (never waited
+            # for: a busy lock means another process is compacting now)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                         0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise LockedError("another process is compacting this store now") from None
+                return self._compact(on_progress)
+            finally:
+                os.close(fd)
 
     def _host(self) -> CompactionHost:
         host = self.host

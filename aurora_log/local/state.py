@@ -87,6 +87,10 @@ class State:
         self.last_lsn = 0
         self.applied = 0
         self.anomalies: list[tuple[int, str]] = []   # records that did not apply (kept <= 100)
+        # shared mode (docs/INTERNALS.md "Liveness"); not in snapshots: a process that
+        # loads one knows the claims and detaches after it only
+        self.proc_of: dict[str, int] = {}    # running job -> its claimer's ATTACH LSN
+        self.procs_gone: set[int] = set()    # ATTACH LSNs detached or found dead
 
     # ------------------------------------------------------------------ small helpers
 
@@ -147,6 +151,7 @@ class State:
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
+            self.proc_of.pop(job_id, None)
         if new == RUNNING:
             self._running.add(job_id)
         if new in FINISHED and h[UKEY_LEN]:
@@ -288,6 +293,8 @@ class State:
         r.progress = r.pmsg = None
         r.cancel_req = False
         r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
+        if c.proc:
+            self.proc_of[c.id] = c.proc
         heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
         h = unpack_head(r.blob)
         if h[TIMEOUT_MS]:
@@ -420,6 +427,16 @@ class State:
         self.order.add_blob(c.id, r.blob, c.at_ms, lsn, c.at_ms)
         r.hist.append((lsn, R.RETRY_DEAD, c.at_ms, PENDING, None, 1, None))
 
+    def _apply_attach(self, lsn: int, a: R.Attach) -> None:
+        pass                    # identity only: the process is this record's LSN
+
+    def _apply_detach(self, lsn: int, d: R.Detach | R.ProcGone) -> None:
+        self.procs_gone.add(d.proc)
+
+    def jobs_of_proc(self, proc: int) -> builtins.list[str]:
+        """The RUNNING jobs whose last claim came from the process attached at ``proc``."""
+        return [j for j, p in self.proc_of.items() if p == proc and j in self._running]
+
     def _apply_purge(self, lsn: int, p: R.Purge) -> None:
         for job_id in p.ids:
             r = self.jobs.get(job_id)
@@ -538,10 +555,14 @@ class State:
         return out
 
     def plan_recover(self, now_ms: int,
-                     delay: Callable[[int], int] = retry_delay_ms) -> list[R.Reap]:
-        """On open: every job left RUNNING by a dead process, as a "process died" reap."""
+                     delay: Callable[[int], int] = retry_delay_ms,
+                     only: Callable[[str], bool] | None = None) -> list[R.Reap]:
+        """On open: every job left RUNNING by a dead process, as a "process died" reap.
+        ``only``: the jobs it accepts (a shared store: one dead process's jobs)."""
         running: builtins.list[tuple[int, str, Rec, bytes]] = []
         for job_id in self._running:
+            if only is not None and not only(job_id):
+                continue
             r = self.jobs[job_id]
             assert type(r) is Rec and r.token is not None      # running: touched, leased
             running.append((r.started, job_id, r, r.token))
@@ -872,5 +893,6 @@ _APPLY: dict[int, Callable[[State, int, Any], None]] = {
     R.COMPLETE: State._apply_complete, R.FAIL: State._apply_fail, R.REAP: State._apply_reap,
     R.CANCEL: State._apply_cancel, R.CANCEL_REQUEST: State._apply_cancel_request,
     R.RETRY_DEAD: State._apply_retry_dead, R.PURGE: State._apply_purge,
-    R.RELEASE: State._apply_release,
+    R.RELEASE: State._apply_release, R.ATTACH: State._apply_attach,
+    R.DETACH: State._apply_detach, R.PROC_GONE: State._apply_detach,
 }

@@ -37,6 +37,7 @@ from .table import RUNNING, Rec
 __all__ = ["verify", "VerifyReport", "Problem"]
 
 _ENDS = (R.COMPLETE, R.FAIL, R.REAP, R.RELEASE)
+_NO_JOB = (R.Purge, R.Attach, R.Detach, R.ProcGone)    # records that name no one job
 _ON_ATTEMPT = (R.HEARTBEAT, R.PROGRESS)
 
 
@@ -225,9 +226,9 @@ class _Checks:
     def before(self, state: State, lsn: int, rtype: int, rec: R.Record) -> None:
         rep, live = self.rep, self.live
         rep.records += 1
-        if type(rec) is R.Purge:
+        if type(rec) in _NO_JOB:
             return
-        assert not isinstance(rec, R.Purge)
+        assert not isinstance(rec, (R.Purge, R.Attach, R.Detach, R.ProcGone))
         jid = rec.id
         v = state.jobs.get(jid)
         self._retry_before = v.retry if type(v) is Rec else 0
@@ -251,8 +252,8 @@ class _Checks:
                 if jid in self.live and jid not in jobs:
                     rep._p("invariant", f"job {jid} purged with a live lease", lsn=lsn)
                     self.live.pop(jid, None)
-        else:
-            assert not isinstance(rec, R.Purge)
+        elif type(rec) not in _NO_JOB:
+            assert not isinstance(rec, (R.Purge, R.Attach, R.Detach, R.ProcGone))
             v = jobs.get(rec.id)
             if rtype != R.RETRY_DEAD and type(v) is Rec and v.retry < self._retry_before:
                 rep._p("invariant", f"job {rec.id}: retry count went down "

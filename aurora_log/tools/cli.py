@@ -21,14 +21,15 @@ local store's files and refuse a DSN.
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
 
-One process owns a store at a time (an exclusive lock on DIR/LOCK). The reading commands
-(stats, jobs, show, history, dump, verify) open the store read-only, which takes no lock:
-they work beside a running worker and show what it has written. The writing commands
-(enqueue, retry, cancel, purge, compact) need the lock and answer "in use" while a worker
-holds it; stop the worker, or do it from the worker's own code (``q.cancel(id)``).
+Any number of processes share a store (docs/INTERNALS.md, "Shared mode"): the writing
+commands (enqueue, retry, cancel, purge, compact) open it beside running workers, and
+several ``aurora-log worker`` processes can serve one store. The reading commands (stats,
+jobs, show, history, dump, verify) open it read-only and show what the others have written.
+Only a process that opened the store with ``exclusive=True`` keeps the others out: then
+a writing command answers "in use".
 
 Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
-error, 3 when the store is in use by another process. No tracebacks (``--log-level debug``
+error, 3 when the store is held by an exclusive-mode process. No tracebacks (``--log-level debug``
 logs one for an unexpected error).
 """
 
@@ -303,9 +304,9 @@ def _local_only(target: str, what: str) -> None:
 
 
 def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
-    """Open an existing store for a one-shot command. Reading commands open it read_only:
-    that takes no lock, so they work beside a running worker (and see what it has written);
-    writing commands take the lock and fail with exit status 3 while a worker holds it.
+    """Open an existing store for a one-shot command. Reading commands open it read_only
+    (no lock; they see what running workers have written); writing commands open it
+    shared beside them, and fail with exit status 3 only beside an exclusive-mode process.
     A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
     if _is_dsn(directory):
@@ -320,11 +321,12 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
     try:
         with _busy(f"opening {directory} (replaying the log)"):
             if write:
-                return aurora_log.open(path)
+                # one command: no reaper or compactor threads of its own
+                return aurora_log.open(path, reaper_interval=None, auto_compact=False)
             return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {directory} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {directory} is in use by another process that opened it "
+                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
 
 
 def _out(text: str = "") -> None:
@@ -504,8 +506,8 @@ def cmd_enqueue(args) -> int:
     try:
         q = aurora_log.open(path)       # enqueue may create a new store
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
+                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
     with q:
         job_id = q.enqueue(job)
     _out(job_id)
@@ -688,8 +690,8 @@ def cmd_dump(args) -> int:
     except TypeError:
         wal = Log.open(path)
     except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {args.dir} is in use by another process that opened it "
+                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
     try:
         total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
         update, done = _progress_bar(total if total > 10000 else None, "dump")
@@ -782,8 +784,8 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
     try:
         return aurora_log.open(path, reaper_interval=None)
     except LockedError:
-        raise CliError(f"store {target} is in use by another process (a running worker?); "
-                       "stop it first", EXIT_LOCKED) from None
+        raise CliError(f"store {target} is in use by another process that opened it "
+                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
 
 
 def cmd_copy(args) -> int:

@@ -1,0 +1,211 @@
+"""Which processes of a shared store are alive, and what happens to a dead one's jobs.
+
+docs/INTERNALS.md ("Liveness") is the protocol. Each process that opens a store in shared
+mode:
+
+- creates ``DIR/procs/<random>.live.tmp`` (0600), takes flock LOCK_EX on it, and under the
+  append lock renames it to ``DIR/procs/<attach LSN>.live`` and appends ATTACH at that LSN:
+  its identity in every later record (CLAIM v2 carries it);
+- holds that flock for its lifetime (the kernel releases it however the process dies);
+- on each reaper tick probes the other ``*.live`` files with LOCK_EX|LOCK_NB: a lock it
+  gets means the owner died, and it appends PROC_GONE plus a "process died" REAP for each
+  of that process's RUNNING jobs in one batch, then deletes the file;
+- on a clean close appends DETACH plus the same REAPs for its own RUNNING jobs.
+
+flock, never fcntl locks: a process closing any fd of a file drops all its fcntl locks on
+it. A probe never waits on a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import records as R
+from .log import _fsync_dir, make_dirs
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+__all__ = ["Liveness", "PROCS_DIR"]
+
+PROCS_DIR = "procs"
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _name(attach_lsn: int) -> str:
+    return f"{attach_lsn:020d}.live"
+
+
+class Liveness:
+    """One process's liveness file and its probes of the others (shared mode)."""
+
+    def __init__(self, q: Queue) -> None:
+        self._q = q
+        self._dir = Path(q.path) / PROCS_DIR
+        self._fd = -1
+        self.attach_lsn = 0
+        self.noticed = 0          # dead processes this one reported (PROC_GONE appended)
+
+    # ---------------------------------------------------------------- attach / detach
+    def attach(self) -> int:
+        """Create and lock our liveness file, append ATTACH. A process that recovered the
+        log (nobody else was attached) also returns every job left RUNNING by the dead to
+        pending, and deletes their liveness files. Returns how many jobs it recovered."""
+        q, log = self._q, self._q._log
+        make_dirs(self._dir)
+        if log.rebuilt:
+            self._remove_stale()
+        tmp = self._dir / f"{secrets.token_hex(8)}.live.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
+        self._fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started_ms": round(time.time() * 1000),
+                                 "argv0": sys.argv[0] if sys.argv else ""}).encode())
+        now = q._now_ms()
+        with q._deciding():
+            attach_lsn = log.reserve(1)
+            recs: list = [R.Attach(now, os.getpid(), socket.gethostname()[:200])]
+            if log.rebuilt:
+                # everyone before us died: their RUNNING jobs (claimed below the recovered
+                # tail; a process that attached after us claims above it) go back
+                bound = log.recovered_next_lsn
+                state = q._state
+                recs += state.plan_recover(
+                    now, q._delay, only=lambda j: state.proc_of.get(j, 0) < bound)
+            reserved = q._reserve_apply(recs)
+            # the final name appears after ATTACH is published and while we hold its lock,
+            # inside the append lock (a noticer takes it before acting): a name always
+            # means a published ATTACH at that LSN
+            os.rename(tmp, self._dir / _name(attach_lsn))
+            self.attach_lsn = attach_lsn
+        _fsync_dir(self._dir)
+        q._publish(reserved, "durable")
+        return len(recs) - 1
+
+    def _remove_stale(self) -> None:
+        """We recovered the log: every liveness file left unlocked is a dead process's
+        (one attached since holds its lock and stays)."""
+        for name in os.listdir(self._dir):
+            if (name.endswith(".live") or name.endswith(".live.tmp")) and \
+                    self._unlocked(self._dir / name):
+                try:
+                    os.unlink(self._dir / name)
+                except FileNotFoundError:
+                    pass
+
+    def detach(self) -> None:
+        """Clean close: DETACH and our RUNNING jobs back to pending, one batch, durable;
+        then our liveness file goes."""
+        q = self._q
+        if self._fd < 0:
+            return
+        try:
+            if not q._log.failed:
+                now = q._now_ms()
+                with q._deciding():
+                    me = self.attach_lsn
+                    state = q._state
+                    mine = set(state.jobs_of_proc(me))
+                    recs: list = [R.Detach(now, me)]
+                    recs += state.plan_recover(now, q._delay, only=mine.__contains__)
+                    reserved = q._reserve_apply(recs)
+                q._publish(reserved, "durable")
+        finally:
+            self.close_file(unlink=True)
+
+    def close_file(self, unlink: bool = False) -> None:
+        if self._fd < 0:
+            return
+        if unlink and self.attach_lsn:
+            try:
+                os.unlink(self._dir / _name(self.attach_lsn))
+            except FileNotFoundError:
+                pass
+        os.close(self._fd)        # never LOCK_UN: a forked child's copy shares the lock
+        self._fd = -1
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy of the parent's liveness fd, so the lock goes
+        when the parent dies, whether or not the child lives on."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # ---------------------------------------------------------------- probes
+    def probe(self) -> int:
+        """Probe every other process's liveness file; report the dead ones. Returns how
+        many were found dead now."""
+        found = 0
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = self._dir / name
+            if name.endswith(".live.tmp"):
+                # a creator that died before the rename (it holds the lock while alive)
+                if self._unlocked(path):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                continue
+            if not name.endswith(".live") or not name[:-5].isdigit():
+                continue
+            proc = int(name[:-5])
+            if proc == self.attach_lsn or not self._unlocked(path):
+                continue
+            self._report_dead(proc, path)
+            found += 1
+        return found
+
+    @staticmethod
+    def _unlocked(path: Path) -> bool:
+        """True if nobody holds the file's flock (its owner is dead). The probe's own lock
+        is dropped with its fd at once."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        finally:
+            os.close(fd)
+        return True
+
+    def _report_dead(self, proc: int, path: Path) -> None:
+        """PROC_GONE + a "process died" REAP for each of its RUNNING jobs, one batch,
+        durable; then its file goes. A second noticer finds it gone in the fold."""
+        q = self._q
+        now = q._now_ms()
+        reserved = None
+        with q._deciding():
+            state = q._state
+            if proc not in state.procs_gone and proc < q._cursor[2]:
+                mine = set(state.jobs_of_proc(proc))
+                recs: list = [R.ProcGone(now, proc, self.attach_lsn)]
+                recs += state.plan_recover(now, q._delay, only=mine.__contains__)
+                reserved = q._reserve_apply(recs)
+                q._cond.notify_all()
+        if reserved is not None:
+            q._publish(reserved, "durable")
+            self.noticed += 1
+        try:
+            os.unlink(path)
+            _fsync_dir(self._dir)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,570 @@
+"""The log shared by many processes: one store, any number of processes appending.
+
+docs/INTERNALS.md ("Shared mode") is the protocol; native/FORMAT.md has the bytes of the
+control page (DIR/shm, native/shm.c). In short:
+
+- every process holds DIR/LOCK with LOCK_SH (an exclusive-mode Log holds LOCK_EX, so the
+  two never mix) and maps DIR/shm;
+- the first process to attach (nobody else holds the page) runs today's recovery (torn tail
+  cut, leftovers deleted) and rebuilds the page from the recovered log; later ones repair
+  nothing and take the page's positions;
+- an append takes the page's robust append lock, writes its batch with one pwrite at the
+  page's write position with LSNs from the page, publishes, unlocks (a caller that must
+  decide on the newest state, the queue, catches up and decides while it holds the lock:
+  ``locked()``); a durable wait is the page's cross-process group commit
+  (``au_shm_wait_synced``: one leader fdatasyncs for every process);
+- positions are ``seg_first_lsn << 32 | offset``: one u64 orders them across segments;
+- a segment roll happens under the append lock and the sync lock (the next segment created
+  inline; no spare in shared mode).
+
+This path bypasses the in-process C writer (writer.c): each append writes its own batch
+while holding the append lock, and batching across callers happens at the fdatasync.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._binding import MODES, check_io, ffi, lib, os_error, strerror
+from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
+                  _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
+from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
+                      ForkedError, LockedError)
+
+__all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
+
+_OFF_BITS = 32
+_OFF_MASK = (1 << _OFF_BITS) - 1
+MAX_SHARED_LSN = (1 << 32) - 1      # positions keep the segment's first LSN in 32 bits
+_POLL_MS = 20                       # a blocked locker rechecks (a dead holder) this often
+
+
+def pos_of(seg_first_lsn: int, off: int) -> int:
+    """A position on the control page: segment and offset in one ordered u64."""
+    return seg_first_lsn << _OFF_BITS | off
+
+
+def _seg_off(pos: int) -> tuple[int, int]:
+    return pos >> _OFF_BITS, pos & _OFF_MASK
+
+
+class SharedLog(Log):
+    """A Log that other processes append to at the same time (``Log.open(shared=True)``).
+
+    The queue uses ``locked()`` to decide on the newest state and write in one critical
+    section; ``read_from(cursor)`` to fold what others appended."""
+
+    def __init__(self):
+        super().__init__()
+        self._shared = True
+        self._shm = None
+        self._pid = os.getpid()
+        self._fd = -1                  # the newest segment as this process last saw it
+        self._seg_first = 0
+        self._seg_size = 0
+        self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
+        self._holder: int | None = None   # thread id holding the append lock
+        self._interval = None
+        self._stop = threading.Event()
+        self.rebuilt = False           # this open was alone: it recovered the log
+        self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
+        self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
+        self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
+                       "repairs": 0}
+
+    @classmethod
+    def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
+             segment_bytes: int = 64 << 20, max_record_bytes: int = 16 << 20,
+             read_only: bool = False, continued: bool = False,
+             shared: bool = True) -> SharedLog:
+        """Attach to (or create) the log in ``directory`` shared with other processes."""
+        if durability not in MODES:
+            raise ValueError(f"durability must be one of {sorted(MODES)}, not {durability!r}")
+        if not 1 <= max_record_bytes <= (255 << 20):
+            raise ValueError("max_record_bytes must be between 1 and 255 MiB")
+        if not 4096 <= segment_bytes <= _OFF_MASK:
+            raise ValueError("segment_bytes must be between 4096 and 4 GiB - 1 in shared mode")
+        if not 0 <= interval_ms <= 60_000:
+            raise ValueError("interval_ms must be between 0 and 60000")
+        self = cls()
+        self.directory = Path(directory)
+        self._wal = self.directory / "wal"
+        self.durability = durability
+        self.max_record_bytes = int(max_record_bytes)
+        self.segment_bytes = (int(segment_bytes) + 7) & ~7
+        try:
+            self._prepare_dirs()
+            self._take_shared_lock()
+            self._attach(MODES[durability], int(interval_ms))
+        except BaseException:
+            self._release()
+            raise
+        if durability == "interval" and interval_ms > 0:
+            self._interval = threading.Thread(target=self._interval_loop,
+                                              args=(interval_ms / 1000.0,),
+                                              name="aurora-log-shared-sync", daemon=True)
+            self._interval.start()
+        return self
+
+    def _take_shared_lock(self) -> None:
+        path = self.directory / "LOCK"
+        fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        if fd < 0:
+            raise os_error(fd, path)
+        rc = lib.au_flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        if rc < 0:
+            lib.au_close(fd)
+            if rc in (-_errno.EWOULDBLOCK, -_errno.EAGAIN):
+                raise LockedError(f"{self.directory} is opened by an exclusive-mode process "
+                                  f"(lock {path}); open it shared there too")
+            raise os_error(rc, path)
+        self._lock_fd = fd
+
+    def _attach(self, mode: int, interval_ms: int) -> None:
+        out = ffi.new("au_shm **")
+        alone = ffi.new("int *")
+        page = self.directory / "shm"
+        check_io(lib.au_shm_attach_begin(out, os.fsencode(str(page)), alone), "attach", page)
+        h = out[0]
+        try:
+            if alone[0]:
+                # nobody else is attached: the page may be stale (a crash) and the log's
+                # tail may be torn; recover exactly as an exclusive open does
+                self._recover(mode, interval_ms)
+                lsn, path, end, next_lsn = self._recovered_tail
+                self.recovered_next_lsn = next_lsn
+                if next_lsn > MAX_SHARED_LSN:
+                    raise AuroraLogError("shared mode supports LSNs below 2**32")
+                fd = self._open_segment(lsn, path)
+                rc = lib.au_shm_attach_end(h, fd, pos_of(lsn, end), next_lsn)
+            else:
+                fd = -1
+                rc = lib.au_shm_attach_end(h, -1, 0, 0)
+            if rc == lib.AU_E_SHM_CORRUPT:
+                raise CorruptionError(f"{page} is damaged while other processes use it; "
+                                      "close every process of this store to rebuild it",
+                                      file=str(page))
+            check_io(rc, "attach", page)
+        except BaseException:
+            lib.au_shm_attach_abort(h)
+            raise
+        self._shm = ffi.gc(h, lib.au_shm_close)
+        self.rebuilt = bool(alone[0])
+        if fd < 0:
+            seg, _ = _seg_off(self._position()[0])
+            fd = self._open_segment(seg, self._wal / _seg_name(seg))
+        segs = self._list_segments()
+        self._first_lsn = segs[0][0] if segs else 1
+
+    def _open_segment(self, lsn: int, path: Path) -> int:
+        fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | _O_CLOEXEC, 0o600)
+        if fd < 0:
+            raise os_error(fd, path)
+        size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
+        if self._fd >= 0:
+            self._old_fds.append(self._fd)
+            while len(self._old_fds) > 2:
+                lib.au_close(self._old_fds.pop(0))
+        self._fd, self._seg_first, self._seg_size = fd, lsn, size
+        return fd
+
+    # ---------------------------------------------------------------- the page
+    def _h(self):
+        if self._closed:
+            raise ClosedError("the log is closed")
+        if os.getpid() != self._pid:
+            raise ForkedError("this store was opened before os.fork(); a child process must "
+                              "open the store itself (aurora_log.open in the child)")
+        return self._shm
+
+    def _position(self) -> tuple[int, int, int, int]:
+        """(write_end, writing_end, next_lsn, synced_end) as the page has them."""
+        p = ffi.new("uint64_t[4]")
+        lib.au_shm_position(self._shm, p, p + 1, p + 2, p + 3)
+        return p[0], p[1], p[2], p[3]
+
+    @property
+    def next_lsn(self) -> int:
+        """The page's next LSN (exact while this thread holds ``locked()``)."""
+        if self._shm is None or self._closed:
+            return self._next
+        return self._position()[2]
+
+    @property
+    def published(self) -> int:
+        """The page's write position: every batch below it is whole."""
+        return self._position()[0]
+
+    @property
+    def failed(self) -> bool:
+        return self._shm is not None and not self._closed and lib.au_shm_failed(self._shm) != 0
+
+    def append_seq(self) -> int:
+        return lib.au_shm_append_seq(self._h())
+
+    def wait_append(self, seen: int, seconds: float) -> None:
+        """Sleep until another append is published after ``seen`` (append_seq()), at most
+        ``seconds``."""
+        lib.au_shm_wait_append(self._h(), seen, max(1, min(int(seconds * 1000), 60_000)))
+
+    # ---------------------------------------------------------------- the append lock
+    def holds_lock(self) -> bool:
+        return self._holder == threading.get_ident()
+
+    @contextmanager
+    def locked(self) -> Iterator[int]:
+        """Hold the page's append lock (reentrant in this thread); yields the page's next
+        LSN. A dead previous holder's unpublished bytes are repaired first."""
+        if self.holds_lock():
+            yield self._position()[2]
+            return
+        h = self._h()
+        while True:
+            # GIL-aware: the trylock never blocks, a busy lock is waited for without
+            # holding anything (docs/INTERNALS.md, "The GIL and the append lock")
+            seen = lib.au_shm_unlock_seq(h)
+            rc = lib.au_shm_trylock(h)
+            if rc == 0 or rc == lib.AU_SHM_OWNER_DIED:
+                break
+            if rc != lib.AU_SHM_BUSY:
+                raise DurabilityError(f"append lock: {strerror(-rc)}", errno=-rc)
+            lib.au_shm_wait_unlock(h, seen, _POLL_MS)
+        self._holder = threading.get_ident()
+        try:
+            if rc == lib.AU_SHM_OWNER_DIED:
+                self._stats["owner_died"] += 1
+            self._repair()
+            yield self._position()[2]
+        finally:
+            self._holder = None
+            lib.au_shm_unlock(h)
+
+    def _repair(self) -> None:
+        """Under the lock: follow the page to the newest segment; undo or finish what a
+        holder that died left half done (a batch being written: zeroed; a roll: redone)."""
+        write, writing, next_lsn, _ = self._position()
+        seg, _ = _seg_off(write)
+        if seg != self._seg_first:
+            self._open_segment(seg, self._wal / _seg_name(seg))
+        if writing != write:
+            self._stats["repairs"] += 1
+            if _seg_off(writing)[0] != seg:
+                self._roll(next_lsn)      # the holder died mid-roll: the roll is redone
+            else:
+                check_io(lib.au_shm_zero_tail(self._shm, self._fd), "repair", self._wal)
+
+    def _roll(self, next_lsn: int) -> None:
+        """Under the lock: seal the newest segment and start the next at ``next_lsn``
+        (FORMAT.md "Preallocation, rolling", with the next segment created inline)."""
+        h = self._shm
+        old_fd, old_first = self._fd, self._seg_first
+        write = self._position()[0]
+        _, off = _seg_off(write)
+        new_path = self._wal / _seg_name(next_lsn)
+        rc = lib.au_shm_roll_begin(h)
+        if rc < 0:
+            raise DurabilityError(f"roll: {strerror(-rc)}", errno=-rc)
+        try:
+            lib.au_shm_set_writing(h, pos_of(next_lsn, SEG_HDR))    # a roll in progress
+            self._sync_or_fail(old_fd, "fdatasync before a roll")
+            tmp = self._wal / (_seg_name(next_lsn) + ".tmp")
+            if is_file(tmp):                  # left by a roller that died (under this lock)
+                remove_file(tmp, fsync_dir=False)
+            check_io(lib.au_segment_create(os.fsencode(str(self._wal)), next_lsn,
+                                           self.segment_bytes, self.max_record_bytes),
+                     "create segment", new_path)
+            if next_lsn != old_first and off + SEG_HDR <= self._seg_size:
+                hdr = bytearray(_BATCH.pack(SEG_HDR, 0, next_lsn, 0,
+                                            lib.AU_FLAG_SEAL | lib.AU_FLAG_NEXT, off))
+                _BATCH.pack_into(hdr, 0, SEG_HDR, _batch_hdr_crc(bytes(hdr)), next_lsn, 0,
+                                 lib.AU_FLAG_SEAL | lib.AU_FLAG_NEXT, off)
+                check_io(lib.au_pwrite_full(old_fd, ffi.from_buffer(hdr), SEG_HDR, off),
+                         "write", self._wal / _seg_name(old_first))
+                self._sync_or_fail(old_fd, "fdatasync of a SEAL")
+            self._open_segment(next_lsn, new_path)
+        except BaseException:
+            lib.au_shm_roll_abort(h)
+            raise
+        lib.au_shm_roll_end(h, pos_of(next_lsn, SEG_HDR))
+        self._stats["rolls"] += 1
+
+    def _sync_or_fail(self, fd: int, what: str) -> None:
+        rc = lib.au_fdatasync(fd)
+        if rc < 0:
+            lib.au_shm_set_failed(self._shm, -rc)    # never retried, by any process
+            self._failed_seen, self._failed_errno = True, -rc
+            raise DurabilityError(f"{what}: {strerror(-rc)}", errno=-rc)
+
+    # ---------------------------------------------------------------- writing
+    def reserve(self, n: int = 1) -> int:
+        """Under ``locked()``: the first LSN the next write_locked() will use."""
+        if not self.holds_lock():
+            raise AuroraLogError("SharedLog.reserve needs the append lock (locked())")
+        self._check_failed()
+        return self._position()[2]
+
+    def _check_failed(self) -> None:
+        err = lib.au_shm_failed(self._h())
+        if err or self._failed_seen:
+            self._failed_seen = True
+            self._failed_errno = err or self._failed_errno
+            raise DurabilityError("the log failed earlier (an fdatasync failed in some "
+                                  "process); nothing more is acknowledged until every "
+                                  "process reopens it", errno=self._failed_errno)
+
+    def write_locked(self, first_lsn: int, records: Sequence[tuple[int, bytes]],
+                     checked=None) -> int:
+        """Under ``locked()``: write records first_lsn.. as one batch at the page's tail
+        (rolling first if it does not fit the segment) and publish. Returns the position
+        after it (for wait_pos)."""
+        if not self.holds_lock():
+            raise AuroraLogError("write_locked needs the append lock (locked())")
+        self._check_failed()
+        types, lens, data = checked if checked is not None else self._pack(records)
+        n = len(types)
+        blen = (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + len(data) + 7) & ~7
+        write, _, next_lsn, synced = self._position()
+        if first_lsn != next_lsn:
+            raise AuroraLogError(f"write_locked: LSN {first_lsn} is not the tail {next_lsn}")
+        if next_lsn + n > MAX_SHARED_LSN:
+            raise DurabilityError("shared mode supports LSNs below 2**32")
+        _, off = _seg_off(write)
+        if off + blen + SEG_HDR > self._seg_size:
+            if SEG_HDR + blen + SEG_HDR > self.segment_bytes:
+                raise ValueError(f"a batch of {blen} bytes does not fit a segment of "
+                                 f"{self.segment_bytes} bytes (segment_bytes)")
+            self._roll(next_lsn)
+        # durable_end: how far this segment is known fdatasynced (FORMAT.md; recovery
+        # tells a torn tail from a damaged record by it). The page's synced position is
+        # read under the append lock: it is <= our offset, and after a roll it is the new
+        # segment's start
+        sseg, soff = _seg_off(synced)
+        durable_off = soff if sseg == self._seg_first else SEG_HDR
+        end = ffi.new("uint64_t *")
+        rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ffi.from_buffer(types),
+                                    ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
+                                    durable_off, end)
+        if rc < 0:
+            if rc != lib.AU_E_INVAL:
+                self._failed_seen, self._failed_errno = True, -rc
+            raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
+        self._stats["appends"] += 1
+        self._stats["records"] += n
+        self._stats["bytes"] += blen
+        self._tls.last = (first_lsn + n - 1, end[0])
+        return end[0]
+
+    def wait_pos(self, pos: int, wait: str) -> None:
+        """Wait as told for the bytes below ``pos``: "none"/"written" return (they were
+        written under the lock), "durable" syncs in sync mode, "synced" in every mode."""
+        if wait == "synced" or (wait == "durable" and self.durability == "sync"):
+            h = self._h()
+            seg, _ = _seg_off(pos)
+            # a position in an older segment was covered by the roll's fdatasync: the C
+            # side returns before it would use the fd
+            fd = self._fd if seg == self._seg_first else -1
+            if fd < 0:
+                _, _, _, synced = self._position()
+                if synced >= pos:
+                    return
+                fd = self._fd
+            rc = lib.au_shm_wait_synced(h, fd, pos)
+            if rc < 0:
+                self._failed_seen, self._failed_errno = True, -rc
+                raise DurabilityError(f"fdatasync failed: {strerror(-rc)}", errno=-rc)
+
+    def append_reserved(self, first_lsn: int, records: Sequence[tuple[int, bytes]],
+                        wait: str = "none", *, checked=None) -> int:
+        with self.locked():
+            pos = self.write_locked(first_lsn, records, checked)
+        self.wait_pos(pos, wait)
+        return first_lsn + len(records) - 1
+
+    def _append(self, records, level: int) -> int:
+        self._h()
+        records = records if isinstance(records, list) else list(records)
+        if not records:
+            return self.next_lsn - 1
+        packed = self._pack(records)
+        with self.locked() as first:
+            self._check_failed()
+            pos = self.write_locked(first, records, packed)
+        self.wait_pos(pos, {lib.AU_WAIT_MODE: "durable", lib.AU_WAIT_SYNCED: "synced"}.get(
+            level, "none"))
+        return first + len(records) - 1
+
+    def _wait(self, lsn: int, wait: str, what: str) -> None:
+        self._h()
+        if lsn < 1:
+            return
+        last = getattr(self._tls, "last", None)
+        # this thread's own last write, else everything published so far
+        pos = last[1] if last is not None and last[0] >= lsn else self.published
+        self.wait_pos(pos, wait)
+
+    def flush(self) -> None:
+        """Make everything published so far durable (in every mode)."""
+        self.wait_pos(self.published, "synced")
+
+    def _interval_loop(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                self.wait_pos(self.published, "synced")
+            except Exception:
+                return
+
+    def stats(self) -> dict:
+        s = ffi.new("au_shm_stats *")
+        lib.au_shm_info(self._shm, s)
+        out = dict(self._stats)
+        out.update(fdatasyncs=s.fdatasyncs, shm_appends=s.appends, covered=s.covered,
+                   wakeups=s.wakeups, leader_died=s.leader_died, generation=s.generation)
+        return out
+
+    # ---------------------------------------------------------------- reading
+    def read_from(self, cursor: tuple[int, int, int], until: int | None = None
+                  ) -> tuple[list[tuple[int, int, bytes]], tuple[int, int, int]]:
+        """The records others published after ``cursor`` = (segment first LSN, offset,
+        next LSN), up to the page's write position (or ``until``), and the new cursor.
+        Every crc is checked; a bad batch below a published position is corruption."""
+        self._h()
+        seg, off, nxt = cursor
+        limit = self.published if until is None else until
+        lseg, loff = _seg_off(limit)
+        out: list[tuple[int, int, bytes]] = []
+        while (seg, off) < (lseg, loff):
+            path = self._wal / _seg_name(seg)
+            fd = lib.au_open(os.fsencode(str(path)), os.O_RDONLY | _O_CLOEXEC, 0)
+            if fd < 0:
+                raise os_error(fd, path)
+            try:
+                if seg == lseg:
+                    n = loff - off
+                else:
+                    n = self._file_size(fd) - off    # to its SEAL; then zeros
+                buf = bytearray(n)
+                got = lib.au_pread_full(fd, ffi.from_buffer(buf), n, off) if n else 0
+                if got < 0:
+                    raise os_error(got, path)
+            finally:
+                lib.au_close(fd)
+            s = _new_scan(0, nxt, n, self.max_record_bytes if seg == lseg else 255 << 20)
+            cbuf = ffi.from_buffer(buf)
+            recs = ffi.new("au_rec[]", _SCAN_CHUNK)
+            rbuf = ffi.buffer(recs)
+            mv = memoryview(buf)
+            while True:
+                k = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
+                for rlsn, roff, ln, rtype in _REC.iter_unpack(rbuf[:k * _REC.size]):
+                    out.append((rlsn, rtype, bytes(mv[roff:roff + ln])))
+                if s.status == lib.AU_SCAN_MORE:
+                    continue
+                if s.status == lib.AU_SCAN_BAD:
+                    raise CorruptionError(ffi.string(lib.au_reason(s.reason)).decode(),
+                                          file=str(path), offset=off + s.bad_off,
+                                          lsn=s.next_lsn)
+                break
+            del mv, cbuf
+            nxt = s.next_lsn
+            if seg == lseg:
+                if s.pos != n:
+                    raise CorruptionError("end of data before the published position",
+                                          file=str(path), offset=off + s.pos, lsn=nxt)
+                off = loff
+            else:
+                if not s.last_flags & lib.AU_FLAG_SEAL:
+                    raise CorruptionError("a segment before the newest ends without a SEAL",
+                                          file=str(path), offset=off + s.pos, lsn=nxt)
+                seg, off = nxt, SEG_HDR
+        return out, (seg, off, nxt)
+
+    @staticmethod
+    def _file_size(fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def cursor_at_tail(self) -> tuple[int, int, int]:
+        """Under ``locked()``: the cursor of the page's tail."""
+        write, _, next_lsn, _ = self._position()
+        seg, off = _seg_off(write)
+        return seg, off, next_lsn
+
+    def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
+        """(lsn, rtype, payload) of every stored record >= from_lsn up to the published
+        position."""
+        if self._closed:
+            raise ClosedError("the log is closed")
+        if self.scan_bound is not None:
+            seg, off = self.scan_bound[0], self.scan_bound[1]
+        else:
+            seg, off = _seg_off(self.published)
+        return self._scan(from_lsn, (seg, off))
+
+    def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
+        """Shared mode keeps every segment: another process may not have folded them yet
+        (docs/INTERNALS.md, "Shared mode": retention pins are not implemented)."""
+        return []
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited copies of the parent's fds and mapping
+        (closing a copy never releases the parent's flocks: they belong to the shared open
+        file description, and the parent keeps its fds), so that the parent's death is
+        seen by everyone even while the child lives. Any later use raises ForkedError."""
+        for fd in self._old_fds + [self._fd]:
+            if fd >= 0:
+                lib.au_close(fd)
+        self._old_fds, self._fd = [], -1
+        if self._shm is not None:
+            shm, self._shm = self._shm, None
+            ffi.gc(shm, None)
+            lib.au_shm_close(shm)
+        self._release()
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Make what this process appended durable (every mode), detach. Never seals: the
+        others keep writing to the segment. Idempotent."""
+        with self._state_lock:
+            if self._closed:
+                return
+            forked = os.getpid() != self._pid
+            err = None
+            if self._shm is not None and not forked:
+                try:
+                    last = getattr(self._tls, "last", None)
+                    if self.durability != "os" and not self.failed:
+                        self.wait_pos(self.published if last is None else last[1], "synced")
+                except DurabilityError as e:
+                    err = e
+            self._closed = True
+        self._stop.set()
+        if self._interval is not None and self._interval is not threading.current_thread():
+            self._interval.join()
+        # closing fds only: a forked child's copies never release the parent's flocks
+        for fd in self._old_fds + [self._fd]:
+            if fd >= 0:
+                lib.au_close(fd)
+        self._old_fds, self._fd = [], -1
+        if self._shm is not None:
+            if forked:
+                self._shm = None      # the mapping is the parent's: leave it to exit
+            else:
+                shm, self._shm = self._shm, None
+                ffi.gc(shm, None)          # no second close by the collector
+                lib.au_shm_close(shm)
+        self._release()
+        if err is not None:
+            raise err
+
+    def __del__(self):
+        try:
+            if not self._closed and os.getpid() == self._pid and self._shm is not None:
+                self.close()
+        except Exception:
+            pass
+
