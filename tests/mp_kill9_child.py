@@ -55,7 +55,7 @@ def produce(q, name: str, rng: random.Random) -> None:
             q.enqueue(Job("k", payload(i), id=i, max_retries=8, priority=rng.randrange(1, 5),
                           lease_duration=LEASE_SECONDS))
             say("E", i)
-        time.sleep(rng.uniform(0.0, 0.004))
+        time.sleep(rng.uniform(0.005, 0.025))     # about the workers' pace: no endless backlog
 
 
 def work(q, name: str, rng: random.Random) -> None:
@@ -66,7 +66,7 @@ def work(q, name: str, rng: random.Random) -> None:
         say("D", j.id, j.retry_count)
         if j.payload != payload(j.id):
             say("X", j.id)
-        time.sleep(rng.uniform(0.0, 0.02))       # a handler: the job runs for a while
+        time.sleep(rng.uniform(0.0, 0.01))       # a handler: the job runs for a while
         if rng.random() < 0.15:
             st = q.fail(j.id, j.token, "transient")
             say("F", j.id, st.value)

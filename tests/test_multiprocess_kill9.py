@@ -267,8 +267,10 @@ def run_cycles(store: Path, cycles: int, seed: int = 0, *, producers: int = 2,
         slots[i] = spawn(victim.role, int(victim.name[-1]))
         t.cycles += 1
         if progress and (c + 1) % progress == 0:
-            t.seconds = time.monotonic() - start
-            print(f"  {t.line()}", flush=True)
+            # (acknowledgements are tallied from the merged pipes at the end)
+            print(f"  {c + 1} cycles: {t.producer_kills} producers and {t.worker_kills} "
+                  f"workers killed ({t.early_kills} before ready), "
+                  f"{time.monotonic() - start:.0f}s", flush=True)
     # the end: stop producing; give the live workers time to take back the last victims'
     # jobs (a read-only open shows what the store holds)
     for s in slots:
