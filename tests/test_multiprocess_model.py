@@ -27,10 +27,12 @@ Examples: 20 x 20 steps here; AURORA_MP_MODEL_EXAMPLES / AURORA_MP_MODEL_STEPS f
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,11 @@ job_specs = st.fixed_dictionaries({
 })                                # depends on no state)
 names = st.none() | st.sets(st.sampled_from(["a", "b", "q1", "q2"]), min_size=1, max_size=2)
 procs = st.integers(0, PROCS - 1)
+
+
+def _nothing_to_reap(model: Model) -> bool:
+    """No lease or timeout is due at the model's now (a reaper tick would do nothing)."""
+    return copy.deepcopy(model).reap() == 0
 
 
 class Pool:
@@ -154,6 +161,11 @@ class MultiProcessMachine(RuleBasedStateMachine):
         types = sorted(f for f in filters if f in ("a", "b")) or None
         queues = sorted(f for f in filters if f.startswith("q")) or None
         return types, queues
+
+    def _holders(self) -> list[int]:
+        """The processes with RUNNING jobs."""
+        return sorted({int(j.worker[1:]) for j in self.model.jobs.values()
+                       if j.status == "running"})
 
     def _reap_process(self, worker: str) -> int:
         """The model of one process's clean close: its RUNNING jobs end as "process died"
@@ -273,6 +285,36 @@ class MultiProcessMachine(RuleBasedStateMachine):
                              options=OPTIONS)
         # the others are open: nothing left to recover (alone, the open recovers it all)
         assert got["recovered"] == (reaped if PROCS == 1 else 0)
+
+    @precondition(lambda self: self._holders() and _nothing_to_reap(self.model))
+    @rule(data=st.data())
+    def kill9(self, data):
+        """SIGKILL one process; a new one opens in its place. The dead process's RUNNING
+        jobs come back ("process died") as soon as a live process notices the death: the
+        new one runs a reaper thread (ticks of 50 ms) until they are back, then reopens
+        without one. While it runs no lease or timeout may be due (precondition), so the
+        thread can only act on the death. The victim is a process that holds jobs."""
+        p = data.draw(st.sampled_from(self._holders()))
+        h = self.h(p)
+        h.proc.kill()
+        h.proc.wait()
+        gone = [j.id for j in self.model.jobs.values()
+                if j.status == "running" and j.worker == f"w{p}"]
+        self._reap_process(f"w{p}")
+        h = self.pool.respawn(p)
+        got = h.call("open", path=str(self.dir / "store"), clock=str(self.clock.path),
+                     options=dict(OPTIONS, reaper_interval=0.05))
+        assert got["recovered"] == 0      # the others are open: they recover, not the open
+        end = time.monotonic() + 10
+        while True:
+            jobs = h.call("view", ids=gone)["jobs"]
+            if all(jobs[i]["history"] == self.model.jobs[i].transitions for i in gone):
+                break
+            assert time.monotonic() < end, "the dead process's jobs did not come back"
+            time.sleep(0.02)
+        h.call("close")
+        h.call("open", path=str(self.dir / "store"), clock=str(self.clock.path),
+               options=OPTIONS)
 
     @rule(p=procs)
     def compact(self, p):
