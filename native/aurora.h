@@ -209,6 +209,7 @@ int au_shm_attach_begin(au_shm **out, const char *path, int *alone);
 int au_shm_attach_end(au_shm *h, int log_fd, uint64_t log_end, uint64_t next_lsn);
 void au_shm_attach_abort(au_shm *h);
 void au_shm_close(au_shm *h);
+void au_shm_detach(au_shm *h);   /* release the page's flock; the mapping stays until close */
 int au_shm_rebuilt(au_shm *h);                 /* 1 if this open rebuilt the page */
 void au_shm_set_poll_ms(au_shm *h, uint32_t ms);
 /* The append lock: 0, AU_SHM_OWNER_DIED (locked; the last holder died, its unpublished
@@ -248,6 +249,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
                        uint64_t *end);
 int au_shm_roll_begin(au_shm *h);
 void au_shm_roll_end(au_shm *h, uint64_t pos);
+uint32_t au_shm_roll_seq(au_shm *h);
 void au_shm_roll_abort(au_shm *h);
 int au_shm_test_hold_sync(au_shm *h);          /* tests: take the sync lock and keep it */
 int au_shm_test_finish_sync(au_shm *h, int fd, uint64_t target);  /* tests: then finish */

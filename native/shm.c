@@ -55,6 +55,7 @@
 #define OFF_STANDBY      220  /* u32  pid of the waiter blocked on sync_mu (0 = none) */
 #define OFF_NEXT_LSN     224  /* u64  the log's next LSN (under append_mu; log mode only) */
 #define OFF_APPEND_SEQ   232  /* u32  futex word: +1 at every au_shm_write_batch publish */
+#define OFF_ROLL_SEQ     236  /* u32  +1 at every roll (a segment file may have been replaced) */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -292,8 +293,23 @@ void au_shm_close(au_shm *h)
     /* releases LOCK_SH once no fd of this open file description is left (in a forked
      * child, closing its copy leaves the parent's lock alone; never LOCK_UN, which would
      * release it for both) */
-    au_close(h->page_fd);
+    if (h->page_fd >= 0) au_close(h->page_fd);
     free(h);
+}
+
+static int check(au_shm *h);
+
+/* Leave the page but keep the mapping until au_shm_close: a thread of this process may
+ * still be inside a call that uses it (a waiter asleep). The mapping holds a reference to
+ * the open file description, so closing the fd alone would keep the flock: it is released
+ * explicitly (only by the process that attached: check() refuses a forked child). */
+void au_shm_detach(au_shm *h)
+{
+    if (h->page_fd >= 0 && check(h) == 0) {
+        au_flock(h->page_fd, LOCK_UN);
+        au_close(h->page_fd);
+        h->page_fd = -1;
+    }
 }
 
 int au_shm_rebuilt(au_shm *h) { return h->rebuilt; }
@@ -822,8 +838,14 @@ int au_shm_roll_begin(au_shm *h)
 /* End a roll begun with au_shm_roll_begin: the old segment was fdatasynced and sealed, the
  * new one is durable; publish `pos` (the new segment's first batch position) as written and
  * synced, release sync_mu and wake whoever the roll's fdatasync covered. */
+uint32_t au_shm_roll_seq(au_shm *h)
+{
+    return __atomic_load_n(U32(h, OFF_ROLL_SEQ), __ATOMIC_ACQUIRE);
+}
+
 void au_shm_roll_end(au_shm *h, uint64_t pos)
 {
+    __atomic_fetch_add(U32(h, OFF_ROLL_SEQ), 1, __ATOMIC_SEQ_CST);
     st(U64(h, OFF_WRITE_END), pos);
     st(U64(h, OFF_WRITING_END), pos);
     if (pos > ld(U64(h, OFF_SYNCED_END))) st(U64(h, OFF_SYNCED_END), pos);

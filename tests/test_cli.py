@@ -202,7 +202,7 @@ def test_missing_or_foreign_directory(tmp_path, capsys, command):
 
 def test_reading_and_writing_work_while_the_store_is_open(store, capsys):
     path, ids = store
-    with aurora_log.open(path) as q:                  # as a running worker would
+    with aurora_log.open(path, shared=True) as q:     # as a running shared worker would
         code, out, _ = run(capsys, "stats", path, "--json")
         assert code == 0 and json.loads(out)["total"] == 4
         code, _, err = run(capsys, "retry", path, ids["dead"])
@@ -215,7 +215,7 @@ def test_reading_and_writing_work_while_the_store_is_open(store, capsys):
 
 def test_writing_says_in_use_beside_an_exclusive_process(store, capsys):
     path, ids = store
-    with aurora_log.open(path, exclusive=True):
+    with aurora_log.open(path):                       # not shared: it holds the store
         code, out, _ = run(capsys, "stats", path, "--json")
         assert code == 0 and json.loads(out)["total"] == 4
         code, _, err = run(capsys, "retry", path, ids["dead"])
@@ -297,7 +297,7 @@ def test_worker_on_a_store_an_exclusive_process_holds(store, tmp_path):
     (tmp_path / "held_app.py").write_text(
         f"import aurora_log\nq = aurora_log.open({str(store[0])!r})\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with aurora_log.open(store[0], exclusive=True):
+    with aurora_log.open(store[0]):
         out = subprocess.run([sys.executable, "-m", "aurora_log", "worker", "held_app:q"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == cli.EXIT_LOCKED
@@ -335,8 +335,7 @@ def test_verify_ok_then_corrupt(store, capsys):
 
 def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkeypatch):
     path = tmp_path / "big"
-    with aurora_log.open(path, durability="os", segment_bytes=4 << 20,
-                         exclusive=True) as q:
+    with aurora_log.open(path, durability="os", segment_bytes=4 << 20) as q:
         for start in range(0, 12000, 2000):
             q.enqueue_many([Job("x", {"i": i}) for i in range(start, start + 2000)])
     code, out, err = run(capsys, "dump", path)          # not a terminal: plain lines
@@ -357,9 +356,9 @@ def test_compact(store, capsys):
     assert list((path / "snap").glob("*.snap"))
     code, out, _ = run(capsys, "show", path, ids["done"], "--json")   # still readable
     assert json.loads(out)["result"] == {"sent": True}
-    with aurora_log.open(path):
+    with aurora_log.open(path, shared=True):
         code, _, err = run(capsys, "compact", path)      # beside a shared process: fine
         assert code == 0, err
-    with aurora_log.open(path, exclusive=True):
+    with aurora_log.open(path):
         code, _, err = run(capsys, "compact", path)
     assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)

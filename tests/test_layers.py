@@ -10,7 +10,8 @@ Layers, bottom to top (a module may import its own layer and the ones below):
 ``aurora_log/__init__.py`` is the composition root: it may import anything, and only the top
 layer may import it (below, ``import aurora_log`` would be an import of everything above).
 Inside the engine, the C core has one door: only local/_binding.py imports ``_native``, and
-only local/log.py and testing/faults.py import ``_binding``.
+only local/log.py, local/sharedlog.py (its shared mode) and testing/faults.py import
+``_binding``.
 
 Every import is checked, at module level and inside functions (``if TYPE_CHECKING`` too), with
 relative imports resolved. A new module that fits no layer fails the test until it is given one.
@@ -39,7 +40,8 @@ TOP = len(LAYERS) - 1
 # module -> the only modules allowed to import it
 ONLY_IMPORTED_BY = {
     "aurora_log.local._native": {"aurora_log.local._binding"},
-    "aurora_log.local._binding": {"aurora_log.local.log", "aurora_log.testing.faults"},
+    "aurora_log.local._binding": {"aurora_log.local.log", "aurora_log.local.sharedlog",
+                                  "aurora_log.testing.faults"},
 }
 
 

@@ -23,7 +23,7 @@ from aurora_log.local import sharedlog
 from aurora_log.local._binding import lib
 
 CTX = mp.get_context("fork")
-FAST = dict(reaper_interval=0.1, auto_compact=False)
+FAST = dict(shared=True, reaper_interval=0.1, auto_compact=False)
 
 
 def _run(target, *args) -> mp.Process:
@@ -78,7 +78,7 @@ def _worker(path, tag, stop_after_idle, out):
 
 
 def _racer(path, barrier, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
     barrier.wait()
     job = q.claim("racer", wait=20)
     out.put((os.getpid(), None if job is None else job.id))
@@ -104,11 +104,13 @@ def _die_holding_lock_mid_write(path, out):
         lib.au_shm_set_writing(log._shm, write + 4096)      # a batch being written ...
         os.pwrite(fd, b"\xab" * 1000, off)                  # ... and half of it landed
         out.put("holding")
+        time.sleep(0.2)                                     # the queue's feeder thread
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _die_mid_roll(path, where, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False,
+                        segment_bytes=8192)
     real_open, real_is_file = sharedlog.SharedLog._open_segment, sharedlog.is_file
 
     def die():
@@ -132,7 +134,7 @@ def _die_mid_roll(path, where, out):
 
 
 def _die_mid_compaction(path, out):
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
     q.compact(on_progress=lambda done, total: (out.put("compacting"), time.sleep(0.3),
                                                os.kill(os.getpid(), signal.SIGKILL)))
 
@@ -169,7 +171,7 @@ def test_processes_enqueue_claim_complete_concurrently(tmp_path):
             kinds = [t.kind for t in q.history(job_id)]
             assert kinds.count("complete") == 1 and kinds.count("claim") == 1, kinds
     # the log replays to the same state in exclusive mode (every record whole, in order)
-    with aurora_log.open(path, exclusive=True, **FAST) as q:
+    with aurora_log.open(path, reaper_interval=None) as q:
         assert q.stats()["completed"] == len(produced)
 
 
@@ -247,7 +249,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
         assert time.monotonic() - t0 < 1.0      # the next locker repairs and goes on
         assert q.log.stats()["repairs"] == 1
         acked += [q.enqueue(Job("t", {"i": i})) for i in range(5)]
-    with aurora_log.open(path, exclusive=True, **FAST) as q:   # every byte checked again
+    with aurora_log.open(path, **FAST) as q:   # every byte checked again
         assert q.log.report.cuts == []
         assert sorted(j.id for j in q.list(limit=1000)) == sorted(acked)
 
@@ -255,7 +257,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
 @pytest.mark.parametrize("where", ["before_create", "after_seal"])
 def test_killed_mid_roll(tmp_path, where):
     path = str(tmp_path / "s")
-    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=8192)
     aurora_log.open(path, **opts).close()
     out = CTX.Queue()
     p = _run(_die_mid_roll, path, where, out)
@@ -268,7 +270,7 @@ def test_killed_mid_roll(tmp_path, where):
         assert time.monotonic() - t0 < 30
         assert q.log.stats()["repairs"] >= 1
         total = q.stats()["total"]
-    with aurora_log.open(path, exclusive=True, **opts) as q:
+    with aurora_log.open(path, **opts) as q:
         assert q.log.report.cuts == []
         ids = {j.id for j in q.list(limit=100_000)}
         assert set(acked) <= ids and len(ids) == total
@@ -325,13 +327,13 @@ def test_a_damaged_page_beside_a_live_process_is_refused(tmp_path):
 
 def test_exclusive_and_shared_refuse_each_other(tmp_path):
     path = tmp_path / "s"
-    with aurora_log.open(path, exclusive=True):
+    with aurora_log.open(path):                 # not shared: this process alone
         with pytest.raises(LockedError, match="exclusive"):
-            aurora_log.open(path)
-    with aurora_log.open(path):
+            aurora_log.open(path, shared=True)
+    with aurora_log.open(path, shared=True):
         with pytest.raises(LockedError):
-            aurora_log.open(path, exclusive=True)
-        with aurora_log.open(path) as other:     # shared beside shared
+            aurora_log.open(path)
+        with aurora_log.open(path, shared=True) as other:     # shared beside shared
             other.enqueue(Job("t", {}))
 
 
@@ -342,10 +344,13 @@ def test_fork_after_open(tmp_path):
     out = CTX.Queue()
     p = _run(_forked_child_uses_parent_queue, q, path, out)
     msg = out.get(timeout=30)
-    assert msg.startswith("forked: ") and "open the store again" in msg.lower() or \
-        "aurora_log.open" in msg, msg
+    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
     child_job = out.get(timeout=30)
     _join_ok(p)
+    # the child closed only its copies: the parent's liveness lock and page lock stand
+    from aurora_log.local.liveness import Liveness
+    own = tmp_path / "s" / "procs" / f"{q._liveness.attach_lsn:020d}.live"
+    assert own.exists() and not Liveness._unlocked(own)
     assert q.get(child_job) is not None       # the parent sees the child's enqueue
     job = q.claim("parent")
     assert job.id == jid
@@ -376,6 +381,43 @@ def test_roll_across_processes_with_small_segments(tmp_path):
     results = [out.get(timeout=120) for _ in procs]
     _join_ok(*procs)
     produced = [i for r in results for i in r[2]]
-    with aurora_log.open(path, exclusive=True, **opts) as q:
+    with aurora_log.open(path, **opts) as q:
         assert len(q.log.segments()) > 3
         assert sorted(j.id for j in q.list(limit=10_000)) == sorted(produced)
+
+
+def test_retirement_never_passes_a_live_process_fold(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096,
+                retain_seconds=None, retain_count=None)
+    a = aurora_log.open(path, **opts)
+    b = aurora_log.open(path, **opts)          # folds nothing until it reads
+    b_pin = b._cursor[2]
+    for round_ in range(3):
+        a.enqueue_many([Job("t", {"r": round_, "i": i, "pad": "z" * 100}) for i in range(20)])
+        a.compact()
+    assert a.log.first_lsn <= b_pin            # b's segments are all still there
+    assert min(s.first_lsn for s in a.log.segments()) <= b_pin
+    assert b.stats()["total"] == 60             # b catches up through them
+    b._liveness.publish(b._cursor[2])           # its reaper tick would publish this
+    a._liveness.publish(a._cursor[2])
+    a.enqueue(Job("t", {}))
+    first = a.compact()
+    a.enqueue(Job("t", {}))
+    second = a.compact()
+    assert first.retired_segments + second.retired_segments     # now the old ones go
+    assert b.stats()["total"] == 62
+    b.close()
+    a.close()
+
+
+def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096)
+    with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
+        a.enqueue(Job("t", {}))
+        ids = b.enqueue_many([Job("t", {"i": i, "pad": "q" * 200}) for i in range(40)])
+        a.enqueue(Job("t", {"after": True}))     # a reopens the segment b's roll made
+        assert a.get(ids[-1]) is not None and a.stats()["total"] == 42
+    with aurora_log.open(path, segment_bytes=4096) as q:
+        assert q.stats()["total"] == 42 and q.log.report.cuts == []

@@ -26,6 +26,7 @@ import secrets
 import socket
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ __all__ = ["Liveness", "PROCS_DIR"]
 
 PROCS_DIR = "procs"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_PIN_LINE = 30          # b"%020d %08x\n": the folded LSN and the crc32 of its digits
 
 
 def _name(attach_lsn: int) -> str:
@@ -52,25 +54,42 @@ class Liveness:
         self._q = q
         self._dir = Path(q.path) / PROCS_DIR
         self._fd = -1
+        self._tmp = Path()
         self.attach_lsn = 0
         self.noticed = 0          # dead processes this one reported (PROC_GONE appended)
 
     # ---------------------------------------------------------------- attach / detach
-    def attach(self) -> int:
-        """Create and lock our liveness file, append ATTACH. A process that recovered the
-        log (nobody else was attached) also returns every job left RUNNING by the dead to
-        pending, and deletes their liveness files. Returns how many jobs it recovered."""
-        q, log = self._q, self._q._log
+    def begin(self) -> None:
+        """Before the replay: create and lock ``procs/<random>.live.tmp``. While it exists
+        no process retires a segment (this one is reading the log to catch up)."""
         make_dirs(self._dir)
-        if log.rebuilt:
-            self._remove_stale()
         tmp = self._dir / f"{secrets.token_hex(8)}.live.tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
         self._fd = fd
+        self._tmp = tmp
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started_ms": round(time.time() * 1000),
-                                 "argv0": sys.argv[0] if sys.argv else ""}).encode())
+        self.publish(0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started_ms": round(time.time() * 1000),
+                                  "argv0": sys.argv[0] if sys.argv else ""}).encode() + b"\n",
+                  _PIN_LINE)
+
+    def publish(self, folded_next_lsn: int) -> None:
+        """Publish how far this process has folded (a lower bound: it only grows), in the
+        first line of its liveness file: the retention pin others read."""
+        digits = b"%020d" % folded_next_lsn
+        os.pwrite(self._fd, digits + b" %08x\n" % zlib.crc32(digits), 0)
+
+    def attach(self) -> int:
+        """Append ATTACH and give our liveness file its final name. A process that
+        recovered the log (nobody else was attached) also returns every job left RUNNING
+        by the dead to pending, and deletes their liveness files. Returns how many jobs it
+        recovered."""
+        q, log = self._q, self._q._sl
+        if log.rebuilt:
+            self._remove_stale()
+        tmp = self._tmp
+        self.publish(q._cursor[2])
         now = q._now_ms()
         with q._deciding():
             attach_lsn = log.reserve(1)
@@ -92,12 +111,38 @@ class Liveness:
         q._publish(reserved, "durable")
         return len(recs) - 1
 
+    def pin(self) -> int:
+        """The lowest LSN a live process may still have to read: the minimum of the folded
+        positions the live processes published (ours included); 0 (retire nothing) while
+        a process is attaching or a liveness file cannot be read."""
+        low = self._q._cursor[2]
+        for name in os.listdir(self._dir):
+            path = self._dir / name
+            if name.endswith(".live.tmp"):
+                if path != self._tmp and not self._unlocked(path):
+                    return 0          # attaching: it is replaying from a snapshot
+                continue
+            if not name.endswith(".live") or name == _name(self.attach_lsn):
+                continue
+            if self._unlocked(path):
+                continue              # dead: it reads nothing more
+            try:
+                with open(path, "rb") as f:
+                    line = f.read(_PIN_LINE)
+                digits, crc = line[:20], int(line[21:29], 16)
+                if zlib.crc32(digits) != crc:
+                    return 0
+                low = min(low, int(digits))
+            except (OSError, ValueError):
+                return 0
+        return low
+
     def _remove_stale(self) -> None:
         """We recovered the log: every liveness file left unlocked is a dead process's
         (one attached since holds its lock and stays)."""
         for name in os.listdir(self._dir):
             if (name.endswith(".live") or name.endswith(".live.tmp")) and \
-                    self._unlocked(self._dir / name):
+                    self._dir / name != self._tmp and self._unlocked(self._dir / name):
                 try:
                     os.unlink(self._dir / name)
                 except FileNotFoundError:
@@ -120,15 +165,16 @@ class Liveness:
                     recs += state.plan_recover(now, q._delay, only=mine.__contains__)
                     reserved = q._reserve_apply(recs)
                 q._publish(reserved, "durable")
+                q.returned_on_close = len(recs) - 1
         finally:
             self.close_file(unlink=True)
 
     def close_file(self, unlink: bool = False) -> None:
         if self._fd < 0:
             return
-        if unlink and self.attach_lsn:
+        if unlink:
             try:
-                os.unlink(self._dir / _name(self.attach_lsn))
+                os.unlink(self._dir / _name(self.attach_lsn) if self.attach_lsn else self._tmp)
             except FileNotFoundError:
                 pass
         os.close(self._fd)        # never LOCK_UN: a forked child's copy shares the lock

@@ -419,7 +419,7 @@ class Log:
         self.max_record_bytes = 16 << 20
         self.segment_bytes = 64 << 20
         self._shared = False              # SharedLog: many processes (sharedlog.py)
-        self._recovered_tail: tuple[int, Path, int, int] | None = None
+        self._recovered_tail = None       # (segment LSN, path, end, next LSN) of _recover
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod
@@ -1084,7 +1084,10 @@ class Log:
         w = self._writer("retire_segments_before")
         p = self._tls_ptr()
         lib.au_writer_position(w, p, p + 1, p + 2, p + 3)
-        current = p[0]
+        return self._retire_before(lsn, p[0], archive_dir)
+
+    def _retire_before(self, lsn: int, current: int, archive_dir) -> list[Path]:
+        """retire_segments_before with ``current`` the segment being written."""
         segs = self._list_segments()
         done: list[Path] = []
         for i in range(len(segs) - 1):

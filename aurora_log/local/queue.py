@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import records as R
 from .locks import YieldingLock
@@ -49,6 +49,9 @@ from .table import FINISHED
 from .replay import replay
 from .state import State
 from .liveness import Liveness
+
+if TYPE_CHECKING:
+    from .sharedlog import SharedLog
 
 __all__ = ["Queue", "open"]
 
@@ -94,16 +97,21 @@ class Queue(QueueInterface):
     ``retry_cap`` / ``retry_jitter`` (the backoff, see ``aurora_log.job``), ``read_only``,
     and the log's ``segment_bytes`` / ``max_record_bytes``.
 
-    Processes: by default any number of processes open the same directory at once (shared
-    mode, docs/INTERNALS.md "Shared mode"). ``exclusive=True`` holds the store for this
-    process alone (a second opener gets LockedError) and uses the in-process group-commit
-    writer, which batches many threads of one process into fewer writes.
+    Processes: ``shared=True`` lets any number of processes open the same directory at
+    once, each with ``shared=True`` (docs/INTERNALS.md "Shared mode"). The default holds
+    the store for this process alone (a second opener gets LockedError) and uses the
+    in-process group-commit writer, which batches many threads of one process into fewer
+    writes. The two modes refuse each other (LockedError).
     """
 
     _touched: dict[str, None] | None = None   # compaction capture: ids touched since
     _max_at = -1             # largest record time applied (snapshot header, as_of)
     _compactor = None
     _tail_bytes = 0
+    _parked = 0              # shared mode: claims asleep on the page (tests probe it)
+    # shared mode: RUNNING jobs this queue handed back (pending again, an attempt spent)
+    # when it closed, as the next open of an exclusive store would have ("recovered")
+    returned_on_close = 0
 
     def __init__(self, path, *, durability: str = "sync", interval_ms: int = 20,
                  clock: Callable[[], float] = time.time, reaper_interval: float | None = 1.0,
@@ -113,7 +121,7 @@ class Queue(QueueInterface):
                  auto_compact: bool = True, compact_wal_bytes: int | None = 64 << 20,
                  compact_factor: float | None = 4.0, retain_seconds: float | None = 86400.0,
                  retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
-                 exclusive: bool = False, **log_options):
+                 shared: bool = False, **log_options):
         from .log import Log  # imported here so job/records/state work without the C core
         from . import snapshot
 
@@ -137,9 +145,9 @@ class Queue(QueueInterface):
         self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
         snapshot.check_log_present(path)    # before Log.open creates an empty log
-        # shared (the default): any number of processes open the store at once;
-        # exclusive: this process alone, through the in-process C writer (today's path)
-        log_options.setdefault("shared", not exclusive and not read_only)
+        # shared: any number of processes open the store at once; else this process
+        # alone, through the in-process C writer
+        log_options["shared"] = bool(shared) and not read_only
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
@@ -150,16 +158,19 @@ class Queue(QueueInterface):
         self._pid = os.getpid()
         self._liveness = None
         try:
-            self._state = self._replay(as_of)
-            self.recovered = 0
             if self._shared:
                 self._liveness = Liveness(self)
+                self._liveness.begin()
+                self._sl.retention_pin = self._liveness.pin
+            self._state = self._replay(as_of)
+            self.recovered = 0
+            if self._liveness is not None:
                 self.recovered = self._liveness.attach()
             elif not self._read_only:
                 self.recovered = self._recover_running()
         except BaseException:
             if self._liveness is not None:
-                self._liveness.close_file()
+                self._liveness.close_file(unlink=True)
             self._log.close()
             raise
         _OPEN_QUEUES.add(self)
@@ -211,7 +222,7 @@ class Queue(QueueInterface):
         the rest is folded by catch-up). Only the process that recovered the log (nobody
         else attached) may rename a bad snapshot aside."""
         from . import snapshot
-        log = self._log
+        log = self._sl
         with log.locked():
             cur = log.cursor_at_tail()
         res = snapshot.recover(log.directory, log.first_lsn, cur[2],
@@ -232,6 +243,11 @@ class Queue(QueueInterface):
 
     # ------------------------------------------------------------------ shared mode
 
+    @property
+    def _sl(self) -> SharedLog:
+        """The log, in shared mode (only called on shared-mode paths)."""
+        return cast("SharedLog", self._log)
+
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
             raise ForkedError("this Queue was opened before os.fork(); it belongs to the "
@@ -245,7 +261,7 @@ class Queue(QueueInterface):
         if not self._shared:
             return
         self._check_process()
-        recs, cur = self._log.read_from(self._cursor)
+        recs, cur = self._sl.read_from(self._cursor)
         if recs:
             self._fold(recs)
         self._cursor = cur
@@ -263,8 +279,8 @@ class Queue(QueueInterface):
                 if touched is not None:     # a compaction is capturing: note every job
                     if type(rec) is R.Purge:
                         touched.update(dict.fromkeys(rec.ids))
-                    elif hasattr(rec, "id"):
-                        touched[rec.id] = None
+                    elif (jid := getattr(rec, "id", None)) is not None:
+                        touched[jid] = None
                 state.apply(lsn, rtype, rec)
             if at > max_at:
                 max_at = at
@@ -282,7 +298,7 @@ class Queue(QueueInterface):
                 yield
                 return
             self._check_process()
-            with self._log.locked():
+            with self._sl.locked():
                 self._catch_up()
                 yield
 
@@ -372,8 +388,8 @@ class Queue(QueueInterface):
     def _append_apply(self, recs: list, encoded: list | None = None, wait: str = "none") -> int:
         """Append records (one atomic batch) and fold them, all under the lock (or in
         __init__): for the rare paths (reaper, recovery, compaction). Returns the last LSN."""
-        if self._shared and not self._log.holds_lock():
-            with self._log.locked():
+        if self._shared and not self._sl.holds_lock():
+            with self._sl.locked():
                 self._catch_up()
                 reserved = self._reserve_apply(recs, encoded)
             return self._publish(reserved, wait)
@@ -424,8 +440,8 @@ class Queue(QueueInterface):
         if first != self._cursor[2]:
             raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but the "
                                   f"tail is {first}", file=str(self._log.directory), lsn=first)
-        pos = self._log.write_locked(first, encoded, checked)
-        self._cursor = self._log.cursor_at_tail()
+        pos = self._sl.write_locked(first, encoded, checked)
+        self._cursor = self._sl.cursor_at_tail()
         at = recs[0].at_ms
         if at > self._max_at:
             self._max_at = at
@@ -434,8 +450,8 @@ class Queue(QueueInterface):
             for r in recs:
                 if type(r) is R.Purge:
                     touched.update(dict.fromkeys(r.ids))
-                elif hasattr(r, "id"):
-                    touched[r.id] = None
+                elif (jid := getattr(r, "id", None)) is not None:
+                    touched[jid] = None
         if len(recs) == 1:
             self._state.apply(first, encoded[0][0], recs[0])
         else:
@@ -460,7 +476,7 @@ class Queue(QueueInterface):
     def _publish(self, reserved: tuple[int, list, Any], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
         if self._shared:        # written under the append lock already: only the wait
-            self._log.wait_pos(reserved[2], wait)
+            self._sl.wait_pos(reserved[2], wait)
             return reserved[0] + len(reserved[1]) - 1
         return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
@@ -645,31 +661,49 @@ class Queue(QueueInterface):
         time so a close() here or a due time is noticed."""
         waited = False
         while True:
-            with self._deciding():
-                if self._closed:
-                    if waited:
-                        return None
-                    raise ClosedError("the queue is closed")
-                if self._read_only:
-                    raise ReadOnlyError("the queue was opened read_only")
-                now = self._now_ms()
-                job_id = self._state.pick(now, qs, types)
-                if job_id is not None:
-                    rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
-                    rec = rec._replace(proc=self._liveness.attach_lsn)
-                    reserved = self._reserve_apply([rec])
-                    return self._state.get(job_id), reserved
-                if end is None:
-                    return None
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return None
-                due = self._state.next_due_ms()
-                if due is not None:
-                    remaining = min(remaining, max((due - now) / 1000.0, 0.001))
-                seen = self._log.append_seq()      # read under the lock: no lost wake-up
-            self._log.wait_append(seen, min(remaining, 0.1))
+            try:
+                claimed = self._claim_shared_once(worker_id, types, qs, end)
+            except ClosedError:
+                if waited:
+                    return None         # closed while we waited: a clean shutdown
+                raise
+            if claimed is None or claimed[0] is not None:
+                return claimed
+            seen, remaining = claimed[1]
+            self._parked += 1
+            try:
+                self._sl.wait_append(seen, min(remaining, 0.1))
+            except ClosedError:
+                return None
+            finally:
+                self._parked -= 1
             waited = True
+
+    def _claim_shared_once(self, worker_id, types, qs, end):
+        """One try of _claim_shared: (job, reserved), None (give up), or (None, (the
+        page's append counter, seconds to sleep at most))."""
+        with self._deciding():
+            if self._closed:
+                raise ClosedError("the queue is closed")
+            if self._read_only:
+                raise ReadOnlyError("the queue was opened read_only")
+            now = self._now_ms()
+            job_id = self._state.pick(now, qs, types)
+            if job_id is not None:
+                rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
+                rec = rec._replace(proc=self._liveness.attach_lsn)
+                reserved = self._reserve_apply([rec])
+                return self._state.get(job_id), reserved
+            if end is None:
+                return None
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return None
+            due = self._state.next_due_ms()
+            if due is not None:
+                remaining = min(remaining, max((due - now) / 1000.0, 0.001))
+            # read under the lock: a publish after it changes the counter (no lost wake-up)
+            return None, (self._sl.append_seq(), remaining)
 
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
@@ -850,6 +884,9 @@ class Queue(QueueInterface):
                 if self._liveness is not None:
                     self._liveness.probe()
                 self.reap()
+                if self._liveness is not None:
+                    with self._lock:
+                        self._liveness.publish(self._cursor[2])
             except ClosedError:
                 return
             except Exception:  # a failed log refuses writes until reopened; stop quietly
@@ -948,7 +985,7 @@ def _after_fork_in_child() -> None:
     _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
     for q in list(_OPEN_QUEUES):
         q._lock = YieldingLock()
-        q._cond = threading.Condition(q._lock)  # type: ignore[arg-type]
+        q._cond = threading.Condition(q._lock)
         if q._shared:
             if q._liveness is not None:
                 q._liveness.forget_after_fork()

@@ -27,7 +27,7 @@ import errno as _errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class SharedLog(Log):
     The queue uses ``locked()`` to decide on the newest state and write in one critical
     section; ``read_from(cursor)`` to fold what others appended."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._shared = True
         self._shm = None
@@ -69,12 +69,14 @@ class SharedLog(Log):
         self._seg_first = 0
         self._seg_size = 0
         self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
+        self._roll_seq = -1            # the page's roll counter when _fd was opened
         self._holder: int | None = None   # thread id holding the append lock
-        self._interval = None
+        self._interval: threading.Thread | None = None
         self._stop = threading.Event()
         self.rebuilt = False           # this open was alone: it recovered the log
         self.recovered_next_lsn = 0    # alone: every record below it is a dead process's
         self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
+        self.retention_pin: Callable[[], int] | None = None  # see retire_segments_before
         self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
                        "repairs": 0}
 
@@ -137,6 +139,7 @@ class SharedLog(Log):
                 # nobody else is attached: the page may be stale (a crash) and the log's
                 # tail may be torn; recover exactly as an exclusive open does
                 self._recover(mode, interval_ms)
+                assert self._recovered_tail is not None     # set by _recover
                 lsn, path, end, next_lsn = self._recovered_tail
                 self.recovered_next_lsn = next_lsn
                 if next_lsn > MAX_SHARED_LSN:
@@ -167,6 +170,8 @@ class SharedLog(Log):
         if fd < 0:
             raise os_error(fd, path)
         size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
+        if self._shm is not None:
+            self._roll_seq = lib.au_shm_roll_seq(self._shm)
         if self._fd >= 0:
             self._old_fds.append(self._fd)
             while len(self._old_fds) > 2:
@@ -250,7 +255,9 @@ class SharedLog(Log):
         holder that died left half done (a batch being written: zeroed; a roll: redone)."""
         write, writing, next_lsn, _ = self._position()
         seg, _ = _seg_off(write)
-        if seg != self._seg_first:
+        if seg != self._seg_first or lib.au_shm_roll_seq(self._shm) != self._roll_seq:
+            # a roll since we last looked: a new segment, or (a batch bigger than the
+            # segment) a bigger file renamed over an empty one of the same name
             self._open_segment(seg, self._wal / _seg_name(seg))
         if writing != write:
             self._stats["repairs"] += 1
@@ -259,9 +266,11 @@ class SharedLog(Log):
             else:
                 check_io(lib.au_shm_zero_tail(self._shm, self._fd), "repair", self._wal)
 
-    def _roll(self, next_lsn: int) -> None:
+    def _roll(self, next_lsn: int, size: int | None = None) -> None:
         """Under the lock: seal the newest segment and start the next at ``next_lsn``
-        (FORMAT.md "Preallocation, rolling", with the next segment created inline)."""
+        (FORMAT.md "Preallocation, rolling", with the next segment created inline), of
+        ``size`` bytes (default segment_bytes; more for a batch that needs it). A newest
+        segment that holds no record is replaced by the new file of the same name."""
         h = self._shm
         old_fd, old_first = self._fd, self._seg_first
         write = self._position()[0]
@@ -277,7 +286,8 @@ class SharedLog(Log):
             if is_file(tmp):                  # left by a roller that died (under this lock)
                 remove_file(tmp, fsync_dir=False)
             check_io(lib.au_segment_create(os.fsencode(str(self._wal)), next_lsn,
-                                           self.segment_bytes, self.max_record_bytes),
+                                           max(size or 0, self.segment_bytes),
+                                           self.max_record_bytes),
                      "create segment", new_path)
             if next_lsn != old_first and off + SEG_HDR <= self._seg_size:
                 hdr = bytearray(_BATCH.pack(SEG_HDR, 0, next_lsn, 0,
@@ -336,10 +346,11 @@ class SharedLog(Log):
             raise DurabilityError("shared mode supports LSNs below 2**32")
         _, off = _seg_off(write)
         if off + blen + SEG_HDR > self._seg_size:
-            if SEG_HDR + blen + SEG_HDR > self.segment_bytes:
-                raise ValueError(f"a batch of {blen} bytes does not fit a segment of "
-                                 f"{self.segment_bytes} bytes (segment_bytes)")
-            self._roll(next_lsn)
+            need = SEG_HDR + blen + SEG_HDR
+            if need > _OFF_MASK:
+                raise ValueError(f"a batch of {blen} bytes does not fit a segment")
+            # a batch bigger than segment_bytes gets a segment of its own size
+            self._roll(next_lsn, need)
         # durable_end: how far this segment is known fdatasynced (FORMAT.md; recovery
         # tells a torn tail from a damaged record by it). The page's synced position is
         # read under the append lock: it is <= our offset, and after a roll it is the new
@@ -441,6 +452,13 @@ class SharedLog(Log):
         while (seg, off) < (lseg, loff):
             path = self._wal / _seg_name(seg)
             fd = lib.au_open(os.fsencode(str(path)), os.O_RDONLY | _O_CLOEXEC, 0)
+            if fd == -_errno.ENOENT and seg != lseg and nxt != seg and \
+                    is_file(self._wal / _seg_name(nxt)):
+                # retired: retirement keeps every segment holding a record at or above a
+                # live process's published pin, so all that was left for us here was its
+                # SEAL; the next segment starts at our next LSN
+                seg, off = nxt, SEG_HDR
+                continue
             if fd < 0:
                 raise os_error(fd, path)
             try:
@@ -506,19 +524,21 @@ class SharedLog(Log):
         return self._scan(from_lsn, (seg, off))
 
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
-        """Shared mode keeps every segment: another process may not have folded them yet
-        (docs/INTERNALS.md, "Shared mode": retention pins are not implemented)."""
-        return []
+        """As Log's, but never past the pin: the lowest LSN a live process may still have
+        to read (``retention_pin``, set by the queue from the processes' liveness files;
+        None: retire nothing). Never the segment the page says is being written."""
+        self._h()
+        pin = self.retention_pin() if self.retention_pin is not None else 0
+        if pin <= 1:
+            return []
+        return self._retire_before(min(lsn, pin), self._seg_first, archive_dir)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited copies of the parent's fds and mapping
         (closing a copy never releases the parent's flocks: they belong to the shared open
         file description, and the parent keeps its fds), so that the parent's death is
         seen by everyone even while the child lives. Any later use raises ForkedError."""
-        for fd in self._old_fds + [self._fd]:
-            if fd >= 0:
-                lib.au_close(fd)
-        self._old_fds, self._fd = [], -1
+        self._close_segment_fds()
         if self._shm is not None:
             shm, self._shm = self._shm, None
             ffi.gc(shm, None)
@@ -545,26 +565,33 @@ class SharedLog(Log):
         self._stop.set()
         if self._interval is not None and self._interval is not threading.current_thread():
             self._interval.join()
-        # closing fds only: a forked child's copies never release the parent's flocks
-        for fd in self._old_fds + [self._fd]:
-            if fd >= 0:
-                lib.au_close(fd)
-        self._old_fds, self._fd = [], -1
+        if forked:
+            # closing fds only: a forked child's copies never release the parent's flocks
+            self._close_segment_fds()
+        # else the segment fds go with the object (__del__): a thread of ours asleep in a
+        # group commit may still lead one fdatasync with them (never a closed fd)
         if self._shm is not None:
             if forked:
                 self._shm = None      # the mapping is the parent's: leave it to exit
             else:
-                shm, self._shm = self._shm, None
-                ffi.gc(shm, None)          # no second close by the collector
-                lib.au_shm_close(shm)
+                # the flock goes now; the mapping when the last reference does (a thread
+                # of ours may still be asleep in a call that reads the page)
+                lib.au_shm_detach(self._shm)
         self._release()
         if err is not None:
             raise err
+
+    def _close_segment_fds(self) -> None:
+        for fd in self._old_fds + [self._fd]:
+            if fd >= 0:
+                lib.au_close(fd)
+        self._old_fds, self._fd = [], -1
 
     def __del__(self):
         try:
             if not self._closed and os.getpid() == self._pid and self._shm is not None:
                 self.close()
+            self._close_segment_fds()
         except Exception:
             pass
 

@@ -21,16 +21,16 @@ local store's files and refuse a DSN.
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
 
-Any number of processes share a store (docs/INTERNALS.md, "Shared mode"): the writing
-commands (enqueue, retry, cancel, purge, compact) open it beside running workers, and
-several ``aurora-log worker`` processes can serve one store. The reading commands (stats,
-jobs, show, history, dump, verify) open it read-only and show what the others have written.
-Only a process that opened the store with ``exclusive=True`` keeps the others out: then
-a writing command answers "in use".
+The writing commands (enqueue, retry, cancel, purge, compact) open the store shared
+(docs/INTERNALS.md, "Shared mode"): they work beside running workers whose code opened the
+store with ``aurora_log.open(path, shared=True)``, and several ``aurora-log worker``
+processes can serve such a store. A process that opened it without ``shared=True`` holds
+it alone: then a writing command answers "in use". The reading commands (stats, jobs,
+show, history, dump, verify) open it read-only and work beside either.
 
 Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
-error, 3 when the store is held by an exclusive-mode process. No tracebacks (``--log-level debug``
-logs one for an unexpected error).
+error, 3 when the store is held by a process that opened it without shared=True. No
+tracebacks (``--log-level debug`` logs one for an unexpected error).
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ def _local_only(target: str, what: str) -> None:
 def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
     """Open an existing store for a one-shot command. Reading commands open it read_only
     (no lock; they see what running workers have written); writing commands open it
-    shared beside them, and fail with exit status 3 only beside an exclusive-mode process.
+    shared, and fail with exit status 3 beside a process that holds it alone.
     A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
     if _is_dsn(directory):
@@ -322,11 +322,13 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
         with _busy(f"opening {directory} (replaying the log)"):
             if write:
                 # one command: no reaper or compactor threads of its own
-                return aurora_log.open(path, reaper_interval=None, auto_compact=False)
+                return aurora_log.open(path, shared=True, reaper_interval=None,
+                                       auto_compact=False)
             return aurora_log.open(path, read_only=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {directory} is in use by another process that opened it "
-                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def _out(text: str = "") -> None:
@@ -504,10 +506,11 @@ def cmd_enqueue(args) -> int:
         raise CliError(f"{args.dir} is not a directory")
     import aurora_log
     try:
-        q = aurora_log.open(path)       # enqueue may create a new store
+        q = aurora_log.open(path, shared=True)       # enqueue may create a new store
     except LockedError:
         raise CliError(f"store {args.dir} is in use by another process that opened it "
-                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     with q:
         job_id = q.enqueue(job)
     _out(job_id)
@@ -691,7 +694,8 @@ def cmd_dump(args) -> int:
         wal = Log.open(path)
     except LockedError:
         raise CliError(f"store {args.dir} is in use by another process that opened it "
-                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
     try:
         total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
         update, done = _progress_bar(total if total > 10000 else None, "dump")
@@ -782,10 +786,11 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
     if path.exists() and not path.is_dir():
         raise CliError(f"{target} is not a directory")
     try:
-        return aurora_log.open(path, reaper_interval=None)
+        return aurora_log.open(path, shared=True, reaper_interval=None)
     except LockedError:
         raise CliError(f"store {target} is in use by another process that opened it "
-                       "with exclusive=True; stop it first", EXIT_LOCKED) from None
+                       "without shared=True; open it shared there, or stop it first",
+                       EXIT_LOCKED) from None
 
 
 def cmd_copy(args) -> int:

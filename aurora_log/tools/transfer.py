@@ -182,7 +182,9 @@ def _import_local(q: Any, batch: list[tuple[Job, list]]) -> list[tuple[str, str]
     own operations take, one atomic batch per job) and check the result."""
     out = []
     for job, history in batch:
-        with q._lock:
+        # the queue's decision section: its lock, and on a shared store the append lock
+        # with the state caught up to every other process's records
+        with q._deciding():
             q._check_open()
             state = q._state
             if job.id in state:

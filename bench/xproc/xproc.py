@@ -68,7 +68,7 @@ FOLD_RESET = 20_000
 # ------------------------------------------------------------------ the shm module
 
 def build_shm(tmpdir: str):
-    """Compile native/shm.c (with the crc and syscall-table files it uses) into a cffi
+    """Compile native/shm.c (with the crc, format and syscall-table files it uses) into a cffi
     module in `tmpdir`; its cdef is the shm part of native/aurora.h."""
     import cffi
 
@@ -80,7 +80,8 @@ def build_shm(tmpdir: str):
     ffi = cffi.FFI()
     ffi.cdef(part)
     ffi.set_source("_xproc_shm", '#include "aurora.h"\n',
-                   sources=[os.path.join(NATIVE, s) for s in ("crc32c.c", "sys.c", "shm.c")],
+                   sources=[os.path.join(NATIVE, s)
+                            for s in ("crc32c.c", "sys.c", "format.c", "shm.c")],
                    include_dirs=[NATIVE],
                    extra_compile_args=["-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L",
                                        "-pthread"],

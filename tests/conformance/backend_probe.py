@@ -3,6 +3,8 @@
 
 def parked(q) -> bool:
     """True when a claim(wait=...) on ``q`` is blocked waiting (for the close test)."""
+    if getattr(q, "_parked", 0):                 # the local Queue, shared mode: the page
+        return True
     if hasattr(q, "_cond"):                      # the local Queue's condition
         return bool(q._cond._waiters)
     listener = getattr(q, "_listener", None)     # PostgresQueue's LISTEN thread
