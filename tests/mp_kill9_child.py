@@ -27,6 +27,7 @@ import random
 import sys
 import time
 
+from mp_support import shared_options
 from test_kill9_child import payload
 
 LEASE_SECONDS = 300.0
@@ -78,7 +79,7 @@ def work(q, name: str, rng: random.Random) -> None:
 def main(argv: list[str]) -> None:
     role, store, name, seed = argv[1], argv[2], argv[3], int(argv[4])
     import aurora_log
-    q = aurora_log.open(store, durability="sync", retry_base=0.0, retry_cap=0.0,
+    q = aurora_log.open(store, **shared_options(), durability="sync", retry_base=0.0, retry_cap=0.0,
                         reaper_interval=0.2)
     say("READY")
     (produce if role == "producer" else work)(q, name, random.Random(seed))

@@ -30,6 +30,7 @@ from typing import Any
 
 import aurora_log
 from aurora_log.job import Job, from_ms, to_ms
+from mp_support import shared_options
 
 
 class SharedClock:
@@ -85,7 +86,8 @@ class Server:
         op = cmd["op"]
         if op == "open":
             self.clock = SharedClock(cmd["clock"])
-            self.q = aurora_log.open(cmd["path"], clock=self.clock, **cmd.get("options", {}))
+            options = {**shared_options(), **cmd.get("options", {})}
+            self.q = aurora_log.open(cmd["path"], clock=self.clock, **options)
             return {"recovered": self.q.recovered}
         if op == "close":
             if self.q is not None:

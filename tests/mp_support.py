@@ -30,11 +30,21 @@ def child_env() -> dict[str, str]:
         [str(ROOT), str(HERE)] + ([extra] if extra else [])))
 
 
+SHARED_ENV = "AURORA_TEST_SHARED_OPTIONS"     # JSON: the open options of a shared store
+
+
+def shared_options() -> dict[str, Any]:
+    """The options that make ``aurora_log.open`` share a store between processes in this
+    build (``{"shared": True}`` while shared mode is opt-in; ``{}`` once it is the default),
+    as the probe found them. Children inherit them through the environment."""
+    return json.loads(os.environ.get(SHARED_ENV, "{}"))
+
+
 _PROBE = """
-import sys
+import json, sys
 import aurora_log
 try:
-    aurora_log.open(sys.argv[1], reaper_interval=None).close()
+    aurora_log.open(sys.argv[1], reaper_interval=None, **json.loads(sys.argv[2])).close()
 except aurora_log.LockedError as e:
     print(e)
     sys.exit(3)
@@ -43,22 +53,32 @@ except aurora_log.LockedError as e:
 
 def second_open_refused() -> str | None:
     """Why this build cannot share a store between processes (a second process's open of a
-    directory another process holds raises LockedError), or None if it can."""
+    directory another process holds raises LockedError, by default and with shared=True),
+    or None if it can: then shared_options() names the options that made it work."""
     import aurora_log
-    d = tempfile.mkdtemp(prefix="aurora-mp-probe-")
-    try:
-        with aurora_log.open(Path(d) / "store", reaper_interval=None):
-            out = subprocess.run([sys.executable, "-c", _PROBE, str(Path(d) / "store")],
-                                 env=child_env(), capture_output=True, text=True, timeout=60)
-        if out.returncode == 3:
-            return ("a second process's aurora_log.open of a store another process holds "
-                    f"raises LockedError ({out.stdout.strip()}): no shared store in this build "
-                    "(issue 19 phase 2)")
-        if out.returncode != 0:
-            raise AssertionError(f"the probe's second open failed: {out.stderr[-2000:]}")
-        return None
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    refusals = []
+    for opts in ({}, {"shared": True}):
+        d = tempfile.mkdtemp(prefix="aurora-mp-probe-")
+        try:
+            try:
+                first = aurora_log.open(Path(d) / "store", reaper_interval=None, **opts)
+            except TypeError as e:          # a build without the option
+                refusals.append(f"open(**{opts}): {e}")
+                continue
+            with first:
+                out = subprocess.run([sys.executable, "-c", _PROBE, str(Path(d) / "store"),
+                                      json.dumps(opts)], env=child_env(), capture_output=True,
+                                     text=True, timeout=60)
+            if out.returncode == 0:
+                os.environ[SHARED_ENV] = json.dumps(opts)
+                return None
+            if out.returncode != 3:
+                raise AssertionError(f"the probe's second open failed: {out.stderr[-2000:]}")
+            refusals.append(f"open(**{opts}): LockedError ({out.stdout.strip()})")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return ("a second process cannot open a store another process holds: no shared store in "
+            "this build (issue 19 phase 2): " + "; ".join(refusals))
 
 
 class SharedClock:

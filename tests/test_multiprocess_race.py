@@ -15,14 +15,15 @@ import time
 
 import aurora_log
 from aurora_log import Job
-from mp_support import child_env
+from mp_support import child_env, shared_options
 
 RACERS = 16
 
 RACER = """
 import sys
 import aurora_log
-q = aurora_log.open(sys.argv[1], reaper_interval=None, auto_compact=False)
+from mp_support import shared_options
+q = aurora_log.open(sys.argv[1], reaper_interval=None, auto_compact=False, **shared_options())
 print("READY", flush=True)
 sys.stdin.readline()                              # the start signal
 job = q.claim("racer", wait=60)
@@ -69,7 +70,7 @@ def test_sixteen_processes_race_for_one_job(shared_store, tmp_path):
         winner = next(iter(won))
         others = [p for n, p in enumerate(procs) if n != winner]
         assert _lines_within(others, 0.5) == {}   # the others are still waiting, empty-handed
-        with aurora_log.open(store, reaper_interval=None) as q:
+        with aurora_log.open(store, reaper_interval=None, **shared_options()) as q:
             rest = q.enqueue_many([Job("t", {"n": n}) for n in range(1, RACERS)])
             got = _lines_within(others, 60, want=len(others))
             assert sorted(line.split()[1] for line in got.values()) == sorted(rest)
