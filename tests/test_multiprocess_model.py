@@ -239,7 +239,8 @@ class MultiProcessMachine(RuleBasedStateMachine):
     def cancel(self, p, data):
         if not self.model.jobs:
             return
-        job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        # by enqueue order, not by id: new_id() ids differ from run to run
+        job_id = data.draw(st.sampled_from(list(self.model.jobs)))
         try:
             want = self.model.cancel(job_id)
         except Invalid:
@@ -251,7 +252,8 @@ class MultiProcessMachine(RuleBasedStateMachine):
     def retry_dead(self, p, data):
         if not self.model.jobs:
             return
-        job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        # by enqueue order, not by id: new_id() ids differ from run to run
+        job_id = data.draw(st.sampled_from(list(self.model.jobs)))
         try:
             self.model.retry_dead(job_id)
         except Invalid:
@@ -266,7 +268,7 @@ class MultiProcessMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(j.status == "running" for j in self.model.jobs.values()))
     @rule(data=st.data(), delta=st.sampled_from([-1, 0, 1]))
     def advance_to_a_lease_edge(self, data, delta):
-        running = sorted(j.id for j in self.model.jobs.values() if j.status == "running")
+        running = [j.id for j in self.model.jobs.values() if j.status == "running"]
         j = self.model.jobs[data.draw(st.sampled_from(running))]
         edge = data.draw(st.sampled_from(
             [j.lease_deadline] + ([j.started + j.timeout_ms] if j.timeout_ms else [])))
