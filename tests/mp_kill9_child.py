@@ -15,6 +15,7 @@ lines of every process in the order things happened:
     D <id> <retry> <ns>       claim() delivered <id>
     C <id> <ns>               complete(<id>) returned (acknowledged)
     F <id> <status> <ns>      fail(<id>) returned <status>
+    S <n> <ns>                a producer's compact() returned (a snapshot was written)
 
 Jobs carry a 300 s lease: a killed worker's jobs that come back within seconds came back
 because its death was noticed, not because a lease ran out.
@@ -31,6 +32,7 @@ from mp_support import shared_options
 from test_kill9_child import payload
 
 LEASE_SECONDS = 300.0
+COMPACT_EVERY = 100          # a producer writes a snapshot every this many enqueue calls
 
 
 def say(*fields: object) -> None:
@@ -56,6 +58,9 @@ def produce(q, name: str, rng: random.Random) -> None:
             q.enqueue(Job("k", payload(i), id=i, max_retries=8, priority=rng.randrange(1, 5),
                           lease_duration=LEASE_SECONDS))
             say("E", i)
+        if n % COMPACT_EVERY == 0:
+            q.compact()          # snapshots others open from; a kill may land mid-way
+            say("S", n)
         time.sleep(rng.uniform(0.005, 0.025))     # about the workers' pace: no endless backlog
 
 

@@ -1,8 +1,10 @@
 """kill -9 of random producer and worker processes sharing one store (issue 19).
 
 Several producer and worker processes (tests/mp_kill9_child.py) open the same store at
-once. Each cycle SIGKILLs one of them at random (producer or worker, sometimes before it
-finished opening) and starts a new one in its place; the others keep running. Every
+once (producers also write a snapshot every 100 enqueue calls, so restarted processes open
+from snapshots and some kills land mid-compaction). Each cycle SIGKILLs one of them at
+random (producer or worker, sometimes before it finished opening) and starts a new one in
+its place; the others keep running. Every
 process reports each acknowledgement on its pipe after the call returned, with a
 system-wide monotonic timestamp, so the test merges all pipes in the order things
 happened and feeds the single-process test's bookkeeping (tests/test_kill9.py's Knowledge
@@ -107,6 +109,7 @@ class Kill:
 
 @dataclass
 class MultiTally(Tally):
+    snapshots: int = 0
     producer_kills: int = 0
     worker_kills: int = 0
     jobs_held_at_kills: int = 0
@@ -120,7 +123,8 @@ class MultiTally(Tally):
         return super().ok and not self.not_returned
 
     def line(self) -> str:
-        return (f"{super().line()}; kills: {self.producer_kills} producers, "
+        return (f"{super().line()}; {self.snapshots} snapshots; "
+                f"kills: {self.producer_kills} producers, "
                 f"{self.worker_kills} workers holding {self.jobs_held_at_kills} jobs: "
                 f"{len(self.returned_s)} back to pending ({_spread(self.returned_s)}), "
                 f"redelivered {len(self.redelivery_s)} ({_spread(self.redelivery_s)}), "
@@ -290,6 +294,7 @@ def run_cycles(store: Path, cycles: int, seed: int = 0, *, producers: int = 2,
             t.child_errors.append(f"{child.name}: {err[-2000:]}")
     k = Knowledge()
     k.feed([line for _, line in everything], t)
+    t.snapshots = sum(1 for _, line in everything if line.startswith("S "))
     _returned(kills, everything, store, t)
     _check_and_drain(store, k, t)
     t.seconds = time.monotonic() - start
