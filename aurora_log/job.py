@@ -416,7 +416,9 @@ class Job:
     Every builder validates at once and raises TypeError/ValueError with a clear message.
     """
 
-    __slots__ = _FIELDS
+    # _auto_id: the id new_id() drew for this Job (None if the caller chose one): a shared
+    # store's enqueue needs no catch-up for a job whose id nobody else can hold
+    __slots__ = _FIELDS + ("_auto_id",)
 
     def __init__(self, job_type: str, payload: Mapping[str, Any] | None = None, *,
                  id: str | None = None,
@@ -443,6 +445,7 @@ class Job:
                  cancel_requested: bool = False):
         self.job_type = check_name(job_type, "job_type")
         self.id = new_id() if id is None else check_text(id, "id", MAX_NAME_CHARS)
+        self._auto_id = self.id if id is None else None
         self.payload: dict[str, Any] = {}
         if payload is not None:
             self.with_payload(payload)

@@ -421,3 +421,21 @@ def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
         assert a.get(ids[-1]) is not None and a.stats()["total"] == 42
     with aurora_log.open(path, segment_bytes=4096) as q:
         assert q.stats()["total"] == 42 and q.log.report.cuts == []
+
+
+def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
+    path = str(tmp_path / "s")
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False)
+    with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
+        a.enqueue_many([Job("t", {"i": i}) for i in range(5)])
+        before = b._cursor
+        ids = [b.enqueue(Job("t", {})) for _ in range(3)]
+        assert b._cursor == before                  # nothing folded on the producer's path
+        assert b.get(ids[-1]) is not None           # a read catches up (a's and its own)
+        assert b.stats()["total"] == 8 and b._cursor[2] > before[2]
+        # a caller-chosen id (or a unique key) depends on the state: decided caught up
+        a.enqueue(Job("t", {}, id="chosen"))
+        with pytest.raises(ValueError, match="already exists"):
+            b.enqueue(Job("t", {}, id="chosen"))
+        first = a.enqueue(Job("t", {}, unique_key="k"))
+        assert b.enqueue(Job("t", {}, unique_key="k")) == first

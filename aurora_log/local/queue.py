@@ -554,7 +554,12 @@ class Queue(QueueInterface):
         # The enqueue time is read before the lock: records stay self-consistent (a job's
         # due time is its own `at`), and encoding happens outside the lock.
         now = self._now_ms()
+        jobs = list(jobs)
         built = [self._build(j, now) for j in jobs]
+        if self._shared and built and all(
+                rec.unique_key is None and getattr(j, "_auto_id", None) == rec.id
+                for j, (rec, _) in zip(jobs, built, strict=True)):
+            return self._enqueue_lazily(built, durable)
         ids: list[str] = []
         with self._deciding():
             self._check_open()
@@ -588,6 +593,21 @@ class Queue(QueueInterface):
         elif lsn > 0 and durable:
             self._log.sync(lsn)
         return ids
+
+    def _enqueue_lazily(self, built: list, durable: bool) -> list[str]:
+        """Shared mode, jobs with no unique key and ids drawn at random: their records do
+        not depend on the state, so they are written under the append lock without a
+        catch-up, and folded (in LSN order with everyone else's) at this process's next
+        catch-up (docs/INTERNALS.md "Catch-up": a producer never folds on its hot path)."""
+        encoded = [(R.ENQUEUE, payload) for _, payload in built]
+        checked = self._log.check_records(encoded)
+        self._check_open()
+        log = self._sl
+        with log.locked():
+            first = log.reserve(len(encoded))
+            pos = log.write_locked(first, encoded, checked)
+        log.wait_pos(pos, "durable" if durable else "none")
+        return [rec.id for rec, _ in built]
 
     # ------------------------------------------------------------------ workers
 
