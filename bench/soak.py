@@ -1,6 +1,8 @@
 """The long runs of the crash-consistency suite (issue 6), outside CI.
 
     python bench/soak.py kill9     [--cycles 1000] [--seed 1] [--rotate 25]
+    python bench/soak.py mpkill9   [--cycles 500] [--seed 1] [--producers 2] [--workers 2]
+    python bench/soak.py mpmodel   [--examples 200] [--steps 50]
     python bench/soak.py powerloss [--steps 2000] [--seeds 3] [--modes drop,torn,subset,keep]
     python bench/soak.py bitflips  [--segments 3] [--segment-bytes 4096]
     python bench/soak.py fuzz      [--inputs 2000000] [--libfuzzer-seconds 600] [--seed 7]
@@ -47,6 +49,50 @@ def soak_kill9(args) -> bool:
         for x in getattr(t, name)[:5]:
             print(f"  {name}: {x}")
     return t.ok and t.cycles == args.cycles
+
+
+def soak_mpkill9(args) -> bool:
+    """kill -9 of random producer/worker processes sharing one store (issue 19)."""
+    import test_multiprocess_kill9 as k
+    from mp_support import second_open_refused
+    why = second_open_refused()
+    if why is not None:
+        print(f"mpkill9: skipped: {why}")
+        return True
+    d = Path(tempfile.mkdtemp(prefix="aurora-soak-mpkill9-"))   # a real disk: real fsyncs
+    try:
+        t = k.run_cycles(d / "store", args.cycles, seed=args.seed, producers=args.producers,
+                         workers=args.workers, progress=50)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"mpkill9: {t.line()}")
+    for name in ("lost", "phantom", "resurrected", "duplicated", "not_returned",
+                 "child_errors"):
+        for x in getattr(t, name)[:5]:
+            print(f"  {name}: {x}")
+    slow = [s for s in t.returned_s if s >= k.REDELIVERY_BOUND]
+    if slow:
+        print(f"  {len(slow)} returns slower than {k.REDELIVERY_BOUND}s: {sorted(slow)[-5:]}")
+    return t.ok and t.cycles == args.cycles and not slow
+
+
+def soak_mpmodel(args) -> bool:
+    """The 3-process state machine against the reference model, with more examples."""
+    import test_multiprocess_model as m
+    from mp_support import second_open_refused
+    why = second_open_refused()
+    if why is not None:
+        print(f"mpmodel: skipped: {why}")
+        return True
+    start = time.monotonic()
+    try:
+        m.run_model(examples=args.examples, steps=args.steps)
+    except Exception as e:  # noqa: BLE001 - hypothesis printed the shrunk failing steps
+        print(f"mpmodel: FAILED: {e}")
+        return False
+    print(f"mpmodel: {args.examples} examples x {args.steps} steps in 3 processes, "
+          f"every process's view equal to the model; {time.monotonic() - start:.0f}s")
+    return True
 
 
 def soak_powerloss(args) -> bool:
@@ -183,6 +229,14 @@ def main(argv=None) -> int:
     k.add_argument("--seed", type=int, default=1)
     k.add_argument("--rotate", type=int, default=25, help="new store every N cycles")
     k.add_argument("--max-run", type=float, default=0.6)
+    mk = sub.add_parser("mpkill9")
+    mk.add_argument("--cycles", type=int, default=500)
+    mk.add_argument("--seed", type=int, default=1)
+    mk.add_argument("--producers", type=int, default=2)
+    mk.add_argument("--workers", type=int, default=2)
+    mm = sub.add_parser("mpmodel")
+    mm.add_argument("--examples", type=int, default=200)
+    mm.add_argument("--steps", type=int, default=50)
     pl = sub.add_parser("powerloss")
     pl.add_argument("--steps", type=int, default=2000)
     pl.add_argument("--seeds", type=int, default=3)
@@ -201,11 +255,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "all":
         ok = True
-        for name, fn in (("kill9", soak_kill9), ("powerloss", soak_powerloss),
+        for name, fn in (("kill9", soak_kill9), ("mpkill9", soak_mpkill9),
+                         ("mpmodel", soak_mpmodel), ("powerloss", soak_powerloss),
                          ("bitflips", soak_bitflips), ("fuzz", soak_fuzz)):
             ok = fn(p.parse_args([name])) and ok
         return 0 if ok else 1
-    fn = {"kill9": soak_kill9, "powerloss": soak_powerloss, "bitflips": soak_bitflips,
+    fn = {"kill9": soak_kill9, "mpkill9": soak_mpkill9, "mpmodel": soak_mpmodel,
+          "powerloss": soak_powerloss, "bitflips": soak_bitflips,
           "fuzz": soak_fuzz}[args.what]
     return 0 if fn(args) else 1
 

@@ -70,3 +70,15 @@ def pg_schema(pg_server):
             conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     except psycopg.OperationalError:
         pass
+
+
+# ------------------------------------------------------------------ many processes
+
+@pytest.fixture(scope="session")
+def shared_store():
+    """Skip the test unless several processes can open one store at once (issue 19): probed
+    once per session by a second process opening a store this one holds."""
+    from mp_support import second_open_refused
+    why = second_open_refused()
+    if why is not None:
+        pytest.skip(why)
