@@ -707,6 +707,33 @@ def retry_delay_ms(retry_count: int, *, base: float = DEFAULT_RETRY_BASE,
     return int(round(seconds * 1000))
 
 
+def check_new_job(job: Any) -> None:
+    """What every backend checks of a Job it is asked to enqueue (its attributes may have
+    been set directly, past the builders): a Job, valid names and limits, new and PENDING.
+    TypeError/ValueError; a caller writes nothing before this returns. Defaults are
+    recognised by identity first, so the common job costs a few comparisons."""
+    if type(job) is not Job and not isinstance(job, Job):
+        raise TypeError(f"enqueue takes a Job, not {type(job).__name__}")
+    check_text(job.id, "id", MAX_NAME_CHARS)
+    check_name(job.job_type, "job_type")
+    check_name(job.queue, "queue")
+    if job.unique_key is not None:
+        check_text(job.unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS)
+    prio = job.priority
+    if type(prio) is not JobPriority and (isinstance(prio, bool) or not isinstance(prio, int)
+                                          or not 1 <= prio <= 4):
+        raise ValueError(f"priority must be a JobPriority, got {prio!r}")
+    if job.max_retries is not DEFAULT_MAX_RETRIES:
+        check_retries(job.max_retries, "max_retries")
+    if job.timeout_seconds is not DEFAULT_TIMEOUT_SECONDS:
+        check_seconds(job.timeout_seconds, "timeout_seconds", allow_none=True)
+    if job.lease_duration is not DEFAULT_LEASE_SECONDS:
+        check_seconds(job.lease_duration, "lease_duration")
+    if job.status is not JobStatus.PENDING or job.retry_count != 0:
+        raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
+                         f"{job.status}, retry_count {job.retry_count})")
+
+
 def unfilled_job() -> Job:
     """An empty Job for the engine to fill from its state (no validation: the state holds
     only values that were validated before they were written)."""

@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import records as R
 from .locks import YieldingLock
-from ..errors import (ClosedError, CorruptionError, DependencyCycleError, ForkedError,
+from ..errors import (ClosedError, CorruptionError, ForkedError,
                       ReadOnlyError, UnknownParentError)
 from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
-                         check_job_id, check_names, token_bytes)
-from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
-                  MAX_DUE_MS, MAX_NAME_CHARS, MAX_UNIQUE_KEY_CHARS, Job, JobPriority, JobStatus,
-                  check_retries, check_seconds, check_name, check_text, encode_json,
+                         check_job_id, check_limit_args, check_names, token_bytes)
+from ..workflows import parents_first
+from ..job import (check_new_job, DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS,
+                  MAX_DUE_MS, MAX_NAME_CHARS, Job, JobStatus,
+                  check_seconds, check_name, check_text, encode_json,
                   encode_payload, retry_delay_ms, to_ms)
 from .table import FINISHED
 from .replay import replay
@@ -59,7 +60,6 @@ __all__ = ["Queue", "open"]
 _JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
 
 
-_STATUS_CODES = {s: s.code for s in JobStatus}
 # every open Queue of this process: a forked child marks them (register_at_fork below)
 _OPEN_QUEUES: weakref.WeakSet = weakref.WeakSet()
 _new_tuple = tuple.__new__
@@ -76,44 +76,9 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
-
 def open(path, **options) -> Queue:  # noqa: A001 - the package's documented entry point
     """Open (or create) the queue stored in directory ``path``. See :class:`Queue`."""
     return Queue(path, **options)
-
-
-
-
-def _parents_first(jobs: list[Job], deps: list) -> list[int]:
-    """The batch's indexes with every job after its parents in the batch (stable
-    otherwise). DependencyCycleError if jobs of the batch wait for each other."""
-    where = {j.id: k for k, j in enumerate(jobs)}
-    out: list[int] = []
-    state = [0] * len(jobs)          # 0 new, 1 on the path, 2 placed
-    for start in range(len(jobs)):
-        if state[start]:
-            continue
-        path = [start]
-        stack = [iter(deps[start][0] if deps[start] else ())]
-        state[start] = 1
-        while stack:
-            parent = next(stack[-1], None)
-            if parent is None:
-                stack.pop()
-                k = path.pop()
-                state[k] = 2
-                out.append(k)
-                continue
-            p = where.get(parent)
-            if p is None or state[p] == 2:
-                continue
-            if state[p] == 1:
-                cycle = [jobs[i].id for i in path[path.index(p):]] + [parent]
-                raise DependencyCycleError(cycle)
-            state[p] = 1
-            path.append(p)
-            stack.append(iter(deps[p][0] if deps[p] else ()))
-    return out
 
 
 class Queue(QueueInterface):
@@ -522,28 +487,8 @@ class Queue(QueueInterface):
     def _build(self, job: Job, now: int) -> tuple[R.Enqueue, bytes]:
         """Validate a Job (again: its attributes may have been set directly) and build and
         encode its ENQUEUE record. TypeError/ValueError; nothing is written."""
-        if type(job) is not Job and not isinstance(job, Job):
-            raise TypeError(f"enqueue takes a Job, not {type(job).__name__}")
-        check_text(job.id, "id", MAX_NAME_CHARS)
-        check_name(job.job_type, "job_type")
-        check_name(job.queue, "queue")
-        if job.unique_key is not None:
-            check_text(job.unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS)
-        prio = job.priority
-        if type(prio) is not JobPriority and (isinstance(prio, bool) or not isinstance(prio, int)
-                                              or not 1 <= prio <= 4):
-            raise ValueError(f"priority must be a JobPriority, got {prio!r}")
-        if job.max_retries is not DEFAULT_MAX_RETRIES:
-            check_retries(job.max_retries, "max_retries")
-        timeout = job.timeout_seconds
-        if timeout is not DEFAULT_TIMEOUT_SECONDS:
-            check_seconds(timeout, "timeout_seconds", allow_none=True)
-        lease = job.lease_duration
-        if lease is not DEFAULT_LEASE_SECONDS:
-            check_seconds(lease, "lease_duration")
-        if job.status is not JobStatus.PENDING or job.retry_count != 0:
-            raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
-                             f"{job.status}, retry_count {job.retry_count})")
+        check_new_job(job)
+        prio, timeout, lease = job.priority, job.timeout_seconds, job.lease_duration
         created_at = job.created_at
         if type(created_at) is datetime and created_at.tzinfo is not None \
                 and created_at.microsecond % 1000 == 0:
@@ -636,7 +581,7 @@ class Queue(QueueInterface):
                 rec.unique_key is None and getattr(j, "_auto_id", None) == rec.id
                 for j, (rec, _) in zip(jobs, built, strict=True)):
             return self._enqueue_lazily(built, durable), None, 0
-        order = range(len(jobs)) if not any(deps) else _parents_first(jobs, deps)
+        order = range(len(jobs)) if not any(deps) else parents_first(jobs)
         ids: list[str] = [""] * len(jobs)
         lsn = 0
         with self._deciding():
@@ -1061,31 +1006,8 @@ class Queue(QueueInterface):
         ``rate[1]`` seconds (a sliding window over the claims' own times). A job held back
         stays pending and is not charged an attempt. Both None removes the limit. The
         whole limit of that queue/job type is replaced."""
-        if (queue is None) == (job_type is None):
-            raise ValueError("set_limit takes exactly one of queue= or job_type=")
-        scope, name = ((R.SCOPE_QUEUE, queue) if queue is not None
-                       else (R.SCOPE_JOB_TYPE, job_type))
-        check_name(name, "queue" if scope == R.SCOPE_QUEUE else "job_type")
-        conc = 0
-        if concurrency is not None:
-            if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
-                    or not 1 <= concurrency <= 0xFFFFFFFF:
-                raise ValueError(f"concurrency must be an int >= 1 (or None), got "
-                                 f"{concurrency!r}")
-            conc = concurrency
-        count = period = 0
-        if rate is not None:
-            if not isinstance(rate, tuple) or len(rate) != 2:
-                raise TypeError("rate must be a (count, seconds) tuple")
-            count, seconds = rate
-            if isinstance(count, bool) or not isinstance(count, int) \
-                    or not 1 <= count <= 0xFFFFFFFF:
-                raise ValueError(f"rate count must be an int >= 1, got {count!r}")
-            check_seconds(seconds, "rate period")
-            period = round(seconds * 1000)
-            if period < 1:
-                raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
-        assert name is not None
+        scope, name, conc, count, period = check_limit_args(queue, job_type, concurrency,
+                                                            rate)
         self._control(R.Limit(scope, name, self._now_ms(), conc, count, period))
 
     def schedule_periodic(self, name: str, cron: str, job: Job, *, tz: str = "UTC",

@@ -42,20 +42,14 @@ from ..errors import (
 )
 from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
                          check_job_id, check_names, token_bytes)
-from ..job import (
-    DEFAULT_LEASE_SECONDS,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT_SECONDS,
+from ..job import (check_new_job,
     MAX_DUE_MS,
     STATUS_CODES,
     MAX_NAME_CHARS,
-    MAX_UNIQUE_KEY_CHARS,
     Job,
     JobPriority,
     JobStatus,
-    check_retries,
     check_seconds,
-    check_name,
     check_text,
     decode_json,
     encode_json,
@@ -254,28 +248,8 @@ class PostgresQueue(ControlMixin, QueueInterface):
     def _row(self, job: Job, now: int) -> tuple:
         """Validate a Job (its attributes may have been set directly) and return its row
         values. TypeError/ValueError; nothing is written."""
-        if not isinstance(job, Job):
-            raise TypeError(f"enqueue takes a Job, not {type(job).__name__}")
-        check_text(job.id, "id", MAX_NAME_CHARS)
-        check_name(job.job_type, "job_type")
-        check_name(job.queue, "queue")
-        if job.unique_key is not None:
-            check_text(job.unique_key, "unique_key", MAX_UNIQUE_KEY_CHARS)
-        prio = job.priority
-        if type(prio) is not JobPriority and (isinstance(prio, bool) or not isinstance(prio, int)
-                                              or not 1 <= prio <= 4):
-            raise ValueError(f"priority must be a JobPriority, got {prio!r}")
-        if job.max_retries is not DEFAULT_MAX_RETRIES:
-            check_retries(job.max_retries, "max_retries")
-        timeout = job.timeout_seconds
-        if timeout is not DEFAULT_TIMEOUT_SECONDS:
-            check_seconds(timeout, "timeout_seconds", allow_none=True)
-        lease = job.lease_duration
-        if lease is not DEFAULT_LEASE_SECONDS:
-            check_seconds(lease, "lease_duration")
-        if job.status is not JobStatus.PENDING or job.retry_count != 0:
-            raise ValueError(f"only a new PENDING job can be enqueued (job {job.id} is "
-                             f"{job.status}, retry_count {job.retry_count})")
+        check_new_job(job)
+        prio, timeout, lease = job.priority, job.timeout_seconds, job.lease_duration
         created = to_ms(job.created_at, "created_at")
         sched = None
         if job.scheduled_at is not None:
