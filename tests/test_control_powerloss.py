@@ -68,6 +68,7 @@ class Marks:
     resume_invoked: int | None = None
     resume_acked: int | None = None
     fired: int = 0
+    parents: dict = field(default_factory=dict)     # child id -> parent ids, as enqueued
 
     def clock_at(self, point: int) -> float:
         t = T0
@@ -103,11 +104,6 @@ def control_workload(q, hist, rng, clock, *, marks: Marks, rounds: int = 3):
         clock.t += seconds
         marks.clock.append((hist.point(), clock.t))
 
-    q.schedule_periodic(SCHEDULE, CRON, _tick_template())
-    marks.fired += len(_fire(q, hist))                 # the due time T0
-    q.set_limit(queue=LIMITED, concurrency=LIMIT)
-    marks.limit_acked = hist.point()
-    q.set_limit(job_type=RATED, rate=RATE)
     n = 0
 
     def job(kind="t", **kw) -> Job:
@@ -115,6 +111,15 @@ def control_workload(q, hist, rng, clock, *, marks: Marks, rounds: int = 3):
         n += 1
         kw.setdefault("max_retries", 1)
         return Job(kind, {"n": n, "r": rng.randrange(1000)}, id=f"c{n:04d}", **kw)
+
+    q.schedule_periodic(SCHEDULE, CRON, _tick_template())
+    marks.fired += len(_fire(q, hist))                 # the due time T0
+    # jobs of the limited queue exist before its limit: a lost LIMIT record would let a
+    # recovered store run all of them
+    hist.enqueue(q, [job(queue=LIMITED) for _ in range(LIMIT + 1)])
+    q.set_limit(queue=LIMITED, concurrency=LIMIT)
+    marks.limit_acked = hist.point()
+    q.set_limit(job_type=RATED, rate=RATE)
 
     running: list = []
 
@@ -131,8 +136,9 @@ def control_workload(q, hist, rng, clock, *, marks: Marks, rounds: int = 3):
     for r in range(rounds):
         hist.enqueue(q, [job(queue=LIMITED) for _ in range(3)])
         hist.enqueue(q, [job(RATED) for _ in range(2)])
-        hist.enqueue(q, chain(job(), job(), job()))
-        hist.enqueue(q, group(job(), job(), then=job()))
+        for jobs in (chain(job(), job(), job()), group(job(), job(), then=job())):
+            marks.parents.update({j.id: j.depends_on for j in jobs if j.depends_on})
+            hist.enqueue(q, jobs)
         if r == 0:
             q.pause(PAUSED)
             marks.pause_acked = hist.point()
@@ -233,33 +239,38 @@ def _recover_and_check(store: Path, i: int, rc, marks: Marks, chk: Checker, sync
         q.schedule_periodic(SCHEDULE, CRON, _tick_template())
         f.refires += len(q.run_periodic())
         # 4. the limited queue: claim until empty, never more than LIMIT running
-        claimed = []
-        while (j := q.claim("after")) is not None:
-            claimed.append(j)
-            running = q.stats()["queues"].get(LIMITED, {}).get("running", 0)
-            if marks.limit_acked is not None and marks.limit_acked <= i and running > LIMIT:
-                problems.append(f"{running} running in {LIMITED} (limit {LIMIT})")
-                break
-        f.limited_claims += sum(j.queue == LIMITED for j in claimed)
-        # 5. dependencies: drain (completing), never a child before its parents completed
+        # 5. dependencies: at every claim (batches claimed before any completes), each
+        #    parent of the claimed job is COMPLETED
+        def claim_batch() -> list:
+            batch = []
+            while (j := q.claim("after")) is not None:
+                batch.append(j)
+                parents = marks.parents.get(j.id, ())    # from the workload, not the store
+                bad = [p for p in parents if q.get(p).status.value != "completed"]
+                if bad:
+                    problems.append(f"child {j.id} claimed before parents {bad} completed")
+                f.children_claimed += bool(parents)
+                running = q.stats()["queues"].get(LIMITED, {}).get("running", 0)
+                if limited and running > LIMIT:
+                    problems.append(f"{running} running in {LIMITED} (limit {LIMIT})")
+                    break
+            return batch
+
+        limited = marks.limit_acked is not None and marks.limit_acked <= i
+        first = claim_batch()
+        f.limited_claims += sum(j.queue == LIMITED for j in first)
         if PAUSED in q.stats()["control"]["paused"]:
             q.resume(PAUSED)
-        for j in claimed:
-            q.complete(j.id, j.token, {"drained": True})
-        idle = 0
-        while idle < 3:
-            j = q.claim("drain")
-            if j is None:
+        batch, idle = first, 0
+        while idle < 3:                     # drain: complete the batch, claim the next
+            for j in batch:
+                q.complete(j.id, j.token, {"drained": True})
+            batch = claim_batch()
+            if not batch:
                 idle += 1
-                clock.t += 3700                        # retries and rate windows come due
-                continue
-            idle = 0
-            parents = q.get(j.id).depends_on
-            bad = [p for p in parents if q.get(p).status.value != "completed"]
-            if bad:
-                problems.append(f"child {j.id} claimed before parents {bad} completed")
-            f.children_claimed += bool(parents)
-            q.complete(j.id, j.token, {"drained": True})
+                clock.t += 3700                          # retries and rate windows come due
+            else:
+                idle = 0
     finally:
         q.close()
     problems += [f"periodic (after reopen): {p}" for p in _check_firings(_entries(store))]
