@@ -15,6 +15,8 @@ and checked:
                 paused; one whose RESUME was acknowledged is not
     limit       claiming from the recovered store until empty never has more than LIMIT
                 jobs of the limited queue RUNNING (when the limit was acknowledged)
+    rate        no batch claimed at one clock instant has more than RATE[0] jobs of the
+                rate-limited type (when the rate limit was acknowledged)
     deps        draining the recovered store never hands out a child before every parent
                 is COMPLETED
     verify      aurora_log.verify(path) reports no problem, after all of the above
@@ -64,6 +66,7 @@ class Marks:
     """Crash points and clock times the checks need, filled in while recording."""
     clock: list = field(default_factory=list)       # (point, clock.t) after each change
     limit_acked: int | None = None
+    rate_acked: int | None = None
     pause_acked: int | None = None
     resume_invoked: int | None = None
     resume_acked: int | None = None
@@ -119,7 +122,9 @@ def control_workload(q, hist, rng, clock, *, marks: Marks, rounds: int = 3):
     hist.enqueue(q, [job(queue=LIMITED) for _ in range(LIMIT + 1)])
     q.set_limit(queue=LIMITED, concurrency=LIMIT)
     marks.limit_acked = hist.point()
+    hist.enqueue(q, [job(RATED) for _ in range(RATE[0] + 1)])
     q.set_limit(job_type=RATED, rate=RATE)
+    marks.rate_acked = hist.point()
 
     running: list = []
 
@@ -175,6 +180,7 @@ class Found:
     refires: int = 0             # firings the reopen made
     paused_checked: int = 0
     limited_claims: int = 0
+    rated_claims: int = 0
     children_claimed: int = 0
     failures: list = field(default_factory=list)
     seconds: float = 0.0
@@ -254,9 +260,15 @@ def _recover_and_check(store: Path, i: int, rc, marks: Marks, chk: Checker, sync
                 if limited and running > LIMIT:
                     problems.append(f"{running} running in {LIMITED} (limit {LIMIT})")
                     break
+            # one batch is claimed at one clock instant: one rate window
+            rated = sum(j.job_type == RATED for j in batch)
+            if rate_set and rated > RATE[0]:
+                problems.append(f"{rated} {RATED} claims in one instant (rate {RATE})")
+            f.rated_claims += rated
             return batch
 
         limited = marks.limit_acked is not None and marks.limit_acked <= i
+        rate_set = marks.rate_acked is not None and marks.rate_acked <= i
         first = claim_batch()
         f.limited_claims += sum(j.queue == LIMITED for j in first)
         if PAUSED in q.stats()["control"]["paused"]:
@@ -315,7 +327,8 @@ def _report(name: str, f: Found) -> None:
     print(f"\n[control powerloss] {name}: {f.points} crash points, {f.images} images, "
           f"{f.distinct} distinct, {f.recoveries} recoveries, {f.fires_seen} firings seen, "
           f"{f.refires} re-fired after reopen, {f.paused_checked} paused checks, "
-          f"{f.limited_claims} limited claims, {f.children_claimed} children claimed, "
+          f"{f.limited_claims} limited claims, {f.rated_claims} rated claims, "
+          f"{f.children_claimed} children claimed, "
           f"{len(f.failures)} failures, {f.seconds:.1f}s")
     assert not f.failures, "\n".join(f.failures[:20])
 
@@ -328,7 +341,7 @@ def test_control_every_op(tmp_path):
     assert f.points == len(rc.rec.ops) + 1
     assert marks.pause_acked and marks.resume_acked and marks.limit_acked
     assert f.fires_seen and f.refires and f.paused_checked and f.limited_claims
-    assert f.children_claimed
+    assert f.children_claimed and f.rated_claims
     _report("3 rounds", f)
 
 
@@ -336,6 +349,6 @@ def test_control_every_op(tmp_path):
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("seed", [171, 172])
 def test_control_every_op_long(tmp_path, seed):
-    f, rc, _ = run_control_powerloss(tmp_path, rounds=8, seed=seed)
+    f, rc, _ = run_control_powerloss(tmp_path, rounds=16, seed=seed)
     assert f.points == len(rc.rec.ops) + 1
-    _report(f"8 rounds seed {seed}", f)
+    _report(f"16 rounds seed {seed}", f)
