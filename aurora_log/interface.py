@@ -95,6 +95,32 @@ def check_job_id(job_id: Any) -> str:
     return job_id
 
 
+def check_progress(fraction: Any, message: Any) -> None:
+    """progress()'s arguments: a number within 0..1 and an optional str of at most
+    MAX_MESSAGE_CHARS that encodes as UTF-8. TypeError/ValueError."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
+    if message is not None:
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a str, not {type(message).__name__}")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"message is over {MAX_MESSAGE_CHARS} characters")
+        message.encode("utf-8")
+
+
+def error_text(error: Any) -> str:
+    """fail()'s error as stored: a str, cut at MAX_ERROR_CHARS, unencodable characters
+    replaced. TypeError for anything but a str."""
+    if not isinstance(error, str):
+        raise TypeError(f"error must be a str, not {type(error).__name__}")
+    text: str = error
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "... [truncated]"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def check_limit_args(queue: Any, job_type: Any, concurrency: Any,
                      rate: Any) -> tuple[int, str, int, int, int]:
     """set_limit's arguments checked: (scope 1 queue / 2 job type, name, concurrency or 0,

@@ -40,7 +40,7 @@ from . import records as R
 from .locks import YieldingLock
 from ..errors import (ClosedError, CorruptionError, ForkedError,
                       ReadOnlyError, UnknownParentError)
-from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
+from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_limit_args, check_names, token_bytes)
 from ..workflows import parents_first
 from ..job import (check_new_job, DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS,
@@ -786,16 +786,7 @@ class Queue(QueueInterface):
         """Report progress (0.0..1.0, optional message); counts as a heartbeat for
         last_heartbeat but does not extend the lease."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
-        if message is not None:
-            if not isinstance(message, str):
-                raise TypeError(f"message must be a str, not {type(message).__name__}")
-            if len(message) > MAX_MESSAGE_CHARS:
-                raise ValueError(f"message is over {MAX_MESSAGE_CHARS} characters")
-            message.encode("utf-8")
+        check_progress(fraction, message)
         with self._deciding():
             self._check_open()
             rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
@@ -823,11 +814,7 @@ class Queue(QueueInterface):
         DEAD_LETTER (retries spent) or CANCELLED (a cancel had been requested). Errors over
         64 KiB are truncated."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        if not isinstance(error, str):
-            raise TypeError(f"error must be a str, not {type(error).__name__}")
-        if len(error) > MAX_ERROR_CHARS:
-            error = error[:MAX_ERROR_CHARS] + "... [truncated]"
-        error = error.encode("utf-8", "replace").decode("utf-8")
+        error = error_text(error)
         with self._deciding():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)

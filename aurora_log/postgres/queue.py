@@ -40,7 +40,7 @@ from ..errors import (
     JobNotFoundError,
     StaleLeaseError,
 )
-from ..interface import (MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, QueueInterface, Transition,
+from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_names, token_bytes)
 from ..job import (check_new_job,
     MAX_DUE_MS,
@@ -434,16 +434,7 @@ class PostgresQueue(ControlMixin, QueueInterface):
         """Report progress (0.0..1.0, optional message); history keeps the attempt's latest
         report. Does not extend the lease."""
         job_id, tok = check_job_id(job_id), token_bytes(token).hex()
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must be between 0 and 1, got {fraction!r}")
-        if message is not None:
-            if not isinstance(message, str):
-                raise TypeError(f"message must be a str, not {type(message).__name__}")
-            if len(message) > MAX_MESSAGE_CHARS:
-                raise ValueError(f"message is over {MAX_MESSAGE_CHARS} characters")
-            message.encode("utf-8")
+        check_progress(fraction, message)
         note = f"{fraction:.0%}" + (f" {message}" if message else "")
         self._check_open()
         with self._conn() as cur:
@@ -483,11 +474,7 @@ class PostgresQueue(ControlMixin, QueueInterface):
         DEAD_LETTER (retries spent) or CANCELLED (a cancel had been requested). Errors over
         64 KiB are truncated."""
         job_id, tok = check_job_id(job_id), token_bytes(token).hex()
-        if not isinstance(error, str):
-            raise TypeError(f"error must be a str, not {type(error).__name__}")
-        if len(error) > MAX_ERROR_CHARS:
-            error = error[:MAX_ERROR_CHARS] + "... [truncated]"
-        error = error.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+        error = error_text(error).replace("\x00", "\ufffd")    # PostgreSQL text holds no NUL
         self._check_open()
         now = self._now_ms()
         with self._tx(durable) as cur:
