@@ -750,6 +750,7 @@ class Queue(QueueInterface):
             job_id = self._state.pick(now, qs, types)
             if job_id is not None:
                 rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
+                assert self._liveness is not None      # a shared queue is always attached
                 rec = rec._replace(proc=self._liveness.attach_lsn)
                 reserved = self._reserve_apply([rec])
                 return self._state.get(job_id), reserved

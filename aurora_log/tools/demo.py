@@ -116,6 +116,7 @@ def worker_main(store: str, events_path: str, workers: int) -> int:
     def crunch_analytics(job):
         work(job, 0.004, 0.016)
         ctx = current_context()
+        assert ctx is not None          # a handler runs inside a job's context
         ctx.progress(1, 1, "rows aggregated")
         return {"rows": job.payload["rows"]}
 
