@@ -734,6 +734,25 @@ def check_new_job(job: Any) -> None:
                          f"{job.status}, retry_count {job.retry_count})")
 
 
+def scheduled_ms(job: Job) -> int | None:
+    """The job's scheduled time in epoch ms (None if it has none), within MAX_DUE_MS."""
+    if job.scheduled_at is None:
+        return None
+    sched = to_ms(job.scheduled_at, "scheduled_at")
+    if not 0 <= sched <= MAX_DUE_MS:
+        raise ValueError(f"scheduled_at {job.scheduled_at} is out of range")
+    return sched
+
+
+def payload_bytes(job: Job, limit: int) -> bytes:
+    """The job's payload as stored (canonical JSON); ValueError past ``limit`` bytes."""
+    payload = encode_payload(job.payload)
+    if len(payload) > limit:
+        raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
+                         f"the limit is {limit} (max_payload_bytes)")
+    return payload
+
+
 def unfilled_job() -> Job:
     """An empty Job for the engine to fill from its state (no validation: the state holds
     only values that were validated before they were written)."""

@@ -43,10 +43,9 @@ from ..errors import (ClosedError, CorruptionError, ForkedError,
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_limit_args, check_names, token_bytes)
 from ..workflows import parents_first
-from ..job import (check_new_job, DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS,
-                  MAX_DUE_MS, MAX_NAME_CHARS, Job, JobStatus,
-                  check_seconds, check_name, check_text, encode_json,
-                  encode_payload, retry_delay_ms, to_ms)
+from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, MAX_NAME_CHARS, Job,
+                  JobStatus, check_name, check_new_job, check_seconds, check_text, encode_json,
+                  payload_bytes, retry_delay_ms, scheduled_ms, to_ms)
 from .table import FINISHED
 from .replay import replay
 from .state import State
@@ -495,15 +494,8 @@ class Queue(QueueInterface):
             created = round(created_at.timestamp() * 1000)  # exact for ms-precision times
         else:
             created = to_ms(created_at, "created_at")
-        sched = None
-        if job.scheduled_at is not None:
-            sched = to_ms(job.scheduled_at, "scheduled_at")
-            if not 0 <= sched <= MAX_DUE_MS:
-                raise ValueError(f"scheduled_at {job.scheduled_at} is out of range")
-        payload = encode_payload(job.payload)
-        if len(payload) > self._max_payload:
-            raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
-                             f"the limit is {self._max_payload} (max_payload_bytes)")
+        sched = scheduled_ms(job)
+        payload = payload_bytes(job, self._max_payload)
         timeout_ms = (300_000 if timeout is DEFAULT_TIMEOUT_SECONDS else
                       None if timeout is None else round(timeout * 1000))
         lease_ms = 30_000 if lease is DEFAULT_LEASE_SECONDS else round(lease * 1000)

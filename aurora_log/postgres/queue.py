@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_names, token_bytes)
-from ..job import (check_new_job,
+from ..job import (payload_bytes, scheduled_ms, check_new_job,
     MAX_DUE_MS,
     STATUS_CODES,
     MAX_NAME_CHARS,
@@ -251,15 +251,8 @@ class PostgresQueue(ControlMixin, QueueInterface):
         check_new_job(job)
         prio, timeout, lease = job.priority, job.timeout_seconds, job.lease_duration
         created = to_ms(job.created_at, "created_at")
-        sched = None
-        if job.scheduled_at is not None:
-            sched = to_ms(job.scheduled_at, "scheduled_at")
-            if not 0 <= sched <= MAX_DUE_MS:
-                raise ValueError(f"scheduled_at {job.scheduled_at} is out of range")
-        payload = encode_payload(job.payload)
-        if len(payload) > self._max_payload:
-            raise ValueError(f"payload of job {job.id} is {len(payload)} bytes encoded; "
-                             f"the limit is {self._max_payload} (max_payload_bytes)")
+        sched = scheduled_ms(job)
+        payload = payload_bytes(job, self._max_payload)
         timeout_ms = None if timeout is None else round(timeout * 1000)
         due = now if sched is None else sched
         return (job.id, job.job_type, job.queue, job.unique_key, payload.decode("utf-8"),
