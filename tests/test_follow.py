@@ -188,6 +188,20 @@ def test_follow_in_process_stops_when_the_queue_closes(store_dir):
     assert [e.lsn for e in got][:2] == [1, 2]
 
 
+def test_follow_reads_what_was_committed_before_the_stop(store_dir):
+    # the race the test above hits now and then, made certain: a write lands between
+    # the follower's last read and its stop check
+    with _open(store_dir, durability="sync") as q:
+        q.enqueue(Job("t", {}))
+
+        def stop():
+            q.enqueue(Job("t", {"late": True}))
+            return True
+
+        got = list(aurora_log.follow(store_dir, poll=0.01, stop=stop))
+    assert [e.lsn for e in got] == [1, 2]
+
+
 def test_bad_arguments_are_refused(store_dir):
     with pytest.raises(ValueError):
         Follower(store_dir, from_lsn=0)

@@ -231,15 +231,19 @@ def follow(directory, from_lsn: int | None = None, *, poll: float = 0.2, wait: b
     """Yield every transition of the store at ``directory`` from ``from_lsn`` on (None:
     the oldest stored), as LogEntry objects, as they are committed. ``wait=False`` stops
     at the current end; otherwise it polls every ``poll`` seconds until ``stop()`` returns
-    True (or the caller stops iterating). Keep ``entry.lsn + 1`` to resume."""
+    True, then reads once more so nothing committed before the stop is missed (or until
+    the caller stops iterating). Keep ``entry.lsn + 1`` to resume."""
     if isinstance(poll, bool) or not isinstance(poll, (int, float)) or poll <= 0:
         raise ValueError(f"poll must be a number of seconds > 0, got {poll!r}")
     follower = Follower(directory, from_lsn, max_record_bytes=max_record_bytes)
     try:
         while True:
+            # stop() is sampled before the read: what was committed before the stop
+            # (a queue's last writes before close) is still read and yielded.
+            stopping = not wait or (stop is not None and stop())
             for lsn, rtype, payload in follower.read():
                 yield entry_from_record(lsn, rtype, payload)
-            if not wait or (stop is not None and stop()):
+            if stopping:
                 return
             time.sleep(poll)
     finally:

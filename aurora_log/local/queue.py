@@ -144,6 +144,8 @@ class Queue(QueueInterface):
         # YieldingLock has the lock protocol Condition uses (typeshed names only its own)
         self._cond = threading.Condition(self._lock)  # type: ignore[arg-type]
         self._closed = False
+        # set once close() has flushed the log: followers read to the end after it
+        self._log_released = threading.Event()
         snapshot.check_log_present(path)    # before Log.open creates an empty log
         # shared: any number of processes open the store at once; else this process
         # alone, through the in-process C writer
@@ -331,6 +333,7 @@ class Queue(QueueInterface):
             self._closed = True
             if self._shared:
                 self._log.close()
+            self._log_released.set()
             return
         with self._cond:
             if self._closed:
@@ -347,8 +350,11 @@ class Queue(QueueInterface):
             if self._liveness is not None:
                 self._liveness.detach()
         finally:
-            self._log.close()
-            _OPEN_QUEUES.discard(self)
+            try:
+                self._log.close()
+            finally:
+                self._log_released.set()
+                _OPEN_QUEUES.discard(self)
 
     def __enter__(self) -> Queue:
         return self
@@ -1077,7 +1083,7 @@ class Queue(QueueInterface):
         from .follow import follow
         self._check_open(write=False)
         return follow(self._log.directory, from_lsn, poll=poll, wait=wait,
-                      stop=lambda: self._closed, max_record_bytes=self._log.max_record_bytes)
+                      stop=self._log_released.is_set, max_record_bytes=self._log.max_record_bytes)
 
     def get(self, job_id: str) -> Job | None:
         job_id = check_job_id(job_id)
