@@ -189,6 +189,18 @@ def test_a_filter_matching_little_stops_at_its_scan_budget_and_goes_on(store_dir
             reads.parse_cursor("12")
 
 
+def test_pages_and_workers_see_what_another_process_wrote(store_dir):
+    # the dashboard's direct reads catch up with the shared log like every other read:
+    # a job another opener enqueued and claimed shows on the next page and worker list
+    with aurora_log.open(store_dir, shared=True, reaper_interval=None) as dash, \
+            aurora_log.open(store_dir, shared=True, reaper_interval=None) as other:
+        assert reads.job_page(dash).jobs == []
+        job_id = other.enqueue(Job("t", {}))
+        assert other.claim("w-other") is not None
+        assert [j.id for j in reads.job_page(dash).jobs] == [job_id]
+        assert [w.worker_id for w in reads.workers(dash)] == ["w-other"]
+
+
 def test_dead_letter_page_lists_only_dead_jobs(store):
     q, ids = store
     with client(q) as c:

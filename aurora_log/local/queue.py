@@ -314,6 +314,15 @@ class Queue(QueueInterface):
             self._catch_up()
             yield
 
+    @contextmanager
+    def state_view(self) -> Iterator[State]:
+        """The engine's state for the with-block, caught up with every process's records
+        and held under the queue lock: for this package's tools that need more than the
+        public reads (the dashboard pages through a million jobs with it). Read only; the
+        State API is internal and changes without notice."""
+        with self._reading():
+            yield self._state
+
     def _recover_running(self) -> int:
         """Jobs left RUNNING by a dead process: back to pending as a spent attempt
         ("process died"), or dead-letter when retries are spent. One open is enough."""
