@@ -43,9 +43,10 @@ from ..errors import (ClosedError, CorruptionError, ForkedError,
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_limit_args, check_names, token_bytes)
 from ..workflows import parents_first
+from ..bulk import BulkRequest, bulk_request, check_bulk_call
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, MAX_NAME_CHARS, Job,
                   JobStatus, check_name, check_new_job, check_seconds, check_text, encode_json,
-                  payload_bytes, retry_delay_ms, scheduled_ms, to_ms)
+                  new_ids, payload_bytes, retry_delay_ms, scheduled_ms, to_ms)
 from .table import FINISHED
 from .replay import replay
 from .state import State
@@ -528,10 +529,13 @@ class Queue(QueueInterface):
         background thread's next tick, every ``interval_ms``)."""
         return self.enqueue_many((job,), durable=durable)[0]
 
-    def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
+    def enqueue_many(self, jobs: Any, payloads: Any = None, /, *, durable: bool = True,
+                     **options: Any) -> list[str]:
         """Add many jobs atomically (all or none, one commit). Returns their ids in order
-        (an existing live job's id for a unique_key already taken, also within the batch)."""
-        ids, reserved, lsn = self._enqueue_folded(jobs, durable)
+        (an existing live job's id for a unique_key already taken, also within the batch).
+        ``enqueue_many(jobs)`` takes Jobs; ``enqueue_many(job_type, payloads, **options)``
+        is the bulk form (see QueueInterface.enqueue_many)."""
+        ids, reserved, lsn = self._enqueue_either(jobs, payloads, options, durable)
         if reserved is not None:
             self._publish(reserved, "durable" if durable else "none")
         elif lsn > 0 and durable:
@@ -544,22 +548,88 @@ class Queue(QueueInterface):
         event loop keeps running while the group commit's fdatasync is in flight."""
         return (await self.enqueue_many_async((job,), durable=durable))[0]
 
-    async def enqueue_many_async(self, jobs: Iterable[Job], *,
-                                 durable: bool = True) -> list[str]:
-        """``enqueue_many`` for asyncio code (atomic, one commit); see enqueue_async.
-        Only a full group-commit buffer (backpressure) can hold the loop, as it holds
-        every producer."""
+    async def enqueue_many_async(self, jobs: Any, payloads: Any = None, /, *,
+                                 durable: bool = True, **options: Any) -> list[str]:
+        """``enqueue_many`` for asyncio code (atomic, one commit; both forms); see
+        enqueue_async. Only a full group-commit buffer (backpressure) can hold the loop,
+        as it holds every producer."""
         import asyncio
         loop = asyncio.get_running_loop()
         if self._shared:        # its append takes a cross-process lock: off the loop whole
             return await loop.run_in_executor(
-                None, lambda: self.enqueue_many(jobs, durable=durable))
-        ids, reserved, lsn = self._enqueue_folded(jobs, durable)
+                None, lambda: self.enqueue_many(jobs, payloads, durable=durable, **options))
+        ids, reserved, lsn = self._enqueue_either(jobs, payloads, options, durable)
         if reserved is not None:
             lsn = self._publish(reserved, "none")
         if durable and lsn > 0:
             await loop.run_in_executor(None, self._log.sync, lsn)
         return ids
+
+    def _enqueue_either(self, jobs: Any, payloads: Any, options: dict,
+                        durable: bool) -> tuple[list[str], Any, int]:
+        """Tell the two forms of enqueue_many apart (TypeError for a mix) and fold the
+        batch; returns what _enqueue_folded does."""
+        if check_bulk_call(jobs, payloads, options):
+            return self._enqueue_bulk(bulk_request(jobs, payloads, self._max_payload,
+                                                   **options), durable)
+        return self._enqueue_folded(jobs, durable)
+
+    def _enqueue_bulk(self, req: BulkRequest, durable: bool) -> tuple[list[str], Any, int]:
+        """The bulk form: ids drawn for the whole batch, the records packed and the state
+        folded by C-level iteration (records.pack_enqueue_run, State.apply_enqueue_run).
+        A batch with unique keys takes the Job form's path (minus the Job objects), which
+        decides each key against the state and the batch."""
+        now = self._now_ms()
+        n = len(req.payloads)
+        ids = new_ids(n)
+        if req.unique_keys is not None or n == 0:
+            built = [self._bulk_record(req, job_id, k, now) for k, job_id in enumerate(ids)]
+            return self._fold_built(built, [None] * n, range(n), now)
+        try:
+            lens, data = R.pack_enqueue_run(
+                [i.encode() for i in ids], req.job_type.encode(), req.queue.encode(),
+                req.priority, req.max_retries, now, now, req.scheduled_ms, req.timeout_ms,
+                req.lease_ms, req.payloads)
+        except struct.error as e:
+            raise ValueError(f"a field does not fit the record: {e}") from None
+        packed = self._log.check_packed(bytes((R.ENQUEUE,)) * n, lens, data)
+        if self._shared:        # random ids, no unique keys: nothing to decide (see below)
+            return self._write_unfolded(packed, durable, ids), None, 0
+        with self._deciding():
+            self._check_open()
+            jobs = self._state.jobs
+            if any(map(jobs.__contains__, ids)):
+                dup = next(i for i in ids if i in jobs)
+                raise ValueError(f"a job with id {dup!r} already exists")
+            first = self._log.reserve(n)
+            try:
+                if now > self._max_at:
+                    self._max_at = now
+                if self._touched is not None:     # a compaction is capturing
+                    self._touched.update(dict.fromkeys(ids))
+                self._state.apply_enqueue_run(
+                    first, ids, req.job_type, req.queue, req.priority, req.max_retries, now,
+                    now, req.scheduled_ms, req.timeout_ms, req.lease_ms, req.payloads)
+            except BaseException:
+                # the LSNs are taken: a range that never arrives stalls every later commit
+                self._log.append_reserved(first, (), checked=packed)
+                raise
+            self._cond.notify_all()
+        return ids, (first, (), packed), 0
+
+    def _bulk_record(self, req: BulkRequest, job_id: str, k: int,
+                     now: int) -> tuple[R.Enqueue, bytes]:
+        """The k-th job of a bulk request as (ENQUEUE record, its bytes), as _build makes
+        them from a Job."""
+        ukey = req.unique_keys[k] if req.unique_keys is not None else None
+        payload = req.payloads[k]
+        data = R.pack_enqueue(job_id.encode(), req.job_type.encode(), req.queue.encode(),
+                              None if ukey is None else ukey.encode(), req.priority,
+                              req.max_retries, now, now, req.scheduled_ms, req.timeout_ms,
+                              req.lease_ms, payload)
+        return _new_tuple(R.Enqueue, (job_id, req.job_type, req.queue, req.priority,
+                                      req.max_retries, now, now, req.scheduled_ms,
+                                      req.timeout_ms, req.lease_ms, ukey, payload)), data
 
     def _enqueue_folded(self, jobs: Iterable[Job],
                         durable: bool) -> tuple[list[str], Any, int]:
@@ -580,7 +650,14 @@ class Queue(QueueInterface):
                 for j, (rec, _) in zip(jobs, built, strict=True)):
             return self._enqueue_lazily(built, durable), None, 0
         order = range(len(jobs)) if not any(deps) else parents_first(jobs)
-        ids: list[str] = [""] * len(jobs)
+        return self._fold_built(built, deps, order, now)
+
+    def _fold_built(self, built: list, deps: list, order: Iterable[int],
+                    now: int) -> tuple[list[str], Any, int]:
+        """Under the lock, decide unique keys, ids and parents of built ENQUEUE records
+        (in ``order``: parents first), then fold them and reserve their LSNs; see
+        _enqueue_folded."""
+        ids: list[str] = [""] * len(built)
         lsn = 0
         with self._deciding():
             self._check_open()
@@ -634,14 +711,19 @@ class Queue(QueueInterface):
         catch-up, and folded (in LSN order with everyone else's) at this process's next
         catch-up (docs/INTERNALS.md "Catch-up": a producer never folds on its hot path)."""
         encoded = [(R.ENQUEUE, payload) for _, payload in built]
-        checked = self._log.check_records(encoded)
+        return self._write_unfolded(self._log.check_records(encoded), durable,
+                                    [rec.id for rec, _ in built])
+
+    def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str]) -> list[str]:
+        """Shared mode: write packed ENQUEUE records (checked) under the append lock,
+        unfolded, and wait per ``durable``; returns ``ids``."""
         self._check_open()
         log = self._sl
         with log.locked():
-            first = log.reserve(len(encoded))
-            pos = log.write_locked(first, encoded, checked)
+            first = log.reserve(len(packed[0]))
+            pos = log.write_locked(first, (), packed)
         log.wait_pos(pos, "durable" if durable else "none")
-        return [rec.id for rec, _ in built]
+        return ids
 
     # ------------------------------------------------------------------ workers
 
