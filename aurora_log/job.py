@@ -462,7 +462,7 @@ def new_ids(n: int) -> list[str]:
     start = (r >> 42) & (_MAX_RUN - 1)
     t = f"{(time.time_ns() // 1_000_000) & 0xFFFFFFFFFFFF:012x}"
     prefix = f"{t[:8]}-{t[8:]}-7{rand_a:03x}-{0x8000 | rand_b >> 16:04x}-{rand_b & 0xFFFF:04x}"
-    return [f"{prefix}{c:08x}" for c in range(start, start + n)]
+    return list(map(f"{prefix}%08x".__mod__, range(start, start + n)))
 
 
 # a forked child must not hand out the ids its parent (and its siblings) still hold

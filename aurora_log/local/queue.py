@@ -587,7 +587,7 @@ class Queue(QueueInterface):
             return self._fold_built(built, [None] * n, range(n), now)
         try:
             lens, data = R.pack_enqueue_run(
-                [i.encode() for i in ids], req.job_type.encode(), req.queue.encode(),
+                list(map(str.encode, ids)), req.job_type.encode(), req.queue.encode(),
                 req.priority, req.max_retries, now, now, req.scheduled_ms, req.timeout_ms,
                 req.lease_ms, req.payloads)
         except struct.error as e:

@@ -294,15 +294,15 @@ class State:
         """Fold the ENQUEUE records of one bulk batch (records.pack_enqueue_run, LSNs from
         ``first_lsn``): jobs that share every field but id and payload and have no unique
         key. The same state as apply() of each record, with the blobs and claim-order
-        entries built by C-level iteration. A batch that is not the common case (an id
-        already known, or one a DEPENDS record waits for) is folded record by record."""
+        entries built by C-level iteration. The caller made sure that no id is in the
+        table yet (the queue refuses such a batch before it takes LSNs); a batch with an
+        id a DEPENDS record waits for is folded record by record."""
         n = len(job_ids)
         if not n:
             return
         jobs = self.jobs
         waiting = self.control.waiting
-        if any(map(jobs.__contains__, job_ids)) or (waiting and not waiting.keys().isdisjoint(
-                job_ids)):
+        if waiting and not waiting.keys().isdisjoint(job_ids):
             for k, (job_id, payload) in enumerate(zip(job_ids, payloads, strict=True)):
                 self.apply(first_lsn + k, R.ENQUEUE, R.Enqueue(
                     job_id, job_type, queue, prio, max_retries, created, at, sched,
