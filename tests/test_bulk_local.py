@@ -224,3 +224,27 @@ def test_timer_heap_takes_scheduled_bulk_jobs(tmp_path):
     clock.advance(30)
     assert [q.claim("w").id for _ in range(3)] == ids
     q.close()
+
+
+def test_add_run_keeps_every_heap_a_heap_and_the_order_of_single_adds():
+    # the heaps hold what add() one by one would have, and pop in the same order
+    import random
+    from aurora_log.local.order import ClaimOrder
+    rng = random.Random(21)
+    for _ in range(300):
+        a, b = ClaimOrder(None), ClaimOrder(None)
+        a.add_pair()
+        b.add_pair()
+        for k in range(rng.randint(1, 6)):
+            n = rng.randint(1, 40)
+            prio, due = rng.randint(1, 4), rng.choice([5, 10, 10, 20])
+            seq, at = rng.randint(1, 10**6) * 100, rng.choice([10, 10, 0])
+            ids = [f"j{k}-{i}" for i in range(n)]
+            a.add_run(ids, 0, prio, due, seq, at)
+            for i, jid in enumerate(ids):
+                b.add(jid, 0, prio, due, seq + i, at)
+        for ha, hb in ((a.ready[0], b.ready[0]), (a.timers, b.timers)):
+            assert all(ha[(i - 1) // 2] <= ha[i] for i in range(1, len(ha)))
+            assert sorted(ha) == sorted(hb)
+            assert [heapq.heappop(ha) for _ in range(len(ha))] == \
+                [heapq.heappop(hb) for _ in range(len(hb))]
