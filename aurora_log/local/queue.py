@@ -582,18 +582,22 @@ class Queue(QueueInterface):
         now = self._now_ms()
         n = len(req.payloads)
         ids = new_ids(n)
-        if req.unique_keys is not None or n == 0:
-            built = [self._bulk_record(req, job_id, k, now) for k, job_id in enumerate(ids)]
-            return self._fold_built(built, [None] * n, range(n), now)
+        per_job = req.unique_keys is not None or n == 0
         try:
-            lens, data = R.pack_enqueue_run(
-                list(map(str.encode, ids)), req.job_type.encode(), req.queue.encode(),
-                req.priority, req.max_retries, now, now, req.scheduled_ms, req.timeout_ms,
-                req.lease_ms, req.payloads)
+            if per_job:
+                built = [self._bulk_record(req, job_id, k, now) for k, job_id in enumerate(ids)]
+            else:
+                lens, data = R.pack_enqueue_run(
+                    list(map(str.encode, ids)), req.job_type.encode(), req.queue.encode(),
+                    req.priority, req.max_retries, now, now, req.scheduled_ms,
+                    req.timeout_ms, req.lease_ms, req.payloads)
         except struct.error as e:
             raise ValueError(f"a field does not fit the record: {e}") from None
+        if per_job:
+            return self._fold_built(built, [None] * n, range(n), now)
         packed = self._log.check_packed(bytes((R.ENQUEUE,)) * n, lens, data)
-        if self._shared:        # random ids, no unique keys: nothing to decide (see below)
+        if self._shared:        # random ids, no unique keys: nothing to decide, as in
+            # _enqueue_lazily: written now, folded at the next catch-up
             return self._write_unfolded(packed, durable, ids), None, 0
         with self._deciding():
             self._check_open()
