@@ -248,3 +248,37 @@ def test_add_run_keeps_every_heap_a_heap_and_the_order_of_single_adds():
             assert sorted(ha) == sorted(hb)
             assert [heapq.heappop(ha) for _ in range(len(ha))] == \
                 [heapq.heappop(hb) for _ in range(len(hb))]
+
+
+def test_job_batches_fold_by_runs_to_the_replayed_state(tmp_path, monkeypatch):
+    # a list of Jobs without unique keys or parents is folded by runs of equal fields
+    # (State.apply_enqueues): the live state is the state replay builds record by record
+    from aurora_log import Job
+    runs = []
+    real = State.apply_enqueues
+    monkeypatch.setattr(State, "apply_enqueues",
+                        lambda self, first, recs: (runs.append(len(recs)),
+                                                   real(self, first, recs)))
+    clock = FakeClock(T0)
+    q = _open(tmp_path / "s", clock=clock)
+    t0 = datetime.fromtimestamp(T0, UTC)
+    jobs = []
+    for i in range(60):
+        j = Job("t" if i % 7 else "u", {"i": i}, priority=1 + i // 20,
+                created_at=t0 + timedelta(milliseconds=i // 9),
+                queue="q" if i % 11 else "r", id=None if i % 5 else f"custom-{i}")
+        if i % 13 == 0:
+            j.schedule_at(t0 + timedelta(seconds=5))
+        jobs.append(j)
+    ids = q.enqueue_many(jobs)
+    assert ids == [j.id for j in jobs] and runs == [60]
+    more = q.enqueue_many([Job("t", unique_key="k"), Job("t")])   # a unique key: by record
+    assert runs == [60]
+    live = _state_view(q._state)
+    q.close()
+    q2 = _open(tmp_path / "s", clock=clock)
+    assert _state_view(q2._state)[:7] == live[:7]
+    clock.advance(10)
+    got = [q2.claim("w").id for _ in range(62)]
+    assert sorted(got) == sorted(ids + more) and q2.claim("w") is None
+    q2.close()

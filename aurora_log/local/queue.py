@@ -403,10 +403,13 @@ class Queue(QueueInterface):
             return self._publish(reserved, wait)
         return self._publish(self._reserve_apply(recs, encoded), wait)
 
-    def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list, Any]:
+    def _reserve_apply(self, recs: list, encoded: list | None = None,
+                       plain: bool = False) -> tuple[int, list, Any]:
         """Reserve the records' LSNs and fold them. The caller holds the lock and MUST
         pass the result to _publish() right after releasing it (the hot paths: no call
-        that drops the GIL runs under the lock, so threads do not convoy on it)."""
+        that drops the GIL runs under the lock, so threads do not convoy on it).
+        ``plain``: the records are ENQUEUEs without unique keys of ids the state does not
+        hold (folded by runs, State.apply_enqueues)."""
         if encoded is None:
             encoded = [R.encode(r) for r in recs]
         checked = None
@@ -416,7 +419,7 @@ class Queue(QueueInterface):
         else:
             checked = self._log.check_records(encoded)
         if self._shared:
-            return self._write_apply(recs, encoded, checked)
+            return self._write_apply(recs, encoded, checked, plain)
         first = self._log.reserve(len(encoded))
         try:
             at = recs[0].at_ms
@@ -431,18 +434,25 @@ class Queue(QueueInterface):
                         continue
                     else:
                         touched[r.id] = None
-            if len(recs) == 1:
-                self._state.apply(first, encoded[0][0], recs[0])
-            else:
-                self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                               zip(recs, encoded, strict=True)])
+            self._fold_reserved(first, recs, encoded, plain)
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded, checked=checked)
             raise
         return first, encoded, checked
 
-    def _write_apply(self, recs: list, encoded: list, checked) -> tuple[int, list, Any]:
+    def _fold_reserved(self, first: int, recs: list, encoded: list, plain: bool) -> None:
+        """Fold records appended (or about to be) at LSNs from ``first``."""
+        if len(recs) == 1:
+            self._state.apply(first, encoded[0][0], recs[0])
+        elif plain:
+            self._state.apply_enqueues(first, recs)
+        else:
+            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
+                                           zip(recs, encoded, strict=True)])
+
+    def _write_apply(self, recs: list, encoded: list, checked,
+                     plain: bool = False) -> tuple[int, list, Any]:
         """Shared mode, under the append lock with the state caught up: write the records
         at the page's tail (written before anything is folded: a failed write changes
         nothing), then fold them. Returns (first LSN, records, position) for _publish."""
@@ -462,11 +472,7 @@ class Queue(QueueInterface):
                     touched.update(dict.fromkeys(r.ids))
                 elif (jid := getattr(r, "id", None)) is not None:
                     touched[jid] = None
-        if len(recs) == 1:
-            self._state.apply(first, encoded[0][0], recs[0])
-        else:
-            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                           zip(recs, encoded, strict=True)])
+        self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
 
     def _out_of_space(self) -> bool:
@@ -702,7 +708,10 @@ class Queue(QueueInterface):
                 encoded.append((R.ENQUEUE, payload))
                 ids[k] = rec.id
             if recs:
-                reserved = self._reserve_apply(recs, encoded)
+                # ENQUEUEs only, none with a unique key (the ids were checked above): folded
+                # by runs of equal fields
+                plain = not taken and len(recs) == len(written)
+                reserved = self._reserve_apply(recs, encoded, plain)
                 self._cond.notify_all()
             else:
                 reserved = None

@@ -37,7 +37,8 @@ import builtins
 import heapq
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import repeat
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any, cast
 
 from . import records as R
@@ -60,6 +61,8 @@ _PRIO = (None,) + tuple(JobPriority)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
 _LSN_PACK = struct.Struct("<q").pack    # a blob head's first field (table.JOB_HEAD)
+# an Enqueue's fields but id, unique_key and payload: what one bulk run shares
+_RUN_FIELDS = itemgetter(1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 # A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
@@ -330,6 +333,19 @@ class State:
         self.applied += n
         if lsns[-1] > self.last_lsn:
             self.last_lsn = lsns[-1]
+
+    def apply_enqueues(self, first_lsn: int, records: Sequence[R.Enqueue]) -> None:
+        """Fold ENQUEUE records without unique keys, LSNs from ``first_lsn`` (a batch of
+        Jobs): each run of consecutive records that share every field but id and payload
+        is folded by apply_enqueue_run, so the result is apply() of each record. The caller
+        made sure that no id is in the table yet."""
+        lsn = first_lsn
+        for key, group in groupby(records, _RUN_FIELDS):
+            run = list(group)
+            job_type, queue, prio, maxr, created, at, sched, tmo, lease = key
+            self.apply_enqueue_run(lsn, [r[0] for r in run], job_type, queue, prio, maxr,
+                                   created, at, sched, tmo, lease, [r[11] for r in run])
+            lsn += len(run)
 
     # ------------------------------------------------------------------ dependencies
 
