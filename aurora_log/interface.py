@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
-from .job import Job, JobStatus, check_name, check_seconds
+from .job import Job, JobPriority, JobStatus, check_name, check_seconds
 
 __all__ = ["QueueInterface", "Transition", "bind_task_layer", "check_names", "token_bytes",
            "check_job_id", "check_limit_args", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
@@ -162,14 +162,39 @@ class QueueInterface(abc.ABC):
         scheduled, running, waiting for a retry), returns that job's id and adds nothing.
         ValueError if a job with the same id exists."""
 
+    @overload
+    def enqueue_many(self, jobs: Iterable[Job], /, *, durable: bool = True) -> list[str]: ...
+
+    @overload
+    def enqueue_many(self, job_type: str, payloads: Iterable[Mapping[str, Any]], /, *,
+                     durable: bool = True, priority: JobPriority | int | str = ...,
+                     queue: str = ..., max_retries: int = ...,
+                     timeout_seconds: float | None = ..., lease_duration: float = ...,
+                     scheduled_at: datetime | None = ...,
+                     unique_keys: Iterable[str | None] | None = ...) -> list[str]: ...
+
     @abc.abstractmethod
-    def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
-        """Add many jobs atomically (all or none). Returns their ids in order (an existing
-        live job's id for a unique_key already taken, also within the batch). Jobs with
-        parents (Job.after, chain, group) wait until every parent completed; a parent
-        dead-lettered or cancelled settles them per ``on_parent_failure``; unknown parents
-        (UnknownParentError) and cycles (DependencyCycleError) are refused before anything
-        is written."""
+    def enqueue_many(self, jobs: Any, payloads: Any = None, /, *, durable: bool = True,
+                     **options: Any) -> list[str]:
+        """Add many jobs atomically (all or none). Two forms:
+
+        ``enqueue_many(jobs)``: a list of Jobs, each with its own options. Returns their
+        ids in order (an existing live job's id for a unique_key already taken, also within
+        the batch). Jobs with parents (Job.after, chain, group) wait until every parent
+        completed; a parent dead-lettered or cancelled settles them per
+        ``on_parent_failure``; unknown parents (UnknownParentError) and cycles
+        (DependencyCycleError) are refused before anything is written.
+
+        ``enqueue_many(job_type, payloads, **options)``: the bulk form, one job of
+        ``job_type`` per payload dict, all with the same options (``priority``, ``queue``,
+        ``max_retries``, ``timeout_seconds``, ``lease_duration``, ``scheduled_at``: the Job
+        fields of those names, same defaults and rules) and optionally ``unique_keys``, one
+        str or None per payload. No Job object is built; ids are drawn for the whole batch
+        at once (UUIDs in the version 7 layout, ascending through the batch). Same
+        atomicity, FIFO order, unique-key rule and errors as the Job form.
+
+        The first argument decides the form: a str is a job type and needs payloads;
+        payloads or options with a list of Jobs are a TypeError."""
 
     # ------------------------------------------------------------------ workers
 

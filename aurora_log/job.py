@@ -49,14 +49,14 @@ import random
 import time
 from datetime import datetime, timedelta, UTC
 from typing import Any, Literal, NamedTuple, NoReturn, overload
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "Job", "JobPriority", "JobStatus", "STATUS_CODES", "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT_SECONDS", "DEFAULT_LEASE_SECONDS", "DEFAULT_RETRY_BASE", "DEFAULT_RETRY_CAP",
     "MAX_NAME_CHARS", "MAX_DUE_MS",
     "encode_payload", "encode_json", "decode_json", "to_ms", "from_ms", "now_ms",
-    "check_name", "check_text", "new_id",
+    "check_name", "check_text", "new_id", "new_ids",
 ]
 
 DEFAULT_MAX_RETRIES = 3
@@ -304,9 +304,55 @@ def encode_json(value: Any, what: str = "value") -> bytes:
         raise ValueError(f"{what} cannot be encoded as JSON: {e}") from None
 
 
+# msgspec's encoder writes the same bytes as the canonical form above for every value
+# without a float (its floats differ: 1e16, 1e-5 where json writes 1e+16, 1e-05), several
+# times faster. So it encodes only values _float_free() admits, and anything it refuses
+# (a lone surrogate, nesting past its recursion limit) takes the canonical path, which
+# says what is wrong. tests/test_payload_codec.py checks the bytes are the same.
+try:
+    import msgspec as _msgspec
+    _fast_encode: Callable[[Any], bytes] | None = _msgspec.json.Encoder().encode
+    _FAST_ERRORS: tuple[type[BaseException], ...] = (
+        _msgspec.EncodeError, TypeError, ValueError, RecursionError, OverflowError)
+except ImportError:  # pragma: no cover - msgspec is a dependency; json alone still works
+    _fast_encode = None
+    _FAST_ERRORS = ()
+
+
+def _float_free(v: Any, depth: int = 0) -> bool:
+    """Plain JSON (as _json_ok) without a float anywhere: what the fast encoder may
+    write. The flat dict of str keys and scalar values is checked at C speed."""
+    t = type(v)
+    if t is dict:
+        if _SCALARS.issuperset(map(type, v.values())) and all(map(_is_str, v)):
+            return True
+        if depth > _MAX_DEPTH:
+            return False
+        for k, x in v.items():
+            if type(k) is not str or (type(x) not in _SCALARS
+                                      and not _float_free(x, depth + 1)):
+                return False
+        return True
+    if t is list:
+        if depth > _MAX_DEPTH:
+            return False
+        for x in v:
+            if type(x) not in _SCALARS and not _float_free(x, depth + 1):
+                return False
+        return True
+    return t in _SCALARS
+
+
 def encode_payload(payload: Any) -> bytes:
+    """A payload dict as stored: compact UTF-8 JSON (the canonical form of encode_json).
+    TypeError/ValueError for anything that is not plain JSON."""
     if type(payload) is not dict:
         raise TypeError(f"payload must be a dict with str keys, not {type(payload).__name__}")
+    if _fast_encode is not None and _float_free(payload):
+        try:
+            return _fast_encode(payload)
+        except _FAST_ERRORS:
+            pass                                          # the canonical path decides
     if _c_encode is not None and _json_ok(payload):       # the common case, inlined
         try:
             return "".join(_c_encode(payload, 0)).encode("utf-8")
@@ -391,6 +437,32 @@ def new_id() -> str:
             return _ids.pop()
         except IndexError:
             _more_ids()
+
+
+_MAX_RUN = 1 << 31
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` job ids for one batch, from one random draw: UUIDs in the version 7 layout
+    (RFC 9562): 48 bits of Unix time in ms, the version, 12 random bits (rand_a), the
+    variant, then rand_b = 30 random bits and a 32-bit counter that starts at a random
+    value below 2**31 and counts up through the batch. So the ids of one batch sort in
+    batch order, and two batches drawn in the same millisecond (by this process or any
+    other, before or after a restart) share an id only if 73 random bits line up (rand_a,
+    rand_b's 30 bits, and counter ranges that overlap): about n1 * n2 / 2**73. One
+    getrandom call per batch instead of the per-id cost of new_id(); nothing is cached, so
+    a forked child draws its own."""
+    if n <= 0:
+        return []
+    if n >= _MAX_RUN:
+        raise ValueError(f"at most {_MAX_RUN - 1} ids per batch, not {n}")
+    r = int.from_bytes(os.urandom(10), "little")
+    rand_a = r & 0xFFF
+    rand_b = (r >> 12) & 0x3FFFFFFF                     # the 30 random bits of rand_b
+    start = (r >> 42) & (_MAX_RUN - 1)
+    t = f"{(time.time_ns() // 1_000_000) & 0xFFFFFFFFFFFF:012x}"
+    prefix = f"{t[:8]}-{t[8:]}-7{rand_a:03x}-{0x8000 | rand_b >> 16:04x}-{rand_b & 0xFFFF:04x}"
+    return list(map(f"{prefix}%08x".__mod__, range(start, start + n)))
 
 
 # a forked child must not hand out the ids its parent (and its siblings) still hold

@@ -37,6 +37,48 @@ def test_ids_are_unique_uuid4_strings():
         assert str(u) == i and u.version == 4
 
 
+def test_batch_ids_are_uuid7_strings_in_batch_order():
+    import uuid
+    from aurora_log.job import new_ids
+    ids = new_ids(3000)
+    assert len(set(ids)) == 3000 and ids == sorted(ids)
+    for i in ids[:50] + ids[-50:]:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 7 and u.variant == uuid.RFC_4122
+    # the 48-bit time field is the wall clock's milliseconds
+    import time
+    ms = int(ids[0][:8] + ids[0][9:13], 16)
+    assert abs(ms - time.time() * 1000) < 60_000
+    assert new_ids(0) == []
+
+
+def test_batch_ids_of_the_same_millisecond_differ():
+    # one random draw per batch: two batches in the same ms (same time field) share no id,
+    # and differ in their random prefix, not only in the counter
+    from aurora_log.job import new_ids
+    batches = [new_ids(1000) for _ in range(200)]
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+    assert len({b[0][14:28] for b in batches}) == len(batches)
+
+
+def test_batch_ids_differ_in_a_forked_child():
+    import os
+    from aurora_log.job import new_ids
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                      # pragma: no cover - the child
+        os.close(r)
+        os.write(w, "\n".join(new_ids(100)).encode())
+        os._exit(0)
+    os.close(w)
+    mine = new_ids(100)
+    with os.fdopen(r) as f:
+        theirs = f.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(theirs) == 100 and not set(mine) & set(theirs)
+
+
 def test_builders_chain_like_the_seed_example():
     at = T0 + timedelta(hours=1)
     j = (Job.new("process_video").add_field("video_id", "vid-123")

@@ -2,7 +2,8 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below):
 
-  face-core  aurora_log.errors, aurora_log.job, aurora_log.interface
+  face-core  aurora_log.errors, aurora_log.job, aurora_log.interface, aurora_log.workflows,
+             aurora_log.bulk (the bulk enqueue's checks, shared by both backends)
   backends   aurora_log.local.*, aurora_log.postgres.*
   runtime    aurora_log.runtime.*
   tools      aurora_log.tools.*, aurora_log.testing.*, aurora_log.dashboard, aurora_log.__main__
@@ -30,7 +31,7 @@ ROOT = "aurora_log"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [            # bottom to top
     ("face-core", ("aurora_log.errors", "aurora_log.job", "aurora_log.interface",
-                   "aurora_log.workflows")),
+                   "aurora_log.workflows", "aurora_log.bulk")),
     ("backends", ("aurora_log.local", "aurora_log.postgres")),
     ("runtime", ("aurora_log.runtime",)),
     ("tools", ("aurora_log.tools", "aurora_log.testing", "aurora_log.dashboard",

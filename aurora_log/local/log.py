@@ -920,6 +920,21 @@ class Log:
         Returns them packed, for append_reserved(checked=...)."""
         return self._pack(records)
 
+    def check_packed(self, types: bytes, lens, data: bytes):
+        """check_records for records the caller packed itself (one type byte each, their
+        lengths as an array of u32, their payloads concatenated): ValueError for what the
+        writer would refuse (nothing is written). Returns them, for append_reserved."""
+        if not types or len(types) != len(lens) or 0 in types or sum(lens) != len(data):
+            raise ValueError("packed records do not add up (types, lengths, data)")
+        if max(lens) > self.max_record_bytes:
+            i = max(range(len(lens)), key=lens.__getitem__)
+            raise ValueError(f"record {i} of {lens[i]} bytes is over max_record_bytes "
+                             f"({self.max_record_bytes})")
+        if len(data) + len(lens) * lib.AU_REC_HDR + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
+            raise ValueError(f"a batch of {len(data)} bytes is over the batch limit "
+                             f"({lib.AU_MAX_BATCH} bytes)")
+        return types, lens, data
+
     def _pack(self, records):
         """(types, lengths, data) of records, validated. This is most of the Python work
         of a big commit (~0.1 ms per 1,000 records), so it runs once per append and the

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -111,6 +112,19 @@ class ClaimOrder:
             heapq.heappush(self.timers, (due << 64 | seq, job_id))
         else:
             heapq.heappush(self.ready[pair], (claim_key(prio, due, seq), job_id))
+
+    def add_run(self, job_ids: Sequence[str], pair: int, prio: int, due: int, first_seq: int,
+                at: int) -> None:
+        """``add`` for jobs of one pair, priority and due time with consecutive seqs from
+        ``first_seq`` (a bulk enqueue): their keys are consecutive too, so the entries are
+        made and pushed by C-level iteration, with no Python call per job."""
+        n = len(job_ids)
+        if due > at:
+            heap, k0 = self.timers, timer_key(due, first_seq)
+        else:
+            heap, k0 = self.ready[pair], claim_key(prio, due, first_seq)
+        entries = zip(range(k0, k0 + n), job_ids, strict=True)
+        deque(map(heapq.heappush, itertools.repeat(heap), entries), maxlen=0)
 
     def add_blob(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
         """``add`` for a job given by its blob (pair and priority read from its head)."""

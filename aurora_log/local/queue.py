@@ -43,9 +43,10 @@ from ..errors import (ClosedError, CorruptionError, ForkedError,
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_limit_args, check_names, token_bytes)
 from ..workflows import parents_first
+from ..bulk import BulkRequest, bulk_request, check_bulk_call
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, MAX_NAME_CHARS, Job,
                   JobStatus, check_name, check_new_job, check_seconds, check_text, encode_json,
-                  payload_bytes, retry_delay_ms, scheduled_ms, to_ms)
+                  new_ids, payload_bytes, retry_delay_ms, scheduled_ms, to_ms)
 from .table import FINISHED
 from .replay import replay
 from .state import State
@@ -411,10 +412,13 @@ class Queue(QueueInterface):
             return self._publish(reserved, wait)
         return self._publish(self._reserve_apply(recs, encoded), wait)
 
-    def _reserve_apply(self, recs: list, encoded: list | None = None) -> tuple[int, list, Any]:
+    def _reserve_apply(self, recs: list, encoded: list | None = None,
+                       plain: bool = False) -> tuple[int, list, Any]:
         """Reserve the records' LSNs and fold them. The caller holds the lock and MUST
         pass the result to _publish() right after releasing it (the hot paths: no call
-        that drops the GIL runs under the lock, so threads do not convoy on it)."""
+        that drops the GIL runs under the lock, so threads do not convoy on it).
+        ``plain``: the records are ENQUEUEs without unique keys of ids the state does not
+        hold (folded by runs, State.apply_enqueues)."""
         if encoded is None:
             encoded = [R.encode(r) for r in recs]
         checked = None
@@ -424,7 +428,7 @@ class Queue(QueueInterface):
         else:
             checked = self._log.check_records(encoded)
         if self._shared:
-            return self._write_apply(recs, encoded, checked)
+            return self._write_apply(recs, encoded, checked, plain)
         first = self._log.reserve(len(encoded))
         try:
             at = recs[0].at_ms
@@ -439,18 +443,25 @@ class Queue(QueueInterface):
                         continue
                     else:
                         touched[r.id] = None
-            if len(recs) == 1:
-                self._state.apply(first, encoded[0][0], recs[0])
-            else:
-                self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                               zip(recs, encoded, strict=True)])
+            self._fold_reserved(first, recs, encoded, plain)
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded, checked=checked)
             raise
         return first, encoded, checked
 
-    def _write_apply(self, recs: list, encoded: list, checked) -> tuple[int, list, Any]:
+    def _fold_reserved(self, first: int, recs: list, encoded: list, plain: bool) -> None:
+        """Fold records appended (or about to be) at LSNs from ``first``."""
+        if len(recs) == 1:
+            self._state.apply(first, encoded[0][0], recs[0])
+        elif plain:
+            self._state.apply_enqueues(first, recs)
+        else:
+            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
+                                           zip(recs, encoded, strict=True)])
+
+    def _write_apply(self, recs: list, encoded: list, checked,
+                     plain: bool = False) -> tuple[int, list, Any]:
         """Shared mode, under the append lock with the state caught up: write the records
         at the page's tail (written before anything is folded: a failed write changes
         nothing), then fold them. Returns (first LSN, records, position) for _publish."""
@@ -470,11 +481,7 @@ class Queue(QueueInterface):
                     touched.update(dict.fromkeys(r.ids))
                 elif (jid := getattr(r, "id", None)) is not None:
                     touched[jid] = None
-        if len(recs) == 1:
-            self._state.apply(first, encoded[0][0], recs[0])
-        else:
-            self._state.apply_many(first, [(rtype, rec) for rec, (rtype, _) in
-                                           zip(recs, encoded, strict=True)])
+        self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
 
     def _out_of_space(self) -> bool:
@@ -537,10 +544,13 @@ class Queue(QueueInterface):
         background thread's next tick, every ``interval_ms``)."""
         return self.enqueue_many((job,), durable=durable)[0]
 
-    def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
+    def enqueue_many(self, jobs: Any, payloads: Any = None, /, *, durable: bool = True,
+                     **options: Any) -> list[str]:
         """Add many jobs atomically (all or none, one commit). Returns their ids in order
-        (an existing live job's id for a unique_key already taken, also within the batch)."""
-        ids, reserved, lsn = self._enqueue_folded(jobs, durable)
+        (an existing live job's id for a unique_key already taken, also within the batch).
+        ``enqueue_many(jobs)`` takes Jobs; ``enqueue_many(job_type, payloads, **options)``
+        is the bulk form (see QueueInterface.enqueue_many)."""
+        ids, reserved, lsn = self._enqueue_either(jobs, payloads, options, durable)
         if reserved is not None:
             self._publish(reserved, "durable" if durable else "none")
         elif lsn > 0 and durable:
@@ -553,22 +563,92 @@ class Queue(QueueInterface):
         event loop keeps running while the group commit's fdatasync is in flight."""
         return (await self.enqueue_many_async((job,), durable=durable))[0]
 
-    async def enqueue_many_async(self, jobs: Iterable[Job], *,
-                                 durable: bool = True) -> list[str]:
-        """``enqueue_many`` for asyncio code (atomic, one commit); see enqueue_async.
-        Only a full group-commit buffer (backpressure) can hold the loop, as it holds
-        every producer."""
+    async def enqueue_many_async(self, jobs: Any, payloads: Any = None, /, *,
+                                 durable: bool = True, **options: Any) -> list[str]:
+        """``enqueue_many`` for asyncio code (atomic, one commit; both forms); see
+        enqueue_async. Only a full group-commit buffer (backpressure) can hold the loop,
+        as it holds every producer."""
         import asyncio
         loop = asyncio.get_running_loop()
         if self._shared:        # its append takes a cross-process lock: off the loop whole
             return await loop.run_in_executor(
-                None, lambda: self.enqueue_many(jobs, durable=durable))
-        ids, reserved, lsn = self._enqueue_folded(jobs, durable)
+                None, lambda: self.enqueue_many(jobs, payloads, durable=durable, **options))
+        ids, reserved, lsn = self._enqueue_either(jobs, payloads, options, durable)
         if reserved is not None:
             lsn = self._publish(reserved, "none")
         if durable and lsn > 0:
             await loop.run_in_executor(None, self._log.sync, lsn)
         return ids
+
+    def _enqueue_either(self, jobs: Any, payloads: Any, options: dict,
+                        durable: bool) -> tuple[list[str], Any, int]:
+        """Tell the two forms of enqueue_many apart (TypeError for a mix) and fold the
+        batch; returns what _enqueue_folded does."""
+        if check_bulk_call(jobs, payloads, options):
+            return self._enqueue_bulk(bulk_request(jobs, payloads, self._max_payload,
+                                                   **options), durable)
+        return self._enqueue_folded(jobs, durable)
+
+    def _enqueue_bulk(self, req: BulkRequest, durable: bool) -> tuple[list[str], Any, int]:
+        """The bulk form: ids drawn for the whole batch, the records packed and the state
+        folded by C-level iteration (records.pack_enqueue_run, State.apply_enqueue_run).
+        A batch with unique keys takes the Job form's path (minus the Job objects), which
+        decides each key against the state and the batch."""
+        now = self._now_ms()
+        n = len(req.payloads)
+        ids = new_ids(n)
+        per_job = req.unique_keys is not None or n == 0
+        try:
+            if per_job:
+                built = [self._bulk_record(req, job_id, k, now) for k, job_id in enumerate(ids)]
+            else:
+                lens, data = R.pack_enqueue_run(
+                    list(map(str.encode, ids)), req.job_type.encode(), req.queue.encode(),
+                    req.priority, req.max_retries, now, now, req.scheduled_ms,
+                    req.timeout_ms, req.lease_ms, req.payloads)
+        except struct.error as e:
+            raise ValueError(f"a field does not fit the record: {e}") from None
+        if per_job:
+            return self._fold_built(built, [None] * n, range(n), now)
+        packed = self._log.check_packed(bytes((R.ENQUEUE,)) * n, lens, data)
+        if self._shared:        # random ids, no unique keys: nothing to decide, as in
+            # _enqueue_lazily: written now, folded at the next catch-up
+            return self._write_unfolded(packed, durable, ids), None, 0
+        with self._deciding():
+            self._check_open()
+            jobs = self._state.jobs
+            if any(map(jobs.__contains__, ids)):
+                dup = next(i for i in ids if i in jobs)
+                raise ValueError(f"a job with id {dup!r} already exists")
+            first = self._log.reserve(n)
+            try:
+                if now > self._max_at:
+                    self._max_at = now
+                if self._touched is not None:     # a compaction is capturing
+                    self._touched.update(dict.fromkeys(ids))
+                self._state.apply_enqueue_run(
+                    first, ids, req.job_type, req.queue, req.priority, req.max_retries, now,
+                    now, req.scheduled_ms, req.timeout_ms, req.lease_ms, req.payloads)
+            except BaseException:
+                # the LSNs are taken: a range that never arrives stalls every later commit
+                self._log.append_reserved(first, (), checked=packed)
+                raise
+            self._cond.notify_all()
+        return ids, (first, (), packed), 0
+
+    def _bulk_record(self, req: BulkRequest, job_id: str, k: int,
+                     now: int) -> tuple[R.Enqueue, bytes]:
+        """The k-th job of a bulk request as (ENQUEUE record, its bytes), as _build makes
+        them from a Job."""
+        ukey = req.unique_keys[k] if req.unique_keys is not None else None
+        payload = req.payloads[k]
+        data = R.pack_enqueue(job_id.encode(), req.job_type.encode(), req.queue.encode(),
+                              None if ukey is None else ukey.encode(), req.priority,
+                              req.max_retries, now, now, req.scheduled_ms, req.timeout_ms,
+                              req.lease_ms, payload)
+        return _new_tuple(R.Enqueue, (job_id, req.job_type, req.queue, req.priority,
+                                      req.max_retries, now, now, req.scheduled_ms,
+                                      req.timeout_ms, req.lease_ms, ukey, payload)), data
 
     def _enqueue_folded(self, jobs: Iterable[Job],
                         durable: bool) -> tuple[list[str], Any, int]:
@@ -589,7 +669,14 @@ class Queue(QueueInterface):
                 for j, (rec, _) in zip(jobs, built, strict=True)):
             return self._enqueue_lazily(built, durable), None, 0
         order = range(len(jobs)) if not any(deps) else parents_first(jobs)
-        ids: list[str] = [""] * len(jobs)
+        return self._fold_built(built, deps, order, now)
+
+    def _fold_built(self, built: list, deps: list, order: Iterable[int],
+                    now: int) -> tuple[list[str], Any, int]:
+        """Under the lock, decide unique keys, ids and parents of built ENQUEUE records
+        (in ``order``: parents first), then fold them and reserve their LSNs; see
+        _enqueue_folded."""
+        ids: list[str] = [""] * len(built)
         lsn = 0
         with self._deciding():
             self._check_open()
@@ -630,7 +717,10 @@ class Queue(QueueInterface):
                 encoded.append((R.ENQUEUE, payload))
                 ids[k] = rec.id
             if recs:
-                reserved = self._reserve_apply(recs, encoded)
+                # ENQUEUEs only, none with a unique key (the ids were checked above): folded
+                # by runs of equal fields
+                plain = not taken and len(recs) == len(written)
+                reserved = self._reserve_apply(recs, encoded, plain)
                 self._cond.notify_all()
             else:
                 reserved = None
@@ -643,14 +733,19 @@ class Queue(QueueInterface):
         catch-up, and folded (in LSN order with everyone else's) at this process's next
         catch-up (docs/INTERNALS.md "Catch-up": a producer never folds on its hot path)."""
         encoded = [(R.ENQUEUE, payload) for _, payload in built]
-        checked = self._log.check_records(encoded)
+        return self._write_unfolded(self._log.check_records(encoded), durable,
+                                    [rec.id for rec, _ in built])
+
+    def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str]) -> list[str]:
+        """Shared mode: write packed ENQUEUE records (checked) under the append lock,
+        unfolded, and wait per ``durable``; returns ``ids``."""
         self._check_open()
         log = self._sl
         with log.locked():
-            first = log.reserve(len(encoded))
-            pos = log.write_locked(first, encoded, checked)
+            first = log.reserve(len(packed[0]))
+            pos = log.write_locked(first, (), packed)
         log.wait_pos(pos, "durable" if durable else "none")
-        return [rec.id for rec, _ in built]
+        return ids
 
     # ------------------------------------------------------------------ workers
 

@@ -67,9 +67,11 @@ CLAIM records' own times, so replay makes the same decisions.
 
 from __future__ import annotations
 
+import array
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 from ..errors import RecordError
@@ -354,6 +356,37 @@ def pack_enqueue(job_id: bytes, job_type: bytes, queue: bytes, ukey: bytes | Non
                                scheduled_ms or 0, timeout_ms or 0, lease_ms, len(job_id),
                                len(job_type), len(queue), len(ukey), len(payload)),
                      job_id, job_type, queue, ukey, payload))
+
+
+_U32_PACK = struct.Struct("<I").pack
+
+
+def pack_enqueue_run(job_ids: Sequence[bytes], job_type: bytes, queue: bytes, priority: int,
+                     max_retries: int, created_ms: int, at_ms: int, scheduled_ms: int | None,
+                     timeout_ms: int | None, lease_ms: int,
+                     payloads: Sequence[bytes]) -> tuple[array.array, bytes]:
+    """The ENQUEUE records of one bulk batch: jobs that differ only in id (all ids of one
+    length) and payload, with no unique key. Returns (their lengths, the records
+    concatenated): byte for byte what pack_enqueue gives for each job, built with C-level
+    iteration instead of a Python loop (the fixed header is packed once: only its last
+    field, the payload length, differs between jobs). struct.error if a value does not
+    fit; ValueError for ids of different lengths."""
+    if not job_ids:
+        return array.array("I"), b""
+    li = len(job_ids[0])
+    if set(map(len, job_ids)) != {li}:
+        raise ValueError("a bulk batch's ids must all have the same length")
+    flags = ((_F_SCHED if scheduled_ms is not None else 0)
+             | (_F_TIMEOUT if timeout_ms is not None else 0))
+    head = ENQUEUE_HEAD.pack(VERSION, flags, priority, max_retries, created_ms, at_ms,
+                             scheduled_ms or 0, timeout_ms or 0, lease_ms, li, len(job_type),
+                             len(queue), 0, 0)[:-4]          # all but the payload length
+    names = job_type + queue
+    fixed = len(head) + 4 + li + len(names)
+    sizes = list(map(len, payloads))
+    data = b"".join(chain.from_iterable(zip(repeat(head), map(_U32_PACK, sizes), job_ids,
+                                            repeat(names), payloads)))
+    return array.array("I", map(fixed.__add__, sizes)), data
 
 
 def encode_enqueue(r: Enqueue) -> bytes:

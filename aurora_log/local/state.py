@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import builtins
 import heapq
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any, cast
 
 from . import records as R
@@ -57,6 +60,9 @@ _PRIO = (None,) + tuple(JobPriority)
 # the ENQUEUE record's fixed header, for replay's fused path (apply_enqueue_bytes)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
+_LSN_PACK = struct.Struct("<q").pack    # a blob head's first field (table.JOB_HEAD)
+# an Enqueue's fields but id, unique_key and payload: what one bulk run shares
+_RUN_FIELDS = itemgetter(1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 # A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
@@ -283,6 +289,63 @@ class State:
             return
         self.order.add(job_id, pair, e.priority, at if sched is None else clamp_due(sched),
                        lsn, at)
+
+    def apply_enqueue_run(self, first_lsn: int, job_ids: Sequence[str], job_type: str,
+                          queue: str, prio: int, max_retries: int, created: int, at: int,
+                          sched: int | None, timeout_ms: int | None, lease_ms: int,
+                          payloads: Sequence[bytes]) -> None:
+        """Fold the ENQUEUE records of one bulk batch (records.pack_enqueue_run, LSNs from
+        ``first_lsn``): jobs that share every field but id and payload and have no unique
+        key. The same state as apply() of each record, with the blobs and claim-order
+        entries built by C-level iteration. The caller made sure that no id is in the
+        table yet (the queue refuses such a batch before it takes LSNs); a batch with an
+        id a DEPENDS record waits for is folded record by record."""
+        n = len(job_ids)
+        if not n:
+            return
+        jobs = self.jobs
+        waiting = self.control.waiting
+        if waiting and not waiting.keys().isdisjoint(job_ids):
+            for k, (job_id, payload) in enumerate(zip(job_ids, payloads, strict=True)):
+                self.apply(first_lsn + k, R.ENQUEUE, R.Enqueue(
+                    job_id, job_type, queue, prio, max_retries, created, at, sched,
+                    timeout_ms, lease_ms, None, payload))
+            return
+        pair = self._pair_ix.get((queue, job_type))
+        if pair is None:
+            pair = self.pair_index(queue, job_type)
+        tail = pack_head(0, at, created, sched or 0, timeout_ms or 0, lease_ms, max_retries,
+                         pair, prio, F_SCHED if sched is not None else 0, 0)[8:]
+        lsns = range(first_lsn, first_lsn + n)
+        blobs = map(b"".join, zip(map(_LSN_PACK, lsns), repeat(tail), payloads, strict=False))
+        if type(jobs) is dict:
+            jobs.update(zip(job_ids, blobs, strict=True))
+        else:                                   # a LazyJobs: one by one (it counts them)
+            for job_id, blob in zip(job_ids, blobs, strict=True):
+                jobs[job_id] = blob
+        self._counts[PENDING] += n
+        qc = self._qcounts.get(queue)
+        if qc is None:
+            qc = self._qcounts[queue] = [0] * 7
+        qc[PENDING] += n
+        self.order.add_run(job_ids, pair, prio, at if sched is None else clamp_due(sched),
+                           first_lsn, at)
+        self.applied += n
+        if lsns[-1] > self.last_lsn:
+            self.last_lsn = lsns[-1]
+
+    def apply_enqueues(self, first_lsn: int, records: Sequence[R.Enqueue]) -> None:
+        """Fold ENQUEUE records without unique keys, LSNs from ``first_lsn`` (a batch of
+        Jobs): each run of consecutive records that share every field but id and payload
+        is folded by apply_enqueue_run, so the result is apply() of each record. The caller
+        made sure that no id is in the table yet."""
+        lsn = first_lsn
+        for key, group in groupby(records, _RUN_FIELDS):
+            run = list(group)
+            job_type, queue, prio, maxr, created, at, sched, tmo, lease = key
+            self.apply_enqueue_run(lsn, [r[0] for r in run], job_type, queue, prio, maxr,
+                                   created, at, sched, tmo, lease, [r[11] for r in run])
+            lsn += len(run)
 
     # ------------------------------------------------------------------ dependencies
 

@@ -42,7 +42,8 @@ from ..errors import (
 )
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_names, token_bytes)
-from ..job import (payload_bytes, scheduled_ms, check_new_job,
+from ..bulk import BulkRequest, bulk_request, check_bulk_call
+from ..job import (payload_bytes, scheduled_ms, check_new_job, new_ids,
     MAX_DUE_MS,
     STATUS_CODES,
     MAX_NAME_CHARS,
@@ -265,15 +266,40 @@ class PostgresQueue(ControlMixin, QueueInterface):
         synchronous_commit off for this transaction)."""
         return self.enqueue_many((job,), durable=durable)[0]
 
-    def enqueue_many(self, jobs: Iterable[Job], *, durable: bool = True) -> list[str]:
+    def enqueue_many(self, jobs: Any, payloads: Any = None, /, *, durable: bool = True,
+                     **options: Any) -> list[str]:
         """Add many jobs atomically (all or none, one transaction). Returns their ids in
         order (an existing live job's id for a unique_key already taken, also within the
-        batch)."""
+        batch). ``enqueue_many(jobs)`` takes Jobs; ``enqueue_many(job_type, payloads,
+        **options)`` is the bulk form (see QueueInterface.enqueue_many): its rows are made
+        straight from the payloads, then written as the Job form's are."""
+        if check_bulk_call(jobs, payloads, options):
+            req = bulk_request(jobs, payloads, self._max_payload, **options)
+            now = self._now_ms()
+            return self._insert_rows(None, self._bulk_rows(req, now), now, durable)
         if isinstance(jobs, Job):
             raise TypeError("enqueue_many takes an iterable of Jobs; use enqueue for one")
         jobs = list(jobs)
         now = self._now_ms()
-        rows = [self._row(j, now) for j in jobs]
+        return self._insert_rows(jobs, [self._row(j, now) for j in jobs], now, durable)
+
+    @staticmethod
+    def _bulk_rows(req: BulkRequest, now: int) -> list[tuple]:
+        """The rows of a bulk request (as _row makes them from Jobs): ids drawn for the
+        whole batch, created and enqueued at ``now``."""
+        ids = new_ids(len(req.payloads))
+        keys = req.unique_keys if req.unique_keys is not None else [None] * len(ids)
+        due = now if req.scheduled_ms is None else req.scheduled_ms
+        fixed = (req.priority, req.max_retries, now, req.scheduled_ms, due, req.timeout_ms,
+                 req.lease_ms)
+        return [(job_id, req.job_type, req.queue, key, payload.decode("utf-8")) + fixed
+                for job_id, key, payload in zip(ids, keys, req.payloads, strict=True)]
+
+    def _insert_rows(self, jobs: list[Job] | None, rows: list[tuple], now: int,
+                     durable: bool) -> list[str]:
+        """Write checked rows atomically (``jobs``: the Jobs they came from, for their
+        parents; None for the bulk form, which has none). Returns the ids, as
+        enqueue_many."""
         seen: set[str] = set()
         for r in rows:
             if r[0] in seen:
@@ -282,7 +308,7 @@ class PostgresQueue(ControlMixin, QueueInterface):
         self._check_open()
         if not rows:
             return []
-        if any(j.depends_on for j in jobs):
+        if jobs is not None and any(j.depends_on for j in jobs):
             return self._enqueue_with_deps(jobs, rows, now, durable)
         if durable and all(r[3] is None for r in rows):
             # the common case, one statement (insert, history, NOTIFY): atomic by itself

@@ -52,7 +52,8 @@ class AuroraPeer(Peer):
                             f"(interval_ms={interval_ms or 'default'})")
             self.durable = False
             self.default_or_strong = "relaxed"
-        self.notes = "payload dict -> Job('bench', payload, priority=..); ids are UUIDs"
+        self.notes = ("payload dict -> Job('bench', payload, priority=..); a batch of one "
+                      "priority: enqueue_many('bench', payloads, priority=..); ids are UUIDs")
         self.q = None
         # s6 reopens the store once as filled (background compaction as configured by
         # default) and once more after an explicit compact() (a snapshot and no tail).
@@ -84,6 +85,12 @@ class AuroraPeer(Peer):
         return self.q.enqueue(self._job(payload, level))
 
     def enqueue_many(self, items):
+        # One priority for the whole batch (s3's case): the bulk form, as a user with a
+        # list of payload dicts calls it. Mixed priorities: one Job per payload.
+        levels = {lv for _, lv in items}
+        if len(levels) == 1:
+            return self.q.enqueue_many("bench", [p for p, _ in items],
+                                       priority=self._prio[levels.pop()])
         job = self._job
         return self.q.enqueue_many([job(p, lv) for p, lv in items])
 
