@@ -150,19 +150,25 @@ class State:
         if old == new:
             return
         h = unpack_head(r.blob)
-        self._count(self.pairs[h[PAIR]][0], old, new)
+        pair = self.pairs[h[PAIR]]
+        self._count(pair[0], old, new)
         r.status = new
         if old == RUNNING:
             self._running.discard(job_id)
-            self.control.on_running(self.pairs[h[PAIR]], -1)
-            self.proc_of.pop(job_id, None)
+            self.control.on_running(pair, -1)
+            if self.proc_of:
+                self.proc_of.pop(job_id, None)
         if new == RUNNING:
             self._running.add(job_id)
-            self.control.on_running(self.pairs[h[PAIR]], +1)
+            self.control.on_running(pair, +1)
         if new in FINISHED and h[UKEY_LEN]:
-            ukey = r.blob[HEAD_SIZE:HEAD_SIZE + h[UKEY_LEN]].decode()
-            if self._unique.get(ukey) == job_id:
-                del self._unique[ukey]
+            self._drop_unique(job_id, r.blob, h[UKEY_LEN])
+
+    def _drop_unique(self, job_id: str, blob: bytes, ukey_len: int) -> None:
+        """A job holding a unique key finished: the key is free again (if it held it)."""
+        ukey = blob[HEAD_SIZE:HEAD_SIZE + ukey_len].decode()
+        if self._unique.get(ukey) == job_id:
+            del self._unique[ukey]
 
     # ------------------------------------------------------------------ the fold
 
@@ -341,27 +347,48 @@ class State:
         return r
 
     def _apply_claim(self, lsn: int, c: R.Claim) -> None:
-        r = self._rec(c.id)
-        if r is None or r.status not in WAITING:
-            self.anomaly(lsn, f"claim of {c.id}: not waiting")
+        # the hot path of every claim (live and in replay): _rec and _set inlined for the
+        # one transition a claim makes (waiting -> RUNNING), one head unpack in all
+        job_id = c.id
+        jobs = self.jobs
+        v = jobs.get(job_id)
+        if type(v) is Rec:
+            if v.status not in WAITING:
+                self.anomaly(lsn, f"claim of {job_id}: not waiting")
+                return
+            r = v
+            h = unpack_head(r.blob)
+        elif v is None:
+            self.anomaly(lsn, f"claim of {job_id}: not waiting")
             return
-        self._set(c.id, r, RUNNING)
-        r.token = c.token
+        else:                                   # never touched: its blob becomes a Rec
+            h = unpack_head(v)
+            r = Rec(v, h)
+            jobs[job_id] = r
+        at = c.at_ms
+        pix = h[PAIR]
+        pair = self.pairs[pix]
+        self._count(pair[0], r.status, RUNNING)
+        r.status = RUNNING
+        self._running.add(job_id)
+        control = self.control
+        control.on_running(pair, +1)
+        token = c.token
+        r.token = token
         r.worker = c.worker
-        r.started = r.hb = c.at_ms
+        r.started = r.hb = at
         r.lease_dl = c.lease_deadline_ms
         r.progress = r.pmsg = None
         r.cancel_req = False
-        r.hist.append((lsn, R.CLAIM, c.at_ms, RUNNING, c.worker, r.retry + 1, None))
+        r.hist.append((lsn, R.CLAIM, at, RUNNING, c.worker, r.retry + 1, None))
         if c.proc:
-            self.proc_of[c.id] = c.proc
-        heapq.heappush(self._leases, (c.lease_deadline_ms, c.id, c.token))
-        h = unpack_head(r.blob)
-        if self.control.windows:
-            self.control.on_claim(self.pairs[h[PAIR]], c.at_ms)
+            self.proc_of[job_id] = c.proc
+        heapq.heappush(self._leases, (c.lease_deadline_ms, job_id, token))
+        if control.windows:
+            control.on_claim(pair, at)
         if h[TIMEOUT_MS]:
-            heapq.heappush(self._timeouts, (c.at_ms + h[TIMEOUT_MS], c.id, c.token))
-        self.order.left(c.id, h[PAIR])
+            heapq.heappush(self._timeouts, (at + h[TIMEOUT_MS], job_id, token))
+        self.order.left(job_id, pix)
 
     def _apply_heartbeat(self, lsn: int, h: R.Heartbeat) -> None:
         r = self._running_rec(lsn, h, "heartbeat")
@@ -393,16 +420,32 @@ class State:
         r.lease_dl = 0
 
     def _apply_complete(self, lsn: int, c: R.Complete) -> None:
-        r = self._running_rec(lsn, c, "complete")
-        if r is None:
+        # the hot path of every complete (live and in replay): _running_rec, _set and
+        # _finish_attempt inlined for the one transition (RUNNING -> COMPLETED)
+        job_id = c.id
+        r = self.jobs.get(job_id)
+        if type(r) is not Rec or r.status != RUNNING or r.token != c.token:
+            self.anomaly(lsn, f"complete of {job_id}: not running under that token")
             return
-        self._set(c.id, r, COMPLETED)
-        self._finish_attempt(r)
-        r.completed = c.at_ms
+        at = c.at_ms
+        h = unpack_head(r.blob)
+        pair = self.pairs[h[PAIR]]
+        self._count(pair[0], RUNNING, COMPLETED)
+        r.status = COMPLETED
+        self._running.discard(job_id)
+        self.control.on_running(pair, -1)
+        if self.proc_of:
+            self.proc_of.pop(job_id, None)
+        if h[UKEY_LEN]:
+            self._drop_unique(job_id, r.blob, h[UKEY_LEN])
+        r.token = None
+        r.lease_dl = 0
+        r.completed = at
         r.result = c.result
         r.error = None
-        r.hist.append((lsn, R.COMPLETE, c.at_ms, COMPLETED, r.worker, r.retry + 1, None))
-        self._finished(lsn, c.at_ms, c.id, COMPLETED)
+        r.hist.append((lsn, R.COMPLETE, at, COMPLETED, r.worker, r.retry + 1, None))
+        if self.control.children:
+            self._finished(lsn, at, job_id, COMPLETED)
 
     def _after_attempt(self, lsn: int, job_id: str, r: Rec, outcome: int, at: int, due: int,
                        retry_status: int, rtype: int, note: str) -> None:
