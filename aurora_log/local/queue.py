@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -153,6 +153,10 @@ class Queue(QueueInterface):
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
+        # what a durable complete/fail waits for: outside sync mode "durable" is "written"
+        # (the same level in the C writer), and that level can be waited for keeping the
+        # GIL (Log._append1), so threads do not hand the GIL around on every complete
+        self._durable_wait = "durable" if self._sync_mode else "written"
         self._max_snapshot = max_snapshot_bytes
         # shared mode (many processes, sharedlog.py): the records below _cursor are folded
         self._shared = bool(getattr(self._log, "_shared", False))
@@ -291,15 +295,18 @@ class Queue(QueueInterface):
         if recs:
             self._cond.notify_all()
 
-    @contextmanager
-    def _deciding(self) -> Iterator[None]:
+    def _deciding(self) -> AbstractContextManager[Any]:
         """The section in which a record is decided from the state and written: the queue
         lock, and in shared mode also the page's append lock with the state caught up to
-        the log's tail (so the decision sees every other process's records)."""
+        the log's tail (so the decision sees every other process's records). Exclusive
+        mode: the lock itself (a generator context costs ~2 us, as much as a whole fold)."""
+        if not self._shared:
+            return self._lock
+        return self._deciding_shared()
+
+    @contextmanager
+    def _deciding_shared(self) -> Iterator[None]:
         with self._lock:
-            if not self._shared:
-                yield
-                return
             self._check_process()
             with self._sl.locked():
                 self._catch_up()
@@ -676,7 +683,7 @@ class Queue(QueueInterface):
         time.monotonic() deadline; None = do not wait). Returns (job, reserved claim
         record) or None; the caller publishes the record (None: not logged, disk full)."""
         waited = False
-        with self._cond:
+        with self._lock:     # the condition's lock (its wrapper adds a call each way)
             while True:
                 if self._closed:
                     if waited:
@@ -806,7 +813,7 @@ class Queue(QueueInterface):
             reserved = self._reserve_apply([rec])
             if self._state.control.wake_on_finish:   # a limit's slot, or children released
                 self._cond.notify_all()
-        self._publish(reserved, "durable" if durable else "none")
+        self._publish(reserved, self._durable_wait if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
@@ -820,7 +827,7 @@ class Queue(QueueInterface):
             reserved = self._reserve_apply([rec])
             if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
-        self._publish(reserved, "durable" if durable else "none")
+        self._publish(reserved, self._durable_wait if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
 

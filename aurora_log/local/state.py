@@ -94,6 +94,12 @@ class State:
         # "procs"), so a process that loads one can still hand back a dead claimer's jobs
         self.proc_of: dict[str, int] = {}    # running job -> its claimer's ATTACH LSN
         self.procs_gone: set[int] = set()    # ATTACH LSNs detached or found dead
+        # the last (ms, datetime) of a job's created time, of a start, of a lease deadline:
+        # consecutive claims mostly share them (one enqueue batch, one millisecond), and a
+        # datetime is immutable, so Job objects may share one (see _job_from_entry)
+        self._dt_created: tuple[int, Any] = (-1, None)
+        self._dt_started: tuple[int, Any] = (-1, None)
+        self._dt_deadline: tuple[int, Any] = (-1, None)
 
     # ------------------------------------------------------------------ small helpers
 
@@ -808,7 +814,10 @@ class State:
                                 f"(enqueued at LSN {lsn})") from None
         j.priority = _PRIO[prio]
         j.max_retries = max_retries
-        j.created_at = from_ms(created)
+        c = self._dt_created
+        if c[0] != created:
+            self._dt_created = c = (created, from_ms(created))
+        j.created_at = c[1]
         j.timeout_seconds = _secs(timeout) if timeout else None
         j.lease_duration = _secs(lease)
         if self.control.waiting:
@@ -824,15 +833,27 @@ class State:
             j.progress = j.progress_message = None
             j.cancel_requested = False
             return j
-        j.status = _STATUS[v.status]
+        status = v.status
+        j.status = _STATUS[status]
         j.retry_count = v.retry
         j.scheduled_at = from_ms(v.due) if v.due else None
-        j.started_at = started = from_ms(v.started) if v.started else None
-        j.completed_at = from_ms(v.completed) if v.completed and v.status in FINISHED else None
+        started = None
+        if v.started:
+            c = self._dt_started
+            if c[0] != v.started:
+                self._dt_started = c = (v.started, from_ms(v.started))
+            started = c[1]
+        j.started_at = started
+        j.completed_at = from_ms(v.completed) if v.completed and status in FINISHED else None
         j.last_heartbeat = (started if v.hb == v.started else from_ms(v.hb)) if v.hb else None
-        running = v.status == RUNNING
-        j.token = v.token.hex() if running and v.token is not None else None
-        j.lease_deadline = from_ms(v.lease_dl) if running else None
+        if status == RUNNING:
+            j.token = v.token.hex() if v.token is not None else None
+            c = self._dt_deadline
+            if c[0] != v.lease_dl:
+                self._dt_deadline = c = (v.lease_dl, from_ms(v.lease_dl))
+            j.lease_deadline = c[1]
+        else:
+            j.token = j.lease_deadline = None
         j.worker_id = v.worker
         j.error = v.error
         j.result = decode_json(v.result) if v.result is not None else None
