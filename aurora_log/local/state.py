@@ -57,6 +57,7 @@ _PRIO = (None,) + tuple(JobPriority)
 # the ENQUEUE record's fixed header, for replay's fused path (apply_enqueue_bytes)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
+_new_tuple = tuple.__new__
 
 
 # A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
@@ -596,13 +597,15 @@ class State:
         clock's effect on the claim order comes first (timers due by now become ready),
         then the choice is a pure read (``ClaimOrder.best``). The claim itself happens when
         its record is applied."""
-        self.order.promote(now_ms)
-        cands = self.order.candidates(queues, job_types)
+        order = self.order
+        if order.timers or order.trun is not None:      # else nothing can come due
+            order.promote(now_ms)
+        cands = order.candidates(queues, job_types)
         control = self.control
         if control.active:          # paused queues and reached limits are not looked at
             pairs = self.pairs
             cands = [ix for ix in cands if not control.blocked(*pairs[ix], now_ms)]
-        return self.order.best(cands)
+        return order.best(cands)
 
     def next_allowed_ms(self, now_ms: int, queues: frozenset | None = None,
                         job_types: frozenset | None = None) -> int | None:
@@ -643,8 +646,9 @@ class State:
 
     def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
         v = self.jobs[job_id]
-        lease = unpack_head(blob_of(v))[LEASE_MS]
-        return R.Claim(job_id, now_ms, token, now_ms + lease, worker)
+        lease = unpack_head(v.blob if type(v) is Rec else v)[LEASE_MS]
+        # tuple.__new__: the NamedTuple's Python-level constructor costs more than the rest
+        return _new_tuple(R.Claim, (job_id, now_ms, token, now_ms + lease, worker, 0))
 
     def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
         r = self._get_running(job_id, token)
@@ -662,8 +666,10 @@ class State:
 
     def plan_complete(self, job_id: str, token: bytes, now_ms: int,
                       result: bytes | None) -> R.Complete:
-        self._get_running(job_id, token)
-        return R.Complete(job_id, now_ms, token, result)
+        v = self.jobs.get(job_id)
+        if type(v) is not Rec or v.status != RUNNING or v.token != token:
+            self._get_running(job_id, token)          # raises the error that fits
+        return _new_tuple(R.Complete, (job_id, now_ms, token, result))
 
     def _verdict(self, r: Rec, now_ms: int, delay: Callable[[int], int]) -> tuple[int, int]:
         if r.cancel_req:
