@@ -448,6 +448,29 @@ class Queue(QueueInterface):
             raise
         return first, encoded, checked
 
+    def _reserve_apply1(self, rec) -> tuple[int, list, Any]:
+        """_reserve_apply of one record about one job (claim, heartbeat, progress,
+        complete, fail, release: the hot paths), without the batch's list building."""
+        rtype, payload = R.encode(rec)
+        encoded = [(rtype, payload)]
+        if len(payload) > self._log.max_record_bytes:
+            self._log.check_records(encoded)     # raises: nothing reserved
+        if self._shared:
+            return self._write_apply([rec], encoded, None)
+        first = self._log.reserve(1)
+        try:
+            at = rec.at_ms
+            if at > self._max_at:
+                self._max_at = at
+            if self._touched is not None:    # a compaction is capturing: note the job
+                self._touched[rec.id] = None
+            self._state.apply(first, rtype, rec)
+        except BaseException:
+            # the LSN is taken: a range that never arrives stalls every later commit
+            self._log.append_reserved(first, encoded)
+            raise
+        return first, encoded, None
+
     def _write_apply(self, recs: list, encoded: list, checked) -> tuple[int, list, Any]:
         """Shared mode, under the append lock with the state caught up: write the records
         at the page's tail (written before anything is folded: a failed write changes
@@ -698,7 +721,7 @@ class Queue(QueueInterface):
                     if self._out_of_space():
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
-                    reserved = self._reserve_apply([rec])     # append + apply (the fold)
+                    reserved = self._reserve_apply1(rec)      # append + apply (the fold)
                     try:
                         return self._state.get(job_id), reserved
                     except BaseException:
@@ -780,7 +803,7 @@ class Queue(QueueInterface):
             if self._out_of_space():
                 self._apply_unlogged(rec)
                 return self._state.cancel_requested(job_id)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             try:
                 cancel = self._state.cancel_requested(job_id)
             finally:
@@ -796,7 +819,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
         self._publish(reserved, "none")
 
     def complete(self, job_id: str, token: str, result: Any = None, *,
@@ -810,7 +833,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             if self._state.control.wake_on_finish:   # a limit's slot, or children released
                 self._cond.notify_all()
         self._publish(reserved, self._durable_wait if durable else "none")
@@ -824,7 +847,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
         self._publish(reserved, self._durable_wait if durable else "none")
@@ -843,7 +866,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_release(job_id, tok, self._now_ms())
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             self._cond.notify_all()
         self._publish(reserved, "durable")
         return JobStatus.CANCELLED if rec.outcome == R.OUTCOME_CANCELLED else JobStatus.PENDING

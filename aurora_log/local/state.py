@@ -41,8 +41,8 @@ from typing import Any, cast
 from . import records as R
 from .control import Control
 from ..errors import InvalidStateError, JobNotFoundError, StaleLeaseError
-from ..job import (MAX_DUE_MS, Job, JobPriority, JobStatus, decode_json, from_ms, retry_delay_ms,
-                   unfilled_job)
+from ..job import (MAX_DUE_MS, Job, JobPriority, JobStatus, decode_json, from_ms,
+                   retry_delay_ms)
 from ..interface import Transition
 from .order import ClaimOrder, clamp_due, claim_key, enqueue_due, timer_key
 from .table import (AT, CANCELLED, COMPLETED, DEAD_LETTER, F_SCHED, FAILED, FINISHED,
@@ -58,6 +58,7 @@ _PRIO = (None,) + tuple(JobPriority)
 _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
 _new_tuple = tuple.__new__
+_new_job = Job.__new__
 
 
 # A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
@@ -807,7 +808,7 @@ class State:
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
          lu) = unpack_head(blob)
         queue, job_type = self.pairs[pair]
-        j = unfilled_job()
+        j = _new_job(Job)                   # unfilled_job() without its two calls
         j.id = job_id
         j.job_type = job_type
         j.queue = queue
