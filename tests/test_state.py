@@ -292,3 +292,20 @@ def test_a_stored_payload_that_is_not_json_is_a_typed_error_on_read():
     s.apply(1, R.ENQUEUE, R.Enqueue("j", "t", "q", 2, 3, 1, 2, None, None, 30, None, b"{\xff"))
     with pytest.raises(R.RecordError, match="not valid JSON"):
         s.get("j")
+
+
+def test_stored_json_decodes_as_decode_json_does():
+    """The claim path's direct scanner call (state._stored_json) gives decode_json's
+    value for every stored form, and its error for bytes that are not JSON."""
+    from aurora_log.job import decode_json
+    from aurora_log.local.state import _stored_json
+    good = [b'{"a":1,"b":[1,2.5,"x"],"c":{"d":null}}', b' {"a":1}', b'{"a":1} ', b'[1,2]',
+            b'"\\u00e9t\\u00e9"', b'1', b'null', b'{"a":NaN}', '{"é":"ü"}'.encode()]
+    for data in good:
+        assert repr(_stored_json(data)) == repr(decode_json(data))
+    for data in (b'{"a":1}x', b'{"a":', b'', b'  ', b'{\xff}'):
+        with pytest.raises(ValueError) as ours:
+            _stored_json(data)
+        with pytest.raises(ValueError) as theirs:
+            decode_json(data)
+        assert type(ours.value) is type(theirs.value)
