@@ -283,8 +283,9 @@ def test_fused_enqueue_rejects_exactly_what_the_decoder_rejects():
         a.apply(1, R.ENQUEUE, want)
         assert b.apply_enqueue_bytes(1, data) == want.at_ms
         # (no fingerprint: a mutated payload need not be valid JSON; compare the internals)
-        assert (a.jobs, a.order.ready, a.order.timers, a._unique, a.stats(), a.pairs) == \
-            (b.jobs, b.order.ready, b.order.timers, b._unique, b.stats(), b.pairs)
+        assert (a.jobs, a.order.ready, a.order.lanes, a.order.timers, a._unique, a.stats(),
+                a.pairs) == (b.jobs, b.order.ready, b.order.lanes, b.order.timers, b._unique,
+                             b.stats(), b.pairs)
 
 
 def test_a_stored_payload_that_is_not_json_is_a_typed_error_on_read():

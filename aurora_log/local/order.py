@@ -11,7 +11,12 @@ moves it to the ready heap of its (queue, job_type) pair.
 
 Structures (all owned by ``ClaimOrder``; the job table stays the state's):
 
-* ``ready``: one heap of ``(claim_key, id)`` per pair index;
+* ``ready``: one heap of ``(claim_key, id)`` per pair index, and beside it a ``lane``: a
+  deque of entries that arrived in increasing key order (the common case: FIFO jobs of one
+  priority, each key above the last). A job goes to the lane when its key is above the
+  lane's last one, else to the heap; the pair's head is the smaller of the two heads. A
+  claim then pops a deque (O(1)) instead of sifting a heap of big-int tuples (2.4 us at
+  40,000 waiting, more at a million);
 * ``timers``: one heap of ``(timer_key, id)`` for jobs due after the record that made them
   wait (scheduled jobs, retry backoff);
 * ``runs`` / ``trun``: after a version-2 snapshot load, the snapshot's never-touched pending
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -92,6 +98,7 @@ class ClaimOrder:
     def __init__(self, state: State) -> None:
         self.st = state                       # its job table decides liveness
         self.ready: list[list[Entry]] = []    # pair index -> heap
+        self.lanes: list[deque[Entry]] = []   # pair index -> entries in increasing key order
         self.timers: list[Entry] = []
         self.runs: dict[int, Run] = {}
         self.trun: Run | None = None
@@ -102,6 +109,7 @@ class ClaimOrder:
     def add_pair(self) -> None:
         """A new (queue, job_type) pair got the next index."""
         self.ready.append([])
+        self.lanes.append(deque())
         self._candidates.clear()
 
     def add(self, job_id: str, pair: int, prio: int, due: int, seq: int, at: int) -> None:
@@ -110,7 +118,12 @@ class ClaimOrder:
         if due > at:
             heapq.heappush(self.timers, (due << 64 | seq, job_id))
         else:
-            heapq.heappush(self.ready[pair], (claim_key(prio, due, seq), job_id))
+            key = claim_key(prio, due, seq)
+            lane = self.lanes[pair]
+            if not lane or key > lane[-1][0]:
+                lane.append((key, job_id))
+            else:
+                heapq.heappush(self.ready[pair], (key, job_id))
 
     def add_blob(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
         """``add`` for a job given by its blob (pair and priority read from its head)."""
@@ -159,9 +172,24 @@ class ClaimOrder:
                 return                      # a blob: never touched, always waiting
             heapq.heappop(heap)
 
+    def _drop_dead_lane(self, lane: deque[Entry]) -> None:
+        jobs = self.st.jobs
+        while lane:
+            key, job_id = lane[0]
+            v = jobs.get(job_id)
+            if type(v) is Rec:
+                if v.status in WAITING and v.seq == key & SEQ_MASK:
+                    return
+            elif v is not None:
+                return
+            lane.popleft()
+
     def left(self, job_id: str, pair: int) -> None:
         """``job_id`` (of pair ``pair``) stopped waiting (the fold applied its claim or
         cancel): wherever it is a head, drop it and the dead entries under it."""
+        lane = self.lanes[pair]
+        if lane and lane[0][1] == job_id:
+            self._drop_dead_lane(lane)
         heap = self.ready[pair]
         if heap and heap[0][1] == job_id:
             self._drop_dead(heap)
@@ -194,17 +222,33 @@ class ClaimOrder:
         None. A pure read: every head is live (see the module doc)."""
         best: int | None = None
         best_id = None
-        ready, runs = self.ready, self.runs
+        ready, lanes, runs = self.ready, self.lanes, self.runs
         for ix in candidates:
             if runs:
                 run = runs.get(ix)
                 if run is not None and run.head is not None and \
                         (best is None or run.head[0] < best):
                     best, best_id = run.head
+            lane = lanes[ix]
+            if lane and (best is None or lane[0][0] < best):
+                best, best_id = lane[0]
             heap = ready[ix]
             if heap and (best is None or heap[0][0] < best):
                 best, best_id = heap[0]
         return best_id
+
+    def head(self, pair: int) -> Entry | None:
+        """The first (key, id) entry of one pair's ready jobs (of its heap, lane or snapshot
+        run), or None. For tests and tools; claims use best()."""
+        run = self.runs.get(pair)
+        heads = [e for e in (self.lanes[pair][0] if self.lanes[pair] else None,
+                             self.ready[pair][0] if self.ready[pair] else None,
+                             run.head if run is not None else None) if e is not None]
+        return min(heads) if heads else None
+
+    def ready_count(self, pair: int) -> int:
+        """Entries (live or not yet dropped) in one pair's heap and lane."""
+        return len(self.ready[pair]) + len(self.lanes[pair])
 
     def promote(self, now_ms: int) -> int:
         """The clock's effect: move the timers due by ``now_ms`` (due <= now) into their
