@@ -378,7 +378,15 @@ class State:
         at = c.at_ms
         pix = h[PAIR]
         pair = self.pairs[pix]
-        self._count(pair[0], r.status, RUNNING)
+        old = r.status                          # _count inlined (a status code is >= 1)
+        counts = self._counts
+        counts[old] -= 1
+        counts[RUNNING] += 1
+        qc = self._qcounts.get(pair[0])
+        if qc is None:
+            qc = self._qcounts[pair[0]] = [0] * 7
+        qc[old] -= 1
+        qc[RUNNING] += 1
         r.status = RUNNING
         self._running.add(job_id)
         control = self.control
@@ -440,7 +448,12 @@ class State:
         at = c.at_ms
         h = unpack_head(r.blob)
         pair = self.pairs[h[PAIR]]
-        self._count(pair[0], RUNNING, COMPLETED)
+        counts = self._counts                   # _count inlined
+        counts[RUNNING] -= 1
+        counts[COMPLETED] += 1
+        qc = self._qcounts[pair[0]]             # it counted this job RUNNING
+        qc[RUNNING] -= 1
+        qc[COMPLETED] += 1
         r.status = COMPLETED
         self._running.discard(job_id)
         self.control.on_running(pair, -1)
