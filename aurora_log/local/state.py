@@ -60,7 +60,9 @@ _ENQ_UNPACK = R.ENQUEUE_HEAD.unpack_from
 _ENQ_SIZE = R.ENQUEUE_HEAD.size
 _new_tuple = tuple.__new__
 _new_job = Job.__new__
-_scan_json = json.JSONDecoder().scan_once      # job.decode_json's decoder settings
+# job.decode_json's decoder settings; scan_once is set by JSONDecoder.__init__ (not typed)
+_scan_json: Callable[[str, int], tuple[Any, int]] = \
+    json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 # A job as a snapshot stores it: (id, blob, None) if never touched, else (id, blob, its
@@ -362,7 +364,7 @@ class State:
         job_id = c.id
         jobs = self.jobs
         v = jobs.get(job_id)
-        if type(v) is Rec:
+        if isinstance(v, Rec):
             if v.status not in WAITING:
                 self.anomaly(lsn, f"claim of {job_id}: not waiting")
                 return
@@ -662,7 +664,7 @@ class State:
 
     def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
         v = self.jobs[job_id]
-        lease = unpack_head(v.blob if type(v) is Rec else v)[LEASE_MS]
+        lease = unpack_head(v.blob if isinstance(v, Rec) else v)[LEASE_MS]
         # tuple.__new__: the NamedTuple's Python-level constructor costs more than the rest
         return _new_tuple(R.Claim, (job_id, now_ms, token, now_ms + lease, worker, 0))
 
@@ -819,7 +821,7 @@ class State:
         return None if v is None else self._job_from_entry(job_id, v)
 
     def _job_from_entry(self, job_id: str, v: bytes | Rec) -> Job:
-        blob = v.blob if type(v) is Rec else v
+        blob = v.blob if isinstance(v, Rec) else v
         (lsn, at, created, sched, timeout, lease, max_retries, pair, prio, flags,
          lu) = unpack_head(blob)
         queue, job_type = self.pairs[pair]
