@@ -310,3 +310,15 @@ def test_stored_json_decodes_as_decode_json_does():
         with pytest.raises(ValueError) as theirs:
             decode_json(data)
         assert type(ours.value) is type(theirs.value)
+
+
+def test_plan_claim_carries_the_claiming_process():
+    """plan_claim's proc (shared mode's ATTACH LSN) lands in the record and, folded, in
+    proc_of, as the record's _replace(proc=...) did."""
+    s = State()
+    s.apply(1, R.ENQUEUE, R.Enqueue("j", "t", "q", 2, 3, 1, 1, None, None, 30_000, None, b"{}"))
+    rec = s.plan_claim("j", 5, b"12345678", "w", proc=7)
+    assert rec == s.plan_claim("j", 5, b"12345678", "w")._replace(proc=7)
+    assert R.decode(*R.encode(rec)) == rec
+    s.apply(2, R.CLAIM, rec)
+    assert s.proc_of == {"j": 7} and s.jobs_of_proc(7) == ["j"]

@@ -662,11 +662,14 @@ class State:
                                   "does not hold its lease")
         return v
 
-    def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str) -> R.Claim:
+    def plan_claim(self, job_id: str, now_ms: int, token: bytes, worker: str,
+                   proc: int = 0) -> R.Claim:
+        """The CLAIM record of ``job_id`` (``proc``: the claiming process's ATTACH LSN in
+        shared mode; cheaper here than a ``_replace`` of the record, ~1 us)."""
         v = self.jobs[job_id]
         lease = unpack_head(v.blob if isinstance(v, Rec) else v)[LEASE_MS]
         # tuple.__new__: the NamedTuple's Python-level constructor costs more than the rest
-        return _new_tuple(R.Claim, (job_id, now_ms, token, now_ms + lease, worker, 0))
+        return _new_tuple(R.Claim, (job_id, now_ms, token, now_ms + lease, worker, proc))
 
     def plan_heartbeat(self, job_id: str, token: bytes, now_ms: int) -> R.Heartbeat:
         r = self._get_running(job_id, token)
