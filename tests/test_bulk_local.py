@@ -81,7 +81,8 @@ def _state_view(st: State):
     """Everything the fold decides, comparable between two states."""
     jobs = {k: v if isinstance(v, bytes) else tuple(getattr(v, f) for f in Rec.__slots__)
             for k, v in st.jobs.items()}
-    return (jobs, st.pairs, [sorted(h) for h in st.order.ready], sorted(st.order.timers),
+    ready = [sorted([*h, *lane]) for h, lane in zip(st.order.ready, st.order.lanes, strict=True)]
+    return (jobs, st.pairs, ready, sorted(st.order.timers),
             st._counts, st._qcounts, st.last_lsn, st.applied, st._unique)
 
 
@@ -125,7 +126,8 @@ def test_run_fold_defers_to_the_record_path_for_a_job_a_depends_waits_for():
     assert _state_view(a) == _state_view(b)
     assert a.control.waiting and ids[1] in a.control.waiting
     # the waiting child is not claimable; its siblings are
-    ready = [i for _, i in a.order.ready[a._pair_ix[("q", "t")]]]
+    pair = a._pair_ix[("q", "t")]
+    ready = [i for _, i in [*a.order.ready[pair], *a.order.lanes[pair]]]
     assert ids[1] not in ready and ids[0] in ready and ids[2] in ready
 
 

@@ -26,7 +26,7 @@ def test_claim_key_orders_priority_then_due_then_fifo():
 
 def _heads_live(s):
     order = s.order
-    for heap in order.ready + [order.timers]:
+    for heap in order.ready + order.lanes + [order.timers]:
         if heap:
             assert order.live(*heap[0]), "a dead entry at a head"
 
@@ -68,10 +68,12 @@ def test_heads_stay_live_and_the_decision_only_reads():
                      queue=rnd.choice("ab"))
         elif op < 0.7:
             s.order.promote(now)
-            before = (copy.deepcopy(s.order.ready), list(s.order.timers), s.fingerprint())
+            before = (copy.deepcopy(s.order.ready), copy.deepcopy(s.order.lanes),
+                      list(s.order.timers), s.fingerprint())
             cands = s.order.candidates(None, None)
             job_id = s.order.best(cands)
-            assert (s.order.ready, s.order.timers, s.fingerprint()) == before   # a pure read
+            assert (s.order.ready, s.order.lanes, s.order.timers, s.fingerprint()) == \
+                before                                                      # a pure read
             assert job_id == _best_by_scan(s, now)
             if job_id is not None:
                 tok = rnd.randbytes(8)
@@ -101,12 +103,33 @@ def test_a_claim_removes_the_job_from_the_order():
         _enqueue(s, f"k{i}", T0 + i)
     s.order.promote(T0 + 10)
     first = s.pick(T0 + 10)
-    assert first == "k0" and s.order.ready[0][0][1] == "k0"
+    assert first == "k0" and s.order.head(0)[1] == "k0"
     s.apply(s.last_lsn + 1, R.CLAIM, s.plan_claim(first, T0 + 10, b"t" * 8, "w"))
-    assert len(s.order.ready[0]) == 4 and s.order.ready[0][0][1] == "k1"
+    assert s.order.ready_count(0) == 4 and s.order.head(0)[1] == "k1"
     # a cancel of the head drops it too, and a cancel below the head leaves it for later
     s.apply(s.last_lsn + 1, R.CANCEL, s.plan_cancel("k3", T0 + 11))
-    assert len(s.order.ready[0]) == 4
+    assert s.order.ready_count(0) == 4
     s.apply(s.last_lsn + 1, R.CANCEL, s.plan_cancel("k1", T0 + 11))
-    assert s.order.ready[0][0][1] == "k2" and len(s.order.ready[0]) == 3
+    assert s.order.head(0)[1] == "k2" and s.order.ready_count(0) == 3
     assert [s.pick(T0 + 20)] == ["k2"]
+
+
+def test_in_order_keys_ride_the_lane_and_the_rest_the_heap():
+    """A key above the lane's last goes to the lane (a deque: a claim pops it in O(1)),
+    any other to the heap; claims take the smaller head of the two, so the order is the
+    same as one heap's."""
+    s = State()
+    for i in range(4):
+        _enqueue(s, f"n{i}", T0 + i)                  # NORMAL, FIFO: increasing keys
+    _enqueue(s, "h", T0 + 5, prio=3)                   # HIGH: a smaller key
+    _enqueue(s, "n4", T0 + 6)                          # above the lane's last again
+    s.apply(s.last_lsn + 1, R.CANCEL, s.plan_cancel("n2", T0 + 7))   # dead below the head
+    assert [e[1] for e in s.order.lanes[0]] == ["n0", "n1", "n2", "n3", "n4"]
+    assert [e[1] for e in s.order.ready[0]] == ["h"]
+    got = []
+    while (job_id := s.pick(T0 + 10)) is not None:
+        s.apply(s.last_lsn + 1, R.CLAIM, s.plan_claim(job_id, T0 + 10, b"t" * 8, "w"))
+        got.append(job_id)
+        _heads_live(s)
+    assert got == ["h", "n0", "n1", "n3", "n4"]
+    assert not s.order.lanes[0] and not s.order.ready[0] and not s.anomalies

@@ -232,3 +232,25 @@ def test_replay_twice_gives_the_same_state_and_claim_order(opener, store_dir, cl
             qq.close()
     assert states[0] == states[1]
     assert orders[0] == orders[1] and len(orders[0]) == 40
+
+
+@pytest.mark.parametrize("durability", ["interval", "sync"])
+def test_a_compaction_capture_sees_every_job_the_one_record_paths_touch(opener, durability):
+    """claim, heartbeat, progress, complete, fail and release write one record each
+    (Queue._reserve_apply1): a compaction capturing meanwhile must hear of every job they
+    touch, or its snapshot would miss their changes."""
+    from aurora_log.local.queue import _CompactionLink
+    q = opener(durability=durability, auto_compact=False)
+    ids = q.enqueue_many([Job("t", {"i": i}) for i in range(4)])
+    link = _CompactionLink(q)
+    link.track_touched()
+    a, b, c = q.claim("w"), q.claim("w"), q.claim("w")
+    q.heartbeat(a.id, a.token)
+    q.progress(a.id, a.token, 0.5)
+    q.complete(a.id, a.token)
+    q.fail(b.id, b.token, "boom")
+    q.release(c.id, c.token)
+    assert set(link.untrack_touched()) == {a.id, b.id, c.id}
+    assert ids[3] not in (a.id, b.id, c.id)
+    assert [q.get(j).status for j in (a.id, b.id, c.id)] == \
+        [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING]

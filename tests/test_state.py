@@ -283,8 +283,9 @@ def test_fused_enqueue_rejects_exactly_what_the_decoder_rejects():
         a.apply(1, R.ENQUEUE, want)
         assert b.apply_enqueue_bytes(1, data) == want.at_ms
         # (no fingerprint: a mutated payload need not be valid JSON; compare the internals)
-        assert (a.jobs, a.order.ready, a.order.timers, a._unique, a.stats(), a.pairs) == \
-            (b.jobs, b.order.ready, b.order.timers, b._unique, b.stats(), b.pairs)
+        assert (a.jobs, a.order.ready, a.order.lanes, a.order.timers, a._unique, a.stats(),
+                a.pairs) == (b.jobs, b.order.ready, b.order.lanes, b.order.timers, b._unique,
+                             b.stats(), b.pairs)
 
 
 def test_a_stored_payload_that_is_not_json_is_a_typed_error_on_read():
@@ -292,3 +293,32 @@ def test_a_stored_payload_that_is_not_json_is_a_typed_error_on_read():
     s.apply(1, R.ENQUEUE, R.Enqueue("j", "t", "q", 2, 3, 1, 2, None, None, 30, None, b"{\xff"))
     with pytest.raises(R.RecordError, match="not valid JSON"):
         s.get("j")
+
+
+def test_stored_json_decodes_as_decode_json_does():
+    """The claim path's direct scanner call (state._stored_json) gives decode_json's
+    value for every stored form, and its error for bytes that are not JSON."""
+    from aurora_log.job import decode_json
+    from aurora_log.local.state import _stored_json
+    good = [b'{"a":1,"b":[1,2.5,"x"],"c":{"d":null}}', b' {"a":1}', b'{"a":1} ', b'[1,2]',
+            b'"\\u00e9t\\u00e9"', b'1', b'null', b'{"a":NaN}', '{"é":"ü"}'.encode()]
+    for data in good:
+        assert repr(_stored_json(data)) == repr(decode_json(data))
+    for data in (b'{"a":1}x', b'{"a":', b'', b'  ', b'{\xff}'):
+        with pytest.raises(ValueError) as ours:
+            _stored_json(data)
+        with pytest.raises(ValueError) as theirs:
+            decode_json(data)
+        assert type(ours.value) is type(theirs.value)
+
+
+def test_plan_claim_carries_the_claiming_process():
+    """plan_claim's proc (shared mode's ATTACH LSN) lands in the record and, folded, in
+    proc_of, as the record's _replace(proc=...) did."""
+    s = State()
+    s.apply(1, R.ENQUEUE, R.Enqueue("j", "t", "q", 2, 3, 1, 1, None, None, 30_000, None, b"{}"))
+    rec = s.plan_claim("j", 5, b"12345678", "w", proc=7)
+    assert rec == s.plan_claim("j", 5, b"12345678", "w")._replace(proc=7)
+    assert R.decode(*R.encode(rec)) == rec
+    s.apply(2, R.CLAIM, rec)
+    assert s.proc_of == {"j": 7} and s.jobs_of_proc(7) == ["j"]

@@ -66,6 +66,8 @@ class Control:
         self.children: dict[str, list[str]] = {}        # parent -> children waiting on it
         self.settled: dict[str, str] = {}               # child cancelled by a parent: why
         self._active = False                            # any pause or limit: pick checks
+        # (queue, job_type) -> its two keys in `running` (built once per pair)
+        self._keys: dict[tuple[str, str], tuple[tuple[int, str], tuple[int, str]]] = {}
 
     # ------------------------------------------------------------------ the records
 
@@ -120,14 +122,21 @@ class Control:
 
     def on_running(self, pair: tuple[str, str], delta: int) -> None:
         """A job of (queue, job_type) ``pair`` entered (+1) or left (-1) RUNNING."""
-        queue, job_type = pair
         r = self.running
-        for key in ((R.SCOPE_QUEUE, queue), (R.SCOPE_JOB_TYPE, job_type)):
-            n = r.get(key, 0) + delta
-            if n:
-                r[key] = n
-            else:
-                r.pop(key, None)
+        keys = self._keys.get(pair)      # every claim and finish passes here: no new tuples
+        if keys is None:
+            keys = self._keys[pair] = ((R.SCOPE_QUEUE, pair[0]), (R.SCOPE_JOB_TYPE, pair[1]))
+        kq, kt = keys
+        n = r.get(kq, 0) + delta
+        if n:
+            r[kq] = n
+        else:
+            del r[kq]
+        n = r.get(kt, 0) + delta
+        if n:
+            r[kt] = n
+        else:
+            del r[kt]
 
     def on_claim(self, pair: tuple[str, str], at_ms: int) -> None:
         """A job of (queue, job_type) ``pair`` was claimed at ``at_ms`` (the record's time)."""

@@ -11,7 +11,12 @@ moves it to the ready heap of its (queue, job_type) pair.
 
 Structures (all owned by ``ClaimOrder``; the job table stays the state's):
 
-* ``ready``: one heap of ``(claim_key, id)`` per pair index;
+* ``ready``: one heap of ``(claim_key, id)`` per pair index, and beside it a ``lane``: a
+  deque of entries that arrived in increasing key order (the common case: FIFO jobs of one
+  priority, each key above the last). A job goes to the lane when its key is above the
+  lane's last one, else to the heap; the pair's head is the smaller of the two heads. A
+  claim then pops a deque (O(1)) instead of sifting a heap of big-int tuples (2.4 us at
+  40,000 waiting, more at a million);
 * ``timers``: one heap of ``(timer_key, id)`` for jobs due after the record that made them
   wait (scheduled jobs, retry backoff);
 * ``runs`` / ``trun``: after a version-2 snapshot load, the snapshot's never-touched pending
@@ -93,6 +98,7 @@ class ClaimOrder:
     def __init__(self, state: State) -> None:
         self.st = state                       # its job table decides liveness
         self.ready: list[list[Entry]] = []    # pair index -> heap
+        self.lanes: list[deque[Entry]] = []   # pair index -> entries in increasing key order
         self.timers: list[Entry] = []
         self.runs: dict[int, Run] = {}
         self.trun: Run | None = None
@@ -103,6 +109,7 @@ class ClaimOrder:
     def add_pair(self) -> None:
         """A new (queue, job_type) pair got the next index."""
         self.ready.append([])
+        self.lanes.append(deque())
         self._candidates.clear()
 
     def add(self, job_id: str, pair: int, prio: int, due: int, seq: int, at: int) -> None:
@@ -111,7 +118,12 @@ class ClaimOrder:
         if due > at:
             heapq.heappush(self.timers, (due << 64 | seq, job_id))
         else:
-            heapq.heappush(self.ready[pair], (claim_key(prio, due, seq), job_id))
+            key = claim_key(prio, due, seq)
+            lane = self.lanes[pair]
+            if not lane or key > lane[-1][0]:
+                lane.append((key, job_id))
+            else:
+                heapq.heappush(self.ready[pair], (key, job_id))
 
     def add_run(self, job_ids: Sequence[str], pair: int, prio: int, due: int, first_seq: int,
                 at: int) -> None:
@@ -122,7 +134,12 @@ class ClaimOrder:
         if due > at:
             heap, k0 = self.timers, timer_key(due, first_seq)
         else:
-            heap, k0 = self.ready[pair], claim_key(prio, due, first_seq)
+            k0 = claim_key(prio, due, first_seq)
+            lane = self.lanes[pair]
+            if not lane or k0 > lane[-1][0]:     # the run's keys increase: all fit the lane
+                lane.extend(zip(range(k0, k0 + n), job_ids, strict=True))
+                return
+            heap = self.ready[pair]
         entries = zip(range(k0, k0 + n), job_ids, strict=True)
         deque(map(heapq.heappush, itertools.repeat(heap), entries), maxlen=0)
 
@@ -161,13 +178,36 @@ class ClaimOrder:
         return v is not None                  # a blob: never touched, always waiting
 
     def _drop_dead(self, heap: list[Entry]) -> None:
-        live = self.live
-        while heap and not live(*heap[0]):
+        # live() inlined: this runs after every claim
+        jobs = self.st.jobs
+        while heap:
+            key, job_id = heap[0]
+            v = jobs.get(job_id)
+            if type(v) is Rec:
+                if v.status in WAITING and v.seq == key & SEQ_MASK:
+                    return
+            elif v is not None:
+                return                      # a blob: never touched, always waiting
             heapq.heappop(heap)
+
+    def _drop_dead_lane(self, lane: deque[Entry]) -> None:
+        jobs = self.st.jobs
+        while lane:
+            key, job_id = lane[0]
+            v = jobs.get(job_id)
+            if type(v) is Rec:
+                if v.status in WAITING and v.seq == key & SEQ_MASK:
+                    return
+            elif v is not None:
+                return
+            lane.popleft()
 
     def left(self, job_id: str, pair: int) -> None:
         """``job_id`` (of pair ``pair``) stopped waiting (the fold applied its claim or
         cancel): wherever it is a head, drop it and the dead entries under it."""
+        lane = self.lanes[pair]
+        if lane and lane[0][1] == job_id:
+            self._drop_dead_lane(lane)
         heap = self.ready[pair]
         if heap and heap[0][1] == job_id:
             self._drop_dead(heap)
@@ -200,17 +240,33 @@ class ClaimOrder:
         None. A pure read: every head is live (see the module doc)."""
         best: int | None = None
         best_id = None
-        ready, runs = self.ready, self.runs
+        ready, lanes, runs = self.ready, self.lanes, self.runs
         for ix in candidates:
             if runs:
                 run = runs.get(ix)
                 if run is not None and run.head is not None and \
                         (best is None or run.head[0] < best):
                     best, best_id = run.head
+            lane = lanes[ix]
+            if lane and (best is None or lane[0][0] < best):
+                best, best_id = lane[0]
             heap = ready[ix]
             if heap and (best is None or heap[0][0] < best):
                 best, best_id = heap[0]
         return best_id
+
+    def head(self, pair: int) -> Entry | None:
+        """The first (key, id) entry of one pair's ready jobs (of its heap, lane or snapshot
+        run), or None. For tests and tools; claims use best()."""
+        run = self.runs.get(pair)
+        heads = [e for e in (self.lanes[pair][0] if self.lanes[pair] else None,
+                             self.ready[pair][0] if self.ready[pair] else None,
+                             run.head if run is not None else None) if e is not None]
+        return min(heads) if heads else None
+
+    def ready_count(self, pair: int) -> int:
+        """Entries (live or not yet dropped) in one pair's heap and lane."""
+        return len(self.ready[pair]) + len(self.lanes[pair])
 
     def promote(self, now_ms: int) -> int:
         """The clock's effect: move the timers due by ``now_ms`` (due <= now) into their

@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -154,6 +154,10 @@ class Queue(QueueInterface):
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
         self._sync_mode = durability == "sync"
+        # what a durable complete/fail waits for: outside sync mode "durable" is "written"
+        # (the same level in the C writer), and that level can be waited for keeping the
+        # GIL (Log._append1), so threads do not hand the GIL around on every complete
+        self._durable_wait = "durable" if self._sync_mode else "written"
         self._max_snapshot = max_snapshot_bytes
         # shared mode (many processes, sharedlog.py): the records below _cursor are folded
         self._shared = bool(getattr(self._log, "_shared", False))
@@ -292,15 +296,18 @@ class Queue(QueueInterface):
         if recs:
             self._cond.notify_all()
 
-    @contextmanager
-    def _deciding(self) -> Iterator[None]:
+    def _deciding(self) -> AbstractContextManager[Any]:
         """The section in which a record is decided from the state and written: the queue
         lock, and in shared mode also the page's append lock with the state caught up to
-        the log's tail (so the decision sees every other process's records)."""
+        the log's tail (so the decision sees every other process's records). Exclusive
+        mode: the lock itself (a generator context costs ~2 us, as much as a whole fold)."""
+        if not self._shared:
+            return self._lock
+        return self._deciding_shared()
+
+    @contextmanager
+    def _deciding_shared(self) -> Iterator[None]:
         with self._lock:
-            if not self._shared:
-                yield
-                return
             self._check_process()
             with self._sl.locked():
                 self._catch_up()
@@ -449,6 +456,29 @@ class Queue(QueueInterface):
             self._log.append_reserved(first, encoded, checked=checked)
             raise
         return first, encoded, checked
+
+    def _reserve_apply1(self, rec) -> tuple[int, list, Any]:
+        """_reserve_apply of one record about one job (claim, heartbeat, progress,
+        complete, fail, release: the hot paths), without the batch's list building."""
+        rtype, payload = R.encode(rec)
+        encoded = [(rtype, payload)]
+        if len(payload) > self._log.max_record_bytes:
+            self._log.check_records(encoded)     # raises: nothing reserved
+        if self._shared:
+            return self._write_apply([rec], encoded, None)
+        first = self._log.reserve(1)
+        try:
+            at = rec.at_ms
+            if at > self._max_at:
+                self._max_at = at
+            if self._touched is not None:    # a compaction is capturing: note the job
+                self._touched[rec.id] = None
+            self._state.apply(first, rtype, rec)
+        except BaseException:
+            # the LSN is taken: a range that never arrives stalls every later commit
+            self._log.append_reserved(first, encoded)
+            raise
+        return first, encoded, None
 
     def _fold_reserved(self, first: int, recs: list, encoded: list, plain: bool) -> None:
         """Fold records appended (or about to be) at LSNs from ``first``."""
@@ -780,7 +810,7 @@ class Queue(QueueInterface):
         time.monotonic() deadline; None = do not wait). Returns (job, reserved claim
         record) or None; the caller publishes the record (None: not logged, disk full)."""
         waited = False
-        with self._cond:
+        with self._lock:     # the condition's lock (its wrapper adds a call each way)
             while True:
                 if self._closed:
                     if waited:
@@ -795,7 +825,7 @@ class Queue(QueueInterface):
                     if self._out_of_space():
                         self._apply_unlogged(rec)
                         return self._state.get(job_id), None
-                    reserved = self._reserve_apply([rec])     # append + apply (the fold)
+                    reserved = self._reserve_apply1(rec)      # append + apply (the fold)
                     try:
                         return self._state.get(job_id), reserved
                     except BaseException:
@@ -877,7 +907,7 @@ class Queue(QueueInterface):
             if self._out_of_space():
                 self._apply_unlogged(rec)
                 return self._state.cancel_requested(job_id)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             try:
                 cancel = self._state.cancel_requested(job_id)
             finally:
@@ -893,7 +923,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
         self._publish(reserved, "none")
 
     def complete(self, job_id: str, token: str, result: Any = None, *,
@@ -907,10 +937,10 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             if self._state.control.wake_on_finish:   # a limit's slot, or children released
                 self._cond.notify_all()
-        self._publish(reserved, "durable" if durable else "none")
+        self._publish(reserved, self._durable_wait if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
@@ -921,10 +951,10 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
-        self._publish(reserved, "durable" if durable else "none")
+        self._publish(reserved, self._durable_wait if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]
 
@@ -940,7 +970,7 @@ class Queue(QueueInterface):
         with self._deciding():
             self._check_open()
             rec = self._state.plan_release(job_id, tok, self._now_ms())
-            reserved = self._reserve_apply([rec])
+            reserved = self._reserve_apply1(rec)
             self._cond.notify_all()
         self._publish(reserved, "durable")
         return JobStatus.CANCELLED if rec.outcome == R.OUTCOME_CANCELLED else JobStatus.PENDING

@@ -402,7 +402,10 @@ def encode_enqueue(r: Enqueue) -> bytes:
 
 
 def _encode_claim(rec: Claim) -> bytes:
-    i, w = _s(rec.id), _s(rec.worker)
+    i, w = rec.id.encode("utf-8"), rec.worker.encode("utf-8")   # every claim: _s inlined
+    if len(i) > 0xFFFF or len(w) > 0xFFFF:
+        _s(rec.id)
+        _s(rec.worker)          # raises, naming the size
     if rec.proc:        # v2: the claiming process's ATTACH LSN at the end
         return _CLAIM.pack(2, rec.at_ms, rec.lease_deadline_ms, rec.token,
                            len(i), len(w)) + i + w + _Q.pack(rec.proc)
@@ -436,7 +439,9 @@ def _encode_progress(rec: Progress) -> bytes:
 
 
 def _encode_complete(rec: Complete) -> bytes:
-    i = _s(rec.id)
+    i = rec.id.encode("utf-8")                   # every complete: _s inlined
+    if len(i) > 0xFFFF:
+        _s(rec.id)              # raises, naming the size
     res = rec.result if rec.result is not None else b""
     return _COMP.pack(VERSION, 1 if rec.result is not None else 0, rec.at_ms,
                       rec.token, len(i), len(res)) + i + res

@@ -75,8 +75,8 @@ class Rec:
                  "started", "hb", "completed", "error", "result", "progress", "pmsg",
                  "cancel_req", "hist")
 
-    def __init__(self, blob: bytes):
-        h = unpack_head(blob)
+    def __init__(self, blob: bytes, head: tuple | None = None):
+        h = unpack_head(blob) if head is None else head    # head: unpack_head(blob) if known
         self.blob = blob
         self.status = PENDING
         self.retry = 0
