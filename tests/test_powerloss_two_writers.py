@@ -53,8 +53,8 @@ from aurora_log.errors import InvalidStateError
 from aurora_log.local.log import Log
 from aurora_log.testing import faults
 
-from checker import SYNC_BARRIERS, Checker, History, HOp, RefModel, Verdict, all_jobs, canon, \
-    queue_fingerprint
+from checker import (ALWAYS_BARRIERS, SYNC_BARRIERS, Checker, History, HOp, RefModel, Verdict,
+                     all_jobs, canon, queue_fingerprint)
 from crashsim import DiskModel, crash_images, image_digest, materialize
 from crashsim_procs import Merged, ProcessRecorder, SharedCounter, initial_tree, merge
 from fakeclock import FakeClock as Clock
@@ -154,8 +154,18 @@ class _Writer:
         assert done is not None
         done[0]["lsn"] = done[1].lsn       # the state it captured: every record <= lsn
 
-    def step(self) -> None:
+    def flush(self) -> None:
+        """Everything published so far made durable (the relaxed modes' barrier): placed in
+        the history after the last LSN published when it was called."""
+        lsn = self.q.log.next_lsn - 1
+        done = self.run("flush", self.q.flush)
+        assert done is not None
+        done[0]["lsn"] = lsn
+
+    def step(self, relaxed: bool = False) -> None:
         self.clock.t += 1
+        if relaxed and self.rng.random() < 0.05:
+            self.flush()
         r = self.rng.random()
         if r < 0.30 or not self.known:
             self.enqueue([self.new_job()])
@@ -204,7 +214,8 @@ class _DiesMidWrite(ProcessRecorder):
 
 
 def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: str,
-                 steps: int, seed: int, die_at: int | None = None) -> None:
+                 steps: int, seed: int, die_at: int | None = None,
+                 durability: str = "sync") -> None:
     """A child: open the store after the writers before it did (all at once if `opened` is
     None), run `steps` operations, finish its own running jobs, close; then write its
     events and operations to `out`. `die_at`: die at that pwrite to a segment instead."""
@@ -222,7 +233,8 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
         with faults.installed(rec):
             if k > 0 and opened is not None:
                 opened[k - 1].wait(60)
-            q = aurora_log.open(Path(root) / "store", clock=clock, **OPTIONS)
+            q = aurora_log.open(Path(root) / "store", clock=clock,
+                                **dict(OPTIONS, durability=durability))
             if opened is not None:
                 opened[k].set()
             start.wait(60)
@@ -230,7 +242,7 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
             for i in range(steps):
                 if k == 0 and i in (steps // 3, 2 * steps // 3):
                     w.compact()          # a snapshot and retirement while the other writes
-                w.step()
+                w.step(relaxed=durability != "sync")
             while w.mine:                  # nothing left RUNNING: close returns nothing
                 w.finish(w.mine.pop(), "complete")
             stats = q.log.stats()
@@ -256,7 +268,8 @@ class Run:
 
 
 def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
-               staggered: bool = True, die_at: int | None = None) -> Run:
+               staggered: bool = True, die_at: int | None = None,
+               durability: str = "sync") -> Run:
     """Run `writers` processes on a new store under root and merge their recordings.
     staggered: each opens after the one before it (else all at once, racing to create the
     store); die_at: the last writer is killed at that pwrite to a segment."""
@@ -269,7 +282,8 @@ def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
     start = CTX.Barrier(writers)
     procs = [CTX.Process(target=_writer_main,
                          args=(k, str(root), counter, opened if staggered else None, start,
-                               str(out), steps, seed, die_at if k == writers - 1 else None))
+                               str(out), steps, seed, die_at if k == writers - 1 else None,
+                               durability))
              for k in range(writers)]
     for p in procs:
         p.start()
@@ -282,24 +296,27 @@ def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
         d = json.loads((out / f"ops-{k}.json").read_text())
         raw += d["ops"]
         stats.append(d["stats"])
-    hist, lsns = _history(merged, raw)
+    hist, lsns = _history(merged, raw, durability)
     page = (root / "store" / "shm").read_bytes()
     return Run(merged, hist, lsns, _reference_log(merged, root / "ref"), page, stats, raw)
 
 
-def _history(merged: Merged, raw: list[dict]) -> tuple[History, list[int]]:
+def _history(merged: Merged, raw: list[dict], durability: str = "sync"
+             ) -> tuple[History, list[int]]:
     """The operations that wrote something, in LSN order (the order the log has them),
-    with crash points from the global numbers. A compaction writes no record: it goes
-    after the records its snapshot covers."""
+    with crash points from the global numbers. A compaction or a flush writes no record:
+    it goes after the records it made durable."""
     written = [o for o in raw if o.get("ok") and o["lsn"] is not None]
-    lsns = [o["lsn"] for o in written if o["kind"] != "compact"]
+    lsns = [o["lsn"] for o in written if o["kind"] not in ("compact", "flush")]
     assert len(set(lsns)) == len(lsns), "two operations ended at one LSN"
-    written.sort(key=lambda o: (o["lsn"], o["kind"] == "compact"))
-    hist = History(lambda: 0, mode="sync")
+    written.sort(key=lambda o: (o["lsn"], o["kind"] in ("compact", "flush")))
+    hist = History(lambda: 0, mode=durability)
     for o in written:
         op = HOp(len(hist.ops), o["kind"], tuple(o["ids"]),
                  invoked=merged.point_of(o["invoked"]), acked=merged.point_of(o["acked"]),
-                 ok=True, barrier=o["kind"] in SYNC_BARRIERS, result=o.get("result"),
+                 ok=True, barrier=o["kind"] in (SYNC_BARRIERS if durability == "sync"
+                                                else ALWAYS_BARRIERS),
+                 result=o.get("result"),
                  payloads=tuple(o.get("payloads", ())),
                  max_retries=tuple(o.get("max_retries", ())))
         op.returned = o.get("returned")          # type: ignore[attr-defined]
@@ -640,3 +657,14 @@ def test_three_writers_racing_to_create_the_store(tmp_path):
     check_history(run)
     s = replay_run(tmp_path / "every", run, ("drop",), None, seed=4)
     _report("3 writers created at once/drop", run, s)
+
+
+def test_two_writers_interval_mode_every_call_dropped(tmp_path):
+    """`interval` durability: each process's background thread syncs every 20 ms and the
+    writers flush now and then; only what a flush (or any fdatasync) covered must survive,
+    as a clean prefix."""
+    run = record_run(tmp_path / "rec", writers=2, steps=60, seed=5, durability="interval")
+    assert any(op.kind == "flush" for op in run.hist.ops)
+    check_history(run)
+    s = replay_run(tmp_path / "every", run, ("drop", "torn"), None, seed=5)
+    _report("2 writers, interval/drop+torn", run, s)
