@@ -639,14 +639,15 @@ def test_many_writers_power_loss_every_call_all_modes(tmp_path, writers, seed):
 def test_two_writers_one_killed_mid_write_then_power_loss(tmp_path):
     """One writer dies holding the append lock with half a batch written (its running jobs
     left RUNNING); the other repairs the tail and carries on. Every call, with unsynced
-    data dropped, and kept (the half batch and the repair both in the page cache)."""
+    data dropped, kept (the half batch and the repair both in the page cache), and torn
+    (the last write of each file, the repair's zeros included, in pieces)."""
     run = record_run(tmp_path / "rec", writers=2, steps=60, seed=3, die_at=12)
     survivor = run.stats[0]
     assert survivor["owner_died"] >= 1 and survivor["repairs"] >= 1
     assert run.stats[1] == {}                          # died before its close
     check_history(run)
-    s = replay_run(tmp_path / "every", run, ("drop", "keep"), None, seed=3)
-    _report("2 writers, one killed mid-write/drop+keep", run, s)
+    s = replay_run(tmp_path / "every", run, ("drop", "keep", "torn"), None, seed=3)
+    _report("2 writers, one killed mid-write/drop+keep+torn", run, s)
 
 
 def test_three_writers_racing_to_create_the_store(tmp_path):
