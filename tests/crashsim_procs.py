@@ -34,6 +34,7 @@ import bisect
 import json
 import multiprocessing as mp
 import os
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from aurora_log.testing import faults
 
 from crashsim import _snapshot_tree
 
-_OP_FIELDS = [f.name for f in fields(faults.Op) if f.name not in ("data", "seq")]
+_OP_FIELDS = [f.name for f in fields(faults.Op) if f.name != "data"]
 
 
 class SharedCounter:
@@ -58,17 +59,26 @@ class SharedCounter:
 
 class ProcessRecorder(faults.Hook):
     """One process's calls, each stamped with a global number: `events` holds
-    ("start" | "done", number, op)."""
+    ("start" | "done", number, op).
+
+    sync_seconds: how long each fsync/fdatasync takes at least (a sleep after its start
+    marker, the GIL released): a disk slower than tmpfs, so that other processes publish
+    writes while a sync is in flight, as they do on a real disk. Those writes are not
+    covered by it (their numbers come after its start), and a group commit that counted
+    them as covered would show up as lost acknowledged records."""
     capture_data = True
 
-    def __init__(self, counter: SharedCounter) -> None:
+    def __init__(self, counter: SharedCounter, sync_seconds: float = 0.0) -> None:
         self.counter = counter
+        self.sync_seconds = sync_seconds
         self.pid = os.getpid()
         self.events: list[tuple[str, int, faults.Op]] = []
 
     def before(self, op):
         if op.name in ("fsync", "fdatasync"):
             self.events.append(("start", self.counter.next(), op))
+            if self.sync_seconds:
+                time.sleep(self.sync_seconds)
         return None
 
     def after(self, op):
@@ -88,14 +98,22 @@ class ProcessRecorder(faults.Hook):
 
 
 def _load(path) -> list[tuple[int, str, faults.Op]]:
+    """A dump's events; a sync's "start" and "done" events share one Op object, as they
+    do in a live recorder (tests/test_powerloss_support.segment_syncs pairs them by it)."""
     out = []
+    ops: dict[int, faults.Op] = {}      # the process's own call number -> its Op
     with open(path) as f:
         for line in f:
             e = json.loads(line)
             d = e["op"]
-            data = d.pop("data")
-            op = faults.Op(**d, data=None if data is None else base64.b64decode(data))
-            op.pid = e["pid"]           # type: ignore[attr-defined]  # DiskModel's fd table key
+            op = ops.get(d["seq"])
+            if op is None:
+                data = d.pop("data")
+                op = faults.Op(**d, data=None if data is None else base64.b64decode(data))
+                op.pid = e["pid"]       # type: ignore[attr-defined]  # DiskModel's fd key
+                ops[d["seq"]] = op
+            else:                       # the done event of a sync whose start came first
+                op.result, op.errno = d["result"], d["errno"]
             out.append((e["seq"], e["kind"], op))
     return out
 

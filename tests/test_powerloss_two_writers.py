@@ -66,6 +66,7 @@ T0 = 1_800_000_000.0
 OPTIONS = dict(shared=True, durability="sync", reaper_interval=None, auto_compact=False,
                retain_seconds=None, retain_count=None, segment_bytes=8192)
 PAGES = ("absent", "zeros", "random", "stale", "as_left")
+SYNC_SECONDS = 0.002      # each fdatasync takes 2 ms (crashsim_procs.ProcessRecorder)
 _OFF_NEXT_LSN = 224      # native/shm.c OFF_NEXT_LSN: the page's next LSN (u64)
 
 
@@ -193,7 +194,7 @@ class _DiesMidWrite(ProcessRecorder):
     the half batch)."""
 
     def __init__(self, counter: SharedCounter, n: int, last_words) -> None:
-        super().__init__(counter)
+        super().__init__(counter, SYNC_SECONDS)
         self.left = n
         self.last_words = last_words
         self.dying = False
@@ -226,7 +227,7 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
             rec.dump(Path(out) / f"events-{k}.jsonl")
             Path(out, f"ops-{k}.json").write_text(json.dumps(
                 {"ops": w.ops if w is not None else [], "stats": stats or {}}))
-        rec = ProcessRecorder(counter) if die_at is None else \
+        rec = ProcessRecorder(counter, SYNC_SECONDS) if die_at is None else \
             _DiesMidWrite(counter, die_at, last_words)
         rng = random.Random(seed * 1000 + k)
         clock = Clock(T0)
@@ -428,9 +429,10 @@ def _open_image(store: Path, run: Run, point: int, chk: Checker, *, deep: bool) 
 
 
 def replay_run(tmp: Path, run: Run, modes, points, *, seed: int = 0, deep_every: int = 5,
-               page: str | None = None) -> Summary:
+               page: str | None = None, stride: dict[str, int] | None = None) -> Summary:
     """Crash images at `points` (None: every point) in each of `modes`, each with the
-    control page replaced as `page` says (None: a different way at each point)."""
+    control page replaced as `page` says (None: a different way at each point).
+    stride: {mode: k} checks that mode only at every k-th point (the budget of make test)."""
     t = time.monotonic()
     chk = Checker(run.hist)
     s = Summary()
@@ -441,6 +443,8 @@ def replay_run(tmp: Path, run: Run, modes, points, *, seed: int = 0, deep_every:
     seen = set()
     acked_lsn = _acked_lsns(run)
     for i, mode, img in crash_images(run.merged, modes, seed=seed, points=points):
+        if stride and i % stride.get(mode, 1):
+            continue
         seen.add(i)
         s.images += 1
         how = page or PAGES[i % len(PAGES)]
@@ -514,7 +518,7 @@ def _report(name: str, run: Run, s: Summary) -> None:
 def two_writers(tmp_path_factory):
     """One recorded run of two writers, shared by the tests below."""
     root = fast_dir(tmp_path_factory.mktemp("pl2"))
-    run = record_run(root / "rec", writers=2, steps=80, seed=1)
+    run = record_run(root / "rec", writers=2, steps=70, seed=1)
     yield run, root
     cleanup_fast_dirs()
 
@@ -536,10 +540,10 @@ def test_two_writers_history_agrees_with_the_model(two_writers):
 
 
 def test_two_writers_power_loss_at_every_call_dropped_and_torn(two_writers):
-    """At every call of both writers: unsynced data and directory entries lost; and
-    everything unsynced kept but the last write of each file torn."""
+    """At every call of both writers: unsynced data and directory entries lost; and at
+    every third call, everything unsynced kept but the last write of each file torn."""
     run, root = two_writers
-    s = replay_run(root / "every", run, ("drop", "torn"), None, seed=1)
+    s = replay_run(root / "every", run, ("drop", "torn"), None, seed=1, stride={"torn": 3})
     assert s.points == len(run.merged.ops) + 1
     _report("2 writers/drop+torn", run, s)
 
@@ -564,7 +568,7 @@ def test_two_writers_power_loss_sampled_keep_subset_torn(two_writers, data):
 
 def test_three_writers_power_loss_at_every_call_dropped(tmp_path):
     """Three writers (more commits covered by another process's fdatasync), every call."""
-    run = record_run(tmp_path / "rec", writers=3, steps=40, seed=2)
+    run = record_run(tmp_path / "rec", writers=3, steps=30, seed=2)
     check_history(run)
     s = replay_run(tmp_path / "every", run, ("drop",), None, seed=2)
     _report("3 writers/drop", run, s)
@@ -639,14 +643,16 @@ def test_many_writers_power_loss_every_call_all_modes(tmp_path, writers, seed):
 def test_two_writers_one_killed_mid_write_then_power_loss(tmp_path):
     """One writer dies holding the append lock with half a batch written (its running jobs
     left RUNNING); the other repairs the tail and carries on. Every call, with unsynced
-    data dropped, kept (the half batch and the repair both in the page cache), and torn
-    (the last write of each file, the repair's zeros included, in pieces)."""
-    run = record_run(tmp_path / "rec", writers=2, steps=60, seed=3, die_at=12)
+    data dropped; at every third call kept (the half batch and the repair both in the page
+    cache) and torn (the last write of each file, the repair's zeros included, in
+    pieces)."""
+    run = record_run(tmp_path / "rec", writers=2, steps=40, seed=3, die_at=10)
     survivor = run.stats[0]
     assert survivor["owner_died"] >= 1 and survivor["repairs"] >= 1
     assert run.stats[1] == {}                          # died before its close
     check_history(run)
-    s = replay_run(tmp_path / "every", run, ("drop", "keep", "torn"), None, seed=3)
+    s = replay_run(tmp_path / "every", run, ("drop", "keep", "torn"), None, seed=3,
+                   stride={"keep": 3, "torn": 3})
     _report("2 writers, one killed mid-write/drop+keep+torn", run, s)
 
 
@@ -654,7 +660,7 @@ def test_three_writers_racing_to_create_the_store(tmp_path):
     """Three processes open a directory that does not exist yet at the same moment (one
     creates the store, the others attach), then write; every call, unsynced data
     dropped."""
-    run = record_run(tmp_path / "rec", writers=3, steps=25, seed=4, staggered=False)
+    run = record_run(tmp_path / "rec", writers=3, steps=15, seed=4, staggered=False)
     check_history(run)
     s = replay_run(tmp_path / "every", run, ("drop",), None, seed=4)
     _report("3 writers created at once/drop", run, s)
@@ -663,9 +669,10 @@ def test_three_writers_racing_to_create_the_store(tmp_path):
 def test_two_writers_interval_mode_every_call_dropped(tmp_path):
     """`interval` durability: each process's background thread syncs every 20 ms and the
     writers flush now and then; only what a flush (or any fdatasync) covered must survive,
-    as a clean prefix."""
-    run = record_run(tmp_path / "rec", writers=2, steps=60, seed=5, durability="interval")
+    as a clean prefix. Every call dropped, every third torn."""
+    run = record_run(tmp_path / "rec", writers=2, steps=50, seed=5, durability="interval")
     assert any(op.kind == "flush" for op in run.hist.ops)
     check_history(run)
-    s = replay_run(tmp_path / "every", run, ("drop", "torn"), None, seed=5)
+    s = replay_run(tmp_path / "every", run, ("drop", "torn"), None, seed=5,
+                   stride={"torn": 3})
     _report("2 writers, interval/drop+torn", run, s)
