@@ -595,6 +595,7 @@ def test_a_stale_valid_page_after_a_power_cut_is_rebuilt_from_the_log(two_writer
         assert tail < page_next                 # the page really was ahead of the log
         before = {j.id: j.status for j in all_jobs(q)}
         nxt = q.log.next_lsn
+        assert nxt == tail + 1 + q.recovered    # ATTACH and the reaps, after the log's tail
         q.enqueue(Job("t", {"after": "the cut"}, id="after-cut"))
         assert q.log.next_lsn == nxt + 1        # at the log's tail, not the page's
     with aurora_log.open(store, clock=Clock(T0 + 10**6), **OPTIONS) as q:
