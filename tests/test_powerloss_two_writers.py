@@ -216,10 +216,12 @@ class _DiesMidWrite(ProcessRecorder):
 
 def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: str,
                  steps: int, seed: int, die_at: int | None = None,
-                 durability: str = "sync") -> None:
+                 durability: str = "sync", died=None) -> None:
     """A child: open the store after the writers before it did (all at once if `opened` is
     None), run `steps` operations, finish its own running jobs, close; then write its
-    events and operations to `out`. `die_at`: die at that pwrite to a segment instead."""
+    events and operations to `out`. `die_at`: die at that pwrite to a segment instead (and
+    set `died`); a survivor given `died` waits for the death and writes a few more
+    operations after it (the first takes the dead holder's lock and repairs)."""
     try:
         w = None
 
@@ -227,6 +229,8 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
             rec.dump(Path(out) / f"events-{k}.jsonl")
             Path(out, f"ops-{k}.json").write_text(json.dumps(
                 {"ops": w.ops if w is not None else [], "stats": stats or {}}))
+            if died is not None and stats is None:
+                died.set()
         rec = ProcessRecorder(counter, SYNC_SECONDS) if die_at is None else \
             _DiesMidWrite(counter, die_at, last_words)
         rng = random.Random(seed * 1000 + k)
@@ -244,6 +248,10 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
                 if k == 0 and i in (steps // 3, 2 * steps // 3):
                     w.compact()          # a snapshot and retirement while the other writes
                 w.step(relaxed=durability != "sync")
+            if died is not None and die_at is None:
+                assert died.wait(60), "the doomed writer never died"
+                for _ in range(4):
+                    w.step(relaxed=durability != "sync")
             while w.mine:                  # nothing left RUNNING: close returns nothing
                 w.finish(w.mine.pop(), "complete")
             stats = q.log.stats()
@@ -281,10 +289,11 @@ def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
     counter = SharedCounter()
     opened = [CTX.Event() for _ in range(writers)]
     start = CTX.Barrier(writers)
+    died = CTX.Event() if die_at is not None else None
     procs = [CTX.Process(target=_writer_main,
                          args=(k, str(root), counter, opened if staggered else None, start,
                                str(out), steps, seed, die_at if k == writers - 1 else None,
-                               durability))
+                               durability, died))
              for k in range(writers)]
     for p in procs:
         p.start()
