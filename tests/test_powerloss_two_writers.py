@@ -32,6 +32,7 @@ Reproduce:  pytest tests/test_powerloss_two_writers.py -q -s  (prints a summary 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import multiprocessing as mp
@@ -481,6 +482,11 @@ def replay_run(tmp: Path, run: Run, modes, points, *, seed: int = 0, deep_every:
             need = acked_lsn(i)
             if o.tail <= need:
                 v.error = f"acknowledged LSN {need} is not in the recovered log (tail {o.tail})"
+            # not just some prefix: exactly the operations whose records survived
+            k = bisect.bisect_left(run.lsns, o.tail)
+            if chk.fps[k] != o.fp:
+                v.error = v.error or (f"the state is not the model folded over the {k} "
+                                      f"operations below the recovered tail {o.tail}")
             if o.drained is not None:
                 v.resurrected += [x for x in o.drained.resurrected if x not in v.resurrected]
                 v.duplicated += o.drained.duplicated
