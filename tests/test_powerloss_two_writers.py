@@ -109,7 +109,10 @@ class _Writer:
 
     def new_job(self) -> Job:
         self.n += 1
-        return Job("t", _payload(self.rng, self.n), id=f"w{self.k}-{self.n:04d}",
+        payload = _payload(self.rng, self.n)
+        if self.rng.random() < 0.04:     # bigger than a segment: a roll to one of its size
+            payload["big"] = "x" * self.rng.randrange(9000, 20000)
+        return Job("t", payload, id=f"w{self.k}-{self.n:04d}",
                    priority=self.rng.randrange(1, 5), max_retries=self.rng.randrange(0, 3))
 
     def enqueue(self, jobs: list[Job]) -> None:
