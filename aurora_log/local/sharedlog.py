@@ -376,6 +376,12 @@ class SharedLog(Log):
         written under the lock), "durable" syncs in sync mode, "synced" in every mode."""
         if wait == "synced" or (wait == "durable" and self.durability == "sync"):
             h = self._h()
+            if lib.au_shm_roll_seq(h) != self._roll_seq and not self.holds_lock():
+                # another process rolled since we last appended: our fd may be an older
+                # segment (or the file a bigger one replaced), and a group commit we lead
+                # would fdatasync it and publish `pos`, in the newest one, as synced.
+                # Taking the append lock follows the page (_repair); rare: once per roll
+                self._follow()
             seg, _ = _seg_off(pos)
             # a position in an older segment was covered by the roll's fdatasync: the C
             # side returns before it would use the fd
@@ -389,6 +395,11 @@ class SharedLog(Log):
             if rc < 0:
                 self._failed_seen, self._failed_errno = True, -rc
                 raise DurabilityError(f"fdatasync failed: {strerror(-rc)}", errno=-rc)
+
+    def _follow(self) -> None:
+        """Open the page's newest segment as ours (the append lock's repair does)."""
+        with self.locked():
+            pass
 
     def append_reserved(self, first_lsn: int, records: Sequence[tuple[int, bytes]],
                         wait: str = "none", *, checked=None) -> int:
