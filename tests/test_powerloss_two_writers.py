@@ -39,6 +39,7 @@ import multiprocessing as mp
 import os
 import random
 import struct
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -84,8 +85,10 @@ class _Writer:
     """One writer's operations, each stamped with global points and the LSN of the batch
     it wrote (the order the reference model folds them in)."""
 
-    def __init__(self, q, rec: ProcessRecorder, k: int, rng: random.Random, clock: Clock):
+    def __init__(self, q, rec: ProcessRecorder, k: int, rng: random.Random, clock: Clock,
+                 tag: str = ""):
         self.q, self.rec, self.k, self.rng, self.clock = q, rec, k, rng, clock
+        self.tag = tag or f"w{k}"          # job ids: unique per writer thread
         self.ops: list[dict] = []
         self.mine: list = []            # jobs this writer claimed and still runs
         self.known: list[str] = []      # ids it enqueued or claimed (cancel candidates)
@@ -112,7 +115,7 @@ class _Writer:
         payload = _payload(self.rng, self.n)
         if self.rng.random() < 0.04:     # bigger than a segment: a roll to one of its size
             payload["big"] = "x" * self.rng.randrange(9000, 20000)
-        return Job("t", payload, id=f"w{self.k}-{self.n:04d}",
+        return Job("t", payload, id=f"{self.tag}-{self.n:04d}",
                    priority=self.rng.randrange(1, 5), max_retries=self.rng.randrange(0, 3))
 
     def enqueue(self, jobs: list[Job]) -> None:
@@ -124,7 +127,7 @@ class _Writer:
         self.known += [j.id for j in jobs]
 
     def claim(self) -> None:
-        done = self.run("claim", lambda: self.q.claim(f"w{self.k}"))
+        done = self.run("claim", lambda: self.q.claim(self.tag))
         assert done is not None
         op, job = done
         if job is not None:
@@ -218,21 +221,36 @@ class _DiesMidWrite(ProcessRecorder):
             os._exit(0)
 
 
+def _work(w: _Writer, steps: int, compacts: bool, relaxed: bool, died, doomed: bool) -> None:
+    """One writer thread's operations (see _writer_main)."""
+    for i in range(steps):
+        if compacts and i in (steps // 3, 2 * steps // 3):
+            w.compact()              # a snapshot and retirement while the others write
+        w.step(relaxed=relaxed)
+    if died is not None and not doomed:
+        assert died.wait(60), "the doomed writer never died"
+        for _ in range(4):
+            w.step(relaxed=relaxed)
+    while w.mine:                    # nothing left RUNNING: close returns nothing
+        w.finish(w.mine.pop(), "complete")
+
+
 def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: str,
                  steps: int, seed: int, die_at: int | None = None,
-                 durability: str = "sync", died=None) -> None:
+                 durability: str = "sync", died=None, threads: int = 1) -> None:
     """A child: open the store after the writers before it did (all at once if `opened` is
     None), run `steps` operations, finish its own running jobs, close; then write its
     events and operations to `out`. `die_at`: die at that pwrite to a segment instead (and
     set `died`); a survivor given `died` waits for the death and writes a few more
-    operations after it (the first takes the dead holder's lock and repairs)."""
+    operations after it (the first takes the dead holder's lock and repairs). `threads`:
+    that many writer threads in the process, on its one queue."""
     try:
-        w = None
+        ws: list[_Writer] = []
 
         def last_words(stats=None):
             rec.dump(Path(out) / f"events-{k}.jsonl")
             Path(out, f"ops-{k}.json").write_text(json.dumps(
-                {"ops": w.ops if w is not None else [], "stats": stats or {}}))
+                {"ops": [op for w in ws for op in w.ops], "stats": stats or {}}))
             if died is not None and stats is None:
                 died.set()
         rec = ProcessRecorder(counter, SYNC_SECONDS) if die_at is None else \
@@ -247,17 +265,27 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
             if opened is not None:
                 opened[k].set()
             start.wait(60)
-            w = _Writer(q, rec, k, rng, clock)
-            for i in range(steps):
-                if k == 0 and i in (steps // 3, 2 * steps // 3):
-                    w.compact()          # a snapshot and retirement while the other writes
-                w.step(relaxed=durability != "sync")
-            if died is not None and die_at is None:
-                assert died.wait(60), "the doomed writer never died"
-                for _ in range(4):
-                    w.step(relaxed=durability != "sync")
-            while w.mine:                  # nothing left RUNNING: close returns nothing
-                w.finish(w.mine.pop(), "complete")
+            ws += [_Writer(q, rec, k, random.Random(rng.random()), clock,
+                           f"w{k}" if threads == 1 else f"w{k}t{t}") for t in range(threads)]
+            args = [(w, steps, k == 0 and t == 0, durability != "sync", died,
+                     die_at is not None) for t, w in enumerate(ws)]
+            if threads == 1:
+                _work(*args[0])
+            else:
+                errors: list[BaseException] = []
+
+                def body(a):
+                    try:
+                        _work(*a)
+                    except BaseException as e:  # noqa: BLE001 - reported below
+                        errors.append(e)
+                pool = [threading.Thread(target=body, args=(a,)) for a in args]
+                for th in pool:
+                    th.start()
+                for th in pool:
+                    th.join()
+                if errors:
+                    raise errors[0]
             stats = q.log.stats()
             q.close()
         last_words(stats)
@@ -282,7 +310,7 @@ class Run:
 
 def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
                staggered: bool = True, die_at: int | None = None,
-               durability: str = "sync") -> Run:
+               durability: str = "sync", threads: int = 1) -> Run:
     """Run `writers` processes on a new store under root and merge their recordings.
     staggered: each opens after the one before it (else all at once, racing to create the
     store); die_at: the last writer is killed at that pwrite to a segment."""
@@ -297,7 +325,7 @@ def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
     procs = [CTX.Process(target=_writer_main,
                          args=(k, str(root), counter, opened if staggered else None, start,
                                str(out), steps, seed, die_at if k == writers - 1 else None,
-                               durability, died))
+                               durability, died, threads))
              for k in range(writers)]
     for p in procs:
         p.start()
@@ -518,11 +546,13 @@ def _acked_lsns(run: Run):
 
 
 def _report(name: str, run: Run, s: Summary) -> None:
-    covered = sum(x.get("covered", 0) for x in run.stats)
-    syncs = sum(x.get("fdatasyncs", 0) for x in run.stats[:1])
+    # the page's counters are the store's (every process's): the last reading is the total
+    covered = max(x.get("covered", 0) for x in run.stats)
+    syncs = max(x.get("fdatasyncs", 0) for x in run.stats)
     rolls = sum(x.get("rolls", 0) for x in run.stats)
     print(f"\n[powerloss/{name}] {len(run.merged.ops)} calls, {len(run.hist.ops)} writes, "
-          f"{rolls} rolls, {syncs} fdatasyncs, {covered} commits covered by another's sync; "
+          f"{rolls} rolls, {syncs} fdatasyncs, {covered} commits covered by a sync another "
+          f"waiter led; "
           f"{s.points} crash points, {s.images} images, {s.distinct} distinct recovered, "
           f"{s.drains} drained; lost {s.lost}, phantom {s.phantom}, resurrected "
           f"{s.resurrected}, duplicated {s.duplicated}, holes {s.holes}, {s.seconds:.1f}s")
@@ -695,3 +725,14 @@ def test_two_writers_interval_mode_every_call_dropped(tmp_path):
     s = replay_run(tmp_path / "every", run, ("drop", "torn"), None, seed=5,
                    stride={"torn": 3})
     _report("2 writers, interval/drop+torn", run, s)
+
+
+def test_two_writer_processes_with_three_threads_each_every_call_dropped(tmp_path):
+    """Two processes, three writer threads in each on one queue: group commit inside a
+    process and across processes at once. Every call dropped."""
+    run = record_run(tmp_path / "rec", writers=2, steps=20, seed=6, threads=3)
+    assert len({o["ids"][0].split("-")[0] for o in run.raw_ops
+                if o["kind"] == "enqueue" and o.get("ok")}) == 6
+    check_history(run)
+    s = replay_run(tmp_path / "every", run, ("drop",), None, seed=6)
+    _report("2 processes x 3 threads/drop", run, s)
