@@ -89,6 +89,7 @@ class _Writer:
                  tag: str = ""):
         self.q, self.rec, self.k, self.rng, self.clock = q, rec, k, rng, clock
         self.tag = tag or f"w{k}"          # job ids: unique per writer thread
+        self.flusher = False               # a process that only reads and flushes
         self.ops: list[dict] = []
         self.mine: list = []            # jobs this writer claimed and still runs
         self.known: list[str] = []      # ids it enqueued or claimed (cancel candidates)
@@ -172,6 +173,13 @@ class _Writer:
 
     def step(self, relaxed: bool = False) -> None:
         self.clock.t += 1
+        if self.flusher:               # appends nothing: reads, and flushes the others'
+            time.sleep(self.rng.random() * 0.03)     # spread over the writers' run
+            if self.rng.random() < 0.5:
+                self.flush()
+            else:
+                self.q.stats()
+            return
         if relaxed and self.rng.random() < 0.05:
             self.flush()
         r = self.rng.random()
@@ -237,13 +245,16 @@ def _work(w: _Writer, steps: int, compacts: bool, relaxed: bool, died, doomed: b
 
 def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: str,
                  steps: int, seed: int, die_at: int | None = None,
-                 durability: str = "sync", died=None, threads: int = 1) -> None:
+                 durability: str = "sync", died=None, threads: int = 1,
+                 flusher: bool = False) -> None:
     """A child: open the store after the writers before it did (all at once if `opened` is
     None), run `steps` operations, finish its own running jobs, close; then write its
     events and operations to `out`. `die_at`: die at that pwrite to a segment instead (and
     set `died`); a survivor given `died` waits for the death and writes a few more
     operations after it (the first takes the dead holder's lock and repairs). `threads`:
-    that many writer threads in the process, on its one queue."""
+    that many writer threads in the process, on its one queue. `flusher`: it never
+    appends; it reads and calls flush() (a dashboard, a CLI), so its view of the newest
+    segment is the one it attached to."""
     try:
         ws: list[_Writer] = []
 
@@ -267,6 +278,8 @@ def _writer_main(k: int, root: str, counter: SharedCounter, opened, start, out: 
             start.wait(60)
             ws += [_Writer(q, rec, k, random.Random(rng.random()), clock,
                            f"w{k}" if threads == 1 else f"w{k}t{t}") for t in range(threads)]
+            for w in ws:
+                w.flusher = flusher
             args = [(w, steps, k == 0 and t == 0, durability != "sync", died,
                      die_at is not None) for t, w in enumerate(ws)]
             if threads == 1:
@@ -310,10 +323,11 @@ class Run:
 
 def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
                staggered: bool = True, die_at: int | None = None,
-               durability: str = "sync", threads: int = 1) -> Run:
+               durability: str = "sync", threads: int = 1, flusher: bool = False) -> Run:
     """Run `writers` processes on a new store under root and merge their recordings.
     staggered: each opens after the one before it (else all at once, racing to create the
-    store); die_at: the last writer is killed at that pwrite to a segment."""
+    store); die_at: the last writer is killed at that pwrite to a segment; flusher: the
+    last writer only reads and flushes."""
     root.mkdir(parents=True, exist_ok=True)
     out = root / "out"
     out.mkdir()
@@ -325,7 +339,7 @@ def record_run(root: Path, *, writers: int = 2, steps: int = 70, seed: int = 1,
     procs = [CTX.Process(target=_writer_main,
                          args=(k, str(root), counter, opened if staggered else None, start,
                                str(out), steps, seed, die_at if k == writers - 1 else None,
-                               durability, died, threads))
+                               durability, died, threads, flusher and k == writers - 1))
              for k in range(writers)]
     for p in procs:
         p.start()
@@ -715,16 +729,20 @@ def test_three_writers_racing_to_create_the_store(tmp_path):
     _report("3 writers created at once/drop", run, s)
 
 
-def test_two_writers_interval_mode_every_call_dropped(tmp_path):
-    """`interval` durability: each process's background thread syncs every 20 ms and the
-    writers flush now and then; only what a flush (or any fdatasync) covered must survive,
-    as a clean prefix. Every call dropped, every third torn."""
-    run = record_run(tmp_path / "rec", writers=2, steps=50, seed=5, durability="interval")
-    assert any(op.kind == "flush" for op in run.hist.ops)
+def test_two_writers_and_a_flusher_interval_mode_every_call_dropped(tmp_path):
+    """`interval` durability: each process's background thread syncs every 20 ms, the two
+    writers flush now and then, and a third process only reads and flushes (it never
+    appends, so after the writers' rolls its segment fd is an old one: the group commits
+    it leads must still fdatasync the newest segment). Only what a flush (or any
+    fdatasync) covered must survive, as a clean prefix. Every call dropped, every third
+    torn."""
+    run = record_run(tmp_path / "rec", writers=3, steps=40, seed=5, durability="interval",
+                     flusher=True)
+    assert sum(op.kind == "flush" for op in run.hist.ops) > 10
     check_history(run)
     s = replay_run(tmp_path / "every", run, ("drop", "torn"), None, seed=5,
                    stride={"torn": 3})
-    _report("2 writers, interval/drop+torn", run, s)
+    _report("2 writers + a flusher, interval/drop+torn", run, s)
 
 
 def test_two_writer_processes_with_three_threads_each_every_call_dropped(tmp_path):
