@@ -85,3 +85,32 @@ def test_a_flush_after_another_process_rolled_syncs_the_newest_segment(tmp_path)
         finally:
             b.close()
             a.close()
+
+
+def test_a_probe_while_a_process_creates_its_liveness_file_never_deletes_it(tmp_path,
+                                                                            monkeypatch):
+    """Seen in tests/test_multiprocess_kill9.py (a process died before it was ready:
+    FileNotFoundError renaming procs/<random>.live.tmp): the file was created, then
+    locked; a reaper probing between the two found it unlocked, took it for a creator that
+    died, and deleted it. Here A probes exactly there, while B attaches."""
+    import fcntl
+
+    from aurora_log import open as open_store
+    from aurora_log.local import liveness
+
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False)
+    a = open_store(tmp_path / "s", **opts)
+    real = fcntl.flock
+    probed = []
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_EX and not probed:      # B locking its new liveness file
+            probed.append(a._liveness.probe())
+        return real(fd, op)
+    monkeypatch.setattr(liveness.fcntl, "flock", flock)
+    try:
+        b = open_store(tmp_path / "s", **opts)
+        b.close()
+    finally:
+        a.close()
+    assert probed == [0]
