@@ -114,3 +114,23 @@ def test_a_probe_while_a_process_creates_its_liveness_file_never_deletes_it(tmp_
     finally:
         a.close()
     assert probed == [0]
+
+
+def test_the_rebuilder_removes_only_old_unlocked_liveness_files_being_created(tmp_path):
+    """A creator killed between the creation and the lock of its liveness file leaves
+    procs/<random>.live.new; the next process that is alone removes it once it is old
+    (a fresh one may be another process's, unlocked for an instant)."""
+    import os
+
+    from aurora_log import open as open_store
+
+    opts = dict(shared=True, reaper_interval=None, auto_compact=False)
+    open_store(tmp_path / "s", **opts).close()
+    procs = tmp_path / "s" / "procs"
+    old, fresh = procs / "aaaaaaaaaaaaaaaa.live.new", procs / "bbbbbbbbbbbbbbbb.live.new"
+    for p in (old, fresh):
+        p.write_bytes(b"")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    with open_store(tmp_path / "s", **opts) as q:
+        assert q.log.rebuilt
+    assert not old.exists() and fresh.exists()
