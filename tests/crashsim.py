@@ -87,6 +87,15 @@ def _snapshot_tree(root: str):
 
 # ------------------------------------------------------------------------------ model
 
+def _pid(op) -> int:
+    """The recording process of an op (ops merged from several processes carry `pid`)."""
+    return getattr(op, "pid", 0)
+
+
+def _fd(op) -> tuple[int, int | None]:
+    return _pid(op), op.fd
+
+
 class _File:
     __slots__ = ("vol", "dur", "pending", "mark")
 
@@ -147,7 +156,11 @@ class DiskModel:
         self.failed_fsync = failed_fsync
         self.rec = rec
         self.root = _Dir()
-        self.fds: dict[int, object] = {}
+        # (pid, fd) -> node: each process has its own fd table (an op recorded in one
+        # process has no `pid` attribute: 0); fsync is per inode, so every process's fd
+        # of one path leads to the same node
+        self.fds: dict[tuple[int, int | None], object] = {}
+        self.named: dict[str, _File] = {}    # last name of every file ever seen (all_files)
         self.pos = 0          # events consumed
         self.done = 0         # completed calls consumed
         self.unseen_dirs: list[str] = []
@@ -156,6 +169,8 @@ class DiskModel:
             parent, name = self._parent(rel)
             node = _Dir() if data is None else _File(data)
             parent.vol[name] = parent.dur[name] = node
+            if isinstance(node, _File):
+                self.named[rel] = node
 
     # -- path helpers
     def _rel(self, path):
@@ -201,7 +216,7 @@ class DiskModel:
             self.done += 1
             if op.errno != 0 or (op.result is not None and op.result < 0):
                 if op.name in ("fsync", "fdatasync") and self.failed_fsync == "drop_pages":
-                    node = self.fds.get(op.fd)
+                    node = self.fds.get(_fd(op))
                     if isinstance(node, _File):
                         del node.pending[:node.mark]
                         node.mark = 0
@@ -214,7 +229,7 @@ class DiskModel:
 
     def _sync_started(self, op) -> None:
         """An fsync/fdatasync started: it covers what is pending on its file now."""
-        node = self.fds.get(op.fd)
+        node = self.fds.get(_fd(op))
         if isinstance(node, _File):
             node.mark = len(node.pending)
         elif isinstance(node, _Dir):
@@ -234,26 +249,27 @@ class DiskModel:
                 d, name = self._parent(rel)
                 node = d.vol[name] = _File()
                 d.pending.append(("set", name, node))
+                self.named[rel] = node
             elif isinstance(node, _File) and op.flags & os.O_TRUNC:
                 node.vol.clear()
                 node.pending.append(("t", 0))
-            self.fds[op.result] = node
+            self.fds[_pid(op), op.result] = node
         elif n == "close":
-            self.fds.pop(op.fd, None)
+            self.fds.pop(_fd(op), None)
         elif n == "pwrite":
-            node = self.fds.get(op.fd)
+            node = self.fds.get(_fd(op))
             if isinstance(node, _File) and op.data:
                 ch = ("w", op.offset, bytes(op.data))
                 node.apply(ch, node.vol)
                 node.pending.append(ch)
         elif n == "ftruncate":
-            node = self.fds.get(op.fd)
+            node = self.fds.get(_fd(op))
             if isinstance(node, _File):
                 ch = ("t", op.size)
                 node.apply(ch, node.vol)
                 node.pending.append(ch)
         elif n in ("fsync", "fdatasync"):
-            node = self.fds.get(op.fd)
+            node = self.fds.get(_fd(op))
             if isinstance(node, _File):
                 k = node.mark
                 for ch in node.pending[:k]:
@@ -272,6 +288,10 @@ class DiskModel:
             da, na = self._parent(a)
             db, nb = self._parent(b)
             node = db.vol[nb] = da.vol.pop(na)
+            if isinstance(node, _File):
+                if self.named.get(a) is node:
+                    del self.named[a]
+                self.named[b] = node
             if da is db:
                 da.pending.append(("ren", na, nb, node))
             else:
@@ -291,6 +311,12 @@ class DiskModel:
             d, name = self._parent(rel)
             node = d.vol[name] = _Dir()
             d.pending.append(("set", name, node))
+
+    def all_files(self) -> dict[str, bytes]:
+        """{last name: bytes as reads see them} of every file ever seen, unlinked ones
+        included (a retired segment keeps its name): the whole history of the tree, e.g.
+        every WAL segment ever written, for a reference log."""
+        return {rel: bytes(node.vol) for rel, node in self.named.items()}
 
     # -- images
     def crash_image(self, mode: str = "drop", rng: random.Random | None = None) -> dict:

@@ -3,8 +3,9 @@
 docs/INTERNALS.md ("Liveness") is the protocol. Each process that opens a store in shared
 mode:
 
-- creates ``DIR/procs/<random>.live.tmp`` (0600), takes flock LOCK_EX on it, and under the
-  append lock renames it to ``DIR/procs/<attach LSN>.live`` and appends ATTACH at that LSN:
+- creates ``DIR/procs/<random>.live.new`` (0600), takes flock LOCK_EX on it, renames it
+  to ``<random>.live.tmp`` (so a probe never sees it unlocked), and under the append lock
+  renames it to ``DIR/procs/<attach LSN>.live`` and appends ATTACH at that LSN:
   its identity in every later record (CLAIM v2 carries it);
 - holds that flock for its lifetime (the kernel releases it however the process dies);
 - on each reaper tick probes the other ``*.live`` files with LOCK_EX|LOCK_NB: a lock it
@@ -41,6 +42,8 @@ __all__ = ["Liveness", "PROCS_DIR"]
 PROCS_DIR = "procs"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _PIN_LINE = 30          # b"%020d %08x\n": the folded LSN and the crc32 of its digits
+_NEW = ".live.new"      # a liveness file being created (not yet locked): never probed
+_NEW_STALE_SECONDS = 60.0   # an unlocked one this old was left by a creator that died
 
 
 def _name(attach_lsn: int) -> str:
@@ -63,11 +66,25 @@ class Liveness:
         """Before the replay: create and lock ``procs/<random>.live.tmp``. While it exists
         no process retires a segment (this one is reading the log to catch up)."""
         make_dirs(self._dir)
-        tmp = self._dir / f"{secrets.token_hex(8)}.live.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
+        name = secrets.token_hex(8)
+        tmp = self._dir / f"{name}.live.tmp"
+        # created under a name no probe looks at, and given the probed name only once
+        # locked: a probe between the creation and the flock would find it unlocked, take
+        # it for a creator that died, and delete it under us
+        new = self._dir / f"{name}{_NEW}"
+        fd = os.open(new, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(new, tmp)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(new)
+            except FileNotFoundError:
+                pass
+            raise
         self._fd = fd
         self._tmp = tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
         self.publish(0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "started_ms": round(time.time() * 1000),
@@ -139,14 +156,25 @@ class Liveness:
 
     def _remove_stale(self) -> None:
         """We recovered the log: every liveness file left unlocked is a dead process's
-        (one attached since holds its lock and stays)."""
+        (one attached since holds its lock and stays). A file still being created
+        (``*.live.new``) is unlocked for an instant, so only an old one is removed."""
+        now = time.time()
         for name in os.listdir(self._dir):
-            if (name.endswith(".live") or name.endswith(".live.tmp")) and \
-                    self._dir / name != self._tmp and self._unlocked(self._dir / name):
+            path = self._dir / name
+            if name.endswith(_NEW):
                 try:
-                    os.unlink(self._dir / name)
+                    old = now - path.stat().st_mtime > _NEW_STALE_SECONDS
                 except FileNotFoundError:
-                    pass
+                    continue
+                if not (old and self._unlocked(path)):
+                    continue
+            elif not (name.endswith(".live") or name.endswith(".live.tmp")) or \
+                    path == self._tmp or not self._unlocked(path):
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def detach(self) -> None:
         """Clean close: DETACH and our RUNNING jobs back to pending, one batch, durable;

@@ -162,21 +162,28 @@ class SharedLog(Log):
         if fd < 0:
             seg, _ = _seg_off(self._position()[0])
             fd = self._open_segment(seg, self._wal / _seg_name(seg))
+            # chosen outside the append lock: a roll may have come between the position
+            # and the counter; the first lock or durable wait follows the page again
+            self._roll_seq = -1
         segs = self._list_segments()
         self._first_lsn = segs[0][0] if segs else 1
 
     def _open_segment(self, lsn: int, path: Path) -> int:
+        # the roll counter as it was before the file was chosen: a roll after it makes the
+        # next look (_repair, wait_pos) follow the page again
+        roll_seq = lib.au_shm_roll_seq(self._shm) if self._shm is not None else -1
         fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | _O_CLOEXEC, 0o600)
         if fd < 0:
             raise os_error(fd, path)
         size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
-        if self._shm is not None:
-            self._roll_seq = lib.au_shm_roll_seq(self._shm)
         if self._fd >= 0:
             self._old_fds.append(self._fd)
             while len(self._old_fds) > 2:
                 lib.au_close(self._old_fds.pop(0))
         self._fd, self._seg_first, self._seg_size = fd, lsn, size
+        # last: a thread that finds the counter current (wait_pos, outside the lock) then
+        # reads this segment's fd, never the one before it
+        self._roll_seq = roll_seq
         return fd
 
     # ---------------------------------------------------------------- the page
@@ -377,6 +384,13 @@ class SharedLog(Log):
         if wait == "synced" or (wait == "durable" and self.durability == "sync"):
             h = self._h()
             seg, _ = _seg_off(pos)
+            if not self.holds_lock() and (seg > self._seg_first or
+                                          lib.au_shm_roll_seq(h) != self._roll_seq):
+                # another process rolled since we last appended: our fd may be an older
+                # segment (or the file a bigger one replaced), and a group commit we lead
+                # would fdatasync it and publish `pos`, in the newest one, as synced.
+                # Taking the append lock follows the page (_repair); rare: once per roll
+                self._follow()
             # a position in an older segment was covered by the roll's fdatasync: the C
             # side returns before it would use the fd
             fd = self._fd if seg == self._seg_first else -1
@@ -389,6 +403,11 @@ class SharedLog(Log):
             if rc < 0:
                 self._failed_seen, self._failed_errno = True, -rc
                 raise DurabilityError(f"fdatasync failed: {strerror(-rc)}", errno=-rc)
+
+    def _follow(self) -> None:
+        """Open the page's newest segment as ours (the append lock's repair does)."""
+        with self.locked():
+            pass
 
     def append_reserved(self, first_lsn: int, records: Sequence[tuple[int, bytes]],
                         wait: str = "none", *, checked=None) -> int:
