@@ -56,6 +56,7 @@
 #define OFF_NEXT_LSN     224  /* u64  the log's next LSN (under append_mu; log mode only) */
 #define OFF_APPEND_SEQ   232  /* u32  futex word: +1 at every au_shm_write_batch publish */
 #define OFF_ROLL_SEQ     236  /* u32  +1 at every roll (a segment file may have been replaced) */
+#define OFF_APPEND_WAITERS 240 /* u32  threads asleep in au_shm_wait_append (wake only then) */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -723,6 +724,10 @@ void au_shm_position(au_shm *h, uint64_t *write_end, uint64_t *writing_end,
     *synced_end = ld(U64(h, OFF_SYNCED_END));
 }
 
+uint64_t au_shm_next_lsn(au_shm *h) { return ld(U64(h, OFF_NEXT_LSN)); }
+uint64_t au_shm_write_end(au_shm *h) { return ld(U64(h, OFF_WRITE_END)); }
+uint64_t au_shm_synced_end(au_shm *h) { return ld(U64(h, OFF_SYNCED_END)); }
+
 int au_shm_failed(au_shm *h) { return __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE); }
 
 void au_shm_set_failed(au_shm *h, int err)
@@ -743,8 +748,12 @@ int au_shm_wait_append(au_shm *h, uint32_t seen, uint32_t ms)
 {
     int r = check(h);
     if (r) return r;
-    if (__atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST) != seen) return 0;
-    r = futex_wait(U32(h, OFF_APPEND_SEQ), seen, ms);
+    /* Dekker with publish(): count in, then recheck the word; a publisher bumps the word,
+     * then reads the count, so one of the two sees the other (no lost wake-up) */
+    __atomic_fetch_add(U32(h, OFF_APPEND_WAITERS), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST) != seen) r = 0;
+    else r = futex_wait(U32(h, OFF_APPEND_SEQ), seen, ms);
+    __atomic_fetch_sub(U32(h, OFF_APPEND_WAITERS), 1, __ATOMIC_SEQ_CST);
     return r == -EAGAIN || r == -EINTR ? 0 : r;
 }
 
@@ -771,6 +780,15 @@ int au_shm_zero_tail(au_shm *h, int fd)
     return 0;
 }
 
+/* After a publish: bump append_seq and wake the claims asleep on it, if any (a futex_wake
+ * costs a syscall; most publishes have nobody asleep). */
+static void publish_seq(au_shm *h)
+{
+    __atomic_fetch_add(U32(h, OFF_APPEND_SEQ), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_APPEND_WAITERS), __ATOMIC_SEQ_CST))
+        futex_wake(U32(h, OFF_APPEND_SEQ), INT_MAX);
+}
+
 /* Under append_mu: frame records first_lsn.. (n of them; types, lens, concatenated data) as
  * one batch (FORMAT.md "Batches"; durable_end = `durable_off`), pwrite it at the page's
  * write position in `fd` (the newest segment), publish position and next_lsn, wake
@@ -787,8 +805,10 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     for (uint32_t i = 0; i < n; i++) total += AU_REC_HDR + (size_t)lens[i];
     size_t blen = (total + 7) & ~(size_t)7;
     if (blen > AU_MAX_BATCH) return AU_E_INVAL;
-    uint8_t *buf = calloc(1, blen);
+    uint8_t small[4096];      /* most batches (one claim, one enqueue): no malloc */
+    uint8_t *buf = blen <= sizeof small ? small : malloc(blen);
     if (!buf) return -ENOMEM;
+    memset(buf, 0, blen);            /* reserved bytes and the padding are zeros */
     size_t p = AU_BATCH_HDR, d = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *f = buf + p;
@@ -808,7 +828,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     uint64_t pos = ld(U64(h, OFF_WRITE_END));
     st(U64(h, OFF_WRITING_END), pos + blen);
     int64_t w = au_pwrite_full(fd, buf, blen, (int64_t)(pos & 0xffffffffu));
-    free(buf);
+    if (buf != small) free(buf);
     if (w < 0) {
         /* nothing published; zero what may have landed before anyone writes after it */
         au_shm_zero_tail(h, fd);
@@ -818,8 +838,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     st(U64(h, OFF_WRITE_END), pos + blen);
     st(U64(h, OFF_WRITING_END), pos + blen);
     count(h, C_COMMITS);
-    __atomic_fetch_add(U32(h, OFF_APPEND_SEQ), 1, __ATOMIC_SEQ_CST);
-    futex_wake(U32(h, OFF_APPEND_SEQ), INT_MAX);
+    publish_seq(h);
     *end = pos + blen;
     return 0;
 }
@@ -854,3 +873,55 @@ void au_shm_roll_end(au_shm *h, uint64_t pos)
 
 /* Give up a roll (an error): release sync_mu without publishing anything. */
 void au_shm_roll_abort(au_shm *h) { release_sync(h); }
+
+/* ---- the fast path (docs/MULTIPROCESS.md "The fast path"): one call that takes
+ * append_mu without blocking, checks that nothing unusual is pending, writes one batch,
+ * publishes and unlocks. It never waits, so a caller may keep its GIL around it, and the
+ * lock is never held across Python code. Anything unusual (a dead holder's tail to
+ * repair, a roll since the caller opened its fd, a batch that needs a roll, a failed
+ * log) answers AU_SHM_SLOW with nothing done: the caller takes the locking path, which
+ * handles each. With t->expect_lsn != 0 the append is conditional: it happens only if
+ * the page's next_lsn is still expect_lsn, i.e. nobody appended since the caller's state
+ * was folded to it, so a record decided on that state is decided on the newest state
+ * (invariant I7) though the decision was made before the lock was taken. */
+int au_shm_append_try(au_shm *h, int fd, au_shm_try *t, const uint8_t *types,
+                      const uint32_t *lens, const uint8_t *data)
+{
+    int r = check(h);
+    if (r) return r;
+    /* cheap refusals before touching the lock (hints; rechecked under it) */
+    if (t->expect_lsn && ld(U64(h, OFF_NEXT_LSN)) != t->expect_lsn) return AU_SHM_MOVED;
+    r = pthread_mutex_trylock(APPEND_MU(h));
+    if (r == EBUSY) return AU_SHM_BUSY;
+    if (r == EOWNERDEAD) {
+        /* consistent again; its tail (writing_end != write_end) is repaired by the locking
+         * path, which every holder takes when it finds writing_end != write_end */
+        pthread_mutex_consistent(APPEND_MU(h));
+        count(h, C_OWNER_DIED);
+    } else if (r) {
+        return -r;
+    }
+    uint64_t write = ld(U64(h, OFF_WRITE_END)), next = ld(U64(h, OFF_NEXT_LSN));
+    size_t total = AU_BATCH_HDR;
+    for (uint32_t i = 0; i < t->n; i++) total += AU_REC_HDR + (size_t)lens[i];
+    uint64_t blen = (total + 7) & ~(uint64_t)7;
+    if (t->expect_lsn && next != t->expect_lsn) {
+        r = AU_SHM_MOVED;
+    } else if (__atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE) ||
+               ld(U64(h, OFF_WRITING_END)) != write || (write >> 32) != t->seg_first ||
+               __atomic_load_n(U32(h, OFF_ROLL_SEQ), __ATOMIC_ACQUIRE) != t->roll_seq ||
+               (write & 0xffffffffu) + blen + AU_SEG_HDR > t->seg_size ||
+               next + t->n > t->max_lsn || t->n == 0) {
+        r = AU_SHM_SLOW;
+    } else {
+        /* durable_end (FORMAT.md): the synced position's offset when it lies in this
+         * segment, else the segment's first batch (read under append_mu: <= our offset) */
+        uint64_t synced = ld(U64(h, OFF_SYNCED_END));
+        uint64_t durable_off = (synced >> 32) == t->seg_first ? synced & 0xffffffffu
+                                                               : AU_SEG_HDR;
+        t->first_lsn = next;
+        r = au_shm_write_batch(h, fd, next, t->n, types, lens, data, durable_off, &t->end);
+    }
+    au_shm_unlock(h);
+    return r;
+}

@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import records as R
 from .locks import YieldingLock
@@ -57,6 +57,12 @@ if TYPE_CHECKING:
 __all__ = ["Queue", "open"]
 
 _JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
+T = TypeVar("T")
+
+
+class _TailMoved(Exception):
+    """Shared mode, an optimistic decision (Queue._decide): another process published
+    after the state's cursor, so the record decided on it was not written."""
 
 
 # every open Queue of this process: a forked child marks them (register_at_fork below)
@@ -109,6 +115,7 @@ class Queue(QueueInterface):
     _compactor = None
     _tail_bytes = 0
     _parked = 0              # shared mode: claims asleep on the page (tests probe it)
+    _optimistic = False      # shared mode: _decide's body runs without the append lock
     # shared mode: RUNNING jobs this queue handed back (pending again, an attempt spent)
     # when it closed, as the next open of an exclusive store would have ("recovered")
     returned_on_close = 0
@@ -305,6 +312,36 @@ class Queue(QueueInterface):
                 self._catch_up()
                 yield
 
+    def _decide(self, body: Callable[[], T]) -> T:
+        """Run ``body`` (decide from the state, then ``_reserve_apply``) as ``with
+        self._deciding(): body()`` would, but in shared mode first optimistically: when
+        nobody published after our cursor (the page's next LSN equals the cursor's), the
+        decision is made on the state as it is, without the append lock, and its record is
+        written by the conditional fast append (``SharedLog.try_append(expect_lsn=cursor)``),
+        which writes it only if the tail is still our cursor: a record is thus only ever
+        written on top of the very state it was decided on (MULTIPROCESS.md invariant I7).
+        If the tail moved (or the lock was busy), nothing was written and nothing folded;
+        the body runs again the locking way, caught up. ``body`` must change nothing
+        before its ``_reserve_apply`` (planners are pure) and write at most one batch.
+        A result or an error decided without a write (no job to claim, a stale token) is
+        linearised at the moment the tail was seen equal to the cursor."""
+        with self._lock:
+            if not self._shared:
+                return body()
+            self._check_process()
+            log = self._sl
+            if log.tail_hint() == self._cursor[2]:
+                self._optimistic = True
+                try:
+                    return body()
+                except _TailMoved:
+                    pass
+                finally:
+                    self._optimistic = False
+            with log.locked():
+                self._catch_up()
+                return body()
+
     @contextmanager
     def _reading(self) -> Iterator[None]:
         """The queue lock, with the state caught up to the published tail (shared mode:
@@ -445,12 +482,23 @@ class Queue(QueueInterface):
         """Shared mode, under the append lock with the state caught up: write the records
         at the page's tail (written before anything is folded: a failed write changes
         nothing), then fold them. Returns (first LSN, records, position) for _publish."""
-        first = self._log.reserve(len(encoded))
-        if first != self._cursor[2]:
-            raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but the "
-                                  f"tail is {first}", file=str(self._log.directory), lsn=first)
-        pos = self._sl.write_locked(first, encoded, checked)
-        self._cursor = self._sl.cursor_at_tail()
+        log = self._sl
+        if self._optimistic:            # _decide: written only on top of our cursor
+            got = log.try_append(encoded, checked, expect_lsn=self._cursor[2])
+            if got is None:
+                raise _TailMoved()
+            first, pos = got
+            # the batch directly follows the cursor (the tail was the cursor's LSN), in
+            # the segment of its end (a roll's SEAL before it holds no record)
+            self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + len(encoded))
+        else:
+            first = log.reserve(len(encoded))
+            if first != self._cursor[2]:
+                raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but "
+                                      f"the tail is {first}", file=str(log.directory),
+                                      lsn=first)
+            pos = log.write_locked(first, encoded, checked)
+            self._cursor = log.cursor_at_tail()
         at = recs[0].at_ms
         if at > self._max_at:
             self._max_at = at
@@ -637,9 +685,13 @@ class Queue(QueueInterface):
         checked = self._log.check_records(encoded)
         self._check_open()
         log = self._sl
-        with log.locked():
-            first = log.reserve(len(encoded))
-            pos = log.write_locked(first, encoded, checked)
+        got = log.try_append(encoded, checked)       # any tail: the records are stateless
+        if got is not None:
+            pos = got[1]
+        else:
+            with log.locked():
+                first = log.reserve(len(encoded))
+                pos = log.write_locked(first, encoded, checked)
         log.wait_pos(pos, "durable" if durable else "none")
         return [rec.id for rec, _ in built]
 
@@ -739,7 +791,7 @@ class Queue(QueueInterface):
     def _claim_shared_once(self, worker_id, types, qs, end):
         """One try of _claim_shared: (job, reserved), None (give up), or (None, (the
         page's append counter, seconds to sleep at most))."""
-        with self._deciding():
+        def body():
             if self._closed:
                 raise ClosedError("the queue is closed")
             if self._read_only:
@@ -760,14 +812,22 @@ class Queue(QueueInterface):
             due = self._state.next_due_ms()
             if due is not None:
                 remaining = min(remaining, max((due - now) / 1000.0, 0.001))
-            # read under the lock: a publish after it changes the counter (no lost wake-up)
-            return None, (self._sl.append_seq(), remaining)
+            # no lost wake-up: read under the append lock, a publish after it changes the
+            # counter; optimistically, the counter is read first and the tail checked
+            # after: a publish not yet counted in `seen` is one whose next LSN was stored
+            # before its count, so a tail still at our cursor means none after it was
+            seen = self._sl.append_seq()
+            if self._optimistic and self._sl.tail_hint() != self._cursor[2]:
+                raise _TailMoved()
+            return None, (seen, remaining)
+
+        return self._decide(body)
 
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
         requested. StaleLeaseError if the token no longer holds the job."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        with self._deciding():
+        def body() -> bool:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
             if self._out_of_space():
@@ -775,10 +835,11 @@ class Queue(QueueInterface):
                 return self._state.cancel_requested(job_id)
             reserved = self._reserve_apply([rec])
             try:
-                cancel = self._state.cancel_requested(job_id)
+                return self._state.cancel_requested(job_id)
             finally:
                 self._publish(reserved, "none")   # keeps the GIL: fine under the lock
-        return cancel
+
+        return self._decide(body)
 
     def progress(self, job_id: str, token: str, fraction: float,
                  message: str | None = None) -> None:
@@ -786,11 +847,13 @@ class Queue(QueueInterface):
         last_heartbeat but does not extend the lease."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
         check_progress(fraction, message)
-        with self._deciding():
+        def body():
             self._check_open()
-            rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
-            reserved = self._reserve_apply([rec])
-        self._publish(reserved, "none")
+            rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction),
+                                            message)
+            return self._reserve_apply([rec])
+
+        self._publish(self._decide(body), "none")
 
     def complete(self, job_id: str, token: str, result: Any = None, *,
                  durable: bool = True) -> None:
@@ -800,13 +863,15 @@ class Queue(QueueInterface):
         if res is not None and len(res) > self._max_payload:
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
                              f"{self._max_payload} (max_payload_bytes)")
-        with self._deciding():
+        def body():
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
             reserved = self._reserve_apply([rec])
             if self._state.control.wake_on_finish:   # a limit's slot, or children released
                 self._cond.notify_all()
-        self._publish(reserved, "durable" if durable else "none")
+            return reserved
+
+        self._publish(self._decide(body), "durable" if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
@@ -814,12 +879,15 @@ class Queue(QueueInterface):
         64 KiB are truncated."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
         error = error_text(error)
-        with self._deciding():
+        def body():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
             reserved = self._reserve_apply([rec])
             if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
+            return rec, reserved
+
+        rec, reserved = self._decide(body)
         self._publish(reserved, "durable" if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]

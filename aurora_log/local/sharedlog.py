@@ -45,6 +45,12 @@ MAX_SHARED_LSN = (1 << 32) - 1      # positions keep the segment's first LSN in 
 _POLL_MS = 20                       # a blocked locker rechecks (a dead holder) this often
 
 
+# os.fork() calls in this interpreter (a child sees one more than its parent had): _h()
+# needs a getpid() syscall only after a fork; the C side checks the pid again (check())
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
 def pos_of(seg_first_lsn: int, off: int) -> int:
     """A position on the control page: segment and offset in one ordered u64."""
     return seg_first_lsn << _OFF_BITS | off
@@ -65,6 +71,7 @@ class SharedLog(Log):
         self._shared = True
         self._shm = None
         self._pid = os.getpid()
+        self._forks = _forks[0]        # a fork since: _h() compares pids (else it skips it)
         self._fd = -1                  # the newest segment as this process last saw it
         self._seg_first = 0
         self._seg_size = 0
@@ -78,7 +85,7 @@ class SharedLog(Log):
         self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
         self.retention_pin: Callable[[], int] | None = None  # see retire_segments_before
         self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
-                       "repairs": 0}
+                       "repairs": 0, "fast_appends": 0}
 
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
@@ -183,10 +190,15 @@ class SharedLog(Log):
     def _h(self):
         if self._closed:
             raise ClosedError("the log is closed")
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             raise ForkedError("this store was opened before os.fork(); a child process must "
                               "open the store itself (aurora_log.open in the child)")
         return self._shm
+
+    def tail_hint(self) -> int:
+        """The page's next LSN without the lock: a hint that only grows (exact under
+        ``locked()``). Equal to a cursor's next LSN: nobody has published after it."""
+        return lib.au_shm_next_lsn(self._h())
 
     def _position(self) -> tuple[int, int, int, int]:
         """(write_end, writing_end, next_lsn, synced_end) as the page has them."""
@@ -204,7 +216,7 @@ class SharedLog(Log):
     @property
     def published(self) -> int:
         """The page's write position: every batch below it is whole."""
-        return self._position()[0]
+        return lib.au_shm_write_end(self._shm)
 
     @property
     def failed(self) -> bool:
@@ -227,7 +239,7 @@ class SharedLog(Log):
         """Hold the page's append lock (reentrant in this thread); yields the page's next
         LSN. A dead previous holder's unpublished bytes are repaired first."""
         if self.holds_lock():
-            yield self._position()[2]
+            yield lib.au_shm_next_lsn(self._shm)
             return
         h = self._h()
         while True:
@@ -245,7 +257,7 @@ class SharedLog(Log):
             if rc == lib.AU_SHM_OWNER_DIED:
                 self._stats["owner_died"] += 1
             self._repair()
-            yield self._position()[2]
+            yield lib.au_shm_next_lsn(h)
         finally:
             self._holder = None
             lib.au_shm_unlock(h)
@@ -317,7 +329,7 @@ class SharedLog(Log):
         if not self.holds_lock():
             raise AuroraLogError("SharedLog.reserve needs the append lock (locked())")
         self._check_failed()
-        return self._position()[2]
+        return lib.au_shm_next_lsn(self._shm)
 
     def _check_failed(self) -> None:
         err = lib.au_shm_failed(self._h())
@@ -370,6 +382,39 @@ class SharedLog(Log):
         self._stats["bytes"] += blen
         self._tls.last = (first_lsn + n - 1, end[0])
         return end[0]
+
+    def try_append(self, records: Sequence[tuple[int, bytes]], checked=None,
+                   expect_lsn: int = 0) -> tuple[int, int] | None:
+        """The fast path of an append (native/shm.c au_shm_append_try): take the append
+        lock without waiting, write the records as one batch at the tail, publish, unlock,
+        all in one C call, so no Python runs while the lock is held. With ``expect_lsn``
+        the append happens only if the page's next LSN is still ``expect_lsn`` (nobody
+        appended since the caller's state was folded to it). Returns (first LSN, the
+        position after the batch), or None when nothing was done: the lock was busy, the
+        tail moved, or something needs the locking path (a dead holder's tail, a roll,
+        a failed log); the caller then uses ``locked()``."""
+        h = self._h()
+        if self._failed_seen or self._holder is not None:
+            return None         # the locking path raises / this thread's lock is reentrant
+        types, lens, data = checked if checked is not None else self._pack(records)
+        t = ffi.new("au_shm_try *", {"seg_first": self._seg_first, "seg_size": self._seg_size,
+                                     "expect_lsn": expect_lsn, "max_lsn": MAX_SHARED_LSN,
+                                     "roll_seq": self._roll_seq, "n": len(types)})
+        rc = lib.au_shm_append_try(h, self._fd, t, ffi.from_buffer(types),
+                                   ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data))
+        if rc > 0:              # AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW: nothing done
+            return None
+        if rc < 0:
+            if rc != lib.AU_E_INVAL and rc != lib.AU_E_SHM_FORKED:
+                self._failed_seen, self._failed_errno = True, -rc
+            raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
+        n = t.n
+        self._stats["appends"] += 1
+        self._stats["records"] += n
+        self._stats["bytes"] += (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + len(data) + 7) & ~7
+        self._stats["fast_appends"] += 1
+        self._tls.last = (t.first_lsn + n - 1, t.end)
+        return t.first_lsn, t.end
 
     def wait_pos(self, pos: int, wait: str) -> None:
         """Wait as told for the bytes below ``pos``: "none"/"written" return (they were
@@ -508,9 +553,8 @@ class SharedLog(Log):
 
     def cursor_at_tail(self) -> tuple[int, int, int]:
         """Under ``locked()``: the cursor of the page's tail."""
-        write, _, next_lsn, _ = self._position()
-        seg, off = _seg_off(write)
-        return seg, off, next_lsn
+        seg, off = _seg_off(lib.au_shm_write_end(self._shm))
+        return seg, off, lib.au_shm_next_lsn(self._shm)
 
     def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
         """(lsn, rtype, payload) of every stored record >= from_lsn up to the published
