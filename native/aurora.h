@@ -250,20 +250,18 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
                        const uint32_t *lens, const uint8_t *data, uint64_t durable_off,
                        uint64_t *end);
 /* The fast path: trylock, checks, one batch, publish, unlock; never blocks (a caller may
- * keep its GIL). 0 (written: first_lsn, end set), AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW
- * (nothing done: take the locking path), or < 0 (the write failed; nothing published). */
-typedef struct {
-    uint64_t seg_first;   /* in: the segment `fd` is (its first LSN) */
-    uint64_t seg_size;    /* in: its size; a batch that would need a roll -> AU_SHM_SLOW */
-    uint64_t expect_lsn;  /* in: 0 = any tail; else append only if next_lsn == expect_lsn */
-    uint64_t max_lsn;     /* in: a batch reaching past it -> AU_SHM_SLOW */
-    uint32_t roll_seq;    /* in: the page's roll_seq when fd was opened */
-    uint32_t n;           /* in: records */
-    uint64_t first_lsn;   /* out: the batch's first LSN */
-    uint64_t end;         /* out: the position after the batch */
-} au_shm_try;
-int au_shm_append_try(au_shm *h, int fd, au_shm_try *t, const uint8_t *types,
-                      const uint32_t *lens, const uint8_t *data);
+ * keep its GIL). `fd` is the segment whose first LSN is `seg_first`, `seg_size` bytes,
+ * opened when the page's roll_seq was `roll_seq`; expect_lsn 0 = any tail, else append
+ * only if next_lsn == expect_lsn. 0 (written: out[0] = first LSN, out[1] = the position
+ * after the batch), AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW (nothing done: take the locking
+ * path), or < 0 (the write failed; nothing published). _try1: one record. */
+#define AU_SHM_MAX_LSN     0xffffffffULL   /* positions keep a segment's first LSN in 32 bits */
+int au_shm_append_try(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                      uint32_t roll_seq, uint64_t expect_lsn, uint32_t n, const uint8_t *types,
+                      const uint32_t *lens, const uint8_t *data, uint64_t *out);
+int au_shm_append_try1(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                       uint32_t roll_seq, uint64_t expect_lsn, uint8_t type,
+                       const char *payload, uint32_t len, uint64_t *out);
 uint64_t au_shm_next_lsn(au_shm *h);      /* hints outside append_mu, exact under it */
 uint64_t au_shm_write_end(au_shm *h);
 uint64_t au_shm_synced_end(au_shm *h);

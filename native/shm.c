@@ -884,18 +884,19 @@ void au_shm_roll_abort(au_shm *h) { release_sync(h); }
  * the page's next_lsn is still expect_lsn, i.e. nobody appended since the caller's state
  * was folded to it, so a record decided on that state is decided on the newest state
  * (invariant I7) though the decision was made before the lock was taken. */
-int au_shm_append_try(au_shm *h, int fd, au_shm_try *t, const uint8_t *types,
-                      const uint32_t *lens, const uint8_t *data)
+int au_shm_append_try(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                      uint32_t roll_seq, uint64_t expect_lsn, uint32_t n, const uint8_t *types,
+                      const uint32_t *lens, const uint8_t *data, uint64_t *out)
 {
     int r = check(h);
     if (r) return r;
-    /* cheap refusals before touching the lock (hints; rechecked under it) */
-    if (t->expect_lsn && ld(U64(h, OFF_NEXT_LSN)) != t->expect_lsn) return AU_SHM_MOVED;
+    /* a cheap refusal before touching the lock (a hint; rechecked under it) */
+    if (expect_lsn && ld(U64(h, OFF_NEXT_LSN)) != expect_lsn) return AU_SHM_MOVED;
     r = pthread_mutex_trylock(APPEND_MU(h));
     if (r == EBUSY) return AU_SHM_BUSY;
     if (r == EOWNERDEAD) {
-        /* consistent again; its tail (writing_end != write_end) is repaired by the locking
-         * path, which every holder takes when it finds writing_end != write_end */
+        /* consistent again; the dead holder's tail (writing_end != write_end) is left to
+         * the locking path, which every holder takes when it sees writing_end != write_end */
         pthread_mutex_consistent(APPEND_MU(h));
         count(h, C_OWNER_DIED);
     } else if (r) {
@@ -903,25 +904,32 @@ int au_shm_append_try(au_shm *h, int fd, au_shm_try *t, const uint8_t *types,
     }
     uint64_t write = ld(U64(h, OFF_WRITE_END)), next = ld(U64(h, OFF_NEXT_LSN));
     size_t total = AU_BATCH_HDR;
-    for (uint32_t i = 0; i < t->n; i++) total += AU_REC_HDR + (size_t)lens[i];
+    for (uint32_t i = 0; i < n; i++) total += AU_REC_HDR + (size_t)lens[i];
     uint64_t blen = (total + 7) & ~(uint64_t)7;
-    if (t->expect_lsn && next != t->expect_lsn) {
+    if (expect_lsn && next != expect_lsn) {
         r = AU_SHM_MOVED;
-    } else if (__atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE) ||
-               ld(U64(h, OFF_WRITING_END)) != write || (write >> 32) != t->seg_first ||
-               __atomic_load_n(U32(h, OFF_ROLL_SEQ), __ATOMIC_ACQUIRE) != t->roll_seq ||
-               (write & 0xffffffffu) + blen + AU_SEG_HDR > t->seg_size ||
-               next + t->n > t->max_lsn || t->n == 0) {
+    } else if (n == 0 || __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE) ||
+               ld(U64(h, OFF_WRITING_END)) != write || (write >> 32) != seg_first ||
+               __atomic_load_n(U32(h, OFF_ROLL_SEQ), __ATOMIC_ACQUIRE) != roll_seq ||
+               (write & 0xffffffffu) + blen + AU_SEG_HDR > seg_size ||
+               next + n > AU_SHM_MAX_LSN) {
         r = AU_SHM_SLOW;
     } else {
         /* durable_end (FORMAT.md): the synced position's offset when it lies in this
          * segment, else the segment's first batch (read under append_mu: <= our offset) */
         uint64_t synced = ld(U64(h, OFF_SYNCED_END));
-        uint64_t durable_off = (synced >> 32) == t->seg_first ? synced & 0xffffffffu
-                                                               : AU_SEG_HDR;
-        t->first_lsn = next;
-        r = au_shm_write_batch(h, fd, next, t->n, types, lens, data, durable_off, &t->end);
+        uint64_t durable_off = (synced >> 32) == seg_first ? synced & 0xffffffffu : AU_SEG_HDR;
+        out[0] = next;
+        r = au_shm_write_batch(h, fd, next, n, types, lens, data, durable_off, &out[1]);
     }
     au_shm_unlock(h);
     return r;
+}
+
+int au_shm_append_try1(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                       uint32_t roll_seq, uint64_t expect_lsn, uint8_t type,
+                       const char *payload, uint32_t len, uint64_t *out)
+{
+    return au_shm_append_try(h, fd, seg_first, seg_size, roll_seq, expect_lsn, 1, &type, &len,
+                             (const uint8_t *)payload, out);
 }

@@ -396,25 +396,39 @@ class SharedLog(Log):
         h = self._h()
         if self._failed_seen or self._holder is not None:
             return None         # the locking path raises / this thread's lock is reentrant
-        types, lens, data = checked if checked is not None else self._pack(records)
-        t = ffi.new("au_shm_try *", {"seg_first": self._seg_first, "seg_size": self._seg_size,
-                                     "expect_lsn": expect_lsn, "max_lsn": MAX_SHARED_LSN,
-                                     "roll_seq": self._roll_seq, "n": len(types)})
-        rc = lib.au_shm_append_try(h, self._fd, t, ffi.from_buffer(types),
-                                   ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data))
+        out = self._tls.__dict__.get("out")
+        if out is None:         # per thread: cffi drops the GIL during the call
+            out = self._tls.out = ffi.new("uint64_t[2]")
+        if checked is None and len(records) == 1:
+            rtype, payload = records[0]
+            n, nbytes = 1, len(payload)
+            if type(payload) is not bytes or type(rtype) is not int or \
+                    not 0 < rtype < 256 or nbytes > self.max_record_bytes:
+                return None     # the locking path raises the exact error (_pack)
+            rc = lib.au_shm_append_try1(h, self._fd, self._seg_first, self._seg_size,
+                                        self._roll_seq, expect_lsn, rtype, payload, nbytes,
+                                        out)
+        else:
+            types, lens, data = checked if checked is not None else self._pack(records)
+            n, nbytes = len(types), len(data)
+            rc = lib.au_shm_append_try(h, self._fd, self._seg_first, self._seg_size,
+                                       self._roll_seq, expect_lsn, n, ffi.from_buffer(types),
+                                       ffi.from_buffer("uint32_t[]", lens),
+                                       ffi.from_buffer(data), out)
         if rc > 0:              # AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW: nothing done
             return None
         if rc < 0:
             if rc != lib.AU_E_INVAL and rc != lib.AU_E_SHM_FORKED:
                 self._failed_seen, self._failed_errno = True, -rc
             raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
-        n = t.n
-        self._stats["appends"] += 1
-        self._stats["records"] += n
-        self._stats["bytes"] += (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + len(data) + 7) & ~7
-        self._stats["fast_appends"] += 1
-        self._tls.last = (t.first_lsn + n - 1, t.end)
-        return t.first_lsn, t.end
+        first, end = out[0], out[1]
+        st = self._stats
+        st["appends"] += 1
+        st["records"] += n
+        st["bytes"] += (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + nbytes + 7) & ~7
+        st["fast_appends"] += 1
+        self._tls.last = (first + n - 1, end)
+        return first, end
 
     def wait_pos(self, pos: int, wait: str) -> None:
         """Wait as told for the bytes below ``pos``: "none"/"written" return (they were
