@@ -151,7 +151,9 @@ class SharedLog(Log):
                 self.recovered_next_lsn = next_lsn
                 if next_lsn > MAX_SHARED_LSN:
                     raise AuroraLogError("shared mode supports LSNs below 2**32")
-                fd = self._open_segment(lsn, path)
+                # a rebuilt page's roll counter is 0, and nobody rolls before the gate
+                # opens at the end of attach_end
+                fd = self._open_segment(lsn, path, roll_seq=0)
                 rc = lib.au_shm_attach_end(h, fd, pos_of(lsn, end), next_lsn)
             else:
                 fd = -1
@@ -172,13 +174,18 @@ class SharedLog(Log):
         segs = self._list_segments()
         self._first_lsn = segs[0][0] if segs else 1
 
-    def _open_segment(self, lsn: int, path: Path) -> int:
+    def _open_segment(self, lsn: int, path: Path, roll_seq: int | None = None) -> int:
+        # the roll counter is read BEFORE the file is opened: a roll in between then shows
+        # as a changed counter, never as a stale fd under a current one (the fast path
+        # trusts the fd only while the page's counter equals ours)
+        if roll_seq is None and self._shm is not None:
+            roll_seq = lib.au_shm_roll_seq(self._shm)
         fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | _O_CLOEXEC, 0o600)
         if fd < 0:
             raise os_error(fd, path)
         size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
-        if self._shm is not None:
-            self._roll_seq = lib.au_shm_roll_seq(self._shm)
+        if roll_seq is not None:
+            self._roll_seq = roll_seq
         if self._fd >= 0:
             self._old_fds.append(self._fd)
             while len(self._old_fds) > 2:
@@ -394,8 +401,8 @@ class SharedLog(Log):
         tail moved, or something needs the locking path (a dead holder's tail, a roll,
         a failed log); the caller then uses ``locked()``."""
         h = self._h()
-        if self._failed_seen or self._holder is not None:
-            return None         # the locking path raises / this thread's lock is reentrant
+        if self._failed_seen or self._holder is not None or self._roll_seq < 0:
+            return None         # the locking path raises / reenters / finds the segment
         out = self._tls.__dict__.get("out")
         if out is None:         # per thread: cffi drops the GIL during the call
             out = self._tls.out = ffi.new("uint64_t[2]")
