@@ -75,8 +75,16 @@ enum { C_FDATASYNCS, C_COMMITS, C_COVERED, C_WAKEUPS, C_OWNER_DIED, C_LEADER_DIE
 
 static const char MAGIC[8] = {'A', 'U', 'R', 'S', 'H', 'M', '0', '1'};
 
+/* fork() calls in this process image (pthread_atfork, child side): check() compares pids,
+ * a syscall, only when a fork happened since the attach */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { __atomic_fetch_add(&fork_gen, 1, __ATOMIC_RELAXED); }
+static void fork_watch(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
 struct au_shm {
     uint8_t *page;
+    unsigned fork_gen; /* fork_gen at the attach */
     int page_fd;       /* holds LOCK_SH on the page file while attached */
     pid_t pid;         /* the process that attached; a forked child must reattach */
     uint32_t poll_ms;  /* how long a waiter sleeps before it checks the leader is alive */
@@ -189,6 +197,8 @@ int au_shm_attach_begin(au_shm **out, const char *path, int *alone)
     *alone = 0;
     au_shm *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
+    pthread_once(&fork_once, fork_watch);
+    h->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     h->pid = getpid();
     h->poll_ms = AU_SHM_POLL_MS;
     h->gate = -1;
@@ -321,6 +331,7 @@ static int check(au_shm *h)
 {
     /* a mapping inherited over fork() is the parent's attach: the child holds no flock of
      * its own and its robust-list entries would be wrong; it must open its own */
+    if (h->fork_gen == __atomic_load_n(&fork_gen, __ATOMIC_RELAXED)) return 0;
     return h->pid == getpid() ? 0 : AU_E_SHM_FORKED;
 }
 

@@ -260,3 +260,37 @@ def test_a_parked_claim_counts_itself_and_a_publish_wakes_it(tmp_path):
         assert _page_u32(tmp_path, APPEND_WAITERS_OFF) == 0
     finally:
         log.close()
+
+
+def test_a_producer_at_the_tail_folds_its_own_enqueue_at_once(tmp_path):
+    """Alone (its cursor at the tail), a plain enqueue is folded from the record it just
+    wrote, as exclusive mode does, instead of being read back at the next catch-up."""
+    q = aurora_log.open(tmp_path, **OPTS)
+    try:
+        jid = q.enqueue(Job("t", {"n": 1}))
+        assert jid in q._state.jobs                       # no catch-up ran
+        assert q._cursor[2] == q._log.tail_hint()
+        ids = q.enqueue_many([Job("t", {"n": i}) for i in range(3)])
+        assert all(i in q._state.jobs for i in ids)
+        assert q._cursor[2] == q._log.tail_hint()
+        assert q.claim("w").id == jid                     # FIFO, as folded
+    finally:
+        q.close()
+
+
+def test_a_producer_behind_the_tail_leaves_its_enqueue_to_the_catch_up(tmp_path):
+    """Someone else appended after our cursor: our record is not folded out of order; the
+    next catch-up folds both, in LSN order."""
+    a = aurora_log.open(tmp_path, **OPTS)
+    b = aurora_log.open(tmp_path, **OPTS)
+    try:
+        first = b.enqueue(Job("t", {"who": "b"}))
+        mine = a.enqueue(Job("t", {"who": "a"}))
+        assert mine not in a._state.jobs and first not in a._state.jobs
+        assert a._cursor[2] < a._log.tail_hint()
+        assert a.get(mine).status is JobStatus.PENDING     # a read catches up
+        assert a.claim("w").id == first                    # b's came first
+        assert a._cursor[2] == a._log.tail_hint()
+    finally:
+        a.close()
+        b.close()
