@@ -294,3 +294,24 @@ def test_a_producer_behind_the_tail_leaves_its_enqueue_to_the_catch_up(tmp_path)
     finally:
         a.close()
         b.close()
+
+
+def test_the_gil_keeping_calls_and_their_cffi_fallbacks_agree(tmp_path, monkeypatch):
+    """The one-record fast append and the tail hint are called through ctypes.PyDLL
+    (keeping the GIL under the queue lock); without ctypes they go through cffi. Both
+    ways write the same bytes and read the same tail."""
+    from aurora_log.local import sharedlog
+    assert sharedlog.shm_append_try1_keeping_gil is not None
+    assert sharedlog.shm_next_lsn_keeping_gil is not None
+    log = SharedLog.open(tmp_path)
+    try:
+        a = log.try_append([REC], expect_lsn=0)
+        assert log.tail_hint() == a[0] + 1 == log.next_lsn
+        monkeypatch.setattr(sharedlog, "shm_append_try1_keeping_gil", None)
+        monkeypatch.setattr(sharedlog, "shm_next_lsn_keeping_gil", None)
+        b = log.try_append([(8, b"cffi")], expect_lsn=a[0] + 1)
+        assert b[0] == a[0] + 1 and log.tail_hint() == b[0] + 1
+        assert log.try_append([REC], expect_lsn=a[0]) is None
+        assert [(r[1], r[2]) for r in _records(log)] == [REC, (8, b"cffi")]
+    finally:
+        log.close()

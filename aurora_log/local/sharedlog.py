@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._binding import MODES, check_io, ffi, lib, os_error, strerror
+from ._binding import (MODES, address, check_io, ffi, lib, os_error,
+                       shm_append_try1_keeping_gil, shm_next_lsn_keeping_gil, strerror)
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
@@ -167,6 +168,7 @@ class SharedLog(Log):
             lib.au_shm_attach_abort(h)
             raise
         self._shm = ffi.gc(h, lib.au_shm_close)
+        self._h_addr = address(h)      # the same handle for the GIL-keeping ctypes calls
         self.rebuilt = bool(alone[0])
         if fd < 0:
             seg, _ = _seg_off(self._position()[0])
@@ -204,8 +206,12 @@ class SharedLog(Log):
 
     def tail_hint(self) -> int:
         """The page's next LSN without the lock: a hint that only grows (exact under
-        ``locked()``). Equal to a cursor's next LSN: nobody has published after it."""
-        return lib.au_shm_next_lsn(self._h())
+        ``locked()``). Equal to a cursor's next LSN: nobody has published after it.
+        Read keeping the GIL (it is read under the queue lock)."""
+        h = self._h()
+        if shm_next_lsn_keeping_gil is not None:
+            return shm_next_lsn_keeping_gil(self._h_addr)
+        return lib.au_shm_next_lsn(h)    # pragma: no cover - no ctypes
 
     def _position(self) -> tuple[int, int, int, int]:
         """(write_end, writing_end, next_lsn, synced_end) as the page has them."""
@@ -403,18 +409,25 @@ class SharedLog(Log):
         h = self._h()
         if self._failed_seen or self._holder is not None or self._roll_seq < 0:
             return None         # the locking path raises / reenters / finds the segment
-        out = self._tls.__dict__.get("out")
-        if out is None:         # per thread: cffi drops the GIL during the call
-            out = self._tls.out = ffi.new("uint64_t[2]")
+        tls = self._tls.__dict__
+        out = tls.get("out")
+        if out is None:         # per thread: the out array is written during the call
+            out = tls["out"] = ffi.new("uint64_t[2]")
+            tls["out_addr"] = address(out)
         if checked is None and len(records) == 1:
             rtype, payload = records[0]
             n, nbytes = 1, len(payload)
             if type(payload) is not bytes or type(rtype) is not int or \
                     not 0 < rtype < 256 or nbytes > self.max_record_bytes:
                 return None     # the locking path raises the exact error (_pack)
-            rc = lib.au_shm_append_try1(h, self._fd, self._seg_first, self._seg_size,
-                                        self._roll_seq, expect_lsn, rtype, payload, nbytes,
-                                        out)
+            keep = shm_append_try1_keeping_gil
+            if keep is not None:
+                rc = keep(self._h_addr, self._fd, self._seg_first, self._seg_size,
+                          self._roll_seq, expect_lsn, rtype, payload, nbytes, tls["out_addr"])
+            else:   # pragma: no cover - no ctypes
+                rc = lib.au_shm_append_try1(h, self._fd, self._seg_first, self._seg_size,
+                                            self._roll_seq, expect_lsn, rtype, payload,
+                                            nbytes, out)
         else:
             types, lens, data = checked if checked is not None else self._pack(records)
             n, nbytes = len(types), len(data)
