@@ -519,7 +519,7 @@ class Queue(QueueInterface):
     def _fold_own(self, first: int, recs: list, pos: int) -> None:
         """After a lazy enqueue's fast append: if our batch directly follows our cursor
         (nobody else appended since our last fold, as when this process is alone) and the
-        queue lock is free, fold it now from the bytes we hold, as exclusive mode does,
+        queue lock is free, fold it now from the records we built, as exclusive mode does,
         instead of reading it back from the log at the next catch-up (a pread, a crc and
         a decode per record). I6 holds: the cursor moves past exactly these records. If
         someone else appended first, or a thread of ours holds the lock, the records wait

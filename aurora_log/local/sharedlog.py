@@ -78,6 +78,11 @@ class SharedLog(Log):
         self._seg_size = 0
         self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
         self._roll_seq = -1            # the page's roll counter when _fd was opened
+        # (fd, its first LSN, its size, roll counter) as ONE tuple, replaced whole: a
+        # thread that reads it without the append lock (the fast path, a durable wait)
+        # never pairs one segment's fd with another's counter (the fast path's C checks
+        # trust the fd only while the page's counter equals the one paired with it)
+        self._seg_state: tuple[int, int, int, int] = (-1, 0, 0, -1)
         self._holder: int | None = None   # thread id holding the append lock
         self._interval: threading.Thread | None = None
         self._stop = threading.Event()
@@ -193,6 +198,7 @@ class SharedLog(Log):
             while len(self._old_fds) > 2:
                 lib.au_close(self._old_fds.pop(0))
         self._fd, self._seg_first, self._seg_size = fd, lsn, size
+        self._seg_state = (fd, lsn, size, self._roll_seq)
         return fd
 
     # ---------------------------------------------------------------- the page
@@ -407,7 +413,8 @@ class SharedLog(Log):
         tail moved, or something needs the locking path (a dead holder's tail, a roll,
         a failed log); the caller then uses ``locked()``."""
         h = self._h()
-        if self._failed_seen or self._holder is not None or self._roll_seq < 0:
+        fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
+        if self._failed_seen or self._holder is not None or roll_seq < 0:
             return None         # the locking path raises / reenters / finds the segment
         tls = self._tls.__dict__
         out = tls.get("out")
@@ -422,17 +429,16 @@ class SharedLog(Log):
                 return None     # the locking path raises the exact error (_pack)
             keep = shm_append_try1_keeping_gil
             if keep is not None:
-                rc = keep(self._h_addr, self._fd, self._seg_first, self._seg_size,
-                          self._roll_seq, expect_lsn, rtype, payload, nbytes, tls["out_addr"])
+                rc = keep(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn,
+                          rtype, payload, nbytes, tls["out_addr"])
             else:   # pragma: no cover - no ctypes
-                rc = lib.au_shm_append_try1(h, self._fd, self._seg_first, self._seg_size,
-                                            self._roll_seq, expect_lsn, rtype, payload,
-                                            nbytes, out)
+                rc = lib.au_shm_append_try1(h, fd, seg_first, seg_size, roll_seq,
+                                            expect_lsn, rtype, payload, nbytes, out)
         else:
             types, lens, data = checked if checked is not None else self._pack(records)
             n, nbytes = len(types), len(data)
-            rc = lib.au_shm_append_try(h, self._fd, self._seg_first, self._seg_size,
-                                       self._roll_seq, expect_lsn, n, ffi.from_buffer(types),
+            rc = lib.au_shm_append_try(h, fd, seg_first, seg_size,
+                                       roll_seq, expect_lsn, n, ffi.from_buffer(types),
                                        ffi.from_buffer("uint32_t[]", lens),
                                        ffi.from_buffer(data), out)
         if rc > 0:              # AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW: nothing done
@@ -458,7 +464,8 @@ class SharedLog(Log):
             seg, _ = _seg_off(pos)
             # a position in an older segment was covered by the roll's fdatasync: the C
             # side returns before it would use the fd
-            fd = self._fd if seg == self._seg_first else -1
+            cur_fd, cur_first = self._seg_state[:2]     # one consistent pair
+            fd = cur_fd if seg == cur_first else -1
             if fd < 0:
                 _, _, _, synced = self._position()
                 if synced >= pos:
@@ -664,6 +671,7 @@ class SharedLog(Log):
             if fd >= 0:
                 lib.au_close(fd)
         self._old_fds, self._fd = [], -1
+        self._seg_state = (-1, 0, 0, -1)
 
     def __del__(self):
         try:
