@@ -265,6 +265,7 @@ int au_shm_append_try1(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
 uint64_t au_shm_next_lsn(au_shm *h);      /* hints outside append_mu, exact under it */
 uint64_t au_shm_write_end(au_shm *h);
 uint64_t au_shm_synced_end(au_shm *h);
+uint64_t au_shm_writing_end(au_shm *h);
 int au_shm_roll_begin(au_shm *h);
 void au_shm_roll_end(au_shm *h, uint64_t pos);
 uint32_t au_shm_roll_seq(au_shm *h);

@@ -738,6 +738,7 @@ void au_shm_position(au_shm *h, uint64_t *write_end, uint64_t *writing_end,
 uint64_t au_shm_next_lsn(au_shm *h) { return ld(U64(h, OFF_NEXT_LSN)); }
 uint64_t au_shm_write_end(au_shm *h) { return ld(U64(h, OFF_WRITE_END)); }
 uint64_t au_shm_synced_end(au_shm *h) { return ld(U64(h, OFF_SYNCED_END)); }
+uint64_t au_shm_writing_end(au_shm *h) { return ld(U64(h, OFF_WRITING_END)); }
 
 int au_shm_failed(au_shm *h) { return __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE); }
 

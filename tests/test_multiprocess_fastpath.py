@@ -315,3 +315,34 @@ def test_the_gil_keeping_calls_and_their_cffi_fallbacks_agree(tmp_path, monkeypa
         assert [(r[1], r[2]) for r in _records(log)] == [REC, (8, b"cffi")]
     finally:
         log.close()
+
+
+def test_the_locking_path_uses_the_gil_keeping_calls_and_works_without_them(tmp_path,
+                                                                             monkeypatch):
+    """locked() takes append_mu, and write_locked() writes under it, through the
+    GIL-keeping (ctypes.PyDLL) calls; the cffi fallbacks write the same log."""
+    from aurora_log.local import sharedlog
+    g = sharedlog.shm_gil_kept
+    assert g is not None
+    calls: dict[str, int] = {}
+    for name in ("trylock", "unlock", "write_batch", "next_lsn", "roll_seq"):
+        real = getattr(g, name)
+
+        def counted(*a, _real=real, _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*a)
+        monkeypatch.setattr(g, name, counted)
+    log = SharedLog.open(tmp_path)
+    try:
+        last = log.append_many([REC, (8, b"two")])            # two records: locked()
+        assert all(calls.get(k) for k in ("trylock", "unlock", "write_batch", "roll_seq"))
+        monkeypatch.setattr(sharedlog, "shm_gil_kept", None)
+        monkeypatch.setattr(sharedlog, "shm_next_lsn_keeping_gil", None)
+        monkeypatch.setattr(sharedlog, "shm_append_try1_keeping_gil", None)
+        assert log.append_many([(9, b"three"), (9, b"four")]) == last + 2
+        with log.locked() as nxt:
+            assert nxt == last + 3 == log.next_lsn
+        assert [(r[1], r[2]) for r in _records(log)] == [
+            REC, (8, b"two"), (9, b"three"), (9, b"four")]
+    finally:
+        log.close()

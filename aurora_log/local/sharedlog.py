@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._binding import (MODES, address, check_io, ffi, lib, os_error,
-                       shm_append_try1_keeping_gil, shm_next_lsn_keeping_gil, strerror)
+                       shm_append_try1_keeping_gil, shm_gil_kept, shm_next_lsn_keeping_gil,
+                       strerror)
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
@@ -219,9 +220,22 @@ class SharedLog(Log):
             return shm_next_lsn_keeping_gil(self._h_addr)
         return lib.au_shm_next_lsn(h)    # pragma: no cover - no ctypes
 
+    def _next_lsn(self) -> int:
+        """The page's next LSN, keeping the GIL (exact under the append lock)."""
+        g = shm_gil_kept
+        return g.next_lsn(self._h_addr) if g is not None else lib.au_shm_next_lsn(self._shm)
+
     def _position(self) -> tuple[int, int, int, int]:
-        """(write_end, writing_end, next_lsn, synced_end) as the page has them."""
-        p = ffi.new("uint64_t[4]")
+        """(write_end, writing_end, next_lsn, synced_end) as the page has them; read
+        keeping the GIL (it is read under the append lock), write_end first as
+        au_shm_position does (a publish stores it last)."""
+        g = shm_gil_kept
+        if g is not None:
+            a = self._h_addr
+            write = g.write_end(a)
+            nxt = g.next_lsn(a)
+            return write, g.writing_end(a), nxt, g.synced_end(a)
+        p = ffi.new("uint64_t[4]")   # pragma: no cover - no ctypes
         lib.au_shm_position(self._shm, p, p + 1, p + 2, p + 3)
         return p[0], p[1], p[2], p[3]
 
@@ -258,14 +272,19 @@ class SharedLog(Log):
         """Hold the page's append lock (reentrant in this thread); yields the page's next
         LSN. A dead previous holder's unpublished bytes are repaired first."""
         if self.holds_lock():
-            yield lib.au_shm_next_lsn(self._shm)
+            yield self._next_lsn()
             return
         h = self._h()
+        g, a = shm_gil_kept, self._h_addr
         while True:
             # GIL-aware: the trylock never blocks, a busy lock is waited for without
             # holding anything (docs/INTERNALS.md, "The GIL and the append lock")
-            seen = lib.au_shm_unlock_seq(h)
-            rc = lib.au_shm_trylock(h)
+            # the trylock keeps the GIL: a thread never holds append_mu while it waits
+            # for its own GIL (MULTIPROCESS.md "The GIL and append_mu")
+            if g is not None:
+                seen, rc = g.unlock_seq(a), g.trylock(a)
+            else:   # pragma: no cover - no ctypes
+                seen, rc = lib.au_shm_unlock_seq(h), lib.au_shm_trylock(h)
             if rc == 0 or rc == lib.AU_SHM_OWNER_DIED:
                 break
             if rc != lib.AU_SHM_BUSY:
@@ -276,17 +295,22 @@ class SharedLog(Log):
             if rc == lib.AU_SHM_OWNER_DIED:
                 self._stats["owner_died"] += 1
             self._repair()
-            yield lib.au_shm_next_lsn(h)
+            yield self._next_lsn()
         finally:
             self._holder = None
-            lib.au_shm_unlock(h)
+            if g is not None:
+                g.unlock(a)
+            else:   # pragma: no cover - no ctypes
+                lib.au_shm_unlock(h)
 
     def _repair(self) -> None:
         """Under the lock: follow the page to the newest segment; undo or finish what a
         holder that died left half done (a batch being written: zeroed; a roll: redone)."""
         write, writing, next_lsn, _ = self._position()
         seg, _ = _seg_off(write)
-        if seg != self._seg_first or lib.au_shm_roll_seq(self._shm) != self._roll_seq:
+        g = shm_gil_kept
+        roll_seq = g.roll_seq(self._h_addr) if g is not None else lib.au_shm_roll_seq(self._shm)
+        if seg != self._seg_first or roll_seq != self._roll_seq:
             # a roll since we last looked: a new segment, or (a batch bigger than the
             # segment) a bigger file renamed over an empty one of the same name
             self._open_segment(seg, self._wal / _seg_name(seg))
@@ -348,10 +372,12 @@ class SharedLog(Log):
         if not self.holds_lock():
             raise AuroraLogError("SharedLog.reserve needs the append lock (locked())")
         self._check_failed()
-        return lib.au_shm_next_lsn(self._shm)
+        return self._next_lsn()
 
     def _check_failed(self) -> None:
-        err = lib.au_shm_failed(self._h())
+        self._h()
+        g = shm_gil_kept
+        err = g.failed(self._h_addr) if g is not None else lib.au_shm_failed(self._shm)
         if err or self._failed_seen:
             self._failed_seen = True
             self._failed_errno = err or self._failed_errno
@@ -389,9 +415,16 @@ class SharedLog(Log):
         sseg, soff = _seg_off(synced)
         durable_off = soff if sseg == self._seg_first else SEG_HDR
         end = ffi.new("uint64_t *")
-        rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ffi.from_buffer(types),
-                                    ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
-                                    durable_off, end)
+        ctypes_, clens, cdata = (ffi.from_buffer(types), ffi.from_buffer("uint32_t[]", lens),
+                                 ffi.from_buffer(data))
+        g = shm_gil_kept
+        if g is not None:       # under append_mu: keep the GIL (see locked())
+            rc = g.write_batch(self._h_addr, self._fd, first_lsn, n, address(ctypes_),
+                               address(clens), address(cdata), durable_off, address(end))
+        else:   # pragma: no cover - no ctypes
+            rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ctypes_, clens,
+                                        cdata, durable_off, end)
+        del ctypes_, clens, cdata
         if rc < 0:
             if rc != lib.AU_E_INVAL:
                 self._failed_seen, self._failed_errno = True, -rc
