@@ -346,3 +346,46 @@ def test_the_locking_path_uses_the_gil_keeping_calls_and_works_without_them(tmp_
             REC, (8, b"two"), (9, b"three"), (9, b"four")]
     finally:
         log.close()
+
+
+def test_a_probe_between_an_attachers_create_and_lock_leaves_its_file_alone(tmp_path,
+                                                                            monkeypatch):
+    """liveness.begin creates its file, then locks it. A probe by another process that
+    ran in between used to find a .live.tmp unlocked, delete it as a dead creator's, and
+    the attacher's rename failed (seen under the kill -9 soak's load). The file is now
+    created under a name probes skip and renamed to .live.tmp once locked."""
+    from aurora_log.local import liveness
+    a = aurora_log.open(tmp_path, **OPTS)
+    real_flock = liveness.fcntl.flock
+    probed = []
+
+    def flock(fd, op):
+        if op == liveness.fcntl.LOCK_EX and not probed:
+            probed.append(a._liveness.probe())      # a probe right before our lock
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(liveness.fcntl, "flock", flock)
+    b = aurora_log.open(tmp_path, **OPTS)           # raised FileNotFoundError before
+    try:
+        assert probed == [0]
+        assert b.get(b.enqueue(Job("t", {}))).status is JobStatus.PENDING
+        assert not [p for p in os.listdir(tmp_path / "procs") if p.endswith((".new", ".tmp"))]
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_leftover_of_a_creator_killed_before_its_rename_is_cleaned_when_old(tmp_path):
+    from aurora_log.local import liveness
+    a = aurora_log.open(tmp_path, **OPTS)
+    try:
+        procs = tmp_path / "procs"
+        young, old = procs / "0123456789abcdef.live.new", procs / "fedcba9876543210.live.new"
+        young.write_bytes(b"")
+        old.write_bytes(b"")
+        t = time.time() - liveness._LEFTOVER_S - 5
+        os.utime(old, (t, t))
+        a._liveness.probe()
+        assert young.exists() and not old.exists()
+    finally:
+        a.close()

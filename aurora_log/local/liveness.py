@@ -3,7 +3,8 @@
 docs/INTERNALS.md ("Liveness") is the protocol. Each process that opens a store in shared
 mode:
 
-- creates ``DIR/procs/<random>.live.tmp`` (0600), takes flock LOCK_EX on it, and under the
+- creates ``DIR/procs/<random>.live.new`` (0600), takes flock LOCK_EX on it, renames it
+  ``<random>.live.tmp`` (so a .live.tmp is locked while its creator lives), and under the
   append lock renames it to ``DIR/procs/<attach LSN>.live`` and appends ATTACH at that LSN:
   its identity in every later record (CLAIM v2 carries it);
 - holds that flock for its lifetime (the kernel releases it however the process dies);
@@ -41,6 +42,7 @@ __all__ = ["Liveness", "PROCS_DIR"]
 PROCS_DIR = "procs"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _PIN_LINE = 30          # b"%020d %08x\n": the folded LSN and the crc32 of its digits
+_LEFTOVER_S = 60.0      # a .live.new this old and unlocked is a killed creator's
 
 
 def _name(attach_lsn: int) -> str:
@@ -63,11 +65,20 @@ class Liveness:
         """Before the replay: create and lock ``procs/<random>.live.tmp``. While it exists
         no process retires a segment (this one is reading the log to catch up)."""
         make_dirs(self._dir)
-        tmp = self._dir / f"{secrets.token_hex(8)}.live.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
+        token = secrets.token_hex(8)
+        tmp = self._dir / f"{token}.live.tmp"
+        # created under a name nobody probes, locked, then renamed: a .live.tmp is always
+        # locked while its creator lives. (Created as .live.tmp directly, a probe could
+        # find it unlocked between the create and the flock, take it for a dead
+        # creator's and delete it: the rename at attach then failed, seen under kill -9
+        # soak load.) A .live.new left by a creator killed before the rename is deleted
+        # by a probe once it is unlocked and old (_LEFTOVER_S).
+        new = self._dir / f"{token}.live.new"
+        fd = os.open(new, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_CLOEXEC, 0o600)
         self._fd = fd
-        self._tmp = tmp
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(new, tmp)
+        self._tmp = tmp
         self.publish(0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "started_ms": round(time.time() * 1000),
@@ -198,6 +209,19 @@ class Liveness:
             return 0
         for name in names:
             path = self._dir / name
+            if name.endswith(".live.new"):
+                # a creator killed between its create and its rename to .live.tmp (a few
+                # microseconds: one this old and unlocked is a dead creator's)
+                try:
+                    old = time.time() - os.stat(path).st_mtime > _LEFTOVER_S
+                except FileNotFoundError:
+                    continue
+                if old and self._unlocked(path):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                continue
             if name.endswith(".live.tmp"):
                 # a creator that died before the rename (it holds the lock while alive)
                 if self._unlocked(path):
