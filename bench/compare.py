@@ -24,6 +24,12 @@ Scenarios:
   s5  priority-ordered claim + complete over 10 priority levels (order checked)
   s6  reopen + first claim with N pending jobs (fresh child process per system)
   s7  disk bytes and RSS growth per pending job (same child processes as s6)
+  s8  many processes on one store (issue 19, bench/xproc/many.py): durable enqueue from
+      1/4/16/64 producer processes, aurora-log shared mode against SQLite WAL FULL (one
+      connection per process) and the bare cross-process group-commit loop (xproc.py
+      `shm`), back to back at each count; claim + durable complete from 1/4/8 worker
+      processes against SQLite FULL. CPU per op, fdatasyncs/s, records per fdatasync.
+      Runs in the harness process (it forks its own), whatever --peers says.
 
 Isolation: every system runs in its own long-lived child process (scenarios run
 scenario-major, so slow drifts in machine load hit all systems alike), and every
@@ -76,6 +82,7 @@ SCENARIOS = {
     "s5": "priority-ordered claim + complete, 10 levels",
     "s6": "reopen + first claim with N pending",
     "s7": "disk bytes and RSS per pending job",
+    "s8": "many processes, one store: durable enqueue and claim+complete",
 }
 
 
@@ -99,6 +106,9 @@ class Config:
     batch_curve: list = field(default_factory=lambda: [1, 4, 16, 64, 256, 1000])
     py_loop_n: int = 200_000
     op_timeout: float = 300.0          # a child that does not answer in this long is killed
+    xproc_procs: list = field(default_factory=lambda: [1, 4, 16, 64])    # s8 producers
+    xproc_workers: list = field(default_factory=lambda: [1, 4, 8])       # s8 workers
+    xproc_prefill: int = 20_000        # s8: pending jobs before the claim measurement
 
     @classmethod
     def quick(cls):
@@ -106,7 +116,8 @@ class Config:
                    batch=100,
                    claim_prefill=600, priority_prefill=300, reopen_sizes=[2_000],
                    reopen_big=0, batch_curve=[1, 16, 100], py_loop_n=5_000,
-                   op_timeout=60.0)
+                   op_timeout=60.0, xproc_procs=[1, 2], xproc_workers=[1, 2],
+                   xproc_prefill=1_000)
 
 
 # ---------------------------------------------------------------------------------------
@@ -966,6 +977,20 @@ class Runner:
         self.result["scenarios"]["s7"] = {"title": SCENARIOS["s7"],
                                           "see": "s6 by_size: fill.disk, rss_after - rss_base"}
 
+    def s8(self):
+        """Issue 19's many-process benchmark (bench/xproc/many.py), every ratio from this
+        run: each process count measures the bare loop, aurora-log and SQLite back to back."""
+        sys.path.insert(0, os.path.join(HERE, "xproc"))
+        import many
+        cfg = self.cfg
+        self.log(f"S8  {SCENARIOS['s8']} ({cfg.duration:g} s per point)")
+        res = many.measure(cfg.xproc_procs, cfg.xproc_workers, cfg.duration,
+                           cfg.xproc_prefill, work=self.run_dir, log=self.log)
+        self.log("  fdatasyncs: aurora-log and the bare loop count them on the control page; "
+                 "SQLite's are derived (WAL FULL syncs once per write transaction)")
+        self.log()
+        self.result["scenarios"]["s8"] = {"title": SCENARIOS["s8"], "unit": "ops/s", **res}
+
     def print_reopen(self, n, per):
         self.log(f"S6/S7  reopen + first claim, disk and RSS with {n:,} pending jobs "
                  f"(~100 B payloads)")
@@ -1079,8 +1104,21 @@ class Runner:
             if a and "rss_after" in a:
                 add(f"s7 RSS growth per pending job <= 500 B (issue 3; {big:,} jobs)",
                     max(0, a["rss_after"] - a["rss_base"]) / big, 500, higher_better=False)
+        if "s8" in sc:
+            r8 = sc["s8"]["ratios"]
+            for n, v in sorted(r8["enqueue_vs_bare"].items()):
+                add(f"s8 durable enqueue, {n} processes >= 0.8x the bare group-commit loop",
+                    v, 0.8)
+            for n, goal in ((16, 3.0), (64, 4.0)):
+                if n in r8["enqueue_vs_sqlite"]:
+                    add(f"s8 durable enqueue, {n} processes >= {goal:g}x sqlite FULL",
+                        r8["enqueue_vs_sqlite"][n], goal)
+            cw = r8["claim_vs_sqlite"]
+            if cw:
+                n = 8 if 8 in cw else max(cw)
+                add(f"s8 claim+complete, {n} worker processes >= 3x sqlite FULL", cw[n], 3.0)
         self.result["targets"] = t
-        self.log("targets (issue 7; ratios from this run):")
+        self.log("targets (issues 7 and 19; ratios from this run):")
         for x in t:
             m = x["measured"]
             ms = "-" if m is None else (f"{m:.2f}" if m < 100 else f"{m:,.0f}")
@@ -1251,9 +1289,10 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"),
                     help="where the JSON and PNG go (default bench/results)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated scenarios to run (s1..s7; default all)")
+                    help="comma-separated scenarios to run (s1..s8; default all)")
     ap.add_argument("--peers", default=None,
-                    help="comma-separated systems (default all): " + ",".join(peers.NAMES))
+                    help="comma-separated systems (default all but the opt-in aurora "
+                         "store-mode variants): " + ",".join(peers.NAMES))
     ap.add_argument("--dir", default=None,
                     help="where the queues are created (default OUT/work); put it on the "
                          "disk you want to measure, not on tmpfs")
@@ -1276,7 +1315,8 @@ def parse_args(argv=None):
     for s in args.only:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
-    args.peers = [s.strip() for s in args.peers.split(",")] if args.peers else list(peers.NAMES)
+    args.peers = ([s.strip() for s in args.peers.split(",")] if args.peers
+                  else list(peers.DEFAULT_NAMES))
     for s in args.peers:
         if s not in peers.NAMES:
             ap.error(f"unknown system {s!r}; known: {', '.join(peers.NAMES)}")

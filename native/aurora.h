@@ -180,12 +180,14 @@ void au_writer_position(au_writer *w, uint64_t *seg_first_lsn, uint64_t *write_o
 
 /* ---- the shared control page (native/shm.c, docs/MULTIPROCESS.md): cross-process
  * exclusion and group commit. Standalone in phase 1: the writer does not use it yet. ---- */
-#define AU_SHM_VERSION     1
+#define AU_SHM_VERSION     2
 #define AU_SHM_BYTES       8192
 #define AU_SHM_SLOTS       448   /* waiter slots: (8192 - 1024) / 16 */
 #define AU_SHM_POLL_MS     20    /* a waiter checks its leader is alive this often */
 #define AU_SHM_OWNER_DIED  3     /* au_shm_lock: locked, but the previous holder died */
 #define AU_SHM_BUSY        4     /* au_shm_trylock: held by someone else */
+#define AU_SHM_MOVED       5     /* au_shm_append_try: the tail is past expect_lsn */
+#define AU_SHM_SLOW        6     /* au_shm_append_try: take the locking path (nothing done) */
 #define AU_E_SHM_CORRUPT   (-10005)  /* invalid page while other processes are attached */
 #define AU_E_SHM_FORKED    (-10006)  /* handle used in a child of the process that opened it */
 
@@ -247,6 +249,23 @@ int au_shm_zero_tail(au_shm *h, int fd);
 int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const uint8_t *types,
                        const uint32_t *lens, const uint8_t *data, uint64_t durable_off,
                        uint64_t *end);
+/* The fast path: trylock, checks, one batch, publish, unlock; never blocks (a caller may
+ * keep its GIL). `fd` is the segment whose first LSN is `seg_first`, `seg_size` bytes,
+ * opened when the page's roll_seq was `roll_seq`; expect_lsn 0 = any tail, else append
+ * only if next_lsn == expect_lsn. 0 (written: out[0] = first LSN, out[1] = the position
+ * after the batch), AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW (nothing done: take the locking
+ * path), or < 0 (the write failed; nothing published). _try1: one record. */
+#define AU_SHM_MAX_LSN     0xffffffffULL   /* positions keep a segment's first LSN in 32 bits */
+int au_shm_append_try(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                      uint32_t roll_seq, uint64_t expect_lsn, uint32_t n, const uint8_t *types,
+                      const uint32_t *lens, const uint8_t *data, uint64_t *out);
+int au_shm_append_try1(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                       uint32_t roll_seq, uint64_t expect_lsn, uint8_t type,
+                       const char *payload, uint32_t len, uint64_t *out);
+uint64_t au_shm_next_lsn(au_shm *h);      /* hints outside append_mu, exact under it */
+uint64_t au_shm_write_end(au_shm *h);
+uint64_t au_shm_synced_end(au_shm *h);
+uint64_t au_shm_writing_end(au_shm *h);
 int au_shm_roll_begin(au_shm *h);
 void au_shm_roll_end(au_shm *h, uint64_t pos);
 uint32_t au_shm_roll_seq(au_shm *h);

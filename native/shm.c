@@ -56,6 +56,7 @@
 #define OFF_NEXT_LSN     224  /* u64  the log's next LSN (under append_mu; log mode only) */
 #define OFF_APPEND_SEQ   232  /* u32  futex word: +1 at every au_shm_write_batch publish */
 #define OFF_ROLL_SEQ     236  /* u32  +1 at every roll (a segment file may have been replaced) */
+#define OFF_APPEND_WAITERS 240 /* u32  threads asleep in au_shm_wait_append (wake only then) */
 #define OFF_SYNCED_END   256  /* u64  every byte below it is fdatasynced (own cache line) */
 #define OFF_LEADER_PID   264  /* u32  pid of the process leading the current sync (info) */
 #define OFF_COUNTERS     320  /* u64 x 8: see enum below; statistics, never decisions */
@@ -74,8 +75,16 @@ enum { C_FDATASYNCS, C_COMMITS, C_COVERED, C_WAKEUPS, C_OWNER_DIED, C_LEADER_DIE
 
 static const char MAGIC[8] = {'A', 'U', 'R', 'S', 'H', 'M', '0', '1'};
 
+/* fork() calls in this process image (pthread_atfork, child side): check() compares pids,
+ * a syscall, only when a fork happened since the attach */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { __atomic_fetch_add(&fork_gen, 1, __ATOMIC_RELAXED); }
+static void fork_watch(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
 struct au_shm {
     uint8_t *page;
+    unsigned fork_gen; /* fork_gen at the attach */
     int page_fd;       /* holds LOCK_SH on the page file while attached */
     pid_t pid;         /* the process that attached; a forked child must reattach */
     uint32_t poll_ms;  /* how long a waiter sleeps before it checks the leader is alive */
@@ -188,6 +197,8 @@ int au_shm_attach_begin(au_shm **out, const char *path, int *alone)
     *alone = 0;
     au_shm *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
+    pthread_once(&fork_once, fork_watch);
+    h->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     h->pid = getpid();
     h->poll_ms = AU_SHM_POLL_MS;
     h->gate = -1;
@@ -320,6 +331,7 @@ static int check(au_shm *h)
 {
     /* a mapping inherited over fork() is the parent's attach: the child holds no flock of
      * its own and its robust-list entries would be wrong; it must open its own */
+    if (h->fork_gen == __atomic_load_n(&fork_gen, __ATOMIC_RELAXED)) return 0;
     return h->pid == getpid() ? 0 : AU_E_SHM_FORKED;
 }
 
@@ -723,6 +735,11 @@ void au_shm_position(au_shm *h, uint64_t *write_end, uint64_t *writing_end,
     *synced_end = ld(U64(h, OFF_SYNCED_END));
 }
 
+uint64_t au_shm_next_lsn(au_shm *h) { return ld(U64(h, OFF_NEXT_LSN)); }
+uint64_t au_shm_write_end(au_shm *h) { return ld(U64(h, OFF_WRITE_END)); }
+uint64_t au_shm_synced_end(au_shm *h) { return ld(U64(h, OFF_SYNCED_END)); }
+uint64_t au_shm_writing_end(au_shm *h) { return ld(U64(h, OFF_WRITING_END)); }
+
 int au_shm_failed(au_shm *h) { return __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE); }
 
 void au_shm_set_failed(au_shm *h, int err)
@@ -743,8 +760,12 @@ int au_shm_wait_append(au_shm *h, uint32_t seen, uint32_t ms)
 {
     int r = check(h);
     if (r) return r;
-    if (__atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST) != seen) return 0;
-    r = futex_wait(U32(h, OFF_APPEND_SEQ), seen, ms);
+    /* Dekker with publish(): count in, then recheck the word; a publisher bumps the word,
+     * then reads the count, so one of the two sees the other (no lost wake-up) */
+    __atomic_fetch_add(U32(h, OFF_APPEND_WAITERS), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_APPEND_SEQ), __ATOMIC_SEQ_CST) != seen) r = 0;
+    else r = futex_wait(U32(h, OFF_APPEND_SEQ), seen, ms);
+    __atomic_fetch_sub(U32(h, OFF_APPEND_WAITERS), 1, __ATOMIC_SEQ_CST);
     return r == -EAGAIN || r == -EINTR ? 0 : r;
 }
 
@@ -771,6 +792,15 @@ int au_shm_zero_tail(au_shm *h, int fd)
     return 0;
 }
 
+/* After a publish: bump append_seq and wake the claims asleep on it, if any (a futex_wake
+ * costs a syscall; most publishes have nobody asleep). */
+static void publish_seq(au_shm *h)
+{
+    __atomic_fetch_add(U32(h, OFF_APPEND_SEQ), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(U32(h, OFF_APPEND_WAITERS), __ATOMIC_SEQ_CST))
+        futex_wake(U32(h, OFF_APPEND_SEQ), INT_MAX);
+}
+
 /* Under append_mu: frame records first_lsn.. (n of them; types, lens, concatenated data) as
  * one batch (FORMAT.md "Batches"; durable_end = `durable_off`), pwrite it at the page's
  * write position in `fd` (the newest segment), publish position and next_lsn, wake
@@ -787,8 +817,10 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     for (uint32_t i = 0; i < n; i++) total += AU_REC_HDR + (size_t)lens[i];
     size_t blen = (total + 7) & ~(size_t)7;
     if (blen > AU_MAX_BATCH) return AU_E_INVAL;
-    uint8_t *buf = calloc(1, blen);
+    uint8_t small[4096];      /* most batches (one claim, one enqueue): no malloc */
+    uint8_t *buf = blen <= sizeof small ? small : malloc(blen);
     if (!buf) return -ENOMEM;
+    memset(buf, 0, blen);            /* reserved bytes and the padding are zeros */
     size_t p = AU_BATCH_HDR, d = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *f = buf + p;
@@ -808,7 +840,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     uint64_t pos = ld(U64(h, OFF_WRITE_END));
     st(U64(h, OFF_WRITING_END), pos + blen);
     int64_t w = au_pwrite_full(fd, buf, blen, (int64_t)(pos & 0xffffffffu));
-    free(buf);
+    if (buf != small) free(buf);
     if (w < 0) {
         /* nothing published; zero what may have landed before anyone writes after it */
         au_shm_zero_tail(h, fd);
@@ -818,8 +850,7 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     st(U64(h, OFF_WRITE_END), pos + blen);
     st(U64(h, OFF_WRITING_END), pos + blen);
     count(h, C_COMMITS);
-    __atomic_fetch_add(U32(h, OFF_APPEND_SEQ), 1, __ATOMIC_SEQ_CST);
-    futex_wake(U32(h, OFF_APPEND_SEQ), INT_MAX);
+    publish_seq(h);
     *end = pos + blen;
     return 0;
 }
@@ -854,3 +885,63 @@ void au_shm_roll_end(au_shm *h, uint64_t pos)
 
 /* Give up a roll (an error): release sync_mu without publishing anything. */
 void au_shm_roll_abort(au_shm *h) { release_sync(h); }
+
+/* ---- the fast path (docs/MULTIPROCESS.md "The fast path"): one call that takes
+ * append_mu without blocking, checks that nothing unusual is pending, writes one batch,
+ * publishes and unlocks. It never waits, so a caller may keep its GIL around it, and the
+ * lock is never held across Python code. Anything unusual (a dead holder's tail to
+ * repair, a roll since the caller opened its fd, a batch that needs a roll, a failed
+ * log) answers AU_SHM_SLOW with nothing done: the caller takes the locking path, which
+ * handles each. With t->expect_lsn != 0 the append is conditional: it happens only if
+ * the page's next_lsn is still expect_lsn, i.e. nobody appended since the caller's state
+ * was folded to it, so a record decided on that state is decided on the newest state
+ * (invariant I7) though the decision was made before the lock was taken. */
+int au_shm_append_try(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                      uint32_t roll_seq, uint64_t expect_lsn, uint32_t n, const uint8_t *types,
+                      const uint32_t *lens, const uint8_t *data, uint64_t *out)
+{
+    int r = check(h);
+    if (r) return r;
+    /* a cheap refusal before touching the lock (a hint; rechecked under it) */
+    if (expect_lsn && ld(U64(h, OFF_NEXT_LSN)) != expect_lsn) return AU_SHM_MOVED;
+    r = pthread_mutex_trylock(APPEND_MU(h));
+    if (r == EBUSY) return AU_SHM_BUSY;
+    if (r == EOWNERDEAD) {
+        /* consistent again; the dead holder's tail (writing_end != write_end) is left to
+         * the locking path, which every holder takes when it sees writing_end != write_end */
+        pthread_mutex_consistent(APPEND_MU(h));
+        count(h, C_OWNER_DIED);
+    } else if (r) {
+        return -r;
+    }
+    uint64_t write = ld(U64(h, OFF_WRITE_END)), next = ld(U64(h, OFF_NEXT_LSN));
+    size_t total = AU_BATCH_HDR;
+    for (uint32_t i = 0; i < n; i++) total += AU_REC_HDR + (size_t)lens[i];
+    uint64_t blen = (total + 7) & ~(uint64_t)7;
+    if (expect_lsn && next != expect_lsn) {
+        r = AU_SHM_MOVED;
+    } else if (n == 0 || __atomic_load_n(I32(h, OFF_FAILED), __ATOMIC_ACQUIRE) ||
+               ld(U64(h, OFF_WRITING_END)) != write || (write >> 32) != seg_first ||
+               __atomic_load_n(U32(h, OFF_ROLL_SEQ), __ATOMIC_ACQUIRE) != roll_seq ||
+               (write & 0xffffffffu) + blen + AU_SEG_HDR > seg_size ||
+               next + n > AU_SHM_MAX_LSN) {
+        r = AU_SHM_SLOW;
+    } else {
+        /* durable_end (FORMAT.md): the synced position's offset when it lies in this
+         * segment, else the segment's first batch (read under append_mu: <= our offset) */
+        uint64_t synced = ld(U64(h, OFF_SYNCED_END));
+        uint64_t durable_off = (synced >> 32) == seg_first ? synced & 0xffffffffu : AU_SEG_HDR;
+        out[0] = next;
+        r = au_shm_write_batch(h, fd, next, n, types, lens, data, durable_off, &out[1]);
+    }
+    au_shm_unlock(h);
+    return r;
+}
+
+int au_shm_append_try1(au_shm *h, int fd, uint64_t seg_first, uint64_t seg_size,
+                       uint32_t roll_seq, uint64_t expect_lsn, uint8_t type,
+                       const char *payload, uint32_t len, uint64_t *out)
+{
+    return au_shm_append_try(h, fd, seg_first, seg_size, roll_seq, expect_lsn, 1, &type, &len,
+                             (const uint8_t *)payload, out);
+}

@@ -62,9 +62,10 @@ def produce(q, name: str, rng: random.Random) -> None:
         if n % COMPACT_EVERY == 0:
             try:
                 q.compact()      # snapshots others open from; a kill may land mid-way
+            except LockedError:  # another producer is compacting right now (documented:
+                pass             # compact.lock is never waited on); the next round will
+            else:
                 say("S", n)
-            except LockedError:
-                pass             # the other producer is compacting now: its snapshot serves
         time.sleep(rng.uniform(0.005, 0.025))     # about the workers' pace: no endless backlog
 
 

@@ -226,6 +226,19 @@ class Liveness:
             return 0
         for name in names:
             path = self._dir / name
+            if name.endswith(_NEW):
+                # a creator killed between its create and its rename to .live.tmp (a few
+                # microseconds: one this old and unlocked is a dead creator's)
+                try:
+                    old = time.time() - os.stat(path).st_mtime > _NEW_STALE_SECONDS
+                except FileNotFoundError:
+                    continue
+                if old and self._unlocked(path):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                continue
             if name.endswith(".live.tmp"):
                 # a creator that died before the rename (it holds the lock while alive)
                 if self._unlocked(path):

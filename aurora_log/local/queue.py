@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import records as R
 from .locks import YieldingLock
@@ -58,6 +58,12 @@ if TYPE_CHECKING:
 __all__ = ["Queue", "open"]
 
 _JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
+T = TypeVar("T")
+
+
+class _TailMoved(Exception):
+    """Shared mode, an optimistic decision (Queue._decide): another process published
+    after the state's cursor, so the record decided on it was not written."""
 
 
 # every open Queue of this process: a forked child marks them (register_at_fork below)
@@ -110,6 +116,7 @@ class Queue(QueueInterface):
     _compactor = None
     _tail_bytes = 0
     _parked = 0              # shared mode: claims asleep on the page (tests probe it)
+    _optimistic = False      # shared mode: _decide's body runs without the append lock
     # shared mode: RUNNING jobs this queue handed back (pending again, an attempt spent)
     # when it closed, as the next open of an exclusive store would have ("recovered")
     returned_on_close = 0
@@ -313,6 +320,36 @@ class Queue(QueueInterface):
                 self._catch_up()
                 yield
 
+    def _decide(self, body: Callable[[], T]) -> T:
+        """Run ``body`` (decide from the state, then ``_reserve_apply``) as ``with
+        self._deciding(): body()`` would, but in shared mode first optimistically: when
+        nobody published after our cursor (the page's next LSN equals the cursor's), the
+        decision is made on the state as it is, without the append lock, and its record is
+        written by the conditional fast append (``SharedLog.try_append(expect_lsn=cursor)``),
+        which writes it only if the tail is still our cursor: a record is thus only ever
+        written on top of the very state it was decided on (MULTIPROCESS.md invariant I7).
+        If the tail moved (or the lock was busy), nothing was written and nothing folded;
+        the body runs again the locking way, caught up. ``body`` must change nothing
+        before its ``_reserve_apply`` (planners are pure) and write at most one batch.
+        A result or an error decided without a write (no job to claim, a stale token) is
+        linearised at the moment the tail was seen equal to the cursor."""
+        with self._lock:
+            if not self._shared:
+                return body()
+            self._check_process()
+            log = self._sl
+            if log.tail_hint() == self._cursor[2]:
+                self._optimistic = True
+                try:
+                    return body()
+                except _TailMoved:
+                    pass
+                finally:
+                    self._optimistic = False
+            with log.locked():
+                self._catch_up()
+                return body()
+
     @contextmanager
     def _reading(self) -> Iterator[None]:
         """The queue lock, with the state caught up to the published tail (shared mode:
@@ -495,12 +532,23 @@ class Queue(QueueInterface):
         """Shared mode, under the append lock with the state caught up: write the records
         at the page's tail (written before anything is folded: a failed write changes
         nothing), then fold them. Returns (first LSN, records, position) for _publish."""
-        first = self._log.reserve(len(encoded))
-        if first != self._cursor[2]:
-            raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but the "
-                                  f"tail is {first}", file=str(self._log.directory), lsn=first)
-        pos = self._sl.write_locked(first, encoded, checked)
-        self._cursor = self._sl.cursor_at_tail()
+        log = self._sl
+        if self._optimistic:            # _decide: written only on top of our cursor
+            got = log.try_append(encoded, checked, expect_lsn=self._cursor[2])
+            if got is None:
+                raise _TailMoved()
+            first, pos = got
+            # the batch directly follows the cursor (the tail was the cursor's LSN), in
+            # the segment of its end (a roll's SEAL before it holds no record)
+            self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + len(encoded))
+        else:
+            first = log.reserve(len(encoded))
+            if first != self._cursor[2]:
+                raise CorruptionError(f"the state is folded to LSN {self._cursor[2] - 1} but "
+                                      f"the tail is {first}", file=str(log.directory),
+                                      lsn=first)
+            pos = log.write_locked(first, encoded, checked)
+            self._cursor = log.cursor_at_tail()
         at = recs[0].at_ms
         if at > self._max_at:
             self._max_at = at
@@ -513,6 +561,33 @@ class Queue(QueueInterface):
                     touched[jid] = None
         self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
+
+    def _fold_own(self, first: int, recs: list, pos: int) -> None:
+        """After a lazy enqueue's fast append: if our batch directly follows our cursor
+        (nobody else appended since our last fold, as when this process is alone) and the
+        queue lock is free, fold it now from the records we built, as exclusive mode does,
+        instead of reading it back from the log at the next catch-up (a pread, a crc and
+        a decode per record). I6 holds: the cursor moves past exactly these records. If
+        someone else appended first, or a thread of ours holds the lock, the records wait
+        for the catch-up as before (a producer never folds other processes' records)."""
+        if self._cursor[2] != first or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._cursor[2] == first and not self._closed:
+                touched = self._touched
+                if touched is not None:         # a compaction is capturing: note them
+                    touched.update(dict.fromkeys(r.id for r in recs))
+                if len(recs) == 1:
+                    self._state.apply(first, R.ENQUEUE, recs[0])
+                else:
+                    self._state.apply_many(first, [(R.ENQUEUE, r) for r in recs])
+                self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + len(recs))
+                at = recs[0].at_ms
+                if at > self._max_at:
+                    self._max_at = at
+                self._cond.notify_all()
+        finally:
+            self._lock.release()
 
     def _out_of_space(self) -> bool:
         if self._shared:    # no unlogged claims across processes: at most one lease
@@ -763,17 +838,27 @@ class Queue(QueueInterface):
         catch-up, and folded (in LSN order with everyone else's) at this process's next
         catch-up (docs/INTERNALS.md "Catch-up": a producer never folds on its hot path)."""
         encoded = [(R.ENQUEUE, payload) for _, payload in built]
+        recs = [rec for rec, _ in built]
         return self._write_unfolded(self._log.check_records(encoded), durable,
-                                    [rec.id for rec, _ in built])
+                                    [rec.id for rec in recs], recs)
 
-    def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str]) -> list[str]:
-        """Shared mode: write packed ENQUEUE records (checked) under the append lock,
-        unfolded, and wait per ``durable``; returns ``ids``."""
+    def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str],
+                        recs: list | None = None) -> list[str]:
+        """Shared mode: write packed ENQUEUE records (checked), unfolded (the fast path,
+        or under the append lock), and wait per ``durable``; returns ``ids``. With the
+        ENQUEUE records themselves (``recs``) a producer alone at the tail folds them at
+        once (_fold_own)."""
         self._check_open()
         log = self._sl
-        with log.locked():
-            first = log.reserve(len(packed[0]))
-            pos = log.write_locked(first, (), packed)
+        got = log.try_append((), packed)       # any tail: the records are stateless
+        if got is not None:
+            pos = got[1]
+            if recs is not None:
+                self._fold_own(got[0], recs, pos)
+        else:
+            with log.locked():
+                first = log.reserve(len(packed[0]))
+                pos = log.write_locked(first, (), packed)
         log.wait_pos(pos, "durable" if durable else "none")
         return ids
 
@@ -873,7 +958,7 @@ class Queue(QueueInterface):
     def _claim_shared_once(self, worker_id, types, qs, end):
         """One try of _claim_shared: (job, reserved), None (give up), or (None, (the
         page's append counter, seconds to sleep at most))."""
-        with self._deciding():
+        def body():
             if self._closed:
                 raise ClosedError("the queue is closed")
             if self._read_only:
@@ -894,14 +979,22 @@ class Queue(QueueInterface):
             due = self._state.next_due_ms()
             if due is not None:
                 remaining = min(remaining, max((due - now) / 1000.0, 0.001))
-            # read under the lock: a publish after it changes the counter (no lost wake-up)
-            return None, (self._sl.append_seq(), remaining)
+            # no lost wake-up: read under the append lock, a publish after it changes the
+            # counter; optimistically, the counter is read first and the tail checked
+            # after: a publish not yet counted in `seen` is one whose next LSN was stored
+            # before its count, so a tail still at our cursor means none after it was
+            seen = self._sl.append_seq()
+            if self._optimistic and self._sl.tail_hint() != self._cursor[2]:
+                raise _TailMoved()
+            return None, (seen, remaining)
+
+        return self._decide(body)
 
     def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease (to now + lease_duration). Returns True if a cancel was
         requested. StaleLeaseError if the token no longer holds the job."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
-        with self._deciding():
+        def body() -> bool:
             self._check_open()
             rec = self._state.plan_heartbeat(job_id, tok, self._now_ms())
             if self._out_of_space():
@@ -909,10 +1002,11 @@ class Queue(QueueInterface):
                 return self._state.cancel_requested(job_id)
             reserved = self._reserve_apply1(rec)
             try:
-                cancel = self._state.cancel_requested(job_id)
+                return self._state.cancel_requested(job_id)
             finally:
                 self._publish(reserved, "none")   # keeps the GIL: fine under the lock
-        return cancel
+
+        return self._decide(body)
 
     def progress(self, job_id: str, token: str, fraction: float,
                  message: str | None = None) -> None:
@@ -920,11 +1014,13 @@ class Queue(QueueInterface):
         last_heartbeat but does not extend the lease."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
         check_progress(fraction, message)
-        with self._deciding():
+        def body():
             self._check_open()
-            rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction), message)
-            reserved = self._reserve_apply1(rec)
-        self._publish(reserved, "none")
+            rec = self._state.plan_progress(job_id, tok, self._now_ms(), float(fraction),
+                                            message)
+            return self._reserve_apply1(rec)
+
+        self._publish(self._decide(body), "none")
 
     def complete(self, job_id: str, token: str, result: Any = None, *,
                  durable: bool = True) -> None:
@@ -934,13 +1030,15 @@ class Queue(QueueInterface):
         if res is not None and len(res) > self._max_payload:
             raise ValueError(f"result is {len(res)} bytes encoded; the limit is "
                              f"{self._max_payload} (max_payload_bytes)")
-        with self._deciding():
+        def body():
             self._check_open()
             rec = self._state.plan_complete(job_id, tok, self._now_ms(), res)
             reserved = self._reserve_apply1(rec)
             if self._state.control.wake_on_finish:   # a limit's slot, or children released
                 self._cond.notify_all()
-        self._publish(reserved, self._durable_wait if durable else "none")
+            return reserved
+
+        self._publish(self._decide(body), self._durable_wait if durable else "none")
 
     def fail(self, job_id: str, token: str, error: str, *, durable: bool = True) -> JobStatus:
         """Record a failed attempt. Returns FAILED (a retry is scheduled after the backoff),
@@ -948,12 +1046,15 @@ class Queue(QueueInterface):
         64 KiB are truncated."""
         job_id, tok = check_job_id(job_id), token_bytes(token)
         error = error_text(error)
-        with self._deciding():
+        def body():
             self._check_open()
             rec = self._state.plan_fail(job_id, tok, self._now_ms(), error, self._delay)
             reserved = self._reserve_apply1(rec)
             if rec.outcome == R.OUTCOME_RETRY or self._state.control.wake_on_finish:
                 self._cond.notify_all()
+            return rec, reserved
+
+        rec, reserved = self._decide(body)
         self._publish(reserved, self._durable_wait if durable else "none")
         return {R.OUTCOME_RETRY: JobStatus.FAILED, R.OUTCOME_DEAD: JobStatus.DEAD_LETTER,
                 R.OUTCOME_CANCELLED: JobStatus.CANCELLED}[rec.outcome]

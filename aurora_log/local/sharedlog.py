@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._binding import MODES, check_io, ffi, lib, os_error, strerror
+from ._binding import (MODES, address, check_io, ffi, lib, os_error,
+                       shm_append_try1_keeping_gil, shm_gil_kept, shm_next_lsn_keeping_gil,
+                       strerror)
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
@@ -43,6 +45,12 @@ _OFF_BITS = 32
 _OFF_MASK = (1 << _OFF_BITS) - 1
 MAX_SHARED_LSN = (1 << 32) - 1      # positions keep the segment's first LSN in 32 bits
 _POLL_MS = 20                       # a blocked locker rechecks (a dead holder) this often
+
+
+# os.fork() calls in this interpreter (a child sees one more than its parent had): _h()
+# needs a getpid() syscall only after a fork; the C side checks the pid again (check())
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 def pos_of(seg_first_lsn: int, off: int) -> int:
@@ -65,11 +73,17 @@ class SharedLog(Log):
         self._shared = True
         self._shm = None
         self._pid = os.getpid()
+        self._forks = _forks[0]        # a fork since: _h() compares pids (else it skips it)
         self._fd = -1                  # the newest segment as this process last saw it
         self._seg_first = 0
         self._seg_size = 0
         self._old_fds: list[int] = []  # older segments' fds (a covered wait never uses them)
         self._roll_seq = -1            # the page's roll counter when _fd was opened
+        # (fd, its first LSN, its size, roll counter) as ONE tuple, replaced whole: a
+        # thread that reads it without the append lock (the fast path, a durable wait)
+        # never pairs one segment's fd with another's counter (the fast path's C checks
+        # trust the fd only while the page's counter equals the one paired with it)
+        self._seg_state: tuple[int, int, int, int] = (-1, 0, 0, -1)
         self._holder: int | None = None   # thread id holding the append lock
         self._interval: threading.Thread | None = None
         self._stop = threading.Event()
@@ -78,7 +92,7 @@ class SharedLog(Log):
         self.scan_bound: tuple[int, int, int] | None = None  # scan() stops there if set
         self.retention_pin: Callable[[], int] | None = None  # see retire_segments_before
         self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
-                       "repairs": 0}
+                       "repairs": 0, "fast_appends": 0}
 
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
@@ -144,7 +158,9 @@ class SharedLog(Log):
                 self.recovered_next_lsn = next_lsn
                 if next_lsn > MAX_SHARED_LSN:
                     raise AuroraLogError("shared mode supports LSNs below 2**32")
-                fd = self._open_segment(lsn, path)
+                # a rebuilt page's roll counter is 0, and nobody rolls before the gate
+                # opens at the end of attach_end
+                fd = self._open_segment(lsn, path, roll_seq=0)
                 rc = lib.au_shm_attach_end(h, fd, pos_of(lsn, end), next_lsn)
             else:
                 fd = -1
@@ -158,6 +174,7 @@ class SharedLog(Log):
             lib.au_shm_attach_abort(h)
             raise
         self._shm = ffi.gc(h, lib.au_shm_close)
+        self._h_addr = address(h)      # the same handle for the GIL-keeping ctypes calls
         self.rebuilt = bool(alone[0])
         if fd < 0:
             seg, _ = _seg_off(self._position()[0])
@@ -168,10 +185,12 @@ class SharedLog(Log):
         segs = self._list_segments()
         self._first_lsn = segs[0][0] if segs else 1
 
-    def _open_segment(self, lsn: int, path: Path) -> int:
-        # the roll counter as it was before the file was chosen: a roll after it makes the
-        # next look (_repair, wait_pos) follow the page again
-        roll_seq = lib.au_shm_roll_seq(self._shm) if self._shm is not None else -1
+    def _open_segment(self, lsn: int, path: Path, roll_seq: int | None = None) -> int:
+        # the roll counter is read BEFORE the file is opened: a roll in between then shows
+        # as a changed counter, never as a stale fd under a current one (the fast path
+        # trusts the fd only while the page's counter equals ours)
+        if roll_seq is None and self._shm is not None:
+            roll_seq = lib.au_shm_roll_seq(self._shm)
         fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | _O_CLOEXEC, 0o600)
         if fd < 0:
             raise os_error(fd, path)
@@ -183,21 +202,45 @@ class SharedLog(Log):
         self._fd, self._seg_first, self._seg_size = fd, lsn, size
         # last: a thread that finds the counter current (wait_pos, outside the lock) then
         # reads this segment's fd, never the one before it
-        self._roll_seq = roll_seq
+        if roll_seq is not None:
+            self._roll_seq = roll_seq
+        self._seg_state = (fd, lsn, size, self._roll_seq)
         return fd
 
     # ---------------------------------------------------------------- the page
     def _h(self):
         if self._closed:
             raise ClosedError("the log is closed")
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             raise ForkedError("this store was opened before os.fork(); a child process must "
                               "open the store itself (aurora_log.open in the child)")
         return self._shm
 
+    def tail_hint(self) -> int:
+        """The page's next LSN without the lock: a hint that only grows (exact under
+        ``locked()``). Equal to a cursor's next LSN: nobody has published after it.
+        Read keeping the GIL (it is read under the queue lock)."""
+        h = self._h()
+        if shm_next_lsn_keeping_gil is not None:
+            return shm_next_lsn_keeping_gil(self._h_addr)
+        return lib.au_shm_next_lsn(h)    # pragma: no cover - no ctypes
+
+    def _next_lsn(self) -> int:
+        """The page's next LSN, keeping the GIL (exact under the append lock)."""
+        g = shm_gil_kept
+        return g.next_lsn(self._h_addr) if g is not None else lib.au_shm_next_lsn(self._shm)
+
     def _position(self) -> tuple[int, int, int, int]:
-        """(write_end, writing_end, next_lsn, synced_end) as the page has them."""
-        p = ffi.new("uint64_t[4]")
+        """(write_end, writing_end, next_lsn, synced_end) as the page has them; read
+        keeping the GIL (it is read under the append lock), write_end first as
+        au_shm_position does (a publish stores it last)."""
+        g = shm_gil_kept
+        if g is not None:
+            a = self._h_addr
+            write = g.write_end(a)
+            nxt = g.next_lsn(a)
+            return write, g.writing_end(a), nxt, g.synced_end(a)
+        p = ffi.new("uint64_t[4]")   # pragma: no cover - no ctypes
         lib.au_shm_position(self._shm, p, p + 1, p + 2, p + 3)
         return p[0], p[1], p[2], p[3]
 
@@ -211,7 +254,7 @@ class SharedLog(Log):
     @property
     def published(self) -> int:
         """The page's write position: every batch below it is whole."""
-        return self._position()[0]
+        return lib.au_shm_write_end(self._shm)
 
     @property
     def failed(self) -> bool:
@@ -234,14 +277,19 @@ class SharedLog(Log):
         """Hold the page's append lock (reentrant in this thread); yields the page's next
         LSN. A dead previous holder's unpublished bytes are repaired first."""
         if self.holds_lock():
-            yield self._position()[2]
+            yield self._next_lsn()
             return
         h = self._h()
+        g, a = shm_gil_kept, self._h_addr
         while True:
             # GIL-aware: the trylock never blocks, a busy lock is waited for without
             # holding anything (docs/INTERNALS.md, "The GIL and the append lock")
-            seen = lib.au_shm_unlock_seq(h)
-            rc = lib.au_shm_trylock(h)
+            # the trylock keeps the GIL: a thread never holds append_mu while it waits
+            # for its own GIL (MULTIPROCESS.md "The GIL and append_mu")
+            if g is not None:
+                seen, rc = g.unlock_seq(a), g.trylock(a)
+            else:   # pragma: no cover - no ctypes
+                seen, rc = lib.au_shm_unlock_seq(h), lib.au_shm_trylock(h)
             if rc == 0 or rc == lib.AU_SHM_OWNER_DIED:
                 break
             if rc != lib.AU_SHM_BUSY:
@@ -252,17 +300,22 @@ class SharedLog(Log):
             if rc == lib.AU_SHM_OWNER_DIED:
                 self._stats["owner_died"] += 1
             self._repair()
-            yield self._position()[2]
+            yield self._next_lsn()
         finally:
             self._holder = None
-            lib.au_shm_unlock(h)
+            if g is not None:
+                g.unlock(a)
+            else:   # pragma: no cover - no ctypes
+                lib.au_shm_unlock(h)
 
     def _repair(self) -> None:
         """Under the lock: follow the page to the newest segment; undo or finish what a
         holder that died left half done (a batch being written: zeroed; a roll: redone)."""
         write, writing, next_lsn, _ = self._position()
         seg, _ = _seg_off(write)
-        if seg != self._seg_first or lib.au_shm_roll_seq(self._shm) != self._roll_seq:
+        g = shm_gil_kept
+        roll_seq = g.roll_seq(self._h_addr) if g is not None else lib.au_shm_roll_seq(self._shm)
+        if seg != self._seg_first or roll_seq != self._roll_seq:
             # a roll since we last looked: a new segment, or (a batch bigger than the
             # segment) a bigger file renamed over an empty one of the same name
             self._open_segment(seg, self._wal / _seg_name(seg))
@@ -324,10 +377,12 @@ class SharedLog(Log):
         if not self.holds_lock():
             raise AuroraLogError("SharedLog.reserve needs the append lock (locked())")
         self._check_failed()
-        return self._position()[2]
+        return self._next_lsn()
 
     def _check_failed(self) -> None:
-        err = lib.au_shm_failed(self._h())
+        self._h()
+        g = shm_gil_kept
+        err = g.failed(self._h_addr) if g is not None else lib.au_shm_failed(self._shm)
         if err or self._failed_seen:
             self._failed_seen = True
             self._failed_errno = err or self._failed_errno
@@ -365,9 +420,16 @@ class SharedLog(Log):
         sseg, soff = _seg_off(synced)
         durable_off = soff if sseg == self._seg_first else SEG_HDR
         end = ffi.new("uint64_t *")
-        rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ffi.from_buffer(types),
-                                    ffi.from_buffer("uint32_t[]", lens), ffi.from_buffer(data),
-                                    durable_off, end)
+        ctypes_, clens, cdata = (ffi.from_buffer(types), ffi.from_buffer("uint32_t[]", lens),
+                                 ffi.from_buffer(data))
+        g = shm_gil_kept
+        if g is not None:       # under append_mu: keep the GIL (see locked())
+            rc = g.write_batch(self._h_addr, self._fd, first_lsn, n, address(ctypes_),
+                               address(clens), address(cdata), durable_off, address(end))
+        else:   # pragma: no cover - no ctypes
+            rc = lib.au_shm_write_batch(self._shm, self._fd, first_lsn, n, ctypes_, clens,
+                                        cdata, durable_off, end)
+        del ctypes_, clens, cdata
         if rc < 0:
             if rc != lib.AU_E_INVAL:
                 self._failed_seen, self._failed_errno = True, -rc
@@ -377,6 +439,60 @@ class SharedLog(Log):
         self._stats["bytes"] += blen
         self._tls.last = (first_lsn + n - 1, end[0])
         return end[0]
+
+    def try_append(self, records: Sequence[tuple[int, bytes]], checked=None,
+                   expect_lsn: int = 0) -> tuple[int, int] | None:
+        """The fast path of an append (native/shm.c au_shm_append_try): take the append
+        lock without waiting, write the records as one batch at the tail, publish, unlock,
+        all in one C call, so no Python runs while the lock is held. With ``expect_lsn``
+        the append happens only if the page's next LSN is still ``expect_lsn`` (nobody
+        appended since the caller's state was folded to it). Returns (first LSN, the
+        position after the batch), or None when nothing was done: the lock was busy, the
+        tail moved, or something needs the locking path (a dead holder's tail, a roll,
+        a failed log); the caller then uses ``locked()``."""
+        h = self._h()
+        fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
+        if self._failed_seen or self._holder is not None or roll_seq < 0:
+            return None         # the locking path raises / reenters / finds the segment
+        tls = self._tls.__dict__
+        out = tls.get("out")
+        if out is None:         # per thread: the out array is written during the call
+            out = tls["out"] = ffi.new("uint64_t[2]")
+            tls["out_addr"] = address(out)
+        if checked is None and len(records) == 1:
+            rtype, payload = records[0]
+            n, nbytes = 1, len(payload)
+            if type(payload) is not bytes or type(rtype) is not int or \
+                    not 0 < rtype < 256 or nbytes > self.max_record_bytes:
+                return None     # the locking path raises the exact error (_pack)
+            keep = shm_append_try1_keeping_gil
+            if keep is not None:
+                rc = keep(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn,
+                          rtype, payload, nbytes, tls["out_addr"])
+            else:   # pragma: no cover - no ctypes
+                rc = lib.au_shm_append_try1(h, fd, seg_first, seg_size, roll_seq,
+                                            expect_lsn, rtype, payload, nbytes, out)
+        else:
+            types, lens, data = checked if checked is not None else self._pack(records)
+            n, nbytes = len(types), len(data)
+            rc = lib.au_shm_append_try(h, fd, seg_first, seg_size,
+                                       roll_seq, expect_lsn, n, ffi.from_buffer(types),
+                                       ffi.from_buffer("uint32_t[]", lens),
+                                       ffi.from_buffer(data), out)
+        if rc > 0:              # AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW: nothing done
+            return None
+        if rc < 0:
+            if rc != lib.AU_E_INVAL and rc != lib.AU_E_SHM_FORKED:
+                self._failed_seen, self._failed_errno = True, -rc
+            raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
+        first, end = out[0], out[1]
+        st = self._stats
+        st["appends"] += 1
+        st["records"] += n
+        st["bytes"] += (lib.AU_BATCH_HDR + n * lib.AU_REC_HDR + nbytes + 7) & ~7
+        st["fast_appends"] += 1
+        self._tls.last = (first + n - 1, end)
+        return first, end
 
     def wait_pos(self, pos: int, wait: str) -> None:
         """Wait as told for the bytes below ``pos``: "none"/"written" return (they were
@@ -393,7 +509,8 @@ class SharedLog(Log):
                 self._follow()
             # a position in an older segment was covered by the roll's fdatasync: the C
             # side returns before it would use the fd
-            fd = self._fd if seg == self._seg_first else -1
+            cur_fd, cur_first = self._seg_state[:2]     # one consistent pair
+            fd = cur_fd if seg == cur_first else -1
             if fd < 0:
                 _, _, _, synced = self._position()
                 if synced >= pos:
@@ -527,9 +644,8 @@ class SharedLog(Log):
 
     def cursor_at_tail(self) -> tuple[int, int, int]:
         """Under ``locked()``: the cursor of the page's tail."""
-        write, _, next_lsn, _ = self._position()
-        seg, off = _seg_off(write)
-        return seg, off, next_lsn
+        seg, off = _seg_off(lib.au_shm_write_end(self._shm))
+        return seg, off, lib.au_shm_next_lsn(self._shm)
 
     def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
         """(lsn, rtype, payload) of every stored record >= from_lsn up to the published
@@ -605,6 +721,7 @@ class SharedLog(Log):
             if fd >= 0:
                 lib.au_close(fd)
         self._old_fds, self._fd = [], -1
+        self._seg_state = (-1, 0, 0, -1)
 
     def __del__(self):
         try:

@@ -186,6 +186,7 @@ class Spec:
     module: str
     cls: str
     kwargs: dict = field(default_factory=dict)
+    default: bool = True    # False: run only when named in --peers
 
 
 # The order here is the order of the table rows.
@@ -199,7 +200,21 @@ SPECS = [
     Spec("litequeue-full", "litequeue_peer", "LiteQueuePeer", {"synchronous": "FULL"}),
     Spec("litequeue-default", "litequeue_peer", "LiteQueuePeer", {"synchronous": None}),
 ]
+# Opt-in variants: aurora-log with an explicit store mode, to set shared mode (many
+# processes, issue 19) beside the exclusive one in one run, e.g.
+#   compare.py --only s1,s2,s4 --peers aurora-sync-excl,aurora-sync-shared
+SPECS += [
+    Spec("aurora-sync-excl", "aurora", "AuroraPeer", {"durability": "sync", "shared": False},
+         default=False),
+    Spec("aurora-sync-shared", "aurora", "AuroraPeer", {"durability": "sync", "shared": True},
+         default=False),
+    Spec("aurora-interval-excl", "aurora", "AuroraPeer",
+         {"durability": "interval", "shared": False}, default=False),
+    Spec("aurora-interval-shared", "aurora", "AuroraPeer",
+         {"durability": "interval", "shared": True}, default=False),
+]
 NAMES = [s.name for s in SPECS]
+DEFAULT_NAMES = [s.name for s in SPECS if s.default]
 
 
 def spec(name: str) -> Spec:

@@ -37,12 +37,14 @@ class AuroraPeer(Peer):
             return False, "aurora_log.open is missing (the queue engine has not landed yet)"
         return True, ""
 
-    def __init__(self, durability="sync", interval_ms=None):
+    def __init__(self, durability="sync", interval_ms=None, shared=None):
         super().__init__()
         self.durability = durability
         self.interval_ms = interval_ms
-        self.name = f"aurora-{durability}"
-        self.label = f"aurora-log ({durability})"
+        self.shared = shared            # None: the library's default store mode
+        mode = "" if shared is None else ("-shared" if shared else "-excl")
+        self.name = f"aurora-{durability}{mode}"
+        self.label = f"aurora-log ({durability}{', ' + mode[1:] if mode else ''})"
         if durability == "sync":
             self.setting = "sync: fdatasync before enqueue/complete return (group commit)"
             self.durable = True
@@ -69,6 +71,8 @@ class AuroraPeer(Peer):
         kwargs = {"durability": self.durability}
         if self.interval_ms is not None:
             kwargs["interval_ms"] = self.interval_ms
+        if self.shared is not None:
+            kwargs["shared"] = self.shared
         self.q = aurora_log.open(self.directory, **kwargs)
 
     def close(self):
@@ -136,4 +140,5 @@ class AuroraPeer(Peer):
     def describe(self):
         import aurora_log
         return {"version": getattr(aurora_log, "__version__", "?"),
-                "durability": self.durability, "interval_ms": self.interval_ms}
+                "durability": self.durability, "interval_ms": self.interval_ms,
+                "shared": self.shared}
