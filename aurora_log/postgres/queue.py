@@ -630,7 +630,7 @@ class PostgresQueue(ControlMixin, QueueInterface):
         while True:
             at = self._now_ms() if now_ms is None else now_ms
             with self._tx() as cur:
-                rows = cur.execute(self._sql.expired, (at, at, at, 1000)).fetchall()
+                rows = cur.execute(self._sql.expired, {"at": at, "limit": 1000}).fetchall()
                 if not rows:
                     return total
                 ends = []

@@ -146,9 +146,12 @@ class Statements:
         # ends of attempts, fenced by the token; due NULL = finished (dead/cancelled)
         self.end_attempts = f"""
             WITH e AS (
+                -- lsns in the order given (the reap's order: FIFO positions of retries)
                 SELECT e.*, nextval({lsn}) AS n FROM unnest(
                     %(ids)s::text[], %(toks)s::text[], %(sts)s::smallint[],
-                    %(dues)s::bigint[], %(errs)s::text[]) AS e(id, tok, st, due, err)
+                    %(dues)s::bigint[], %(errs)s::text[]) WITH ORDINALITY
+                    AS e(id, tok, st, due, err, ord)
+                ORDER BY e.ord
             ), u AS (
                 UPDATE {j} j SET
                     status = e.st, error = e.err, token = NULL, lease_dl_ms = NULL,
@@ -165,13 +168,20 @@ class Statements:
                 SELECT n, id, %(kind)s, %(now)s, st, worker, retry + 1, err FROM u
             )
             SELECT count(*) FROM u"""
+        # the order a reap pass ends them in, as the local engine's heaps: timeouts first
+        # by started + timeout, then expired leases by deadline, ties by id (byte order,
+        # as Python compares str). Each end takes the next lsn as its FIFO position, so
+        # this order is the claim order of jobs it retries at the same due time.
+        timed_out = "(timeout_ms IS NOT NULL AND started_ms + timeout_ms < %(at)s)"
         self.expired = f"""
             SELECT id, token, retry_count, max_retries, cancel_requested,
-                   (timeout_ms IS NOT NULL AND started_ms + timeout_ms < %s) AS timed_out
+                   {timed_out} AS timed_out
             FROM {j}
-            WHERE status = 2 AND (lease_dl_ms < %s
-                                  OR (timeout_ms IS NOT NULL AND started_ms + timeout_ms < %s))
-            ORDER BY lease_dl_ms LIMIT %s FOR UPDATE SKIP LOCKED"""
+            WHERE status = 2 AND (lease_dl_ms < %(at)s OR {timed_out})
+            ORDER BY {timed_out} DESC,
+                     CASE WHEN {timed_out} THEN started_ms + timeout_ms ELSE lease_dl_ms END,
+                     id COLLATE "C"
+            LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""
         self.lock_job = (f"SELECT status, cancel_requested, unique_key FROM {j} "
                          "WHERE id = %s FOR UPDATE")
         self.cancel_waiting = f"""

@@ -9,7 +9,10 @@ Rules it encodes (docs/INTERNALS.md, issue 3):
   now > started + timeout; a timeout is reported before a lease expiry;
 * max_retries = retries after the first attempt; a spent job goes to dead_letter; a job
   with a pending cancel request goes to cancelled instead of retrying;
-* reopen: every running job is reaped with "process died";
+* one reap ends timeouts first (by started + timeout, then id), then expired leases (by
+  deadline, then id); each retry, release or retry_dead takes the next FIFO position, so
+  jobs retried at the same due time are claimed in the order they were ended;
+* reopen: every running job is reaped with "process died" (by start time, then id);
 * unique keys: held while pending / running / failed.
 
 Queue control (issue 17):
