@@ -23,7 +23,7 @@ from aurora_log.local import sharedlog
 from aurora_log.local._binding import lib
 
 CTX = mp.get_context("fork")
-FAST = dict(shared=True, reaper_interval=0.1, auto_compact=False)
+FAST = dict(reaper_interval=0.1, auto_compact=False)     # the default mode: shared
 
 
 def _run(target, *args) -> mp.Process:
@@ -78,7 +78,7 @@ def _worker(path, tag, stop_after_idle, out):
 
 
 def _racer(path, barrier, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     barrier.wait()
     job = q.claim("racer", wait=20)
     out.put((os.getpid(), None if job is None else job.id))
@@ -109,7 +109,7 @@ def _die_holding_lock_mid_write(path, out):
 
 
 def _die_mid_roll(path, where, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False,
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False,
                         segment_bytes=8192)
     real_open, real_is_file = sharedlog.SharedLog._open_segment, sharedlog.is_file
 
@@ -134,7 +134,7 @@ def _die_mid_roll(path, where, out):
 
 
 def _die_mid_compaction(path, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     q.compact(on_progress=lambda done, total: (out.put("compacting"), time.sleep(0.3),
                                                os.kill(os.getpid(), signal.SIGKILL)))
 
@@ -257,7 +257,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
 @pytest.mark.parametrize("where", ["before_create", "after_seal"])
 def test_killed_mid_roll(tmp_path, where):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=8192)
     aurora_log.open(path, **opts).close()
     out = CTX.Queue()
     p = _run(_die_mid_roll, path, where, out)
@@ -327,14 +327,56 @@ def test_a_damaged_page_beside_a_live_process_is_refused(tmp_path):
 
 def test_exclusive_and_shared_refuse_each_other(tmp_path):
     path = tmp_path / "s"
-    with aurora_log.open(path):                 # not shared: this process alone
-        with pytest.raises(LockedError, match="exclusive"):
-            aurora_log.open(path, shared=True)
-    with aurora_log.open(path, shared=True):
-        with pytest.raises(LockedError):
+    with aurora_log.open(path, exclusive=True):            # this process alone
+        with pytest.raises(LockedError, match="exclusive=True") as e:
             aurora_log.open(path)
-        with aurora_log.open(path, shared=True) as other:     # shared beside shared
+        # the message names the holder and what to do
+        assert f"this process ({os.getpid()})" in str(e.value)
+        assert "without exclusive=True" in str(e.value) and "read_only=True" in str(e.value)
+        with aurora_log.open(path, read_only=True) as ro:   # readers work beside it
+            assert ro.stats()["total"] == 0
+    with aurora_log.open(path):                            # the default: shared
+        with pytest.raises(LockedError, match="shared mode") as e:
+            aurora_log.open(path, exclusive=True)
+        assert f"this process ({os.getpid()})" in str(e.value)
+        assert "without exclusive=True" in str(e.value)
+        with aurora_log.open(path, shared=True) as other:   # the default spelled out
             other.enqueue(Job("t", {}))
+        with aurora_log.open(path, read_only=True) as ro:
+            assert ro.stats()["total"] == 1
+
+
+HOLDER = """
+import sys, aurora_log
+q = aurora_log.open(sys.argv[1], exclusive=sys.argv[2] == "exclusive", reaper_interval=None)
+print("open", flush=True)
+sys.stdin.read()
+q.close()
+"""
+
+
+@pytest.mark.parametrize("holder_mode", ["exclusive", "default"])
+def test_refusal_names_the_other_process(tmp_path, holder_mode):
+    import subprocess
+    import sys
+    path = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), holder_mode],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(LockedError) as e:
+            aurora_log.open(path, exclusive=holder_mode == "default")
+        msg = str(e.value)
+        assert f"process {holder.pid} (" in msg, msg
+        if holder_mode == "exclusive":
+            assert "which opened it with exclusive=True" in msg
+        else:
+            assert "default shared mode" in msg and "exclusive=True needs the store alone" in msg
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    with aurora_log.open(path, exclusive=holder_mode == "default", reaper_interval=None):
+        pass                                               # free again once it closed
 
 
 def test_fork_after_open(tmp_path):
@@ -388,7 +430,7 @@ def test_roll_across_processes_with_small_segments(tmp_path):
 
 def test_retirement_never_passes_a_live_process_fold(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096,
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=4096,
                 retain_seconds=None, retain_count=None)
     a = aurora_log.open(path, **opts)
     b = aurora_log.open(path, **opts)          # folds nothing until it reads
@@ -413,7 +455,7 @@ def test_retirement_never_passes_a_live_process_fold(tmp_path):
 
 def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096)
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=4096)
     with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
         a.enqueue(Job("t", {}))
         ids = b.enqueue_many([Job("t", {"i": i, "pad": "q" * 200}) for i in range(40)])
@@ -425,7 +467,7 @@ def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
 
 def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False)
+    opts = dict(reaper_interval=None, auto_compact=False)
     with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
         a.enqueue_many([Job("t", {"i": i}) for i in range(5)])
         before = b._cursor
@@ -443,7 +485,7 @@ def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
 
 def test_interval_mode_syncs_in_the_background(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False,
+    opts = dict(reaper_interval=None, auto_compact=False,
                 durability="interval", interval_ms=20)
     with aurora_log.open(path, **opts) as q:
         s0 = q.log.stats()["fdatasyncs"]

@@ -35,7 +35,8 @@ from ._binding import MODES, check_io, ffi, lib, os_error, strerror
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
-                      ForkedError, LockedError)
+                      ForkedError)
+from .holders import refused_by_exclusive
 
 __all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
 
@@ -123,8 +124,7 @@ class SharedLog(Log):
         if rc < 0:
             lib.au_close(fd)
             if rc in (-_errno.EWOULDBLOCK, -_errno.EAGAIN):
-                raise LockedError(f"{self.directory} is opened by an exclusive-mode process "
-                                  f"(lock {path}); open it shared there too")
+                raise refused_by_exclusive(self.directory, path)
             raise os_error(rc, path)
         self._lock_fd = fd
 

@@ -10,8 +10,9 @@ matches few jobs, one request examines at most ``scan_budget`` jobs and hands ba
 cursor to go on from, so every response stays short however large the store is.
 
 This module is the one place that reads the engine's private state (``q._state`` under
-``q._lock``): the public ``Queue.list(after=...)`` walks from the start to find its
-cursor, which is fine for a CLI but not for paging through a million jobs.
+``q._reading()``: the queue lock, the state caught up with every process's records): the
+public ``Queue.list(after=...)`` walks from the start to find its cursor, which is fine for
+a CLI but not for paging through a million jobs.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def job_page(q: Any, flt: JobFilter | None = None, *, cursor: tuple[int, str] | 
     if limit < 1 or scan_budget < 1:
         raise ValueError("limit and scan_budget must be >= 1")
     code = flt.status.code if flt.status is not None else None
-    with q._lock:
+    with q._reading():     # the lock, the state caught up with every process
         state = q._state
         jobs = state.jobs
         total = len(jobs)
@@ -169,7 +170,7 @@ def job_detail(q: Any, job_id: str) -> tuple[Job, list[Transition]] | None:
 
 def workers(q: Any) -> list[WorkerInfo]:
     """The workers that hold a job right now (from the running jobs' leases)."""
-    with q._lock:
+    with q._reading():     # the lock, the state caught up with every process
         ids = sorted(q._state.running_ids())
     running = [job for job in map(q.get, ids)
                if job is not None and job.status is JobStatus.RUNNING]
