@@ -261,3 +261,26 @@ def test_replay_twice_gives_the_same_state_and_claim_order(opener, store_dir, cl
             qq.close()
     assert states[0] == states[1]
     assert orders[0] == orders[1] and len(orders[0]) == 40
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_one_fresh_job_object_enqueued_twice_is_a_duplicate(opener, exclusive):
+    """A Job's drawn id lets the default mode skip the catch-up on enqueue; enqueuing the
+    same object (or a copy) again must still be refused, as the exclusive mode does."""
+    import copy
+    q = opener(exclusive=exclusive)
+    j = job()
+    q.enqueue(j)
+    lsn = q.stats()["last_lsn"]
+    for again in (j, copy.copy(j), copy.deepcopy(j), j.copy()):
+        with pytest.raises(ValueError, match="already exists"):
+            q.enqueue(again)
+    k = job()
+    with pytest.raises(ValueError, match="already exists"):
+        q.enqueue_many([k, k])
+    fresh = job()
+    twin = copy.copy(fresh)                  # neither enqueued yet: only one may be
+    q.enqueue(fresh)
+    with pytest.raises(ValueError, match="already exists"):
+        q.enqueue(twin)
+    assert q.stats()["last_lsn"] == lsn + 1 and q.stats()["total"] == 2

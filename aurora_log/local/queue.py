@@ -75,6 +75,27 @@ def _new_token() -> bytes:
             _tokens.extend([b[i:i + 8] for i in range(0, 4096, 8)])
 
 
+_fresh_ids_lock = threading.Lock()
+
+
+def _take_fresh_ids(jobs: builtins.list[Job], built: builtins.list) -> bool:
+    """True if every job of the batch carries the id new_id() drew for that very Job
+    object, no unique key, and no id twice: no process can hold such an id, so a shared
+    store writes the batch without a catch-up. Takes the ids (each Job's ``_auto_id`` is
+    cleared), so the same Job object enqueued again goes through the checked path and is
+    refused as a duplicate, as it is in exclusive mode."""
+    with _fresh_ids_lock:       # two threads enqueuing one Job object: one takes its id
+        seen = set()
+        for j, (rec, _) in zip(jobs, built, strict=True):
+            if rec.unique_key is not None or getattr(j, "_auto_id", None) != rec.id \
+                    or rec.id in seen:
+                return False
+            seen.add(rec.id)
+        for j in jobs:
+            j._auto_id = None
+        return True
+
+
 def _exclusive_mode(exclusive: bool | None, shared: bool | None) -> bool:
     """True for the single-owner mode: ``exclusive=True``, or its other spelling
     ``shared=False``; the default (neither given) is shared."""
@@ -595,9 +616,7 @@ class Queue(QueueInterface):
         jobs = builtins.list(jobs)
         built = [self._build(j, now) for j in jobs]
         deps = [getattr(j, "_deps", None) for j in jobs]
-        if self._shared and built and not any(deps) and all(
-                rec.unique_key is None and getattr(j, "_auto_id", None) == rec.id
-                for j, (rec, _) in zip(jobs, built, strict=True)):
+        if self._shared and built and not any(deps) and _take_fresh_ids(jobs, built):
             return self._enqueue_lazily(built, durable), None, 0
         order = range(len(jobs)) if not any(deps) else parents_first(jobs)
         ids: list[str] = [""] * len(jobs)
