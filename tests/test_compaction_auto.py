@@ -10,6 +10,10 @@ from aurora_log.local.state import State
 
 
 def _open(d, **kw):
+    # exclusive=True: these compare q._state's fingerprint (which holds the last LSN) across
+    # a close and reopen; the default mode's DETACH/ATTACH records move that LSN, and its
+    # close hands RUNNING jobs back. Shared-mode compaction: test_multiprocess.py
+    kw.setdefault("exclusive", True)
     kw.setdefault("auto_compact", False)
     kw.setdefault("segment_bytes", 1 << 16)
     return aurora_log.open(d, reaper_interval=None, durability="os", **kw)

@@ -15,6 +15,9 @@ T0 = 1_700_000_000.0
 
 
 def _open(d, clock, **kw):
+    # exclusive=True: the fingerprints compared across a reopen hold the last LSN, which
+    # the default mode's ATTACH/DETACH records move
+    kw.setdefault("exclusive", True)
     kw.setdefault("auto_compact", False)
     return aurora_log.open(d, clock=clock, reaper_interval=None, durability="os",
                            segment_bytes=1 << 20, **kw)

@@ -53,8 +53,12 @@ def _job(i: int) -> Job:
 
 
 def _open(store):
+    # exclusive=True: the faults are injected into the exclusive C writer's syscalls and
+    # the checks are its failure contract (which waiter gets DurabilityError when, which
+    # files exist on a full disk); the shared mode's failed-fdatasync path (the page's
+    # `failed` word): tests/test_shm.py
     return aurora_log.open(store, clock=Clock(T0), reaper_interval=None, segment_bytes=SEG,
-                           retry_base=0.0, retry_cap=0.0, auto_compact=False)
+                           retry_base=0.0, retry_cap=0.0, auto_compact=False, exclusive=True)
 
 
 def _seed_store(store):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import records as R
 from .locks import YieldingLock
-from ..errors import (ClosedError, CorruptionError, ForkedError,
+from ..errors import (FORKED_HINT, ClosedError, CorruptionError, ForkedError,
                       ReadOnlyError, UnknownParentError)
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
                          check_job_id, check_limit_args, check_names, token_bytes)
@@ -294,10 +294,7 @@ class Queue(QueueInterface):
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
-            raise ForkedError("this Queue was opened before os.fork(); it belongs to the "
-                              "parent process. Open the store again in the child "
-                              "(aurora_log.open(path) after the fork; with gunicorn "
-                              "--preload, open it in a post_fork hook)")
+            raise ForkedError(FORKED_HINT)
 
     def _catch_up(self) -> None:
         """Shared mode, under the queue lock: fold every record other processes published

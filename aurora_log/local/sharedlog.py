@@ -34,8 +34,8 @@ from pathlib import Path
 from ._binding import MODES, check_io, ffi, lib, os_error, strerror
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
-from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
-                      ForkedError)
+from ..errors import (FORKED_HINT, AuroraLogError, ClosedError, CorruptionError,
+                      DurabilityError, ForkedError)
 from .holders import refused_by_exclusive
 
 __all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
@@ -184,8 +184,7 @@ class SharedLog(Log):
         if self._closed:
             raise ClosedError("the log is closed")
         if os.getpid() != self._pid:
-            raise ForkedError("this store was opened before os.fork(); a child process must "
-                              "open the store itself (aurora_log.open in the child)")
+            raise ForkedError(FORKED_HINT)
         return self._shm
 
     def _position(self) -> tuple[int, int, int, int]:
