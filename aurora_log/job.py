@@ -681,7 +681,7 @@ class Job:
         # it (the original and its copy enqueued both: the second is a duplicate)
         return self.copy()
 
-    def __deepcopy__(self, memo: dict) -> Job:
+    def __deepcopy__(self, memo: dict[int, object]) -> Job:
         return self.copy()
 
     def __eq__(self, other: object) -> bool:
