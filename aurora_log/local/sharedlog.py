@@ -278,6 +278,17 @@ class SharedLog(Log):
         rc = lib.au_shm_roll_begin(h)
         if rc < 0:
             raise DurabilityError(f"roll: {strerror(-rc)}", errno=-rc)
+        err = lib.au_shm_failed(h)
+        if err:
+            # a leader's fdatasync failed after our caller checked (it does not hold the
+            # append lock): the roll's own fdatasync may return 0 over pages the failed one
+            # dropped, so it must not publish a synced position (I5: nothing is
+            # acknowledged after a failed fdatasync, by any process)
+            lib.au_shm_roll_abort(h)
+            self._failed_seen, self._failed_errno = True, err
+            raise DurabilityError("the log failed earlier (an fdatasync failed in some "
+                                  "process); nothing more is acknowledged until every "
+                                  "process reopens it", errno=err)
         try:
             lib.au_shm_set_writing(h, pos_of(next_lsn, SEG_HDR))    # a roll in progress
             self._sync_or_fail(old_fd, "fdatasync before a roll")
