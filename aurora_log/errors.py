@@ -35,7 +35,8 @@ class LockedError(AuroraLogError):
 
 
 class ForkedError(AuroraLogError):
-    """A store opened before os.fork() was used in the child: open it again there."""
+    """A handle opened before os.fork() was used in the child where it cannot re-attach
+    (an exclusive=True queue, or a Log used directly): open the store again there."""
 
 
 #: what a ForkedError says (the queue and its log raise it from several places)

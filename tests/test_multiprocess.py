@@ -139,16 +139,21 @@ def _die_mid_compaction(path, out):
                                                os.kill(os.getpid(), signal.SIGKILL)))
 
 
-def _forked_child_uses_parent_queue(q, path, out):
+def _forked_child_uses_parent_queue(q, parent_attach, out):
+    """In a child forked with the parent's queue open: use it (it re-attaches on first
+    use) and report what it is attached as."""
     try:
-        q.enqueue(Job("t", {}))
-        out.put("no error")
-    except ForkedError as e:
-        out.put(f"forked: {e}")
-    q2 = aurora_log.open(path, **FAST)      # its own handle works
-    out.put(q2.enqueue(Job("t", {"from": "child"})))
-    q2.close()
-    q.close()                              # closes only the child's copies
+        seen = sorted(j.id for j in q.list(limit=100))          # the first use: a read
+        child_job = q.enqueue(Job("t", {"from": "child"}))
+        job = q.claim("child", job_types=["c"])
+        q.complete(job.id, job.token, {"by": os.getpid()})
+        import threading
+        threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("aurora"))
+        out.put(("ok", seen, child_job, job.id, q._liveness.attach_lsn, q._pid == os.getpid(),
+                 threads))
+        q.close()
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        out.put(("error", repr(e)))
 
 
 # ------------------------------------------------------------------ tests
@@ -379,24 +384,86 @@ def test_refusal_names_the_other_process(tmp_path, holder_mode):
         pass                                               # free again once it closed
 
 
-def test_fork_after_open(tmp_path):
-    path = str(tmp_path / "s")
-    q = aurora_log.open(path, **FAST)
+def _check_forked_use(q, tmp_path, start_child) -> None:
     jid = q.enqueue(Job("t", {}))
+    cjob = q.enqueue(Job("c", {}))
+    q.stats()                                   # folded here before the fork
     out = CTX.Queue()
-    p = _run(_forked_child_uses_parent_queue, q, path, out)
-    msg = out.get(timeout=30)
-    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
-    child_job = out.get(timeout=30)
-    _join_ok(p)
-    # the child closed only its copies: the parent's liveness lock and page lock stand
+    wait_child = start_child(q, out)
+    reply = out.get(timeout=60)
+    assert reply[0] == "ok", reply
+    _, seen, child_job, claimed, child_attach, own_pid, threads = reply
+    wait_child()
+    assert seen == sorted([jid, cjob])          # the child saw the parent's jobs
+    assert claimed == cjob and own_pid
+    assert child_attach != q._liveness.attach_lsn            # a liveness file of its own
+    assert "aurora-log-reaper" in threads                   # threads of its own
+    # the child never touched the parent's locks: the parent's liveness lock stands, its
+    # queue keeps working and sees the child's writes
     from aurora_log.local.liveness import Liveness
     own = tmp_path / "s" / "procs" / f"{q._liveness.attach_lsn:020d}.live"
     assert own.exists() and not Liveness._unlocked(own)
-    assert q.get(child_job) is not None       # the parent sees the child's enqueue
+    assert q.get(child_job) is not None
+    assert q.get(cjob).status is JobStatus.COMPLETED
+    kinds = [t.kind for t in q.history(cjob)]
+    assert kinds == ["enqueue", "claim", "complete"]
     job = q.claim("parent")
     assert job.id == jid
     q.complete(job.id, job.token)
+    q.close()
+
+
+def test_fork_after_open_reattaches_through_os_fork(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), **FAST)
+
+    def start(q, out):
+        pid = os.fork()
+        if pid == 0:                            # the child: use the inherited queue
+            code = 1
+            try:
+                _forked_child_uses_parent_queue(q, None, out)
+                out.close()
+                out.join_thread()
+                code = 0
+            finally:
+                os._exit(code)
+
+        def wait():
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        return wait
+
+    _check_forked_use(q, tmp_path, start)
+
+
+def test_fork_after_open_reattaches_in_multiprocessing(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), **FAST)
+
+    def start(q, out):
+        p = _run(_forked_child_uses_parent_queue, q, None, out)    # fork context
+        return lambda: _join_ok(p)
+
+    _check_forked_use(q, tmp_path, start)
+
+
+def _child_uses_exclusive_queue(q, out):
+    try:
+        q.stats()
+        out.put("no error")
+    except ForkedError as e:
+        out.put(f"forked: {e}")
+
+
+def test_fork_of_an_exclusive_queue_says_what_to_do(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), exclusive=True, reaper_interval=None)
+    q.enqueue(Job("t", {}))
+    out = CTX.Queue()
+    p = _run(_child_uses_exclusive_queue, q, out)
+    msg = out.get(timeout=30)
+    _join_ok(p)
+    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
+    assert "exclusive=True" in msg
+    assert q.stats()["total"] == 1              # the parent's queue keeps working
     q.close()
 
 

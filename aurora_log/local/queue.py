@@ -162,6 +162,11 @@ class Queue(QueueInterface):
                  retain_count: int | None = 100_000, max_snapshot_bytes: int = 16 << 30,
                  exclusive: bool | None = None, shared: bool | None = None,
                  **log_options):
+        # every option as given: a forked child re-opens the store with them (_reattach)
+        options = dict(locals())
+        del options["self"], options["path"]
+        options.update(options.pop("log_options"))
+        self._options = options
         from .log import Log  # imported here so job/records/state work without the C core
         from . import snapshot
 
@@ -294,7 +299,33 @@ class Queue(QueueInterface):
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
-            raise ForkedError(FORKED_HINT)
+            self._reattach()
+
+    def _reattach(self) -> None:
+        """The first use, in a forked child, of a queue its parent opened: open the store
+        again in place (the same options; its own log handle, page attach, liveness file,
+        ATTACH record, threads and locks; the state replayed afresh), keeping what lives
+        beside the queue (task handlers, periodic schedules). Never the parent's writer,
+        lock or thread. An exclusive store belongs to the parent alone: ForkedError."""
+        with _reattach_lock:
+            if os.getpid() == self._pid:       # another thread of this child did it
+                return
+            if self._closed:
+                raise ClosedError("the queue is closed")
+            if not self._shared and not self._read_only:
+                raise ForkedError(FORKED_HINT + " (a store opened with exclusive=True belongs "
+                                  "to one process: open it in the default mode to share it "
+                                  "with child processes)")
+            path, options, saved = self._log.directory, self._options, dict(self.__dict__)
+            schedules = self._schedules
+            self.__dict__.clear()
+            try:
+                Queue.__init__(self, path, **options)
+            except BaseException:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+                raise
+            self._schedules = schedules
 
     def _catch_up(self) -> None:
         """Shared mode, under the queue lock: fold every record other processes published
@@ -334,6 +365,8 @@ class Queue(QueueInterface):
         """The section in which a record is decided from the state and written: the queue
         lock, and in shared mode also the page's append lock with the state caught up to
         the log's tail (so the decision sees every other process's records)."""
+        if os.getpid() != self._pid:
+            self._reattach()            # before the lock: re-attaching replaces it
         with self._lock:
             if not self._shared:
                 yield
@@ -347,6 +380,8 @@ class Queue(QueueInterface):
     def _reading(self) -> Iterator[None]:
         """The queue lock, with the state caught up to the published tail (shared mode:
         read-your-writes and everyone else's)."""
+        if os.getpid() != self._pid:
+            self._reattach()            # before the lock: re-attaching replaces it
         with self._lock:
             self._check_open(write=False)
             self._catch_up()
@@ -411,6 +446,8 @@ class Queue(QueueInterface):
     @property
     def log(self):
         """The underlying Log (for tools and tests; do not append to it directly)."""
+        if os.getpid() != self._pid and not self._closed:
+            self._reattach()
         return self._log
 
     # ------------------------------------------------------------------ internals
@@ -1193,10 +1230,16 @@ class _CompactionLink:
         return self._q._max_at
 
 
+_reattach_lock = threading.Lock()
+
+
 def _after_fork_in_child() -> None:
     """A child of a process with open queues: their locks may have been held by a thread
-    that does not exist here; give each fresh ones, so any use raises ForkedError (the
-    handle, its writer and its threads are the parent's) instead of hanging."""
+    that does not exist here; give each fresh ones, and close the child's copies of the
+    parent's fds (the handle, its writer and its threads are the parent's). The child's
+    first use of such a queue re-attaches it (Queue._reattach) instead of hanging."""
+    global _reattach_lock
+    _reattach_lock = threading.Lock()
     _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
     for q in list(_OPEN_QUEUES):
         q._lock = YieldingLock()
