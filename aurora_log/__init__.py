@@ -51,6 +51,10 @@ def open(path: Any, **options: Any) -> QueueInterface:  # noqa: A001 - the docum
     ``postgresql://`` DSN, the queue in that database (an
     :class:`aurora_log.postgres.PostgresQueue`; options such as ``schema="aurora"``).
 
+    A local store is shared: any number of processes open the same directory and use it
+    at once. ``exclusive=True`` (= ``shared=False``) holds it for this queue alone
+    (faster for one process; any other writable open then raises LockedError).
+
     Inside a process-isolation child (runtime/isolation.py) the store belongs to the worker
     process, so this returns a queue that only registers handlers (``@q.task``,
     ``q.register_handler``): the user's module imports there as it does everywhere."""

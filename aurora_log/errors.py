@@ -35,7 +35,17 @@ class LockedError(AuroraLogError):
 
 
 class ForkedError(AuroraLogError):
-    """A store opened before os.fork() was used in the child: open it again there."""
+    """A handle opened before os.fork() was used in the child where it cannot re-attach
+    (an exclusive=True queue, or a Log used directly): open the store again there."""
+
+
+#: what a ForkedError says (the queue and its log raise it from several places)
+FORKED_HINT = (
+    "this Queue was opened before os.fork(); it belongs to the parent process (its writer, "
+    "locks and threads are not in this one). Open the store again in the child: "
+    "aurora_log.open(path) after the fork (gunicorn --preload: in a post_fork hook; "
+    "multiprocessing: inside the child's target function, or the 'spawn' start method). "
+    "The parent's queue keeps working")
 
 
 class DurabilityError(AuroraLogError):

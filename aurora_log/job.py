@@ -748,6 +748,14 @@ class Job:
         j.payload = json.loads(json.dumps(self.payload)) if self.payload else {}
         return j
 
+    def __copy__(self) -> Job:
+        # copy() leaves _auto_id out: a copy's id was not drawn for it, so a store checks
+        # it (the original and its copy enqueued both: the second is a duplicate)
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Job:
+        return self.copy()
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):
             return NotImplemented

@@ -34,9 +34,9 @@ SHARED_ENV = "AURORA_TEST_SHARED_OPTIONS"     # JSON: the open options of a shar
 
 
 def shared_options() -> dict[str, Any]:
-    """The options that make ``aurora_log.open`` share a store between processes in this
-    build (``{"shared": True}`` while shared mode is opt-in; ``{}`` once it is the default),
-    as the probe found them. Children inherit them through the environment."""
+    """The options that make ``aurora_log.open`` share a store between processes: ``{}``,
+    since sharing is the default (the probe checks it). Children inherit them through the
+    environment."""
     return json.loads(os.environ.get(SHARED_ENV, "{}"))
 
 
@@ -52,12 +52,12 @@ except aurora_log.LockedError as e:
 
 
 def second_open_refused() -> str | None:
-    """Why this build cannot share a store between processes (a second process's open of a
-    directory another process holds raises LockedError, by default and with shared=True),
-    or None if it can: then shared_options() names the options that made it work."""
+    """Why this build cannot share a store between processes (a second process's plain
+    ``aurora_log.open`` of a directory another process holds raises LockedError), or None
+    if it can: then shared_options() names the options that made it work (none)."""
     import aurora_log
     refusals = []
-    for opts in ({}, {"shared": True}):
+    for opts in ({},):
         d = tempfile.mkdtemp(prefix="aurora-mp-probe-")
         try:
             try:

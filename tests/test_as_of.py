@@ -16,9 +16,12 @@ T0 = 1_700_000_000.0
 
 
 def _open(d, clock, **kw):
+    # exclusive=True: the history fixture reads q._state after each write to record the
+    # state at that LSN; the default mode folds plain enqueues lazily (at the next read),
+    # and its ATTACH/DETACH records move every LSN the points name
     kw.setdefault("auto_compact", False)
     return aurora_log.open(d, clock=clock, reaper_interval=None, durability="os",
-                           segment_bytes=8192, **kw)
+                           segment_bytes=8192, exclusive=True, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_missing_or_foreign_directory(tmp_path, capsys, command):
 
 def test_reading_and_writing_work_while_the_store_is_open(store, capsys):
     path, ids = store
-    with aurora_log.open(path, shared=True) as q:     # as a running shared worker would
+    with aurora_log.open(path) as q:     # as a running worker (the default mode) would
         code, out, _ = run(capsys, "stats", path, "--json")
         assert code == 0 and json.loads(out)["total"] == 4
         code, _, err = run(capsys, "retry", path, ids["dead"])
@@ -215,12 +215,13 @@ def test_reading_and_writing_work_while_the_store_is_open(store, capsys):
 
 def test_writing_says_in_use_beside_an_exclusive_process(store, capsys):
     path, ids = store
-    with aurora_log.open(path):                       # not shared: it holds the store
+    with aurora_log.open(path, exclusive=True):       # it holds the store alone
         code, out, _ = run(capsys, "stats", path, "--json")
         assert code == 0 and json.loads(out)["total"] == 4
         code, _, err = run(capsys, "retry", path, ids["dead"])
         assert code == cli.EXIT_LOCKED
-        assert "in use by another process" in one_line_error(err)
+        line = one_line_error(err)
+        assert "in use" in line and "opened it with exclusive=True" in line, line
         code, _, err = run(capsys, "enqueue", path, "t")
         assert code == cli.EXIT_LOCKED
         one_line_error(err)
@@ -297,11 +298,12 @@ def test_worker_on_a_store_an_exclusive_process_holds(store, tmp_path):
     (tmp_path / "held_app.py").write_text(
         f"import aurora_log\nq = aurora_log.open({str(store[0])!r})\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with aurora_log.open(store[0]):
+    with aurora_log.open(store[0], exclusive=True):
         out = subprocess.run([sys.executable, "-m", "aurora_log", "worker", "held_app:q"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == cli.EXIT_LOCKED
-    assert "in use by another process" in out.stderr and "Traceback" not in out.stderr
+    assert "in use" in out.stderr and f"process {os.getpid()}" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_purge(store, capsys):
@@ -339,11 +341,14 @@ def test_dump_progress_goes_to_stderr_not_into_the_data(tmp_path, capsys, monkey
         for start in range(0, 12000, 2000):
             q.enqueue_many([Job("x", {"i": i}) for i in range(start, start + 2000)])
     code, out, err = run(capsys, "dump", path)          # not a terminal: plain lines
-    assert code == 0 and len(out.splitlines()) == 12000
+    # every record: the 12000 enqueues, and the store's ATTACH/DETACH of the default mode
+    types = [json.loads(line)["type"] for line in out.splitlines()]
+    assert code == 0 and types.count("enqueue") == 12000
+    assert len(types) == json.loads(out.splitlines()[-1])["lsn"]
     assert "dump: " in err and "(100%)" in err
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    code, out, err = run(capsys, "dump", path)          # "terminal": a rich bar on stderr
-    assert code == 0 and len(out.splitlines()) == 12000
+    code, out2, err = run(capsys, "dump", path)         # "terminal": a rich bar on stderr
+    assert code == 0 and out2 == out
     assert all(line.startswith('{"lsn": ') for line in out.splitlines())
 
 
@@ -356,12 +361,14 @@ def test_compact(store, capsys):
     assert list((path / "snap").glob("*.snap"))
     code, out, _ = run(capsys, "show", path, ids["done"], "--json")   # still readable
     assert json.loads(out)["result"] == {"sent": True}
-    with aurora_log.open(path, shared=True):
-        code, _, err = run(capsys, "compact", path)      # beside a shared process: fine
-        assert code == 0, err
     with aurora_log.open(path):
+        code, _, err = run(capsys, "compact", path)      # beside a default-mode process: fine
+        assert code == 0, err
+    with aurora_log.open(path, exclusive=True):
         code, _, err = run(capsys, "compact", path)
-    assert code == cli.EXIT_LOCKED and "in use" in one_line_error(err)
+    line = one_line_error(err)
+    assert code == cli.EXIT_LOCKED and "in use" in line, line
+    assert f"this process ({os.getpid()})" in line and "exclusive=True" in line
 
 
 @pytest.mark.parametrize("command", ["dump", "verify", "compact"])

@@ -95,7 +95,9 @@ def _observable(q, job_id):
 
 def test_copy_local_to_postgres_and_back(pg_server, pg_schema, tmp_path, capsys):
     src = tmp_path / "src"
-    with aurora_log.open(src, reaper_interval=None) as q:
+    # exclusive=True: its close leaves the running job RUNNING, as a worker that died
+    # would (a default-mode close hands its RUNNING jobs back)
+    with aurora_log.open(src, reaper_interval=None, exclusive=True) as q:
         ids = _fill(q)
         want = {name: _observable(q, i) for name, i in ids.items()}
     code, out, _ = run(capsys, "copy", src, pg_server.dsn, "--dst-schema", pg_schema)

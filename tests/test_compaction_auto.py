@@ -25,7 +25,10 @@ def _wait_for(cond, limit=60.0):
 
 
 def test_size_bound_triggers_background_compaction(store_dir):
-    q = _open(store_dir, auto_compact=True, compact_wal_bytes=64 << 10, compact_factor=None)
+    # exclusive=True: compares fingerprints (with the last LSN) across a reopen, which the
+    # default mode's ATTACH/DETACH records move (and its close hands RUNNING jobs back)
+    q = _open(store_dir, auto_compact=True, compact_wal_bytes=64 << 10, compact_factor=None,
+              exclusive=True)
     assert q._compactor._thread is not None
     q.enqueue_many([Job("t", {"i": i, "pad": "p" * 80}) for i in range(1500)])
     assert _wait_for(lambda: S.list_snapshots(store_dir / "snap"))
@@ -33,7 +36,7 @@ def test_size_bound_triggers_background_compaction(store_dir):
     assert q._compactor.wal_since() < 64 << 10 or q._compactor.due()
     fp = q._state.fingerprint()
     q.close()
-    q = _open(store_dir)
+    q = _open(store_dir, exclusive=True)
     assert q.snapshot_report.lsn > 0 and q._state.fingerprint() == fp
     q.close()
 
@@ -78,7 +81,9 @@ def test_on_progress_reports_done_and_total(store_dir):
 def test_compaction_racing_live_operations(store_dir):
     """Producers and workers run while compactions capture the state: every snapshot is
     the state at its LSN, so reopening (snapshot + tail) gives exactly the live state."""
-    q = _open(store_dir, retain_seconds=None, retain_count=None)
+    # exclusive=True: compares fingerprints (with the last LSN) across a reopen, which the
+    # default mode's ATTACH/DETACH records move (and its close hands RUNNING jobs back)
+    q = _open(store_dir, retain_seconds=None, retain_count=None, exclusive=True)
     q.enqueue_many([Job("t", {"i": i}) for i in range(1000)], durable=False)
     stop = threading.Event()
     errors = []

@@ -22,8 +22,12 @@ T0 = 1_700_000_000.0
 
 
 def _open(d, **kw):
+    # exclusive=True: the kills and power cuts are injected at the exclusive writer's
+    # syscalls (testing/faults.py) and the reopened fingerprint (with its last LSN) is
+    # compared with the live one; the default mode adds ATTACH/DETACH records on every
+    # reopen. Shared mode killed mid-compaction: test_multiprocess.py
     return aurora_log.open(d, clock=lambda: T0, reaper_interval=None, durability="sync",
-                           segment_bytes=8192, auto_compact=False, **kw)
+                           segment_bytes=8192, auto_compact=False, exclusive=True, **kw)
 
 
 def _work(q, n, tag):

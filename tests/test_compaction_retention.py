@@ -45,8 +45,10 @@ def _purge_records(d):
 
 
 def test_time_and_count_limits_exactly(store_dir):
+    # exclusive=True: compares fingerprints (with the last LSN) across a reopen, which the
+    # default mode's ATTACH/DETACH records move (and its close hands RUNNING jobs back)
     clock = Clock()
-    q = _open(store_dir, clock, retain_seconds=120, retain_count=5)
+    q = _open(store_dir, clock, retain_seconds=120, retain_count=5, exclusive=True)
     done = _finish(q, clock, "complete", 8) + _finish(q, clock, "cancel", 4)
     dead = _finish(q, clock, "dead", 3)
     pending = q.enqueue(Job(job_type="p", payload={}))
@@ -69,7 +71,7 @@ def test_time_and_count_limits_exactly(store_dir):
     q.close()
     (p,) = _purge_records(store_dir)
     assert set(p.ids) == expect_gone and p.at_ms == round(now * 1000)
-    q = _open(store_dir, clock)
+    q = _open(store_dir, clock, exclusive=True)
     assert q._state.fingerprint() == fp
     q.close()
 
@@ -107,8 +109,10 @@ def test_defaults_24h_and_100k(store_dir):
 
 
 def test_purge_by_status_and_age_then_compaction(store_dir):
+    # exclusive=True: compares fingerprints (with the last LSN) across a reopen, which the
+    # default mode's ATTACH/DETACH records move (and its close hands RUNNING jobs back)
     clock = Clock()
-    q = _open(store_dir, clock, retain_seconds=None, retain_count=None)
+    q = _open(store_dir, clock, retain_seconds=None, retain_count=None, exclusive=True)
     dead = _finish(q, clock, "dead", 3, step=100)
     comp = _finish(q, clock, "complete", 2, step=100)
     clock.t += 50
@@ -124,6 +128,6 @@ def test_purge_by_status_and_age_then_compaction(store_dir):
     fp = q._state.fingerprint()
     q.close()
     assert len(_purge_records(store_dir)) == 2
-    q = _open(store_dir, clock)
+    q = _open(store_dir, clock, exclusive=True)
     assert q._state.fingerprint() == fp and len(q._state.jobs) == 1
     q.close()

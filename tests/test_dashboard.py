@@ -290,17 +290,18 @@ def test_live_partial_is_the_page_body_only(store):
 
 HOLDER = textwrap.dedent("""
     import sys, aurora_log
-    q = aurora_log.open(sys.argv[1])
+    q = aurora_log.open(sys.argv[1], exclusive=sys.argv[2] == "exclusive")
     print("locked", flush=True)
     sys.stdin.read()
     q.close()
 """)
 
 
-def test_directory_dashboard_beside_a_process_that_holds_the_lock(store_dir):
+@pytest.mark.parametrize("mode", ["exclusive", "default"])
+def test_directory_dashboard_beside_a_process_that_holds_the_store(store_dir, mode):
     with aurora_log.open(store_dir, reaper_interval=None) as q:
         ids = fill(q)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store_dir)],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store_dir), mode],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -310,12 +311,17 @@ def test_directory_dashboard_beside_a_process_that_holds_the_lock(store_dir):
             assert 'id="count-dead_letter">1<' in html and "read-only here" in html
             token = csrf_of(c)
             r = c.post(f"/jobs/{ids['dead']}/retry", data={"csrf": token})
-            assert r.status_code == 409 and "locked by another process" in r.text
+            if mode == "exclusive":     # only the single-owner mode refuses the action
+                assert r.status_code == 409 and "opened it with exclusive=True" in r.text
+                assert f"process {holder.pid}" in r.text
+            else:                       # beside a default-mode process: it just works
+                assert r.status_code in (200, 303), r.text
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+    want = JobStatus.DEAD_LETTER if mode == "exclusive" else JobStatus.PENDING
     with aurora_log.open(store_dir, read_only=True) as q:
-        assert q.get(ids["dead"]).status is JobStatus.DEAD_LETTER
+        assert q.get(ids["dead"]).status is want
 
 
 def test_directory_dashboard_acts_when_the_store_is_free_and_sees_other_writers(store_dir):

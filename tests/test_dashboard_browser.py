@@ -62,8 +62,10 @@ def build_store(path: Path) -> dict[str, str]:
     """An hour of activity (a clock walked minute by minute), then one job per status."""
     now = time.time()
     t = [now - 3600]
+    # exclusive=True: its close leaves the running job RUNNING, as a worker that died
+    # would (a default-mode close hands its RUNNING jobs back)
     with aurora_log.open(path, reaper_interval=None, durability="os",
-                         clock=lambda: t[0]) as q:
+                         clock=lambda: t[0], exclusive=True) as q:
         for minute in range(60):
             t[0] = now - 3600 + minute * 60
             batch = q.enqueue_many([Job("resize", {"img": f"{minute}-{n}.png"}, queue="images")

@@ -25,21 +25,31 @@ SMALL = 4096          # the smallest segment: rolls every few records
 
 
 def _open(path, **kw):
+    # exclusive=True: these tests count LSNs record by record; the default mode's
+    # ATTACH/DETACH records (which a follower yields too, as "attach"/"detach") add some.
+    # The first test runs in both modes.
+    kw.setdefault("exclusive", True)
     kw.setdefault("reaper_interval", None)
     kw.setdefault("durability", "os")
     kw.setdefault("auto_compact", False)
     return aurora_log.open(path, **kw)
 
 
-def test_follow_yields_each_transition_typed(store_dir):
-    with _open(store_dir) as q:
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_follow_yields_each_transition_typed(store_dir, exclusive):
+    with _open(store_dir, exclusive=exclusive) as q:
         jid = q.enqueue(Job("email", {"to": "a"}))
         j = q.claim("w1")
         q.complete(j.id, j.token, {"ok": 1})
         q.flush()
         entries = list(q.follow(wait=False))
+    if not exclusive:       # the default mode: this process's ATTACH comes first
+        attach = entries.pop(0)
+        assert attach.type == "attach" and attach.lsn == 1 and attach.job_id is None
+        assert attach.fields["pid"] == os.getpid()
+    first = 1 if exclusive else 2
     assert [e.type for e in entries] == ["enqueue", "claim", "complete"]
-    assert [e.lsn for e in entries] == [1, 2, 3]
+    assert [e.lsn for e in entries] == [first, first + 1, first + 2]
     assert {e.job_id for e in entries} == {jid}
     assert entries[0].fields["payload"] == {"to": "a"}
     assert entries[0].fields["job_type"] == "email"
@@ -146,6 +156,7 @@ def test_follow_beside_a_writer_in_another_process(store_dir):
         "import sys, aurora_log\n"
         "from aurora_log.job import Job\n"
         "q = aurora_log.open(sys.argv[1], reaper_interval=None, segment_bytes=4096,\n"
+        "                    exclusive=True,  # LSNs counted: no ATTACH/DETACH\n"
         "                    auto_compact=False)\n"
         "for i in range(200):\n"
         "    q.enqueue(Job('t', {'i': i}))\n"

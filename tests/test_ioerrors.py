@@ -52,9 +52,14 @@ def _job(i: int) -> Job:
                max_retries=1)
 
 
-def _open(store):
+def _open(store, exclusive=True):
+    # exclusive=True: the faults are injected into the exclusive C writer's syscalls and
+    # the checks are its failure contract (which waiter gets DurabilityError when, which
+    # files exist on a full disk); the shared mode's failed-fdatasync path (the page's
+    # `failed` word): tests/test_shm.py
     return aurora_log.open(store, clock=Clock(T0), reaper_interval=None, segment_bytes=SEG,
-                           retry_base=0.0, retry_cap=0.0, auto_compact=False)
+                           retry_base=0.0, retry_cap=0.0, auto_compact=False,
+                           exclusive=exclusive)
 
 
 def _seed_store(store):
@@ -258,7 +263,7 @@ def test_fail_every_nth_call(tmp_path, err, compact):
 # ------------------------------------------------------------------ a failed fdatasync
 # under concurrent committers (group commit): no waiter of the failed batch acknowledged
 
-def _threaded_commit_run(root, k: int | None, threads=4, per_thread=25):
+def _threaded_commit_run(root, k: int | None, threads=4, per_thread=25, exclusive=True):
     """4 threads enqueue concurrently (group commit) while every syscall is recorded and
     (if k) the k-th fdatasync of a segment fails. Returns (recorder, acks, point_before_close)."""
     import threading
@@ -270,7 +275,7 @@ def _threaded_commit_run(root, k: int | None, threads=4, per_thread=25):
     lock = threading.Lock()
     with faults.installed(faults.Chain(*hooks)):
         try:
-            q = _open(root / "store")
+            q = _open(root / "store", exclusive)
         except DurabilityError as e:          # the k-th fdatasync was the writer's first
             return rec, [], [("open", e)], rec.done, True
         start = threading.Barrier(threads)
@@ -302,21 +307,24 @@ def _threaded_commit_run(root, k: int | None, threads=4, per_thread=25):
     return rec, acks, errors, before_close, failed
 
 
-def test_failed_fdatasync_acknowledges_no_waiter(tmp_path):
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_failed_fdatasync_acknowledges_no_waiter(tmp_path, exclusive):
     """For every k: fail the k-th segment fdatasync under 4 concurrent committers. Rebuild
     the disk as a power cut right after the run would leave it (only what an fdatasync that
     RETURNED 0 covered survives; the failed one made nothing durable) and recover: every
     acknowledged enqueue must be there - so no waiter whose batch rode the failed
     fdatasync was acknowledged - and nothing is acknowledged after the failure."""
     from crashsim import DiskModel, materialize
-    clean_rec, acks, errors, _, _ = _threaded_commit_run(tmp_path / "clean", None)
+    clean_rec, acks, errors, _, _ = _threaded_commit_run(tmp_path / "clean", None,
+                                                         exclusive=exclusive)
     assert not errors and len(acks) == 100
     n_sync = sum(1 for op in clean_rec.ops if op.name == "fdatasync" and ".seg" in op.path)
     assert n_sync >= 5
     problems, cases, raised = [], 0, 0
     for k in range(1, n_sync + 1):
         root = tmp_path / f"k{k}"
-        rec, acks, errors, before_close, failed = _threaded_commit_run(root, k)
+        rec, acks, errors, before_close, failed = _threaded_commit_run(root, k,
+                                                                       exclusive=exclusive)
         raised += len(errors)
         fail_at = next((i + 1 for i, op in enumerate(rec.ops)
                         if op.name == "fdatasync" and op.errno), None)

@@ -323,7 +323,10 @@ def test_power_cuts_at_every_syscall_of_the_rolls_workload_with_spares(tmp_path,
                                         rolls)
     work = fast_dir(tmp_path)
     try:
-        rc = record(work / "rec", rolls, durability="sync", seed=13, segment_bytes=4096)
+        # exclusive=True: spare segments belong to the exclusive writer (the default
+        # shared mode creates each segment inline under its append lock)
+        rc = record(work / "rec", rolls, durability="sync", seed=13, segment_bytes=4096,
+                    exclusive=True)
         names = [(op.name, os.path.basename(op.path or "")) for op in rc.rec.ops]
         assert names.count(("rename", SPARE)) >= 2, "rolls did not go through spares"
         from crashsim import crash_images

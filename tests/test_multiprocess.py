@@ -23,7 +23,7 @@ from aurora_log.local import sharedlog
 from aurora_log.local._binding import lib
 
 CTX = mp.get_context("fork")
-FAST = dict(shared=True, reaper_interval=0.1, auto_compact=False)
+FAST = dict(reaper_interval=0.1, auto_compact=False)     # the default mode: shared
 
 
 def _run(target, *args) -> mp.Process:
@@ -78,7 +78,7 @@ def _worker(path, tag, stop_after_idle, out):
 
 
 def _racer(path, barrier, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     barrier.wait()
     job = q.claim("racer", wait=20)
     out.put((os.getpid(), None if job is None else job.id))
@@ -109,7 +109,7 @@ def _die_holding_lock_mid_write(path, out):
 
 
 def _die_mid_roll(path, where, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False,
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False,
                         segment_bytes=8192)
     real_open, real_is_file = sharedlog.SharedLog._open_segment, sharedlog.is_file
 
@@ -134,21 +134,26 @@ def _die_mid_roll(path, where, out):
 
 
 def _die_mid_compaction(path, out):
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     q.compact(on_progress=lambda done, total: (out.put("compacting"), time.sleep(0.3),
                                                os.kill(os.getpid(), signal.SIGKILL)))
 
 
-def _forked_child_uses_parent_queue(q, path, out):
+def _forked_child_uses_parent_queue(q, parent_attach, out):
+    """In a child forked with the parent's queue open: use it (it re-attaches on first
+    use) and report what it is attached as."""
     try:
-        q.enqueue(Job("t", {}))
-        out.put("no error")
-    except ForkedError as e:
-        out.put(f"forked: {e}")
-    q2 = aurora_log.open(path, **FAST)      # its own handle works
-    out.put(q2.enqueue(Job("t", {"from": "child"})))
-    q2.close()
-    q.close()                              # closes only the child's copies
+        seen = sorted(j.id for j in q.list(limit=100))          # the first use: a read
+        child_job = q.enqueue(Job("t", {"from": "child"}))
+        job = q.claim("child", job_types=["c"])
+        q.complete(job.id, job.token, {"by": os.getpid()})
+        import threading
+        threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("aurora"))
+        out.put(("ok", seen, child_job, job.id, q._liveness.attach_lsn, q._pid == os.getpid(),
+                 threads))
+        q.close()
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        out.put(("error", repr(e)))
 
 
 # ------------------------------------------------------------------ tests
@@ -257,7 +262,7 @@ def test_killed_holding_the_append_lock_mid_write(tmp_path):
 @pytest.mark.parametrize("where", ["before_create", "after_seal"])
 def test_killed_mid_roll(tmp_path, where):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=8192)
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=8192)
     aurora_log.open(path, **opts).close()
     out = CTX.Queue()
     p = _run(_die_mid_roll, path, where, out)
@@ -285,12 +290,11 @@ def test_killed_mid_compaction(tmp_path):
         assert out.get(timeout=30) == "compacting"
         # the others go on while it compacts (and after it died)
         q.enqueue(Job("t", {"during": True}))
-        with pytest.raises(LockedError):
-            q.compact()                     # one compactor at a time, never waited for
+        with pytest.raises(LockedError):     # one compactor at a time: the background
+            q._compactor.compact(wait=False)  # trigger skips its turn
+        res = q.compact()           # an explicit one waits: the lock dies with the other
         p.join()
-        assert p.exitcode == -signal.SIGKILL
-        res = q.compact()                   # the lock died with it
-        assert res.jobs == 201
+        assert p.exitcode == -signal.SIGKILL and res.jobs == 201
         q.enqueue(Job("t", {"after": True}))
     with aurora_log.open(path, **FAST) as q:
         assert q.stats()["total"] == 202
@@ -327,34 +331,138 @@ def test_a_damaged_page_beside_a_live_process_is_refused(tmp_path):
 
 def test_exclusive_and_shared_refuse_each_other(tmp_path):
     path = tmp_path / "s"
-    with aurora_log.open(path):                 # not shared: this process alone
-        with pytest.raises(LockedError, match="exclusive"):
-            aurora_log.open(path, shared=True)
-    with aurora_log.open(path, shared=True):
-        with pytest.raises(LockedError):
+    with aurora_log.open(path, exclusive=True):            # this process alone
+        with pytest.raises(LockedError, match="exclusive=True") as e:
             aurora_log.open(path)
-        with aurora_log.open(path, shared=True) as other:     # shared beside shared
+        # the message names the holder and what to do
+        assert f"this process ({os.getpid()})" in str(e.value)
+        assert "without exclusive=True" in str(e.value) and "read_only=True" in str(e.value)
+        with aurora_log.open(path, read_only=True) as ro:   # readers work beside it
+            assert ro.stats()["total"] == 0
+    with aurora_log.open(path):                            # the default: shared
+        with pytest.raises(LockedError, match="shared mode") as e:
+            aurora_log.open(path, exclusive=True)
+        assert f"this process ({os.getpid()})" in str(e.value)
+        assert "without exclusive=True" in str(e.value)
+        with aurora_log.open(path, shared=True) as other:   # the default spelled out
             other.enqueue(Job("t", {}))
+        with aurora_log.open(path, read_only=True) as ro:
+            assert ro.stats()["total"] == 1
 
 
-def test_fork_after_open(tmp_path):
-    path = str(tmp_path / "s")
-    q = aurora_log.open(path, **FAST)
+HOLDER = """
+import sys, aurora_log
+q = aurora_log.open(sys.argv[1], exclusive=sys.argv[2] == "exclusive", reaper_interval=None)
+print("open", flush=True)
+sys.stdin.read()
+q.close()
+"""
+
+
+@pytest.mark.parametrize("holder_mode", ["exclusive", "default"])
+def test_refusal_names_the_other_process(tmp_path, holder_mode):
+    import subprocess
+    import sys
+    path = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), holder_mode],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(LockedError) as e:
+            aurora_log.open(path, exclusive=holder_mode == "default")
+        msg = str(e.value)
+        assert f"process {holder.pid} (" in msg, msg
+        if holder_mode == "exclusive":
+            assert "which opened it with exclusive=True" in msg
+        else:
+            assert "default shared mode" in msg and "exclusive=True needs the store alone" in msg
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    with aurora_log.open(path, exclusive=holder_mode == "default", reaper_interval=None):
+        pass                                               # free again once it closed
+
+
+def _check_forked_use(q, tmp_path, start_child) -> None:
     jid = q.enqueue(Job("t", {}))
+    cjob = q.enqueue(Job("c", {}))
+    q.stats()                                   # folded here before the fork
     out = CTX.Queue()
-    p = _run(_forked_child_uses_parent_queue, q, path, out)
-    msg = out.get(timeout=30)
-    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
-    child_job = out.get(timeout=30)
-    _join_ok(p)
-    # the child closed only its copies: the parent's liveness lock and page lock stand
+    wait_child = start_child(q, out)
+    reply = out.get(timeout=60)
+    assert reply[0] == "ok", reply
+    _, seen, child_job, claimed, child_attach, own_pid, threads = reply
+    wait_child()
+    assert seen == sorted([jid, cjob])          # the child saw the parent's jobs
+    assert claimed == cjob and own_pid
+    assert child_attach != q._liveness.attach_lsn            # a liveness file of its own
+    assert "aurora-log-reaper" in threads                   # threads of its own
+    # the child never touched the parent's locks: the parent's liveness lock stands, its
+    # queue keeps working and sees the child's writes
     from aurora_log.local.liveness import Liveness
     own = tmp_path / "s" / "procs" / f"{q._liveness.attach_lsn:020d}.live"
     assert own.exists() and not Liveness._unlocked(own)
-    assert q.get(child_job) is not None       # the parent sees the child's enqueue
+    assert q.get(child_job) is not None
+    assert q.get(cjob).status is JobStatus.COMPLETED
+    kinds = [t.kind for t in q.history(cjob)]
+    assert kinds == ["enqueue", "claim", "complete"]
     job = q.claim("parent")
     assert job.id == jid
     q.complete(job.id, job.token)
+    q.close()
+
+
+def test_fork_after_open_reattaches_through_os_fork(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), **FAST)
+
+    def start(q, out):
+        pid = os.fork()
+        if pid == 0:                            # the child: use the inherited queue
+            code = 1
+            try:
+                _forked_child_uses_parent_queue(q, None, out)
+                out.close()
+                out.join_thread()
+                code = 0
+            finally:
+                os._exit(code)
+
+        def wait():
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        return wait
+
+    _check_forked_use(q, tmp_path, start)
+
+
+def test_fork_after_open_reattaches_in_multiprocessing(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), **FAST)
+
+    def start(q, out):
+        p = _run(_forked_child_uses_parent_queue, q, None, out)    # fork context
+        return lambda: _join_ok(p)
+
+    _check_forked_use(q, tmp_path, start)
+
+
+def _child_uses_exclusive_queue(q, out):
+    try:
+        q.stats()
+        out.put("no error")
+    except ForkedError as e:
+        out.put(f"forked: {e}")
+
+
+def test_fork_of_an_exclusive_queue_says_what_to_do(tmp_path):
+    q = aurora_log.open(str(tmp_path / "s"), exclusive=True, reaper_interval=None)
+    q.enqueue(Job("t", {}))
+    out = CTX.Queue()
+    p = _run(_child_uses_exclusive_queue, q, out)
+    msg = out.get(timeout=30)
+    _join_ok(p)
+    assert msg.startswith("forked: ") and "aurora_log.open(path) after the fork" in msg, msg
+    assert "exclusive=True" in msg
+    assert q.stats()["total"] == 1              # the parent's queue keeps working
     q.close()
 
 
@@ -388,7 +496,7 @@ def test_roll_across_processes_with_small_segments(tmp_path):
 
 def test_retirement_never_passes_a_live_process_fold(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096,
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=4096,
                 retain_seconds=None, retain_count=None)
     a = aurora_log.open(path, **opts)
     b = aurora_log.open(path, **opts)          # folds nothing until it reads
@@ -413,7 +521,7 @@ def test_retirement_never_passes_a_live_process_fold(tmp_path):
 
 def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False, segment_bytes=4096)
+    opts = dict(reaper_interval=None, auto_compact=False, segment_bytes=4096)
     with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
         a.enqueue(Job("t", {}))
         ids = b.enqueue_many([Job("t", {"i": i, "pad": "q" * 200}) for i in range(40)])
@@ -425,7 +533,7 @@ def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path):
 
 def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False)
+    opts = dict(reaper_interval=None, auto_compact=False)
     with aurora_log.open(path, **opts) as a, aurora_log.open(path, **opts) as b:
         a.enqueue_many([Job("t", {"i": i}) for i in range(5)])
         before = b._cursor
@@ -443,7 +551,7 @@ def test_plain_enqueues_skip_the_catch_up_and_chosen_ids_do_not(tmp_path):
 
 def test_interval_mode_syncs_in_the_background(tmp_path):
     path = str(tmp_path / "s")
-    opts = dict(shared=True, reaper_interval=None, auto_compact=False,
+    opts = dict(reaper_interval=None, auto_compact=False,
                 durability="interval", interval_ms=20)
     with aurora_log.open(path, **opts) as q:
         s0 = q.log.stats()["fdatasyncs"]

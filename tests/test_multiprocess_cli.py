@@ -25,7 +25,7 @@ APP = textwrap.dedent('''
     from aurora_log.runtime import tasks
 
     MARKS = Path(os.environ["MP_MARKS"])
-    q = aurora_log.open(os.environ["MP_STORE"], shared=True, retry_base=0.05,
+    q = aurora_log.open(os.environ["MP_STORE"], retry_base=0.05,   # the default mode
                         reaper_interval=0.2)
 
     def flaky(job):
@@ -70,7 +70,7 @@ def test_cli_retry_and_cancel_beside_two_running_workers(tmp_path):
                                 cwd=tmp_path, env=env, stdout=log, stderr=log)
                for _ in range(2)]
     try:
-        with aurora_log.open(store, shared=True, reaper_interval=None) as q:
+        with aurora_log.open(store, reaper_interval=None) as q:
             # both workers attached (each holds its liveness file), then the jobs
             _wait(lambda: len(list((store / "procs").glob("*.live"))) == 3)
             dead = q.enqueue(Job("flaky", {}, max_retries=0))

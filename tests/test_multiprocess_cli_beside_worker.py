@@ -24,10 +24,9 @@ APP = textwrap.dedent('''
     import os, time
     from pathlib import Path
     import aurora_log
-    from mp_support import shared_options
 
     MARKS = Path(os.environ["MP_MARKS"])
-    q = aurora_log.open(os.environ["MP_STORE"], reaper_interval=0.2, **shared_options())
+    q = aurora_log.open(os.environ["MP_STORE"], reaper_interval=0.2)   # the default mode
 
     def boom(job):
         (MARKS / f"boom-{job.id}-{job.retry_count}-{time.monotonic_ns()}").touch()

@@ -60,17 +60,21 @@ def job(job_type="t", **kw):
 
 # ------------------------------------------------------------------ crash recovery
 
-def test_running_jobs_of_a_dead_process_return_on_one_reopen(opener, clock):
-    q = opener()
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_running_jobs_of_a_dead_process_return_on_one_reopen(opener, clock, exclusive):
+    q = opener(exclusive=exclusive)
     jid = q.enqueue(job(max_retries=3))
     q.claim("w")
     q.close()                               # as if the process died with the job running
-    q2 = opener()
-    assert q2.recovered == 1
+    q2 = opener(exclusive=exclusive)
+    if exclusive:                           # the reopen recovers what the owner left
+        assert q.returned_on_close == 0 and q2.recovered == 1
+    else:                                   # shared: the closing process hands it back
+        assert q.returned_on_close == 1 and q2.recovered == 0
     j = q2.get(jid)
     assert j.status is JobStatus.PENDING and j.retry_count == 1 and j.error == "process died"
     q2.close()
-    q3 = opener()                           # nothing left to recover
+    q3 = opener(exclusive=exclusive)        # nothing left to recover
     assert q3.recovered == 0 and q3.get(jid).status is JobStatus.PENDING
 
 
@@ -97,20 +101,45 @@ def test_a_job_that_kills_its_process_ends_in_dead_letter(opener, clock):
 # ------------------------------------------------------------------ lifecycle
 
 def test_context_manager_and_lock(opener, store_dir):
-    with opener() as q:
+    # exclusive=True: the single-owner mode's lock (the default shares the store)
+    with opener(exclusive=True) as q:
         q.enqueue(job())
         with pytest.raises(LockedError):
             aurora_log.open(store_dir)
+        with pytest.raises(LockedError):
+            aurora_log.open(store_dir, exclusive=True)
     with opener() as q:
         assert q.stats()["pending"] == 1
+        with aurora_log.open(store_dir, reaper_interval=None) as other:   # the default
+            assert other.stats()["pending"] == 1
+    assert q.closed and other.closed
 
 
-def test_read_only_refuses_writes(opener):
-    q = opener()
+def test_mode_options_are_checked(store_dir):
+    for bad in ({"exclusive": 1}, {"shared": "yes"}):
+        with pytest.raises(TypeError):
+            aurora_log.open(store_dir, **bad)
+    for contradiction in ({"exclusive": True, "shared": True},
+                          {"exclusive": False, "shared": False}):
+        with pytest.raises(ValueError, match="contradict"):
+            aurora_log.open(store_dir, **contradiction)
+    assert not (store_dir / "wal").exists()          # refused before anything was created
+    with aurora_log.open(store_dir, shared=False, reaper_interval=None) as q:   # = exclusive
+        assert not q._shared
+        with pytest.raises(LockedError, match="exclusive=True"):
+            aurora_log.open(store_dir, shared=True)
+    with aurora_log.open(store_dir, shared=True, reaper_interval=None) as q:    # the default
+        assert q._shared
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_read_only_refuses_writes(opener, exclusive):
+    q = opener(exclusive=exclusive)
     jid = q.enqueue(job())
     q.claim("w")
-    q.close()
-    ro = opener(read_only=True)
+    if exclusive:
+        q.close()       # its RUNNING job stays for the next writable open to recover
+    ro = opener(read_only=True)     # beside the shared writer, or after the exclusive one
     assert ro.get(jid).status is JobStatus.RUNNING     # no recovery in read-only mode
     with pytest.raises(ReadOnlyError):
         ro.enqueue(job())
@@ -254,3 +283,26 @@ def test_a_compaction_capture_sees_every_job_the_one_record_paths_touch(opener, 
     assert ids[3] not in (a.id, b.id, c.id)
     assert [q.get(j).status for j in (a.id, b.id, c.id)] == \
         [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING]
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_one_fresh_job_object_enqueued_twice_is_a_duplicate(opener, exclusive):
+    """A Job's drawn id lets the default mode skip the catch-up on enqueue; enqueuing the
+    same object (or a copy) again must still be refused, as the exclusive mode does."""
+    import copy
+    q = opener(exclusive=exclusive)
+    j = job()
+    q.enqueue(j)
+    lsn = q.stats()["last_lsn"]
+    for again in (j, copy.copy(j), copy.deepcopy(j), j.copy()):
+        with pytest.raises(ValueError, match="already exists"):
+            q.enqueue(again)
+    k = job()
+    with pytest.raises(ValueError, match="already exists"):
+        q.enqueue_many([k, k])
+    fresh = job()
+    twin = copy.copy(fresh)                  # neither enqueued yet: only one may be
+    q.enqueue(fresh)
+    with pytest.raises(ValueError, match="already exists"):
+        q.enqueue(twin)
+    assert q.stats()["last_lsn"] == lsn + 1 and q.stats()["total"] == 2

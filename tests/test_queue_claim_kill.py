@@ -52,8 +52,10 @@ def test_claims_are_written_but_not_fdatasynced_in_sync_mode(store_dir):
     """The claim's write-through is a write() only: a full fdatasync per claim would halve
     durable claim+complete throughput, and process death does not need it. (A long
     interval keeps the background timer, which fdatasyncs written records, out of it.)"""
+    # exclusive=True: counts the exclusive C writer's writes and fdatasyncs (a default-mode
+    # claim is written under the append lock and not synced either)
     with aurora_log.open(store_dir, reaper_interval=None, segment_bytes=1 << 20,
-                         interval_ms=60_000) as q:
+                         interval_ms=60_000, exclusive=True) as q:
         q.enqueue_many([Job.new("work") for _ in range(50)])
         before = q.log.stats()
         for _ in range(50):

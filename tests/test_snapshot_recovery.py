@@ -17,6 +17,9 @@ T0 = 1_700_000_000.0
 
 
 def _open(d, clock, **kw):
+    # exclusive=True: snapshot + tail is compared with the live fingerprint (with its last
+    # LSN) across reopens, which the default mode's ATTACH/DETACH records move
+    kw.setdefault("exclusive", True)
     kw.setdefault("auto_compact", False)
     return aurora_log.open(d, clock=clock, reaper_interval=None, durability="os",
                            segment_bytes=8192, **kw)
@@ -83,6 +86,7 @@ def test_snapshot_plus_tail_equals_full_replay(store_dir):
     clock = Clock()
     # one big segment: nothing gets retired, so the full log is there to compare with
     q = aurora_log.open(store_dir, clock=clock, reaper_interval=None, durability="os",
+                        exclusive=True,       # see _open
                         auto_compact=False, segment_bytes=1 << 20)
     for k in range(3):
         _work(q, clock, 50, k)
@@ -169,6 +173,7 @@ def test_all_snapshots_deleted_and_log_not_at_1_is_an_error(store):
 def test_bad_snapshot_with_full_log_replays_everything(store_dir):
     clock = Clock()
     q = aurora_log.open(store_dir, clock=clock, reaper_interval=None, durability="os",
+                        exclusive=True,       # see _open
                         auto_compact=False, segment_bytes=1 << 20)
     _work(q, clock, 40, 0)
     q.compact()

@@ -459,7 +459,8 @@ def test_version_1_files_still_load_the_same_state():
 
 def test_queue_reopens_lazily_and_matches_a_full_replay(tmp_path):
     d = tmp_path / "q"
-    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
+    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None,
+                        exclusive=True)   # fingerprints with the last LSN across reopens
     ids = q.enqueue_many([Job("email", {"i": i}, priority=1 + i % 4) for i in range(500)])
     j = q.claim("w")
     q.complete(j.id, j.token)
@@ -467,7 +468,8 @@ def test_queue_reopens_lazily_and_matches_a_full_replay(tmp_path):
     q.enqueue(Job("email", {"i": -1}))
     q.compact()                       # two snapshots: the WAL before the older one retires
     q.close()
-    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
+    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None,
+                        exclusive=True)   # fingerprints with the last LSN across reopens
     assert type(q._state.jobs) is LazyJobs
     claimed = [q.claim("w") for _ in range(5)]
     for c in claimed:
@@ -481,14 +483,16 @@ def test_queue_reopens_lazily_and_matches_a_full_replay(tmp_path):
     assert res.jobs == 502 and type(q._state.jobs) is dict
     fp = q._state.fingerprint()
     q.close()
-    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
+    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None,
+                        exclusive=True)   # fingerprints with the last LSN across reopens
     assert q._state.fingerprint() == fp
     q.close()
 
 
 def test_a_version_1_snapshot_in_a_store_still_opens(tmp_path):
     d = tmp_path / "q"
-    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
+    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None,
+                        exclusive=True)   # fingerprints with the last LSN across reopens
     q.enqueue_many([Job("email", {"i": i}) for i in range(50)])
     q.compact()
     q.enqueue(Job("email", {"i": 50}))
@@ -498,7 +502,8 @@ def test_a_version_1_snapshot_in_a_store_still_opens(tmp_path):
     info, st_ = S.load_snapshot(res.path)
     from aurora_log.local.log import write_file_durably
     write_file_durably(res.path, S.encode_snapshot(st_.export(), info.lsn, info.max_at_ms))
-    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None)
+    q = aurora_log.open(d, durability="os", auto_compact=False, reaper_interval=None,
+                        exclusive=True)   # fingerprints with the last LSN across reopens
     assert q.snapshot_report.lsn == info.lsn and not q.snapshot_report.problems
     assert type(q._state.jobs) is dict and q._state.fingerprint() == fp
     q.close()

@@ -189,8 +189,10 @@ def test_async_handlers_and_follow_up_jobs_survive_crashes(tmp_path):
 
 
 def test_the_queues_own_check_catches_a_recovery_that_loses_an_attempt(tmp_path, monkeypatch):
-    # a broken recovery: jobs of the dead process stay RUNNING (never redelivered)
-    monkeypatch.setattr(aurora_log.Queue, "_recover_running", lambda self: 0)
+    # a broken recovery: jobs of the dead process stay RUNNING (never redelivered); both
+    # modes plan it here (an exclusive reopen; a shared close or a noticer of a death)
+    from aurora_log.local.state import State
+    monkeypatch.setattr(State, "plan_recover", lambda self, *a, **k: [])
     with pytest.raises(AssertionError, match="the queue's own check failed after reopening"):
         crash_test(shop(tmp_path, idempotent=True), charged_once,
                    schedules=[[CrashAt("before")]])

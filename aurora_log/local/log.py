@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import errno as _errno
+import fcntl
 import os
 import re
 import stat
@@ -25,8 +26,9 @@ from collections.abc import Iterator, Sequence
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
-from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError, LockedError,
-                     ReadOnlyError)
+from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
+                      ReadOnlyError)
+from .holders import refused_by_exclusive, refused_by_shared
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
@@ -555,9 +557,13 @@ class Log:
             raise os_error(fd, path)
         rc = lib.au_flock(fd, lib.au_lock_ex_nb())
         if rc < 0:
-            lib.au_close(fd)
             if rc in (-_errno.EWOULDBLOCK, -_errno.EAGAIN):
-                raise LockedError(f"{self.directory} is in use by another Log (lock {path})")
+                # which mode holds it: a shared lock is granted beside shared holders only
+                shared = lib.au_flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB) == 0
+                lib.au_close(fd)        # drops the probe's lock with the descriptor
+                raise (refused_by_shared if shared else refused_by_exclusive)(
+                    self.directory, path)
+            lib.au_close(fd)
             raise os_error(rc, path)
         self._lock_fd = fd
 

@@ -36,8 +36,9 @@ from ._binding import (MODES, address, check_io, ffi, lib, os_error,
                        strerror)
 from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
                   _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
-from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
-                      ForkedError, LockedError)
+from ..errors import (FORKED_HINT, AuroraLogError, ClosedError, CorruptionError,
+                      DurabilityError, ForkedError)
+from .holders import refused_by_exclusive
 
 __all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
 
@@ -137,8 +138,7 @@ class SharedLog(Log):
         if rc < 0:
             lib.au_close(fd)
             if rc in (-_errno.EWOULDBLOCK, -_errno.EAGAIN):
-                raise LockedError(f"{self.directory} is opened by an exclusive-mode process "
-                                  f"(lock {path}); open it shared there too")
+                raise refused_by_exclusive(self.directory, path)
             raise os_error(rc, path)
         self._lock_fd = fd
 
@@ -212,8 +212,7 @@ class SharedLog(Log):
         if self._closed:
             raise ClosedError("the log is closed")
         if _forks[0] != self._forks and os.getpid() != self._pid:
-            raise ForkedError("this store was opened before os.fork(); a child process must "
-                              "open the store itself (aurora_log.open in the child)")
+            raise ForkedError(FORKED_HINT)
         return self._shm
 
     def tail_hint(self) -> int:
@@ -339,6 +338,17 @@ class SharedLog(Log):
         rc = lib.au_shm_roll_begin(h)
         if rc < 0:
             raise DurabilityError(f"roll: {strerror(-rc)}", errno=-rc)
+        err = lib.au_shm_failed(h)
+        if err:
+            # a leader's fdatasync failed after our caller checked (it does not hold the
+            # append lock): the roll's own fdatasync may return 0 over pages the failed one
+            # dropped, so it must not publish a synced position (I5: nothing is
+            # acknowledged after a failed fdatasync, by any process)
+            lib.au_shm_roll_abort(h)
+            self._failed_seen, self._failed_errno = True, err
+            raise DurabilityError("the log failed earlier (an fdatasync failed in some "
+                                  "process); nothing more is acknowledged until every "
+                                  "process reopens it", errno=err)
         try:
             lib.au_shm_set_writing(h, pos_of(next_lsn, SEG_HDR))    # a roll in progress
             self._sync_or_fail(old_fd, "fdatasync before a roll")

@@ -372,7 +372,9 @@ class Compactor:
         while not self._stop.wait(interval):
             try:
                 if self.due():
-                    self.compact()
+                    self.compact(wait=False)
+            except LockedError:
+                pass        # another process is compacting now: its snapshot will do
             except Exception as e:  # noqa: BLE001 - keep it for the owner; stop on a failed log
                 self.last_error = e
                 host = self.host
@@ -380,21 +382,32 @@ class Compactor:
                     return
 
     # ---------------------------------------------------------------- compaction
-    def compact(self, on_progress: Callable[[int, int], None] | None = None) -> CompactionResult:
+    def compact(self, on_progress: Callable[[int, int], None] | None = None, *,
+                wait: bool = True) -> CompactionResult:
+        """Compact now. On a shared store one process compacts at a time: ``wait`` (an
+        explicit compaction) waits for another process's compaction to end, then runs;
+        ``wait=False`` (the background trigger) raises LockedError instead."""
         with self._mutex:
             if self.host is None:
                 raise ClosedError("the queue is closed")
             if self.lock_path is None:
                 return self._compact(on_progress)
-            # a shared store: one compactor at a time over every process (never waited
-            # for: a busy lock means another process is compacting now)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
                          0o600)
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise LockedError("another process is compacting this store now") from None
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not wait:
+                            raise LockedError("another process is compacting this store "
+                                              "now") from None
+                    # a compactor's death releases its lock: this wait is bounded by
+                    # the other compaction; a close() of this queue ends it
+                    if self.host.closed:
+                        raise ClosedError("the queue is closed")
+                    time.sleep(0.02)
                 return self._compact(on_progress)
             finally:
                 os.close(fd)

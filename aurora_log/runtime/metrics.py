@@ -9,8 +9,12 @@ Names follow Prometheus conventions (base units, ``_total`` counters):
 * ``aurora_job_duration_seconds``              histogram: claim -> complete/fail/reap
 * ``aurora_wal_bytes``                         gauge: bytes of the WAL segment files
 * ``aurora_log_next_lsn``                      gauge: the LSN the next record gets
-* ``aurora_fdatasyncs_total``                  counter: the writer's fdatasync calls
-* ``aurora_fdatasync_duration_seconds``        histogram: time in fdatasync (C writer)
+* ``aurora_fdatasyncs_total``                  counter: the log's fdatasync calls (in the
+                                               default shared mode: every process's, from
+                                               the control page)
+* ``aurora_fdatasync_duration_seconds``        histogram: time in fdatasync (the C writer of
+                                               an ``exclusive=True`` store; the shared
+                                               mode's group commit does not time them)
 
 On a PostgreSQL queue the same names apply except the WAL and fdatasync ones, which are
 omitted (there is no log file; the server's own exporter covers its WAL): the counters and

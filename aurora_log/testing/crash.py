@@ -146,9 +146,12 @@ def crash_and_reopen(q) -> int:
                          "(open_queue or the aurora_queue fixture)")
     path = q.path
     q.close()                    # written records stay, as with a killed process
+    # a shared-mode close hands its RUNNING jobs back itself (as the others would on
+    # noticing its death); an exclusive store's reopen does it
+    returned = q.returned_on_close
     q.__dict__.clear()           # the weak registry key (the object) survives
     Queue.__init__(q, path, **opts)
-    return q.recovered
+    return returned + q.recovered
 
 
 # ---------------------------------------------------------------- the invariant helper

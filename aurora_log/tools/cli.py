@@ -22,15 +22,16 @@ local store's files and refuse a DSN.
 Every flag has an environment default named AURORA_LOG_<FLAG> (for example
 AURORA_LOG_WORKERS=8, AURORA_LOG_LOG_LEVEL=debug).
 
-The writing commands (enqueue, retry, cancel, purge, compact) open the store shared
-(docs/INTERNALS.md, "Shared mode"): they work beside running workers whose code opened the
-store with ``aurora_log.open(path, shared=True)``, and several ``aurora-log worker``
-processes can serve such a store. A process that opened it without ``shared=True`` holds
-it alone: then a writing command answers "in use". The reading commands (stats, jobs,
-show, history, dump, verify) open it read-only and work beside either.
+Every command opens the store as ``aurora_log.open(path)`` does, in the default shared
+mode (docs/INTERNALS.md, "Shared mode"): the writing commands (enqueue, retry, cancel,
+purge, compact, pause, resume, limit, copy) work beside running workers, web processes and
+each other, and any number of ``aurora-log worker`` processes can serve one store. Only a
+process that opened the store with ``exclusive=True`` holds it alone: beside it a writing
+command answers "in use" (exit status 3) and names that process. The reading commands
+(stats, jobs, show, history, tail, dump, verify) open it read-only and work beside either.
 
 Errors are one line on stderr and a non-zero exit status: 1 for an error, 2 for a usage
-error, 3 when the store is held by a process that opened it without shared=True. No
+error, 3 when the store is held by a process that opened it with exclusive=True. No
 tracebacks (``--log-level debug`` logs one for an unexpected error).
 """
 
@@ -149,8 +150,12 @@ def _json_value(text: str) -> Any:
 # ------------------------------------------------------------------------ the parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="An embedded, durable background-job "
-                                "queue: run workers and inspect a store.")
+    p = argparse.ArgumentParser(
+        prog=PROG, description="An embedded, durable background-job queue: run workers and "
+        "inspect a store.",
+        epilog="Every command shares the store with running workers, web processes and other "
+        "commands (the default mode of aurora_log.open). Exit status: 0 done, 1 error, "
+        "2 usage error, 3 in use: a process opened the store with exclusive=True.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     _add(common, "-v", "--verbose", action="count", default=0,
@@ -343,8 +348,9 @@ def _local_only(target: str, what: str) -> None:
 
 def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_log"):
     """Open an existing store for a one-shot command. Reading commands open it read_only
-    (no lock; they see what running workers have written); writing commands open it
-    shared, and fail with exit status 3 beside a process that holds it alone.
+    (no lock; they see what running workers have written); writing commands open it in
+    the default shared mode, and fail with exit status 3 only beside a process that
+    opened it with exclusive=True.
     A DSN opens that database's queue in ``schema`` (PostgreSQL has no such lock)."""
     import aurora_log
     if _is_dsn(directory):
@@ -360,13 +366,15 @@ def _open_store(directory: str, *, write: bool = False, schema: str = "aurora_lo
         with _busy(f"opening {directory} (replaying the log)"):
             if write:
                 # one command: no reaper or compactor threads of its own
-                return aurora_log.open(path, shared=True, reaper_interval=None,
-                                       auto_compact=False)
+                return aurora_log.open(path, reaper_interval=None, auto_compact=False)
             return aurora_log.open(path, read_only=True, reaper_interval=None)
-    except LockedError:
-        raise CliError(f"store {directory} is in use by another process that opened it "
-                       "without shared=True; open it shared there, or stop it first",
-                       EXIT_LOCKED) from None
+    except LockedError as exc:
+        raise CliError(_in_use(directory, exc), EXIT_LOCKED) from None
+
+
+def _in_use(target: str, exc: LockedError) -> str:
+    """The "in use" message: the store's LockedError names the holder and what to do."""
+    return f"store {target} is in use: {exc}"
 
 
 def _out(text: str = "") -> None:
@@ -494,8 +502,8 @@ def cmd_worker(args) -> int:
     try:
         module = importlib.import_module(module_name)
     except LockedError as exc:
-        raise CliError(f"importing {module_name}: its store is in use by another process "
-                       f"({exc})", EXIT_LOCKED) from None
+        raise CliError(f"importing {module_name}: its store is in use ({exc})",
+                       EXIT_LOCKED) from None
     except ImportError as exc:
         raise CliError(f"cannot import {module_name}: {exc}") from None
     except Exception as exc:            # the user's module raised while importing
@@ -544,11 +552,9 @@ def cmd_enqueue(args) -> int:
         raise CliError(f"{args.dir} is not a directory")
     import aurora_log
     try:
-        q = aurora_log.open(path, shared=True)       # enqueue may create a new store
-    except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process that opened it "
-                       "without shared=True; open it shared there, or stop it first",
-                       EXIT_LOCKED) from None
+        q = aurora_log.open(path)       # enqueue may create a new store
+    except LockedError as exc:
+        raise CliError(_in_use(args.dir, exc), EXIT_LOCKED) from None
     with q:
         job_id = q.enqueue(job)
     _out(job_id)
@@ -784,10 +790,8 @@ def cmd_dump(args) -> int:
         raise CliError(f"no store at {args.dir}: not an aurora-log directory (no wal/)")
     try:
         wal = Log.open(path, read_only=True)
-    except LockedError:
-        raise CliError(f"store {args.dir} is in use by another process that opened it "
-                       "without shared=True; open it shared there, or stop it first",
-                       EXIT_LOCKED) from None
+    except LockedError as exc:
+        raise CliError(_in_use(args.dir, exc), EXIT_LOCKED) from None
     try:
         total = max(0, wal.next_lsn - max(args.from_lsn, wal.first_lsn))
         update, done = _progress_bar(total if total > 10000 else None, "dump")
@@ -878,11 +882,9 @@ def _open_for_copy(target: str, schema: str, *, source: bool):
     if path.exists() and not path.is_dir():
         raise CliError(f"{target} is not a directory")
     try:
-        return aurora_log.open(path, shared=True, reaper_interval=None)
-    except LockedError:
-        raise CliError(f"store {target} is in use by another process that opened it "
-                       "without shared=True; open it shared there, or stop it first",
-                       EXIT_LOCKED) from None
+        return aurora_log.open(path, reaper_interval=None)
+    except LockedError as exc:
+        raise CliError(_in_use(target, exc), EXIT_LOCKED) from None
 
 
 def cmd_copy(args) -> int:

@@ -2,12 +2,13 @@
 
     python bench/xproc/queue_procs.py --procs 1,4,16 --seconds 3
 
-Each point: N forked processes, each opening the store itself with shared=True
+Each point: N forked processes, each opening the store itself (the default shared mode)
 and calling ``q.enqueue(Job(...))`` (sync durability: returns after the fdatasync that
 covers it) in a loop for the timed window. Prints enqueues/s, fdatasyncs/s (from the
 control page's counter), records per fdatasync and CPU us per enqueue (user+sys of every
-process). ``--exclusive`` adds the one-process exclusive-mode point (threads instead of
-processes) for comparison. Compare with ``bench/xproc/xproc.py --only shm`` (the bare
+process). ``--exclusive`` adds one-process points with N threads instead of processes, in
+the default mode and with ``exclusive=True`` (the single-owner mode's in-process writer),
+for comparison. Compare with ``bench/xproc/xproc.py --only shm`` (the bare
 cross-process group-commit loop) run at the same time: the disk here is shared and its
 fdatasync rate swings minute to minute.
 """
@@ -30,7 +31,7 @@ CTX = mp.get_context("fork")
 
 
 def _producer(path: str, start: float, stop: float, out) -> None:
-    q = aurora_log.open(path, shared=True, reaper_interval=None, auto_compact=False)
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
     while time.time() < start:
         time.sleep(0.001)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -66,9 +67,9 @@ def run_procs(n: int, seconds: float, root: str) -> dict:
             "rec_per_sync": total / max(syncs, 1), "cpu_us": cpu / max(total, 1) * 1e6}
 
 
-def run_exclusive(threads: int, seconds: float, root: str) -> dict:
-    path = os.path.join(root, f"x{threads}")
-    q = aurora_log.open(path, reaper_interval=None, auto_compact=False)
+def run_one_process(threads: int, seconds: float, root: str, exclusive: bool) -> dict:
+    path = os.path.join(root, f"{'x' if exclusive else 's'}{threads}")
+    q = aurora_log.open(path, reaper_interval=None, auto_compact=False, exclusive=exclusive)
     counts = [0] * threads
     stop = time.time() + seconds
 
@@ -88,7 +89,8 @@ def run_exclusive(threads: int, seconds: float, root: str) -> dict:
     q.close()
     shutil.rmtree(path, ignore_errors=True)
     total = sum(counts)
-    return {"procs": f"1 (exclusive, {threads} threads)", "enqueues_s": total / seconds,
+    mode = "exclusive" if exclusive else "shared"
+    return {"procs": f"1 ({mode}, {threads} threads)", "enqueues_s": total / seconds,
             "fdatasyncs_s": syncs / seconds, "rec_per_sync": total / max(syncs, 1),
             "cpu_us": cpu / max(total, 1) * 1e6}
 
@@ -104,8 +106,8 @@ def main() -> None:
     try:
         rows = [run_procs(int(n), args.seconds, root) for n in args.procs.split(",")]
         if args.exclusive:
-            rows += [run_exclusive(int(n), args.seconds, root)
-                     for n in args.procs.split(",")]
+            rows += [run_one_process(int(n), args.seconds, root, exclusive)
+                     for n in args.procs.split(",") for exclusive in (False, True)]
         print(f"{'processes':>28} {'enqueues/s':>11} {'fdatasyncs/s':>13} {'rec/sync':>9} "
               f"{'CPU us/op':>10}")
         for r in rows:

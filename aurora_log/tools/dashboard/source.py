@@ -4,13 +4,14 @@ Three sources:
 
 * :class:`QueueSource` -- the user mounted the dashboard in their own app and handed it
   their open Queue: reads and actions go straight to it.
-* :class:`DirectorySource` -- ``aurora-log dashboard DIR``. A store belongs to one process
-  (a running worker holds its lock), so the dashboard opens it ``read_only`` (no lock) and
-  reopens it when the WAL changed, at most every ``refresh_seconds`` -- and no sooner than
-  four times the last open took, so a big store under a busy worker is not replayed
-  back to back (a reopen replays from the newest snapshot). An action opens the
-  store writable just for that action; while another process holds the lock it raises
-  :class:`ActionsLockedError` (the UI says so) instead of waiting or crashing.
+* :class:`DirectorySource` -- ``aurora-log dashboard DIR``. The dashboard reads through a
+  ``read_only`` queue (no lock: it works beside workers in either mode) and reopens it
+  when the WAL changed, at most every ``refresh_seconds`` -- and no sooner than four times
+  the last open took, so a big store under a busy worker is not replayed back to back (a
+  reopen replays from the newest snapshot). An action opens the store in the default
+  shared mode just for that action, beside the running workers; only while a process
+  holds the store with ``exclusive=True`` it raises :class:`ActionsLockedError` (the UI
+  says so) instead of waiting or crashing.
 * :class:`PostgresSource` -- ``aurora-log dashboard postgresql://...``: a PostgresQueue the
   dashboard opens (no reaper: the workers run theirs; no migration: the schema must be
   current) and closes. The database has no single-writer lock, so reads are always fresh
@@ -145,12 +146,10 @@ class DirectorySource(StoreSource):
         with self._lock:
             try:
                 q = self._open(self.path, reaper_interval=None, auto_compact=False)
-            except LockedError:
+            except LockedError as exc:
                 raise ActionsLockedError(
-                    f"the store {self.path} is locked by another process (a running "
-                    "worker?): actions need the lock. Stop the worker, or mount the "
-                    "dashboard in the worker's process with aurora_log.dashboard.app(q)"
-                ) from None
+                    f"actions need a writable open: {exc} Or mount the dashboard in that "
+                    "process with aurora_log.dashboard.app(q)") from None
             try:
                 result = action(q)
             finally:
