@@ -120,6 +120,21 @@ int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
                                  uint32_t max_record);
 
+/* ---- the id index of a snapshot's base jobs (native/idindex.c) ---- */
+/* Fill `table` (mask + 1 u32 slots, a power of two >= 2n) with the ranks of the n ids at
+ * ids + k * stride (width bytes each). -1: done; k >= 0: id k repeats an earlier one;
+ * -2: bad sizes. */
+int64_t au_idx_build(const uint8_t *ids, uint64_t n, uint32_t stride, uint32_t width,
+                     uint32_t *table, uint64_t mask);
+/* The rank of the id `key` (width bytes), or -1. */
+int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
+                    const uint32_t *table, uint64_t mask, const uint8_t *key);
+/* The 16 bytes of a canonical UUID string (lowercase 8-4-4-4-12 hex): 0, else -1. */
+int au_uuid_parse(const char *s, size_t len, uint8_t *out);
+/* au_idx_find over 16-byte ids for the canonical UUID string s (-1 if not canonical). */
+int64_t au_idx_find_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
+                         const char *s, size_t len);
+
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;
 /* fdatasync durations: bucket i counts calls that took at most 64 us << i; the last bucket
