@@ -104,7 +104,8 @@ class SnapshotBase:
     ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
     its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
     __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
-                 "ids", "built", "where", "_template", "_stored", "uuid", "_cids", "_ctable", "_mask")
+                 "ids", "built", "where", "_template", "_stored", "uuid", "_cids", "_ctable",
+                 "_mask")
 
     def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
                  uuid=False):
