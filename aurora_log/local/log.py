@@ -491,6 +491,9 @@ class Log:
         self.segment_bytes = 64 << 20
         self._shared = False              # SharedLog: many processes (sharedlog.py)
         self._recovered_tail = None       # (segment LSN, path, end, next LSN) of _recover
+        # (path, end, bytes) of the newest segment as open() read it, for the first scan
+        # (replay): up to 64 MiB not read twice. Single use; dropped by any scan and close.
+        self._open_buf: tuple[Path, int, bytearray] | None = None
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod
@@ -720,6 +723,11 @@ class Log:
             rep.bytes_truncated = len(cut)
         elif size < target:
             self._zero(path, size, size, target)
+        if ts.bad_off is None and not self._shared:
+            # nothing cut: the bytes before ts.end are the file's for good (appends go
+            # after them); keep them (not the zero tail) for the replay's scan
+            del buf[ts.end:]
+            self._open_buf = (path, ts.end, buf)
         del buf
         torn = self._torn_roll_seal(segs, ts)
         if torn is not None:
@@ -736,6 +744,7 @@ class Log:
                      "create segment", self._wal / _seg_name(ts.next_lsn))
             segs = self._list_segments()
             lsn, path = segs[-1]
+            self._open_buf = None     # no longer the segment being written
             ts = _TailScan(end=SEG_HDR, next_lsn=ts.next_lsn, records=0,
                            size=_check_header(path, _pread(path, SEG_HDR), lsn)[0],
                            limit=self.max_record_bytes)
@@ -1091,6 +1100,7 @@ class Log:
         return self._scan(from_lsn, bound)
 
     def _scan(self, from_lsn, bound):
+        opened, self._open_buf = self._open_buf, None
         segs = self._list_segments()
         if bound is not None:
             segs = [s for s in segs if s[0] <= bound[0]]
@@ -1103,7 +1113,12 @@ class Log:
             is_bound = bound is not None and lsn == bound[0]
             # the segment being written was checked to its end by open(): read its written
             # part only (the rest is up to 64 MiB of preallocated zeros)
-            buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
+            if is_bound and self._w is not None and opened is not None \
+                    and opened[0] == path and bound[1] <= opened[1]:
+                buf = opened[2]           # what open() read: the same bytes up to bound
+                opened = None
+            else:
+                buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
             seg_size, seg_limit = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
@@ -1117,6 +1132,13 @@ class Log:
             recs = ffi.new("au_rec[]", _SCAN_CHUNK)
             rbuf = ffi.buffer(recs)
             mv = memoryview(buf)
+            # whole batches before from_lsn: verified, stepped over without a tuple per
+            # record (replay after a snapshot starts mid-segment)
+            while s.next_lsn <= from_lsn:
+                s.rec_left = 0
+                lib.au_scan_next(cbuf, s, recs, 0)
+                if s.status != lib.AU_SCAN_MORE:
+                    break
             while True:
                 n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
                 if n:
@@ -1191,6 +1213,7 @@ class Log:
         if self._w is not None and not self._closed and self._next > 1:
             # before refusing appends: ranges reserved by other threads are on their way
             lib.au_wait(self._w, self._next - 1, lib.AU_WAIT_WRITTEN)
+        self._open_buf = None
         with self._state_lock:
             if self._closed:
                 return
