@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
@@ -1083,6 +1084,17 @@ class Log:
     def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
         """(lsn, rtype, payload) for every stored record >= from_lsn, in LSN order, every
         checksum verified. Sees everything appended before the call."""
+        return self._scan(from_lsn, self._scan_bound())
+
+    def scan_chunks(self, from_lsn: int = 1) -> Iterator[tuple[memoryview, Any, int]]:
+        """``scan`` without an object per record (replay's bulk fold): ``(buf, recs, n)``
+        per chunk of up to 4096 records, ``recs`` a cffi ``au_rec[]`` (lsn, payload offset
+        in ``buf``, length, type) of which the first ``n`` are set. Both are valid only
+        until the next chunk is asked for. The first chunk may start with records below
+        from_lsn (the caller skips them); the checks are scan's."""
+        return self._scan_chunks(from_lsn, self._scan_bound())
+
+    def _scan_bound(self):
         if self._closed:
             raise ClosedError("the log is closed")
         if self._w is not None:
@@ -1097,9 +1109,15 @@ class Log:
             bound = self._ro_cut
         else:
             bound = None
-        return self._scan(from_lsn, bound)
+        return bound
 
     def _scan(self, from_lsn, bound):
+        for mv, recs, n in self._scan_chunks(from_lsn, bound):
+            for rlsn, off, ln, rtype in _REC.iter_unpack(ffi.buffer(recs)[:n * _REC.size]):
+                if rlsn >= from_lsn:
+                    yield rlsn, rtype, bytes(mv[off:off + ln])
+
+    def _scan_chunks(self, from_lsn, bound):
         opened, self._open_buf = self._open_buf, None
         segs = self._list_segments()
         if bound is not None:
@@ -1130,7 +1148,6 @@ class Log:
             cbuf = ffi.from_buffer(buf)
             s = _new_scan(SEG_HDR, lsn, limit, seg_limit)
             recs = ffi.new("au_rec[]", _SCAN_CHUNK)
-            rbuf = ffi.buffer(recs)
             mv = memoryview(buf)
             # whole batches before from_lsn: verified, stepped over without a tuple per
             # record (replay after a snapshot starts mid-segment)
@@ -1142,9 +1159,7 @@ class Log:
             while True:
                 n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
                 if n:
-                    for rlsn, off, ln, rtype in _REC.iter_unpack(rbuf[:n * _REC.size]):
-                        if rlsn >= from_lsn:
-                            yield rlsn, rtype, bytes(mv[off:off + ln])
+                    yield mv, recs, n
                 if s.status == lib.AU_SCAN_MORE:
                     continue
                 if s.status == lib.AU_SCAN_BAD and (lsn, s.pos) != self._ro_torn_seal:

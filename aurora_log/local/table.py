@@ -157,7 +157,7 @@ class SnapshotBase:
 
     def find(self, job_id: str) -> int | None:
         """The rank of ``job_id``, or None, from an id -> rank hash table built in C over
-        the ids section the first time (~8 bytes per job, the ids are not copied; a
+        the ids section the first time (10-20 bytes per job, the ids are not copied; a
         Python dict of the ids would hold ~150). Fixed-width ids only (``indexed``).
         CorruptionError if two base jobs share an id."""
         if self.content is None or type(job_id) is not str:
@@ -179,12 +179,21 @@ class SnapshotBase:
             k = lib.au_idx_find(self._cids, w + 1, w, self._ctable, self._mask, b)
         return None if k < 0 else k
 
+    def find_any_uuid(self, lines: bytes) -> bool:
+        """Whether any of the "\n"-terminated ids in ``lines`` is a base id (UUID bases)."""
+        if self.content is None:
+            return False
+        if self._ctable is None:
+            self._build_index()
+        return lib.au_idx_find_any_uuid(self._cids, self._ctable, self._mask, lines,
+                                        len(lines)) >= 0
+
     def _build_index(self) -> None:
         n = self.n
         size = 2
         while size < 2 * n:
             size <<= 1
-        table = bytearray(4 * size)
+        table = bytearray(5 * size)           # u32 ranks, then a tag byte per slot
         stride, width = (16, 16) if self.uuid else (self.id_width + 1, self.id_width)
         cids = ffi.from_buffer(self.content) + self.id_at
         ctable = ffi.from_buffer("uint32_t[]", table)
@@ -381,6 +390,29 @@ class LazyJobs:
             return False
         over[job_id] = value
         self._n += 1                          # a new id: it goes after every snapshot job
+        return True
+
+    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None) -> bool:
+        """``insert_new`` for many jobs at once (replay's bulk fold): False, and nothing
+        changed, if any id is held already. ``lines``: the ids, each followed by "\n"
+        (lets a UUID base check them all in one C call). The ids must be distinct."""
+        d = self._d
+        if d is not None:
+            if not d.keys().isdisjoint(ids):
+                return False
+            d.update(zip(ids, values, strict=True))
+            return True
+        over = self._over
+        if not over.keys().isdisjoint(ids) or not self._known.keys().isdisjoint(ids):
+            return False
+        base = self._base
+        if base.indexed and base.uuid and lines is not None:
+            if base.find_any_uuid(lines):
+                return False
+        elif any(self._rank(j) is not None for j in ids):
+            return False
+        over.update(zip(ids, values, strict=True))
+        self._n += len(ids)
         return True
 
     def __delitem__(self, job_id) -> None:
