@@ -105,11 +105,14 @@ class SnapshotBase:
     its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
     __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
                  "ids", "built", "where", "_template", "_stored", "uuid", "_cids", "_ctable",
-                 "_mask")
+                 "_mask", "fill")
 
     def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
-                 uuid=False):
+                 uuid=False, fill=None):
         self.n = n
+        # content read lazily (snapfile: a big frame's blocks decompressed on demand):
+        # fill(a, b) makes content bytes a..b-1 real; the tails are filled when read
+        self.fill = fill
         self.content = content
         self.uuid = uuid                      # ids are 16 raw bytes each (canonical UUIDs)
         self.id_at = id_at                    # offset of the ids section in content
@@ -144,6 +147,8 @@ class SnapshotBase:
 
     def blob(self, k: int) -> bytes:
         c, t = self.content, self.tail_offs
+        if self.fill is not None:
+            self.fill(t[k], t[k + 1])
         head = bytearray(self._template)
         for j, off in self._stored:
             head[j] = c[off + k]
@@ -237,6 +242,8 @@ class SnapshotBase:
         c, n, planes, t = self.content, self.n, self.planes, self.tail_offs
         if c is None:
             raise RuntimeError("snapshot base already materialised")
+        if self.fill is not None:
+            self.fill(t[0], t[n])
         ids = self.all_ids()
         mv = memoryview(c)
         size = HEAD_SIZE
@@ -267,7 +274,7 @@ class SnapshotBase:
     def finish(self, ids: list) -> None:
         """Materialised: keep only the ids (the runs still walk ranks), drop the content."""
         self.ids = ids
-        self.content = self.id_offs = self.tail_offs = self.built = None
+        self.content = self.id_offs = self.tail_offs = self.built = self.fill = None
         self._cids = self._ctable = None
 
 
