@@ -1094,6 +1094,11 @@ class Log:
         from_lsn (the caller skips them); the checks are scan's."""
         return self._scan_chunks(from_lsn, self._scan_bound())
 
+    def drop_open_read(self) -> None:
+        """Let go of the newest segment's bytes open() kept for the first scan (replay
+        calls this when it is done, whether or not it needed them)."""
+        self._open_buf = None
+
     def _scan_bound(self):
         if self._closed:
             raise ClosedError("the log is closed")

@@ -110,6 +110,8 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
             expected = lsn + 1
         if stop:
             break
+    for lg in logs:
+        lg.drop_open_read()
     return Replayed(state, expected, max_at, nbytes)
 
 
@@ -160,6 +162,8 @@ def _replay_bulk(logs: Sequence[Log], state: State, expected: int, max_at: int) 
                     nbytes += len(payload) + REC_HDR
                     expected = lsn + 1
                     i += 1
+    for lg in logs:
+        lg.drop_open_read()       # (a log with nothing after the base was never scanned)
     return Replayed(state, expected, max_at, nbytes)
 
 
