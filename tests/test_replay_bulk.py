@@ -166,3 +166,21 @@ def test_the_newest_segment_open_read_is_let_go_after_replay(tmp_path):
         q = aurora_log.open(d)
         assert q._log._open_buf is None and len(q.list()) == 50 + tail
         q.close()
+
+
+def test_a_shared_store_is_replayed_record_by_record(tmp_path, spy, shared_store):
+    """The shared log bounds its scans by the control page (its own scan()); the bulk
+    path reads with Log's bound, so it is not used there."""
+    import aurora_log
+    from aurora_log import Job
+    from mp_support import shared_options
+    d = tmp_path / "s"
+    q = aurora_log.open(d, **shared_options())
+    ids = q.enqueue_many([Job("t", {"i": i}) for i in range(30)])
+    q.close()
+    q = aurora_log.open(d, **shared_options())
+    try:
+        assert [j.id for j in q.list()] == ids and spy == []
+        assert q.claim("w").id == ids[0]
+    finally:
+        q.close()
