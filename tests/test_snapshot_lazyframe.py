@@ -136,3 +136,29 @@ def test_unique_keys_in_lazy_tails_are_checked_at_load(monkeypatch):
     lazy = _load(data, True, monkeypatch)
     assert lazy._unique == State.from_export(list(src.export()))._unique
     assert any(lazy._unique)
+
+
+def test_threads_filling_at_once_see_every_block(monkeypatch):
+    """A compaction's prebuild fills every block outside the queue lock while claims read
+    single jobs: each block is written once and none is skipped."""
+    import threading
+    src, now, data = _big(seed=7)
+    lazy = _load(data, True, monkeypatch)
+    base = lazy.jobs._base
+    lc = _content_of(lazy)
+    order = list(range(base.n))
+    random.Random(1).shuffle(order)
+    blobs = {}
+
+    def reader(part):
+        for k in part:
+            blobs[k] = base.blob(k)
+    ts = [threading.Thread(target=reader, args=(order[i::4],)) for i in range(4)]
+    ts.append(threading.Thread(target=base.build))
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert lc._left == 0 and all(lc._filled)
+    eager = _load(data, False, monkeypatch).jobs._base
+    assert all(blobs[k] == eager.blob(k) for k in range(base.n))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 
 import lz4.block
 
@@ -32,7 +33,7 @@ _U32 = struct.Struct("<I")
 class LazyContent:
     """The content of one frame, filled block by block (see the module doc)."""
     __slots__ = ("content", "_body", "_blocks", "_filled", "_bmax", "_clen", "_where",
-                 "_base", "_left")
+                 "_base", "_left", "_lock")
 
     def __init__(self, body, blocks: list[tuple[int, int, bool]], bmax: int, clen: int,
                  where: str, base_offset: int) -> None:
@@ -43,7 +44,9 @@ class LazyContent:
         self._where = where
         self._base = base_offset              # the body's offset in the file (errors)
         self._filled = bytearray(len(blocks))
-        self._left = len(blocks)
+        self._left = len(blocks)              # blocks not filled yet
+        # a compaction's prebuild fills blocks outside the queue lock while claims read
+        self._lock = threading.Lock()
         self.content = mmap.mmap(-1, clen)
 
     def ensure(self, a: int, b: int) -> None:
@@ -71,10 +74,11 @@ class LazyContent:
             raise CorruptionError(f"lz4 frame does not decode: block {j} holds {len(out)} "
                                   f"bytes, expected {want}", file=self._where,
                                   offset=self._base + off)
-        self.content[j * self._bmax:j * self._bmax + want] = out
-        if not self._filled[j]:
-            self._filled[j] = 1
-            self._left -= 1
+        with self._lock:
+            if not self._filled[j]:
+                self.content[j * self._bmax:j * self._bmax + want] = out
+                self._filled[j] = 1
+                self._left -= 1
 
 
 def open_frame(body, clen: int, where: str, base_offset: int) -> LazyContent | None:
