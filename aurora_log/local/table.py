@@ -146,9 +146,9 @@ class SnapshotBase:
         return self.content[o[k]:o[k + 1]].decode()
 
     def blob(self, k: int) -> bytes:
-        c, t = self.content, self.tail_offs
-        if self.fill is not None:
-            self.fill(t[k], t[k + 1])
+        c, t, fill = self.content, self.tail_offs, self.fill
+        if fill is not None:
+            fill(t[k], t[k + 1])
         head = bytearray(self._template)
         for j, off in self._stored:
             head[j] = c[off + k]
@@ -239,11 +239,11 @@ class SnapshotBase:
         if built is not None:
             return built
         # locals only: a prebuild outside the lock may race with finish()
-        c, n, planes, t = self.content, self.n, self.planes, self.tail_offs
+        c, n, planes, t, fill = self.content, self.n, self.planes, self.tail_offs, self.fill
         if c is None:
             raise RuntimeError("snapshot base already materialised")
-        if self.fill is not None:
-            self.fill(t[0], t[n])
+        if fill is not None:
+            fill(t[0], t[n])
         ids = self.all_ids()
         mv = memoryview(c)
         size = HEAD_SIZE
