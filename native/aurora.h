@@ -120,6 +120,10 @@ int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
                                  uint32_t max_record);
 
+/* ---- snapshot column helpers (native/columns.c) ---- */
+/* out[0] = start, out[k + 1] = out[k] + v[k] (n + 1 entries); returns out[n]. */
+uint64_t au_prefix_sum_u32(const uint32_t *v, uint64_t n, uint64_t start, uint64_t *out);
+
 /* ---- replay's bulk ENQUEUE fold (native/enqrun.c) ---- */
 #define AU_ENQUEUE_TYPE 1
 /* How many of recs[0..n) form a run of plain ENQUEUE records of recs[0]'s (job_type,

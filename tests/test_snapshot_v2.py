@@ -238,7 +238,7 @@ def test_many_unknown_ids_build_the_index_once(form):
     assert (base.id_width == 0) == (form == "var")
     # fixed-width ids: the C hash index over the ids section, no dict of id strings
     assert _lazy(lazy) and (lazy.jobs._index is None) == base.indexed
-    assert (base._ctable is not None) == base.indexed == (form != "var")
+    assert (base._index is not None) == base.indexed == (form != "var")
 
 
 def test_the_id_index_tells_ids_sharing_a_prefix_apart():

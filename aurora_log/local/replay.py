@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import struct
-from array import array
 from typing import Any
 
 from . import records as R
-from ._binding import ffi, lib
 from ..errors import CorruptionError
 from ..job import MAX_DUE_MS
+from .kernels import enqueue_run_build, enqueue_run_len
 from .log import REC_HDR, Log
 from .state import State
 from .table import PENDING, LazyJobs
@@ -180,8 +179,7 @@ def _fold_enqueue_run(state: State, mv: memoryview, recs: Any, n: int) -> tuple[
     time, bytes folded) with m records folded; m = 0: the first record is not one (fold it
     alone); m < 0: the -m records of the run need the one-by-one fold (an id held already
     or repeated, a job waiting for parents, a pair name that is not UTF-8)."""
-    cbuf = ffi.from_buffer(mv)
-    m = lib.au_enq_run_len(cbuf, recs, n)
+    m = enqueue_run_len(mv, recs, n)
     if m == 0:
         return 0, 0, 0
     off = recs[0].off
@@ -196,27 +194,13 @@ def _fold_enqueue_run(state: State, mv: memoryview, recs: Any, n: int) -> tuple[
             return -m, 0, 0
         pair = state.pair_index(queue, job_type)
         state._pair_raw[key] = pair
-    total = recs[m - 1].off + recs[m - 1].len - off      # the run's bytes, frames included
-    blobs = bytearray(total)
-    idbuf = bytearray(total)
-    ends = array("Q", bytes(8 * m))
-    dues = array("q", bytes(8 * m))
-    ats = array("q", bytes(8 * m))
-    prios = bytearray(m)
-    out = ffi.new("uint64_t[2]")            # ids' bytes, records' bytes
-    lib.au_enq_run_build(cbuf, recs, m, pair, MAX_DUE_MS, ffi.from_buffer(blobs),
-                         ffi.from_buffer("uint64_t[]", ends), ffi.from_buffer(idbuf), out,
-                         ffi.from_buffer("int64_t[]", dues), ffi.from_buffer("int64_t[]", ats),
-                         ffi.from_buffer(prios), out + 1)
-    lines = bytes(idbuf[:out[0]])
-    del idbuf
+    bb, ends, lines, dues, ats, prios, nbytes = enqueue_run_build(mv, recs, m, pair,
+                                                                  MAX_DUE_MS)
     ids = lines.decode("ascii").split("\n")
     ids.pop()
     control = state.control
     if len(set(ids)) != m or (control.waiting and not control.waiting.keys().isdisjoint(ids)):
         return -m, 0, 0
-    bb = bytes(blobs[:ends[m - 1]])
-    del blobs
     starts = [0]
     starts += ends[:-1]
     values = list(map(bb.__getitem__, map(slice, starts, ends)))
@@ -239,4 +223,4 @@ def _fold_enqueue_run(state: State, mv: memoryview, recs: Any, n: int) -> tuple[
         qc = state._qcounts[queue] = [0] * 7
     qc[PENDING] += m
     state.order.add_many(ids, pair, prios, dues, first, ats)
-    return m, max(ats), out[1]
+    return m, max(ats), nbytes

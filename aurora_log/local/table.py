@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import records as R
-from ._binding import ffi, lib
+from .kernels import IdIndex
 from ..errors import CorruptionError
 from ..job import STATUS_CODES
 
@@ -104,8 +104,8 @@ class SnapshotBase:
     ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
     its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
     __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
-                 "ids", "built", "where", "_template", "_stored", "uuid", "_cids", "_ctable",
-                 "_mask", "fill")
+                 "ids", "built", "where", "_template", "_stored", "uuid", "_index",
+                 "fill")
 
     def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
                  uuid=False, fill=None):
@@ -126,9 +126,7 @@ class SnapshotBase:
         self.where = where                    # the snapshot file, for error messages
         self._template = b"".join(b if type(b) is bytes else b"\x00" for b in planes)
         self._stored = [(j, b) for j, b in enumerate(planes) if type(b) is int]
-        self._cids: Any = None               # the id index (find), built on first use
-        self._ctable: Any = None
-        self._mask = 0
+        self._index: IdIndex | None = None   # the id index (find), built on first use
 
     def id(self, k: int) -> str:
         ids = self.ids
@@ -167,49 +165,38 @@ class SnapshotBase:
         CorruptionError if two base jobs share an id."""
         if self.content is None or type(job_id) is not str:
             return None
-        if self._ctable is None:
-            self._build_index()
+        index = self._index or self._build_index()
         if self.uuid:
             if len(job_id) != 36 or not job_id.isascii():
                 return None
-            k = lib.au_idx_find_uuid(self._cids, self._ctable, self._mask, job_id.encode(), 36)
+            k = index.find_uuid(job_id.encode())
         else:
-            w = self.id_width
             try:
                 b = job_id.encode()
             except UnicodeEncodeError:
                 return None
-            if len(b) != w:
+            if len(b) != self.id_width:
                 return None
-            k = lib.au_idx_find(self._cids, w + 1, w, self._ctable, self._mask, b)
+            k = index.find(b)
         return None if k < 0 else k
 
     def find_any_uuid(self, lines: bytes) -> bool:
         """Whether any of the "\n"-terminated ids in ``lines`` is a base id (UUID bases)."""
         if self.content is None:
             return False
-        if self._ctable is None:
-            self._build_index()
-        return lib.au_idx_find_any_uuid(self._cids, self._ctable, self._mask, lines,
-                                        len(lines)) >= 0
+        return (self._index or self._build_index()).find_any_uuid(lines)
 
-    def _build_index(self) -> None:
+    def _build_index(self) -> IdIndex:
         n = self.n
-        size = 2
-        while size < 2 * n:
-            size <<= 1
-        table = bytearray(5 * size)           # u32 ranks, then a tag byte per slot
         stride, width = (16, 16) if self.uuid else (self.id_width + 1, self.id_width)
-        cids = ffi.from_buffer(self.content) + self.id_at
-        ctable = ffi.from_buffer("uint32_t[]", table)
-        dup = lib.au_idx_build(cids, n, stride, width, ctable, size - 1)
+        index = IdIndex(self.content, self.id_at, n, stride, width)
+        dup = index.duplicate
         if dup != -1:
             raise CorruptionError(f"snapshot holds {n} pending jobs but only "
                                   f"{n - 1 if dup >= 0 else '?'} distinct ids (rank {dup} "
                                   "repeats an earlier id)", file=self.where, offset=64)
-        # cffi views kept (they keep content and table alive): one per lookup costs more
-        # than the lookup
-        self._cids, self._ctable, self._mask = cids, ctable, size - 1
+        self._index = index
+        return index
 
     def all_ids(self) -> list:
         c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
@@ -275,7 +262,7 @@ class SnapshotBase:
         """Materialised: keep only the ids (the runs still walk ranks), drop the content."""
         self.ids = ids
         self.content = self.id_offs = self.tail_offs = self.built = self.fill = None
-        self._cids = self._ctable = None
+        self._index = None
 
 
 _MISSING = object()
