@@ -81,7 +81,7 @@ def enqueue_run_build(buf: Any, recs: Any, m: int, pair: int, max_due: int
 def prefix_sums_u32(values: array, start: int) -> array:
     """``array('Q')`` of len(values) + 1 entries: start, then running sums of the u32s."""
     n = len(values)
-    out = array("Q", bytes(8 * (n + 1)))
+    out = array("Q", [0]) * (n + 1)
     lib.au_prefix_sum_u32(ffi.from_buffer("uint32_t[]", values), n, start,
                           ffi.from_buffer("uint64_t[]", out))
     return out
