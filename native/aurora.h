@@ -120,6 +120,45 @@ int64_t au_last_nonzero(const uint8_t *buf, uint64_t from, uint64_t limit);
 int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
                                  uint32_t max_record);
 
+/* ---- snapshot column helpers (native/columns.c) ---- */
+/* out[0] = start, out[k + 1] = out[k] + v[k] (n + 1 entries); returns out[n]. */
+uint64_t au_prefix_sum_u32(const uint32_t *v, uint64_t n, uint64_t start, uint64_t *out);
+
+/* ---- replay's bulk ENQUEUE fold (native/enqrun.c) ---- */
+#define AU_ENQUEUE_TYPE 1
+/* How many of recs[0..n) form a run of plain ENQUEUE records of recs[0]'s (job_type,
+ * queue) pair (0: recs[0] is not one). */
+size_t au_enq_run_len(const uint8_t *buf, const au_rec *recs, size_t n);
+/* For a run of m records (au_enq_run_len): the job blobs back to back into blobs (blob k
+ * ends at blob_ends[k]), the ids each followed by "\n" into ids (*ids_len bytes), and per
+ * job its due time (clamped to 0..max_due if scheduled), record time and priority;
+ * *rec_bytes = the records' bytes with their frame headers.
+ * blobs and ids need at most the records' total length each. Returns m. */
+size_t au_enq_run_build(const uint8_t *buf, const au_rec *recs, size_t m, uint32_t pair,
+                        int64_t max_due, uint8_t *blobs, uint64_t *blob_ends, uint8_t *ids,
+                        uint64_t *ids_len, int64_t *due, int64_t *at, uint8_t *prio,
+                        uint64_t *rec_bytes);
+/* Whether any of the "\n"-terminated lines (len bytes) is a canonical UUID held by the
+ * index (au_idx_build over 16-byte ids): its line number, else -1. */
+int64_t au_idx_find_any_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
+                             const char *lines, size_t len);
+
+/* ---- the id index of a snapshot's base jobs (native/idindex.c) ---- */
+/* Fill `table` (mask + 1 u32 slots, a power of two >= 2n, then mask + 1 tag bytes: 5 x
+ * (mask + 1) bytes in all) with the ranks of the n ids at
+ * ids + k * stride (width bytes each). -1: done; k >= 0: id k repeats an earlier one;
+ * -2: bad sizes. */
+int64_t au_idx_build(const uint8_t *ids, uint64_t n, uint32_t stride, uint32_t width,
+                     uint32_t *table, uint64_t mask);
+/* The rank of the id `key` (width bytes), or -1. */
+int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
+                    const uint32_t *table, uint64_t mask, const uint8_t *key);
+/* The 16 bytes of a canonical UUID string (lowercase 8-4-4-4-12 hex): 0, else -1. */
+int au_uuid_parse(const char *s, size_t len, uint8_t *out);
+/* au_idx_find over 16-byte ids for the canonical UUID string s (-1 if not canonical). */
+int64_t au_idx_find_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
+                         const char *s, size_t len);
+
 /* ---- the writer: group commit ---- */
 typedef struct au_writer au_writer;
 /* fdatasync durations: bucket i counts calls that took at most 64 us << i; the last bucket

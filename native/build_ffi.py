@@ -16,7 +16,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["crc32c.c", "sys.c", "format.c", "writer.c", "writer_append.c", "writer_commit.c",
-           "writer_segment.c", "writer_threads.c", "shm.c"]
+           "writer_segment.c", "writer_threads.c", "shm.c", "idindex.c",
+           "enqrun.c", "columns.c"]
 
 HEADER = os.path.join(HERE, "aurora.h")
 

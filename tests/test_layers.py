@@ -12,7 +12,9 @@ Layers, bottom to top (a module may import its own layer and the ones below):
 layer may import it (below, ``import aurora_log`` would be an import of everything above).
 Inside the engine, the C core has one door: only local/_binding.py imports ``_native``, and
 only local/log.py, local/sharedlog.py (its shared mode) and testing/faults.py import
-``_binding``.
+``_binding`` -- they are the I/O side, every syscall through the table faults.py replaces --
+plus local/kernels.py, the pure-compute helpers (no syscall, no file: the snapshot's id
+index, replay's bulk ENQUEUE fold, prefix sums), which the rest of the engine calls.
 
 Every import is checked, at module level and inside functions (``if TYPE_CHECKING`` too), with
 relative imports resolved. A new module that fits no layer fails the test until it is given one.
@@ -43,7 +45,7 @@ TOP = len(LAYERS) - 1
 ONLY_IMPORTED_BY = {
     "aurora_log.local._native": {"aurora_log.local._binding"},
     "aurora_log.local._binding": {"aurora_log.local.log", "aurora_log.local.sharedlog",
-                                  "aurora_log.testing.faults"},
+                                  "aurora_log.testing.faults", "aurora_log.local.kernels"},
 }
 
 

@@ -233,9 +233,42 @@ def test_many_unknown_ids_build_the_index_once(form):
     ids = _ids(eager)
     for j in ids[::-1]:
         assert (j in lazy.jobs) and lazy.get(j).to_dict() == eager.get(j).to_dict()
-    assert _lazy(lazy) and lazy.jobs._index is not None
-    assert lazy.jobs._base.uuid == (form == "uuid")
-    assert (lazy.jobs._base.id_width == 0) == (form == "var")
+    base = lazy.jobs._base
+    assert base.uuid == (form == "uuid")
+    assert (base.id_width == 0) == (form == "var")
+    # fixed-width ids: the C hash index over the ids section, no dict of id strings
+    assert _lazy(lazy) and (lazy.jobs._index is None) == base.indexed
+    assert (base._index is not None) == base.indexed == (form != "var")
+
+
+def test_the_id_index_tells_ids_sharing_a_prefix_apart():
+    """UUIDv7-style ids share their leading timestamp bytes: the index hashes every byte,
+    so each is found at its own rank and near-misses are not found."""
+    from aurora_log.local.table import SnapshotBase
+    n = 5000
+    raws = [b"\xab" * 8 + k.to_bytes(8, "big") for k in range(n)]
+    content = b"".join(raws)
+    base = SnapshotBase(n, content, 0, 36, None, [b"\x00"] * 52, [0] * (n + 1), "t.snap",
+                        uuid=True)
+    for k in (0, 1, 2, n // 2, n - 1):
+        assert base.find(str(uuid.UUID(bytes=raws[k]))) == k
+    assert base.find(str(uuid.UUID(bytes=b"\xab" * 8 + n.to_bytes(8, "big")))) is None
+    assert base.find(str(uuid.UUID(bytes=raws[3])).upper()) is None     # not canonical
+    assert base.find(str(uuid.UUID(bytes=raws[3])).replace("-", "_")) is None
+    assert base.find(str(uuid.UUID(bytes=raws[3]))[:-1] + "\u00e9") is None
+    assert base.find(5) is None                                          # type: ignore
+
+
+@pytest.mark.parametrize("form", ["uuid", "fixed"])
+def test_duplicate_ids_are_reported_by_the_first_lookup(form):
+    src, info, meta, secs = _good(form)
+    ids = bytearray(secs["ids"])
+    w = 16 if form == "uuid" else meta["id_width"] + 1
+    ids[w:2 * w] = ids[0:w]                        # job 1 gets job 0's id
+    _, s = S.decode_snapshot(_reframe(info, _build(meta, _with(secs, ids=ids))), "f.snap")
+    with pytest.raises(CorruptionError, match="distinct ids") as e:
+        s.get("no-such-job")
+    assert e.value.file == "f.snap"
 
 
 def test_an_old_reference_to_the_lazy_table_keeps_working():

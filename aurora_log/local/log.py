@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, ffi, lib,
                        os_error, strerror, writer_address)
@@ -496,6 +497,9 @@ class Log:
         self.segment_bytes = 64 << 20
         self._shared = False              # SharedLog: many processes (sharedlog.py)
         self._recovered_tail = None       # (segment LSN, path, end, next LSN) of _recover
+        # (path, end, bytes) of the newest segment as open() read it, for the first scan
+        # (replay): up to 64 MiB not read twice. Single use; dropped by any scan and close.
+        self._open_buf: tuple[Path, int, bytearray] | None = None
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod
@@ -729,6 +733,11 @@ class Log:
             rep.bytes_truncated = len(cut)
         elif size < target:
             self._zero(path, size, size, target)
+        if ts.bad_off is None and not self._shared:
+            # nothing cut: the bytes before ts.end are the file's for good (appends go
+            # after them); keep them (not the zero tail) for the replay's scan
+            del buf[ts.end:]
+            self._open_buf = (path, ts.end, buf)
         del buf
         torn = self._torn_roll_seal(segs, ts)
         if torn is not None:
@@ -745,6 +754,7 @@ class Log:
                      "create segment", self._wal / _seg_name(ts.next_lsn))
             segs = self._list_segments()
             lsn, path = segs[-1]
+            self._open_buf = None     # no longer the segment being written
             ts = _TailScan(end=SEG_HDR, next_lsn=ts.next_lsn, records=0,
                            size=_check_header(path, _pread(path, SEG_HDR), lsn)[0],
                            limit=self.max_record_bytes)
@@ -1114,6 +1124,22 @@ class Log:
     def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
         """(lsn, rtype, payload) for every stored record >= from_lsn, in LSN order, every
         checksum verified. Sees everything appended before the call."""
+        return self._scan(from_lsn, self._scan_bound())
+
+    def scan_chunks(self, from_lsn: int = 1) -> Iterator[tuple[memoryview, Any, int]]:
+        """``scan`` without an object per record (replay's bulk fold): ``(buf, recs, n)``
+        per chunk of up to 4096 records, ``recs`` a cffi ``au_rec[]`` (lsn, payload offset
+        in ``buf``, length, type) of which the first ``n`` are set. Both are valid only
+        until the next chunk is asked for. The first chunk may start with records below
+        from_lsn (the caller skips them); the checks are scan's."""
+        return self._scan_chunks(from_lsn, self._scan_bound())
+
+    def drop_open_read(self) -> None:
+        """Let go of the newest segment's bytes open() kept for the first scan (replay
+        calls this when it is done, whether or not it needed them)."""
+        self._open_buf = None
+
+    def _scan_bound(self):
         if self._closed:
             raise ClosedError("the log is closed")
         if self._w is not None:
@@ -1128,9 +1154,16 @@ class Log:
             bound = self._ro_cut
         else:
             bound = None
-        return self._scan(from_lsn, bound)
+        return bound
 
     def _scan(self, from_lsn, bound):
+        for mv, recs, n in self._scan_chunks(from_lsn, bound):
+            for rlsn, off, ln, rtype in _REC.iter_unpack(ffi.buffer(recs)[:n * _REC.size]):
+                if rlsn >= from_lsn:
+                    yield rlsn, rtype, bytes(mv[off:off + ln])
+
+    def _scan_chunks(self, from_lsn, bound):
+        opened, self._open_buf = self._open_buf, None
         segs = self._list_segments()
         if bound is not None:
             segs = [s for s in segs if s[0] <= bound[0]]
@@ -1143,7 +1176,12 @@ class Log:
             is_bound = bound is not None and lsn == bound[0]
             # the segment being written was checked to its end by open(): read its written
             # part only (the rest is up to 64 MiB of preallocated zeros)
-            buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
+            if is_bound and self._w is not None and opened is not None \
+                    and opened[0] == path and bound[1] <= opened[1]:
+                buf = opened[2]           # what open() read: the same bytes up to bound
+                opened = None
+            else:
+                buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
             seg_size, seg_limit = _check_header(path, buf[:SEG_HDR], lsn)
             if expected is not None and lsn != expected:
                 raise CorruptionError(
@@ -1155,14 +1193,18 @@ class Log:
             cbuf = ffi.from_buffer(buf)
             s = _new_scan(SEG_HDR, lsn, limit, seg_limit)
             recs = ffi.new("au_rec[]", _SCAN_CHUNK)
-            rbuf = ffi.buffer(recs)
             mv = memoryview(buf)
+            # whole batches before from_lsn: verified, stepped over without a tuple per
+            # record (replay after a snapshot starts mid-segment)
+            while s.next_lsn <= from_lsn:
+                s.rec_left = 0
+                lib.au_scan_next(cbuf, s, recs, 0)
+                if s.status != lib.AU_SCAN_MORE:
+                    break
             while True:
                 n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
                 if n:
-                    for rlsn, off, ln, rtype in _REC.iter_unpack(rbuf[:n * _REC.size]):
-                        if rlsn >= from_lsn:
-                            yield rlsn, rtype, bytes(mv[off:off + ln])
+                    yield mv, recs, n
                 if s.status == lib.AU_SCAN_MORE:
                     continue
                 if s.status == lib.AU_SCAN_BAD and (lsn, s.pos) != self._ro_torn_seal:
@@ -1231,6 +1273,7 @@ class Log:
         if self._w is not None and not self._closed and self._next > 1:
             # before refusing appends: ranges reserved by other threads are on their way
             lib.au_wait(self._w, self._next - 1, lib.AU_WAIT_WRITTEN)
+        self._open_buf = None
         with self._state_lock:
             if self._closed:
                 return

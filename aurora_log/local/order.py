@@ -143,6 +143,19 @@ class ClaimOrder:
         entries = zip(range(k0, k0 + n), job_ids, strict=True)
         deque(map(heapq.heappush, itertools.repeat(heap), entries), maxlen=0)
 
+    def add_many(self, ids: Sequence[str], pair: int, prios: Iterable[int],
+                 dues: Iterable[int], first_seq: int, ats: Iterable[int]) -> None:
+        """``add`` for jobs of one pair with consecutive seqs from ``first_seq`` (replay's
+        bulk fold of an ENQUEUE run); the keys are ``claim_key``'s and ``timer_key``'s."""
+        ready, timers, push = self.ready[pair], self.timers, heapq.heappush
+        seq = first_seq
+        for job_id, prio, due, at in zip(ids, prios, dues, ats, strict=True):
+            if due > at:
+                push(timers, (due << 64 | seq, job_id))
+            else:
+                push(ready, ((4 - prio) << 112 | due << 64 | seq, job_id))
+            seq += 1
+
     def add_blob(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:
         """``add`` for a job given by its blob (pair and priority read from its head)."""
         h = unpack_head(blob)

@@ -18,17 +18,20 @@ import array
 import collections
 import itertools
 import json
+import mmap
 import re
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import lz4.frame
 
 from ..errors import CorruptionError
 from .control import Control
+from .kernels import prefix_sums_u32
+from .lazyframe import LazyContent, open_frame
 from .log import crc32c, crc_mask
 from .order import claim_key, enqueue_due, timer_key
 from .state import State
@@ -49,6 +52,8 @@ DEFAULT_MAX_CONTENT = 16 << 30    # refuse to decompress a snapshot claiming mor
 _CHUNK = 16 << 20                 # most output bytes one decompression call may produce
 _IN_CHUNK = 1 << 20               # compressed bytes fed per call
 _BIG_OUT = 4 << 30                # up to this much content: decompressed in one call
+LAZY_MIN_CONTENT = 1 << 20    # from this content size on, versions 2+ load lazily
+#                                   (lazyframe.py: the tails' blocks decompressed on demand)
 
 
 EXPORT_VERSION = 1
@@ -521,12 +526,21 @@ def decode_snapshot(data: bytes, path: str = "?", *,
     if info.content_len > max_content:
         raise CorruptionError(f"snapshot content of {info.content_len} bytes is over the "
                               f"limit ({max_content})", file=path, offset=40, lsn=info.lsn)
-    content = _decompress(body, info, path)
+    lazy = None
+    if info.version >= 2 and info.content_len >= LAZY_MIN_CONTENT:
+        lazy = open_frame(body, info.content_len, path, HEADER)
+    content: bytes | mmap.mmap
+    if lazy is not None:
+        content = lazy.content
+        _fill_all_but_tails(lazy, info.content_len)
+    else:
+        content = _decompress(body, info, path)
     try:
-        if info.version == 1:
-            state = state_from_items(_split(content, info, path))
+        if info.version == 1:          # never lazy (versions 2+ only)
+            state = state_from_items(_split(cast(bytes, content), info, path))
         else:
-            state = _decode_v2(content, info, path)
+            state = _decode_v2(content, info, path,
+                               lazy.ensure if lazy is not None else None)
     except ValueError as e:
         raise CorruptionError(f"snapshot state does not rebuild: {e}", file=path,
                               offset=HEADER, lsn=info.lsn) from None
@@ -534,6 +548,30 @@ def decode_snapshot(data: bytes, path: str = "?", *,
         raise CorruptionError(f"snapshot state is at LSN {state.last_lsn}, header says "
                               f"{info.lsn}", file=path, offset=16, lsn=info.lsn)
     return info, state
+
+
+def _fill_all_but_tails(lazy: LazyContent, clen: int) -> None:
+    """Decompress every section but the tails (the payloads: most of the bytes, read when
+    a job is touched). A layout that does not add up is filled whole, for _decode_v2 to
+    report with its usual reasons."""
+    c = lazy.content
+    lazy.ensure(0, 4)
+    pos = 4 + (_U32.unpack_from(c)[0] if clen >= 4 else 0)
+    if pos > clen:
+        return lazy.ensure_all()
+    lazy.ensure(4, pos)
+    for name in SECTIONS:
+        if pos + 8 > clen:
+            return lazy.ensure_all()
+        lazy.ensure(pos, pos + 8)
+        (ln,) = _U64.unpack_from(c, pos)
+        if pos + 8 + ln > clen:
+            return lazy.ensure_all()
+        if name != "tails":
+            lazy.ensure(pos + 8, pos + 8 + ln)
+        pos += 8 + ln
+    if pos != clen:
+        lazy.ensure_all()
 
 
 def _decompress(body, info: SnapshotInfo, path: str) -> bytes:
@@ -617,7 +655,8 @@ def _split(content: bytes, info: SnapshotInfo, path: str) -> Iterator[bytes]:
     return (content[a:b] for a, b in zip(ends, itertools.islice(ends, 1, None), strict=False))
 
 
-def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
+def _decode_v2(content, info: SnapshotInfo, path: str,
+               fill: Callable[[int, int], None] | None = None) -> State:
     """Version 2 content -> a lazily loaded State (state_from_split). Checks everything
     that C-speed operations can check without a loop per job: the meta, that the sections
     tile the content exactly, their sizes against the counts, the ids' separators and
@@ -783,9 +822,9 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         tl.byteswap()
     del col
     tails_at, tails_len = secs["tails"]
-    if sum(tl) != tails_len:
+    tail_offs = prefix_sums_u32(tl, tails_at)       # in C: a million entries
+    if tail_offs[nb] - tails_at != tails_len:
         raise bad("tail lengths do not add up to the tails section", tails_at)
-    tail_offs = array.array("Q", itertools.accumulate(tl, initial=tails_at))
     # unique keys (u16 at head bytes 50..51): rare, so found by a scan for non-zero bytes
     ukeys = []
     if nb:
@@ -797,6 +836,8 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
                 if lu > tl[k]:
                     raise bad(f"pending job {k}: unique key longer than its tail",
                               tail_offs[k])
+                if fill is not None:
+                    fill(tail_offs[k], tail_offs[k] + lu)
                 try:
                     ukeys.append((k, content[tail_offs[k]:tail_offs[k] + lu].decode()))
                 except UnicodeDecodeError:
@@ -844,5 +885,6 @@ def _decode_v2(content: bytes, info: SnapshotInfo, path: str) -> State:
         expect = a0 + c0
     if expect != nb:
         raise bad(f"the runs hold {expect} pending jobs, the meta {nb}", runs_at)
-    base = SnapshotBase(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid)
+    base = SnapshotBase(nb, content, ids_at, width, id_offs, planes, tail_offs, path, uuid,
+                        fill)
     return state_from_split(meta, base, rest, rest_pos, runs, pair_counts, ukeys)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import records as R
+from .kernels import IdIndex
 from ..errors import CorruptionError
 from ..job import STATUS_CODES
 
@@ -103,11 +104,15 @@ class SnapshotBase:
     ``id(k)``/``blob(k)`` give the k-th job (k = rank, in the state's order), ``find(id)``
     its rank; the layout is native/FORMAT.md's (ids section, head planes, tails)."""
     __slots__ = ("n", "content", "id_at", "id_width", "id_offs", "planes", "tail_offs",
-                 "ids", "built", "where", "_template", "_stored", "uuid")
+                 "ids", "built", "where", "_template", "_stored", "uuid", "_index",
+                 "fill")
 
     def __init__(self, n, content, id_at, id_width, id_offs, planes, tail_offs, where,
-                 uuid=False):
+                 uuid=False, fill=None):
         self.n = n
+        # content read lazily (snapfile: a big frame's blocks decompressed on demand):
+        # fill(a, b) makes content bytes a..b-1 real; the tails are filled when read
+        self.fill = fill
         self.content = content
         self.uuid = uuid                      # ids are 16 raw bytes each (canonical UUIDs)
         self.id_at = id_at                    # offset of the ids section in content
@@ -121,6 +126,7 @@ class SnapshotBase:
         self.where = where                    # the snapshot file, for error messages
         self._template = b"".join(b if type(b) is bytes else b"\x00" for b in planes)
         self._stored = [(j, b) for j, b in enumerate(planes) if type(b) is int]
+        self._index: IdIndex | None = None   # the id index (find), built on first use
 
     def id(self, k: int) -> str:
         ids = self.ids
@@ -138,31 +144,59 @@ class SnapshotBase:
         return self.content[o[k]:o[k + 1]].decode()
 
     def blob(self, k: int) -> bytes:
-        c, t = self.content, self.tail_offs
+        c, t, fill = self.content, self.tail_offs, self.fill
+        if fill is not None:
+            fill(t[k], t[k + 1])
         head = bytearray(self._template)
         for j, off in self._stored:
             head[j] = c[off + k]
         return bytes(head) + c[t[k]:t[k + 1]]
 
+    @property
+    def indexed(self) -> bool:
+        """Whether ``find`` answers from a hash index (fixed-width ids; the caller builds
+        its own index for variable-width ones)."""
+        return self.uuid or self.id_width > 0
+
     def find(self, job_id: str) -> int | None:
-        """The rank of ``job_id``, or None: a scan of the ids section (a few ms per million
-        jobs). Fixed-width ids only (the caller builds an index otherwise)."""
-        if self.uuid:
-            raw = uuid_bytes(job_id)
-            if raw is None:
-                return None
-            c, a = self.content, self.id_at
-            end = a + 16 * self.n
-            p = c.find(raw, a, end)
-            while p >= 0 and (p - a) % 16:
-                p = c.find(raw, p + 1, end)
-            return None if p < 0 else (p - a) // 16
-        w = self.id_width
-        b = job_id.encode()
-        if len(b) != w or b"\n" in b:
+        """The rank of ``job_id``, or None, from an id -> rank hash table built in C over
+        the ids section the first time (10-20 bytes per job, the ids are not copied; a
+        Python dict of the ids would hold ~150). Fixed-width ids only (``indexed``).
+        CorruptionError if two base jobs share an id."""
+        if self.content is None or type(job_id) is not str:
             return None
-        p = self.content.find(b + b"\n", self.id_at, self.id_at + self.n * (w + 1))
-        return None if p < 0 else (p - self.id_at) // (w + 1)
+        index = self._index or self._build_index()
+        if self.uuid:
+            if len(job_id) != 36 or not job_id.isascii():
+                return None
+            k = index.find_uuid(job_id.encode())
+        else:
+            try:
+                b = job_id.encode()
+            except UnicodeEncodeError:
+                return None
+            if len(b) != self.id_width:
+                return None
+            k = index.find(b)
+        return None if k < 0 else k
+
+    def find_any_uuid(self, lines: bytes) -> bool:
+        """Whether any of the "\n"-terminated ids in ``lines`` is a base id (UUID bases)."""
+        if self.content is None:
+            return False
+        return (self._index or self._build_index()).find_any_uuid(lines)
+
+    def _build_index(self) -> IdIndex:
+        n = self.n
+        stride, width = (16, 16) if self.uuid else (self.id_width + 1, self.id_width)
+        index = IdIndex(self.content, self.id_at, n, stride, width)
+        dup = index.duplicate
+        if dup != -1:
+            raise CorruptionError(f"snapshot holds {n} pending jobs but only "
+                                  f"{n - 1 if dup >= 0 else '?'} distinct ids (rank {dup} "
+                                  "repeats an earlier id)", file=self.where, offset=64)
+        self._index = index
+        return index
 
     def all_ids(self) -> list:
         c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
@@ -192,9 +226,11 @@ class SnapshotBase:
         if built is not None:
             return built
         # locals only: a prebuild outside the lock may race with finish()
-        c, n, planes, t = self.content, self.n, self.planes, self.tail_offs
+        c, n, planes, t, fill = self.content, self.n, self.planes, self.tail_offs, self.fill
         if c is None:
             raise RuntimeError("snapshot base already materialised")
+        if fill is not None:
+            fill(t[0], t[n])
         ids = self.all_ids()
         mv = memoryview(c)
         size = HEAD_SIZE
@@ -225,7 +261,8 @@ class SnapshotBase:
     def finish(self, ids: list) -> None:
         """Materialised: keep only the ids (the runs still walk ranks), drop the content."""
         self.ids = ids
-        self.content = self.id_offs = self.tail_offs = self.built = None
+        self.content = self.id_offs = self.tail_offs = self.built = self.fill = None
+        self._index = None
 
 
 _MISSING = object()
@@ -244,7 +281,6 @@ def uuid_bytes(job_id) -> bytes | None:
     if hx.translate(None, _HEX):
         return None
     return bytes.fromhex(hx.decode())
-_PROBES = 16                  # id scans before a lazy table builds its id index
 
 
 class LazyJobs:
@@ -253,13 +289,13 @@ class LazyJobs:
     (a dict: its order is theirs), the never-touched pending ones in ``base``.
     A lookup is answered from ``over``, then from the ranks of base jobs already met
     (``known``: surfaced by a run or found before), then by finding the id in the base:
-    a scan of the ids for the first few unknown ids, then an id -> rank index built once.
+    the base's C hash index for fixed-width ids, else an id -> rank dict built once.
     Adding an id the base does not hold and replacing a value are done in place; deleting,
     iterating or copying first materialises the plain dict in the original order (base
     and snapshot jobs in snapshot order, then the added ones), swaps it into the state,
     and from then on every call is delegated to it (a reference held elsewhere keeps
     working)."""
-    __slots__ = ("_st", "_base", "_over", "_known", "_index", "_probes", "_rest_pos",
+    __slots__ = ("_st", "_base", "_over", "_known", "_index", "_rest_pos",
                  "_rest_ids", "_n", "_d", "_pre")
 
     def __init__(self, st: State, base: SnapshotBase, over: dict,
@@ -269,7 +305,6 @@ class LazyJobs:
         self._over = over
         self._known: dict[str, int] = {}      # id -> rank, base jobs met so far
         self._index: dict[str, int] | None = None
-        self._probes = _PROBES if base.id_width else 0
         self._rest_pos = list(rest_pos)       # per rest job: base jobs before it
         self._rest_ids = list(over)
         self._n = base.n + len(over)          # jobs held (base + over, minus base ids in over)
@@ -287,18 +322,15 @@ class LazyJobs:
         k = self._known.get(job_id)
         if k is not None:
             return k
+        base = self._base
+        if base.indexed:
+            return base.find(job_id)          # the C hash index (no id objects)
         ix = self._index
         if ix is None:
-            if self._probes > 0:
-                self._probes -= 1
-                k = self._base.find(job_id)
-                if k is not None:
-                    self._known[job_id] = k
-                return k
-            ix = self._index = dict(zip(self._base.all_ids(), itertools.count()))
-            if len(ix) != self._base.n:
-                raise CorruptionError(f"snapshot holds {self._base.n} pending jobs but only "
-                                      f"{len(ix)} distinct ids", file=self._base.where,
+            ix = self._index = dict(zip(base.all_ids(), itertools.count()))
+            if len(ix) != base.n:
+                raise CorruptionError(f"snapshot holds {base.n} pending jobs but only "
+                                      f"{len(ix)} distinct ids", file=base.where,
                                       offset=64)
         return ix.get(job_id)
 
@@ -337,6 +369,45 @@ class LazyJobs:
             else:
                 self._known[job_id] = k       # a base job replaced: same count
         over[job_id] = value
+
+    def insert_new(self, job_id: str, value: bytes) -> bool:
+        """Add a job that must be new (an enqueue): False, and nothing changed, if the
+        table holds ``job_id`` already. One lookup where ``in`` then ``[]=`` take two."""
+        d = self._d
+        if d is not None:
+            if job_id in d:
+                return False
+            d[job_id] = value
+            return True
+        over = self._over
+        if job_id in over or self._rank(job_id) is not None:
+            return False
+        over[job_id] = value
+        self._n += 1                          # a new id: it goes after every snapshot job
+        return True
+
+    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None) -> bool:
+        """``insert_new`` for many jobs at once (replay's bulk fold): False, and nothing
+        changed, if any id is held already. ``lines``: the ids, each followed by "\n"
+        (lets a UUID base check them all in one C call). The ids must be distinct."""
+        d = self._d
+        if d is not None:
+            if not d.keys().isdisjoint(ids):
+                return False
+            d.update(zip(ids, values, strict=True))
+            return True
+        over = self._over
+        if not over.keys().isdisjoint(ids) or not self._known.keys().isdisjoint(ids):
+            return False
+        base = self._base
+        if base.indexed and base.uuid and lines is not None:
+            if base.find_any_uuid(lines):
+                return False
+        elif any(self._rank(j) is not None for j in ids):
+            return False
+        over.update(zip(ids, values, strict=True))
+        self._n += len(ids)
+        return True
 
     def __delitem__(self, job_id) -> None:
         del self.materialize()[job_id]

@@ -1,0 +1,133 @@
+/* The id index of a snapshot's never-touched pending jobs (aurora_log/local/table.py,
+ * SnapshotBase): an open-addressing hash table of u32 ranks over ids stored at a fixed
+ * stride in the snapshot content (16 raw bytes per UUID id, or W bytes + "\n"). It stands
+ * in for a Python dict of a million id strings: 5 bytes per slot (2 to 4 slots per id)
+ * instead of ~150 bytes per id, built in milliseconds, and the ids are not copied. */
+#include "aurora.h"
+
+#include <string.h>
+
+#define EMPTY 0xFFFFFFFFu
+
+static uint64_t mix(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Every byte counts (UUIDv7-style ids share their leading timestamp bytes). */
+static uint64_t hash_id(const uint8_t *p, uint32_t width)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ width;
+    uint32_t i = 0;
+    for (; i + 8 <= width; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        h = mix(h ^ v);
+    }
+    if (i < width) {
+        uint64_t v = 0;
+        memcpy(&v, p + i, width - i);
+        h = mix(h ^ v ^ ((uint64_t)(width - i) << 56));
+    }
+    return h;
+}
+
+/* The table's layout: mask + 1 u32 slots, then mask + 1 tag bytes (the hash's top byte),
+ * so that a probe compares an id (a cache miss into the ids) only when the tags agree. */
+int64_t au_idx_build(const uint8_t *ids, uint64_t n, uint32_t stride, uint32_t width,
+                     uint32_t *table, uint64_t mask)
+{
+    if (n >= EMPTY || mask + 1 < 2 * n)
+        return -2;
+    uint8_t *tags = (uint8_t *)(table + mask + 1);
+    memset(table, 0xFF, (size_t)(mask + 1) * sizeof(uint32_t));
+    memset(tags, 0, (size_t)(mask + 1));
+    for (uint64_t k = 0; k < n; k++) {
+        const uint8_t *id = ids + k * stride;
+        uint64_t h = hash_id(id, width), s = h & mask;
+        uint8_t tag = (uint8_t)(h >> 56);
+        for (;;) {
+            uint32_t r = table[s];
+            if (r == EMPTY) {
+                table[s] = (uint32_t)k;
+                tags[s] = tag;
+                break;
+            }
+            if (tags[s] == tag && memcmp(ids + (uint64_t)r * stride, id, width) == 0)
+                return (int64_t)k;          /* a duplicate id */
+            s = (s + 1) & mask;
+        }
+    }
+    return -1;
+}
+
+int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
+                    const uint32_t *table, uint64_t mask, const uint8_t *key)
+{
+    const uint8_t *tags = (const uint8_t *)(table + mask + 1);
+    uint64_t h = hash_id(key, width), s = h & mask;
+    uint8_t tag = (uint8_t)(h >> 56);
+    for (;;) {
+        uint32_t r = table[s];
+        if (r == EMPTY)
+            return -1;
+        if (tags[s] == tag && memcmp(ids + (uint64_t)r * stride, key, width) == 0)
+            return r;
+        s = (s + 1) & mask;
+    }
+}
+
+static int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;                              /* uppercase is not canonical */
+}
+
+int au_uuid_parse(const char *s, size_t len, uint8_t *out)
+{
+    if (len != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')
+        return -1;
+    int j = 0;
+    for (size_t i = 0; i < 36; i += 2) {
+        if (i == 8 || i == 13 || i == 18 || i == 23)
+            i++;
+        int hi = hexval((uint8_t)s[i]), lo = hexval((uint8_t)s[i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[j++] = (uint8_t)(hi << 4 | lo);
+    }
+    return j == 16 ? 0 : -1;
+}
+
+int64_t au_idx_find_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
+                         const char *s, size_t len)
+{
+    uint8_t key[16];
+    if (au_uuid_parse(s, len, key))
+        return -1;
+    return au_idx_find(ids, 16, 16, table, mask, key);
+}
+
+int64_t au_idx_find_any_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
+                             const char *lines, size_t len)
+{
+    size_t p = 0;
+    int64_t line = 0;
+    while (p < len) {
+        const char *nl = memchr(lines + p, '\n', len - p);
+        size_t e = nl ? (size_t)(nl - lines) : len;
+        if (au_idx_find_uuid(ids, table, mask, lines + p, e - p) >= 0)
+            return line;
+        p = e + 1;
+        line++;
+    }
+    return -1;
+}
