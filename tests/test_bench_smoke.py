@@ -33,6 +33,6 @@ def test_compare_quick_runs_and_writes_json(tmp_path):
     assert data["config"]["quick"] is True
     assert data["machine"]["cores"] >= 1
     # every scenario ran (whatever systems were available)
-    assert set(data["scenarios"]) == {"s1", "s2", "s3", "s4", "s5", "s6", "s7"}
+    assert set(data["scenarios"]) == {"s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"}
     # the work directories are cleaned up
     assert not any((tmp_path / "work").glob("run-*/*"))
