@@ -103,6 +103,22 @@ def test_bulk_replay_equals_the_fold_of_every_record(tmp_path, spy):
     _same(done.state, ref)
 
 
+class _BoundsScanAlone(Log):
+    """A log that bounds scan() its own way but leaves scan_chunks as Log's."""
+
+    def scan(self, from_lsn=1):
+        return super().scan(from_lsn)
+
+
+def test_a_log_bounding_only_its_scan_is_replayed_record_by_record(tmp_path, spy):
+    _write(tmp_path / "s", _batches())
+    with Log.open(tmp_path / "s", read_only=True) as lg:
+        lg.__class__ = _BoundsScanAlone
+        done = replay(lg)
+    assert spy == []                   # the bulk path's bound would not be the log's
+    _same(done.state, _one_by_one(tmp_path / "s"))
+
+
 @pytest.mark.parametrize("form", ["uuid", "fixed"])
 def test_bulk_replay_over_a_lazy_snapshot(tmp_path, spy, form):
     batches = _batches()
@@ -168,9 +184,9 @@ def test_the_newest_segment_open_read_is_let_go_after_replay(tmp_path):
         q.close()
 
 
-def test_a_shared_store_is_replayed_record_by_record(tmp_path, spy, shared_store):
-    """The shared log bounds its scans by the control page (its own scan()); the bulk
-    path reads with Log's bound, so it is not used there."""
+def test_a_shared_store_is_replayed_in_bulk_up_to_its_bound(tmp_path, spy, shared_store):
+    """The shared log bounds its scans by the control page; its scan_chunks keeps the same
+    bound, so the default mode's reopen takes the bulk path too, to the same state."""
     import aurora_log
     from aurora_log import Job
     from mp_support import shared_options
@@ -180,7 +196,7 @@ def test_a_shared_store_is_replayed_record_by_record(tmp_path, spy, shared_store
     q.close()
     q = aurora_log.open(d, **shared_options())
     try:
-        assert [j.id for j in q.list()] == ids and spy == []
+        assert [j.id for j in q.list()] == ids and spy == [30]
         assert q.claim("w").id == ids[0]
     finally:
         q.close()

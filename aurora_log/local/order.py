@@ -148,12 +148,20 @@ class ClaimOrder:
         """``add`` for jobs of one pair with consecutive seqs from ``first_seq`` (replay's
         bulk fold of an ENQUEUE run); the keys are ``claim_key``'s and ``timer_key``'s."""
         ready, timers, push = self.ready[pair], self.timers, heapq.heappush
+        lane = self.lanes[pair]
+        lane_append = lane.append
+        last = lane[-1][0] if lane else -1
         seq = first_seq
         for job_id, prio, due, at in zip(ids, prios, dues, ats, strict=True):
             if due > at:
                 push(timers, (due << 64 | seq, job_id))
             else:
-                push(ready, ((4 - prio) << 112 | due << 64 | seq, job_id))
+                key = (4 - prio) << 112 | due << 64 | seq
+                if key > last:          # in key order, as a replayed FIFO run mostly is
+                    lane_append((key, job_id))
+                    last = key
+                else:
+                    push(ready, (key, job_id))
             seq += 1
 
     def add_blob(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:

@@ -67,9 +67,11 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
     # replay's hot path: an ENQUEUE folded straight from its bytes (no record object),
     # runs of them in bulk (_fold_enqueue_run)
     fused = check is None and until_ms is None
-    if fused and until_lsn is None and all(type(lg).scan is Log.scan for lg in logs):
-        # (a log that bounds its scan its own way, the shared one, is read record by
-        # record: scan_chunks knows only Log's bound)
+    if fused and until_lsn is None and all(
+            type(lg).scan is Log.scan or type(lg).scan_chunks is not Log.scan_chunks
+            for lg in logs):
+        # (a log that bounds its scan its own way must bound scan_chunks the same way, as
+        # the shared one does; one that does not is read record by record)
         return _replay_bulk(logs, state, expected, max_at)
     stop = False
     for lg in logs:

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ._binding import (MODES, address, check_io, ffi, lib, os_error,
                        shm_append_try1_keeping_gil, shm_gil_kept, shm_next_lsn_keeping_gil,
@@ -660,13 +661,20 @@ class SharedLog(Log):
     def scan(self, from_lsn: int = 1) -> Iterator[tuple[int, int, bytes]]:
         """(lsn, rtype, payload) of every stored record >= from_lsn up to the published
         position."""
+        return self._scan(from_lsn, self._shared_bound())
+
+    def scan_chunks(self, from_lsn: int = 1) -> Iterator[tuple[memoryview, Any, int]]:
+        """Log.scan_chunks (replay's bulk fold) with scan()'s bound: the same records."""
+        return self._scan_chunks(from_lsn, self._shared_bound())
+
+    def _shared_bound(self) -> tuple[int, int]:
+        """Where scans stop: ``scan_bound`` (the tail a replay read under the lock) if set,
+        else the published position."""
         if self._closed:
             raise ClosedError("the log is closed")
         if self.scan_bound is not None:
-            seg, off = self.scan_bound[0], self.scan_bound[1]
-        else:
-            seg, off = _seg_off(self.published)
-        return self._scan(from_lsn, (seg, off))
+            return self.scan_bound[0], self.scan_bound[1]
+        return _seg_off(self.published)
 
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
         """As Log's, but never past the pin: the lowest LSN a live process may still have
