@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..job import MAX_DUE_MS
@@ -198,37 +198,27 @@ class ClaimOrder:
             return v.status in WAITING and v.seq == key & SEQ_MASK
         return v is not None                  # a blob: never touched, always waiting
 
-    def _drop_dead(self, heap: list[Entry]) -> None:
-        # live() inlined: this runs after every claim
+    def _drop_dead(self, entries, pop: Callable = heapq.heappop) -> None:
+        """Pop dead entries off the head of a heap (``pop``: heappop) or of a lane
+        (``pop``: deque.popleft) until a live one heads it. live() inlined: this runs
+        after every claim."""
         jobs = self.st.jobs
-        while heap:
-            key, job_id = heap[0]
+        while entries:
+            key, job_id = entries[0]
             v = jobs.get(job_id)
             if type(v) is Rec:
                 if v.status in WAITING and v.seq == key & SEQ_MASK:
                     return
             elif v is not None:
                 return                      # a blob: never touched, always waiting
-            heapq.heappop(heap)
-
-    def _drop_dead_lane(self, lane: deque[Entry]) -> None:
-        jobs = self.st.jobs
-        while lane:
-            key, job_id = lane[0]
-            v = jobs.get(job_id)
-            if type(v) is Rec:
-                if v.status in WAITING and v.seq == key & SEQ_MASK:
-                    return
-            elif v is not None:
-                return
-            lane.popleft()
+            pop(entries)
 
     def left(self, job_id: str, pair: int) -> None:
         """``job_id`` (of pair ``pair``) stopped waiting (the fold applied its claim or
         cancel): wherever it is a head, drop it and the dead entries under it."""
         lane = self.lanes[pair]
         if lane and lane[0][1] == job_id:
-            self._drop_dead_lane(lane)
+            self._drop_dead(lane, deque.popleft)
         heap = self.ready[pair]
         if heap and heap[0][1] == job_id:
             self._drop_dead(heap)

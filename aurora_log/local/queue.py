@@ -57,7 +57,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Queue", "open"]
 
-_JOBLESS = (R.Pause, R.Resume, R.Limit)      # control records about no one job
+
+
+def _note_touched(touched: dict[str, None], recs: Iterable) -> None:
+    """A compaction is capturing: note every job the records touch (a PURGE names many;
+    control records such as PAUSE or LIMIT, and ATTACH/DETACH, name none)."""
+    for r in recs:
+        if type(r) is R.Purge:
+            touched.update(dict.fromkeys(r.ids))
+        elif (jid := getattr(r, "id", None)) is not None:
+            touched[jid] = None
+
 T = TypeVar("T")
 
 
@@ -360,11 +370,8 @@ class Queue(QueueInterface):
             else:
                 rec = R.decode(rtype, payload)
                 at = rec.at_ms
-                if touched is not None:     # a compaction is capturing: note every job
-                    if type(rec) is R.Purge:
-                        touched.update(dict.fromkeys(rec.ids))
-                    elif (jid := getattr(rec, "id", None)) is not None:
-                        touched[jid] = None
+                if touched is not None:
+                    _note_touched(touched, (rec,))
                 state.apply(lsn, rtype, rec)
             if at > max_at:
                 max_at = at
@@ -555,15 +562,8 @@ class Queue(QueueInterface):
             at = recs[0].at_ms
             if at > self._max_at:
                 self._max_at = at
-            touched = self._touched
-            if touched is not None:      # a compaction is capturing: note every job touched
-                for r in recs:
-                    if type(r) is R.Purge:
-                        touched.update(dict.fromkeys(r.ids))
-                    elif type(r) in _JOBLESS:      # control records about no one job
-                        continue
-                    else:
-                        touched[r.id] = None
+            if self._touched is not None:
+                _note_touched(self._touched, recs)
             self._fold_reserved(first, recs, encoded, plain)
         except BaseException:
             # the LSNs are taken: a range that never arrives stalls every later commit
@@ -629,13 +629,8 @@ class Queue(QueueInterface):
         at = recs[0].at_ms
         if at > self._max_at:
             self._max_at = at
-        touched = self._touched
-        if touched is not None:
-            for r in recs:
-                if type(r) is R.Purge:
-                    touched.update(dict.fromkeys(r.ids))
-                elif (jid := getattr(r, "id", None)) is not None:
-                    touched[jid] = None
+        if self._touched is not None:
+            _note_touched(self._touched, recs)
         self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
 
