@@ -20,6 +20,8 @@ Reproduce:  pytest tests/test_ioerrors.py -q -s
 from __future__ import annotations
 
 import errno
+import fcntl
+import gc
 import os
 import shutil
 
@@ -52,18 +54,19 @@ def _job(i: int) -> Job:
                max_retries=1)
 
 
+# Both store modes: the exclusive C writer and the default shared mode (the page's `failed`
+# word, the fast append, the liveness files) have their own failure paths.
+MODES = pytest.mark.parametrize("exclusive", [True, False], ids=["exclusive", "shared"])
+
+
 def _open(store, exclusive=True):
-    # exclusive=True: the faults are injected into the exclusive C writer's syscalls and
-    # the checks are its failure contract (which waiter gets DurabilityError when, which
-    # files exist on a full disk); the shared mode's failed-fdatasync path (the page's
-    # `failed` word): tests/test_shm.py
     return aurora_log.open(store, clock=Clock(T0), reaper_interval=None, segment_bytes=SEG,
                            retry_base=0.0, retry_cap=0.0, auto_compact=False,
                            exclusive=exclusive)
 
 
-def _seed_store(store):
-    with _open(store) as q:
+def _seed_store(store, exclusive=True):
+    with _open(store, exclusive) as q:
         q.enqueue_many([_job(i) for i in range(4)])
         j = q.claim("seed")                # left running: the reopen reaps it
         assert j is not None
@@ -101,7 +104,9 @@ class _Count(faults.Hook):
 
 
 class _Fail(faults.FailNth):
-    """FailNth that remembers which calls it failed."""
+    """FailNth that remembers which calls it failed. flock(LOCK_UN) is never failed (nor
+    counted): Linux cannot fail it on an open descriptor, and an injected failure would keep
+    a shared store attached (the control page's mapping holds its lock) until exit."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -109,6 +114,8 @@ class _Fail(faults.FailNth):
         self.first_at = None
 
     def before(self, op):
+        if op.name == "flock" and op.flags is not None and op.flags & fcntl.LOCK_UN:
+            return None
         r = super().before(op)
         if r is not None:
             if self.first_at is None:
@@ -117,9 +124,9 @@ class _Fail(faults.FailNth):
         return r
 
 
-def workload(store, tr: Trace, compact=False):
+def workload(store, tr: Trace, compact=False, exclusive=True):
     """Runs until the first error (re-raised after recording). Returns the queue state."""
-    q = tr.run("open", (), lambda: _open(store))
+    q = tr.run("open", (), lambda: _open(store, exclusive))
     try:
         n = 100
         for step in range(14):
@@ -172,7 +179,7 @@ def _after_failure(q, tr: Trace):
         raise AssertionError("an enqueue was acknowledged after the log failed")
 
 
-def _check_after(store, tr: Trace, fail: _Fail | None, where: str):
+def _check_after(store, tr: Trace, fail: _Fail | None, where: str, exclusive=True):
     problems = []
     # I9: the op during which an fsync failed was not acknowledged
     if fail is not None and fail.first_at is not None and \
@@ -184,7 +191,7 @@ def _check_after(store, tr: Trace, fail: _Fail | None, where: str):
         opened = any(k == "open" and a is not None for k, _, _, a, _ in tr.ops)
         if opened and fail.fired_names[0] == "fdatasync" and tr.log_failed is False:
             problems.append("an fdatasync failed but the log did not enter the failed state")
-    q = _open(store)
+    q = _open(store, exclusive)
     try:
         jobs = {j.id: j for j in q.list(limit=1 << 20)}
     finally:
@@ -204,13 +211,13 @@ def _check_after(store, tr: Trace, fail: _Fail | None, where: str):
     return [f"{where}: {p}" for p in problems]
 
 
-def _clean_run(tmp_path, compact):
+def _clean_run(tmp_path, compact, exclusive):
     store = tmp_path / "clean"
-    _seed_store(store)
+    _seed_store(store, exclusive)
     cnt = _Count()
     tr = Trace(lambda: cnt.calls)
     with faults.installed(cnt):
-        workload(store, tr, compact)
+        workload(store, tr, compact, exclusive)
     assert all(err is None for *_, err in tr.ops)
     assert tr.rolls >= 2, tr.rolls
     if compact:
@@ -222,24 +229,26 @@ def _clean_run(tmp_path, compact):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("compact", [False, True], ids=["plain", "compaction"])
 @pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
-def test_fail_every_nth_call(tmp_path, err, compact):
-    cnt = _clean_run(tmp_path, compact)
+@MODES
+def test_fail_every_nth_call(tmp_path, err, compact, exclusive):
+    cnt = _clean_run(tmp_path, compact, exclusive)
     total = cnt.calls
     assert total > 100
     problems = []
     raised = {True: 0, False: 0}
     cases = 0
+    gc.collect()
     fd0 = _fds()
     for persistent in (False, True):
         for n in range(1, total + 1):
             store = tmp_path / f"s-{int(persistent)}-{n}"
-            _seed_store(store)
+            _seed_store(store, exclusive)
             fail = _Fail(n, err=err, persistent=persistent)
             tr = Trace(lambda: fail.calls)  # noqa: B023 - called at once
             unexpected = None
             with faults.installed(fail):
                 try:
-                    workload(store, tr, compact)
+                    workload(store, tr, compact, exclusive)
                 except (AuroraLogError, OSError):
                     raised[persistent] += 1
                 except Exception as e:  # noqa: BLE001 - any other type is a finding
@@ -248,13 +257,20 @@ def test_fail_every_nth_call(tmp_path, err, compact):
                     f"at call {n} ({cnt.names[n - 1]})"
             if unexpected is not None:
                 problems.append(f"{where}: untyped {type(unexpected).__name__}: {unexpected}")
-            problems += _check_after(store, tr, fail, where)
+            problems += _check_after(store, tr, fail, where, exclusive)
+            if not exclusive:
+                # a shared log's segment fds close with the object, not at close() (a
+                # thread of ours may still lead a group commit with them): drop the
+                # trace (its tracebacks hold the queue) and collect
+                del tr, fail
+                gc.collect()
             if _fds() != fd0:
                 problems.append(f"{where}: fd leak ({_fds()} open, {fd0} before)")
                 fd0 = _fds()
             cases += 1
             shutil.rmtree(store)
-    print(f"\n[ioerrors] {errno.errorcode[err]} {'with' if compact else 'without'} "
+    print(f"\n[ioerrors] {'exclusive' if exclusive else 'shared'} {errno.errorcode[err]} "
+          f"{'with' if compact else 'without'} "
           f"compaction: {cases} cases over {total} calls, raised "
           f"{raised[False]} transient / {raised[True]} persistent; problems {len(problems)}")
     assert not problems, "\n".join(problems[:30])
@@ -361,21 +377,29 @@ def test_failed_fdatasync_acknowledges_no_waiter(tmp_path, exclusive):
 
 # ------------------------------------------------------------------ disk full
 
-def _full_store(tmp_path):
+def _full_store(tmp_path, exclusive=True):
     store = tmp_path / "full"
-    q = _open(store)
+    q = _open(store, exclusive)
     q.enqueue_many([_job(i) for i in range(6)])
     q.compact()
     q.enqueue_many([_job(i) for i in range(6, 12)])
     return store, q
 
 
-def test_disk_full_enqueue_raises_reads_work_nothing_lost(tmp_path):
+def _data_files(store) -> list[str]:
+    """The store's files but the locks and the processes' liveness files (a process's own,
+    removed when it closes: not data)."""
+    return sorted(p.name for p in store.rglob("*") if p.is_file() and "LOCK" not in p.name
+                  and not p.name.endswith(".live"))
+
+
+@MODES
+def test_disk_full_enqueue_raises_reads_work_nothing_lost(tmp_path, exclusive):
     """ENOSPC on every write from now on: enqueue raises a typed error, reads keep working,
     a compaction attempt neither succeeds nor deletes WAL or snapshot files, and after the
     disk has room again everything acknowledged is there."""
-    store, q = _full_store(tmp_path)
-    before = sorted(p.name for p in store.rglob("*") if p.is_file() and "LOCK" not in p.name)
+    store, q = _full_store(tmp_path, exclusive)
+    before = _data_files(store)
     with faults.installed(faults.FailNth(1, err=errno.ENOSPC, persistent=True,
                                          ops={"pwrite", "ftruncate"})):
         with pytest.raises(DurabilityError):
@@ -387,9 +411,9 @@ def test_disk_full_enqueue_raises_reads_work_nothing_lost(tmp_path):
             q.compact()
         with pytest.raises(DurabilityError):
             q.close()
-    after = sorted(p.name for p in store.rglob("*") if p.is_file() and "LOCK" not in p.name)
+    after = _data_files(store)
     assert set(before) <= set(after), "a WAL segment or snapshot was deleted on a full disk"
-    q = _open(store)
+    q = _open(store, exclusive)
     try:
         have = {j.id for j in q.list(limit=100)}
         assert {f"io{i:04d}" for i in range(12)} <= have
@@ -426,26 +450,71 @@ def test_disk_full_claims_keep_working(tmp_path):
         q.close()
 
 
-def test_reopen_after_failed_fdatasync_survives_power_loss_with_dropped_pages(tmp_path):
+def test_disk_full_shared_claims_raise_reads_work(tmp_path):
+    """The shared mode on a full disk: enqueue raises, and so do claims (unlike the
+    exclusive mode's unlogged claims: a claim another process cannot see would let it hand
+    the same job out again); reads keep working, and after the reopen every acknowledged job
+    is there, pending."""
+    store, q = _full_store(tmp_path, exclusive=False)
+    try:
+        with faults.installed(faults.FailNth(1, err=errno.ENOSPC, persistent=True,
+                                             ops={"pwrite", "ftruncate", "open"})):
+            with pytest.raises(DurabilityError):
+                q.enqueue(_job(99))
+            with pytest.raises(DurabilityError):
+                q.claim("w")
+            assert q.stats()["pending"] == 12
+            assert q.get("io0007").status == JobStatus.PENDING
+    finally:
+        try:
+            q.close()
+        except AuroraLogError:
+            pass
+    q = _open(store, exclusive=False)
+    try:
+        assert q.stats()["pending"] == q.stats()["total"] == 12
+    finally:
+        q.close()
+
+
+class _Armed(faults.Hook):
+    """Passes calls to `hook` only once armed (the shared mode's open syncs more often than
+    the exclusive one's: the failure must hit the first fdatasync after the open)."""
+
+    def __init__(self, hook):
+        self.hook, self.armed = hook, False
+
+    def before(self, op):
+        return self.hook.before(op) if self.armed else None
+
+
+@MODES
+def test_reopen_after_failed_fdatasync_survives_power_loss_with_dropped_pages(tmp_path,
+                                                                           exclusive):
     from crashsim import DiskModel, FsRecorder, materialize
     root = tmp_path / "r"
     root.mkdir()
     rec = FsRecorder(root)
-    fail = _Fail(2, err=errno.EIO, ops={"fdatasync"}, path_contains=".seg")
+    fail = _Armed(_Fail(1, err=errno.EIO, ops={"fdatasync"}, path_contains=".seg"))
     with faults.installed(faults.Chain(rec, fail)):
-        q = _open(root / "store")                   # fdatasync 1: the writer's open
+        q = _open(root / "store", exclusive)
+        fail.armed = True
         with pytest.raises(DurabilityError):
-            q.enqueue(_job(1))                      # fdatasync 2 fails: not acknowledged
-        with pytest.raises(DurabilityError):
-            q.close()
-        q = _open(root / "store")                   # reopen: rereads the page cache
+            q.enqueue(_job(1))                      # its fdatasync fails: not acknowledged
+        if exclusive:
+            with pytest.raises(DurabilityError):
+                q.close()
+        else:
+            q.close()       # the enqueue reported the failure; a shared close only detaches
+        fail.armed = False
+        q = _open(root / "store", exclusive)        # reopen: rereads the page cache
         q.enqueue(_job(2))                          # acknowledged (sync)
         point = rec.done
         q.close()
     m = DiskModel(rec, failed_fsync="drop_pages")
     m.advance_to(point)
     store = materialize(m.crash_image("drop"), tmp_path / "img") / "store"
-    q = _open(store)                                # must open ...
+    q = _open(store, exclusive)                     # must open ...
     try:
         assert q.get("io0002") is not None          # ... with the acknowledged job
     finally:

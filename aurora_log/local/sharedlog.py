@@ -35,8 +35,9 @@ from typing import Any
 from ._binding import (MODES, address, check_io, ffi, lib, os_error,
                        shm_append_try1_keeping_gil, shm_gil_kept, shm_next_lsn_keeping_gil,
                        strerror)
-from .log import (_BATCH, SEG_HDR, _batch_hdr_crc, _check_header, _new_scan, _O_CLOEXEC, _REC,
-                  _SCAN_CHUNK, Log, _pread, _seg_name, is_file, remove_file)
+from .log import (_BATCH, _NOT_IO, SEG_HDR, UNSYNCED, _batch_hdr_crc, _check_header,
+                  _new_scan, _O_CLOEXEC, _REC, _SCAN_CHUNK, Log, _pread, _seg_name, is_file,
+                  remove_file, write_file_durably)
 from ..errors import (FORKED_HINT, AuroraLogError, ClosedError, CorruptionError,
                       DurabilityError, ForkedError)
 from .holders import refused_by_exclusive
@@ -195,7 +196,11 @@ class SharedLog(Log):
         fd = lib.au_open(os.fsencode(str(path)), os.O_RDWR | _O_CLOEXEC, 0o600)
         if fd < 0:
             raise os_error(fd, path)
-        size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
+        try:
+            size, _limit = _check_header(path, _pread(path, SEG_HDR), lsn)
+        except BaseException:
+            lib.au_close(fd)            # not ours yet: nothing else would close it
+            raise
         if self._fd >= 0:
             self._old_fds.append(self._fd)
             while len(self._old_fds) > 2:
@@ -379,8 +384,30 @@ class SharedLog(Log):
         rc = lib.au_fdatasync(fd)
         if rc < 0:
             lib.au_shm_set_failed(self._shm, -rc)    # never retried, by any process
-            self._failed_seen, self._failed_errno = True, -rc
+            self._sync_failed(-rc)
             raise DurabilityError(f"{what}: {strerror(-rc)}", errno=-rc)
+
+    def _sync_failed(self, err: int) -> None:
+        """An fdatasync failed (ours, or the group commit's we waited on): leave
+        ``<newest segment>.unsynced`` naming the offset the page's synced position reached
+        in it, as the exclusive writer does (Log._mark_unsynced). Linux may mark the pages
+        of a failed writeback clean ("fsyncgate"): the open that finds every process gone
+        would read bytes the disk does not hold, trust them and append after them, and a
+        power cut would then leave a hole before acknowledged records. That open cuts the
+        segment at the marker instead (FORMAT.md recovery rule 3). Nothing above the synced
+        position was acknowledged as durable (invariant I5). Best effort, written once."""
+        self._failed_seen, self._failed_errno = True, err
+        if self._marked or err in _NOT_IO or err >= 10000 or self._shm is None:
+            return   # a library code (not an errno): no write was lost
+        self._marked = True
+        newest, _ = _seg_off(self._position()[0])
+        newest = max(newest, self._seg_first)
+        sseg, soff = _seg_off(lib.au_shm_synced_end(self._shm))
+        off = soff if sseg == newest else SEG_HDR    # below: nothing synced in the newest
+        try:
+            write_file_durably(self._wal / (_seg_name(newest) + UNSYNCED), b"%d\n" % off)
+        except (OSError, AuroraLogError):
+            pass
 
     # ---------------------------------------------------------------- writing
     def reserve(self, n: int = 1) -> int:
@@ -529,7 +556,7 @@ class SharedLog(Log):
                 fd = self._fd
             rc = lib.au_shm_wait_synced(h, fd, pos)
             if rc < 0:
-                self._failed_seen, self._failed_errno = True, -rc
+                self._sync_failed(-rc)
                 raise DurabilityError(f"fdatasync failed: {strerror(-rc)}", errno=-rc)
 
     def _follow(self) -> None:
