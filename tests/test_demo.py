@@ -21,6 +21,11 @@ def test_demo_end_to_end(tmp_path):
     assert "-> all good" in text
     assert "dead_letter 1" in text
     assert "aurora-log history" in text or "-m aurora_log history" in text
+    # the web app, the CLI and a second producer used the store while the workers ran
+    assert "dashboard process" in text and "the dashboard served through the kill" in text
+    assert "`aurora-log stats` (another process) at the same moment" in text
+    assert "this process enqueued 30 more jobs into the store the worker is running" in text
+    assert "acknowledged  330 jobs" in text
     assert len(text.splitlines()) < 60            # a few progress lines, not thousands
     # the directory it made and the worker's log are private to the user
     assert stat.S_IMODE((tmp_path / "demo").stat().st_mode) == 0o700
@@ -28,7 +33,7 @@ def test_demo_end_to_end(tmp_path):
     store = tmp_path / "demo" / "store"
     stats = subprocess.run([sys.executable, "-m", "aurora_log", "stats", str(store), "--json"],
                            env=env, capture_output=True, text=True, timeout=60)
-    assert stats.returncode == 0 and '"total": 300' in stats.stdout
+    assert stats.returncode == 0 and '"total": 330' in stats.stdout
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path):

@@ -2,9 +2,11 @@
 
 A producer enqueues a few thousand jobs of several types and priorities (some scheduled,
 some failing once and retrying, one poison pill that ends in the dead-letter queue). A
-worker *process* runs them; half way through the demo kills it with SIGKILL, starts a new
-one on the same directory, lets it finish, and then checks every acknowledgement the
-dead worker and its successor made against what the store says:
+worker *process* runs them while the web dashboard (another process) and the CLI (a third)
+read the same directory; half way through the demo kills the worker with SIGKILL, starts a
+new one on the same directory, enqueues more jobs into it from this process while it runs,
+lets it finish, and then checks every acknowledgement the dead worker and its successor
+made against what the store says:
 
 - lost: an enqueued job that is not finished, or an acknowledged completion the store
   does not have;
@@ -25,13 +27,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
@@ -40,6 +45,9 @@ PRIORITIES = {"charge_card": "CRITICAL", "send_email": "HIGH", "render_thumbnail
 RETRY_BASE = 0.5          # seconds: the demo's retry backoff (0.5 s, 1 s, 2 s, ...)
 LEASE = 5                 # seconds
 POISON_RETRIES = 2
+REFRESH_SECONDS = 2.0      # how often `aurora-log dashboard DIR` re-reads the store
+MIX = [("render_thumbnail", 50), ("send_email", 20), ("crunch_analytics", 15),
+       ("call_partner_api", 5), ("charge_card", 5), ("send_reminder", 5)]
 
 
 # ---------------------------------------------------------------- the shared pieces
@@ -150,26 +158,31 @@ def worker_main(store: str, events_path: str, workers: int) -> int:
 
 # ---------------------------------------------------------------- the producer
 
-def produce(store: Path, n: int, rng: random.Random) -> tuple[dict, str, float]:
-    """Enqueue n jobs; returns ({id: job_type}, poison_id, seconds)."""
+def make_jobs(n: int, rng: random.Random, now: datetime, prefix: str = "") -> list:
+    """``n`` demo jobs of the six types, in the demo's mix (ids unique across calls;
+    the caller adds the poison pill)."""
     from ..job import Job
-    mix = [("render_thumbnail", 50), ("send_email", 20), ("crunch_analytics", 15),
-           ("call_partner_api", 5), ("charge_card", 5), ("send_reminder", 5)]
-    types = [t for t, w in mix for _ in range(w)]
-    now = datetime.now(UTC)
+    types = [t for t, w in MIX for _ in range(w)]
     jobs = []
-    for i in range(n - 1):
+    for i in range(n):
         job_type = rng.choice(types)
         job = Job(job_type, priority=PRIORITIES[job_type], lease_duration=LEASE)
         if job_type == "render_thumbnail":
-            job.add_field("image", f"img-{i:05d}.png")
+            job.add_field("image", f"img-{prefix}{i:05d}.png")
         elif job_type == "crunch_analytics":
             job.add_field("rows", rng.randint(1000, 100000))
         elif job_type == "send_email":
-            job.add_field("to", f"user{i}@example.com")
+            job.add_field("to", f"user{prefix}{i}@example.com")
         elif job_type == "send_reminder":
             job.schedule_at(now + timedelta(seconds=rng.uniform(2.0, 6.0)))
         jobs.append(job)
+    return jobs
+
+
+def produce(store: Path, n: int, rng: random.Random) -> tuple[dict, str, float]:
+    """Enqueue n jobs; returns ({id: job_type}, poison_id, seconds)."""
+    from ..job import Job
+    jobs = make_jobs(n - 1, rng, datetime.now(UTC))
     poison = Job("render_thumbnail", {"image": None}, priority="NORMAL",
                  max_retries=POISON_RETRIES, lease_duration=LEASE)
     jobs.insert(len(jobs) // 3, poison)
@@ -208,6 +221,63 @@ def _start_worker(store: Path, events: Path, workers: int, logf) -> subprocess.P
                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
 
 
+# ---------------------------------------------------------------- the other processes
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_dashboard(store: Path, logf) -> tuple[subprocess.Popen, int] | None:
+    """The web dashboard on the same store, in its own process (read-only), once it
+    answers; None when the dashboard extra is not installed or it does not come up."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return None
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "aurora_log", "dashboard", str(store),
+                             "--port", str(port)],
+                            stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        if dashboard_completed(port) is not None:
+            return proc, port
+        time.sleep(0.2)
+    stop_process(proc)
+    return None
+
+
+def dashboard_completed(port: int) -> int | None:
+    """Completed jobs as the dashboard's /metrics reports them (None: no answer)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("aurora_jobs{") and 'status="completed"' in line)
+
+
+def cli_stats(store: Path) -> dict | None:
+    """``aurora-log stats STORE --json``, run as its own process (None if it failed)."""
+    out = subprocess.run([sys.executable, "-m", "aurora_log", "stats", str(store), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 def _tally(events_path: Path):
     ev = read_events(events_path)
     final = {}
@@ -244,51 +314,92 @@ def run_demo(base: Path, n: int, workers: int, seed: int | None, show: Show,
     with os.fdopen(log_fd, "ab") as logf:
         child = _start_worker(store, events, workers, logf)
         show.say(f"2. worker process {child.pid} started ({workers} threads)")
-        deadline = time.monotonic() + time_limit
-        kill_at = max(1, int(n * 0.4))
-        while True:
-            time.sleep(0.7)
-            _ev, final, _started = _tally(events)
-            show.bar(len(final), n)
-            if len(final) >= kill_at or child.poll() is not None or time.monotonic() > deadline:
-                break
-        if child.poll() is not None:
-            show.say(f"   the worker exited early with status {child.returncode}; see {logfile}")
-            return 1
-
-        ev, final, started = _tally(events)
-        running = _in_flight(ev)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        show.say()
-        show.say(f"3. kill -9 {child.pid}: no goodbye, no flush, {len(running)} handler(s) cut "
-                 f"off mid-job; {len(final)} jobs acknowledged so far")
-        killed_running = set(running)
-        acked_before_kill = dict(final)
-        show.say()
-
-        child = _start_worker(store, events, workers, logf)
-        show.say(f"4. worker process {child.pid} started on the same directory; recovery put "
-                 "the interrupted jobs back in line")
-        last = -1
-        while True:
-            time.sleep(0.7)
-            done = _finished_since_restart(events)
-            if done != last or done >= n:
-                show.bar(done, n, _waiting_note(done, n))
-                last = done
-            if done >= n or child.poll() is not None or time.monotonic() > deadline:
-                break
-        child.send_signal(signal.SIGTERM)
+        dashboard = start_dashboard(store, logf)
         try:
-            rc = child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            rc = child.wait()
-        show.say(f"   SIGTERM: the worker stopped cleanly (exit status {rc})")
-        show.say()
+            if dashboard is None:
+                show.say("   (no dashboard: pip install 'aurora-log[dashboard]' to watch it too)")
+            else:
+                show.say(f"   dashboard process {dashboard[0].pid} on the same store: "
+                         f"http://127.0.0.1:{dashboard[1]}/ (read-only)")
+            deadline = time.monotonic() + time_limit
+            kill_at = max(1, int(n * 0.4))
+            while True:
+                time.sleep(0.7)
+                _ev, final, _started = _tally(events)
+                show.bar(len(final), n)
+                if len(final) >= kill_at or child.poll() is not None or \
+                        time.monotonic() > deadline:
+                    break
+            if child.poll() is not None:
+                show.say(f"   the worker exited early with status {child.returncode}; "
+                         f"see {logfile}")
+                return 1
+            _say_readers(show, store, dashboard)
+
+            ev, final, started = _tally(events)
+            running = _in_flight(ev)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            show.say()
+            show.say(f"3. kill -9 {child.pid}: no goodbye, no flush, {len(running)} handler(s) "
+                     f"cut off mid-job; {len(final)} jobs acknowledged so far")
+            killed_running = set(running)
+            acked_before_kill = dict(final)
+            show.say()
+
+            child = _start_worker(store, events, workers, logf)
+            show.say(f"4. worker process {child.pid} started on the same directory; recovery "
+                     "put the interrupted jobs back in line")
+            late = make_jobs(max(1, n // 10), rng, datetime.now(UTC), prefix="late-")
+            q = open_queue(store)
+            try:
+                q.enqueue_many(late)
+            finally:
+                q.close()
+            expected.update((j.id, j.job_type) for j in late)
+            total = len(expected)
+            show.say(f"   meanwhile this process enqueued {len(late)} more jobs into the "
+                     f"store the worker is running ({total} in all)")
+            last = -1
+            while True:
+                time.sleep(0.7)
+                done = _finished_since_restart(events)
+                if done != last or done >= total:
+                    show.bar(done, total, _waiting_note(done, total))
+                    last = done
+                if done >= total or child.poll() is not None or time.monotonic() > deadline:
+                    break
+            rc = stop_process(child)
+            show.say(f"   SIGTERM: the worker stopped cleanly (exit status {rc})")
+            if dashboard is not None:
+                stats = cli_stats(store)
+                want = stats["completed"] if stats is not None else None
+                seen = dashboard_completed(dashboard[1])
+                end = time.monotonic() + 3 * REFRESH_SECONDS
+                while seen != want and time.monotonic() < end:     # its next re-read
+                    time.sleep(0.3)
+                    seen = dashboard_completed(dashboard[1])
+                show.say(f"   the dashboard served through the kill and the restart: its "
+                         f"/metrics counts {seen} completed, the CLI {want}")
+            show.say()
+        finally:
+            if dashboard is not None:
+                stop_process(dashboard[0])
 
     return verify(store, events, expected, poison_id, killed_running, acked_before_kill, rc, show)
+
+
+def _say_readers(show: Show, store: Path, dashboard) -> None:
+    """What the CLI and the dashboard, each its own process, read from the store while the
+    worker writes it."""
+    stats = cli_stats(store)
+    if stats is not None:
+        show.say(f"   `aurora-log stats` (another process) at the same moment: "
+                 f"{stats['completed']} completed, {stats['running']} running, "
+                 f"{stats['pending']} pending, {stats['failed']} waiting to retry")
+    if dashboard is not None:
+        show.say(f"   the dashboard's /metrics: {dashboard_completed(dashboard[1])} completed "
+                 f"(it re-reads the store every {REFRESH_SECONDS:g} s)")
 
 
 def _finished_since_restart(events_path: Path) -> int:
