@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple, overload
 
-from .job import Job, JobPriority, JobStatus, check_name, check_seconds
+from .job import Job, JobPriority, JobStatus, check_name, check_seconds, retry_delay_ms
 
 __all__ = ["QueueInterface", "Transition", "bind_task_layer", "check_names", "token_bytes",
            "check_job_id", "check_limit_args", "MAX_ERROR_CHARS", "MAX_MESSAGE_CHARS"]
@@ -148,6 +148,20 @@ def check_limit_args(queue: Any, job_type: Any, concurrency: Any,
         if period < 1:
             raise ValueError(f"rate period must be at least 1 ms, got {seconds!r}")
     return scope, name, conc, count, period
+
+
+def check_queue_options(clock: Any, reaper_interval: Any, max_payload_bytes: Any,
+                        retry_base: Any, retry_cap: Any, retry_jitter: Any) -> None:
+    """The options both backends' constructors share: TypeError/ValueError before anything
+    is opened."""
+    if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
+            or max_payload_bytes <= 0:
+        raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+    if reaper_interval is not None:
+        check_seconds(reaper_interval, "reaper_interval")
+    retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
+    if not callable(clock):
+        raise TypeError("clock must be a callable returning seconds since the epoch")
 
 
 class QueueInterface(abc.ABC):

@@ -41,7 +41,8 @@ from .locks import YieldingLock
 from ..errors import (FORKED_HINT, ClosedError, CorruptionError, ForkedError,
                       ReadOnlyError, UnknownParentError)
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
-                         check_job_id, check_limit_args, check_names, token_bytes)
+                         check_job_id, check_limit_args, check_names, check_queue_options,
+                         token_bytes)
 from ..workflows import parents_first
 from ..bulk import BulkRequest, bulk_request, check_bulk_call
 from ..job import (DEFAULT_LEASE_SECONDS, DEFAULT_TIMEOUT_SECONDS, MAX_NAME_CHARS, Job,
@@ -192,14 +193,8 @@ class Queue(QueueInterface):
         if as_of is not None and not read_only:
             raise ValueError("as_of needs read_only=True (a past state is for inspection)")
 
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
-                or max_payload_bytes <= 0:
-            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
-        if reaper_interval is not None:
-            check_seconds(reaper_interval, "reaper_interval")
-        retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
-        if not callable(clock):
-            raise TypeError("clock must be a callable returning seconds since the epoch")
+        check_queue_options(clock, reaper_interval, max_payload_bytes, retry_base, retry_cap,
+                            retry_jitter)
         self._clock = clock
         self._max_payload = max_payload_bytes
         self._retry = (retry_base, retry_cap, retry_jitter)

@@ -41,7 +41,7 @@ from ..errors import (
     StaleLeaseError,
 )
 from ..interface import (QueueInterface, Transition, check_progress, error_text,
-                         check_job_id, check_names, token_bytes)
+                         check_job_id, check_names, check_queue_options, token_bytes)
 from ..bulk import BulkRequest, bulk_request, check_bulk_call
 from ..job import (payload_bytes, scheduled_ms, check_new_job, new_ids,
     MAX_DUE_MS,
@@ -50,7 +50,6 @@ from ..job import (payload_bytes, scheduled_ms, check_new_job, new_ids,
     Job,
     JobPriority,
     JobStatus,
-    check_seconds,
     check_text,
     decode_json,
     encode_json,
@@ -140,14 +139,8 @@ class PostgresQueue(ControlMixin, QueueInterface):
         if not is_dsn(dsn):
             raise ValueError("dsn must be a postgresql:// (or postgres://) URI")
         self.schema = S.check_schema_name(schema)
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
-                or max_payload_bytes <= 0:
-            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
-        if reaper_interval is not None:
-            check_seconds(reaper_interval, "reaper_interval")
-        retry_delay_ms(0, base=retry_base, cap=retry_cap, jitter=retry_jitter)  # validates
-        if not callable(clock):
-            raise TypeError("clock must be a callable returning seconds since the epoch")
+        check_queue_options(clock, reaper_interval, max_payload_bytes, retry_base, retry_cap,
+                            retry_jitter)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
         self._dsn = dsn

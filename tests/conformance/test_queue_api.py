@@ -400,6 +400,22 @@ def test_each_bad_input_raises_before_writing(opener, clock):
     assert len(cases) >= 20
 
 
+@pytest.mark.parametrize("option, value, exc", [
+    ("max_payload_bytes", 0, ValueError), ("max_payload_bytes", True, ValueError),
+    ("max_payload_bytes", 1.5, ValueError), ("reaper_interval", -1, ValueError),
+    ("reaper_interval", "1", TypeError), ("retry_base", -1.0, ValueError),
+    ("retry_jitter", 2.0, ValueError), ("clock", 1_800_000_000.0, TypeError),
+])
+def test_each_bad_open_option_raises_before_opening(opener, option, value, exc):
+    q = opener()                        # the store exists, with a job in it
+    jid = q.enqueue(job())
+    q.close()
+    with pytest.raises(exc):
+        opener(**{option: value})
+    again = opener()
+    assert again.get(jid) is not None and again.stats()["total"] == 1
+
+
 def test_untrusted_payload_bytes_are_inert(q):
     bomb = "cos\nsystem\n(S'echo pwned'\ntR."
     jid = q.enqueue(job(payload={"data": bomb, "raw": "\x80\x04\x95"}))
