@@ -129,6 +129,9 @@ class Statements:
                     status = CASE WHEN cancel_requested THEN 6 ELSE 1 END,
                     token = NULL, lease_dl_ms = NULL,
                     due_ms = CASE WHEN cancel_requested THEN due_ms ELSE %(now)s END,
+                    -- as a retry shows its due time (and the local store the release's)
+                    scheduled_ms = CASE WHEN cancel_requested THEN scheduled_ms
+                                        ELSE %(now)s END,
                     order_seq = CASE WHEN cancel_requested THEN order_seq
                                      ELSE nextval({lsn}) END,
                     completed_ms = CASE WHEN cancel_requested THEN %(now)s

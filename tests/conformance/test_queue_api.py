@@ -619,12 +619,14 @@ def test_concurrent_enqueues_of_one_unique_key_make_one_live_job(opener, backend
 
 # ------------------------------------------------------------------ release
 
-def test_release_hands_the_job_back_without_spending_an_attempt(q):
+def test_release_hands_the_job_back_without_spending_an_attempt(q, clock):
     jid = q.enqueue(job(max_retries=1))
     j = q.claim("w1")
+    clock.advance(5)
     assert q.release(jid, j.token) is JobStatus.PENDING
     got = q.get(jid)
     assert (got.status, got.retry_count) == (JobStatus.PENDING, 0)
+    assert got.scheduled_at == datetime.fromtimestamp(clock(), UTC)     # due again now
     assert [t.kind for t in q.history(jid)] == ["enqueue", "claim", "release"]
     with pytest.raises(StaleLeaseError):
         q.complete(jid, j.token)             # the released attempt's token holds nothing
