@@ -63,7 +63,7 @@ class ControlMachine(QueueMachine):
     def enqueue_child(self, spec, data, policy):
         if not self.model.jobs:
             return
-        parents = data.draw(st.lists(st.sampled_from(sorted(self.model.jobs)), min_size=1,
+        parents = data.draw(st.lists(st.sampled_from(list(self.model.jobs)), min_size=1,
                                      max_size=2, unique=True))
         j, sched = self._job(spec)
         j.after(*parents, on_parent_failure=policy)

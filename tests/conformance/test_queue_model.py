@@ -168,7 +168,7 @@ class QueueMachine(RuleBasedStateMachine):
     def cancel(self, data):
         if not self.model.jobs:
             return
-        job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        job_id = data.draw(st.sampled_from(list(self.model.jobs)))
         try:
             want = self.model.cancel(job_id)
         except Invalid:
@@ -181,7 +181,7 @@ class QueueMachine(RuleBasedStateMachine):
     def retry_dead(self, data):
         if not self.model.jobs:
             return
-        job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        job_id = data.draw(st.sampled_from(list(self.model.jobs)))
         try:
             self.model.retry_dead(job_id)
         except Invalid:
