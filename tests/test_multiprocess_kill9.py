@@ -318,6 +318,7 @@ def test_kill9_of_random_producers_and_workers(shared_store, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)      # 500 cycles took 300-600 s on a loaded 2-core machine
 def test_kill9_of_random_producers_and_workers_long(shared_store, tmp_path):
     t = run_cycles(tmp_path / "store", 500, seed=1919, progress=50)
     print(f"\n[mp-kill9] {t.line()}")
