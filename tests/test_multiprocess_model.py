@@ -391,5 +391,6 @@ def test_three_processes_against_the_model(shared_store):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)      # 100 examples of three processes: minutes on a loaded machine
 def test_three_processes_against_the_model_long(shared_store):
     run_model(examples=100, steps=50)
