@@ -36,3 +36,20 @@ def test_compare_quick_runs_and_writes_json(tmp_path):
     assert set(data["scenarios"]) == {"s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"}
     # the work directories are cleaned up
     assert not any((tmp_path / "work").glob("run-*/*"))
+    # s1 pairs the floor with aurora-log's sync peer round by round
+    s1 = data["scenarios"]["s1"]
+    assert s1["paired_by_system"].get("aurora-sync"), s1
+    assert s1["paired_median"] == s1["paired_medians"]["aurora-sync"]
+
+
+@pytest.mark.timeout(120)
+def test_s1_budget_runs_every_row(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "s1_budget.py"), "--rounds", "1", "--ops", "3",
+         "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for row in ("floor + Job()", "floor + enqueue", "aurora shared", "aurora excl",
+                "after a 100 us sleep"):
+        assert row in p.stdout, p.stdout
+    assert not any(tmp_path.iterdir())          # its files are removed

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -111,6 +111,17 @@ def _take_fresh_ids(jobs: builtins.list[Job], built: builtins.list) -> bool:
             seen.add(rec.id)
         for j in jobs:
             j._auto_id = None
+        return True
+
+
+def _take_fresh_id(job: Job, rec: R.Enqueue) -> bool:
+    """_take_fresh_ids for a batch of one job (its built ENQUEUE record ``rec``)."""
+    if rec.unique_key is not None:
+        return False
+    with _fresh_ids_lock:
+        if getattr(job, "_auto_id", None) != rec.id:
+            return False
+        job._auto_id = None
         return True
 
 
@@ -629,7 +640,7 @@ class Queue(QueueInterface):
         self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
 
-    def _fold_own(self, first: int, recs: list, pos: int) -> None:
+    def _fold_own(self, first: int, recs: Sequence[R.Enqueue], pos: int) -> None:
         """After a lazy enqueue's fast append: if our batch directly follows our cursor
         (nobody else appended since our last fold, as when this process is alone) and the
         queue lock is free, fold it now from the records we built, as exclusive mode does,
@@ -714,7 +725,24 @@ class Queue(QueueInterface):
         job's id and adds nothing. In sync mode returns after the record is fdatasynced
         (``durable=False``: do not wait, the record rides the next group commit or the
         background thread's next tick, every ``interval_ms``)."""
-        return self.enqueue_many((job,), durable=durable)[0]
+        # one Job: straight to the fold (enqueue_many's form checks and lists cost ~2 us,
+        # and a durable enqueue pays every microsecond of CPU about three times over on a
+        # VM: bench/s1_budget.py)
+        if self._shared:
+            now = self._now_ms()
+            built = self._build(job, now)       # validates: TypeError/ValueError first
+            if getattr(job, "_deps", None) is None and _take_fresh_id(job, built[0]):
+                self._write_one_unfolded(built, durable)
+                return built[0].id
+            ids, reserved, lsn = self._fold_built([built], [getattr(job, "_deps", None)],
+                                                  range(1), now)
+        else:
+            ids, reserved, lsn = self._enqueue_folded((job,), durable)
+        if reserved is not None:
+            self._publish(reserved, "durable" if durable else "none")
+        elif lsn > 0 and durable:
+            self._log.sync(lsn)
+        return ids[0]
 
     def enqueue_many(self, jobs: Any, payloads: Any = None, /, *, durable: bool = True,
                      **options: Any) -> list[str]:
@@ -906,6 +934,22 @@ class Queue(QueueInterface):
         recs = [rec for rec, _ in built]
         return self._write_unfolded(self._log.check_records(encoded), durable,
                                     [rec.id for rec in recs], recs)
+
+    def _write_one_unfolded(self, built: tuple, durable: bool) -> None:
+        """_enqueue_lazily for one job: its record goes to the one-record fast append
+        (no packing), else (a busy lock, a roll, a record the fast path leaves to the
+        exact checks) the way _write_unfolded writes a batch."""
+        self._check_open()
+        rec, payload = built
+        log = self._sl
+        got = log.try_append(((R.ENQUEUE, payload),))
+        if got is None:
+            self._write_unfolded(log.check_records(((R.ENQUEUE, payload),)), durable,
+                                 [rec.id], [rec])
+            return
+        pos = got[1]
+        self._fold_own(got[0], (rec,), pos)
+        log.wait_pos(pos, "durable" if durable else "none")
 
     def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str],
                         recs: list | None = None) -> list[str]:
