@@ -256,3 +256,38 @@ def test_power_cut_at_every_syscall_with_holes_in_every_segment(tmp_path, exclus
     finally:
         lib.au_set_fill_ahead(0, lib.AU_FILL_AHEAD)
         cleanup_fast_dirs()
+
+
+def test_crashsim_models_a_file_sized_by_ftruncate(tmp_path):
+    """The power-cut model behind the test above: a size set by ftruncate is lost with an
+    unsynced file (as are its zeros) and survives an fsync, as zeros up to that size; a
+    write into the hole after it is lost until its own fdatasync."""
+    from crashsim import DiskModel, FsRecorder
+
+    root = tmp_path / "r"
+    root.mkdir()
+    rec = FsRecorder(root)
+    path = os.fsencode(str(root / "s"))
+    with faults.installed(rec):
+        fd = lib.au_open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lib.au_fsync_dir(os.fsencode(str(root)))
+        lib.au_pwrite_full(fd, b"H" * 32, 32, 0)
+        lib.au_ftruncate(fd, 1 << 16)
+        p1 = rec.done
+        lib.au_fsync(fd)
+        p2 = rec.done
+        lib.au_pwrite_full(fd, b"data", 4, 40_000)        # into the hole
+        p3 = rec.done
+        lib.au_fdatasync(fd)
+        lib.au_close(fd)
+    m = DiskModel(rec)
+    m.advance_to(p1)
+    assert m.crash_image("drop")["s"] == b""
+    assert m.crash_image("keep")["s"] == b"H" * 32 + bytes((1 << 16) - 32)
+    m.advance_to(p2)
+    assert m.crash_image("drop")["s"] == b"H" * 32 + bytes((1 << 16) - 32)
+    m.advance_to(p3)
+    assert m.crash_image("drop")["s"] == b"H" * 32 + bytes((1 << 16) - 32)
+    m.advance_to(len(rec.ops))
+    img = m.crash_image("drop")["s"]
+    assert len(img) == 1 << 16 and img[40_000:40_004] == b"data"
