@@ -1029,6 +1029,10 @@ class Runner:
             if not r.get("first_is_oldest"):
                 note.append("first claim was not the oldest job")
             note.append(f"allocated {r['fill']['disk']['allocated'] / n:,.0f} B/job")
+            kinds = r["fill"]["disk"].get("by_kind")
+            if kinds:
+                note.append("(" + ", ".join(f"{k} {v / n:,.0f}" for k, v in kinds.items()
+                                            if v) + ")")
             note.append(f"open {r['open_s']:.3f} s + claim {r['first_claim_s']:.3f} s")
             note.append(f"peak RSS {r['rss_peak'] / 2**20:.0f} MiB")
             note.append(f"fill {r['fill']['prefill_s']:.1f} s")
@@ -1042,7 +1046,8 @@ class Runner:
         self.log("  x columns: reopen = this ÷ aurora-log (>1: aurora-log faster); disk and "
                  "RSS = aurora-log ÷ this (<1: aurora-log smaller)")
         self.log("  disk/job = bytes holding data after close (aurora-log: each WAL segment up "
-                 "to its last non-zero byte;\n  its preallocated zero tail shows in 'allocated'); "
+                 "to its last non-zero byte;\n  the zeros written ahead of it show in "
+                 "'allocated', split by file kind; the s7 target compares allocated bytes); "
                  "RSS/job = RSS growth of a fresh process over open + first claim")
         self.log()
 
@@ -1104,15 +1109,16 @@ class Runner:
                 add("s6 the same after an explicit compact() (snapshot load) <= 1 s",
                     ac.get("reopen_s"), 1.0, higher_better=False)
             sq = bs[big].get("sqlite-full", {})
+            # allocated blocks, as issue 21 measures them (the zeros ahead count)
             if a.get("fill") and sq.get("fill"):
-                ratio = a["fill"]["disk"]["used"] / sq["fill"]["disk"]["used"]
+                ratio = a["fill"]["disk"]["allocated"] / sq["fill"]["disk"]["allocated"]
             else:
                 ratio = None
-            add(f"s7 disk per pending job <= 1.0x sqlite ({big:,} jobs)", ratio, 1.0,
-                higher_better=False)
+            add(f"s7 disk per pending job (allocated) <= 1.0x sqlite ({big:,} jobs)", ratio,
+                1.0, higher_better=False)
             if ac and ac.get("fill") and sq.get("fill"):
                 add(f"s7 the same after compact() ({big:,} jobs)",
-                    ac["fill"]["disk"]["used"] / sq["fill"]["disk"]["used"], 1.0,
+                    ac["fill"]["disk"]["allocated"] / sq["fill"]["disk"]["allocated"], 1.0,
                     higher_better=False)
             if a and "rss_after" in a:
                 add(f"s7 RSS growth per pending job <= 500 B (issue 3; {big:,} jobs)",

@@ -85,6 +85,16 @@ int au_segment_header_check(const uint8_t *hdr, size_t n, uint64_t *first_lsn,
                             uint64_t *size, uint32_t *max_record);
 int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
                       uint32_t max_record);
+/* Zero-filling ahead (FORMAT.md "Preallocation"): a segment bigger than the initial fill
+ * (step + ahead) is sized with ftruncate and only its first step + ahead bytes written as
+ * zeros; au_fill_ahead keeps `ahead` bytes of zeros past the end of data, in steps.
+ * au_set_fill_ahead changes both, process-wide, from the next file created or batch
+ * written (tests: small segments with holes; step 0 = the default step). */
+#define AU_FILL_STEP  (1u << 20)
+#define AU_FILL_AHEAD (4u << 20)
+void au_set_fill_ahead(uint64_t step, uint64_t ahead);
+uint64_t au_fill_initial(void);
+int64_t au_fill_ahead(int fd, uint64_t before, uint64_t after, uint64_t size);
 const char *au_reason(int reason);
 
 typedef struct {

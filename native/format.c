@@ -296,12 +296,118 @@ int64_t au_find_durable_evidence(const uint8_t *buf, uint64_t limit, uint64_t x,
     return -1;
 }
 
-/* Create <wal_dir>/<first_lsn>.seg: write .tmp (O_EXCL; header + zeros), fsync, rename,
- * fsync the directory, so the name appears only once the file is complete and durable. On
- * failure the .tmp is unlinked (if the process dies first, recovery rule 1 deletes it); a
- * failure after the rename (the directory fsync) leaves the segment in place and returns
- * -errno. The size is normalized (at least two headers, a multiple of 8); -EFBIG past what
- * the header can say. */
+/* Zero-filling ahead (FORMAT.md "Preallocation, rolling, end of data"): a segment gets its
+ * full size at creation (ftruncate: the part not yet written is a hole, which reads as
+ * zeros), but only its first fill_step + fill_ahead bytes are written as zeros; then every
+ * batch that moves the end of data past a multiple of fill_step writes zeros up to
+ * fill_ahead bytes beyond that multiple (au_fill_ahead). So an fdatasync lands on blocks
+ * an earlier fdatasync already allocated, except about one per fill_step bytes, and the
+ * disk holds only the data plus a few MiB, not the whole segment. */
+static uint64_t fill_step = AU_FILL_STEP, fill_ahead = AU_FILL_AHEAD;
+
+void au_set_fill_ahead(uint64_t step, uint64_t ahead)
+{
+    __atomic_store_n(&fill_step, step ? step : AU_FILL_STEP, __ATOMIC_RELAXED);
+    __atomic_store_n(&fill_ahead, ahead, __ATOMIC_RELAXED);
+}
+
+/* The bytes a new segment (or spare) gets written as zeros at creation: what
+ * au_fill_ahead expects to be there when the end of data is at the first batch. */
+uint64_t au_fill_initial(void)
+{
+    return __atomic_load_n(&fill_step, __ATOMIC_RELAXED) +
+           __atomic_load_n(&fill_ahead, __ATOMIC_RELAXED);
+}
+
+/* a spare is zero-filled from this, and its writeback pushed every SPARE_SYNC_EVERY bytes */
+static uint8_t zeros_1m[1 << 20];
+
+/* pwrite zeros over [from, to) of fd. 0 or -errno (a prefix may be written). */
+static int write_zeros(int fd, uint64_t from, uint64_t to)
+{
+    while (from < to) {
+        size_t n = to - from > sizeof zeros_1m ? sizeof zeros_1m : (size_t)(to - from);
+        int64_t r = au_pwrite_full(fd, zeros_1m, n, (int64_t)from);
+        if (r < 0)
+            return (int)r;
+        from += n;
+    }
+    return 0;
+}
+
+/* After a batch moved the end of data of a segment of `size` bytes from `before` to
+ * `after` (offsets; size 0: fstat it when needed): write zeros over [roundup(before) + ahead, roundup(after) + ahead),
+ * rounded to fill_step, never below `after` (the batch's own bytes) nor past `size`. By
+ * the writer of the batch, still the only one who may write the segment (the exclusive
+ * leader; a shared append_mu holder), so nothing else is written there meanwhile; the
+ * zeros become durable with the next fdatasync of the segment. Returns the bytes written,
+ * or -errno: callers ignore a failure (ENOSPC, EIO: the zeros are not needed, a batch
+ * written into a hole is as durable after its fdatasync, only that fdatasync is slower;
+ * the batch's own write reports its own errors). */
+int64_t au_fill_ahead(int fd, uint64_t before, uint64_t after, uint64_t size)
+{
+    uint64_t step = __atomic_load_n(&fill_step, __ATOMIC_RELAXED);
+    uint64_t ahead = __atomic_load_n(&fill_ahead, __ATOMIC_RELAXED);
+    uint64_t a = (before + step - 1) / step * step + ahead;
+    uint64_t b = (after + step - 1) / step * step + ahead;
+    if (a < after)
+        a = after;
+    if (a >= b)
+        return 0;   /* the common case: no step boundary crossed */
+    if (size == 0) {
+        int64_t fs = au_file_size(fd);
+        if (fs < 0)
+            return fs;
+        size = (uint64_t)fs;
+    }
+    if (b > size)
+        b = size;
+    if (a >= b)
+        return 0;
+    int r = write_zeros(fd, a, b);
+    return r < 0 ? r : (int64_t)(b - a);
+}
+
+/* Give a new file of `size` bytes its zeros (FORMAT.md "Preallocation"): `from` is where
+ * the zeros start (after a header already written, or 0). A segment no bigger than the
+ * initial fill is written whole, as before zero-filling ahead; a bigger one is extended
+ * with ftruncate first (the rest is a hole, read as zeros; the caller's fsync makes the
+ * size durable) and written up to the initial fill. `sync_every`: fdatasync after each
+ * that many bytes (the spare: its writeback does not queue in front of the commits'
+ * fdatasyncs), 0 = never. `cancel` (may be NULL) is read between chunks: -ECANCELED. */
+static int give_zeros(int fd, uint64_t from, uint64_t size, uint64_t sync_every,
+                      const int *cancel)
+{
+    uint64_t end = size;
+    uint64_t initial = au_fill_initial();
+    if (size > initial) {
+        int r = au_ftruncate(fd, (int64_t)size);
+        if (r < 0)
+            return r;
+        end = initial;
+    }
+    for (uint64_t off = from; off < end;) {
+        if (cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED))
+            return -ECANCELED;
+        uint64_t next = off + sizeof zeros_1m;
+        if (next > end)
+            next = end;
+        int r = write_zeros(fd, off, next);
+        if (r < 0)
+            return r;
+        off = next;
+        if (sync_every && off % sync_every == 0 && off < end && (r = au_fdatasync(fd)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* Create <wal_dir>/<first_lsn>.seg: write .tmp (O_EXCL; header + zeros as give_zeros),
+ * fsync, rename, fsync the directory, so the name appears only once the file has its size,
+ * header and initial zeros durably. On failure the .tmp is unlinked (if the process dies
+ * first, recovery rule 1 deletes it); a failure after the rename (the directory fsync)
+ * leaves the segment in place and returns -errno. The size is normalized (at least two
+ * headers, a multiple of 8); -EFBIG past what the header can say. */
 int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
                       uint32_t max_record)
 {
@@ -319,15 +425,11 @@ int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
     int fd = au_open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return fd;
-    static const uint8_t zeros[65536];
     uint8_t hdr[AU_SEG_HDR];
     au_segment_header_make(hdr, first_lsn, size, max_record);
     int64_t r = au_pwrite_full(fd, hdr, AU_SEG_HDR, 0);
-    for (uint64_t off = AU_SEG_HDR; r >= 0 && off < size;) {
-        size_t n = size - off > sizeof zeros ? sizeof zeros : (size_t)(size - off);
-        r = au_pwrite_full(fd, zeros, n, (int64_t)off);
-        off += n;
-    }
+    if (r >= 0)
+        r = give_zeros(fd, AU_SEG_HDR, size, 0, NULL);
     if (r >= 0)
         r = au_fsync(fd);
     int c = au_close(fd);
@@ -344,17 +446,15 @@ int au_segment_create(const char *wal_dir, uint64_t first_lsn, uint64_t size,
     return 0;
 }
 
-/* a spare is zero-filled from this, and its writeback pushed every SPARE_SYNC_EVERY bytes */
-static uint8_t zeros_1m[1 << 20];
 #ifndef SPARE_SYNC_EVERY
 #define SPARE_SYNC_EVERY (1u << 20)
 #endif
 
-/* The spare segment file (native/FORMAT.md, "Preallocation, rolling"): zero-fill `path`
- * (created 0600, truncated) to `size` bytes and fsync it, off the commit path, so that a
- * roll only writes the real header. The fd stays open in *out_fd. `cancel` is read
- * between chunks: non-zero stops early with -ECANCELED (close does not wait for a 64 MiB
- * fill). On any error the caller closes the fd (if >= 0) and unlinks the file. */
+/* The spare segment file (native/FORMAT.md, "Preallocation, rolling"): give `path`
+ * (created 0600, truncated) its size and initial zeros (give_zeros) and fsync it, off the
+ * commit path, so that a roll only writes the real header. The fd stays open in *out_fd.
+ * `cancel` is read between chunks: non-zero stops early with -ECANCELED (close does not
+ * wait for a fill). On any error the caller closes the fd (if >= 0) and unlinks the file. */
 int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *cancel)
 {
     *out_fd = -1;
@@ -362,21 +462,11 @@ int au_spare_prepare(const char *path, uint64_t size, int *out_fd, const int *ca
     if (fd < 0)
         return fd;
     *out_fd = fd;
-    for (uint64_t off = 0; off < size;) {
-        if (__atomic_load_n(cancel, __ATOMIC_RELAXED))
-            return -ECANCELED;
-        size_t n = size - off > sizeof zeros_1m ? sizeof zeros_1m : (size_t)(size - off);
-        int64_t r = au_pwrite_full(fd, zeros_1m, n, (int64_t)off);
-        if (r < 0)
-            return (int)r;
-        off += n;
-        /* write back as we go: one fsync of 64 MiB of dirty pages at the end fills the
-         * device queue, and every commit's fdatasync waits behind it (measured: 35-70 ms
-         * commits while a spare was prepared, about what the inline roll cost) */
-        if (off % SPARE_SYNC_EVERY == 0 && off < size && (r = au_fdatasync(fd)) < 0)
-            return (int)r;
-    }
-    return au_fsync(fd);
+    /* write back as we go: one fsync of many MiB of dirty pages at the end fills the
+     * device queue, and every commit's fdatasync waits behind it (measured: 35-70 ms
+     * commits while a whole 64 MiB spare was prepared, about what the inline roll cost) */
+    int r = give_zeros(fd, 0, size, SPARE_SYNC_EVERY, cancel);
+    return r < 0 ? r : au_fsync(fd);
 }
 
 /* Turn a prepared spare into <wal_dir>/<first_lsn>.seg: write the real header over its

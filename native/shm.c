@@ -852,6 +852,10 @@ int au_shm_write_batch(au_shm *h, int fd, uint64_t first_lsn, uint32_t n, const 
     count(h, C_COMMITS);
     publish_seq(h);
     *end = pos + blen;
+    /* still under append_mu (nobody else writes the segment): zeros ahead of the end of
+     * data (FORMAT.md "Preallocation"), past the published position, so a reader sees
+     * zeros there either way; a failure is ignored (the next batch lands in a hole) */
+    (void)au_fill_ahead(fd, pos & 0xffffffffu, (pos & 0xffffffffu) + blen, 0);
     return 0;
 }
 

@@ -233,9 +233,13 @@ int wr_write_records(au_writer *w, pendbuf *t)
         memset(b + AU_BATCH_HDR + dlen, 0, blen - AU_BATCH_HDR - dlen);
         au_batch_header(b, (uint32_t)blen, lsn, count, 0,
                         __atomic_load_n(&w->durable_off, __ATOMIC_RELAXED));
+        uint64_t before = w->write_off;
         int r = wr_write_at(w, b, blen);
         if (r)
             return r;
+        /* zeros ahead of the end of data (FORMAT.md "Preallocation"); a failure is not
+         * ours to report: the next batch lands in a hole, as durable after its fdatasync */
+        (void)au_fill_ahead(w->fd, before, w->write_off, w->seg_size);
         w->st.batches++;
         w->st.records += count;
         w->st.bytes += blen;

@@ -121,20 +121,28 @@ class AuroraPeer(Peer):
         self.q.compact()
 
     def disk_bytes(self):
-        """WAL segments are preallocated (64 MiB of written zeros by default), so a small
-        queue allocates far more than it holds: 'used' counts each segment up to its last
-        non-zero byte, 'allocated' what the file system holds."""
+        """'used' counts each WAL segment up to its last non-zero byte (a segment has its
+        full size, but only a few MiB of zeros past its data are written: the rest is a
+        hole), 'allocated' what the file system holds; 'by_kind' splits the allocated
+        bytes into segments, the spare, snapshots and everything else."""
         from . import data_end, directory_bytes
         out = directory_bytes(self.directory)
         used = 0
+        kinds = {"segments": 0, "spare": 0, "snapshots": 0, "other": 0}
         for root, _dirs, names in os.walk(self.directory):
             for n in names:
                 path = os.path.join(root, n)
                 try:
                     used += data_end(path) if n.endswith(".seg") else os.path.getsize(path)
+                    blocks = os.stat(path).st_blocks * 512
                 except FileNotFoundError:
-                    pass
+                    continue
+                kind = ("segments" if n.endswith(".seg") else
+                        "spare" if n == "00000000000000000000.seg.tmp" else
+                        "snapshots" if n.endswith(".snap") else "other")
+                kinds[kind] += blocks
         out["used"] = used
+        out["by_kind"] = kinds
         return out
 
     def describe(self):
