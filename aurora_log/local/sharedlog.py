@@ -225,10 +225,11 @@ class SharedLog(Log):
         """The page's next LSN without the lock: a hint that only grows (exact under
         ``locked()``). Equal to a cursor's next LSN: nobody has published after it.
         Read keeping the GIL (it is read under the queue lock)."""
-        h = self._h()
+        if self._closed or _forks[0] != self._forks:
+            self._h()           # raises if closed, or forked (the page is the parent's)
         if shm_next_lsn_keeping_gil is not None:
             return shm_next_lsn_keeping_gil(self._h_addr)
-        return lib.au_shm_next_lsn(h)    # pragma: no cover - no ctypes
+        return lib.au_shm_next_lsn(self._shm)
 
     def _next_lsn(self) -> int:
         """The page's next LSN, keeping the GIL (exact under the append lock)."""
@@ -470,23 +471,11 @@ class SharedLog(Log):
         fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
         if self._failed_seen or self._holder is not None or roll_seq < 0:
             return None         # the locking path raises / reenters / finds the segment
-        try1 = shm_append_try1_keeping_gil
-        if checked is None and len(records) == 1 and try1 is not None:
-            # one record (a claim, a complete): the GIL-keeping call, answering the
-            # (first, end) pair itself
+        if checked is None and len(records) == 1 and shm_append_try1_keeping_gil is not None:
             rtype, payload = records[0]
-            if type(payload) is not bytes or type(rtype) is not int or \
-                    not 0 < rtype < 256 or len(payload) > self.max_record_bytes:
+            if type(payload) is not bytes or type(rtype) is not int or not 0 < rtype < 256:
                 return None     # the locking path raises the exact error (_pack)
-            got = try1(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn, rtype,
-                       payload)
-            if type(got) is tuple:
-                self._fast1 += 1
-                self._fast1_bytes += (_BATCH1_HDRS + len(payload) + 7) & ~7
-                self._tls.last = got
-                return got
-            self._not_appended(got)
-            return None
+            return self.try_append1(rtype, payload, expect_lsn)
         tls = self._tls.__dict__
         out = tls.get("out")
         if out is None:         # per thread: the out array is written during the call
@@ -508,6 +497,32 @@ class SharedLog(Log):
         st["fast_appends"] += 1
         self._tls.last = (first + n - 1, end)
         return first, end
+
+    def try_append1(self, rtype: int, payload: bytes,
+                    expect_lsn: int = 0) -> tuple[int, int] | None:
+        """try_append of one record (a claim, a complete: the queue's hot paths), through
+        the GIL-keeping call that answers the (first LSN, position after it) pair itself.
+        ``payload`` is bytes and ``rtype`` 1..255 (else TypeError / ValueError, nothing
+        written); None as try_append."""
+        if self._closed or _forks[0] != self._forks:
+            self._h()           # raises if closed, or forked (the page is the parent's)
+        try1 = shm_append_try1_keeping_gil
+        if try1 is None:        # no GIL-keeping call: the batch form through cffi
+            return self.try_append([(rtype, payload)], self._pack([(rtype, payload)]),
+                                   expect_lsn)
+        fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
+        if self._failed_seen or self._holder is not None or roll_seq < 0 or \
+                len(payload) > self.max_record_bytes:
+            return None         # the locking path raises / reenters / finds the segment
+        got = try1(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn, rtype,
+                   payload)
+        if type(got) is tuple:
+            self._fast1 += 1
+            self._fast1_bytes += (_BATCH1_HDRS + len(payload) + 7) & ~7
+            self._tls.last = got
+            return got
+        self._not_appended(got)
+        return None
 
     def _not_appended(self, rc: int) -> None:
         """A fast append that wrote nothing: AU_SHM_BUSY / MOVED / SLOW return (the
