@@ -218,7 +218,7 @@ class Queue(QueueInterface):
                              read_only=read_only, **log_options)
         # the same log typed as the shared one, for shared-mode paths only (an attribute:
         # the hot paths read it several times per operation)
-        self._sl: SharedLog = cast("SharedLog", self._log)
+        self._sl = cast("SharedLog", self._log)
         self._sync_mode = durability == "sync"
         # what a durable complete/fail waits for: outside sync mode "durable" is "written"
         # (the same level in the C writer), and that level can be waited for keeping the
