@@ -57,6 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Queue", "open"]
 
+# os.fork() calls in this interpreter (a child counts one more than its parent did;
+# _after_fork_in_child): a queue compares the count with the one it was opened under and
+# calls getpid() (a syscall) only when they differ. A fork that bypasses os.fork's
+# handlers (a C extension's fork() without PyOS_AfterFork_Child) is not counted: the
+# control page's own pid check (native/shm.c check()) then refuses the child's appends
+# (ForkedError) instead.
+_forks: list[int] = [0]
+
 
 
 def _note_touched(touched: dict[str, None], recs: Iterable) -> None:
@@ -1488,12 +1496,6 @@ class _CompactionLink:
 
 
 _reattach_lock = threading.Lock()
-# os.fork() calls in this interpreter (a child counts one more than its parent did): a
-# queue compares the count with the one it was opened under and calls getpid() (a syscall)
-# only when they differ. A fork that bypasses os.fork's handlers (a C extension's fork()
-# without PyOS_AfterFork_Child) is not counted: the control page's own pid check
-# (native/shm.c check()) then refuses the child's appends (ForkedError) instead.
-_forks = [0]
 
 
 def _after_fork_in_child() -> None:
