@@ -666,7 +666,8 @@ class Queue(QueueInterface):
         self._state.apply(first, rtype, rec)
         return first, encoded, pos
 
-    def _fold_own(self, first: int, recs: list, pos: int) -> None:
+    def _fold_own(self, first: int, recs: list, pos: int,
+                  bulk: tuple[BulkRequest, list[str], int] | None = None) -> None:
         """After a lazy enqueue's fast append: if our batch directly follows our cursor
         (nobody else appended since our last fold, as when this process is alone) and the
         queue lock is free, fold it now from the records we built, as exclusive mode does,
@@ -679,14 +680,26 @@ class Queue(QueueInterface):
         try:
             if self._cursor[2] == first and not self._closed:
                 touched = self._touched
-                if touched is not None:         # a compaction is capturing: note them
-                    touched.update(dict.fromkeys(r.id for r in recs))
-                if len(recs) == 1:
-                    self._state.apply(first, R.ENQUEUE, recs[0])
+                if bulk is not None:            # the bulk form: folded as exclusive does
+                    req, ids, at = bulk
+                    if any(map(self._state.jobs.__contains__, ids)):
+                        return      # an id drawn twice: the catch-up's fold decides
+                    if touched is not None:     # a compaction is capturing: note them
+                        touched.update(dict.fromkeys(ids))
+                    self._state.apply_enqueue_run(
+                        first, ids, req.job_type, req.queue, req.priority, req.max_retries,
+                        at, at, req.scheduled_ms, req.timeout_ms, req.lease_ms, req.payloads)
+                    n = len(ids)
                 else:
-                    self._state.apply_many(first, [(R.ENQUEUE, r) for r in recs])
-                self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + len(recs))
-                at = recs[0].at_ms
+                    if touched is not None:     # a compaction is capturing: note them
+                        touched.update(dict.fromkeys(r.id for r in recs))
+                    if len(recs) == 1:
+                        self._state.apply(first, R.ENQUEUE, recs[0])
+                    else:
+                        self._state.apply_many(first, [(R.ENQUEUE, r) for r in recs])
+                    n = len(recs)
+                    at = recs[0].at_ms
+                self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + n)
                 if at > self._max_at:
                     self._max_at = at
                 self._cond.notify_all()
@@ -823,7 +836,7 @@ class Queue(QueueInterface):
         packed = self._log.check_packed(bytes((R.ENQUEUE,)) * n, lens, data)
         if self._shared:        # random ids, no unique keys: nothing to decide, as in
             # _enqueue_lazily: written now, folded at the next catch-up
-            return self._write_unfolded(packed, durable, ids), None, 0
+            return self._write_unfolded(packed, durable, ids, bulk=(req, ids, now)), None, 0
         with self._deciding():
             self._check_open()
             jobs = self._state.jobs
@@ -946,7 +959,8 @@ class Queue(QueueInterface):
                                     [rec.id for rec in recs], recs)
 
     def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str],
-                        recs: list | None = None) -> list[str]:
+                        recs: list | None = None,
+                        bulk: tuple[BulkRequest, list[str], int] | None = None) -> list[str]:
         """Shared mode: write packed ENQUEUE records (checked), unfolded (the fast path,
         or under the append lock), and wait per ``durable``; returns ``ids``. With the
         ENQUEUE records themselves (``recs``) a producer alone at the tail folds them at
@@ -956,8 +970,8 @@ class Queue(QueueInterface):
         got = log.try_append((), packed)       # any tail: the records are stateless
         if got is not None:
             pos = got[1]
-            if recs is not None:
-                self._fold_own(got[0], recs, pos)
+            if recs is not None or bulk is not None:
+                self._fold_own(got[0], recs or [], pos, bulk)
         else:
             with log.locked():
                 first = log.reserve(len(packed[0]))
