@@ -66,7 +66,6 @@ __all__ = ["Queue", "open"]
 _forks: list[int] = [0]
 
 
-
 def _note_touched(touched: dict[str, None], recs: Iterable) -> None:
     """A compaction is capturing: note every job the records touch (a PURGE names many;
     control records such as PAUSE or LIMIT, and ATTACH/DETACH, name none)."""
