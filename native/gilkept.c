@@ -30,12 +30,27 @@ typedef int (*append_try1_fn)(void *h, int fd, uint64_t seg_first, uint64_t seg_
                               const char *payload, uint32_t len, uint64_t *out);
 typedef int (*append_now1_fn)(void *w, uint64_t lsn, uint8_t type, const uint8_t *payload,
                               uint32_t len, int write);
+typedef int (*h_int_fn)(void *h);
+typedef uint32_t (*h_u32_fn)(void *h);
+typedef void (*h_void_fn)(void *h);
+typedef int (*write_batch_fn)(void *h, int fd, uint64_t first_lsn, uint32_t n,
+                              const uint8_t *types, const uint32_t *lens, const uint8_t *data,
+                              uint64_t durable_off, uint64_t *end);
 
 /* Set once by bind(); every call refuses to run before (a RuntimeError, never a NULL
  * call). Process-wide like the core they point into. */
 static next_lsn_fn p_next_lsn;
 static append_try1_fn p_append_try1;
 static append_now1_fn p_append_now1;
+
+/* The append lock's calls for shared mode's locking path (docs/MULTIPROCESS.md, "The GIL
+ * and append_mu": a thread holding append_mu never waits for its own GIL, so every call
+ * made while it is held keeps the GIL). Set by bind_locking(). */
+static h_int_fn p_trylock, p_failed;
+static h_void_fn p_unlock;
+static h_u32_fn p_unlock_seq, p_roll_seq;
+static next_lsn_fn p_write_end, p_writing_end, p_synced_end;
+static write_batch_fn p_write_batch;
 
 /* An address (a handle, a function) from a Python int: 0 is refused. -1 + exception. */
 static int as_ptr(PyObject *o, void **out)
@@ -195,6 +210,119 @@ static PyObject *gk_append_now1(PyObject *self, PyObject *const *args, Py_ssize_
     return PyLong_FromLong(p_append_now1(w, lsn, type, (const uint8_t *)data, len, write));
 }
 
+static int locking_bound(void)
+{
+    if (p_trylock && p_unlock && p_unlock_seq && p_write_end && p_writing_end && p_synced_end &&
+        p_roll_seq && p_failed && p_write_batch)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "aurora_log.local._gilkept: the locking calls are "
+                    "not bound");
+    return 0;
+}
+
+/* bind_locking(trylock, unlock, unlock_seq, write_end, writing_end, synced_end, roll_seq,
+ * failed, write_batch): the addresses of the au_shm_* functions of those names. */
+static PyObject *gk_bind_locking(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    void *a[9];
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "bind_locking() takes 9 addresses");
+        return NULL;
+    }
+    for (int i = 0; i < 9; i++)
+        if (as_ptr(args[i], &a[i])) return NULL;
+    p_trylock = (h_int_fn)(uintptr_t)a[0];
+    p_unlock = (h_void_fn)(uintptr_t)a[1];
+    p_unlock_seq = (h_u32_fn)(uintptr_t)a[2];
+    p_write_end = (next_lsn_fn)(uintptr_t)a[3];
+    p_writing_end = (next_lsn_fn)(uintptr_t)a[4];
+    p_synced_end = (next_lsn_fn)(uintptr_t)a[5];
+    p_roll_seq = (h_u32_fn)(uintptr_t)a[6];
+    p_failed = (h_int_fn)(uintptr_t)a[7];
+    p_write_batch = (write_batch_fn)(uintptr_t)a[8];
+    Py_RETURN_NONE;
+}
+
+/* The one-handle calls: a handle in, a number out (or None for unlock). None of them
+ * blocks: a trylock, an unlock, atomic loads of the page (shm.c). */
+static int one_handle(PyObject *const *args, Py_ssize_t nargs, void **h)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "takes 1 argument (a handle)");
+        return -1;
+    }
+    if (!locking_bound()) return -1;
+    return as_ptr(args[0], h);
+}
+
+#define U64_CALL(name, fn)                                                                  \
+    static PyObject *name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)         \
+    {                                                                                       \
+        (void)self;                                                                         \
+        void *h;                                                                            \
+        if (one_handle(args, nargs, &h)) return NULL;                                       \
+        return PyLong_FromUnsignedLongLong((unsigned long long)fn(h));                      \
+    }
+#define INT_CALL(name, fn)                                                                  \
+    static PyObject *name(PyObject *self, PyObject *const *args, Py_ssize_t nargs)         \
+    {                                                                                       \
+        (void)self;                                                                         \
+        void *h;                                                                            \
+        if (one_handle(args, nargs, &h)) return NULL;                                       \
+        return PyLong_FromLong(fn(h));                                                      \
+    }
+INT_CALL(gk_trylock, p_trylock)
+INT_CALL(gk_failed, p_failed)
+U64_CALL(gk_unlock_seq, p_unlock_seq)
+U64_CALL(gk_roll_seq, p_roll_seq)
+U64_CALL(gk_write_end, p_write_end)
+U64_CALL(gk_writing_end, p_writing_end)
+U64_CALL(gk_synced_end, p_synced_end)
+
+static PyObject *gk_unlock(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    void *h;
+    if (one_handle(args, nargs, &h)) return NULL;
+    p_unlock(h);
+    Py_RETURN_NONE;
+}
+
+/* write_batch(h, fd, first_lsn, n, types, lens, data, durable_off, end) -> int:
+ * au_shm_write_batch under append_mu (the caller holds it); types, lens, data and end are
+ * addresses of buffers the caller keeps alive for the call (as the ctypes form takes
+ * them). The invariant is the core's: first_lsn must be the page's next LSN. */
+static PyObject *gk_write_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    void *h, *end;
+    uint64_t first, n, durable, types, lens, data;   /* may be 0 for an empty buffer */
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "write_batch() takes 9 arguments");
+        return NULL;
+    }
+    if (!locking_bound() || as_ptr(args[0], &h)) return NULL;
+    long fd = PyLong_AsLong(args[1]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+        return NULL;
+    }
+    if (as_u64(args[2], &first) || as_u64(args[3], &n) || as_u64(args[4], &types) ||
+        as_u64(args[5], &lens) || as_u64(args[6], &data) || as_u64(args[7], &durable) ||
+        as_ptr(args[8], &end))
+        return NULL;
+    if (n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "n is a u32");
+        return NULL;
+    }
+    return PyLong_FromLong(p_write_batch(h, (int)fd, first, (uint32_t)n,
+                                         (const uint8_t *)(uintptr_t)types,
+                                         (const uint32_t *)(uintptr_t)lens,
+                                         (const uint8_t *)(uintptr_t)data, durable, end));
+}
+
 static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))gk_bind, METH_FASTCALL,
      "bind(next_lsn, append_try1, append_now1): the core's function addresses."},
@@ -205,6 +333,23 @@ static PyMethodDef methods[] = {
      " -> (first, end) or a return code (au_shm_append_try1), keeping the GIL."},
     {"append_now1", (PyCFunction)(void (*)(void))gk_append_now1, METH_FASTCALL,
      "append_now1(w, lsn, rtype, payload, write) -> au_append_now1's code, keeping the GIL."},
+    {"bind_locking", (PyCFunction)(void (*)(void))gk_bind_locking, METH_FASTCALL,
+     "bind_locking(...): the addresses of the append lock's au_shm_* calls."},
+    {"trylock", (PyCFunction)(void (*)(void))gk_trylock, METH_FASTCALL, "au_shm_trylock(h)"},
+    {"unlock", (PyCFunction)(void (*)(void))gk_unlock, METH_FASTCALL, "au_shm_unlock(h)"},
+    {"unlock_seq", (PyCFunction)(void (*)(void))gk_unlock_seq, METH_FASTCALL,
+     "au_shm_unlock_seq(h)"},
+    {"write_end", (PyCFunction)(void (*)(void))gk_write_end, METH_FASTCALL,
+     "au_shm_write_end(h)"},
+    {"writing_end", (PyCFunction)(void (*)(void))gk_writing_end, METH_FASTCALL,
+     "au_shm_writing_end(h)"},
+    {"synced_end", (PyCFunction)(void (*)(void))gk_synced_end, METH_FASTCALL,
+     "au_shm_synced_end(h)"},
+    {"roll_seq", (PyCFunction)(void (*)(void))gk_roll_seq, METH_FASTCALL,
+     "au_shm_roll_seq(h)"},
+    {"failed", (PyCFunction)(void (*)(void))gk_failed, METH_FASTCALL, "au_shm_failed(h)"},
+    {"write_batch", (PyCFunction)(void (*)(void))gk_write_batch, METH_FASTCALL,
+     "au_shm_write_batch(h, fd, first_lsn, n, types, lens, data, durable_off, end)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,6 +25,34 @@ def test_the_extension_is_built_and_serves_the_hot_calls():
     assert _binding.shm_append_try1_keeping_gil is g.shm_append_try1
     assert _binding.shm_next_lsn_keeping_gil is g.shm_next_lsn
     assert _binding.append_now1_keeping_gil is g.append_now1
+    lock = _binding.shm_gil_kept          # the locking path's calls (under append_mu)
+    assert lock is not None
+    assert (lock.trylock, lock.unlock, lock.write_batch, lock.next_lsn) == (
+        g.trylock, g.unlock, g.write_batch, g.shm_next_lsn)
+
+
+def test_the_locking_path_through_the_extension(tmp_path):
+    """locked() + write_locked() (a batch of two records) take, use and release append_mu
+    through the extension's calls; a held lock is refused by its trylock."""
+    g = _binding.gilkept
+    assert g is not None
+    log = SharedLog.open(tmp_path)
+    try:
+        last = log.append_many([(7, b"a"), (7, b"")])       # an empty payload too
+        assert last == 2 and log.next_lsn == 3
+        with log.locked() as nxt:
+            assert nxt == 3
+            assert g.trylock(log._h_addr) == lib.AU_SHM_BUSY    # robust mutex: held
+            assert g.write_end(log._h_addr) == log.published
+            assert g.roll_seq(log._h_addr) == log._roll_seq
+            assert g.failed(log._h_addr) == 0
+        assert g.trylock(log._h_addr) == 0
+        g.unlock(log._h_addr)
+        assert [(t, p) for _, t, p in log.read_from((1, 32, 1))[0]] == [(7, b"a"), (7, b"")]
+        with pytest.raises(ValueError):
+            g.write_batch(log._h_addr, 3, 3, 1, 1, 1, 1, 0, 0)     # no place for the end
+    finally:
+        log.close()
 
 
 def test_bad_arguments_are_refused_before_the_core_runs(tmp_path):
@@ -108,6 +136,8 @@ _FALLBACK = textwrap.dedent("""
     assert _binding.gilkept is None
     assert _binding.shm_append_try1_keeping_gil is not None      # the ctypes wrappers
     assert _binding.append_now1_keeping_gil is not None
+    assert _binding.shm_gil_kept is not None
+    assert type(_binding.shm_gil_kept.trylock).__name__ != "builtin_function_or_method"
     out = []
     for exclusive in (False, True):
         with tempfile.TemporaryDirectory() as d:
@@ -147,7 +177,9 @@ def test_an_unbound_extension_refuses_to_call():
         m = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(m)
         for call in (lambda: m.shm_next_lsn(1), lambda: m.append_now1(1, 1, 7, b"x", 0),
-                     lambda: m.shm_append_try1(1, 3, 1, 4096, 0, 0, 7, b"x")):
+                     lambda: m.shm_append_try1(1, 3, 1, 4096, 0, 0, 7, b"x"),
+                     lambda: m.trylock(1), lambda: m.unlock(1),
+                     lambda: m.write_batch(1, 3, 1, 1, 1, 1, 1, 0, 1)):
             try:
                 call()
             except RuntimeError as e:

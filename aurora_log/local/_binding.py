@@ -48,6 +48,9 @@ def _gilkept_module():
 
     _gilkept.bind(fn_address("au_shm_next_lsn"), fn_address("au_shm_append_try1"),
                   fn_address("au_append_now1"))
+    _gilkept.bind_locking(*(fn_address(f"au_shm_{name}") for name in (
+        "trylock", "unlock", "unlock_seq", "write_end", "writing_end", "synced_end",
+        "roll_seq", "failed", "write_batch")))
     return _gilkept
 
 
@@ -147,7 +150,7 @@ shm_next_lsn_keeping_gil = _shm_next_lsn_keeping_gil()
 
 class ShmGilKept:
     """The control page's calls made while its append lock is held (or that take it
-    without waiting), through ctypes.PyDLL: they keep the GIL. A thread holding the
+    without waiting), through the extension (else ctypes.PyDLL): they keep the GIL. A thread holding the
     append lock must never wait for its own GIL (MULTIPROCESS.md, "The GIL and
     append_mu"): through cffi, every call returns only once the thread has the GIL back,
     which another thread of the process may keep for a whole switch interval while every
@@ -155,6 +158,13 @@ class ShmGilKept:
     (``address(h)``); pointers are addresses too."""
 
     def __init__(self, dll) -> None:
+        if dll is gilkept and gilkept is not None:      # the extension: the same calls
+            g = gilkept
+            self.trylock, self.unlock, self.unlock_seq = g.trylock, g.unlock, g.unlock_seq
+            self.next_lsn, self.write_end = g.shm_next_lsn, g.write_end
+            self.writing_end, self.synced_end = g.writing_end, g.synced_end
+            self.roll_seq, self.failed, self.write_batch = g.roll_seq, g.failed, g.write_batch
+            return
         import ctypes as c
         vp, u64, u32 = c.c_void_p, c.c_uint64, c.c_uint32
 
@@ -177,6 +187,8 @@ class ShmGilKept:
 
 
 def _shm_gil_kept():
+    if gilkept is not None:
+        return ShmGilKept(gilkept)
     return ShmGilKept(_dll) if _dll is not None else None
 
 
