@@ -150,9 +150,9 @@ shm_next_lsn_keeping_gil = _shm_next_lsn_keeping_gil()
 
 class ShmGilKept:
     """The control page's calls made while its append lock is held (or that take it
-    without waiting), through the extension (else ctypes.PyDLL): they keep the GIL. A thread holding the
-    append lock must never wait for its own GIL (MULTIPROCESS.md, "The GIL and
-    append_mu"): through cffi, every call returns only once the thread has the GIL back,
+    without waiting), through the extension (else ctypes.PyDLL): they keep the GIL. A
+    thread holding the append lock must never wait for its own GIL (MULTIPROCESS.md, "The
+    GIL and append_mu"): through cffi, every call returns only once the thread has the GIL back,
     which another thread of the process may keep for a whole switch interval while every
     process waits for the lock. None of these calls blocks. Handles are addresses
     (``address(h)``); pointers are addresses too."""
