@@ -45,4 +45,5 @@ soak: venv
 	$(BIN)/python bench/soak.py all
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info aurora_log/local/_native*.so aurora_log/local/_native.c
+	rm -rf $(VENV) build dist *.egg-info aurora_log/local/_native*.so aurora_log/local/_gilkept*.so \
+	      aurora_log/local/_native.c

@@ -33,7 +33,8 @@ def main() -> None:
     args = ap.parse_args()
     ns = time.perf_counter_ns
     d = tempfile.mkdtemp()
-    q = Queue(d, durability="interval", reaper_interval=None, auto_compact=False)
+    q = Queue(d, durability="interval", reaper_interval=None, auto_compact=False,
+              exclusive=True)
     try:
         for s in range(0, args.jobs, 10_000):
             q.enqueue_many([Job("bench", {"i": i, "pad": "x" * 80})

@@ -278,6 +278,32 @@ def test_a_producer_at_the_tail_folds_its_own_enqueue_at_once(tmp_path):
         q.close()
 
 
+def test_a_bulk_enqueue_at_the_tail_is_folded_at_once_as_a_replay_folds_it(tmp_path):
+    """The bulk form (job type + payload dicts) alone at the tail: folded from the request
+    (State.apply_enqueue_run, as exclusive mode does) instead of read back at the next
+    catch-up; the jobs are exactly what another process folds from the log."""
+    q = aurora_log.open(tmp_path, **OPTS)
+    try:
+        ids = q.enqueue_many("t", [{"i": i} for i in range(50)], priority="high",
+                             max_retries=7, timeout_seconds=9)
+        assert all(i in q._state.jobs for i in ids)       # no catch-up ran
+        assert q._cursor[2] == q._log.tail_hint()
+        other = aurora_log.open(tmp_path, **OPTS)          # replays the log
+        try:
+            for i in ids:
+                assert q._state.jobs[i] == other._state.jobs[i]    # the same blob
+            later = other.enqueue_many("t", [{"late": 1}])  # someone else's tail
+            mine = q.enqueue_many("t", [{"mine": 1}])
+            assert mine[0] not in q._state.jobs            # behind: left to the catch-up
+            assert q.get(mine[0]).payload == {"mine": 1}
+            assert later[0] in q._state.jobs
+        finally:
+            other.close()
+        assert [q.claim("w").id for _ in range(50)] == ids    # FIFO, as folded
+    finally:
+        q.close()
+
+
 def test_a_producer_behind_the_tail_leaves_its_enqueue_to_the_catch_up(tmp_path):
     """Someone else appended after our cursor: our record is not folded out of order; the
     next catch-up folds both, in LSN order."""

@@ -1,5 +1,9 @@
 """Loads the C core (aurora_log.local._native, built by cffi at install time) and maps its return
-codes to exceptions. Only log.py and faults.py import this module.
+codes to exceptions. Only log.py, sharedlog.py and faults.py import this module.
+
+The few hot calls that must keep the GIL go through aurora_log.local._gilkept (a small
+CPython extension, native/gilkept.c, calling the same functions of _native), else through
+ctypes.PyDLL (same calls, slower argument conversion).
 
 There is no pure-Python fallback on purpose: a log without the C core would be a different
 (slower, untested) program.
@@ -26,26 +30,69 @@ lib = _native.lib
 MODES = {"sync": lib.AU_MODE_SYNC, "interval": lib.AU_MODE_INTERVAL, "os": lib.AU_MODE_OS}
 
 
+def _gilkept_module():
+    """aurora_log.local._gilkept (native/gilkept.c) bound to this core, or None.
+
+    The extension holds no copy of the C core: it calls the functions of _native through
+    the addresses handed to it here, so the syscall table (native/sys.c: fault injection,
+    crash simulation) is the one table either way. None when it was not built (a build
+    without it, an interpreter it does not load in): the ctypes.PyDLL calls below do the
+    same work, keeping the GIL too, at ~1 us more per call."""
+    try:
+        from . import _gilkept  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+
+    def fn_address(name: str) -> int:
+        return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+    _gilkept.bind(fn_address("au_shm_next_lsn"), fn_address("au_shm_append_try1"),
+                  fn_address("au_append_now1"))
+    _gilkept.bind_locking(*(fn_address(f"au_shm_{name}") for name in (
+        "trylock", "unlock", "unlock_seq", "write_end", "writing_end", "synced_end",
+        "roll_seq", "failed", "write_batch")))
+    return _gilkept
+
+
+gilkept = _gilkept_module()
+
+
+def _ctypes_dll():
+    try:
+        import ctypes
+        return ctypes.PyDLL(_native.__file__)
+    except (ImportError, OSError):  # pragma: no cover - no ctypes
+        return None
+
+
+_dll = _ctypes_dll()
+
+
 def _append_now1_keeping_gil():
-    """au_append_now1 callable WITHOUT dropping the GIL, or None.
+    """au_append_now1 callable WITHOUT dropping the GIL, or None:
+    ``append_now1(w, lsn, rtype, payload, write) -> return code``.
 
     cffi drops the GIL around every call. For an append that does not wait (a copy and a
     checksum under the writer's mutex, which nobody holds during I/O) dropping it buys
     nothing and, when other threads want the GIL, costs a thread handoff: claim+complete
     from 8 threads ran 25-50% faster without it. The same holds for a claim's small write
     when nobody else is writing: one pwrite costs less than handing the GIL over and
-    back. ctypes.PyDLL calls the same compiled function of the same module and keeps the
-    GIL; au_append_now1 never waits on a condition (it answers AU_AGAIN / AU_QUEUED and
-    the caller then makes the waiting call through cffi, which drops the GIL)."""
-    try:
-        import ctypes
-        fn = ctypes.PyDLL(_native.__file__).au_append_now1
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes
+    back. The extension (else ctypes.PyDLL) calls the same compiled function of the same
+    module and keeps the GIL; au_append_now1 never waits on a condition (it answers
+    AU_AGAIN / AU_QUEUED and the caller then makes the waiting call through cffi, which
+    drops the GIL)."""
+    if gilkept is not None:
+        return gilkept.append_now1
+    if _dll is None:  # pragma: no cover - no ctypes
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint8, ctypes.c_char_p,
-                   ctypes.c_uint32, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    import ctypes as c
+    fn = _dll.au_append_now1
+    fn.argtypes = [c.c_void_p, c.c_uint64, c.c_uint8, c.c_char_p, c.c_uint32, c.c_int]
+    fn.restype = c.c_int
+
+    def append_now1(w: int, lsn: int, rtype: int, payload: bytes, write: int) -> int:
+        return fn(w, lsn, rtype, payload, len(payload), write)
+    return append_now1
 
 
 append_now1_keeping_gil = _append_now1_keeping_gil()
@@ -53,21 +100,30 @@ append_now1_keeping_gil = _append_now1_keeping_gil()
 
 def _shm_append_try1_keeping_gil():
     """au_shm_append_try1 (shared mode's one-record fast path) callable WITHOUT dropping
-    the GIL, or None: it never waits (a trylock, one pwrite, an unlock), so for the same
-    reason as append_now1_keeping_gil a thread that calls it under the queue lock keeps
-    the GIL instead of handing it to threads that would only queue on that lock. It
-    never holds the append lock across Python code either way (MULTIPROCESS.md, "The GIL
-    and append_mu")."""
-    try:
-        import ctypes
-        fn = ctypes.PyDLL(_native.__file__).au_shm_append_try1
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes
+    the GIL, or None: ``try1(h, fd, seg_first, seg_size, roll_seq, expect_lsn, rtype,
+    payload)`` -> (first LSN, position after the batch) when written, else the return
+    code (AU_SHM_BUSY / MOVED / SLOW, or < 0). It never waits (a trylock, one pwrite, an
+    unlock), so for the same reason as append_now1_keeping_gil a thread that calls it
+    under the queue lock keeps the GIL instead of handing it to threads that would only
+    queue on that lock. It never holds the append lock across Python code either way
+    (MULTIPROCESS.md, "The GIL and append_mu")."""
+    if gilkept is not None:
+        return gilkept.shm_append_try1
+    if _dll is None:  # pragma: no cover - no ctypes
         return None
-    c = ctypes
+    import ctypes as c
+    fn = _dll.au_shm_append_try1
     fn.argtypes = [c.c_void_p, c.c_int, c.c_uint64, c.c_uint64, c.c_uint32, c.c_uint64,
                    c.c_uint8, c.c_char_p, c.c_uint32, c.c_void_p]
     fn.restype = c.c_int
-    return fn
+
+    def try1(h: int, fd: int, seg_first: int, seg_size: int, roll_seq: int,
+             expect_lsn: int, rtype: int, payload: bytes) -> tuple[int, int] | int:
+        out = (c.c_uint64 * 2)()
+        rc = fn(h, fd, seg_first, seg_size, roll_seq, expect_lsn, rtype, payload,
+                len(payload), c.addressof(out))
+        return (out[0], out[1]) if rc == 0 else rc
+    return try1
 
 
 shm_append_try1_keeping_gil = _shm_append_try1_keeping_gil()
@@ -78,11 +134,12 @@ def _shm_next_lsn_keeping_gil():
     None: shared mode reads it under the queue lock before every decision, and dropping
     the GIL there hands it to threads that only queue on that lock (measured: 12 us per
     call with 8 claiming threads)."""
-    try:
-        import ctypes
-        fn = ctypes.PyDLL(_native.__file__).au_shm_next_lsn
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes
+    if gilkept is not None:
+        return gilkept.shm_next_lsn
+    if _dll is None:  # pragma: no cover - no ctypes
         return None
+    import ctypes
+    fn = _dll.au_shm_next_lsn
     fn.argtypes = [ctypes.c_void_p]
     fn.restype = ctypes.c_uint64
     return fn
@@ -93,14 +150,21 @@ shm_next_lsn_keeping_gil = _shm_next_lsn_keeping_gil()
 
 class ShmGilKept:
     """The control page's calls made while its append lock is held (or that take it
-    without waiting), through ctypes.PyDLL: they keep the GIL. A thread holding the
-    append lock must never wait for its own GIL (MULTIPROCESS.md, "The GIL and
-    append_mu"): through cffi, every call returns only once the thread has the GIL back,
+    without waiting), through the extension (else ctypes.PyDLL): they keep the GIL. A
+    thread holding the append lock must never wait for its own GIL (MULTIPROCESS.md, "The
+    GIL and append_mu"): through cffi, every call returns only once the thread has the GIL back,
     which another thread of the process may keep for a whole switch interval while every
     process waits for the lock. None of these calls blocks. Handles are addresses
     (``address(h)``); pointers are addresses too."""
 
     def __init__(self, dll) -> None:
+        if dll is gilkept and gilkept is not None:      # the extension: the same calls
+            g = gilkept
+            self.trylock, self.unlock, self.unlock_seq = g.trylock, g.unlock, g.unlock_seq
+            self.next_lsn, self.write_end = g.shm_next_lsn, g.write_end
+            self.writing_end, self.synced_end = g.writing_end, g.synced_end
+            self.roll_seq, self.failed, self.write_batch = g.roll_seq, g.failed, g.write_batch
+            return
         import ctypes as c
         vp, u64, u32 = c.c_void_p, c.c_uint64, c.c_uint32
 
@@ -123,11 +187,9 @@ class ShmGilKept:
 
 
 def _shm_gil_kept():
-    try:
-        import ctypes
-        return ShmGilKept(ctypes.PyDLL(_native.__file__))
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - no ctypes
-        return None
+    if gilkept is not None:
+        return ShmGilKept(gilkept)
+    return ShmGilKept(_dll) if _dll is not None else None
 
 
 shm_gil_kept = _shm_gil_kept()

@@ -898,7 +898,7 @@ class Log:
             r = records[0]
             if type(r) is tuple and len(r) == 2 and type(r[1]) is bytes and \
                     type(r[0]) is int and 0 < r[0] < 256:
-                rc = append_now1_keeping_gil(self._w_addr, first_lsn, r[0], r[1], len(r[1]),
+                rc = append_now1_keeping_gil(self._w_addr, first_lsn, r[0], r[1],
                                              level)             # level: 1 = write it too
                 if rc == 0:
                     return first_lsn
@@ -929,7 +929,7 @@ class Log:
         through cffi for the wait that is left."""
         rtype, payload = record
         if self._w_addr and (level == _NO_WAIT or level == _WRITTEN):
-            rc = append_now1_keeping_gil(self._w_addr, lsn, rtype, payload, len(payload),
+            rc = append_now1_keeping_gil(self._w_addr, lsn, rtype, payload,
                                          level == _WRITTEN)
             if rc == lib.AU_QUEUED:
                 rc = lib.au_write_through(w, lsn)

@@ -58,6 +58,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Queue", "open"]
 
+# os.fork() calls in this interpreter (a child counts one more than its parent did;
+# _after_fork_in_child): a queue compares the count with the one it was opened under and
+# calls getpid() (a syscall) only when they differ. A fork that bypasses os.fork's
+# handlers (a C extension's fork() without PyOS_AfterFork_Child) is not counted: the
+# control page's own pid check (native/shm.c check()) then refuses the child's appends
+# (ForkedError) instead.
+_forks: list[int] = [0]
 
 
 def _note_touched(touched: dict[str, None], recs: Iterable) -> None:
@@ -222,6 +229,9 @@ class Queue(QueueInterface):
         log_options["shared"] = not exclusive and not read_only
         self._log = Log.open(path, durability=durability, interval_ms=interval_ms,
                              read_only=read_only, **log_options)
+        # the same log typed as the shared one, for shared-mode paths only (an attribute:
+        # the hot paths read it several times per operation)
+        self._sl = cast("SharedLog", self._log)
         self._sync_mode = durability == "sync"
         # what a durable complete/fail waits for: outside sync mode "durable" is "written"
         # (the same level in the C writer), and that level can be waited for keeping the
@@ -232,6 +242,9 @@ class Queue(QueueInterface):
         self._shared = bool(getattr(self._log, "_shared", False))
         self._cursor: tuple[int, int, int] = (0, 0, 0)
         self._pid = os.getpid()
+        # os.fork() calls seen when opened: a pid check (a syscall) is needed only after
+        # one (_forks, counted by _after_fork_in_child)
+        self._forks = _forks[0]
         self._liveness = None
         try:
             if self._shared:
@@ -320,13 +333,8 @@ class Queue(QueueInterface):
 
     # ------------------------------------------------------------------ shared mode
 
-    @property
-    def _sl(self) -> SharedLog:
-        """The log, in shared mode (only called on shared-mode paths)."""
-        return cast("SharedLog", self._log)
-
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             self._reattach()
 
     def _reattach(self) -> None:
@@ -396,7 +404,7 @@ class Queue(QueueInterface):
 
     @contextmanager
     def _deciding_shared(self) -> Iterator[None]:
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             self._reattach()            # before the lock: re-attaching replaces it
         with self._lock:
             self._check_process()
@@ -417,12 +425,14 @@ class Queue(QueueInterface):
         before its ``_reserve_apply`` (planners are pure) and write at most one batch.
         A result or an error decided without a write (no job to claim, a stale token) is
         linearised at the moment the tail was seen equal to the cursor."""
-        if self._shared and os.getpid() != self._pid:
+        if not self._shared:
+            with self._lock:
+                return body()
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             self._reattach()            # before the lock: re-attaching replaces it
         with self._lock:
-            if not self._shared:
-                return body()
-            self._check_process()
+            if _forks[0] != self._forks:
+                self._check_process()
             log = self._sl
             if log.tail_hint() == self._cursor[2]:
                 self._optimistic = True
@@ -440,7 +450,7 @@ class Queue(QueueInterface):
     def _reading(self) -> Iterator[None]:
         """The queue lock, with the state caught up to the published tail (shared mode:
         read-your-writes and everyone else's)."""
-        if os.getpid() != self._pid:
+        if _forks[0] != self._forks and os.getpid() != self._pid:
             self._reattach()            # before the lock: re-attaching replaces it
         with self._lock:
             self._check_open(write=False)
@@ -529,8 +539,8 @@ class Queue(QueueInterface):
         return retry_delay_ms(retry_count, base=base, cap=cap, jitter=jitter)
 
     def _check_open(self, write: bool = True) -> None:
-        if os.getpid() != self._pid:
-            self._check_process()
+        if _forks[0] != self._forks and os.getpid() != self._pid:
+            self._reattach()
         if self._closed:
             raise ClosedError("the queue is closed")
         if write and self._read_only:
@@ -585,7 +595,7 @@ class Queue(QueueInterface):
         if len(payload) > self._log.max_record_bytes:
             self._log.check_records(encoded)     # raises: nothing reserved
         if self._shared:
-            return self._write_apply([rec], encoded, None)
+            return self._write_apply1(rec, rtype, payload, encoded)
         first = self._log.reserve(1)
         try:
             at = rec.at_ms
@@ -640,7 +650,29 @@ class Queue(QueueInterface):
         self._fold_reserved(first, recs, encoded, plain)
         return first, encoded, pos
 
-    def _fold_own(self, first: int, recs: Sequence[R.Enqueue], pos: int) -> None:
+    def _write_apply1(self, rec, rtype: int, payload: bytes,
+                      encoded: list) -> tuple[int, list, Any]:
+        """_write_apply of one record (the hot paths: claim, complete, heartbeat ...):
+        optimistically, one conditional fast append (SharedLog.try_append1) and one fold,
+        without the lists of the batch form; under the append lock, _write_apply."""
+        if not self._optimistic:
+            return self._write_apply([rec], encoded, None)
+        got = self._sl.try_append1(rtype, payload, self._cursor[2])
+        if got is None:
+            raise _TailMoved()
+        first, pos = got
+        # as in _write_apply: the record directly follows the cursor
+        self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + 1)
+        at = rec.at_ms
+        if at > self._max_at:
+            self._max_at = at
+        if self._touched is not None:    # a compaction is capturing: note the job
+            self._touched[rec.id] = None
+        self._state.apply(first, rtype, rec)
+        return first, encoded, pos
+
+    def _fold_own(self, first: int, recs: Sequence[R.Enqueue], pos: int,
+                  bulk: tuple[BulkRequest, list[str], int] | None = None) -> None:
         """After a lazy enqueue's fast append: if our batch directly follows our cursor
         (nobody else appended since our last fold, as when this process is alone) and the
         queue lock is free, fold it now from the records we built, as exclusive mode does,
@@ -653,14 +685,26 @@ class Queue(QueueInterface):
         try:
             if self._cursor[2] == first and not self._closed:
                 touched = self._touched
-                if touched is not None:         # a compaction is capturing: note them
-                    touched.update(dict.fromkeys(r.id for r in recs))
-                if len(recs) == 1:
-                    self._state.apply(first, R.ENQUEUE, recs[0])
+                if bulk is not None:            # the bulk form: folded as exclusive does
+                    req, ids, at = bulk
+                    if any(map(self._state.jobs.__contains__, ids)):
+                        return      # an id drawn twice: the catch-up's fold decides
+                    if touched is not None:     # a compaction is capturing: note them
+                        touched.update(dict.fromkeys(ids))
+                    self._state.apply_enqueue_run(
+                        first, ids, req.job_type, req.queue, req.priority, req.max_retries,
+                        at, at, req.scheduled_ms, req.timeout_ms, req.lease_ms, req.payloads)
+                    n = len(ids)
                 else:
-                    self._state.apply_many(first, [(R.ENQUEUE, r) for r in recs])
-                self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + len(recs))
-                at = recs[0].at_ms
+                    if touched is not None:     # a compaction is capturing: note them
+                        touched.update(dict.fromkeys(r.id for r in recs))
+                    if len(recs) == 1:
+                        self._state.apply(first, R.ENQUEUE, recs[0])
+                    else:
+                        self._state.apply_many(first, [(R.ENQUEUE, r) for r in recs])
+                    n = len(recs)
+                    at = recs[0].at_ms
+                self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + n)
                 if at > self._max_at:
                     self._max_at = at
                 self._cond.notify_all()
@@ -684,7 +728,8 @@ class Queue(QueueInterface):
     def _publish(self, reserved: tuple[int, list, Any], wait: str) -> int:
         """Hand reserved records to the log (outside the lock) and wait as told."""
         if self._shared:        # written under the append lock already: only the wait
-            self._sl.wait_pos(reserved[2], wait)
+            if wait != "written" and wait != "none":
+                self._sl.wait_pos(reserved[2], wait)
             return reserved[0] + len(reserved[1]) - 1
         return self._log.append_reserved(reserved[0], reserved[1], wait, checked=reserved[2])
 
@@ -813,7 +858,7 @@ class Queue(QueueInterface):
         packed = self._log.check_packed(bytes((R.ENQUEUE,)) * n, lens, data)
         if self._shared:        # random ids, no unique keys: nothing to decide, as in
             # _enqueue_lazily: written now, folded at the next catch-up
-            return self._write_unfolded(packed, durable, ids), None, 0
+            return self._write_unfolded(packed, durable, ids, bulk=(req, ids, now)), None, 0
         with self._deciding():
             self._check_open()
             jobs = self._state.jobs
@@ -942,7 +987,7 @@ class Queue(QueueInterface):
         self._check_open()
         rec, payload = built
         log = self._sl
-        got = log.try_append(((R.ENQUEUE, payload),))
+        got = log.try_append1(R.ENQUEUE, payload)
         if got is None:
             self._write_unfolded(log.check_records(((R.ENQUEUE, payload),)), durable,
                                  [rec.id], [rec])
@@ -952,7 +997,8 @@ class Queue(QueueInterface):
         log.wait_pos(pos, "durable" if durable else "none")
 
     def _write_unfolded(self, packed: tuple, durable: bool, ids: list[str],
-                        recs: list | None = None) -> list[str]:
+                        recs: list | None = None,
+                        bulk: tuple[BulkRequest, list[str], int] | None = None) -> list[str]:
         """Shared mode: write packed ENQUEUE records (checked), unfolded (the fast path,
         or under the append lock), and wait per ``durable``; returns ``ids``. With the
         ENQUEUE records themselves (``recs``) a producer alone at the tail folds them at
@@ -962,8 +1008,8 @@ class Queue(QueueInterface):
         got = log.try_append((), packed)       # any tail: the records are stateless
         if got is not None:
             pos = got[1]
-            if recs is not None:
-                self._fold_own(got[0], recs, pos)
+            if recs is not None or bulk is not None:
+                self._fold_own(got[0], recs or [], pos, bulk)
         else:
             with log.locked():
                 first = log.reserve(len(packed[0]))
@@ -1075,10 +1121,10 @@ class Queue(QueueInterface):
             now = self._now_ms()
             job_id = self._state.pick(now, qs, types)
             if job_id is not None:
-                rec = self._state.plan_claim(job_id, now, _new_token(), worker_id)
                 assert self._liveness is not None      # a shared queue is always attached
-                rec = rec._replace(proc=self._liveness.attach_lsn)
-                reserved = self._reserve_apply([rec])
+                rec = self._state.plan_claim(job_id, now, _new_token(), worker_id,
+                                             self._liveness.attach_lsn)
+                reserved = self._reserve_apply1(rec)
                 return self._state.get(job_id), reserved
             if end is None:
                 return None
@@ -1510,6 +1556,7 @@ def _after_fork_in_child() -> None:
     parent's fds (the handle, its writer and its threads are the parent's). The child's
     first use of such a queue re-attaches it (Queue._reattach) instead of hanging."""
     global _reattach_lock
+    _forks[0] += 1
     _reattach_lock = threading.Lock()
     _tokens.clear()           # the parent's pending tokens: a sibling would draw the same
     for q in list(_OPEN_QUEUES):

@@ -47,6 +47,7 @@ __all__ = ["SharedLog", "pos_of", "MAX_SHARED_LSN"]
 _OFF_BITS = 32
 _OFF_MASK = (1 << _OFF_BITS) - 1
 MAX_SHARED_LSN = (1 << 32) - 1      # positions keep the segment's first LSN in 32 bits
+_BATCH1_HDRS = lib.AU_BATCH_HDR + lib.AU_REC_HDR   # a one-record batch's framing (FORMAT.md)
 _POLL_MS = 20                       # a blocked locker rechecks (a dead holder) this often
 
 
@@ -96,6 +97,10 @@ class SharedLog(Log):
         self.retention_pin: Callable[[], int] | None = None  # see retire_segments_before
         self._stats = {"appends": 0, "records": 0, "bytes": 0, "rolls": 0, "owner_died": 0,
                        "repairs": 0, "fast_appends": 0}
+        # one-record fast appends (try_append), counted apart: two additions instead of
+        # four dict updates on the claim/complete path; stats() adds them in
+        self._fast1 = 0
+        self._fast1_bytes = 0
 
     @classmethod
     def open(cls, directory, *, durability: str = "sync", interval_ms: int = 20,
@@ -225,10 +230,11 @@ class SharedLog(Log):
         """The page's next LSN without the lock: a hint that only grows (exact under
         ``locked()``). Equal to a cursor's next LSN: nobody has published after it.
         Read keeping the GIL (it is read under the queue lock)."""
-        h = self._h()
+        if self._closed or _forks[0] != self._forks:
+            self._h()           # raises if closed, or forked (the page is the parent's)
         if shm_next_lsn_keeping_gil is not None:
             return shm_next_lsn_keeping_gil(self._h_addr)
-        return lib.au_shm_next_lsn(h)    # pragma: no cover - no ctypes
+        return lib.au_shm_next_lsn(self._shm)
 
     def _next_lsn(self) -> int:
         """The page's next LSN, keeping the GIL (exact under the append lock)."""
@@ -492,37 +498,24 @@ class SharedLog(Log):
         fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
         if self._failed_seen or self._holder is not None or roll_seq < 0:
             return None         # the locking path raises / reenters / finds the segment
+        if checked is None and len(records) == 1 and shm_append_try1_keeping_gil is not None:
+            rtype, payload = records[0]
+            if type(payload) is not bytes or type(rtype) is not int or not 0 < rtype < 256:
+                return None     # the locking path raises the exact error (_pack)
+            return self.try_append1(rtype, payload, expect_lsn)
         tls = self._tls.__dict__
         out = tls.get("out")
         if out is None:         # per thread: the out array is written during the call
             out = tls["out"] = ffi.new("uint64_t[2]")
-            tls["out_addr"] = address(out)
-        if checked is None and len(records) == 1:
-            rtype, payload = records[0]
-            n, nbytes = 1, len(payload)
-            if type(payload) is not bytes or type(rtype) is not int or \
-                    not 0 < rtype < 256 or nbytes > self.max_record_bytes:
-                return None     # the locking path raises the exact error (_pack)
-            keep = shm_append_try1_keeping_gil
-            if keep is not None:
-                rc = keep(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn,
-                          rtype, payload, nbytes, tls["out_addr"])
-            else:   # pragma: no cover - no ctypes
-                rc = lib.au_shm_append_try1(h, fd, seg_first, seg_size, roll_seq,
-                                            expect_lsn, rtype, payload, nbytes, out)
-        else:
-            types, lens, data = checked if checked is not None else self._pack(records)
-            n, nbytes = len(types), len(data)
-            rc = lib.au_shm_append_try(h, fd, seg_first, seg_size,
-                                       roll_seq, expect_lsn, n, ffi.from_buffer(types),
-                                       ffi.from_buffer("uint32_t[]", lens),
-                                       ffi.from_buffer(data), out)
-        if rc > 0:              # AU_SHM_BUSY, AU_SHM_MOVED, AU_SHM_SLOW: nothing done
+        types, lens, data = checked if checked is not None else self._pack(records)
+        n, nbytes = len(types), len(data)
+        rc = lib.au_shm_append_try(h, fd, seg_first, seg_size,
+                                   roll_seq, expect_lsn, n, ffi.from_buffer(types),
+                                   ffi.from_buffer("uint32_t[]", lens),
+                                   ffi.from_buffer(data), out)
+        if rc != 0:
+            self._not_appended(rc)
             return None
-        if rc < 0:
-            if rc != lib.AU_E_INVAL and rc != lib.AU_E_SHM_FORKED:
-                self._failed_seen, self._failed_errno = True, -rc
-            raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
         first, end = out[0], out[1]
         st = self._stats
         st["appends"] += 1
@@ -531,6 +524,42 @@ class SharedLog(Log):
         st["fast_appends"] += 1
         self._tls.last = (first + n - 1, end)
         return first, end
+
+    def try_append1(self, rtype: int, payload: bytes,
+                    expect_lsn: int = 0) -> tuple[int, int] | None:
+        """try_append of one record (a claim, a complete: the queue's hot paths), through
+        the GIL-keeping call that answers the (first LSN, position after it) pair itself.
+        ``payload`` is bytes and ``rtype`` 1..255 (else TypeError / ValueError, nothing
+        written); None as try_append."""
+        if self._closed or _forks[0] != self._forks:
+            self._h()           # raises if closed, or forked (the page is the parent's)
+        try1 = shm_append_try1_keeping_gil
+        if try1 is None:        # no GIL-keeping call: the batch form through cffi
+            return self.try_append([(rtype, payload)], self._pack([(rtype, payload)]),
+                                   expect_lsn)
+        fd, seg_first, seg_size, roll_seq = self._seg_state     # one consistent snapshot
+        if self._failed_seen or self._holder is not None or roll_seq < 0 or \
+                len(payload) > self.max_record_bytes:
+            return None         # the locking path raises / reenters / finds the segment
+        got = try1(self._h_addr, fd, seg_first, seg_size, roll_seq, expect_lsn, rtype,
+                   payload)
+        if type(got) is tuple:
+            self._fast1 += 1
+            self._fast1_bytes += (_BATCH1_HDRS + len(payload) + 7) & ~7
+            self._tls.last = got
+            return got
+        self._not_appended(got)
+        return None
+
+    def _not_appended(self, rc: int) -> None:
+        """A fast append that wrote nothing: AU_SHM_BUSY / MOVED / SLOW return (the
+        caller takes the locking path); a failed write raises (and marks the log failed,
+        unless it was a refused argument or a forked handle)."""
+        if rc > 0:
+            return
+        if rc != lib.AU_E_INVAL and rc != lib.AU_E_SHM_FORKED:
+            self._failed_seen, self._failed_errno = True, -rc
+        raise DurabilityError(f"append: {strerror(-rc)}", errno=-rc if rc > -10000 else 0)
 
     def wait_pos(self, pos: int, wait: str) -> None:
         """Wait as told for the bytes below ``pos``: "none"/"written" return (they were
@@ -608,6 +637,10 @@ class SharedLog(Log):
         s = ffi.new("au_shm_stats *")
         lib.au_shm_info(self._shm, s)
         out = dict(self._stats)
+        n1 = self._fast1
+        for k, v in (("appends", n1), ("records", n1), ("fast_appends", n1)):
+            out[k] += v
+        out["bytes"] += self._fast1_bytes
         out.update(fdatasyncs=s.fdatasyncs, shm_appends=s.appends, covered=s.covered,
                    wakeups=s.wakeups, leader_died=s.leader_died, generation=s.generation)
         return out
