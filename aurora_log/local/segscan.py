@@ -43,7 +43,7 @@ class SegmentWindows:
     open() verified the newest segment)."""
 
     def __init__(self, fd: int, path: Any, pos: int, next_lsn: int, end: int,
-                 max_record: int, window: int = WINDOW) -> None:
+                 max_record: int, window: int | None = None) -> None:
         self.fd, self.path = fd, path
         self.pos, self.next_lsn, self.end, self.max_record = pos, next_lsn, end, max_record
         self.status = lib.AU_SCAN_MORE
@@ -51,6 +51,7 @@ class SegmentWindows:
         self.batches = 0
         self.last_flags = 0
         self.marks: list[tuple[int, int]] = []
+        window = WINDOW if window is None else window      # read at call time (tests)
         self._buf = bytearray(min(window, max(end - pos, 0)) or 1)
         self._wpos = pos            # file offset of the buffer's first byte
         self._wlen = 0              # bytes of the file in the buffer
