@@ -407,7 +407,8 @@ class LazyJobs:
             d.update(zip(ids, values, strict=True))
             return True
         over = self._over
-        if not over.keys().isdisjoint(ids) or not self._known.keys().isdisjoint(ids):
+        known = self._known
+        if not over.keys().isdisjoint(ids) or (known and not known.keys().isdisjoint(ids)):
             return False
         base = self._base
         if base.indexed and base.uuid and lines is not None:
