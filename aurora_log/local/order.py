@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -171,25 +170,20 @@ class ClaimOrder:
     def _add_many_to_lane(lane: deque, last: int, ids: Sequence[str], prios: Any,
                           dues: Any, first_seq: int, ats: Any) -> bool:
         """add_many's common case without a bytecode loop per job (a reopen folds a
-        million): one priority, every job due at once (no timer), due times not
-        decreasing, so the keys come in order after the lane's last one. False, and
-        nothing added, when the run is not that case."""
+        million): one priority and one due time, every job due at once (no timer), so
+        the keys are consecutive integers after the lane's last one (as add_run's).
+        False, and nothing added, when the run is not that case."""
         n = len(ids)
         if not n or not isinstance(prios, (bytes, bytearray)) or \
-                prios.count(prios[0]) != n:
+                prios.count(prios[0]) != n or dues.count(dues[0]) != n:
             return False
-        if max(map(operator.sub, dues, ats)) > 0:
+        due = dues[0]
+        if due > min(ats):
             return False                            # a job waits for its due time
-        if not all(map(operator.le, dues, itertools.islice(dues, 1, None))):
+        k0 = claim_key(prios[0], due, first_seq)
+        if k0 <= last:
             return False
-        hi = (4 - prios[0]) << 112
-        keys = list(map(operator.or_,
-                        map(operator.or_, itertools.repeat(hi),
-                            map(operator.lshift, dues, itertools.repeat(64))),
-                        range(first_seq, first_seq + n)))
-        if keys[0] <= last:
-            return False
-        lane.extend(zip(keys, ids, strict=True))
+        lane.extend(zip(range(k0, k0 + n), ids, strict=True))
         return True
 
     def add_blob(self, job_id: str, blob: bytes, due: int, seq: int, at: int) -> None:

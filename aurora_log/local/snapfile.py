@@ -492,7 +492,7 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     return _frame(version, lsn, total + 1, body, clen, max_at_ms)
 
 
-def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
+def read_header(data: bytes | bytearray, path: str = "?") -> SnapshotInfo:
     """Check and parse the 64-byte header (not the body). CorruptionError."""
     if len(data) < HEADER:
         raise CorruptionError(f"snapshot shorter than its {HEADER}-byte header "
