@@ -50,3 +50,19 @@ def test_lines_that_are_not_canonical_uuids_never_match():
     text = "".join(b + "\n" for b in bad * 3).encode()
     assert _first(ix, text) == -1
     assert _first(ix, text + held.encode() + b"\n") == len(bad) * 3
+
+
+def test_the_build_reports_the_first_repeated_id_wherever_it_falls():
+    """The build hashes 16 ids ahead (prefetch) but inserts in rank order: the rank it
+    reports is the first that repeats an earlier id, within a group or across groups."""
+    rnd = random.Random(3)
+    n = 100
+    for first, again in ((0, 1), (3, 15), (15, 16), (14, 31), (0, 99), (40, 41), (98, 99)):
+        ids = bytearray(rnd.randbytes(16 * n))
+        ids[16 * again:16 * again + 16] = ids[16 * first:16 * first + 16]
+        assert IdIndex(bytes(ids), 0, n, 16, 16).duplicate == again, (first, again)
+    ids = rnd.randbytes(16 * n)
+    ix = IdIndex(ids, 0, n, 16, 16)
+    assert ix.duplicate == -1
+    assert all(ix.find_uuid(str(uuid.UUID(bytes=ids[16 * k:16 * k + 16])).encode()) == k
+               for k in range(n))
