@@ -396,10 +396,13 @@ class LazyJobs:
         self._n += 1                          # a new id: it goes after every snapshot job
         return True
 
-    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None) -> bool:
+    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None,
+                        distinct: set | None = None) -> bool:
         """``insert_new`` for many jobs at once (replay's bulk fold): False, and nothing
         changed, if any id is held already. ``lines``: the ids, each followed by "\n"
-        (lets a UUID base check them all in one C call). The ids must be distinct."""
+        (lets a UUID base check them all in one C call). The ids must be distinct;
+        ``distinct``: the same ids as a set, if the caller has it (checked against the
+        ids already met from the smaller side)."""
         d = self._d
         if d is not None:
             if not d.keys().isdisjoint(ids):
@@ -408,7 +411,8 @@ class LazyJobs:
             return True
         over = self._over
         known = self._known
-        if not over.keys().isdisjoint(ids) or (known and not known.keys().isdisjoint(ids)):
+        if not over.keys().isdisjoint(ids) or (
+                known and not known.keys().isdisjoint(ids if distinct is None else distinct)):
             return False
         base = self._base
         if base.indexed and base.uuid and lines is not None:
