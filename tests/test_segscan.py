@@ -194,3 +194,18 @@ def test_replay_after_a_snapshot_through_small_windows_rebuilds_the_same_queue(
         assert q.get(ids[0]).status == "completed"
     finally:
         q.close()
+
+
+def test_a_file_shorter_than_the_scan_end_ends_the_scan(tmp_path):
+    """A read that comes back short (the file ends before the scan's end: a foreign
+    truncation) ends the scan where the file ends instead of reading on forever."""
+    path = tmp_path / "short.seg"
+    for size in (32, 33, 35, 64):
+        path.write_bytes(bytes(size))
+        fd = lib.au_open(str(path).encode(), 0, 0)
+        try:
+            ws = SegmentWindows(fd, path, 32, 1, 10_000, 1 << 20, window=40)
+            assert list(ws.records()) == []
+            assert (ws.status, ws.pos, ws.next_lsn) == (lib.AU_SCAN_END, 32, 1)
+        finally:
+            lib.au_close(fd)

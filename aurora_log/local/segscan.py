@@ -77,7 +77,8 @@ class SegmentWindows:
         while True:
             want = min(max(len(self._buf), grow), self.end - self.pos)
             self._read(self.pos, want)
-            at_end = self.pos + self._wlen >= self.end
+            # a short read (the file ended before ``end``) ends the scan as the file does
+            at_end = self.pos + self._wlen >= self.end or self._wlen < want
             self.marks.append((self.next_lsn, self.pos))
             s = ffi.new("au_scan *")
             s.pos, s.next_lsn, s.limit, s.max_record = 0, self.next_lsn, self._wlen, \
