@@ -18,6 +18,7 @@ Offsets reported are the file's.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,16 @@ __all__ = ["SegmentWindows", "WINDOW"]
 WINDOW = 1 << 20        # 1 MiB: small enough to stay in cache, large enough for few calls
 _CHUNK = 4096           # records handed out per au_scan_next call
 _U32 = struct.Struct("<I")
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _new_buffer(n: int) -> mmap.mmap:
+    """An anonymous mapping, not a bytearray: freed, it goes back to the system at once
+    (a freed malloc block of megabytes would raise malloc's mmap threshold and leave the
+    next big allocations on the heap, which a process rarely returns: RSS that stays).
+    Populated at once where the system can (every byte is read into anyway): one call
+    instead of a page fault per page."""
+    return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
 
 
 class SegmentWindows:
@@ -52,14 +63,14 @@ class SegmentWindows:
         self.last_flags = 0
         self.marks: list[tuple[int, int]] = []
         window = WINDOW if window is None else window      # read at call time (tests)
-        self._buf = bytearray(min(window, max(end - pos, 0)) or 1)
+        self._buf: Any = _new_buffer(min(window, max(end - pos, 0)) or 1)
         self._wpos = pos            # file offset of the buffer's first byte
         self._wlen = 0              # bytes of the file in the buffer
 
     def _read(self, off: int, n: int) -> None:
         """Fill the buffer with up to n file bytes at off (fewer at the end of the file)."""
         if len(self._buf) < n:
-            self._buf = bytearray(n)     # the longest batch so far, reused from now on
+            self._buf = _new_buffer(n)   # the longest batch so far, reused from now on
         r = lib.au_pread_full(self.fd, ffi.from_buffer(self._buf), n, off)
         if r < 0:
             raise os_error(r, self.path)
@@ -153,5 +164,5 @@ class SegmentWindows:
 
     def release(self) -> None:
         """Let go of the buffer (a scan may end long before its owner does)."""
-        self._buf = bytearray(0)
+        self._buf = b""
         self._wlen = 0
