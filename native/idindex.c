@@ -47,9 +47,19 @@ int64_t au_idx_build(const uint8_t *ids, uint64_t n, uint32_t stride, uint32_t w
     uint8_t *tags = (uint8_t *)(table + mask + 1);
     memset(table, 0xFF, (size_t)(mask + 1) * sizeof(uint32_t));
     memset(tags, 0, (size_t)(mask + 1));
+    uint64_t hs[16];
     for (uint64_t k = 0; k < n; k++) {
+        /* hashes 16 ids ahead and prefetches their slots: the inserts' cache misses
+         * overlap (the inserts themselves stay in rank order) */
+        if ((k & 15) == 0) {
+            for (uint64_t j = k; j < k + 16 && j < n; j++) {
+                hs[j & 15] = hash_id(ids + j * stride, width);
+                __builtin_prefetch(table + (hs[j & 15] & mask), 1);
+                __builtin_prefetch(tags + (hs[j & 15] & mask), 1);
+            }
+        }
         const uint8_t *id = ids + k * stride;
-        uint64_t h = hash_id(id, width), s = h & mask;
+        uint64_t h = hs[k & 15], s = h & mask;
         uint8_t tag = (uint8_t)(h >> 56);
         for (;;) {
             uint32_t r = table[s];
@@ -66,11 +76,12 @@ int64_t au_idx_build(const uint8_t *ids, uint64_t n, uint32_t stride, uint32_t w
     return -1;
 }
 
-int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
-                    const uint32_t *table, uint64_t mask, const uint8_t *key)
+/* The probe of au_idx_find for a key whose hash is known. */
+static int64_t probe(const uint8_t *ids, uint32_t stride, uint32_t width,
+                     const uint32_t *table, uint64_t mask, const uint8_t *key, uint64_t h)
 {
     const uint8_t *tags = (const uint8_t *)(table + mask + 1);
-    uint64_t h = hash_id(key, width), s = h & mask;
+    uint64_t s = h & mask;
     uint8_t tag = (uint8_t)(h >> 56);
     for (;;) {
         uint32_t r = table[s];
@@ -80,6 +91,12 @@ int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
             return r;
         s = (s + 1) & mask;
     }
+}
+
+int64_t au_idx_find(const uint8_t *ids, uint32_t stride, uint32_t width,
+                    const uint32_t *table, uint64_t mask, const uint8_t *key)
+{
+    return probe(ids, stride, width, table, mask, key, hash_id(key, width));
 }
 
 static int hexval(uint8_t c)
@@ -116,18 +133,39 @@ int64_t au_idx_find_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mas
     return au_idx_find(ids, 16, 16, table, mask, key);
 }
 
+/* Lines are looked up GROUP at a time: every key of a group is parsed and hashed and its
+ * slot and tag prefetched before the first is probed, so the group's cache misses into
+ * the table (megabytes, one random slot per key) overlap instead of coming one after
+ * another (a reopen checks every replayed enqueue against the snapshot's ids). */
+#define GROUP 16
+
 int64_t au_idx_find_any_uuid(const uint8_t *ids, const uint32_t *table, uint64_t mask,
                              const char *lines, size_t len)
 {
+    const uint8_t *tags = (const uint8_t *)(table + mask + 1);
+    uint8_t keys[GROUP][16];
+    uint64_t hs[GROUP];
+    int ok[GROUP];
     size_t p = 0;
     int64_t line = 0;
     while (p < len) {
-        const char *nl = memchr(lines + p, '\n', len - p);
-        size_t e = nl ? (size_t)(nl - lines) : len;
-        if (au_idx_find_uuid(ids, table, mask, lines + p, e - p) >= 0)
-            return line;
-        p = e + 1;
-        line++;
+        int64_t first = line;
+        int g = 0;
+        for (; g < GROUP && p < len; g++) {
+            const char *nl = memchr(lines + p, '\n', len - p);
+            size_t e = nl ? (size_t)(nl - lines) : len;
+            ok[g] = au_uuid_parse(lines + p, e - p, keys[g]) == 0;
+            if (ok[g]) {
+                hs[g] = hash_id(keys[g], 16);
+                __builtin_prefetch(table + (hs[g] & mask));
+                __builtin_prefetch(tags + (hs[g] & mask));
+            }
+            p = e + 1;
+            line++;
+        }
+        for (int i = 0; i < g; i++)     /* in order: the first line found is the answer */
+            if (ok[i] && probe(ids, 16, 16, table, mask, keys[i], hs[i]) >= 0)
+                return first + i;
     }
     return -1;
 }

@@ -11,8 +11,9 @@ Layers, bottom to top (a module may import its own layer and the ones below):
 ``aurora_log/__init__.py`` is the composition root: it may import anything, and only the top
 layer may import it (below, ``import aurora_log`` would be an import of everything above).
 Inside the engine, the C core has one door: only local/_binding.py imports ``_native``, and
-only local/log.py, local/sharedlog.py (its shared mode) and testing/faults.py import
-``_binding`` -- they are the I/O side, every syscall through the table faults.py replaces --
+only local/log.py, local/sharedlog.py (its shared mode), local/segscan.py (log.py's reads
+of a segment by windows) and testing/faults.py import ``_binding`` -- they are the I/O side,
+every syscall through the table faults.py replaces --
 plus local/kernels.py, the pure-compute helpers (no syscall, no file: the snapshot's id
 index, replay's bulk ENQUEUE fold, prefix sums), which the rest of the engine calls.
 
@@ -45,7 +46,8 @@ TOP = len(LAYERS) - 1
 ONLY_IMPORTED_BY = {
     "aurora_log.local._native": {"aurora_log.local._binding"},
     "aurora_log.local._binding": {"aurora_log.local.log", "aurora_log.local.sharedlog",
-                                  "aurora_log.testing.faults", "aurora_log.local.kernels"},
+                                  "aurora_log.local.segscan", "aurora_log.testing.faults",
+                                  "aurora_log.local.kernels"},
 }
 
 

@@ -1,6 +1,7 @@
 """The claim order (order.py): one key, live heads, a decision that only reads."""
 
 import copy
+from array import array
 import random
 
 from aurora_log.local import records as R
@@ -133,3 +134,35 @@ def test_in_order_keys_ride_the_lane_and_the_rest_the_heap():
         _heads_live(s)
     assert got == ["h", "n0", "n1", "n3", "n4"]
     assert not s.order.lanes[0] and not s.order.ready[0] and not s.anomalies
+
+
+def test_add_many_is_add_one_by_one_in_every_case():
+    """add_many (replay's bulk fold) takes a loop-free path when a run has one priority,
+    no timer and due times that do not decrease; every case, taken or not, leaves the
+    heaps and lanes exactly as ``add`` job by job does."""
+    rnd = random.Random(21)
+    cases = {
+        "fifo": lambda i: (3, T0 + i // 3, T0 + i // 3),
+        "mixed priorities": lambda i: (1 + i % 4, T0, T0),
+        "a timer": lambda i: (2, T0 + (5_000 if i == 7 else 0), T0),
+        "due times decrease": lambda i: (2, T0 - i, T0),
+        "random": lambda i: (rnd.choice((2, 2, 3)), T0 + rnd.randrange(-5, 5), T0),
+    }
+    for name, job in cases.items():
+        for lane_ahead in (None, T0 - 10, T0 + 10 ** 6):
+            bulk, one = State(), State()
+            for s in (bulk, one):
+                s.pair_index("q", "t")
+                if lane_ahead is not None:       # the lane already holds a key
+                    s.order.add("x", 0, 3, lane_ahead, 1, lane_ahead)
+            rows = [job(i) for i in range(40)]
+            ids = [f"j{i}" for i in range(40)]
+            bulk.order.add_many(ids, 0, bytearray(p for p, _, _ in rows),
+                                array("q", [d for _, d, _ in rows]), 100,
+                                array("q", [a for _, _, a in rows]))
+            for i, (p, d, a) in enumerate(rows):
+                one.order.add(ids[i], 0, p, d, 100 + i, a)
+            for attr in ("ready", "lanes"):
+                assert [list(x) for x in getattr(bulk.order, attr)] == \
+                    [list(x) for x in getattr(one.order, attr)], (name, lane_ahead, attr)
+            assert bulk.order.timers == one.order.timers, (name, lane_ahead)

@@ -165,8 +165,8 @@ def _one_by_one_until(path, last):
 
 
 def test_the_newest_segment_open_read_is_let_go_after_replay(tmp_path):
-    """open() keeps the newest segment's bytes for the first scan; replay lets go of them
-    whether it scanned (records after the snapshot) or not (none)."""
+    """open() keeps the newest segment's verified batch boundaries for the first scan;
+    replay lets go of them whether it scanned (records after the snapshot) or not (none)."""
     import aurora_log
     from aurora_log import Job
     for tail in (False, True):
@@ -178,9 +178,9 @@ def test_the_newest_segment_open_read_is_let_go_after_replay(tmp_path):
             q.enqueue(Job("t", {"i": 50}))
         q.close()
         with Log.open(d, read_only=True) as lg:
-            assert lg._open_buf is None               # read-only opens keep nothing
+            assert lg._open_marks is None             # read-only opens keep nothing
         q = aurora_log.open(d)
-        assert q._log._open_buf is None and len(q.list()) == 50 + tail
+        assert q._log._open_marks is None and len(q.list()) == 50 + tail
         q.close()
 
 

@@ -162,3 +162,54 @@ def test_threads_filling_at_once_see_every_block(monkeypatch):
     assert lc._left == 0 and all(lc._filled)
     eager = _load(data, False, monkeypatch).jobs._base
     assert all(blobs[k] == eager.blob(k) for k in range(base.n))
+
+
+def _ids_blocks(state) -> range:
+    """The lz4 blocks wholly inside a lazily loaded state's ids section (the first and
+    the last may share bytes with the sections around it, which are read at load)."""
+    base = state.jobs._base
+    bmax = _content_of(state)._bmax
+    return range(-(-base.id_at // bmax), (base.id_at + 16 * base.n) // bmax)
+
+
+def test_uuid_ids_stay_compressed_until_one_is_read_or_looked_up(monkeypatch):
+    """Issue 21: a reopen decompresses no id; reading one job's id fills its block only,
+    a lookup by id (the index) fills the section."""
+    src, now, data = _big(n=20000)
+    lazy = _load(data, True, monkeypatch)
+    lc = _content_of(lazy)
+    blocks = _ids_blocks(lazy)
+    assert len(blocks) >= 3 and not any(lc._filled[j] for j in blocks)
+    base = lazy.jobs._base
+    k = (blocks[1] * lc._bmax - base.id_at) // 16 + 1     # an id inside the 2nd block
+    assert src.get(base.id(k)) is not None
+    assert [j for j in blocks if lc._filled[j]] == [blocks[1]]
+    assert lazy.get(str(uuid.uuid4())) is None           # a lookup by id: the index
+    assert all(lc._filled[j] for j in blocks)
+    first = base.id(0)
+    assert lazy.get(first).to_dict() == src.get(first).to_dict()
+    eager = _load(data, False, monkeypatch)
+    later = now + 10_000_000
+    assert _drain(lazy, later) == _drain(eager, later)
+
+
+def test_a_duplicate_uuid_in_a_lazy_snapshot_is_still_refused_at_first_lookup(monkeypatch):
+    """The ids are checked for duplicates when the index is built (as before): leaving
+    them compressed at load moves no check."""
+    src, now, data = _big(n=3000)
+    info = F.read_header(data)
+    eager = F._decompress(memoryview(data)[F.HEADER:], info, "big.snap")
+    lazy = _load(data, True, monkeypatch)
+    base = lazy.jobs._base
+    content = bytearray(eager)
+    a = base.id_at
+    content[a + 16:a + 32] = content[a:a + 16]          # rank 1 repeats rank 0's id
+    import lz4.frame
+    body = lz4.frame.compress(bytes(content), block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+                              block_linked=False, content_checksum=True,
+                              store_size=True)
+    bad = _reframed(data, body)
+    s = _load(bad, True, monkeypatch)                     # loads: nothing reads the ids
+    with pytest.raises(CorruptionError, match="distinct ids") as e:
+        s.get(base.id(5))
+    assert e.value.file == "big.snap"

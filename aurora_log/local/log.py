@@ -30,10 +30,12 @@ from ._binding import (MODES, append_now1_keeping_gil, check_io, check_writer, f
 from ..errors import (AuroraLogError, ClosedError, CorruptionError, DurabilityError,
                       ReadOnlyError)
 from .holders import refused_by_exclusive, refused_by_shared
+from .segscan import SegmentWindows
 
 __all__ = [
     "Log", "RecoveryReport", "SegmentInfo", "TailCut", "write_file_durably", "read_file",
     "remove_file", "make_dirs", "is_file", "crc32c", "crc_mask", "REC_HDR", "SEG_HDR",
+    "read_file_buffer",
     "WindowScan", "scan_window", "list_segment_files", "check_segment_header", "open_read",
     "pread_at", "close_fd",
 ]
@@ -175,6 +177,12 @@ def read_file(path) -> bytes:
     return bytes(_read_buf(path))
 
 
+def read_file_buffer(path) -> bytearray:
+    """The whole file in a new bytearray, read once (read_file copies it again into
+    bytes: for a snapshot of many MiB that copy is a tenth of its load)."""
+    return _read_buf(path)
+
+
 def write_file_durably(path, data) -> None:
     """Write `data` to `path` atomically and durably: <path>.tmp (0600) -> write -> fsync ->
     rename -> fsync the directory. DurabilityError (with errno) if any step fails; the
@@ -281,6 +289,7 @@ class _TailScan:
     size: int = 0       # preallocated size from the segment header
     last_flags: int = 0  # flags of the last verified batch
     limit: int = 0      # the record limit in the segment header
+    file_size: int = -1  # the file's size (-1: len of the buffer analysed)
 
 
 _BROKEN_TMP = re.compile(r"[0-9]{20}\.seg\.broken-[0-9]+\.tmp")
@@ -497,9 +506,11 @@ class Log:
         self.segment_bytes = 64 << 20
         self._shared = False              # SharedLog: many processes (sharedlog.py)
         self._recovered_tail = None       # (segment LSN, path, end, next LSN) of _recover
-        # (path, end, bytes) of the newest segment as open() read it, for the first scan
-        # (replay): up to 64 MiB not read twice. Single use; dropped by any scan and close.
-        self._open_buf: tuple[Path, int, bytearray] | None = None
+        # (path, end of data, marks) of the newest segment as open() verified it: the
+        # first scan (replay, which starts after a snapshot) starts at the last verified
+        # batch boundary (lsn, offset) at or below its LSN instead of verifying the
+        # segment again from its header. Single use; dropped by any scan and close.
+        self._open_marks: tuple[Path, int, list[tuple[int, int]]] | None = None
 
     # ---------------------------------------------------------------- open / recovery
     @classmethod
@@ -609,6 +620,14 @@ class Log:
             prev = lsn
 
     def _analyze_newest(self, lsn: int, path: Path):
+        """(buf, ts): the newest segment verified to its end of data, every byte after it
+        checked zero. The common case (a clean tail) is checked through a reused window
+        (segscan.py) and returns buf None; anything else (a bad batch, a non-zero byte
+        in the zero tail, a SEAL|NEXT, an unsynced marker) is analysed again over the
+        whole file below, which decides and reports exactly as before."""
+        fast = self._analyze_newest_windowed(lsn, path)
+        if fast is not None:
+            return None, fast
         buf = _read_buf(path)
         size, limit = _check_header(path, buf[:SEG_HDR], lsn)
         if len(buf) < size:
@@ -619,7 +638,7 @@ class Log:
                 "bytes were lost, this is not a crash shape", file=str(path),
                 offset=len(buf))
         ts = _scan_tail(buf, lsn, limit)
-        ts.size = size
+        ts.size, ts.file_size = size, len(buf)
         if ts.last_flags & lib.AU_FLAG_NEXT and not self._continued:
             # a roll writes SEAL|NEXT only once the next segment is durable: it is gone
             raise CorruptionError(
@@ -640,7 +659,7 @@ class Log:
             # bytes written after the last good fdatasync of a writer whose next one
             # failed: the page cache may hold what the disk does not; cut them
             cut = _scan_tail(memoryview(buf)[:unsynced], lsn, limit)
-            cut.size = ts.size
+            cut.size, cut.file_size = ts.size, ts.file_size
             if cut.bad_off is None:
                 cut.bad_off = cut.end
                 cut.reason = ("written after the last successful fdatasync; a later "
@@ -648,6 +667,41 @@ class Log:
             ts = cut
         ts.limit = limit
         return buf, ts
+
+    def _analyze_newest_windowed(self, lsn: int, path: Path) -> _TailScan | None:
+        """The clean-tail case of _analyze_newest without reading the file whole; None
+        when the whole-file analysis must decide. Raises what it raises for a short file
+        (checked first, as there)."""
+        fd = _open(path, os.O_RDONLY)
+        try:
+            fsize = lib.au_file_size(fd)
+            if fsize < 0:
+                raise os_error(fsize, path)
+            hdr = bytearray(SEG_HDR)
+            r = lib.au_pread_full(fd, ffi.from_buffer(hdr), SEG_HDR, 0)
+            if r < 0:
+                raise os_error(r, path)
+            size, limit = _check_header(path, bytes(hdr[:r]), lsn)
+            if fsize < size:
+                raise CorruptionError(
+                    f"segment file shorter than its preallocated size ({fsize} of {size}): "
+                    "bytes were lost, this is not a crash shape", file=str(path),
+                    offset=fsize)
+            if _unsynced_offset(path) is not None:
+                return None
+            ws = SegmentWindows(fd, path, SEG_HDR, lsn, fsize, limit)
+            for _ in ws.records(0):
+                pass
+            if ws.status != lib.AU_SCAN_END or ws.first_nonzero_after() >= 0 or \
+                    (ws.last_flags & lib.AU_FLAG_NEXT and not self._continued):
+                return None
+            ws.release()
+        finally:
+            lib.au_close(fd)
+        if not self.read_only:
+            self._open_marks = (path, ws.pos, ws.marks)
+        return _TailScan(end=ws.pos, next_lsn=ws.next_lsn, records=ws.next_lsn - lsn,
+                         last_flags=ws.last_flags, size=size, limit=limit, file_size=fsize)
 
     def _torn_roll_seal(self, segs, ts: _TailScan) -> tuple[Path, int, bytes, str] | None:
         """A roll makes the next segment durable before it writes SEAL|NEXT into the old
@@ -720,9 +774,10 @@ class Log:
         self._check_headers(segs)
         lsn, path = segs[-1]
         buf, ts = self._analyze_newest(lsn, path)
-        size = len(buf)
+        size = ts.file_size
         target = max((size + 7) & ~7, ts.size)
         if ts.bad_off is not None:
+            assert buf is not None      # only the whole-file analysis reports a bad tail
             cbuf = ffi.from_buffer(buf)
             last = lib.au_last_nonzero(cbuf, ts.bad_off, size)
             cut = bytes(buf[ts.bad_off:last + 1]) if last >= ts.bad_off else b""
@@ -733,11 +788,8 @@ class Log:
             rep.bytes_truncated = len(cut)
         elif size < target:
             self._zero(path, size, size, target)
-        if ts.bad_off is None and not self._shared:
-            # nothing cut: the bytes before ts.end are the file's for good (appends go
-            # after them); keep them (not the zero tail) for the replay's scan
-            del buf[ts.end:]
-            self._open_buf = (path, ts.end, buf)
+        if ts.bad_off is not None or buf is not None:
+            self._open_marks = None    # the marks are for a clean tail (set by the window)
         del buf
         torn = self._torn_roll_seal(segs, ts)
         if torn is not None:
@@ -754,7 +806,7 @@ class Log:
                      "create segment", self._wal / _seg_name(ts.next_lsn))
             segs = self._list_segments()
             lsn, path = segs[-1]
-            self._open_buf = None     # no longer the segment being written
+            self._open_marks = None     # no longer the segment being written
             ts = _TailScan(end=SEG_HDR, next_lsn=ts.next_lsn, records=0,
                            size=_check_header(path, _pread(path, SEG_HDR), lsn)[0],
                            limit=self.max_record_bytes)
@@ -1137,7 +1189,7 @@ class Log:
     def drop_open_read(self) -> None:
         """Let go of the newest segment's bytes open() kept for the first scan (replay
         calls this when it is done, whether or not it needed them)."""
-        self._open_buf = None
+        self._open_marks = None
 
     def _scan_bound(self):
         if self._closed:
@@ -1163,7 +1215,7 @@ class Log:
                     yield rlsn, rtype, bytes(mv[off:off + ln])
 
     def _scan_chunks(self, from_lsn, bound):
-        opened, self._open_buf = self._open_buf, None
+        opened, self._open_marks = self._open_marks, None
         segs = self._list_segments()
         if bound is not None:
             segs = [s for s in segs if s[0] <= bound[0]]
@@ -1174,59 +1226,58 @@ class Log:
                 expected = None
                 continue
             is_bound = bound is not None and lsn == bound[0]
-            # the segment being written was checked to its end by open(): read its written
-            # part only (the rest is up to 64 MiB of preallocated zeros)
-            if is_bound and self._w is not None and opened is not None \
-                    and opened[0] == path and bound[1] <= opened[1]:
-                buf = opened[2]           # what open() read: the same bytes up to bound
-                opened = None
-            else:
-                buf = _read_buf(path, bound[1] if is_bound and self._w is not None else None)
-            seg_size, seg_limit = _check_header(path, buf[:SEG_HDR], lsn)
-            if expected is not None and lsn != expected:
+            fd = _open(path, os.O_RDONLY)
+            try:
+                expected = yield from self._scan_segment(fd, path, lsn, from_lsn, bound,
+                                                         is_bound, expected, opened)
+            finally:
+                lib.au_close(fd)
+
+    def _scan_segment(self, fd, path, lsn, from_lsn, bound, is_bound, expected, opened):
+        """One segment of _scan_chunks, read through a reused window (segscan.py): the
+        segment being written up to the bound only (the rest is up to 64 MiB of
+        preallocated zeros), any other to its end, its zero tail checked."""
+        fsize = lib.au_file_size(fd)
+        if fsize < 0:
+            raise os_error(fsize, path)
+        hdr = bytearray(SEG_HDR)
+        r = lib.au_pread_full(fd, ffi.from_buffer(hdr), SEG_HDR, 0)
+        if r < 0:
+            raise os_error(r, path)
+        seg_size, seg_limit = _check_header(path, bytes(hdr[:r]), lsn)
+        if expected is not None and lsn != expected:
+            raise CorruptionError(
+                f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
+                file=str(path), offset=0, lsn=expected)
+        end = min(fsize, bound[1]) if is_bound else fsize
+        start, start_lsn = SEG_HDR, lsn
+        if opened is not None and opened[0] == path:
+            # open() verified this segment's batches moments ago: start at its last
+            # boundary at or below from_lsn (never past this scan's end)
+            for m_lsn, m_off in opened[2]:
+                if m_lsn <= from_lsn and m_off <= end and m_off >= start:
+                    start, start_lsn = m_off, m_lsn
+        ws = SegmentWindows(fd, path, start, start_lsn, end, seg_limit)
+        yield from ws.records(from_lsn=from_lsn)
+        if ws.status == lib.AU_SCAN_BAD and (lsn, ws.pos) != self._ro_torn_seal:
+            raise CorruptionError(str(ws.reason), file=str(path), offset=ws.pos,
+                                  lsn=ws.next_lsn)
+        if is_bound:
+            if ws.pos < end and self._w is not None:
+                raise CorruptionError("end of data before the written position",
+                                      file=str(path), offset=ws.pos, lsn=ws.next_lsn)
+        else:
+            if fsize < seg_size:
                 raise CorruptionError(
-                    f"LSN gap between segments: expected {expected}, segment starts at {lsn}",
-                    file=str(path), offset=0, lsn=expected)
-            limit = len(buf)
-            if is_bound:
-                limit = min(limit, bound[1])
-            cbuf = ffi.from_buffer(buf)
-            s = _new_scan(SEG_HDR, lsn, limit, seg_limit)
-            recs = ffi.new("au_rec[]", _SCAN_CHUNK)
-            mv = memoryview(buf)
-            # whole batches before from_lsn: verified, stepped over without a tuple per
-            # record (replay after a snapshot starts mid-segment)
-            while s.next_lsn <= from_lsn:
-                s.rec_left = 0
-                lib.au_scan_next(cbuf, s, recs, 0)
-                if s.status != lib.AU_SCAN_MORE:
-                    break
-            while True:
-                n = lib.au_scan_next(cbuf, s, recs, _SCAN_CHUNK)
-                if n:
-                    yield mv, recs, n
-                if s.status == lib.AU_SCAN_MORE:
-                    continue
-                if s.status == lib.AU_SCAN_BAD and (lsn, s.pos) != self._ro_torn_seal:
-                    raise CorruptionError(ffi.string(lib.au_reason(s.reason)).decode(),
-                                          file=str(path), offset=s.bad_off, lsn=s.next_lsn)
-                break
-            if is_bound:
-                if s.pos < limit and self._w is not None:
-                    raise CorruptionError("end of data before the written position",
-                                          file=str(path), offset=s.pos, lsn=s.next_lsn)
-            else:
-                if len(buf) < seg_size:
-                    raise CorruptionError(
-                        f"segment file shorter than its preallocated size ({len(buf)} of "
-                        f"{seg_size})", file=str(path), offset=len(buf), lsn=s.next_lsn)
-                z = lib.au_first_nonzero(cbuf, s.pos, len(buf))
-                if z >= 0 and (lsn, s.pos) != self._ro_torn_seal:
-                    raise CorruptionError(
-                        f"non-zero bytes after the end of data (first at offset {z})",
-                        file=str(path), offset=s.pos, lsn=s.next_lsn)
-            expected = s.next_lsn
-            del mv, cbuf, buf
+                    f"segment file shorter than its preallocated size ({fsize} of "
+                    f"{seg_size})", file=str(path), offset=fsize, lsn=ws.next_lsn)
+            z = ws.first_nonzero_after() if ws.status == lib.AU_SCAN_END else -1
+            if z >= 0 and (lsn, ws.pos) != self._ro_torn_seal:
+                raise CorruptionError(
+                    f"non-zero bytes after the end of data (first at offset {z})",
+                    file=str(path), offset=ws.pos, lsn=ws.next_lsn)
+        ws.release()
+        return ws.next_lsn
 
     # ---------------------------------------------------------------- maintenance
     def retire_segments_before(self, lsn: int, *, archive_dir=None) -> list[Path]:
@@ -1273,7 +1324,7 @@ class Log:
         if self._w is not None and not self._closed and self._next > 1:
             # before refusing appends: ranges reserved by other threads are on their way
             lib.au_wait(self._w, self._next - 1, lib.AU_WAIT_WRITTEN)
-        self._open_buf = None
+        self._open_marks = None
         with self._state_lock:
             if self._closed:
                 return

@@ -201,14 +201,16 @@ def _fold_enqueue_run(state: State, mv: memoryview, recs: Any, n: int) -> tuple[
     ids = lines.decode("ascii").split("\n")
     ids.pop()
     control = state.control
-    if len(set(ids)) != m or (control.waiting and not control.waiting.keys().isdisjoint(ids)):
+    distinct = set(ids)     # (a set: isdisjoint then walks the smaller side, often the dict)
+    if len(distinct) != m or (control.waiting and
+                              not control.waiting.keys().isdisjoint(distinct)):
         return -m, 0, 0
     starts = [0]
     starts += ends[:-1]
     values = list(map(bb.__getitem__, map(slice, starts, ends)))
     jobs = state.jobs
     if type(jobs) is LazyJobs:
-        if not jobs.insert_many_new(ids, values, lines):
+        if not jobs.insert_many_new(ids, values, lines, distinct):
             return -m, 0, 0
     else:
         if not jobs.keys().isdisjoint(ids):

@@ -492,7 +492,7 @@ def encode_state(state: Exportable, lsn: int, max_at_ms: int = -1, *,
     return _frame(version, lsn, total + 1, body, clen, max_at_ms)
 
 
-def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
+def read_header(data: bytes | bytearray, path: str = "?") -> SnapshotInfo:
     """Check and parse the 64-byte header (not the body). CorruptionError."""
     if len(data) < HEADER:
         raise CorruptionError(f"snapshot shorter than its {HEADER}-byte header "
@@ -509,7 +509,7 @@ def read_header(data: bytes, path: str = "?") -> SnapshotInfo:
     return SnapshotInfo(path, lsn, ver, items, blen, clen, max_at, len(data))
 
 
-def decode_snapshot(data: bytes, path: str = "?", *,
+def decode_snapshot(data: bytes | bytearray, path: str = "?", *,
                     max_content: int = DEFAULT_MAX_CONTENT) -> tuple[SnapshotInfo, State]:
     """Every check, then the State. CorruptionError (file, offset, reason) on any failure:
     header, body length, body crc, lz4 frame (declared content size checked against the
@@ -551,9 +551,10 @@ def decode_snapshot(data: bytes, path: str = "?", *,
 
 
 def _fill_all_but_tails(lazy: LazyContent, clen: int) -> None:
-    """Decompress every section but the tails (the payloads: most of the bytes, read when
-    a job is touched). A layout that does not add up is filled whole, for _decode_v2 to
-    report with its usual reasons."""
+    """Decompress every section but the ids and the tails (the payloads: most of the
+    bytes, read when a job is touched; the ids when one is read or the id index is built,
+    and by _decode_v2 when it checks ids that are not UUIDs). A layout that does not add
+    up is filled whole, for _decode_v2 to report with its usual reasons."""
     c = lazy.content
     lazy.ensure(0, 4)
     pos = 4 + (_U32.unpack_from(c)[0] if clen >= 4 else 0)
@@ -567,7 +568,7 @@ def _fill_all_but_tails(lazy: LazyContent, clen: int) -> None:
         (ln,) = _U64.unpack_from(c, pos)
         if pos + 8 + ln > clen:
             return lazy.ensure_all()
-        if name != "tails":
+        if name not in ("ids", "tails"):
             lazy.ensure(pos + 8, pos + 8 + ln)
         pos += 8 + ln
     if pos != clen:
@@ -723,9 +724,12 @@ def _decode_v2(content, info: SnapshotInfo, path: str,
             arr.byteswap()
         return arr
 
-    # ids
+    # ids (UUIDs: 16 raw bytes each, nothing to check in them here: left compressed until
+    # one is read or the id index is built, which finds duplicates)
     ids_at, ids_len = secs["ids"]
     id_offs = None
+    if fill is not None and not uuid:
+        fill(ids_at, ids_at + ids_len)
     if uuid:
         if ids_len != 16 * nb:
             raise bad(f"ids section is {ids_len} bytes, expected {nb} x 16", ids_at)

@@ -66,7 +66,8 @@ from typing import Protocol
 
 from . import records as R
 from ..errors import ClosedError, CorruptionError, LockedError
-from .log import SEG_RE, Log, is_file, make_dirs, read_file, remove_file, write_file_durably
+from .log import (SEG_RE, Log, is_file, make_dirs, read_file, read_file_buffer, remove_file,
+                  write_file_durably)
 from .replay import replay
 from .snapfile import (DEFAULT_MAX_CONTENT, HEADER, MAGIC, READ_VERSIONS, SNAP_RE, VERSION,
                        SnapshotInfo, SnapshotProblem, decode_snapshot, encode_snapshot,
@@ -132,7 +133,7 @@ def load_snapshot(path, *, max_content: int = DEFAULT_MAX_CONTENT) -> tuple[Snap
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return decode_snapshot(read_file(path), path, max_content=max_content)
+        return decode_snapshot(read_file_buffer(path), path, max_content=max_content)
     finally:
         if enabled:
             gc.enable()

@@ -134,6 +134,8 @@ class SnapshotBase:
             return ids[k]
         if self.uuid:
             a = self.id_at + 16 * k
+            if self.fill is not None:
+                self.fill(a, a + 16)          # the ids are decompressed when touched
             h = self.content[a:a + 16].hex()
             return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         w = self.id_width
@@ -189,6 +191,7 @@ class SnapshotBase:
     def _build_index(self) -> IdIndex:
         n = self.n
         stride, width = (16, 16) if self.uuid else (self.id_width + 1, self.id_width)
+        self._fill_ids()
         index = IdIndex(self.content, self.id_at, n, stride, width)
         dup = index.duplicate
         if dup != -1:
@@ -198,7 +201,14 @@ class SnapshotBase:
         self._index = index
         return index
 
+    def _fill_ids(self) -> None:
+        """Make the whole ids section real (a lazily loaded snapshot decompresses UUID ids
+        only when they are touched)."""
+        if self.fill is not None and self.uuid:
+            self.fill(self.id_at, self.id_at + 16 * self.n)
+
     def all_ids(self) -> list:
+        self._fill_ids()
         c, n, id_at, width, o = self.content, self.n, self.id_at, self.id_width, self.id_offs
         if self.uuid:
             # 16 raw bytes -> "8-4-4-4-12" lowercase hex + "\n", by strided copies
@@ -386,10 +396,13 @@ class LazyJobs:
         self._n += 1                          # a new id: it goes after every snapshot job
         return True
 
-    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None) -> bool:
+    def insert_many_new(self, ids: list, values: list, lines: bytes | None = None,
+                        distinct: set | None = None) -> bool:
         """``insert_new`` for many jobs at once (replay's bulk fold): False, and nothing
         changed, if any id is held already. ``lines``: the ids, each followed by "\n"
-        (lets a UUID base check them all in one C call). The ids must be distinct."""
+        (lets a UUID base check them all in one C call). The ids must be distinct;
+        ``distinct``: the same ids as a set, if the caller has it (checked against the
+        ids already met from the smaller side)."""
         d = self._d
         if d is not None:
             if not d.keys().isdisjoint(ids):
@@ -397,7 +410,9 @@ class LazyJobs:
             d.update(zip(ids, values, strict=True))
             return True
         over = self._over
-        if not over.keys().isdisjoint(ids) or not self._known.keys().isdisjoint(ids):
+        known = self._known
+        if not over.keys().isdisjoint(ids) or (
+                known and not known.keys().isdisjoint(ids if distinct is None else distinct)):
             return False
         base = self._base
         if base.indexed and base.uuid and lines is not None:
