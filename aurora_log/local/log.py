@@ -363,6 +363,20 @@ def _pread_at(fd: int, path, off: int, n: int) -> bytes:
     return bytes(buf[:r])
 
 
+def _size_and_header(fd: int, path: Path, lsn: int) -> tuple[int, int, int]:
+    """A segment open at ``fd``: its file size, and its header's preallocated size and
+    record limit (CorruptionError from _check_header)."""
+    fsize = lib.au_file_size(fd)
+    if fsize < 0:
+        raise os_error(fsize, path)
+    hdr = bytearray(SEG_HDR)
+    r = lib.au_pread_full(fd, ffi.from_buffer(hdr), SEG_HDR, 0)
+    if r < 0:
+        raise os_error(r, path)
+    size, limit = _check_header(path, bytes(hdr[:r]), lsn)
+    return fsize, size, limit
+
+
 def _unsynced_offset(segment: Path) -> int | None:
     """The offset recorded in <segment>.unsynced, or None. Written atomically, so anything
     but a decimal offset in it is damage: CorruptionError."""
@@ -674,14 +688,7 @@ class Log:
         (checked first, as there)."""
         fd = _open(path, os.O_RDONLY)
         try:
-            fsize = lib.au_file_size(fd)
-            if fsize < 0:
-                raise os_error(fsize, path)
-            hdr = bytearray(SEG_HDR)
-            r = lib.au_pread_full(fd, ffi.from_buffer(hdr), SEG_HDR, 0)
-            if r < 0:
-                raise os_error(r, path)
-            size, limit = _check_header(path, bytes(hdr[:r]), lsn)
+            fsize, size, limit = _size_and_header(fd, path, lsn)
             if fsize < size:
                 raise CorruptionError(
                     f"segment file shorter than its preallocated size ({fsize} of {size}): "
@@ -1237,14 +1244,7 @@ class Log:
         """One segment of _scan_chunks, read through a reused window (segscan.py): the
         segment being written up to the bound only (the rest is up to 64 MiB of
         preallocated zeros), any other to its end, its zero tail checked."""
-        fsize = lib.au_file_size(fd)
-        if fsize < 0:
-            raise os_error(fsize, path)
-        hdr = bytearray(SEG_HDR)
-        r = lib.au_pread_full(fd, ffi.from_buffer(hdr), SEG_HDR, 0)
-        if r < 0:
-            raise os_error(r, path)
-        seg_size, seg_limit = _check_header(path, bytes(hdr[:r]), lsn)
+        fsize, seg_size, seg_limit = _size_and_header(fd, path, lsn)
         if expected is not None and lsn != expected:
             raise CorruptionError(
                 f"LSN gap between segments: expected {expected}, segment starts at {lsn}",

@@ -598,12 +598,7 @@ class Queue(QueueInterface):
             return self._write_apply1(rec, rtype, payload, encoded)
         first = self._log.reserve(1)
         try:
-            at = rec.at_ms
-            if at > self._max_at:
-                self._max_at = at
-            if self._touched is not None:    # a compaction is capturing: note the job
-                self._touched[rec.id] = None
-            self._state.apply(first, rtype, rec)
+            self._fold1(first, rtype, rec)
         except BaseException:
             # the LSN is taken: a range that never arrives stalls every later commit
             self._log.append_reserved(first, encoded)
@@ -663,13 +658,18 @@ class Queue(QueueInterface):
         first, pos = got
         # as in _write_apply: the record directly follows the cursor
         self._cursor = (pos >> 32, pos & 0xFFFFFFFF, first + 1)
+        self._fold1(first, rtype, rec)
+        return first, encoded, pos
+
+    def _fold1(self, lsn: int, rtype: int, rec) -> None:
+        """Fold one record about one job written (or reserved) at ``lsn``: the hot paths'
+        _fold_reserved, without its lists."""
         at = rec.at_ms
         if at > self._max_at:
             self._max_at = at
         if self._touched is not None:    # a compaction is capturing: note the job
             self._touched[rec.id] = None
-        self._state.apply(first, rtype, rec)
-        return first, encoded, pos
+        self._state.apply(lsn, rtype, rec)
 
     def _fold_own(self, first: int, recs: Sequence[R.Enqueue], pos: int,
                   bulk: tuple[BulkRequest, list[str], int] | None = None) -> None:
