@@ -12,6 +12,24 @@ def store_dir(tmp_path):
     return tmp_path / "store"
 
 
+@pytest.fixture
+def open_store(store_dir):
+    """open(**options) -> a queue on the test's store directory (the same store on every
+    call), closed at the end; no reaper thread and 1 MiB segments unless told otherwise."""
+    import aurora_log
+    opened = []
+
+    def _open(**kw):
+        kw.setdefault("reaper_interval", None)
+        kw.setdefault("segment_bytes", 1 << 20)
+        q = aurora_log.open(store_dir, **kw)
+        opened.append(q)
+        return q
+    yield _open
+    for q in opened:
+        q.close()
+
+
 @pytest.fixture(autouse=True)
 def _private_umask():
     """Tests run under the default umask; permission tests set their own."""

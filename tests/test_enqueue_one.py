@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-import aurora_log
 from aurora_log.job import Job, JobStatus
 
 
 @pytest.fixture
-def opener(store_dir):
-    opened = []
-
-    def _open(**kw):
-        kw.setdefault("reaper_interval", None)
-        kw.setdefault("segment_bytes", 1 << 20)
-        q = aurora_log.open(store_dir, **kw)
-        opened.append(q)
-        return q
-    yield _open
-    for q in opened:
-        q.close()
+def opener(open_store):
+    return open_store
 
 
 def _synced_and_published(q) -> tuple[int, int]:

@@ -21,21 +21,13 @@ def clock():
 
 
 @pytest.fixture
-def opener(store_dir, clock):
-    opened = []
-
+def opener(open_store, clock):
+    """open_store with the fake clock and os durability by default."""
     def _open(**kw):
         kw.setdefault("clock", clock)
-        kw.setdefault("reaper_interval", None)
         kw.setdefault("durability", "os")
-        kw.setdefault("segment_bytes", 1 << 20)
-        q = aurora_log.open(store_dir, **kw)
-        opened.append(q)
-        return q
-
-    yield _open
-    for q in opened:
-        q.close()
+        return open_store(**kw)
+    return _open
 
 
 def _claim_all(q, **kw):
