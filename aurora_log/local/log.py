@@ -1014,12 +1014,9 @@ class Log:
         Returns them packed, for append_reserved(checked=...)."""
         return self._pack(records)
 
-    def check_packed(self, types: bytes, lens, data: bytes):
-        """check_records for records the caller packed itself (one type byte each, their
-        lengths as an array of u32, their payloads concatenated): ValueError for what the
-        writer would refuse (nothing is written). Returns them, for append_reserved."""
-        if not types or len(types) != len(lens) or 0 in types or sum(lens) != len(data):
-            raise ValueError("packed records do not add up (types, lengths, data)")
+    def _check_sizes(self, lens, data) -> None:
+        """ValueError for a record over max_record_bytes or a batch over the writer's
+        limit (the writer would refuse it: nothing is written)."""
         if max(lens) > self.max_record_bytes:
             i = max(range(len(lens)), key=lens.__getitem__)
             raise ValueError(f"record {i} of {lens[i]} bytes is over max_record_bytes "
@@ -1027,6 +1024,14 @@ class Log:
         if len(data) + len(lens) * lib.AU_REC_HDR + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
             raise ValueError(f"a batch of {len(data)} bytes is over the batch limit "
                              f"({lib.AU_MAX_BATCH} bytes)")
+
+    def check_packed(self, types: bytes, lens, data: bytes):
+        """check_records for records the caller packed itself (one type byte each, their
+        lengths as an array of u32, their payloads concatenated): ValueError for what the
+        writer would refuse (nothing is written). Returns them, for append_reserved."""
+        if not types or len(types) != len(lens) or 0 in types or sum(lens) != len(data):
+            raise ValueError("packed records do not add up (types, lengths, data)")
+        self._check_sizes(lens, data)
         return types, lens, data
 
     def _pack(self, records):
@@ -1073,13 +1078,7 @@ class Log:
                     raise TypeError(f"record {i}: payload must be bytes or bytearray, not "
                                     f"{type(pl).__name__}") from None
             raise
-        if max(lens) > self.max_record_bytes:
-            i = max(range(len(lens)), key=lens.__getitem__)
-            raise ValueError(f"record {i} of {lens[i]} bytes is over max_record_bytes "
-                             f"({self.max_record_bytes})")
-        if len(data) + len(lens) * lib.AU_REC_HDR + 2 * lib.AU_BATCH_HDR > lib.AU_MAX_BATCH:
-            raise ValueError(f"a batch of {len(data)} bytes is over the batch limit "
-                             f"({lib.AU_MAX_BATCH} bytes)")
+        self._check_sizes(lens, data)
         if len(data) != sum(lens):   # a multi-byte memoryview: len() is not its byte size
             raise TypeError("payloads must be bytes or bytearray")
         return types, lens, data

@@ -79,10 +79,7 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
             break
         if lg.next_lsn <= expected:
             continue
-        if lg.first_lsn > expected:
-            raise CorruptionError(f"history needed from LSN {expected} is not stored "
-                                  f"(this log starts at {lg.first_lsn})",
-                                  file=str(lg.directory), lsn=expected)
+        _check_continues(lg, expected)
         for lsn, rtype, payload in lg.scan(expected):
             if until_lsn is not None and lsn > until_lsn:
                 stop = True
@@ -118,6 +115,14 @@ def replay(logs: Log | Sequence[Log], base: State | None = None, base_lsn: int =
     return Replayed(state, expected, max_at, nbytes)
 
 
+def _check_continues(lg: Log, expected: int) -> None:
+    """CorruptionError unless ``lg`` holds the record at ``expected`` or an earlier one."""
+    if lg.first_lsn > expected:
+        raise CorruptionError(f"history needed from LSN {expected} is not stored "
+                              f"(this log starts at {lg.first_lsn})",
+                              file=str(lg.directory), lsn=expected)
+
+
 def _replay_bulk(logs: Sequence[Log], state: State, expected: int, max_at: int) -> Replayed:
     """``replay`` without checks or limits: the records by chunks (``Log.scan_chunks``),
     each run of plain ENQUEUE records folded in bulk, everything else one by one exactly
@@ -128,10 +133,7 @@ def _replay_bulk(logs: Sequence[Log], state: State, expected: int, max_at: int) 
     for lg in logs:
         if lg.next_lsn <= expected:
             continue
-        if lg.first_lsn > expected:
-            raise CorruptionError(f"history needed from LSN {expected} is not stored "
-                                  f"(this log starts at {lg.first_lsn})",
-                                  file=str(lg.directory), lsn=expected)
+        _check_continues(lg, expected)
         for mv, recs, n in lg.scan_chunks(expected):
             i = 0
             while i < n and recs[i].lsn < expected:
